@@ -1,0 +1,117 @@
+//! The `mpo` command line: the imperative shell around the library.
+//!
+//! Each subcommand parses its arguments, calls into the library and turns the outcome into
+//! output and an exit code: 0 success, 1 the input is wrong (diagnostics printed), 2 usage.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::plan::{self, Plan};
+use crate::spec;
+
+#[derive(Parser, Debug)]
+#[command(name = "mpo", version, about = "Meta Policy Optimization: spec -> plan -> run", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a spec: every error with file:line:col, a snippet and a suggestion.
+    Check {
+        /// The spec file.
+        spec: PathBuf,
+        /// Overrides `section.key=value` (values are YAML).
+        overrides: Vec<String>,
+        /// Print every resolved value and where it came from.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Compile a spec into its execution plan and print it (a dry run).
+    Plan {
+        spec: PathBuf,
+        overrides: Vec<String>,
+        /// Print the machine-readable plan (a sweep prints `{"sweep": ..., "runs": [...]}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of the spec language (for editors).
+    Schema,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Check { spec, overrides, explain } => check(&spec, &overrides, explain),
+        Command::Plan { spec, overrides, json } => plan_cmd(&spec, &overrides, json),
+        Command::Schema => {
+            let s = serde_json::to_string_pretty(&spec::json_schema()).expect("schema serializes");
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Load and print diagnostics; `None` when the spec has errors.
+fn load(path: &std::path::Path, overrides: &[String]) -> Option<spec::Loaded> {
+    let loaded = spec::load(path, overrides);
+    if !loaded.diags.is_empty() {
+        eprint!("{}", loaded.render_diagnostics());
+    }
+    if loaded.has_errors() { None } else { Some(loaded) }
+}
+
+fn check(path: &std::path::Path, overrides: &[String], explain: bool) -> ExitCode {
+    let Some(loaded) = load(path, overrides) else { return ExitCode::from(1) };
+    let plans: Vec<Plan> = loaded.runs.iter().map(plan::compile).collect();
+    if explain && let Some(first) = loaded.runs.first() {
+        let rows = spec::explain(first, &loaded.sources);
+        let w = rows.iter().map(|r| r.path.len()).max().unwrap_or(0);
+        let vals: Vec<String> = rows.iter().map(|r| r.value.to_string()).collect();
+        let vw = vals.iter().map(|v| v.chars().count().min(48)).max().unwrap_or(0);
+        let mut out = std::io::stdout().lock();
+        if loaded.is_sweep {
+            let _ = writeln!(out, "# resolved values of sweep cell 0 ({})", first.cell.as_ref().map(|c| c.label.as_str()).unwrap_or(""));
+        }
+        for (r, v) in rows.iter().zip(vals) {
+            let v: String = if v.chars().count() > 48 { v.chars().take(47).chain(['…']).collect() } else { v };
+            let _ = writeln!(out, "{:<w$}  {:<vw$}  {}", r.path, v, r.origin);
+        }
+    }
+    if loaded.is_sweep {
+        println!("{}: ok ({} sweep cells)", path.display(), plans.len());
+    } else if let Some(p) = plans.first() {
+        println!("{}: ok (run id {})", path.display(), p.run_id);
+    }
+    ExitCode::SUCCESS
+}
+
+fn plan_cmd(path: &std::path::Path, overrides: &[String], json: bool) -> ExitCode {
+    let Some(loaded) = load(path, overrides) else { return ExitCode::from(1) };
+    let plans: Vec<Plan> = loaded.runs.iter().map(plan::compile).collect();
+    let out = if json {
+        let v = if loaded.is_sweep {
+            serde_json::json!({ "sweep": plans.first().map(|p| p.name.clone()), "runs": plans })
+        } else {
+            serde_json::to_value(&plans[0]).expect("plan serializes")
+        };
+        serde_json::to_string_pretty(&v).expect("json") + "\n"
+    } else if loaded.is_sweep {
+        plan::render_sweep_table(&plans)
+    } else {
+        plan::render_summary(&plans[0])
+    };
+    print!("{out}");
+    ExitCode::SUCCESS
+}

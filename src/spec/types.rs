@@ -1,0 +1,896 @@
+//! The spec language: serde + schemars types for an mpo experiment.
+//!
+//! Every field's doc comment becomes its JSON Schema description (`mpo schema`), which editors
+//! show on hover; ranges declared with `#[schemars(range(..))]` are enforced by `mpo check`
+//! from that same schema, so the schema is the single source of truth for structure. Defaults
+//! follow the reference implementation's runs (Qwen2.5-1.5B, TRL PPO) unless a doc comment
+//! says otherwise.
+
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An mpo experiment: task, policy, reward, meta-reward schedule, PPO settings and where to
+/// write results. Relative paths resolve against the directory of the file that wrote them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// JSON Schema reference for editors (ignored by mpo).
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// Base spec(s) to extend, relative to this file. Mappings merge deeply, lists and scalars
+    /// replace; later bases override earlier ones and this file overrides them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<Extends>,
+    /// Experiment name: results go to `<output.root>/<name>/<run-id>/`. Letters, digits, `_`,
+    /// `-` and `.` only.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]+$"), length(min = 1, max = 100))]
+    pub name: String,
+    /// Free text describing the experiment (kept in the plan and the manifest).
+    #[serde(default)]
+    pub description: String,
+    /// The task: which of the paper's four, its data and the policy prompt.
+    pub task: TaskSpec,
+    /// The policy under training.
+    #[serde(default)]
+    pub policy: PolicySpec,
+    /// How a rollout is scored: the judge, the rubric, verifiers and failure handling.
+    pub reward: RewardSpec,
+    /// The meta-reward model: when and how the rubric is rewritten.
+    #[serde(default)]
+    pub meta: MetaSpec,
+    /// PPO / GRPO hyperparameters (TRL names).
+    #[serde(default)]
+    pub ppo: PpoSpec,
+    /// Evaluation during and after training.
+    #[serde(default)]
+    pub eval: EvalSpec,
+    /// Where and how the run executes.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+    /// Where results are written.
+    #[serde(default)]
+    pub output: OutputSpec,
+    /// Expand this spec into many runs (an ablation grid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepSpec>,
+}
+
+/// One base spec path or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Extends {
+    One(String),
+    Many(Vec<String>),
+}
+
+// ------------------------------------------------------------------------------------------
+// task
+// ------------------------------------------------------------------------------------------
+
+/// Which task of the paper an experiment trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Competition math with boxed final answers (MATH, or generated arithmetic).
+    Math,
+    /// Argumentative / expository essays from writing prompts.
+    EssayWriting,
+    /// Summaries of documents against reference summaries.
+    Summarization,
+    /// Verdicts (RIGHT / WRONG) on real-life anecdotes (Scruples).
+    EthicalReasoning,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Math => "math",
+            TaskKind::EssayWriting => "essay_writing",
+            TaskKind::Summarization => "summarization",
+            TaskKind::EthicalReasoning => "ethical_reasoning",
+        }
+    }
+}
+
+/// The task: data and the prompt the policy sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Which of the paper's tasks.
+    pub kind: TaskKind,
+    /// Training prompts.
+    pub train: DataSource,
+    /// Held-out prompts for evaluation (`mpo eval`, `eval.every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<DataSource>,
+    /// Policy prompt template (minijinja, strict undefined), rendered with the fields of one
+    /// record and then wrapped in the model's chat template.
+    pub prompt: PathBuf,
+    /// Seed of the data stream (shuffle, generator). Default: derived from `runtime.seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// Where records come from: a JSONL file or (math) a procedural generator. Exactly one of
+/// `path` and `generate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    /// JSONL file, one record per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Record format of `path`. Default: the task's native format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// Generate records instead of reading them (math only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<GeneratorSpec>,
+    /// Use at most this many records (after a seeded shuffle). Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub limit: Option<usize>,
+}
+
+/// Record formats mpo reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// MATH: `problem`, `level`, `type`, `solution` (with `\boxed{}`).
+    Math,
+    /// Essay prompts: `id`, `prompt`.
+    EssayPrompts,
+    /// SciTLDR: `title`, `text`, `summary`, `summaries`.
+    Scitldr,
+    /// BillSum: `text`, `summary`, `title`.
+    Billsum,
+    /// Scruples anecdotes: `title`, `text`, `action`, `binarized_label`.
+    Scruples,
+}
+
+/// The seeded procedural arithmetic generator: problems with exact answers that a small model
+/// can partly solve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSpec {
+    /// How many problems to generate.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub count: usize,
+    /// Difficulty levels to draw from (1 = one-digit sums ... 5 = multi-step word problems).
+    #[serde(default = "default_levels")]
+    #[schemars(length(min = 1), inner(range(min = 1, max = 5)))]
+    pub levels: Vec<u8>,
+}
+
+fn default_levels() -> Vec<u8> {
+    vec![1, 2, 3]
+}
+
+// ------------------------------------------------------------------------------------------
+// policy
+// ------------------------------------------------------------------------------------------
+
+/// The policy: a causal LM with a LoRA adapter. The reference policy for the KL penalty is the
+/// same network with the adapter switched off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySpec {
+    /// A known model name (`mpo fetch --list`) or a path to a `.gguf` file or a Hugging Face
+    /// model directory (config.json + safetensors + tokenizer.json).
+    pub model: String,
+    /// Chat template file overriding the model's own (Jinja).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<PathBuf>,
+    /// System message placed before every policy prompt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// LoRA adapter trained on top of the frozen base.
+    pub lora: LoraSpec,
+    /// Nucleus sampling: keep the smallest set of tokens with this much probability mass.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub top_p: f64,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Extra strings that end a response (besides the model's end-of-sequence token).
+    pub stop: Vec<String>,
+}
+
+impl Default for PolicySpec {
+    fn default() -> Self {
+        PolicySpec {
+            model: "smollm2-135m-instruct".into(),
+            chat_template: None,
+            system: None,
+            lora: LoraSpec::default(),
+            top_p: 1.0,
+            top_k: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Where LoRA adapters attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+    LmHead,
+}
+
+/// LoRA settings (paper: r=64, alpha=128 on every projection and the LM head).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSpec {
+    /// Adapter rank.
+    #[schemars(range(min = 1, max = 4096))]
+    pub rank: usize,
+    /// Scaling numerator: the update is `alpha / rank * B A x`.
+    #[schemars(range(min = 0.0))]
+    pub alpha: f64,
+    /// Dropout on the adapter input during training.
+    #[schemars(range(min = 0.0, max = 0.99))]
+    pub dropout: f64,
+    /// Modules that get an adapter.
+    #[schemars(length(min = 1))]
+    pub targets: Vec<LoraTarget>,
+}
+
+impl Default for LoraSpec {
+    fn default() -> Self {
+        use LoraTarget::*;
+        LoraSpec { rank: 64, alpha: 128.0, dropout: 0.0, targets: vec![Q, K, V, O, Gate, Up, Down, LmHead] }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// judges
+// ------------------------------------------------------------------------------------------
+
+/// Where judge calls go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeBackend {
+    /// The in-process burn model (no server needed).
+    Local,
+    /// Any OpenAI-compatible server: vLLM, SGLang, llama.cpp's llama-server, Ollama, hosted APIs.
+    Openai,
+    /// Answers only from a judge cache; a miss is an error.
+    Replay,
+}
+
+/// Which OpenAI endpoint to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeApi {
+    /// `/v1/chat/completions` (the prompt is sent as a user message).
+    Chat,
+    /// `/v1/completions` (the prompt is sent as-is).
+    Completions,
+}
+
+/// A judge role: the reward model or the meta-reward model. Secrets never appear here, only
+/// the names of the environment variables that hold them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeSpec {
+    /// Where calls go.
+    pub backend: JudgeBackend,
+    /// `local`: a known model name or path (default: the policy's base model). `openai`: the
+    /// model name the server expects (default: whatever the server serves).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Environment variable holding the base URL(s); several URLs separated by commas are
+    /// load-balanced.
+    pub base_url_env: String,
+    /// Environment variable holding the API key (may be unset for local servers).
+    pub api_key_env: String,
+    /// Endpoint flavour.
+    pub api: JudgeApi,
+    /// Most tokens a judge answer may use.
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_tokens: u32,
+    /// Sampling temperature of the judge (0 = greedy).
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub temperature: f64,
+    /// Most requests in flight for this role.
+    #[schemars(range(min = 1, max = 4096))]
+    pub concurrency: usize,
+    /// Per-request timeout in seconds.
+    #[schemars(range(min = 0.1, max = 3600.0))]
+    pub timeout_s: f64,
+    /// Retries on timeouts, 408, 429 and 5xx (with backoff, honouring Retry-After).
+    #[schemars(range(max = 20))]
+    pub max_retries: u32,
+    /// `replay`: directory of a judge cache to answer from (a run's `judge-cache/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_from: Option<PathBuf>,
+}
+
+impl Default for JudgeSpec {
+    fn default() -> Self {
+        JudgeSpec {
+            backend: JudgeBackend::Local,
+            model: None,
+            base_url_env: "OPENAI_BASE_URL".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            api: JudgeApi::Chat,
+            max_tokens: 256,
+            temperature: 0.0,
+            concurrency: 16,
+            timeout_s: 120.0,
+            max_retries: 3,
+            replay_from: None,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// reward
+// ------------------------------------------------------------------------------------------
+
+/// The reward: an LLM judge scoring each response against the current rubric, optionally mixed
+/// with programmatic verifiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSpec {
+    /// The reward model ("junior instructor").
+    #[serde(default)]
+    pub judge: JudgeSpec,
+    /// Initial rubric (markdown; each item `## Name (min-max)` followed by award / deduction
+    /// lines). Version 0 of the rubric history.
+    pub rubric: PathBuf,
+    /// Judge prompt template: rendered with the rubric, the policy prompt, the response and
+    /// the record.
+    pub prompt: PathBuf,
+    /// How item scores are read from the judge's answer.
+    #[serde(default)]
+    pub extraction: Extraction,
+    /// Divide the summed item scores by the rubric's maximum, giving rewards in [0, 1].
+    #[serde(default)]
+    pub normalize: bool,
+    /// What happens when a judge answer has missing, unparseable or out-of-range scores.
+    #[serde(default)]
+    pub failure: FailureSpec,
+    /// Programmatic checks mixed with the judge.
+    #[serde(default)]
+    pub verifiers: Vec<VerifierSpec>,
+    /// How verifier and judge rewards combine.
+    #[serde(default)]
+    pub mix: MixSpec,
+}
+
+/// How item scores are read from a judge answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Extraction {
+    /// A regular expression with named groups `item` and `score`, applied to the answer.
+    Regex {
+        /// Default: lines like `Correctness: 3` or `Score for Clarity: 2/4`.
+        #[serde(default = "default_score_regex")]
+        pattern: String,
+    },
+    /// A JSON object `{"items": [{"name", "rationale", "score"}]}`; `response_format` with a
+    /// JSON schema is sent where the server supports it.
+    Json,
+    /// The probability-weighted expectation over score tokens (needs logprobs from the judge).
+    Logprobs {
+        /// How many top alternatives to request per position.
+        #[serde(default = "default_top_logprobs")]
+        #[schemars(range(min = 2, max = 20))]
+        top_logprobs: u32,
+    },
+}
+
+pub fn default_score_regex() -> String {
+    r"(?mi)^\W*(?:score\s+for\s+)?(?P<item>[^:\n]{1,80}?)\W*:\s*(?P<score>-?\d+)\s*(?:/\s*\d+)?\s*\W*$".into()
+}
+
+fn default_top_logprobs() -> u32 {
+    10
+}
+
+impl Default for Extraction {
+    fn default() -> Self {
+        Extraction::Regex { pattern: default_score_regex() }
+    }
+}
+
+/// Failure handling for judge answers: retried, then a declared policy. Never a silent 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailureSpec {
+    /// Times a failed answer is asked again before the policy applies.
+    #[schemars(range(max = 20))]
+    pub retries: u32,
+    /// What then happens to the sample.
+    pub policy: FailurePolicy,
+}
+
+impl Default for FailureSpec {
+    fn default() -> Self {
+        FailureSpec { retries: 2, policy: FailurePolicy::Skip }
+    }
+}
+
+/// What happens to a sample whose judge answer failed after every retry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FailurePolicy {
+    /// Leave the sample out of the update (counted and logged).
+    Skip,
+    /// Give the sample this reward (counted and logged).
+    Penalty(f64),
+    /// Stop the run with an error.
+    Fail,
+}
+
+/// A programmatic check on a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VerifierSpec {
+    /// Math: the `\boxed{}` answer is equivalent to the reference answer (1) or not (0).
+    MathAnswer {
+        /// Relative tolerance for numeric equality.
+        #[serde(default = "default_tolerance")]
+        #[schemars(range(min = 0.0, max = 0.1))]
+        tolerance: f64,
+    },
+    /// Ethical reasoning: the verdict tag (RIGHT / WRONG) matches the label (1) or not (0).
+    Verdict,
+    /// 1 when the word count is within bounds, else 0.
+    Length {
+        #[serde(default)]
+        min_words: usize,
+        #[serde(default = "default_max_words")]
+        max_words: usize,
+    },
+    /// 1 when the response matches the regular expression, else 0.
+    Format { pattern: String },
+}
+
+fn default_tolerance() -> f64 {
+    1e-6
+}
+
+fn default_max_words() -> usize {
+    100_000
+}
+
+/// How verifier scores (mean of the verifiers, in [0, 1]) and the judge reward combine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MixSpec {
+    /// `judge_weight * judge + verifier_weight * verifier`.
+    Weighted {
+        #[serde(default = "one")]
+        judge_weight: f64,
+        #[serde(default = "one")]
+        verifier_weight: f64,
+    },
+    /// The reference's scheme: a seeded coin per rollout chunk picks the verifier (with
+    /// probability `verifier_prob`) or the judge.
+    Coin {
+        #[schemars(range(min = 0.0, max = 1.0))]
+        verifier_prob: f64,
+        /// Rollouts that share one toss.
+        #[serde(default = "one_usize")]
+        #[schemars(range(min = 1))]
+        chunk: usize,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn one_usize() -> usize {
+    1
+}
+
+impl Default for MixSpec {
+    fn default() -> Self {
+        MixSpec::Weighted { judge_weight: 1.0, verifier_weight: 1.0 }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// meta
+// ------------------------------------------------------------------------------------------
+
+/// A schedule: every N updates, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Every {
+    #[default]
+    Never,
+    N(u32),
+}
+
+impl Every {
+    pub fn interval(self) -> Option<u32> {
+        match self {
+            Every::Never => None,
+            Every::N(n) => Some(n),
+        }
+    }
+}
+
+impl Serialize for Every {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Every::Never => s.serialize_str("never"),
+            Every::N(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Every {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u32),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(0) => Err(serde::de::Error::custom("`every` must be at least 1 (or `never`)")),
+            Raw::N(n) => Ok(Every::N(n)),
+            Raw::S(s) if s == "never" => Ok(Every::Never),
+            Raw::S(s) => Err(serde::de::Error::custom(format!("expected an integer >= 1 or `never`, found `{s}`"))),
+        }
+    }
+}
+
+impl JsonSchema for Every {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Every".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Every N updates (an integer >= 1), or `never`.",
+            "anyOf": [
+                { "type": "integer", "minimum": 1, "maximum": 4294967295u64 },
+                { "const": "never" }
+            ]
+        })
+    }
+}
+
+/// The meta-reward model ("senior instructor"): every `every` updates it reads recent rollouts
+/// with their scores and rationales and rewrites the rubric (analyze -> refine -> merge).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetaSpec {
+    /// How often the rubric is rewritten; `never` is fixed-rubric PPO (the baseline).
+    pub every: Every,
+    /// Rollouts sampled (seeded) from those since the last meta step.
+    #[schemars(range(min = 1, max = 10000))]
+    pub samples: usize,
+    /// The meta judge. Default: the reward judge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeSpec>,
+    /// Stage templates. Required unless `every` is `never`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<MetaStages>,
+    /// Math: add per-domain guidelines (by problem type) to the analysis, as the reference does.
+    pub domain_guidelines: bool,
+    /// Most items a merged rubric may have; a longer one is rejected and the rubric kept.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_items: usize,
+}
+
+impl Default for MetaSpec {
+    fn default() -> Self {
+        MetaSpec { every: Every::Never, samples: 10, judge: None, stages: None, domain_guidelines: false, max_items: 12 }
+    }
+}
+
+/// Templates of the meta stages (minijinja, strict undefined).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetaStages {
+    /// Optional first pass that drops samples not worth analysing (off in the reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prescreen: Option<PathBuf>,
+    /// Per sample: what the rubric missed, signs of reward hacking.
+    pub analyze: PathBuf,
+    /// Per sample: an improved rubric with explicit awards and deductions.
+    pub refine: PathBuf,
+    /// All refined rubrics merged into the next version.
+    pub merge: PathBuf,
+}
+
+// ------------------------------------------------------------------------------------------
+// ppo
+// ------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// PPO with a critic (TRL's PPOTrainer semantics).
+    Ppo,
+    /// GRPO: group-normalised advantages, no critic.
+    Grpo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Linear decay to 0 over the run.
+    Linear,
+    Constant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KlEstimator {
+    /// `log p - log q` (unbiased, can be negative).
+    K1,
+    /// `(r - 1) - log r` with `r = q / p` (non-negative, lower variance).
+    K3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Critic {
+    /// A separate copy of the base model with a value head (the reference).
+    Separate,
+    /// A value head on the policy's trunk (half the memory; for small machines).
+    Shared,
+}
+
+/// PPO / GRPO hyperparameters. Names follow TRL; defaults are the reference's run settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoSpec {
+    pub algorithm: Algorithm,
+    /// AdamW learning rate.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub learning_rate: f64,
+    pub lr_schedule: LrSchedule,
+    /// AdamW weight decay.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub weight_decay: f64,
+    /// Gradient-norm clipping (0 = off).
+    #[schemars(range(min = 0.0))]
+    pub max_grad_norm: f64,
+    /// Optimisation passes over each rollout batch.
+    #[schemars(range(min = 1, max = 100))]
+    pub num_ppo_epochs: usize,
+    /// Mini-batches per epoch; must divide `batch_size`.
+    #[schemars(range(min = 1))]
+    pub num_mini_batches: usize,
+    /// Episodes (rollouts) per update.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; must divide the mini-batch size.
+    #[schemars(range(min = 1))]
+    pub gradient_accumulation_steps: usize,
+    /// Episodes over the whole run; updates = total_episodes / batch_size.
+    #[schemars(range(min = 1))]
+    pub total_episodes: usize,
+    /// Per-token KL penalty coefficient against the reference policy.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub kl_coef: f64,
+    pub kl_estimator: KlEstimator,
+    /// Policy-ratio clip range.
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub cliprange: f64,
+    /// Value clip range.
+    #[schemars(range(min = 0.0, max = 1000.0))]
+    pub cliprange_value: f64,
+    /// Value-loss coefficient.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub vf_coef: f64,
+    /// GAE discount.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub gamma: f64,
+    /// GAE lambda.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub lam: f64,
+    /// Whiten the per-token rewards before GAE.
+    pub whiten_rewards: bool,
+    /// Most tokens a response may have.
+    #[schemars(range(min = 1, max = 131072))]
+    pub response_length: usize,
+    /// Sampling temperature of the policy during rollouts.
+    #[schemars(range(min = 0.0, max = 5.0))]
+    pub temperature: f64,
+    /// Reward subtracted from responses that end without an end-of-sequence token (null = none).
+    #[schemars(range(min = 0.0))]
+    pub missing_eos_penalty: Option<f64>,
+    /// The value model.
+    pub critic: Critic,
+    /// GRPO: responses sampled per prompt; must divide `batch_size`.
+    #[schemars(range(min = 2, max = 1024))]
+    pub group_size: usize,
+}
+
+impl Default for PpoSpec {
+    fn default() -> Self {
+        PpoSpec {
+            algorithm: Algorithm::Ppo,
+            learning_rate: 3e-6,
+            lr_schedule: LrSchedule::Linear,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            num_ppo_epochs: 4,
+            num_mini_batches: 1,
+            batch_size: 64,
+            gradient_accumulation_steps: 1,
+            total_episodes: 10_000,
+            kl_coef: 0.02,
+            kl_estimator: KlEstimator::K1,
+            cliprange: 0.2,
+            cliprange_value: 0.2,
+            vf_coef: 0.1,
+            gamma: 1.0,
+            lam: 0.95,
+            whiten_rewards: false,
+            response_length: 700,
+            temperature: 0.7,
+            missing_eos_penalty: Some(1.0),
+            critic: Critic::Separate,
+            group_size: 4,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// eval, runtime, output
+// ------------------------------------------------------------------------------------------
+
+/// Evaluation on the task's test split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSpec {
+    /// Evaluate every N updates (and after the last), or `never` (then only `mpo eval`).
+    pub every: Every,
+    /// Test prompts per evaluation (seeded sample of the test split).
+    #[schemars(range(min = 1))]
+    pub samples: usize,
+    /// Sampling temperature for evaluation (0 = greedy).
+    #[schemars(range(min = 0.0, max = 5.0))]
+    pub temperature: f64,
+    /// Elo tournament settings (`mpo eval --elo`).
+    pub elo: EloSpec,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        EvalSpec { every: Every::Never, samples: 64, temperature: 0.0, elo: EloSpec::default() }
+    }
+}
+
+/// Elo tournament: pairwise LLM judging of responses from several runs or checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EloSpec {
+    /// K-factor.
+    #[schemars(range(min = 0.0, max = 1000.0))]
+    pub k: f64,
+    /// Starting rating.
+    pub start: f64,
+    /// Tournament repeats with reshuffled match order (mean +- std over repeats).
+    #[schemars(range(min = 1, max = 1000))]
+    pub repeats: usize,
+    /// Matches per pair of players per repeat.
+    #[schemars(range(min = 1))]
+    pub matches: usize,
+    /// Pairwise judge template (default: built in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PathBuf>,
+}
+
+impl Default for EloSpec {
+    fn default() -> Self {
+        EloSpec { k: 4.0, start: 1000.0, repeats: 5, matches: 32, prompt: None }
+    }
+}
+
+/// Compute backend (each but `cpu` is a cargo feature of the same name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// burn's CPU backend (flex); always compiled in.
+    Cpu,
+    /// burn-wgpu (Vulkan, Metal, DX12); `--features wgpu`.
+    Wgpu,
+    /// burn-cuda (NVIDIA); `--features cuda`.
+    Cuda,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        self.as_str()
+    }
+
+    pub fn compiled_in(self) -> bool {
+        match self {
+            Backend::Cpu => cfg!(feature = "cpu"),
+            Backend::Wgpu => cfg!(feature = "wgpu"),
+            Backend::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+}
+
+/// Where and how a run executes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSpec {
+    pub backend: Backend,
+    /// Device index for GPU backends.
+    pub device: usize,
+    /// Master seed; every random choice derives from it through named streams.
+    pub seed: u64,
+    /// CPU threads (default: all cores). Does not change the plan's hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub threads: Option<usize>,
+    /// Write a checkpoint every N updates (and after the last).
+    pub checkpoint_every: Every,
+    /// Rollouts generated per forward batch.
+    #[schemars(range(min = 1, max = 4096))]
+    pub rollout_batch: usize,
+}
+
+impl Default for RuntimeSpec {
+    fn default() -> Self {
+        RuntimeSpec { backend: Backend::Cpu, device: 0, seed: 0, threads: None, checkpoint_every: Every::N(20), rollout_batch: 8 }
+    }
+}
+
+/// Where results go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSpec {
+    /// Results root, relative to the directory mpo runs in. Does not change the plan's hash.
+    pub root: PathBuf,
+    /// Checkpoints kept (older ones are deleted; the last is always kept).
+    #[schemars(range(min = 1))]
+    pub keep_checkpoints: usize,
+    /// Write every rollout (prompt, response, judge transcript, score) to `samples/`.
+    pub samples: bool,
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        OutputSpec { root: PathBuf::from("results"), keep_checkpoints: 2, samples: true }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// sweep
+// ------------------------------------------------------------------------------------------
+
+/// A sweep: the base spec (everything outside `sweep:`) expanded into cells. Keys are dotted
+/// paths (`meta.every`), values are lists. Cells = ablate variants x zip rows x grid product.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// Cartesian product of every listed value.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub grid: IndexMap<String, Vec<serde_json::Value>>,
+    /// Paired lists (all the same length): row i takes the i-th value of each.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub zip: IndexMap<String, Vec<serde_json::Value>>,
+    /// One factor at a time from the base: the base cell plus one cell per listed value.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub ablate: IndexMap<String, Vec<serde_json::Value>>,
+}

@@ -1,0 +1,596 @@
+//! Semantic validation and input resolution: everything about a structurally valid spec that
+//! the schema cannot say.
+//!
+//! Relative paths are resolved against the file that wrote them; data files are read and
+//! hashed; every template is rendered against a real record with strict undefined; the
+//! initial rubric is parsed; model references and the backend are checked; hyperparameters
+//! are checked against each other (batch divisibility, meta samples per interval). All
+//! problems are collected; the result is the set of [`Inputs`] a plan is compiled from.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::Value as J;
+use sha2::{Digest, Sha256};
+
+use super::node::Node;
+use super::types::*;
+use crate::diag::{Diagnostic, Origin, Sources};
+use crate::model::registry::{self, ModelRef, ResolveError};
+use crate::rubric::Rubric;
+use crate::task::{self, DataError, Dataset};
+use crate::template::{self, TemplateKind};
+
+/// A template file as read at validation time.
+#[derive(Debug, Clone)]
+pub struct TemplateFile {
+    pub path: PathBuf,
+    pub text: String,
+    pub sha256: String,
+}
+
+/// Everything a spec refers to, read and checked.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub train: Dataset,
+    pub test: Option<Dataset>,
+    pub templates: BTreeMap<TemplateKind, TemplateFile>,
+    /// Version 0 of the rubric (the rendered `reward.rubric`).
+    pub rubric: Rubric,
+    pub policy_model: ModelRef,
+    pub judge_model: Option<ModelRef>,
+    pub meta_model: Option<ModelRef>,
+}
+
+struct V<'a> {
+    tree: &'a Node,
+    sources: &'a mut Sources,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl V<'_> {
+    fn origin(&self, path: &str) -> Origin {
+        self.tree.origin_near(path)
+    }
+
+    fn error(&mut self, path: &str, msg: impl Into<String>, label: impl Into<String>) -> &mut Diagnostic {
+        let o = self.origin(path);
+        self.diags.push(Diagnostic::error(msg).at(o).label(label));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn warn(&mut self, path: &str, msg: impl Into<String>, label: impl Into<String>) -> &mut Diagnostic {
+        let o = self.origin(path);
+        self.diags.push(Diagnostic::warning(msg).at(o).label(label));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    /// Resolve a path written at `field` against the directory of the file that wrote it.
+    fn resolve(&self, field: &str, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        normalize(&self.sources.base_dir(self.tree.origin_near(field)).join(p))
+    }
+
+    fn read_template(&mut self, field: &str, p: &mut PathBuf) -> Option<TemplateFile> {
+        *p = self.resolve(field, p);
+        match std::fs::read_to_string(&*p) {
+            Ok(text) => {
+                let sha256 = task::hex(&Sha256::digest(text.as_bytes()));
+                Some(TemplateFile { path: p.clone(), text, sha256 })
+            }
+            Err(e) => {
+                let shown = p.display().to_string();
+                self.error(field, format!("cannot read template `{shown}`: {e}"), "template not found")
+                    .help
+                    .push("paths are relative to the spec file that names them".into());
+                None
+            }
+        }
+    }
+
+    /// Render `t` with `ctx` (`None`: no record to render against, check the syntax only).
+    fn check_render(&mut self, field: &str, kind: TemplateKind, t: &TemplateFile, ctx: Option<&J>) -> Option<String> {
+        let empty = J::Object(Default::default());
+        let result = match ctx {
+            Some(ctx) => template::render(&t.path.display().to_string(), &t.text, ctx),
+            None => template::check_syntax(&t.path.display().to_string(), &t.text).map(|_| String::new()),
+        };
+        let ctx = ctx.unwrap_or(&empty);
+        match result {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let named_at = self.tree.origin_near(field);
+                let mut d = template::diagnostic(&e, &t.path, &t.text, named_at, self.sources, ctx);
+                d.message = format!("{} template: {}", kind.as_str(), d.message);
+                self.diags.push(d);
+                None
+            }
+        }
+    }
+
+    fn data(&mut self, field: &str, kind: TaskKind, src: &mut DataSource, seed: u64) -> Option<Dataset> {
+        match (&src.path, &src.generate) {
+            (Some(_), Some(_)) => {
+                self.error(&format!("{field}.generate"), format!("`{field}` has both `path` and `generate`"), "pick one")
+                    .help
+                    .push("read records from `path`, or generate them with `generate`, not both".into());
+                return None;
+            }
+            (None, None) => {
+                self.error(field, format!("`{field}` needs `path` (a JSONL file) or `generate`"), "no data source").help.push(format!(
+                    "e.g. `{}: {{path: ../tasks/{}/sample.jsonl}}`",
+                    field.rsplit('.').next().unwrap_or(field),
+                    kind.as_str()
+                ));
+                return None;
+            }
+            _ => {}
+        }
+        if src.generate.is_some() && kind != TaskKind::Math {
+            self.error(
+                &format!("{field}.generate"),
+                format!("`generate` makes arithmetic problems; it only works with `task.kind: math`, not `{}`", kind.as_str()),
+                "math only",
+            );
+            return None;
+        }
+        if let Some(f) = src.format
+            && !task::formats_for(kind).contains(&f)
+        {
+            let ok: Vec<String> = task::formats_for(kind).iter().map(|f| format!("`{}`", task::format_name(*f))).collect();
+            self.error(
+                &format!("{field}.format"),
+                format!("format `{}` does not fit task `{}`", task::format_name(f), kind.as_str()),
+                "wrong format for this task",
+            )
+            .help
+            .push(format!("use one of {}", ok.join(", ")));
+            return None;
+        }
+        if let Some(p) = src.path.as_mut() {
+            *p = self.resolve(&format!("{field}.path"), p);
+        }
+        match task::load(kind, src, seed) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let at = format!("{field}.path");
+                let d = self.error(&at, format!("{field}: {e}"), "bad data file");
+                match e {
+                    DataError::Io { .. } => d.help.push("paths are relative to the spec file that names them".into()),
+                    DataError::MissingField { .. } => d.help.push(format!("set `{field}.format` if the file is in another format")),
+                    _ => {}
+                }
+                None
+            }
+        }
+    }
+
+    fn model(&mut self, field: &str, reference: &str) -> Option<ModelRef> {
+        let base = self.sources.base_dir(self.tree.origin_near(field));
+        match registry::resolve(reference, &base) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let d = self.error(field, format!("`{field}`: {e}"), "cannot resolve this model");
+                match e {
+                    ResolveError::Unknown { suggestion: Some(s), .. } => d.help.push(format!("did you mean `{s}`?")),
+                    ResolveError::Unknown { .. } => {
+                        let names: Vec<&str> = registry::KNOWN.iter().map(|k| k.name).collect();
+                        d.help.push(format!(
+                            "use a known model ({}) or a path to a .gguf file or a Hugging Face directory",
+                            names.join(", ")
+                        ));
+                    }
+                    _ => {}
+                }
+                None
+            }
+        }
+    }
+
+    fn judge(&mut self, field: &str, j: &mut JudgeSpec, default_model: &str) -> Option<Option<ModelRef>> {
+        let is_var = |name: &str| {
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+        };
+        for (k, name) in [("base_url_env", &j.base_url_env), ("api_key_env", &j.api_key_env)] {
+            if !is_var(name) {
+                // Never echo what may be the secret itself into the message.
+                let found = if k == "api_key_env" { "a value that is not a variable name".to_string() } else { format!("`{name}`") };
+                self.error(
+                    &format!("{field}.{k}"),
+                    format!("`{field}.{k}` must name an environment variable, found {found}"),
+                    "not a variable name",
+                )
+                .help
+                .push("secrets never go in the spec: put the value in an environment variable and name it here".into());
+            }
+        }
+        match j.backend {
+            JudgeBackend::Local => {
+                let m = j.model.clone().unwrap_or_else(|| default_model.to_string());
+                let field_m = if j.model.is_some() { format!("{field}.model") } else { "policy.model".into() };
+                self.model(&field_m, &m).map(Some)
+            }
+            JudgeBackend::Openai => {
+                if is_var(&j.base_url_env) && std::env::var_os(&j.base_url_env).is_none() {
+                    self.warn(
+                        &format!("{field}.base_url_env"),
+                        format!("environment variable `{}` is not set; `mpo run` will need it", j.base_url_env),
+                        "not set in this shell",
+                    )
+                    .help
+                    .push(format!("export {}=http://host:port/v1 (several URLs separated by commas are load-balanced)", j.base_url_env));
+                }
+                Some(None)
+            }
+            JudgeBackend::Replay => {
+                match &j.replay_from {
+                    None => {
+                        self.error(
+                            &format!("{field}.backend"),
+                            format!("`{field}.backend: replay` needs `replay_from`: the judge cache to answer from"),
+                            "no cache named",
+                        )
+                        .help
+                        .push("e.g. `replay_from: ../results/math/<run-id>/judge-cache`".into());
+                    }
+                    Some(p) => {
+                        let r = self.resolve(&format!("{field}.replay_from"), p);
+                        if !r.is_dir() {
+                            self.error(
+                                &format!("{field}.replay_from"),
+                                format!("judge cache `{}` does not exist", r.display()),
+                                "not a directory",
+                            );
+                        }
+                        j.replay_from = Some(r);
+                    }
+                }
+                Some(None)
+            }
+        }
+    }
+}
+
+/// Lexically normalise a path (`a/b/../c` -> `a/c`), keeping it relative when it was.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(c),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() { PathBuf::from(".") } else { out.iter().collect() }
+}
+
+/// Validate `spec` (already structurally valid) and read its inputs; rewrites relative paths
+/// in `spec` to resolved ones. Returns `None` when any error was found.
+pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut Vec<Diagnostic>) -> Option<Inputs> {
+    let errors_before = diags.iter().filter(|d| d.is_error()).count();
+    let mut v = V { tree, sources, diags };
+    let kind = spec.task.kind;
+    let data_seed = spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(spec.runtime.seed, "task/data"));
+
+    // --- runtime ---------------------------------------------------------------------------
+    if !spec.runtime.backend.compiled_in() {
+        let b = spec.runtime.backend;
+        v.error("runtime.backend", format!("backend `{}` is not compiled into this mpo", b.as_str()), "not compiled in")
+            .help
+            .push(format!("rebuild with `cargo build --release --features {}`, or use `runtime.backend: cpu`", b.feature()));
+    }
+
+    // --- data ------------------------------------------------------------------------------
+    let train = v.data("task.train", kind, &mut spec.task.train, data_seed);
+    let test = match spec.task.test.as_mut() {
+        Some(t) => v.data("task.test", kind, t, crate::rng::sub_seed(data_seed, "test")),
+        None => None,
+    };
+    if spec.eval.every != Every::Never && spec.task.test.is_none() {
+        v.error("eval.every", "`eval.every` is set but the task has no `test` split", "needs task.test")
+            .help
+            .push("add `task.test: {path: ...}` or set `eval.every: never`".into());
+    }
+    if let (Some(t), Some(limit)) = (&test, spec.task.test.as_ref().and_then(|t| t.limit)) {
+        let n = t.records.len().min(limit);
+        if spec.eval.samples > n {
+            v.warn(
+                "eval.samples",
+                format!("`eval.samples` is {} but the test split has {n} records; all {n} are used", spec.eval.samples),
+                "more than available",
+            );
+        }
+    }
+    // Without a record (the data failed, already reported) templates get a syntax check only.
+    let record = train.as_ref().map(|d| d.records[0].clone());
+
+    // --- templates -------------------------------------------------------------------------
+    let mut templates = BTreeMap::new();
+    let task_name = kind.as_str();
+    let mut wanted: Vec<(String, TemplateKind, PathBuf)> = vec![
+        ("task.prompt".into(), TemplateKind::Policy, spec.task.prompt.clone()),
+        ("reward.rubric".into(), TemplateKind::Rubric, spec.reward.rubric.clone()),
+        ("reward.prompt".into(), TemplateKind::Judge, spec.reward.prompt.clone()),
+    ];
+    let meta_on = spec.meta.every != Every::Never;
+    match (&spec.meta.stages, meta_on) {
+        (Some(st), _) => {
+            if let Some(p) = &st.prescreen {
+                wanted.push(("meta.stages.prescreen".into(), TemplateKind::Prescreen, p.clone()));
+            }
+            wanted.push(("meta.stages.analyze".into(), TemplateKind::Analyze, st.analyze.clone()));
+            wanted.push(("meta.stages.refine".into(), TemplateKind::Refine, st.refine.clone()));
+            wanted.push(("meta.stages.merge".into(), TemplateKind::Merge, st.merge.clone()));
+        }
+        (None, true) => {
+            let every = spec.meta.every.interval().unwrap_or(0);
+            v.error("meta.every", format!("`meta.every` is {every} but `meta.stages` is missing"), "meta steps need stage templates")
+                .help
+                .push("add `meta.stages: {analyze: ..., refine: ..., merge: ...}` or set `meta.every: never`".into());
+        }
+        (None, false) => {}
+    }
+    if let Some(p) = &spec.eval.elo.prompt {
+        wanted.push(("eval.elo.prompt".into(), TemplateKind::Pairwise, p.clone()));
+    }
+    let mut rubric = None;
+    for (field, tk, mut p) in wanted {
+        let Some(t) = v.read_template(&field, &mut p) else { continue };
+        set_path(spec, &field, p);
+        let ctx = match (tk, &record) {
+            (TemplateKind::Rubric, _) => Some(template::sample_context(tk, task_name, &J::Null)),
+            (_, Some(r)) => Some(template::sample_context(tk, task_name, r)),
+            (_, None) => None,
+        };
+        if let Some(rendered) = v.check_render(&field, tk, &t, ctx.as_ref())
+            && tk == TemplateKind::Rubric
+        {
+            match Rubric::parse(&rendered) {
+                Ok(r) => {
+                    if let Err(e) = r.validate(spec.meta.max_items) {
+                        v.error("reward.rubric", format!("initial rubric `{}`: {e}", t.path.display()), "invalid rubric");
+                    }
+                    rubric = Some(r);
+                }
+                Err(e) => {
+                    v.error("reward.rubric", format!("initial rubric `{}`: {e}", t.path.display()), "invalid rubric");
+                }
+            }
+        }
+        templates.insert(tk, t);
+    }
+    if let Some(p) = spec.policy.chat_template.clone() {
+        let r = v.resolve("policy.chat_template", &p);
+        if !r.is_file() {
+            v.error("policy.chat_template", format!("chat template `{}` does not exist", r.display()), "not found");
+        }
+        spec.policy.chat_template = Some(r);
+    }
+
+    // --- models and judges -------------------------------------------------------------------
+    let policy_model = v.model("policy.model", &spec.policy.model.clone());
+    let policy_name = spec.policy.model.clone();
+    let judge_model = v.judge("reward.judge", &mut spec.reward.judge, &policy_name);
+    let meta_model = match spec.meta.judge.as_mut() {
+        Some(j) => v.judge("meta.judge", j, &policy_name),
+        None => Some(judge_model.clone().flatten()),
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for t in &spec.policy.lora.targets {
+        if !seen.insert(*t) {
+            v.warn(
+                "policy.lora.targets",
+                format!(
+                    "LoRA target `{}` is listed twice",
+                    serde_json::to_value(t).ok().and_then(|j| j.as_str().map(str::to_string)).unwrap_or_default()
+                ),
+                "duplicate",
+            );
+        }
+    }
+
+    // --- reward ------------------------------------------------------------------------------
+    match &spec.reward.extraction {
+        Extraction::Regex { pattern } => match regex::Regex::new(pattern) {
+            Ok(re) => {
+                let names: Vec<&str> = re.capture_names().flatten().collect();
+                if !names.contains(&"score") || !names.contains(&"item") {
+                    v.error(
+                        "reward.extraction.pattern",
+                        "the score pattern needs named groups `item` and `score`",
+                        "missing (?P<item>...) or (?P<score>...)",
+                    );
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string().lines().last().unwrap_or("invalid").to_string();
+                v.error("reward.extraction.pattern", format!("invalid regular expression: {msg}"), "does not compile");
+            }
+        },
+        Extraction::Logprobs { .. } if spec.reward.judge.backend == JudgeBackend::Replay => {}
+        _ => {}
+    }
+    if let FailurePolicy::Penalty(x) = spec.reward.failure.policy
+        && !x.is_finite()
+    {
+        v.error("reward.failure.policy.penalty", "the penalty must be a finite number", "not finite");
+    }
+    for (i, vs) in spec.reward.verifiers.iter().enumerate() {
+        let f = format!("reward.verifiers.{i}");
+        match vs {
+            VerifierSpec::MathAnswer { .. } if kind != TaskKind::Math => {
+                v.error(
+                    &format!("{f}.kind"),
+                    format!("verifier `math_answer` needs math records, but the task is `{task_name}`"),
+                    "wrong task",
+                );
+            }
+            VerifierSpec::Verdict if kind != TaskKind::EthicalReasoning => {
+                v.error(
+                    &format!("{f}.kind"),
+                    format!("verifier `verdict` needs ethical_reasoning records, but the task is `{task_name}`"),
+                    "wrong task",
+                );
+            }
+            VerifierSpec::Length { min_words, max_words } if min_words > max_words => {
+                v.error(
+                    &format!("{f}.min_words"),
+                    format!("`min_words` ({min_words}) is larger than `max_words` ({max_words})"),
+                    "empty range",
+                );
+            }
+            VerifierSpec::Format { pattern } => {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    let msg = e.to_string().lines().last().unwrap_or("invalid").to_string();
+                    v.error(&format!("{f}.pattern"), format!("invalid regular expression: {msg}"), "does not compile");
+                }
+            }
+            _ => {}
+        }
+    }
+    if matches!(spec.reward.mix, MixSpec::Coin { .. }) && spec.reward.verifiers.is_empty() {
+        v.error(
+            "reward.mix",
+            "`mix: coin` tosses between a verifier and the judge, but `reward.verifiers` is empty",
+            "no verifier to toss for",
+        )
+        .help
+        .push("add a verifier (e.g. `{kind: math_answer}`) or use `mix: {mode: weighted}`".into());
+    }
+
+    // --- ppo ---------------------------------------------------------------------------------
+    let p = &spec.ppo;
+    if !p.batch_size.is_multiple_of(p.num_mini_batches) {
+        v.error(
+            "ppo.num_mini_batches",
+            format!("`ppo.batch_size` ({}) is not divisible by `ppo.num_mini_batches` ({})", p.batch_size, p.num_mini_batches),
+            "must divide batch_size",
+        );
+    } else {
+        let mb = p.batch_size / p.num_mini_batches;
+        if !mb.is_multiple_of(p.gradient_accumulation_steps) {
+            v.error(
+                "ppo.gradient_accumulation_steps",
+                format!(
+                    "the mini-batch size ({mb} = batch_size / num_mini_batches) is not divisible by `ppo.gradient_accumulation_steps` ({})",
+                    p.gradient_accumulation_steps
+                ),
+                "must divide the mini-batch size",
+            );
+        }
+    }
+    if p.algorithm == Algorithm::Grpo && !p.batch_size.is_multiple_of(p.group_size) {
+        v.error(
+            "ppo.group_size",
+            format!("GRPO needs `ppo.batch_size` ({}) divisible by `ppo.group_size` ({})", p.batch_size, p.group_size),
+            "must divide batch_size",
+        );
+    }
+    if p.total_episodes < p.batch_size {
+        v.error(
+            "ppo.total_episodes",
+            format!("`ppo.total_episodes` ({}) is smaller than one batch ({}): no update would run", p.total_episodes, p.batch_size),
+            "too small",
+        );
+    } else if !p.total_episodes.is_multiple_of(p.batch_size) {
+        let updates = p.total_episodes / p.batch_size;
+        v.warn(
+            "ppo.total_episodes",
+            format!("`ppo.total_episodes` ({}) is not a multiple of `ppo.batch_size` ({}): {updates} updates run and the last {} episodes are dropped", p.total_episodes, p.batch_size, p.total_episodes % p.batch_size),
+            "not a multiple of batch_size",
+        );
+    }
+    if p.learning_rate == 0.0 {
+        v.warn("ppo.learning_rate", "`ppo.learning_rate` is 0: the policy will not change", "zero");
+    }
+    let updates = p.total_episodes / p.batch_size.max(1);
+
+    // --- meta --------------------------------------------------------------------------------
+    if let Every::N(every) = spec.meta.every {
+        let produced = every as usize * spec.ppo.batch_size;
+        if spec.meta.samples > produced {
+            v.error(
+                "meta.samples",
+                format!("`meta.samples` ({}) is larger than the rollouts produced between two meta steps ({produced} = meta.every {every} x ppo.batch_size {})", spec.meta.samples, spec.ppo.batch_size),
+                "too many samples",
+            );
+        }
+        if every as usize >= updates && updates > 0 {
+            v.warn(
+                "meta.every",
+                format!("`meta.every` is {every} but the run has only {updates} update(s): the rubric is never rewritten"),
+                "no meta step will run",
+            )
+            .help
+            .push("lower `meta.every`, raise `ppo.total_episodes`, or say `never`".into());
+        }
+    }
+    // --- eval --------------------------------------------------------------------------------
+    if let Every::N(e) = spec.eval.every
+        && e as usize > updates
+        && updates > 0
+    {
+        v.warn(
+            "eval.every",
+            format!("`eval.every` is {e} but the run has {updates} update(s): only the final evaluation runs"),
+            "longer than the run",
+        );
+    }
+
+    let errors_after = diags.iter().filter(|d| d.is_error()).count();
+    if errors_after > errors_before {
+        return None;
+    }
+    Some(Inputs {
+        train: train?,
+        test,
+        templates,
+        rubric: rubric?,
+        policy_model: policy_model?,
+        judge_model: judge_model?,
+        meta_model: meta_model?,
+    })
+}
+
+/// Write a resolved path back into the spec field it came from.
+fn set_path(spec: &mut Spec, field: &str, p: PathBuf) {
+    match field {
+        "task.prompt" => spec.task.prompt = p,
+        "reward.rubric" => spec.reward.rubric = p,
+        "reward.prompt" => spec.reward.prompt = p,
+        "eval.elo.prompt" => spec.eval.elo.prompt = Some(p),
+        _ => {
+            if let Some(st) = spec.meta.stages.as_mut() {
+                match field {
+                    "meta.stages.prescreen" => st.prescreen = Some(p),
+                    "meta.stages.analyze" => st.analyze = p,
+                    "meta.stages.refine" => st.refine = p,
+                    "meta.stages.merge" => st.merge = p,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("specs/../prompt_templates/./a.j2")), PathBuf::from("prompt_templates/a.j2"));
+        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
+        assert_eq!(normalize(Path::new("./")), PathBuf::from("."));
+    }
+}

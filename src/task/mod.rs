@@ -1,0 +1,192 @@
+//! The paper's four tasks: their record formats, data loading and (math) the generator.
+//!
+//! Records stay JSON objects with the dataset's own field names, so a policy template reads
+//! `{{ problem }}` for MATH or `{{ title }}` for Scruples. Loading normalises only what every
+//! consumer needs: math records get an `answer` (the solution's last `\boxed{}`), Scruples
+//! records without an action are dropped as in the reference.
+
+pub mod generate;
+pub mod math;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::Value as J;
+use sha2::{Digest, Sha256};
+
+use crate::spec::{DataFormat, DataSource, TaskKind};
+
+/// Records of one split plus a content hash that identifies them.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub records: Arc<Vec<J>>,
+    /// sha256 of the file bytes, or of the generator's parameters and version.
+    pub sha256: String,
+    /// Records dropped on load (e.g. Scruples anecdotes without an action).
+    pub dropped: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read `{path}`: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("`{path}` line {line}: not a JSON object: {message}")]
+    Json { path: PathBuf, line: usize, message: String },
+    #[error("`{path}` line {line}: record has no `{field}` field (format `{format}` needs {needs})")]
+    MissingField { path: PathBuf, line: usize, field: String, format: String, needs: String },
+    #[error("`{path}` has no usable records")]
+    Empty { path: PathBuf },
+    #[error("a data source needs exactly one of `path` and `generate`")]
+    NoSource,
+}
+
+/// The format a task reads when the spec names none.
+pub fn native_format(kind: TaskKind) -> DataFormat {
+    match kind {
+        TaskKind::Math => DataFormat::Math,
+        TaskKind::EssayWriting => DataFormat::EssayPrompts,
+        TaskKind::Summarization => DataFormat::Scitldr,
+        TaskKind::EthicalReasoning => DataFormat::Scruples,
+    }
+}
+
+/// Formats that make sense for a task.
+pub fn formats_for(kind: TaskKind) -> &'static [DataFormat] {
+    match kind {
+        TaskKind::Math => &[DataFormat::Math],
+        TaskKind::EssayWriting => &[DataFormat::EssayPrompts],
+        TaskKind::Summarization => &[DataFormat::Scitldr, DataFormat::Billsum],
+        TaskKind::EthicalReasoning => &[DataFormat::Scruples],
+    }
+}
+
+pub fn format_name(f: DataFormat) -> &'static str {
+    match f {
+        DataFormat::Math => "math",
+        DataFormat::EssayPrompts => "essay_prompts",
+        DataFormat::Scitldr => "scitldr",
+        DataFormat::Billsum => "billsum",
+        DataFormat::Scruples => "scruples",
+    }
+}
+
+/// Fields every record of a format must have.
+pub fn required_fields(f: DataFormat) -> &'static [&'static str] {
+    match f {
+        DataFormat::Math => &["problem", "solution"],
+        DataFormat::EssayPrompts => &["prompt"],
+        DataFormat::Scitldr => &["text", "summary"],
+        DataFormat::Billsum => &["text", "summary"],
+        DataFormat::Scruples => &["title", "text", "binarized_label"],
+    }
+}
+
+type CacheKey = (PathBuf, u64, Option<std::time::SystemTime>, DataFormat);
+
+fn cache() -> &'static Mutex<HashMap<CacheKey, Dataset>> {
+    static C: OnceLock<Mutex<HashMap<CacheKey, Dataset>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// Load a split. `path` must already be resolved; `seed` feeds the generator. Files are read
+/// once per process (a sweep of 64 cells reads its data once).
+pub fn load(kind: TaskKind, src: &DataSource, seed: u64) -> Result<Dataset, DataError> {
+    match (&src.path, &src.generate) {
+        (Some(p), None) => load_file(p, src.format.unwrap_or(native_format(kind))),
+        (None, Some(g)) => {
+            let records = generate::arithmetic(seed, g.count, &g.levels);
+            let mut h = Sha256::new();
+            h.update(format!("arithmetic v{} seed={seed} count={} levels={:?}", generate::GENERATOR_VERSION, g.count, g.levels));
+            Ok(Dataset { records: Arc::new(records), sha256: hex(&h.finalize()), dropped: 0 })
+        }
+        _ => Err(DataError::NoSource),
+    }
+}
+
+fn load_file(path: &Path, format: DataFormat) -> Result<Dataset, DataError> {
+    let meta = std::fs::metadata(path).map_err(|e| DataError::Io { path: path.into(), message: e.to_string() })?;
+    let key = (path.to_path_buf(), meta.len(), meta.modified().ok(), format);
+    if let Some(d) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(d);
+    }
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.into(), message: e.to_string() })?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let text = String::from_utf8(bytes).map_err(|e| DataError::Io { path: path.into(), message: format!("not UTF-8: {e}") })?;
+    let needs = required_fields(format);
+    let mut records = Vec::new();
+    let mut dropped = 0;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut rec: J =
+            serde_json::from_str(line).map_err(|e| DataError::Json { path: path.into(), line: i + 1, message: e.to_string() })?;
+        let Some(obj) = rec.as_object_mut() else {
+            return Err(DataError::Json { path: path.into(), line: i + 1, message: "expected an object".into() });
+        };
+        for f in needs {
+            if obj.get(*f).is_none_or(J::is_null) {
+                return Err(DataError::MissingField {
+                    path: path.into(),
+                    line: i + 1,
+                    field: f.to_string(),
+                    format: format_name(format).into(),
+                    needs: needs.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+                });
+            }
+        }
+        match format {
+            DataFormat::Math if !obj.contains_key("answer") => match obj.get("solution").and_then(J::as_str).and_then(math::last_boxed) {
+                Some(a) => {
+                    obj.insert("answer".into(), J::String(a));
+                }
+                None => {
+                    dropped += 1;
+                    continue;
+                }
+            },
+            // The reference drops anecdotes whose action could not be extracted.
+            DataFormat::Scruples if obj.get("action").and_then(|a| a.get("description")).is_none_or(J::is_null) => {
+                dropped += 1;
+                continue;
+            }
+            _ => {}
+        }
+        records.push(rec);
+    }
+    if records.is_empty() {
+        return Err(DataError::Empty { path: path.into() });
+    }
+    let d = Dataset { records: Arc::new(records), sha256, dropped };
+    if let Ok(mut c) = cache().lock() {
+        c.insert(key, d.clone());
+    }
+    Ok(d)
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_math_and_adds_answers() {
+        let dir = std::env::temp_dir().join(format!("mpo-task-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("m.jsonl");
+        std::fs::write(&p, "{\"problem\":\"1+1\",\"solution\":\"$\\\\boxed{2}$\"}\n\n{\"problem\":\"x\",\"solution\":\"no box\"}\n")
+            .unwrap();
+        let d = load(TaskKind::Math, &DataSource { path: Some(p.clone()), ..Default::default() }, 0).unwrap();
+        assert_eq!(d.records.len(), 1);
+        assert_eq!(d.records[0]["answer"], "2");
+        assert_eq!(d.dropped, 1);
+        std::fs::write(&p, "{\"problem\":\"1+1\"}\n").unwrap();
+        let e = load(TaskKind::Math, &DataSource { path: Some(p), ..Default::default() }, 0).unwrap_err();
+        assert!(matches!(e, DataError::MissingField { line: 1, .. }), "{e}");
+    }
+}

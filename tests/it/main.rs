@@ -1,0 +1,3 @@
+//! Integration tests: one binary (each test binary relinks burn), one module per area.
+
+mod spec;

@@ -1,0 +1,200 @@
+//! The spec language end to end: shipped specs plan, invalid specs fail with the right
+//! diagnostics (snapshotted), the loader never panics, and the CLI's exit codes hold.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mpo::plan;
+use mpo::spec;
+use proptest::prelude::*;
+
+const SHIPPED: &[&str] = &[
+    "specs/math.yaml",
+    "specs/essay_writing.yaml",
+    "specs/summarization.yaml",
+    "specs/ethical_reasoning.yaml",
+    "specs/ablations/meta_every.yaml",
+];
+
+fn snapshot_name(path: &str) -> String {
+    Path::new(path).file_stem().unwrap().to_string_lossy().replace('.', "_")
+}
+
+#[test]
+fn shipped_specs_check_and_plan() {
+    for path in SHIPPED {
+        let loaded = spec::load(Path::new(path), &[]);
+        assert!(!loaded.has_errors(), "{path}:\n{}", loaded.render_diagnostics());
+        let plans: Vec<plan::Plan> = loaded.runs.iter().map(plan::compile).collect();
+        let text = if loaded.is_sweep { plan::render_sweep_table(&plans) } else { plan::render_summary(&plans[0]) };
+        insta::assert_snapshot!(format!("plan_{}", snapshot_name(path)), text);
+    }
+}
+
+#[test]
+fn math_plan_json_is_stable() {
+    let loaded = spec::load(Path::new("specs/math.yaml"), &[]);
+    let p = plan::compile(&loaded.runs[0]);
+    insta::assert_json_snapshot!("plan_math_json", p);
+    // The run id is the hash of the identity, and a round trip through JSON keeps it.
+    let back: plan::Plan = serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+    assert_eq!(plan::run_id(&back), p.run_id);
+}
+
+#[test]
+fn run_id_ignores_output_root_and_threads_but_not_hyperparameters() {
+    let id = |o: &[&str]| {
+        let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+        plan::compile(&spec::load(Path::new("specs/math.yaml"), &o).runs[0]).run_id
+    };
+    let base = id(&[]);
+    assert_eq!(base, id(&["output.root=/tmp/elsewhere", "runtime.threads=2", "description=other words"]));
+    assert_ne!(base, id(&["ppo.kl_coef=0.05"]));
+    assert_ne!(base, id(&["runtime.seed=1"]));
+}
+
+#[test]
+fn sweep_cells_have_distinct_run_ids_and_the_cli_overrides_win() {
+    let loaded = spec::load(Path::new("specs/ablations/meta_every.yaml"), &[]);
+    let ids: std::collections::BTreeSet<String> = loaded.runs.iter().map(|r| plan::compile(r).run_id).collect();
+    assert_eq!(ids.len(), 12);
+    let pinned = spec::load(Path::new("specs/ablations/meta_every.yaml"), &["runtime.seed=7".into()]);
+    assert!(pinned.runs.iter().all(|r| r.spec.runtime.seed == 7));
+}
+
+#[test]
+fn explain_says_where_each_value_came_from() {
+    let loaded = spec::load(Path::new("specs/ablations/meta_every.yaml"), &["ppo.kl_coef=0.05".into()]);
+    let rows = spec::explain(&loaded.runs[0], &loaded.sources);
+    let find = |p: &str| rows.iter().find(|r| r.path == p).unwrap_or_else(|| panic!("no row {p}"));
+    assert_eq!(find("ppo.kl_coef").origin, "<overrides>:1:13");
+    assert_eq!(find("ppo.batch_size").origin, "specs/ablations/meta_every.yaml:9:15");
+    assert_eq!(find("task.kind").origin, "specs/math.yaml:9:9");
+    assert_eq!(find("ppo.cliprange").origin, "default");
+    assert!(find("meta.every").origin.starts_with("specs/ablations/meta_every.yaml:"));
+}
+
+/// Every invalid spec fails, and its diagnostics are snapshotted.
+#[test]
+fn invalid_specs_fail_with_located_diagnostics() {
+    let dir = Path::new("tests/specs/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 25, "{} invalid specs", files.len());
+    for f in files {
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        if name.starts_with("10-") && cfg!(feature = "cuda") {
+            continue; // backend-not-compiled-in is only an error without the cuda feature
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        let overrides: Vec<String> = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# overrides:"))
+            .map(|o| o.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        let loaded = spec::load(&f, &overrides);
+        assert!(loaded.has_errors(), "{name} should fail");
+        assert!(loaded.runs.is_empty());
+        let out = loaded.render_diagnostics();
+        assert!(out.contains("-->"), "{name}: every error points somewhere:\n{out}");
+        insta::assert_snapshot!(format!("invalid_{name}"), out);
+    }
+}
+
+#[test]
+fn committed_schema_is_current() {
+    let committed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string("mpo.schema.json").unwrap()).unwrap();
+    assert_eq!(committed, spec::json_schema(), "run `cargo run -- schema > mpo.schema.json`");
+}
+
+// ---- CLI ------------------------------------------------------------------------------------
+
+fn mpo(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mpo")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn cli_exit_codes() {
+    let (c, o, _) = mpo(&["check", "specs/math.yaml"]);
+    assert_eq!(c, 0);
+    assert!(o.contains("ok (run id"));
+    let (c, _, e) = mpo(&["check", "specs/math.yaml", "ppo.kl_coeff=1"]);
+    assert_eq!(c, 1);
+    assert!(e.contains("did you mean `kl_coef`?"), "{e}");
+    let (c, _, _) = mpo(&["check"]);
+    assert_eq!(c, 2);
+    let (c, o, _) = mpo(&["check", "specs/math.yaml", "--explain"]);
+    assert_eq!(c, 0);
+    assert!(o.contains("ppo.cliprange") && o.contains("default"));
+}
+
+#[test]
+fn cli_plan_json_for_a_sweep_has_runs() {
+    let (c, o, e) = mpo(&["plan", "specs/ablations/meta_every.yaml", "--json"]);
+    assert_eq!(c, 0, "{e}");
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(v["runs"].as_array().unwrap().len(), 12);
+    assert_eq!(v["runs"][3]["cell"]["label"], "meta.every=5 runtime.seed=0");
+    let (c, o, _) = mpo(&["schema"]);
+    assert_eq!(c, 0);
+    assert!(o.contains("\"title\": \"mpo experiment spec\""));
+}
+
+// ---- the loader never panics ---------------------------------------------------------------
+
+fn mutate(text: &str, ops: &[(u8, usize, String)]) -> String {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    for (op, at, s) in ops {
+        if lines.is_empty() {
+            lines.push(String::new());
+        }
+        let i = at % lines.len();
+        match op % 6 {
+            0 => {
+                lines.remove(i);
+            }
+            1 => lines.insert(i, s.clone()),
+            2 => {
+                let l = lines[i].clone();
+                lines.insert(i, l);
+            }
+            3 => {
+                let l = &mut lines[i];
+                let cut = (s.len() % (l.len() + 1)).min(l.len());
+                let cut = (0..=cut).rev().find(|c| l.is_char_boundary(*c)).unwrap_or(0);
+                l.truncate(cut);
+            }
+            4 => lines[i] = format!("  {}", lines[i]),
+            _ => lines[i].push_str(s),
+        }
+    }
+    lines.join("\n")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,300}", o in proptest::collection::vec("\\PC{0,40}", 0..3)) {
+        let _ = spec::load_str(Path::new("specs/fuzz.yaml"), &text, &o);
+    }
+
+    #[test]
+    fn mutated_specs_never_panic(which in 0usize..5, ops in proptest::collection::vec((any::<u8>(), any::<usize>(), "[ -~]{0,20}"), 1..6)) {
+        let path = SHIPPED[which];
+        let text = std::fs::read_to_string(path).unwrap();
+        let loaded = spec::load_str(Path::new(path), &mutate(&text, &ops), &[]);
+        if !loaded.has_errors() {
+            for r in &loaded.runs {
+                let _ = plan::compile(r);
+            }
+        }
+    }
+
+    #[test]
+    fn yaml_fragments_never_panic(text in "([a-z_.]{1,10}: ?(\\[|\\{|\"|'|-|[0-9.e+-]{1,6}|~|null|never|&a|\\*a|!!str|\\||>)?\n {0,4}){0,12}") {
+        let _ = spec::load_str(Path::new("specs/fuzz.yaml"), &text, &[]);
+    }
+}
