@@ -41,6 +41,20 @@ pub enum Command {
     },
     /// Print the JSON Schema of the spec language (for editors).
     Schema,
+    /// Run a benchmark and print its figures (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// `check` + `plan` over every shipped spec and a 64-cell sweep (target: < 50 ms).
+    Spec {
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -55,6 +69,21 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { spec, overrides, explain } => check(&spec, &overrides, explain),
         Command::Plan { spec, overrides, json } => plan_cmd(&spec, &overrides, json),
+        Command::Bench { which } => {
+            let r = match which {
+                BenchCommand::Spec { iterations } => crate::bench::spec_bench(iterations),
+            };
+            match r {
+                Ok(s) => {
+                    print!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Schema => {
             let s = serde_json::to_string_pretty(&spec::json_schema()).expect("schema serializes");
             println!("{s}");

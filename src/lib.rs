@@ -3,6 +3,7 @@
 //! Data flows one way: a YAML [`spec`] is loaded and checked, compiled into a [`plan`], and
 //! (later stages) run and written as versioned results. See ARCHITECTURE.md for the map.
 
+pub mod bench;
 pub mod cli;
 pub mod diag;
 pub mod model;

@@ -155,7 +155,7 @@ pub fn compile(r: &Resolved) -> Plan {
     let prescreen = spec.meta.stages.as_ref().is_some_and(|s| s.prescreen.is_some()) as u64;
     let meta_calls = meta_steps * (2 * spec.meta.samples as u64 + 1 + prescreen);
     let test_used =
-        inputs.test.as_ref().map(|t| t.records.len().min(spec.task.test.as_ref().and_then(|s| s.limit).unwrap_or(usize::MAX))).unwrap_or(0);
+        inputs.test.as_ref().map(|t| t.len.min(spec.task.test.as_ref().and_then(|s| s.limit).unwrap_or(usize::MAX))).unwrap_or(0);
     let eval_episodes = schedule.eval_at.len() as u64 * spec.eval.samples.min(test_used) as u64;
     let meta_judge_tokens = spec.meta.judge.as_ref().unwrap_or(&spec.reward.judge).max_tokens as u64;
     let estimates = Estimates {
@@ -167,14 +167,14 @@ pub fn compile(r: &Resolved) -> Plan {
         eval_episodes,
     };
 
-    let data_info = |d: &crate::task::Dataset, src: &crate::spec::DataSource| DataInfo {
+    let data_info = |d: &crate::task::DataSummary, src: &crate::spec::DataSource| DataInfo {
         source: match (&src.path, &src.generate) {
             (Some(p), _) => p.display().to_string(),
             _ => "generate:arithmetic".into(),
         },
         sha256: d.sha256.clone(),
-        records: d.records.len(),
-        used: d.records.len().min(src.limit.unwrap_or(usize::MAX)),
+        records: d.len,
+        used: d.len.min(src.limit.unwrap_or(usize::MAX)),
         dropped: d.dropped,
     };
     let rubric_md = inputs.rubric.to_markdown();

@@ -164,7 +164,7 @@ impl<'a> Checker<'a> {
             diags.push(Diagnostic::error(format!("`{path}` must have at most {max} characters")).at(node.origin).label("too long"));
         }
         if let Some(p) = schema.get("pattern").and_then(J::as_str)
-            && let Ok(re) = regex::Regex::new(p)
+            && let Ok(re) = schema_regex(p)
             && !re.is_match(s)
         {
             diags.push(
@@ -318,6 +318,13 @@ impl<'a> Checker<'a> {
         }
         if parts.is_empty() { "a value".into() } else { parts.join(" or ") }
     }
+}
+
+fn schema_regex(p: &str) -> Result<regex::Regex, regex::Error> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Result<regex::Regex, regex::Error>>>> =
+        std::sync::OnceLock::new();
+    let mut c = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    c.entry(p.to_string()).or_insert_with(|| regex::Regex::new(p)).clone()
 }
 
 fn types(schema: &J) -> Vec<String> {

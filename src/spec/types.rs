@@ -390,7 +390,7 @@ pub enum Extraction {
 }
 
 pub fn default_score_regex() -> String {
-    r"(?mi)^\W*(?:score\s+for\s+)?(?P<item>[^:\n]{1,80}?)\W*:\s*(?P<score>-?\d+)\s*(?:/\s*\d+)?\s*\W*$".into()
+    r"(?mi)^[\W_]*(?:score\s+for\s+)?(?P<item>[^:\n]+?)[\W_]*:\s*(?P<score>-?\d+)\s*(?:/\s*\d+)?[\W_]*$".into()
 }
 
 fn default_top_logprobs() -> u32 {
@@ -447,13 +447,18 @@ pub enum VerifierSpec {
     Verdict,
     /// 1 when the word count is within bounds, else 0.
     Length {
+        /// Fewest words accepted.
         #[serde(default)]
         min_words: usize,
+        /// Most words accepted.
         #[serde(default = "default_max_words")]
         max_words: usize,
     },
     /// 1 when the response matches the regular expression, else 0.
-    Format { pattern: String },
+    Format {
+        /// Regular expression (Rust `regex` syntax) searched for in the response.
+        pattern: String,
+    },
 }
 
 fn default_tolerance() -> f64 {
@@ -470,14 +475,17 @@ fn default_max_words() -> usize {
 pub enum MixSpec {
     /// `judge_weight * judge + verifier_weight * verifier`.
     Weighted {
+        /// Weight of the judge's reward.
         #[serde(default = "one")]
         judge_weight: f64,
+        /// Weight of the verifiers' mean score.
         #[serde(default = "one")]
         verifier_weight: f64,
     },
     /// The reference's scheme: a seeded coin per rollout chunk picks the verifier (with
     /// probability `verifier_prob`) or the judge.
     Coin {
+        /// Probability that a chunk is scored by the verifiers instead of the judge.
         #[schemars(range(min = 0.0, max = 1.0))]
         verifier_prob: f64,
         /// Rollouts that share one toss.
@@ -650,10 +658,12 @@ pub enum Critic {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PpoSpec {
+    /// PPO (with a critic) or GRPO (group-normalised advantages).
     pub algorithm: Algorithm,
     /// AdamW learning rate.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub learning_rate: f64,
+    /// How the learning rate changes over the run.
     pub lr_schedule: LrSchedule,
     /// AdamW weight decay.
     #[schemars(range(min = 0.0, max = 1.0))]
@@ -679,6 +689,7 @@ pub struct PpoSpec {
     /// Per-token KL penalty coefficient against the reference policy.
     #[schemars(range(min = 0.0, max = 100.0))]
     pub kl_coef: f64,
+    /// Per-token KL estimator.
     pub kl_estimator: KlEstimator,
     /// Policy-ratio clip range.
     #[schemars(range(min = 0.0, max = 10.0))]
@@ -773,10 +784,10 @@ impl Default for EvalSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EloSpec {
-    /// K-factor.
+    /// K-factor (rating change per game).
     #[schemars(range(min = 0.0, max = 1000.0))]
     pub k: f64,
-    /// Starting rating.
+    /// Rating every player starts with.
     pub start: f64,
     /// Tournament repeats with reshuffled match order (mean +- std over repeats).
     #[schemars(range(min = 1, max = 1000))]
@@ -834,6 +845,7 @@ impl Backend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSpec {
+    /// Compute backend.
     pub backend: Backend,
     /// Device index for GPU backends.
     pub device: usize,

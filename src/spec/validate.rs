@@ -18,7 +18,7 @@ use super::types::*;
 use crate::diag::{Diagnostic, Origin, Sources};
 use crate::model::registry::{self, ModelRef, ResolveError};
 use crate::rubric::Rubric;
-use crate::task::{self, DataError, Dataset};
+use crate::task::{self, DataError, DataSummary};
 use crate::template::{self, TemplateKind};
 
 /// A template file as read at validation time.
@@ -32,8 +32,8 @@ pub struct TemplateFile {
 /// Everything a spec refers to, read and checked.
 #[derive(Debug, Clone)]
 pub struct Inputs {
-    pub train: Dataset,
-    pub test: Option<Dataset>,
+    pub train: DataSummary,
+    pub test: Option<DataSummary>,
     pub templates: BTreeMap<TemplateKind, TemplateFile>,
     /// Version 0 of the rubric (the rendered `reward.rubric`).
     pub rubric: Rubric,
@@ -110,7 +110,7 @@ impl V<'_> {
         }
     }
 
-    fn data(&mut self, field: &str, kind: TaskKind, src: &mut DataSource, seed: u64) -> Option<Dataset> {
+    fn data(&mut self, field: &str, kind: TaskKind, src: &mut DataSource, seed: u64) -> Option<DataSummary> {
         match (&src.path, &src.generate) {
             (Some(_), Some(_)) => {
                 self.error(&format!("{field}.generate"), format!("`{field}` has both `path` and `generate`"), "pick one")
@@ -152,7 +152,7 @@ impl V<'_> {
         if let Some(p) = src.path.as_mut() {
             *p = self.resolve(&format!("{field}.path"), p);
         }
-        match task::load(kind, src, seed) {
+        match task::summarize(kind, src, seed) {
             Ok(d) => Some(d),
             Err(e) => {
                 let at = format!("{field}.path");
@@ -302,7 +302,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
             .push("add `task.test: {path: ...}` or set `eval.every: never`".into());
     }
     if let (Some(t), Some(limit)) = (&test, spec.task.test.as_ref().and_then(|t| t.limit)) {
-        let n = t.records.len().min(limit);
+        let n = t.len.min(limit);
         if spec.eval.samples > n {
             v.warn(
                 "eval.samples",
@@ -312,7 +312,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         }
     }
     // Without a record (the data failed, already reported) templates get a syntax check only.
-    let record = train.as_ref().map(|d| d.records[0].clone());
+    let record = train.as_ref().map(|d| d.first.clone());
 
     // --- templates -------------------------------------------------------------------------
     let mut templates = BTreeMap::new();
@@ -401,7 +401,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
 
     // --- reward ------------------------------------------------------------------------------
     match &spec.reward.extraction {
-        Extraction::Regex { pattern } => match regex::Regex::new(pattern) {
+        Extraction::Regex { pattern } => match compiled(pattern) {
             Ok(re) => {
                 let names: Vec<&str> = re.capture_names().flatten().collect();
                 if !names.contains(&"score") || !names.contains(&"item") {
@@ -450,7 +450,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
                 );
             }
             VerifierSpec::Format { pattern } => {
-                if let Err(e) = regex::Regex::new(pattern) {
+                if let Err(e) = compiled(pattern) {
                     let msg = e.to_string().lines().last().unwrap_or("invalid").to_string();
                     v.error(&format!("{f}.pattern"), format!("invalid regular expression: {msg}"), "does not compile");
                 }
@@ -560,6 +560,14 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         judge_model: judge_model?,
         meta_model: meta_model?,
     })
+}
+
+/// Compile a user regex once per process (a sweep checks the same pattern in every cell).
+fn compiled(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Result<regex::Regex, regex::Error>>>> =
+        std::sync::OnceLock::new();
+    let mut c = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    c.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern)).clone()
 }
 
 /// Write a resolved path back into the spec field it came from.

@@ -89,16 +89,55 @@ fn cache() -> &'static Mutex<HashMap<CacheKey, Dataset>> {
     C.get_or_init(Default::default)
 }
 
+/// What validation and planning need to know about a split, without holding it: its size,
+/// content hash and first record (templates are checked against it).
+#[derive(Debug, Clone)]
+pub struct DataSummary {
+    pub len: usize,
+    pub sha256: String,
+    pub dropped: usize,
+    pub first: J,
+}
+
+/// Summarize a split. Files are read (and cached); the generator makes only the first record,
+/// since its hash is that of its parameters.
+pub fn summarize(kind: TaskKind, src: &DataSource, seed: u64) -> Result<DataSummary, DataError> {
+    if let (None, Some(g)) = (&src.path, &src.generate) {
+        let first = generate::arithmetic(seed, 1, &g.levels).remove(0);
+        return Ok(DataSummary { len: g.count, sha256: hex(&Sha256::digest(generator_id(seed, g).as_bytes())), dropped: 0, first });
+    }
+    let d = load(kind, src, seed)?;
+    Ok(DataSummary { len: d.records.len(), sha256: d.sha256.clone(), dropped: d.dropped, first: d.records[0].clone() })
+}
+
+fn generator_id(seed: u64, g: &crate::spec::GeneratorSpec) -> String {
+    format!("arithmetic v{} seed={seed} count={} levels={:?}", generate::GENERATOR_VERSION, g.count, g.levels)
+}
+
+/// Forget every file read so far (benchmarks measure cold loads with it).
+pub fn clear_cache() {
+    if let Ok(mut c) = cache().lock() {
+        c.clear();
+    }
+}
+
 /// Load a split. `path` must already be resolved; `seed` feeds the generator. Files are read
 /// once per process (a sweep of 64 cells reads its data once).
 pub fn load(kind: TaskKind, src: &DataSource, seed: u64) -> Result<Dataset, DataError> {
     match (&src.path, &src.generate) {
         (Some(p), None) => load_file(p, src.format.unwrap_or(native_format(kind))),
         (None, Some(g)) => {
+            let id = generator_id(seed, g);
+            let key = (PathBuf::from(&id), 0, None, DataFormat::Math);
+            if let Some(d) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+                return Ok(d);
+            }
             let records = generate::arithmetic(seed, g.count, &g.levels);
-            let mut h = Sha256::new();
-            h.update(format!("arithmetic v{} seed={seed} count={} levels={:?}", generate::GENERATOR_VERSION, g.count, g.levels));
-            Ok(Dataset { records: Arc::new(records), sha256: hex(&h.finalize()), dropped: 0 })
+            let d = Dataset { records: Arc::new(records), sha256: hex(&Sha256::digest(id.as_bytes())), dropped: 0 };
+            if let Ok(mut c) = cache().lock() {
+                c.insert(key, d.clone());
+            }
+            Ok(d)
         }
         _ => Err(DataError::NoSource),
     }
