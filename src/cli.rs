@@ -41,6 +41,43 @@ pub enum Command {
     },
     /// Print the JSON Schema of the spec language (for editors).
     Schema,
+    /// Download a known model into the cache (`$MPO_CACHE_DIR` or ~/.cache/mpo).
+    Fetch {
+        /// Model name (see --list).
+        name: Option<String>,
+        /// List the known models.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Generate text from a model (a quick check that a model loads and runs).
+    Generate {
+        /// Known model name, .gguf file or Hugging Face directory.
+        #[arg(long, default_value = "smollm2-135m-instruct")]
+        model: String,
+        /// The prompt (sent as a user message unless --raw).
+        #[arg(long)]
+        prompt: Vec<String>,
+        /// Send the prompt as-is, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// cpu, wgpu or cuda (if compiled in).
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Print each token with its log-probability.
+        #[arg(long)]
+        logprobs: bool,
+    },
     /// Run a benchmark and print its figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -69,6 +106,17 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { spec, overrides, explain } => check(&spec, &overrides, explain),
         Command::Plan { spec, overrides, json } => plan_cmd(&spec, &overrides, json),
+        Command::Fetch { name, list } => fetch_cmd(name.as_deref(), list),
+        Command::Generate { model, prompt, raw, max_new_tokens, temperature, top_p, top_k, seed, backend, logprobs } => {
+            let args = crate::generate_cmd::Args { model, prompts: prompt, raw, max_new_tokens, temperature, top_p, top_k, seed, logprobs };
+            match crate::generate_cmd::run(&backend, args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Bench { which } => {
             let r = match which {
                 BenchCommand::Spec { iterations } => crate::bench::spec_bench(iterations),
@@ -88,6 +136,29 @@ pub fn main() -> ExitCode {
             let s = serde_json::to_string_pretty(&spec::json_schema()).expect("schema serializes");
             println!("{s}");
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn fetch_cmd(name: Option<&str>, list: bool) -> ExitCode {
+    use crate::model::{fetch, registry};
+    if list || name.is_none() {
+        for k in registry::KNOWN {
+            let p = fetch::model_path(k);
+            let state = if p.exists() { format!("cached at {}", p.display()) } else { "not fetched".into() };
+            println!("{:<24} {} ({state})", k.name, k.description);
+        }
+        return if name.is_none() && !list { ExitCode::from(2) } else { ExitCode::SUCCESS };
+    }
+    let name = name.unwrap_or_default();
+    match fetch::fetch(name, &mut |m| eprintln!("{m}")) {
+        Ok(p) => {
+            println!("{}", p.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -6,6 +6,8 @@
 pub mod bench;
 pub mod cli;
 pub mod diag;
+pub mod fsx;
+mod generate_cmd;
 pub mod model;
 pub mod plan;
 pub mod rng;

@@ -1,1 +1,113 @@
+//! Models on burn: the Llama-family transformer, its weights, tokenizer and chat template,
+//! generation, LoRA adapters, and the compute backends.
+//!
+//! [`load`] turns a resolved model reference into a ready [`Loaded`] model on any backend;
+//! [`Backends`] dispatches a generic job to the backend a spec names.
+
+pub mod adapter;
+pub mod fetch;
+pub mod generate;
+pub mod gguf;
+pub mod llama;
 pub mod registry;
+pub mod tokenizer;
+pub mod weights;
+
+use burn::prelude::*;
+
+pub use llama::{Llama, LoraConfig, Target};
+use registry::ModelRef;
+use tokenizer::Tok;
+use weights::{GgufWeights, LlamaConfig, SafetensorsWeights};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
+    #[error(transparent)]
+    Weights(#[from] weights::WeightsError),
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+    #[error("`{path}`: {message}")]
+    Config { path: String, message: String },
+}
+
+/// A model ready to run: network, tokenizer, config.
+pub struct Loaded<B: Backend> {
+    pub model: Llama<B>,
+    pub tok: Tok,
+    pub config: LlamaConfig,
+}
+
+/// Load `mref` onto `device`, fetching a known model into the cache if it is missing. `lora`
+/// adds fresh adapters drawn from `seed`; `max_pos` bounds prompt + response length.
+pub fn load<B: Backend>(
+    mref: &ModelRef,
+    lora: Option<&LoraConfig>,
+    max_pos: usize,
+    seed: u64,
+    device: &B::Device,
+    log: &mut dyn FnMut(&str),
+) -> Result<Loaded<B>, ModelError> {
+    match mref {
+        ModelRef::Known { name, .. } => {
+            let path = fetch::fetch(name, log)?;
+            load_gguf(&path, lora, max_pos, seed, device)
+        }
+        ModelRef::Gguf { path } => load_gguf(path, lora, max_pos, seed, device),
+        ModelRef::HfDir { path } => {
+            let cfg_path = path.join("config.json");
+            let text = std::fs::read_to_string(&cfg_path)
+                .map_err(|e| ModelError::Config { path: cfg_path.display().to_string(), message: e.to_string() })?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::Config { path: cfg_path.display().to_string(), message: e.to_string() })?;
+            let config = LlamaConfig::from_hf(&v).map_err(|m| ModelError::Config { path: cfg_path.display().to_string(), message: m })?;
+            let src = SafetensorsWeights::open(path)?;
+            let tok = Tok::from_hf_dir(path)?;
+            let model = Llama::load(&config, &src, lora, max_pos.min(config.max_position_embeddings), seed, device)?;
+            Ok(Loaded { model, tok, config })
+        }
+    }
+}
+
+fn load_gguf<B: Backend>(
+    path: &std::path::Path,
+    lora: Option<&LoraConfig>,
+    max_pos: usize,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Loaded<B>, ModelError> {
+    let g = gguf::Gguf::open(path)?;
+    let config = LlamaConfig::from_gguf(&g)?;
+    let tok = Tok::from_gguf(&g)?;
+    let src = GgufWeights::new(&g, config.clone());
+    let model = Llama::load(&config, &src, lora, max_pos.min(config.max_position_embeddings), seed, device)?;
+    Ok(Loaded { model, tok, config })
+}
+
+/// A job generic over the backend; [`dispatch`] runs it on the one a spec names.
+pub trait BackendJob {
+    type Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, backend_name: &'static str) -> Self::Output;
+}
+
+/// Run `job` on `backend` (device `index` for GPUs). A backend that is not compiled in is an
+/// error naming the cargo feature.
+pub fn dispatch<J: BackendJob>(backend: crate::spec::Backend, index: usize, job: J) -> Result<J::Output, String> {
+    use crate::spec::Backend as Bk;
+    let _ = index;
+    match backend {
+        #[cfg(feature = "cpu")]
+        Bk::Cpu => Ok(job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default(), "cpu")),
+        #[cfg(feature = "wgpu")]
+        Bk::Wgpu => {
+            Ok(job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(burn::backend::wgpu::WgpuDevice::DiscreteGpu(index), "wgpu"))
+        }
+        #[cfg(feature = "cuda")]
+        Bk::Cuda => Ok(job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(index), "cuda")),
+        #[allow(unreachable_patterns)]
+        other => Err(format!("backend `{}` is not compiled into this mpo; rebuild with `--features {}`", other.as_str(), other.feature())),
+    }
+}

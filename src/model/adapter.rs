@@ -1,0 +1,114 @@
+//! LoRA adapters (and the value head) saved to and loaded from safetensors.
+//!
+//! Only the trained tensors are written: `layers.<i>.<proj>.lora_a|lora_b`,
+//! `lm_head.lora_a|lora_b`, `value_head`. The frozen base is identified by the plan, not
+//! copied into every checkpoint.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::module::Param;
+use burn::prelude::*;
+
+use super::llama::{Llama, LoraLinear};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("{context}: {message}")]
+    Io { context: String, message: String },
+    #[error("adapter file `{path}`: {message}")]
+    Format { path: String, message: String },
+}
+
+fn projections<B: Backend>(m: &Llama<B>) -> Vec<(String, &LoraLinear<B>)> {
+    let mut v = Vec::new();
+    for (i, b) in m.blocks.iter().enumerate() {
+        for (n, l) in [("q", &b.q), ("k", &b.k), ("v", &b.v), ("o", &b.o), ("gate", &b.gate), ("up", &b.up), ("down", &b.down)] {
+            v.push((format!("layers.{i}.{n}"), l));
+        }
+    }
+    v.push(("lm_head".into(), &m.lm_head));
+    v
+}
+
+/// The trained tensors of `m` by name, as (shape, data).
+pub fn trained_tensors<B: Backend>(m: &Llama<B>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let host = |t: Tensor<B, 2>| -> (Vec<usize>, Vec<f32>) {
+        let dims = t.dims().to_vec();
+        (dims, t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default())
+    };
+    let mut out = Vec::new();
+    for (name, l) in projections(m) {
+        if let Some(lora) = &l.lora {
+            let (s, d) = host(lora.a.val());
+            out.push((format!("{name}.lora_a"), s, d));
+            let (s, d) = host(lora.b.val());
+            out.push((format!("{name}.lora_b"), s, d));
+        }
+    }
+    if let Some(v) = &m.value_head {
+        let (s, d) = host(v.val());
+        out.push(("value_head".into(), s, d));
+    }
+    out
+}
+
+/// Write the adapter of `m` to `path` (atomically).
+pub fn save<B: Backend>(m: &Llama<B>, path: &Path, metadata: HashMap<String, String>) -> Result<(), AdapterError> {
+    let tensors = trained_tensors(m);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.into_iter().map(|(n, s, d)| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| AdapterError::Format { path: path.display().to_string(), message: e.to_string() })?;
+    let data = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| AdapterError::Format { path: path.display().to_string(), message: e.to_string() })?;
+    crate::fsx::write_atomic(path, &data)
+        .map_err(|e| AdapterError::Io { context: format!("writing {}", path.display()), message: e.to_string() })
+}
+
+/// Load an adapter saved by [`save`] into `m`, which must have adapters of the same shapes.
+pub fn load<B: Backend>(mut m: Llama<B>, path: &Path) -> Result<Llama<B>, AdapterError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| AdapterError::Io { context: format!("reading {}", path.display()), message: e.to_string() })?;
+    let fmt = |message: String| AdapterError::Format { path: path.display().to_string(), message };
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| fmt(e.to_string()))?;
+    let device = m.embed.val().device();
+    let get = |name: &str, want: [usize; 2]| -> Result<Tensor<B, 2>, AdapterError> {
+        let t = st.tensor(name).map_err(|_| fmt(format!("no tensor `{name}`")))?;
+        if t.shape() != want {
+            return Err(fmt(format!("`{name}` has shape {:?}, the model expects {want:?}", t.shape())));
+        }
+        let v = super::weights::to_f32(t.dtype(), t.data()).map_err(fmt)?;
+        Ok(Tensor::from_data(TensorData::new(v, want), &device))
+    };
+    let set = |l: &mut LoraLinear<B>, name: &str| -> Result<(), AdapterError> {
+        if let Some(lora) = l.lora.as_mut() {
+            let (a, b) = (lora.a.val().dims(), lora.b.val().dims());
+            lora.a = Param::from_tensor(get(&format!("{name}.lora_a"), [a[0], a[1]])?);
+            lora.b = Param::from_tensor(get(&format!("{name}.lora_b"), [b[0], b[1]])?);
+        }
+        Ok(())
+    };
+    for (i, b) in m.blocks.iter_mut().enumerate() {
+        for (n, l) in [
+            ("q", &mut b.q),
+            ("k", &mut b.k),
+            ("v", &mut b.v),
+            ("o", &mut b.o),
+            ("gate", &mut b.gate),
+            ("up", &mut b.up),
+            ("down", &mut b.down),
+        ] {
+            set(l, &format!("layers.{i}.{n}"))?;
+        }
+    }
+    set(&mut m.lm_head, "lm_head")?;
+    if let Some(v) = m.value_head.as_mut() {
+        let d = v.val().dims();
+        *v = Param::from_tensor(get("value_head", [d[0], d[1]])?);
+    }
+    Ok(m)
+}

@@ -1,0 +1,295 @@
+//! Batched generation with a KV cache, and the batch layout (left padding, positions, masks)
+//! shared with scoring and training.
+//!
+//! Prompts of different lengths are left-padded so every row's last prompt token sits in the
+//! last column; positions restart at 0 after each row's padding and the mask hides padding.
+//! Sampling happens on the host from a seeded generator, so a run's samples depend only on
+//! its seed. Each sampled token's log-probability is returned under the tempered full
+//! distribution (`log_softmax(logits / T)`), which is what PPO recomputes.
+
+use burn::prelude::*;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::llama::{KvCache, Llama};
+use super::tokenizer::Tok;
+
+/// Additive mask value for hidden positions (finite, so fully masked rows stay finite).
+pub const NEG: f32 = -1.0e9;
+
+/// How to sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// Token ids that end a response (kept as its last token).
+    pub stop_ids: Vec<u32>,
+    /// Strings that end a response (the text is cut before them).
+    pub stop_strings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// Ended with an end-of-sequence / end-of-turn token.
+    Eos,
+    /// Ended with a stop string.
+    Stop,
+    /// Ran out of `max_new_tokens`.
+    Length,
+}
+
+/// One generated response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Response token ids (a final stop token included).
+    pub tokens: Vec<u32>,
+    /// Log-probability of each token under the tempered distribution it was sampled from.
+    pub logprobs: Vec<f32>,
+    pub text: String,
+    pub finish: Finish,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("prompt of {prompt} tokens + {new} new tokens exceeds the model's {max} positions")]
+    TooLong { prompt: usize, new: usize, max: usize },
+    #[error("empty prompt")]
+    EmptyPrompt,
+    #[error(transparent)]
+    Tokenizer(#[from] super::tokenizer::TokenizerError),
+    #[error("reading tensor data: {0}")]
+    Data(String),
+}
+
+/// Left-padded token rows, their padding, and RoPE positions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub b: usize,
+    pub t: usize,
+    pub tokens: Vec<i64>,
+    pub pads: Vec<usize>,
+    pub positions: Vec<i64>,
+}
+
+/// Left-pad `rows` with `pad`.
+pub fn left_pad(rows: &[Vec<u32>], pad: u32) -> Layout {
+    let t = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut tokens = Vec::with_capacity(rows.len() * t);
+    let mut positions = Vec::with_capacity(rows.len() * t);
+    let mut pads = Vec::with_capacity(rows.len());
+    for r in rows {
+        let p = t - r.len();
+        pads.push(p);
+        tokens.extend(std::iter::repeat_n(pad as i64, p).chain(r.iter().map(|&x| x as i64)));
+        positions.extend((0..t).map(|j| j.saturating_sub(p) as i64));
+    }
+    Layout { b: rows.len(), t, tokens, pads, positions }
+}
+
+/// Causal mask `[B, 1, T, past + T]` for queries at columns `past..past+T` over keys `0..past+T`,
+/// hiding each row's left padding.
+pub fn causal_mask(pads: &[usize], past: usize, t: usize) -> Vec<f32> {
+    let tk = past + t;
+    let mut m = Vec::with_capacity(pads.len() * t * tk);
+    for &p in pads {
+        for i in 0..t {
+            let qi = past + i;
+            m.extend((0..tk).map(|j| if j < p || j > qi { NEG } else { 0.0 }));
+        }
+    }
+    m
+}
+
+pub fn int_tensor<B: Backend>(v: Vec<i64>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+pub fn mask_tensor<B: Backend>(v: Vec<f32>, b: usize, t: usize, tk: usize, device: &B::Device) -> Tensor<B, 4> {
+    Tensor::from_data(TensorData::new(v, [b, 1, t, tk]), device)
+}
+
+/// Copy a float tensor to the host.
+pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, GenerateError> {
+    t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| GenerateError::Data(format!("{e:?}")))
+}
+
+/// `log_softmax` of one row (in place into `out`).
+pub fn log_softmax_row(logits: &[f32], scale: f32, out: &mut Vec<f32>) {
+    out.clear();
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+    let sum: f64 = logits.iter().map(|&x| ((x * scale - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    out.extend(logits.iter().map(|&x| x * scale - lse));
+}
+
+/// Draw one token from a row of logits; returns the token and its log-probability under the
+/// tempered full distribution.
+pub fn sample_row(logits: &[f32], s: &Sampling, rng: &mut impl Rng, scratch: &mut Vec<f32>) -> (u32, f32) {
+    if s.temperature <= 0.0 {
+        let (i, _) = logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) });
+        log_softmax_row(logits, 1.0, scratch);
+        return (i as u32, scratch[i]);
+    }
+    log_softmax_row(logits, 1.0 / s.temperature, scratch);
+    let lp = scratch.clone();
+    let mut candidates: Vec<usize> = (0..lp.len()).collect();
+    if s.top_k > 0 && s.top_k < candidates.len() {
+        candidates.select_nth_unstable_by(s.top_k - 1, |&a, &b| lp[b].total_cmp(&lp[a]));
+        candidates.truncate(s.top_k);
+    }
+    if s.top_p < 1.0 {
+        candidates.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]));
+        let mut acc = 0.0f64;
+        let mut keep = 0;
+        for &c in &candidates {
+            acc += (lp[c] as f64).exp();
+            keep += 1;
+            if acc >= s.top_p as f64 {
+                break;
+            }
+        }
+        candidates.truncate(keep.max(1));
+    }
+    let total: f64 = candidates.iter().map(|&c| (lp[c] as f64).exp()).sum();
+    let mut u = rng.random::<f64>() * total;
+    let mut pick = *candidates.last().expect("at least one candidate");
+    for &c in &candidates {
+        u -= (lp[c] as f64).exp();
+        if u <= 0.0 {
+            pick = c;
+            break;
+        }
+    }
+    (pick as u32, lp[pick])
+}
+
+/// Generate a response for every prompt (token ids, already chat-formatted).
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    s: &Sampling,
+    adapter: bool,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Generated>, GenerateError> {
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let device = model.embed.val().device();
+    let lay = left_pad(prompts, tok.pad);
+    let (b, t) = (lay.b, lay.t);
+    if t + s.max_new_tokens > model.max_positions() {
+        return Err(GenerateError::TooLong { prompt: t, new: s.max_new_tokens, max: model.max_positions() });
+    }
+    let mut cache = KvCache::new(model.num_layers());
+    let hidden = model.forward(
+        int_tensor(lay.tokens.clone(), [b, t], &device),
+        int_tensor(lay.positions.clone(), [b, t], &device),
+        mask_tensor(causal_mask(&lay.pads, 0, t), b, t, t, &device),
+        Some(&mut cache),
+        adapter,
+    );
+    let d = hidden.dims()[2];
+    let mut last = hidden.slice([0..b, t - 1..t, 0..d]);
+    let mut out: Vec<Generated> =
+        (0..b).map(|_| Generated { tokens: vec![], logprobs: vec![], text: String::new(), finish: Finish::Length }).collect();
+    let mut done = vec![false; b];
+    let mut scratch = Vec::new();
+    let vocab = model.lm_head.weight.val().dims()[1];
+    for step in 0..s.max_new_tokens {
+        let logits = to_host(model.logits(last, adapter))?;
+        let mut next = vec![tok.pad as i64; b];
+        for r in 0..b {
+            if done[r] {
+                continue;
+            }
+            let (id, lp) = sample_row(&logits[r * vocab..(r + 1) * vocab], s, rng, &mut scratch);
+            let g = &mut out[r];
+            g.tokens.push(id);
+            g.logprobs.push(lp);
+            next[r] = id as i64;
+            if s.stop_ids.contains(&id) {
+                done[r] = true;
+                g.finish = Finish::Eos;
+            } else if !s.stop_strings.is_empty() {
+                let text = tok.decode(&g.tokens)?;
+                if let Some(cut) = s.stop_strings.iter().filter_map(|ss| text.find(ss.as_str())).min() {
+                    done[r] = true;
+                    g.finish = Finish::Stop;
+                    g.text = text[..cut].to_string();
+                }
+            }
+        }
+        if done.iter().all(|&x| x) || step + 1 == s.max_new_tokens {
+            break;
+        }
+        let past = t + step;
+        let positions: Vec<i64> = (0..b).map(|r| (past - lay.pads[r]) as i64).collect();
+        let mask: Vec<f32> = lay.pads.iter().flat_map(|&p| (0..past + 1).map(move |j| if j < p { NEG } else { 0.0 })).collect();
+        let h = model.forward(
+            int_tensor(next, [b, 1], &device),
+            int_tensor(positions, [b, 1], &device),
+            mask_tensor(mask, b, 1, past + 1, &device),
+            Some(&mut cache),
+            adapter,
+        );
+        last = h;
+    }
+    for g in &mut out {
+        if g.finish != Finish::Stop {
+            g.text = tok.decode(&g.tokens)?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_and_masks() {
+        let l = left_pad(&[vec![5, 6, 7], vec![8]], 0);
+        assert_eq!(l.tokens, vec![5, 6, 7, 0, 0, 8]);
+        assert_eq!(l.pads, vec![0, 2]);
+        assert_eq!(l.positions, vec![0, 1, 2, 0, 0, 0]);
+        let m = causal_mask(&l.pads, 0, 3);
+        // row 1, query 2 (its only real token) sees key 2 only
+        assert_eq!(&m[9 + 6..9 + 9], &[NEG, NEG, 0.0]);
+        // row 0, query 1 sees keys 0 and 1
+        assert_eq!(&m[3..6], &[0.0, 0.0, NEG]);
+    }
+
+    #[test]
+    fn greedy_and_sampling_logprobs() {
+        let s = Sampling { max_new_tokens: 1, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
+        let mut rng = crate::rng::stream(0, "t");
+        let mut sc = Vec::new();
+        let (i, lp) = sample_row(&[0.0, 2.0, 1.0], &s, &mut rng, &mut sc);
+        assert_eq!(i, 1);
+        let z = (0f32.exp() + 2f32.exp() + 1f32.exp()).ln();
+        assert!((lp - (2.0 - z)).abs() < 1e-5);
+        // top_k = 1 at any temperature is greedy
+        let s = Sampling { temperature: 0.7, top_k: 1, ..s };
+        for _ in 0..20 {
+            assert_eq!(sample_row(&[0.0, 2.0, 1.0], &s, &mut rng, &mut sc).0, 1);
+        }
+        // top_p keeps the smallest set with that mass
+        let s = Sampling { top_k: 0, top_p: 0.5, temperature: 1.0, ..s };
+        for _ in 0..20 {
+            assert_eq!(sample_row(&[0.0, 3.0, 1.0], &s, &mut rng, &mut sc).0, 1);
+        }
+        // the empirical distribution matches softmax at T = 1
+        let s = Sampling { top_p: 1.0, ..s };
+        let n = 4000;
+        let ones = (0..n).filter(|_| sample_row(&[0.0, 1.0], &s, &mut rng, &mut sc).0 == 1).count();
+        let p1 = 1f64.exp() / (1.0 + 1f64.exp());
+        assert!(((ones as f64 / n as f64) - p1).abs() < 0.03);
+    }
+}

@@ -1,0 +1,526 @@
+//! The Llama-family transformer (SmolLM2, Llama 3, Qwen2/2.5) on burn, with LoRA adapters and
+//! a value head.
+//!
+//! One file, names from the papers: `rms_norm`, `rope` (rotate-half, theta and scaling from the
+//! config), grouped-query attention (`gqa`), SwiGLU MLP, tied or separate LM head, optional
+//! q/k/v biases. Every projection is a [`LoraLinear`]: a frozen base weight plus an optional
+//! low-rank adapter, switched off per call to get the reference policy from the same weights.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use rand::Rng;
+
+use super::weights::{LlamaConfig, RopeScaling, WeightSource, WeightsError};
+
+/// Modules an adapter can attach to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+    LmHead,
+}
+
+/// LoRA settings for a model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<Target>,
+}
+
+/// A low-rank update `scale * x A B` (A: [in, r], B: [r, out]; B starts at zero).
+#[derive(Module, Debug)]
+pub struct Lora<B: Backend> {
+    pub a: Param<Tensor<B, 2>>,
+    pub b: Param<Tensor<B, 2>>,
+    #[module(skip)]
+    pub scale: f64,
+}
+
+/// A linear map `x W + b` with a frozen base and an optional adapter.
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    /// `[in, out]`, frozen.
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub lora: Option<Lora<B>>,
+}
+
+impl<B: Backend> LoraLinear<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, adapter: bool) -> Tensor<B, D> {
+        let w = self.weight.val().unsqueeze::<D>();
+        let mut y = x.clone().matmul(w);
+        if let Some(b) = &self.bias {
+            y = y + b.val().unsqueeze::<D>();
+        }
+        if adapter && let Some(l) = &self.lora {
+            let h = x.matmul(l.a.val().unsqueeze::<D>());
+            y = y + h.matmul(l.b.val().unsqueeze::<D>()).mul_scalar(l.scale);
+        }
+        y
+    }
+}
+
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * w`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let rms = x.clone().powi_scalar(2).mean_dim(2).add_scalar(self.eps).sqrt();
+        x.div(rms).mul(self.weight.val().unsqueeze::<3>())
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub attn_norm: RmsNorm<B>,
+    pub q: LoraLinear<B>,
+    pub k: LoraLinear<B>,
+    pub v: LoraLinear<B>,
+    pub o: LoraLinear<B>,
+    pub mlp_norm: RmsNorm<B>,
+    pub gate: LoraLinear<B>,
+    pub up: LoraLinear<B>,
+    pub down: LoraLinear<B>,
+}
+
+/// The whole model: embedding, blocks, final norm, LM head, optional value head.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// `[vocab, hidden]`, frozen.
+    pub embed: Param<Tensor<B, 2>>,
+    pub blocks: Vec<Block<B>>,
+    pub norm: RmsNorm<B>,
+    /// `[hidden, vocab]`; the transposed embedding when tied.
+    pub lm_head: LoraLinear<B>,
+    /// `[hidden, 1]` scalar value per position (the critic), trained.
+    pub value_head: Option<Param<Tensor<B, 2>>>,
+    /// RoPE tables `[max_pos, head_dim]`.
+    pub rope_cos: Tensor<B, 2>,
+    pub rope_sin: Tensor<B, 2>,
+    #[module(skip)]
+    pub n_heads: usize,
+    #[module(skip)]
+    pub n_kv_heads: usize,
+    #[module(skip)]
+    pub head_dim: usize,
+}
+
+/// Per-layer cached keys and values `[B, n_kv, T, hd]` for incremental decoding.
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache { layers: (0..n_layers).map(|_| None).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Inverse frequencies of RoPE for `head_dim`, with the config's scaling applied.
+pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f64> {
+    let hd = cfg.head_dim;
+    let mut inv: Vec<f64> = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)).collect();
+    match &cfg.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => inv.iter_mut().for_each(|f| *f /= factor),
+        Some(RopeScaling::Factors { factors }) => inv.iter_mut().zip(factors).for_each(|(f, s)| *f /= s),
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            let low_wavelen = original_max_position_embeddings / low_freq_factor;
+            let high_wavelen = original_max_position_embeddings / high_freq_factor;
+            for f in inv.iter_mut() {
+                let wavelen = 2.0 * std::f64::consts::PI / *f;
+                if wavelen > low_wavelen {
+                    *f /= factor;
+                } else if wavelen >= high_wavelen {
+                    let smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                }
+            }
+        }
+    }
+    inv
+}
+
+fn rope_tables<B: Backend>(cfg: &LlamaConfig, max_pos: usize, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let inv = rope_inv_freq(cfg);
+    let hd = cfg.head_dim;
+    let mut cos = Vec::with_capacity(max_pos * hd);
+    let mut sin = Vec::with_capacity(max_pos * hd);
+    for p in 0..max_pos {
+        // HF layout: the frequency table repeated twice ([f0..f_{d/2}, f0..f_{d/2}]).
+        for i in 0..hd {
+            let a = p as f64 * inv[i % (hd / 2)];
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (Tensor::from_data(TensorData::new(cos, [max_pos, hd]), device), Tensor::from_data(TensorData::new(sin, [max_pos, hd]), device))
+}
+
+/// `[r, c]` row-major -> `[c, r]` row-major.
+fn transpose_host(w: &[f32], r: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = w[i * c + j];
+        }
+    }
+    out
+}
+
+fn frozen2<B: Backend>(v: Vec<f32>, shape: [usize; 2], device: &B::Device) -> Param<Tensor<B, 2>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(v, shape), device)).set_require_grad(false)
+}
+
+fn frozen1<B: Backend>(v: Vec<f32>, device: &B::Device) -> Param<Tensor<B, 1>> {
+    let n = v.len();
+    Param::from_tensor(Tensor::from_data(TensorData::new(v, [n]), device)).set_require_grad(false)
+}
+
+/// A fresh adapter for an `[in, out]` map: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's Kaiming
+/// uniform bound), B = 0, so a new adapter leaves the model unchanged.
+fn new_lora<B: Backend>(d_in: usize, d_out: usize, cfg: &LoraConfig, rng: &mut impl Rng, device: &B::Device) -> Lora<B> {
+    let bound = 1.0 / (d_in as f32).sqrt();
+    let a: Vec<f32> = (0..d_in * cfg.rank).map(|_| rng.random_range(-bound..bound)).collect();
+    Lora {
+        a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d_in, cfg.rank]), device)),
+        b: Param::from_tensor(Tensor::zeros([cfg.rank, d_out], device)),
+        scale: cfg.alpha / cfg.rank as f64,
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Load from `src` (HF names and layout). `lora` adds fresh adapters; `seed` draws them.
+    pub fn load(
+        cfg: &LlamaConfig,
+        src: &dyn WeightSource,
+        lora: Option<&LoraConfig>,
+        max_pos: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self, WeightsError> {
+        let d = cfg.hidden_size;
+        let check = |name: &str, shape: &[usize], want: &[usize]| -> Result<(), WeightsError> {
+            if shape != want {
+                return Err(WeightsError::Format { path: name.into(), message: format!("shape {shape:?}, expected {want:?}") });
+            }
+            Ok(())
+        };
+        let mut rng = crate::rng::stream(seed, "model/lora-init");
+        let linear = |name: &str,
+                      d_in: usize,
+                      d_out: usize,
+                      bias: bool,
+                      target: Target,
+                      rng: &mut rand_chacha::ChaCha8Rng|
+         -> Result<LoraLinear<B>, WeightsError> {
+            let (w, shape) = src.require(&format!("{name}.weight"))?;
+            check(name, &shape, &[d_out, d_in])?;
+            let bias = if bias { Some(frozen1(src.require(&format!("{name}.bias"))?.0, device)) } else { None };
+            let lora = lora.filter(|l| l.targets.contains(&target)).map(|l| new_lora(d_in, d_out, l, rng, device));
+            Ok(LoraLinear { weight: frozen2(transpose_host(&w, d_out, d_in), [d_in, d_out], device), bias, lora })
+        };
+        let norm = |name: &str| -> Result<RmsNorm<B>, WeightsError> {
+            let (w, shape) = src.require(name)?;
+            check(name, &shape, &[d])?;
+            Ok(RmsNorm { weight: frozen1(w, device), eps: cfg.rms_norm_eps })
+        };
+        let (q_out, kv_out, f) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            blocks.push(Block {
+                attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
+                q: linear(&format!("{p}.self_attn.q_proj"), d, q_out, cfg.attention_bias, Target::Q, &mut rng)?,
+                k: linear(&format!("{p}.self_attn.k_proj"), d, kv_out, cfg.attention_bias, Target::K, &mut rng)?,
+                v: linear(&format!("{p}.self_attn.v_proj"), d, kv_out, cfg.attention_bias, Target::V, &mut rng)?,
+                o: linear(&format!("{p}.self_attn.o_proj"), q_out, d, false, Target::O, &mut rng)?,
+                mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate: linear(&format!("{p}.mlp.gate_proj"), d, f, false, Target::Gate, &mut rng)?,
+                up: linear(&format!("{p}.mlp.up_proj"), d, f, false, Target::Up, &mut rng)?,
+                down: linear(&format!("{p}.mlp.down_proj"), f, d, false, Target::Down, &mut rng)?,
+            });
+        }
+        let (emb, shape) = src.require("model.embed_tokens.weight")?;
+        check("model.embed_tokens.weight", &shape, &[cfg.vocab_size, d])?;
+        let head_w = match (cfg.tie_word_embeddings, src.get("lm_head.weight")?) {
+            (false, Some((w, shape))) => {
+                check("lm_head.weight", &shape, &[cfg.vocab_size, d])?;
+                transpose_host(&w, cfg.vocab_size, d)
+            }
+            _ => transpose_host(&emb, cfg.vocab_size, d),
+        };
+        let head_lora = lora.filter(|l| l.targets.contains(&Target::LmHead)).map(|l| new_lora(d, cfg.vocab_size, l, &mut rng, device));
+        let (rope_cos, rope_sin) = rope_tables::<B>(cfg, max_pos, device);
+        Ok(Llama {
+            embed: frozen2(emb, [cfg.vocab_size, d], device),
+            blocks,
+            norm: norm("model.norm.weight")?,
+            lm_head: LoraLinear { weight: frozen2(head_w, [d, cfg.vocab_size], device), bias: None, lora: head_lora },
+            value_head: None,
+            rope_cos,
+            rope_sin,
+            n_heads: cfg.num_heads,
+            n_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// Add a value head `[hidden, 1]` ~ N(0, 0.02) (trained; the critic's output).
+    pub fn with_value_head(mut self, seed: u64, device: &B::Device) -> Self {
+        let d = self.embed.val().dims()[1];
+        let mut rng = crate::rng::stream(seed, "model/value-head-init");
+        let w: Vec<f32> = (0..d).map(|_| normal(&mut rng) * 0.02).collect();
+        self.value_head = Some(Param::from_tensor(Tensor::from_data(TensorData::new(w, [d, 1]), device)));
+        self
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.rope_cos.dims()[0]
+    }
+
+    /// Hidden states after the final norm, `[B, T, hidden]`.
+    ///
+    /// `positions` `[B, T]` are RoPE positions; `mask` `[B, 1, T, T_past + T]` is additive (0 or
+    /// a large negative number); with a `cache`, keys and values of earlier calls are reused
+    /// and this call's are appended.
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4>,
+        mut cache: Option<&mut KvCache<B>>,
+        adapter: bool,
+    ) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        let d = self.embed.val().dims()[1];
+        let mut x = self.embed.val().select(0, tokens.reshape([b * t])).reshape([b, t, d]);
+        let pos = positions.reshape([b * t]);
+        let hd = self.head_dim;
+        let cos = self.rope_cos.clone().select(0, pos.clone()).reshape([b, 1, t, hd]);
+        let sin = self.rope_sin.clone().select(0, pos).reshape([b, 1, t, hd]);
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = self.block(blk, x, &cos, &sin, &mask, layer_cache, adapter);
+        }
+        self.norm.forward(x)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        blk: &Block<B>,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        mask: &Tensor<B, 4>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+        adapter: bool,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let xn = blk.attn_norm.forward(x.clone());
+        let q = blk.q.forward(xn.clone(), adapter).reshape([b, t, h, hd]).swap_dims(1, 2);
+        let k = blk.k.forward(xn.clone(), adapter).reshape([b, t, kvh, hd]).swap_dims(1, 2);
+        let v = blk.v.forward(xn, adapter).reshape([b, t, kvh, hd]).swap_dims(1, 2);
+        let q = rope(q, cos, sin);
+        let mut k = rope(k, cos, sin);
+        let mut v = v;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let attn = gqa(q, k, v, mask, kvh).swap_dims(1, 2).reshape([b, t, h * hd]);
+        let x = x + blk.o.forward(attn, adapter);
+        let xn = blk.mlp_norm.forward(x.clone());
+        let mlp = silu(blk.gate.forward(xn.clone(), adapter)) * blk.up.forward(xn, adapter);
+        x + blk.down.forward(mlp, adapter)
+    }
+
+    /// Logits `[B, T, vocab]` of hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>, adapter: bool) -> Tensor<B, 3> {
+        self.lm_head.forward(hidden, adapter)
+    }
+
+    /// Values `[B, T]` of hidden states (requires a value head).
+    pub fn values(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 2>> {
+        let w = self.value_head.as_ref()?.val();
+        let [b, t, _] = hidden.dims();
+        Some(hidden.matmul(w.unsqueeze::<3>()).reshape([b, t]))
+    }
+}
+
+fn normal(rng: &mut impl Rng) -> f32 {
+    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// Rotary embedding, HF's rotate-half form: `x cos + rotate_half(x) sin`.
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, hd] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..hd / 2]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, hd / 2..hd]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// Grouped-query attention without materialising repeated keys: the query heads sharing a
+/// key/value head are stacked along the time axis (`[B, kv, rep*T, hd]`).
+pub fn gqa<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 4>, n_kv: usize) -> Tensor<B, 4> {
+    let [b, h, t, hd] = q.dims();
+    let rep = h / n_kv;
+    let q = q.reshape([b, n_kv, rep * t, hd]);
+    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+    let mask = if rep > 1 { mask.clone().repeat_dim(2, rep) } else { mask.clone() };
+    let att = softmax(scores + mask, 3);
+    att.matmul(v).reshape([b, h, t, hd])
+}
+
+#[cfg(all(test, feature = "cpu"))]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::generate::{Sampling, causal_mask, generate, int_tensor, left_pad, mask_tensor, to_host};
+    use crate::model::weights::RandomWeights;
+
+    pub type TB = burn::backend::Flex;
+
+    pub fn tiny(lora: Option<&LoraConfig>) -> Llama<TB> {
+        let cfg = LlamaConfig::tiny(300);
+        Llama::load(&cfg, &RandomWeights { config: cfg.clone(), seed: 7 }, lora, 128, 1, &Default::default()).unwrap()
+    }
+
+    fn full_logits(m: &Llama<TB>, rows: &[Vec<u32>], adapter: bool) -> Vec<f32> {
+        let dev = Default::default();
+        let l = left_pad(rows, 0);
+        let h = m.forward(
+            int_tensor(l.tokens, [l.b, l.t], &dev),
+            int_tensor(l.positions, [l.b, l.t], &dev),
+            mask_tensor(causal_mask(&l.pads, 0, l.t), l.b, l.t, l.t, &dev),
+            None,
+            adapter,
+        );
+        to_host(m.logits(h, adapter)).unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+    }
+
+    #[test]
+    fn kv_cache_generation_equals_full_recomputation() {
+        let m = tiny(None);
+        let tok = crate::model::tokenizer::tests::tiny_tok();
+        let prompts = vec![vec![5u32, 9, 12, 40, 7], vec![3u32, 8]];
+        let s = Sampling { max_new_tokens: 6, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
+        let out = generate(&m, &tok, &prompts, &s, false, &mut crate::rng::stream(0, "g")).unwrap();
+        let vocab = 300;
+        for (r, g) in out.iter().enumerate() {
+            assert_eq!(g.tokens.len(), 6);
+            // Recompute each step from scratch (no cache, the row alone): the greedy token is the
+            // argmax of the last position, and the returned log-prob matches.
+            for k in 0..g.tokens.len() {
+                let mut seq = prompts[r].clone();
+                seq.extend(&g.tokens[..k]);
+                let logits = full_logits(&m, &[seq.clone()], false);
+                let last = &logits[(seq.len() - 1) * vocab..seq.len() * vocab];
+                let mut lp = Vec::new();
+                crate::model::generate::log_softmax_row(last, 1.0, &mut lp);
+                let argmax = lp.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0;
+                assert_eq!(argmax as u32, g.tokens[k], "row {r} step {k}");
+                assert!((lp[argmax] - g.logprobs[k]).abs() < 1e-4, "row {r} step {k}: {} vs {}", lp[argmax], g.logprobs[k]);
+            }
+        }
+    }
+
+    #[test]
+    fn left_padding_does_not_change_a_row() {
+        let m = tiny(None);
+        let a = vec![5u32, 9, 12];
+        let alone = full_logits(&m, std::slice::from_ref(&a), false);
+        let batched = full_logits(&m, &[vec![1, 2, 3, 4, 5, 6], a.clone()], false);
+        let vocab = 300;
+        // row 1 is padded by 3: its positions 3..6 are the unpadded row's 0..3
+        assert!(close(&batched[(6 + 3) * vocab..12 * vocab], &alone, 1e-4));
+    }
+
+    #[test]
+    fn lora_with_zero_b_equals_the_base_and_changes_it_otherwise() {
+        let cfg = LoraConfig { rank: 4, alpha: 8.0, targets: vec![Target::Q, Target::V, Target::Down, Target::LmHead] };
+        let mut m = tiny(Some(&cfg));
+        let rows = vec![vec![5u32, 9, 12, 40]];
+        let on = full_logits(&m, &rows, true);
+        let off = full_logits(&m, &rows, false);
+        assert!(close(&on, &off, 1e-6));
+        let dev = Default::default();
+        let l = m.blocks[0].q.lora.as_mut().unwrap();
+        l.b = Param::from_tensor(Tensor::<TB, 2>::ones(l.b.val().dims(), &dev).mul_scalar(0.05));
+        let on = full_logits(&m, &rows, true);
+        assert!(!close(&on, &off, 1e-4));
+        // the base is untouched: adapter off still gives the old logits
+        assert!(close(&full_logits(&m, &rows, false), &off, 1e-6));
+    }
+
+    #[test]
+    fn adapters_round_trip_through_safetensors() {
+        let cfg = LoraConfig { rank: 2, alpha: 4.0, targets: vec![Target::Q, Target::LmHead] };
+        let dev = Default::default();
+        let mut m = tiny(Some(&cfg)).with_value_head(3, &dev);
+        let l = m.blocks[1].q.lora.as_mut().unwrap();
+        l.b = Param::from_tensor(Tensor::<TB, 2>::ones(l.b.val().dims(), &dev).mul_scalar(0.1));
+        let dir = std::env::temp_dir().join(format!("mpo-adapter-{}", std::process::id()));
+        let p = dir.join("adapter.safetensors");
+        crate::model::adapter::save(&m, &p, Default::default()).unwrap();
+        let fresh = crate::model::adapter::load(tiny(Some(&cfg)).with_value_head(99, &dev), &p).unwrap();
+        let rows = vec![vec![5u32, 9, 12, 40]];
+        assert!(close(&full_logits(&fresh, &rows, true), &full_logits(&m, &rows, true), 1e-6));
+        assert_eq!(crate::model::adapter::trained_tensors(&fresh), crate::model::adapter::trained_tensors(&m));
+        // a model without the adapter's shapes is refused with a message
+        let other = LoraConfig { rank: 3, ..cfg };
+        assert!(crate::model::adapter::load(tiny(Some(&other)), &p).is_err());
+    }
+
+    #[test]
+    fn rope_llama3_scaling_keeps_high_frequencies() {
+        let mut cfg = LlamaConfig::tiny(10);
+        cfg.head_dim = 64;
+        cfg.rope_theta = 500000.0;
+        let base = rope_inv_freq(&cfg);
+        cfg.rope_scaling = Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        });
+        let scaled = rope_inv_freq(&cfg);
+        assert_eq!(scaled[0], base[0]);
+        assert!((scaled[31] - base[31] / 8.0).abs() < 1e-15);
+    }
+}

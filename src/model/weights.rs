@@ -1,0 +1,412 @@
+//! Model configs and weights from GGUF files and Hugging Face safetensors directories.
+//!
+//! Both sources answer in Hugging Face names and layout (`model.layers.0.self_attn.q_proj.weight`,
+//! `[out, in]`), so the model code has one loading path. GGUF's llama tensors store Q and K
+//! rows permuted for ggml's interleaved RoPE; we undo that here so one RoPE (HF's rotate-half)
+//! serves every source.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use serde::{Deserialize, Serialize};
+
+use super::gguf::{Gguf, GgufError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("cannot read `{path}`: {message}")]
+    Io { path: String, message: String },
+    #[error("`{path}`: {message}")]
+    Format { path: String, message: String },
+    #[error("no tensor `{0}` in the checkpoint")]
+    Missing(String),
+    #[error("unsupported architecture `{0}` (mpo runs the Llama family: llama, qwen2, mistral)")]
+    Architecture(String),
+}
+
+/// RoPE frequency scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Positions divided by `factor`.
+    Linear { factor: f64 },
+    /// Llama 3.1's per-frequency scaling.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    /// Explicit per-frequency divisors (GGUF `rope_freqs.weight`).
+    Factors { factors: Vec<f64> },
+}
+
+/// The shape of a Llama-family transformer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections have biases (Qwen2).
+    pub attention_bias: bool,
+}
+
+impl LlamaConfig {
+    /// A tiny config of the same architecture for tests.
+    pub fn tiny(vocab_size: usize) -> Self {
+        LlamaConfig {
+            vocab_size,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 512,
+            tie_word_embeddings: true,
+            attention_bias: false,
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
+        v * d + self.num_layers * layer + d + if self.tie_word_embeddings { 0 } else { v * d }
+    }
+
+    /// From an HF `config.json`.
+    pub fn from_hf(v: &serde_json::Value) -> Result<Self, String> {
+        let arch = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("llama");
+        if !matches!(arch, "llama" | "qwen2" | "mistral") {
+            return Err(format!("unsupported architecture `{arch}` (llama, qwen2, mistral)"));
+        }
+        let u = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| format!("config.json has no `{k}`"));
+        let hidden = u("hidden_size")?;
+        let heads = u("num_attention_heads")?;
+        let rope_scaling = match v.get("rope_scaling") {
+            Some(s) if !s.is_null() => {
+                let ty = s.get("rope_type").or_else(|| s.get("type")).and_then(|x| x.as_str()).unwrap_or("");
+                let f = |k: &str| s.get(k).and_then(|x| x.as_f64()).ok_or_else(|| format!("rope_scaling has no `{k}`"));
+                Some(match ty {
+                    "linear" => RopeScaling::Linear { factor: f("factor")? },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: f("factor")?,
+                        low_freq_factor: f("low_freq_factor")?,
+                        high_freq_factor: f("high_freq_factor")?,
+                        original_max_position_embeddings: f("original_max_position_embeddings")?,
+                    },
+                    "default" | "" => return Err("rope_scaling without a type".into()),
+                    other => return Err(format!("rope scaling `{other}` is not supported (linear, llama3)")),
+                })
+            }
+            _ => None,
+        };
+        Ok(LlamaConfig {
+            vocab_size: u("vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: u("intermediate_size")?,
+            num_layers: u("num_hidden_layers")?,
+            num_heads: heads,
+            num_kv_heads: u("num_key_value_heads").unwrap_or(heads),
+            head_dim: u("head_dim").unwrap_or(hidden / heads),
+            rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
+            rope_theta: v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(10000.0),
+            rope_scaling,
+            max_position_embeddings: u("max_position_embeddings").unwrap_or(4096),
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            attention_bias: arch == "qwen2" || v.get("attention_bias").and_then(|x| x.as_bool()).unwrap_or(false),
+        })
+    }
+
+    /// From GGUF metadata (`<arch>.*` keys) and the tensor index.
+    pub fn from_gguf(g: &Gguf) -> Result<Self, WeightsError> {
+        let arch = g.meta_str("general.architecture")?.to_string();
+        if !matches!(arch.as_str(), "llama" | "qwen2") {
+            return Err(WeightsError::Architecture(arch));
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let hidden = g.meta_u64(&k("embedding_length"))? as usize;
+        let heads = g.meta_u64(&k("attention.head_count"))? as usize;
+        let vocab = g.meta_u64(&k("vocab_size")).map(|v| v as usize).or_else(|_| {
+            g.meta("tokenizer.ggml.tokens").and_then(|t| t.as_array()).map(|a| a.len()).ok_or(GgufError::Metadata("vocab size".into()))
+        })?;
+        let mut rope_scaling = None;
+        if g.tensors.contains_key("rope_freqs.weight") {
+            let (f, _) = g.tensor_f32("rope_freqs.weight")?;
+            rope_scaling = Some(RopeScaling::Factors { factors: f.into_iter().map(f64::from).collect() });
+        } else if let Some(t) = g.meta(&k("rope.scaling.type")).and_then(|v| v.as_str()) {
+            match t {
+                "linear" => rope_scaling = Some(RopeScaling::Linear { factor: g.meta_f64(&k("rope.scaling.factor"))? }),
+                "none" => {}
+                other => {
+                    return Err(WeightsError::Format { path: "gguf".into(), message: format!("rope scaling `{other}` is not supported") });
+                }
+            }
+        }
+        Ok(LlamaConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: g.meta_u64(&k("feed_forward_length"))? as usize,
+            num_layers: g.meta_u64(&k("block_count"))? as usize,
+            num_heads: heads,
+            num_kv_heads: g.meta_u64(&k("attention.head_count_kv")).map(|v| v as usize).unwrap_or(heads),
+            head_dim: g
+                .meta_u64(&k("attention.key_length"))
+                .or_else(|_| g.meta_u64(&k("rope.dimension_count")))
+                .map(|v| v as usize)
+                .unwrap_or(hidden / heads),
+            rms_norm_eps: g.meta_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
+            rope_theta: g.meta_f64(&k("rope.freq_base")).unwrap_or(10000.0),
+            rope_scaling,
+            max_position_embeddings: g.meta_u64(&k("context_length")).unwrap_or(4096) as usize,
+            tie_word_embeddings: !g.tensors.contains_key("output.weight"),
+            attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
+        })
+    }
+}
+
+/// A tensor on the host: row-major f32 data and its shape.
+pub type HostTensor = (Vec<f32>, Vec<usize>);
+
+/// Where weights come from, answering in HF names and layout.
+pub trait WeightSource {
+    /// The tensor and its shape (row-major, HF layout), or `None` when absent.
+    fn get(&self, hf_name: &str) -> Result<Option<HostTensor>, WeightsError>;
+
+    fn require(&self, hf_name: &str) -> Result<HostTensor, WeightsError> {
+        self.get(hf_name)?.ok_or_else(|| WeightsError::Missing(hf_name.into()))
+    }
+}
+
+/// Weights of a GGUF file.
+pub struct GgufWeights<'a> {
+    pub gguf: &'a Gguf,
+    pub config: LlamaConfig,
+    permuted_qk: bool,
+}
+
+impl<'a> GgufWeights<'a> {
+    pub fn new(gguf: &'a Gguf, config: LlamaConfig) -> Self {
+        let permuted_qk = gguf.meta_str("general.architecture").map(|a| a == "llama").unwrap_or(false);
+        GgufWeights { gguf, config, permuted_qk }
+    }
+
+    fn gguf_name(hf: &str) -> Option<String> {
+        if hf == "model.embed_tokens.weight" {
+            return Some("token_embd.weight".into());
+        }
+        if hf == "model.norm.weight" {
+            return Some("output_norm.weight".into());
+        }
+        if hf == "lm_head.weight" {
+            return Some("output.weight".into());
+        }
+        let rest = hf.strip_prefix("model.layers.")?;
+        let (n, tail) = rest.split_once('.')?;
+        let mapped = match tail {
+            "input_layernorm.weight" => "attn_norm.weight",
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "self_attn.q_proj.bias" => "attn_q.bias",
+            "self_attn.k_proj.bias" => "attn_k.bias",
+            "self_attn.v_proj.bias" => "attn_v.bias",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            _ => return None,
+        };
+        Some(format!("blk.{n}.{mapped}"))
+    }
+}
+
+/// Undo llama.cpp's `permute(w, n_head)`: GGUF row `h*hd + 2j + t` is HF row `h*hd + t*hd/2 + j`.
+pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_head {
+        for t in 0..2 {
+            for j in 0..half {
+                let hf = h * hd + t * half + j;
+                let gg = h * hd + 2 * j + t;
+                out[hf * cols..(hf + 1) * cols].copy_from_slice(&w[gg * cols..(gg + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn get(&self, hf_name: &str) -> Result<Option<HostTensor>, WeightsError> {
+        let Some(name) = Self::gguf_name(hf_name) else { return Ok(None) };
+        if !self.gguf.tensors.contains_key(&name) {
+            return Ok(None);
+        }
+        let (w, shape) = self.gguf.tensor_f32(&name)?;
+        if self.permuted_qk && shape.len() == 2 {
+            if hf_name.ends_with("q_proj.weight") {
+                return Ok(Some((unpermute_rows(&w, shape[0], shape[1], self.config.num_heads), shape)));
+            }
+            if hf_name.ends_with("k_proj.weight") {
+                return Ok(Some((unpermute_rows(&w, shape[0], shape[1], self.config.num_kv_heads), shape)));
+            }
+        }
+        Ok(Some((w, shape)))
+    }
+}
+
+/// Weights of a Hugging Face directory (`model.safetensors` or a sharded index).
+pub struct SafetensorsWeights {
+    files: Vec<(PathBuf, Vec<u8>)>,
+    /// tensor name -> index into `files`
+    index: BTreeMap<String, usize>,
+}
+
+impl SafetensorsWeights {
+    pub fn open(dir: &Path) -> Result<Self, WeightsError> {
+        let io = |p: &Path, e: std::io::Error| WeightsError::Io { path: p.display().to_string(), message: e.to_string() };
+        let idx_path = dir.join("model.safetensors.index.json");
+        let shard_names: Vec<String> = if idx_path.exists() {
+            let t = std::fs::read_to_string(&idx_path).map_err(|e| io(&idx_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&t)
+                .map_err(|e| WeightsError::Format { path: idx_path.display().to_string(), message: e.to_string() })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| WeightsError::Format { path: idx_path.display().to_string(), message: "no weight_map".into() })?;
+            let mut names: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
+            names.sort();
+            names.dedup();
+            names
+        } else {
+            vec!["model.safetensors".into()]
+        };
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        for (i, name) in shard_names.iter().enumerate() {
+            let p = dir.join(name);
+            let bytes = std::fs::read(&p).map_err(|e| io(&p, e))?;
+            let st = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| WeightsError::Format { path: p.display().to_string(), message: e.to_string() })?;
+            for n in st.names() {
+                index.insert(n.to_string(), i);
+            }
+            files.push((p, bytes));
+        }
+        Ok(SafetensorsWeights { files, index })
+    }
+}
+
+/// Convert safetensors bytes of `dtype` to f32.
+pub fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Result<Vec<f32>, String> {
+    use safetensors::Dtype;
+    Ok(match dtype {
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        other => return Err(format!("dtype {other:?} is not supported (f32, f16, bf16)")),
+    })
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn get(&self, hf_name: &str) -> Result<Option<HostTensor>, WeightsError> {
+        let Some(&i) = self.index.get(hf_name) else { return Ok(None) };
+        let (p, bytes) = &self.files[i];
+        let fmt = |m: String| WeightsError::Format { path: p.display().to_string(), message: m };
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| fmt(e.to_string()))?;
+        let t = st.tensor(hf_name).map_err(|e| fmt(e.to_string()))?;
+        let v = to_f32(t.dtype(), t.data()).map_err(|m| fmt(format!("{hf_name}: {m}")))?;
+        Ok(Some((v, t.shape().to_vec())))
+    }
+}
+
+/// Seeded random weights of a config's shapes: tiny models of the real architecture for tests
+/// and benchmarks.
+pub struct RandomWeights {
+    pub config: LlamaConfig,
+    pub seed: u64,
+}
+
+impl WeightSource for RandomWeights {
+    fn get(&self, hf_name: &str) -> Result<Option<HostTensor>, WeightsError> {
+        use rand::Rng;
+        let c = &self.config;
+        let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let tail = hf_name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')).map(|(_, t)| t).unwrap_or(hf_name);
+        let shape: Vec<usize> = match tail {
+            "model.embed_tokens.weight" => vec![v, d],
+            "lm_head.weight" if !c.tie_word_embeddings => vec![v, d],
+            "model.norm.weight" | "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![d],
+            "self_attn.q_proj.weight" => vec![q, d],
+            "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, d],
+            "self_attn.o_proj.weight" => vec![d, q],
+            "self_attn.q_proj.bias" if c.attention_bias => vec![q],
+            "self_attn.k_proj.bias" | "self_attn.v_proj.bias" if c.attention_bias => vec![kv],
+            "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![f, d],
+            "mlp.down_proj.weight" => vec![d, f],
+            _ => return Ok(None),
+        };
+        let mut rng = crate::rng::stream(self.seed, hf_name);
+        let n: usize = shape.iter().product();
+        let data = if tail.ends_with("norm.weight") {
+            (0..n).map(|_| 1.0 + rng.random_range(-0.1f32..0.1)).collect()
+        } else {
+            let scale = 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt();
+            (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+        };
+        Ok(Some((data, shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // HF rows 0..8 for 2 heads of dim 4, 1 column: permute as llama.cpp does, then undo.
+        let n_head = 2;
+        let hf: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        // llama.cpp: w.reshape(n_head, 2, hd/2).swapaxes(1, 2): gguf row h*4 + 2j + t = hf row h*4 + t*2 + j
+        let mut gg = vec![0f32; 8];
+        for h in 0..2 {
+            for j in 0..2 {
+                for t in 0..2 {
+                    gg[h * 4 + 2 * j + t] = hf[h * 4 + t * 2 + j];
+                }
+            }
+        }
+        assert_eq!(gg, vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+        assert_eq!(unpermute_rows(&gg, 8, 1, n_head), hf);
+    }
+
+    #[test]
+    fn hf_config_parses_qwen2_and_llama3_scaling() {
+        let v = serde_json::json!({"model_type": "qwen2", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 1e6, "tie_word_embeddings": true});
+        let c = LlamaConfig::from_hf(&v).unwrap();
+        assert!(c.attention_bias && c.tie_word_embeddings);
+        assert_eq!((c.head_dim, c.num_kv_heads), (4, 1));
+        let v = serde_json::json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}});
+        assert!(matches!(LlamaConfig::from_hf(&v).unwrap().rope_scaling, Some(RopeScaling::Llama3 { .. })));
+        assert!(LlamaConfig::from_hf(&serde_json::json!({"model_type": "gpt_neox"})).is_err());
+    }
+}
