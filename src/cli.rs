@@ -92,6 +92,40 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         iterations: usize,
     },
+    /// Generation tokens/s of the demo model at batch 1 and 8 (against llama-server with
+    /// --server URL or --llama-server).
+    Generate {
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// A running llama-server serving the same GGUF.
+        #[arg(long)]
+        server: Option<String>,
+        /// Start llama-server (built by scripts/setup_llama_server.sh) for the comparison.
+        #[arg(long)]
+        llama_server: bool,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+    },
+    /// Training-step tokens/s (forward + backward + AdamW on LoRA) against a forward pass.
+    Train {
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+    },
+    /// Next-token log-probs of mpo against llama-server on the same GGUF.
+    Parity {
+        /// A running llama-server serving the demo GGUF (else one is started).
+        #[arg(long)]
+        server: Option<String>,
+        /// Greedy steps compared per prompt.
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -120,6 +154,15 @@ pub fn main() -> ExitCode {
         Command::Bench { which } => {
             let r = match which {
                 BenchCommand::Spec { iterations } => crate::bench::spec_bench(iterations),
+                BenchCommand::Generate { new_tokens, server, llama_server, backend } => {
+                    crate::bench::with_server(server, llama_server, 8, |url| {
+                        crate::bench::on_backend(&backend, crate::bench::generation::GenerateBench { new_tokens, server: url })
+                    })
+                }
+                BenchCommand::Train { batch, seq, steps, backend } => {
+                    crate::bench::on_backend(&backend, crate::bench::generation::TrainBench { batch, seq, steps })
+                }
+                BenchCommand::Parity { server, steps } => crate::bench::parity(server, steps),
             };
             match r {
                 Ok(s) => {

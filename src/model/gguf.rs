@@ -245,6 +245,104 @@ impl Gguf {
     }
 }
 
+impl Gguf {
+    /// Write a copy with every tensor dequantized to F32 (same names, dims and metadata;
+    /// `general.file_type` set to 0 = all F32). Used to check the model code against
+    /// llama.cpp without quantization noise.
+    pub fn write_f32(&self, path: &Path) -> Result<(), GgufError> {
+        let io = |e: std::io::Error| GgufError::Io { path: path.display().to_string(), message: e.to_string() };
+        let mut out: Vec<u8> = Vec::new();
+        let s = |out: &mut Vec<u8>, x: &str| {
+            out.extend((x.len() as u64).to_le_bytes());
+            out.extend(x.as_bytes());
+        };
+        out.extend(0x4655_4747u32.to_le_bytes());
+        out.extend(3u32.to_le_bytes());
+        out.extend((self.tensors.len() as u64).to_le_bytes());
+        out.extend((self.metadata.len() as u64).to_le_bytes());
+        for (k, v) in &self.metadata {
+            s(&mut out, k);
+            let v = if k == "general.file_type" { MetaValue::U64(0) } else { v.clone() };
+            write_value(&mut out, &v);
+        }
+        let mut offset = 0u64;
+        let mut datas = Vec::new();
+        for (name, info) in &self.tensors {
+            s(&mut out, name);
+            out.extend((info.dims.len() as u32).to_le_bytes());
+            for d in &info.dims {
+                out.extend(d.to_le_bytes());
+            }
+            out.extend(0u32.to_le_bytes());
+            out.extend(offset.to_le_bytes());
+            let (v, _) = self.tensor_f32(name)?;
+            offset += (v.len() * 4).div_ceil(32) as u64 * 32;
+            datas.push(v);
+        }
+        while !out.len().is_multiple_of(32) {
+            out.push(0);
+        }
+        for v in datas {
+            let start = out.len();
+            out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+            while !(out.len() - start).is_multiple_of(32) {
+                out.push(0);
+            }
+        }
+        crate::fsx::write_atomic(path, &out).map_err(io)
+    }
+}
+
+/// Metadata values are written with their widest type (u64, i64, f64) except strings, bools
+/// and arrays; llama.cpp reads keys by value, which accepts the wider integer types.
+fn write_value(out: &mut Vec<u8>, v: &MetaValue) {
+    match v {
+        MetaValue::U64(x) => {
+            if let Ok(x32) = u32::try_from(*x) {
+                out.extend(4u32.to_le_bytes());
+                out.extend(x32.to_le_bytes());
+            } else {
+                out.extend(10u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+        }
+        MetaValue::I64(x) => {
+            out.extend(5u32.to_le_bytes());
+            out.extend((*x as i32).to_le_bytes());
+        }
+        MetaValue::F64(x) => {
+            out.extend(6u32.to_le_bytes());
+            out.extend((*x as f32).to_le_bytes());
+        }
+        MetaValue::Bool(b) => {
+            out.extend(7u32.to_le_bytes());
+            out.push(*b as u8);
+        }
+        MetaValue::Str(st) => {
+            out.extend(8u32.to_le_bytes());
+            out.extend((st.len() as u64).to_le_bytes());
+            out.extend(st.as_bytes());
+        }
+        MetaValue::Array(items) => {
+            out.extend(9u32.to_le_bytes());
+            let ty = match items.first() {
+                Some(MetaValue::Str(_)) => 8u32,
+                Some(MetaValue::I64(_)) => 5,
+                Some(MetaValue::F64(_)) => 6,
+                Some(MetaValue::Bool(_)) => 7,
+                _ => 4,
+            };
+            out.extend(ty.to_le_bytes());
+            out.extend((items.len() as u64).to_le_bytes());
+            for it in items {
+                let mut tmp = Vec::new();
+                write_value(&mut tmp, it);
+                out.extend(&tmp[4..]); // element without its type tag
+            }
+        }
+    }
+}
+
 /// (elements per block, bytes per block) of a ggml type.
 pub fn block_size(ty: u32) -> Option<(usize, usize)> {
     Some(match ty {
@@ -503,5 +601,12 @@ mod tests {
         assert_eq!(shape, vec![3, 2]);
         assert_eq!(v, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
         assert!(Gguf::parse(vec![1, 2, 3]).is_err());
+        // an F32 copy reads back the same
+        let p = std::env::temp_dir().join(format!("mpo-gguf-{}.gguf", std::process::id()));
+        g.write_f32(&p).unwrap();
+        let h = Gguf::open(&p).unwrap();
+        assert_eq!(h.metadata, g.metadata);
+        assert_eq!(h.tensor_f32("w").unwrap(), (v, shape));
+        let _ = std::fs::remove_file(p);
     }
 }

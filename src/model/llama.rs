@@ -53,17 +53,23 @@ pub struct LoraLinear<B: Backend> {
 }
 
 impl<B: Backend> LoraLinear<B> {
+    /// `x [..., in] -> [..., out]`. Leading dimensions are flattened so each product is one
+    /// large matrix multiply (a batched product would re-read the weight once per row group).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, adapter: bool) -> Tensor<B, D> {
-        let w = self.weight.val().unsqueeze::<D>();
-        let mut y = x.clone().matmul(w);
+        let dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows: usize = dims[..D - 1].iter().product();
+        let x2: Tensor<B, 2> = x.reshape([rows, d_in]);
+        let mut y = x2.clone().matmul(self.weight.val());
         if let Some(b) = &self.bias {
-            y = y + b.val().unsqueeze::<D>();
+            y = y + b.val().unsqueeze::<2>();
         }
         if adapter && let Some(l) = &self.lora {
-            let h = x.matmul(l.a.val().unsqueeze::<D>());
-            y = y + h.matmul(l.b.val().unsqueeze::<D>()).mul_scalar(l.scale);
+            y = y + x2.matmul(l.a.val()).matmul(l.b.val()).mul_scalar(l.scale);
         }
-        y
+        let mut out = dims;
+        out[D - 1] = y.dims()[1];
+        y.reshape(out)
     }
 }
 
@@ -372,8 +378,8 @@ impl<B: Backend> Llama<B> {
     /// Values `[B, T]` of hidden states (requires a value head).
     pub fn values(&self, hidden: Tensor<B, 3>) -> Option<Tensor<B, 2>> {
         let w = self.value_head.as_ref()?.val();
-        let [b, t, _] = hidden.dims();
-        Some(hidden.matmul(w.unsqueeze::<3>()).reshape([b, t]))
+        let [b, t, d] = hidden.dims();
+        Some(hidden.reshape([b * t, d]).matmul(w).reshape([b, t]))
     }
 }
 

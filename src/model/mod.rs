@@ -93,11 +93,37 @@ pub trait BackendJob {
     fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device, backend_name: &'static str) -> Self::Output;
 }
 
+/// Point cubecl's compiled-kernel and autotune caches at `<cache>/cubecl`, so only the first
+/// run on a machine pays for kernel compilation and autotuning (minutes on CUDA). A cache the
+/// user configured in `cubecl.toml` / `burn.toml` is left alone. Idempotent.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn configure_kernel_cache() {
+    use cubecl_common::config::RuntimeConfig as _;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, cache::CacheConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        let dir = fetch::cache_dir().join("cubecl");
+        if matches!(cfg.autotune.cache, CacheConfig::Target) {
+            cfg.autotune.cache = CacheConfig::File(dir.join("autotune"));
+        }
+        if cfg.compilation.cache.is_none() {
+            cfg.compilation.cache = Some(CacheConfig::File(dir.join("kernels")));
+        }
+        // `set` panics if something already read the config; nothing has before a dispatch.
+        let _ = std::panic::catch_unwind(|| CubeClRuntimeConfig::set(cfg));
+    });
+}
+
 /// Run `job` on `backend` (device `index` for GPUs). A backend that is not compiled in is an
 /// error naming the cargo feature.
 pub fn dispatch<J: BackendJob>(backend: crate::spec::Backend, index: usize, job: J) -> Result<J::Output, String> {
     use crate::spec::Backend as Bk;
     let _ = index;
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if backend != Bk::Cpu {
+        configure_kernel_cache();
+    }
     match backend {
         #[cfg(feature = "cpu")]
         Bk::Cpu => Ok(job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default(), "cpu")),

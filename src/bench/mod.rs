@@ -3,6 +3,10 @@
 //! Benchmarks are not tests: they print figures (and ratios) for BENCHMARKS.md and never
 //! fail on timing.
 
+pub mod generation;
+pub mod parity;
+pub mod server;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -75,4 +79,67 @@ pub fn spec_bench(iterations: usize) -> anyhow::Result<String> {
         ms(b),
         f.as_secs_f64() / b.as_secs_f64().max(1e-9)
     ))
+}
+
+/// Run a benchmark job on the named backend.
+pub fn on_backend<J: crate::model::BackendJob<Output = anyhow::Result<String>>>(backend: &str, job: J) -> anyhow::Result<String> {
+    let b: crate::spec::Backend = serde_json::from_value(serde_json::Value::String(backend.into()))
+        .map_err(|_| anyhow::anyhow!("unknown backend `{backend}` (cpu, wgpu, cuda)"))?;
+    crate::model::dispatch(b, 0, job).map_err(|e| anyhow::anyhow!(e))?
+}
+
+/// Call `f` with the URL of a llama-server serving the demo GGUF: `url` when given, else one
+/// started here (when `start`), else none.
+pub fn with_server<T>(
+    url: Option<String>,
+    start: bool,
+    slots: usize,
+    f: impl FnOnce(Option<String>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let model = crate::model::fetch::fetch("smollm2-135m-instruct", &mut |m| eprintln!("{m}"))?;
+    with_server_on(&model, url, start, slots, f)
+}
+
+/// As [`with_server`], serving the GGUF at `model`.
+pub fn with_server_on<T>(
+    model: &Path,
+    url: Option<String>,
+    start: bool,
+    slots: usize,
+    f: impl FnOnce(Option<String>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if url.is_some() || !start {
+        return f(url);
+    }
+    let bin = server::find_binary()
+        .ok_or_else(|| anyhow::anyhow!("llama-server is not built: run scripts/setup_llama_server.sh (or set MPO_LLAMA_SERVER)"))?;
+    eprintln!("starting {} ...", bin.display());
+    let srv = server::LlamaServer::start(&bin, model, slots, 2, 2048, std::time::Duration::from_secs(300))?;
+    f(Some(srv.url.clone()))
+}
+
+/// The parity check: against the demo GGUF as shipped (quantized), and against an F32 copy
+/// of it (no quantization on either side: a check of the model code itself).
+pub fn parity(server: Option<String>, steps: usize) -> anyhow::Result<String> {
+    let q = crate::model::fetch::fetch("smollm2-135m-instruct", &mut |m| eprintln!("{m}"))?;
+    let mut out = with_server_on(&q, server.clone(), server.is_none(), 1, |url| {
+        on_backend(
+            "cpu",
+            parity::ParityBench { server: url.unwrap_or_default(), steps, model: q.clone(), label: "Q4_1 GGUF as shipped".into() },
+        )
+    })?;
+    if server.is_none() {
+        let f = q.with_extension("f32.gguf");
+        if !f.exists() {
+            eprintln!("writing an F32 copy of the GGUF to {}", f.display());
+            crate::model::gguf::Gguf::open(&q)?.write_f32(&f)?;
+        }
+        out += &with_server_on(&f, None, true, 1, |url| {
+            on_backend(
+                "cpu",
+                parity::ParityBench { server: url.unwrap_or_default(), steps, model: f.clone(), label: "the same weights as F32".into() },
+            )
+        })?;
+    }
+    Ok(out)
 }
