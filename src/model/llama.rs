@@ -530,3 +530,97 @@ pub(crate) mod tests {
         assert!((scaled[31] - base[31] / 8.0).abs() < 1e-15);
     }
 }
+
+#[cfg(all(test, feature = "cpu"))]
+mod hf_dir_tests {
+    use super::tests::{TB, tiny};
+    use crate::model::weights::{LlamaConfig, RandomWeights, WeightSource};
+
+    /// Write the tiny random model as an HF directory (config.json, sharded safetensors in
+    /// bf16 and f32, tokenizer files) and load it back through the HF path.
+    #[test]
+    fn hf_directory_loads_like_the_source_weights() {
+        let cfg = LlamaConfig::tiny(300);
+        let src = RandomWeights { config: cfg.clone(), seed: 7 };
+        let dir = std::env::temp_dir().join(format!("mpo-hf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+        for i in 0..cfg.num_layers {
+            for t in [
+                "input_layernorm.weight",
+                "post_attention_layernorm.weight",
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+                "self_attn.o_proj.weight",
+                "mlp.gate_proj.weight",
+                "mlp.up_proj.weight",
+                "mlp.down_proj.weight",
+            ] {
+                names.push(format!("model.layers.{i}.{t}"));
+            }
+        }
+        // shard 1 in f32, shard 2 in bf16 (norm weights are exactly representable: compare loosely)
+        let mut weight_map = serde_json::Map::new();
+        for (shard, chunk) in names.chunks(names.len() / 2 + 1).enumerate() {
+            let file = format!("model-0000{}-of-00002.safetensors", shard + 1);
+            let tensors: Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> = chunk
+                .iter()
+                .map(|n| {
+                    let (v, s) = src.require(n).unwrap();
+                    let (bytes, dt) = if shard == 0 {
+                        (v.iter().flat_map(|x| x.to_le_bytes()).collect(), safetensors::Dtype::F32)
+                    } else {
+                        (v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(), safetensors::Dtype::BF16)
+                    };
+                    weight_map.insert(n.clone(), file.clone().into());
+                    (n.clone(), s, bytes, dt)
+                })
+                .collect();
+            let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+                tensors.iter().map(|(n, s, b, dt)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap())).collect();
+            std::fs::write(dir.join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
+        }
+        std::fs::write(dir.join("model.safetensors.index.json"), serde_json::json!({"weight_map": weight_map}).to_string()).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::json!({"model_type": "llama", "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 512,
+                "tie_word_embeddings": true})
+            .to_string(),
+        )
+        .unwrap();
+        let tok = crate::model::tokenizer::tests::tiny_tok();
+        tok.inner.save(dir.join("tokenizer.json"), false).unwrap();
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            serde_json::json!({"eos_token": "<|im_end|>", "bos_token": "<|im_start|>", "chat_template": tok.chat_template}).to_string(),
+        )
+        .unwrap();
+
+        let mref = crate::model::registry::ModelRef::HfDir { path: dir.clone() };
+        let loaded = crate::model::load::<TB>(&mref, None, 128, 1, &Default::default(), &mut |_| {}).unwrap();
+        assert_eq!(loaded.config, LlamaConfig { max_position_embeddings: 512, ..cfg });
+        assert_eq!(loaded.tok.eos, 2);
+        assert_eq!(loaded.tok.encode("hello").unwrap(), tok.encode("hello").unwrap());
+        let reference = tiny(None);
+        let rows = vec![vec![5u32, 9, 12, 40]];
+        let dev = Default::default();
+        let l = crate::model::generate::left_pad(&rows, 0);
+        let run = |m: &super::Llama<TB>| {
+            let h = m.forward(
+                crate::model::generate::int_tensor(l.tokens.clone(), [1, 4], &dev),
+                crate::model::generate::int_tensor(l.positions.clone(), [1, 4], &dev),
+                crate::model::generate::mask_tensor(crate::model::generate::causal_mask(&l.pads, 0, 4), 1, 4, 4, &dev),
+                None,
+                false,
+            );
+            crate::model::generate::to_host(m.logits(h, false)).unwrap()
+        };
+        let (a, b) = (run(&loaded.model), run(&reference));
+        // bf16 storage of half the weights: agreement to about 1e-2 relative
+        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max < 5e-2, "max |diff| {max}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
