@@ -1,0 +1,151 @@
+//! The content-addressed judge cache: `judge-cache/<aa>/<sha256>.json`, one file per request.
+//!
+//! The key is the sha256 of the canonical JSON of the judge's identity and the request, so a
+//! replayed run asks the same questions and gets the same answers bit for bit. Files are
+//! written atomically; a corrupt file reads as a miss and is replaced.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::{Judge, JudgeError, JudgeRequest, JudgeResponse};
+
+/// The cache key of a request to a judge with `identity`.
+pub fn key(identity: &str, req: &JudgeRequest) -> String {
+    let v = serde_json::json!({ "judge": identity, "request": req });
+    crate::task::hex(&Sha256::digest(crate::plan::canonical_json(&v).as_bytes()))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Entry {
+    judge: String,
+    request: JudgeRequest,
+    response: JudgeResponse,
+}
+
+/// A judge behind a cache directory. With no inner judge it is a replay judge: a miss is an
+/// error.
+pub struct CachedJudge<'a> {
+    inner: Option<Box<dyn Judge + 'a>>,
+    dir: PathBuf,
+    identity: String,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl<'a> CachedJudge<'a> {
+    pub fn new(inner: Box<dyn Judge + 'a>, dir: &Path) -> Self {
+        let identity = inner.identity();
+        CachedJudge { inner: Some(inner), dir: dir.to_path_buf(), identity, hits: 0, misses: 0 }
+    }
+
+    /// Answer only from `dir`, as the judge `identity` would have.
+    pub fn replay(identity: &str, dir: &Path) -> Self {
+        CachedJudge { inner: None, dir: dir.to_path_buf(), identity: identity.to_string(), hits: 0, misses: 0 }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(&key[..2]).join(format!("{key}.json"))
+    }
+
+    fn lookup(&self, key: &str) -> Option<JudgeResponse> {
+        let text = std::fs::read_to_string(self.path(key)).ok()?;
+        let e: Entry = serde_json::from_str(&text).ok()?;
+        Some(JudgeResponse { cached: true, ..e.response })
+    }
+
+    fn store(&self, key: &str, req: &JudgeRequest, resp: &JudgeResponse) -> std::io::Result<()> {
+        let e = Entry { judge: self.identity.clone(), request: req.clone(), response: resp.clone() };
+        let text = serde_json::to_string_pretty(&e).map_err(std::io::Error::other)?;
+        crate::fsx::write_atomic(&self.path(key), text.as_bytes())
+    }
+}
+
+impl Judge for CachedJudge<'_> {
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
+        let keys: Vec<String> = requests.iter().map(|r| key(&self.identity, r)).collect();
+        let mut out: Vec<Option<Result<JudgeResponse, JudgeError>>> = keys.iter().map(|k| self.lookup(k).map(Ok)).collect();
+        let missing: Vec<usize> = (0..requests.len()).filter(|&i| out[i].is_none()).collect();
+        self.hits += (requests.len() - missing.len()) as u64;
+        self.misses += missing.len() as u64;
+        if !missing.is_empty() {
+            match self.inner.as_mut() {
+                None => {
+                    for &i in &missing {
+                        out[i] = Some(Err(JudgeError::CacheMiss { key: keys[i].clone() }));
+                    }
+                }
+                Some(inner) => {
+                    let batch: Vec<JudgeRequest> = missing.iter().map(|&i| requests[i].clone()).collect();
+                    let answers = inner.complete(&batch);
+                    for (&i, a) in missing.iter().zip(answers) {
+                        if let Ok(resp) = &a
+                            && let Err(e) = self.store(&keys[i], &requests[i], resp)
+                        {
+                            // A cache that cannot be written is an error, not a silent loss of
+                            // replayability.
+                            out[i] = Some(Err(JudgeError::Config { message: format!("cannot write the judge cache: {e}") }));
+                            continue;
+                        }
+                        out[i] = Some(a);
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|o| o.expect("every slot filled")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counting(u32);
+    impl Judge for Counting {
+        fn identity(&self) -> String {
+            "test:counting".into()
+        }
+        fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
+            requests
+                .iter()
+                .map(|r| {
+                    self.0 += 1;
+                    Ok(JudgeResponse {
+                        text: format!("answer to {}", r.prompt),
+                        prompt_tokens: 3,
+                        completion_tokens: 2,
+                        logprobs: None,
+                        cached: false,
+                    })
+                })
+                .collect()
+        }
+    }
+
+    fn req(p: &str) -> JudgeRequest {
+        JudgeRequest { prompt: p.into(), max_tokens: 8, temperature: 0.0, seed: 0, top_logprobs: None, json_schema: None, attempt: 0 }
+    }
+
+    #[test]
+    fn caches_and_replays_exactly() {
+        let dir = std::env::temp_dir().join(format!("mpo-cache-{}", std::process::id()));
+        let mut j = CachedJudge::new(Box::new(Counting(0)), &dir);
+        let a = j.complete(&[req("a"), req("b")]);
+        let b = j.complete(&[req("b"), req("a"), req("c")]);
+        assert_eq!((j.hits, j.misses), (2, 3));
+        assert_eq!(a[0].as_ref().unwrap().text, b[1].as_ref().unwrap().text);
+        assert!(b[0].as_ref().unwrap().cached);
+        let mut replay = CachedJudge::replay("test:counting", &dir);
+        let r = replay.complete(&[req("a"), req("zzz")]);
+        assert_eq!(r[0].as_ref().unwrap().text, "answer to a");
+        assert!(matches!(r[1], Err(JudgeError::CacheMiss { .. })));
+        // another judge identity does not see these answers
+        let mut other = CachedJudge::replay("test:other", &dir);
+        assert!(other.complete(&[req("a")])[0].is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

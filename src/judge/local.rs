@@ -1,0 +1,113 @@
+//! The in-process judge: the burn model answers judge prompts itself.
+//!
+//! When the judge is the policy's own base model (the CPU demo), it shares the policy's frozen
+//! weights and runs with the adapter switched off, so judging costs no extra memory. Requests
+//! are answered in batches through the model's chat template. Sampling draws from a stream
+//! derived from the batch's seeds, so a run is reproducible; at temperature 0 (the default for
+//! judges) answers are greedy.
+
+use burn::prelude::*;
+
+use super::{Judge, JudgeError, JudgeRequest, JudgeResponse, TokenLogprob};
+use crate::model::Llama;
+use crate::model::generate::{Sampling, generate};
+use crate::model::tokenizer::{Message, Tok};
+
+pub struct LocalJudge<B: Backend> {
+    pub model: Llama<B>,
+    pub tok: Tok,
+    /// The model's name in cache keys.
+    pub name: String,
+    /// Most prompts per forward batch.
+    pub batch: usize,
+}
+
+impl<B: Backend> LocalJudge<B> {
+    fn answer_group(&self, reqs: &[(usize, &JudgeRequest)]) -> Result<Vec<JudgeResponse>, JudgeError> {
+        let local = |e: String| JudgeError::Local { message: e };
+        let prompts: Vec<Vec<u32>> = reqs
+            .iter()
+            .map(|(_, r)| {
+                let text = self
+                    .tok
+                    .apply_chat_template(&[Message::new("user", r.prompt.clone())], true, None)
+                    .map_err(|e| local(e.to_string()))?;
+                self.tok.encode(&text).map_err(|e| local(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let r0 = reqs[0].1;
+        let s = Sampling {
+            max_new_tokens: r0.max_tokens as usize,
+            temperature: r0.temperature as f32,
+            top_p: 1.0,
+            top_k: 0,
+            stop_ids: self.tok.stop_ids.clone(),
+            stop_strings: vec![],
+        };
+        // One stream per group, derived from the members' seeds and attempts: reproducible.
+        let seed = reqs.iter().fold(0u64, |a, (_, r)| a.wrapping_mul(31).wrapping_add(r.seed ^ ((r.attempt as u64) << 48)));
+        let mut rng = crate::rng::stream(seed, "judge/local");
+        let gens = generate(&self.model, &self.tok, &prompts, &s, false, &mut rng).map_err(|e| local(e.to_string()))?;
+        Ok(gens
+            .into_iter()
+            .zip(&prompts)
+            .zip(reqs)
+            .map(|((g, p), (_, r))| {
+                let logprobs = r.top_logprobs.map(|_| {
+                    g.tokens
+                        .iter()
+                        .zip(&g.logprobs)
+                        .map(|(t, lp)| TokenLogprob {
+                            token: self.tok.inner.decode(&[*t], false).unwrap_or_default(),
+                            logprob: *lp,
+                            top: vec![],
+                        })
+                        .collect()
+                });
+                JudgeResponse {
+                    text: g.text,
+                    prompt_tokens: p.len() as u64,
+                    completion_tokens: g.tokens.len() as u64,
+                    logprobs,
+                    cached: false,
+                }
+            })
+            .collect())
+    }
+}
+
+impl<B: Backend> Judge for LocalJudge<B> {
+    fn identity(&self) -> String {
+        format!("local:{}", self.name)
+    }
+
+    fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
+        let mut out: Vec<Option<Result<JudgeResponse, JudgeError>>> = vec![None; requests.len()];
+        // Requests batch together when they sample alike.
+        let mut groups: Vec<Vec<(usize, &JudgeRequest)>> = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|g| g.len() < self.batch.max(1) && g[0].1.max_tokens == r.max_tokens && g[0].1.temperature == r.temperature)
+            {
+                Some(g) => g.push((i, r)),
+                None => groups.push(vec![(i, r)]),
+            }
+        }
+        for g in groups {
+            match self.answer_group(&g) {
+                Ok(answers) => {
+                    for ((i, _), a) in g.iter().zip(answers) {
+                        out[*i] = Some(Ok(a));
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in &g {
+                        out[*i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|o| o.unwrap_or_else(|| Err(JudgeError::Local { message: "unanswered".into() }))).collect()
+    }
+}

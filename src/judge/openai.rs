@@ -1,0 +1,340 @@
+//! The OpenAI-compatible judge: `/v1/chat/completions` or `/v1/completions` on any server
+//! (vLLM, SGLang, llama.cpp's llama-server, Ollama, hosted APIs).
+//!
+//! Requests run concurrently up to the role's limit, spread round-robin over the base URLs
+//! (a retry moves to the next URL). Timeouts, 408, 429 and 5xx are retried with exponential
+//! backoff, honouring `Retry-After`; other 4xx are not. The API key comes from an environment
+//! variable and is only ever placed in the `Authorization` header.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value as J, json};
+use tokio::sync::Semaphore;
+
+use super::{Judge, JudgeError, JudgeRequest, JudgeResponse, TokenLogprob};
+
+/// Endpoint flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Chat,
+    Completions,
+}
+
+/// Settings of one judge role.
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// Base URLs ending in `/v1` (or the server root; `/v1` is added when missing).
+    pub base_urls: Vec<String>,
+    pub api_key: Option<String>,
+    /// The model name sent in requests (`None`: the server's default).
+    pub model: Option<String>,
+    pub api: Api,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub max_retries: u32,
+    /// First backoff; doubles per attempt (with jitter), capped at 30 s.
+    pub backoff: Duration,
+}
+
+impl OpenAiConfig {
+    /// Base URLs from the value of an environment variable (comma-separated).
+    pub fn urls_from(value: &str) -> Vec<String> {
+        value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.trim_end_matches('/').to_string()).collect()
+    }
+}
+
+/// An OpenAI-compatible judge.
+pub struct OpenAiJudge {
+    cfg: OpenAiConfig,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+    next_url: Arc<AtomicUsize>,
+}
+
+impl OpenAiJudge {
+    pub fn new(cfg: OpenAiConfig) -> Result<Self, JudgeError> {
+        if cfg.base_urls.is_empty() {
+            return Err(JudgeError::Config { message: "no base URL".into() });
+        }
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .pool_max_idle_per_host(cfg.concurrency)
+            .build()
+            .map_err(|e| JudgeError::Config { message: e.to_string() })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| JudgeError::Config { message: e.to_string() })?;
+        Ok(OpenAiJudge { cfg, client, runtime, next_url: Arc::new(AtomicUsize::new(0)) })
+    }
+}
+
+fn endpoint(base: &str, api: Api) -> String {
+    let base = base.trim_end_matches('/');
+    let base = if base.ends_with("/v1") { base.to_string() } else { format!("{base}/v1") };
+    match api {
+        Api::Chat => format!("{base}/chat/completions"),
+        Api::Completions => format!("{base}/completions"),
+    }
+}
+
+fn body(cfg: &OpenAiConfig, r: &JudgeRequest) -> J {
+    let mut b = match cfg.api {
+        Api::Chat => json!({ "messages": [{ "role": "user", "content": r.prompt }] }),
+        Api::Completions => json!({ "prompt": r.prompt }),
+    };
+    let o = b.as_object_mut().expect("object");
+    if let Some(m) = &cfg.model {
+        o.insert("model".into(), m.clone().into());
+    }
+    o.insert("max_tokens".into(), r.max_tokens.into());
+    o.insert("temperature".into(), r.temperature.into());
+    o.insert("seed".into(), r.seed.into());
+    if let Some(k) = r.top_logprobs {
+        match cfg.api {
+            Api::Chat => {
+                o.insert("logprobs".into(), true.into());
+                o.insert("top_logprobs".into(), k.into());
+            }
+            Api::Completions => {
+                o.insert("logprobs".into(), k.into());
+            }
+        }
+    }
+    if let (Some(schema), Api::Chat) = (&r.json_schema, cfg.api) {
+        o.insert(
+            "response_format".into(),
+            json!({ "type": "json_schema", "json_schema": { "name": "scores", "schema": schema, "strict": true } }),
+        );
+    }
+    b
+}
+
+/// Parse a chat or completions response body.
+pub fn parse_response(api: Api, url: &str, v: &J) -> Result<JudgeResponse, JudgeError> {
+    let bad = |m: &str| JudgeError::Malformed { url: url.into(), message: m.into() };
+    let choice = v.get("choices").and_then(|c| c.get(0)).ok_or_else(|| bad("no choices[0]"))?;
+    let text = match api {
+        Api::Chat => choice.get("message").and_then(|m| m.get("content")).and_then(J::as_str),
+        Api::Completions => choice.get("text").and_then(J::as_str),
+    }
+    .ok_or_else(|| bad("no answer text in choices[0]"))?
+    .to_string();
+    let usage = v.get("usage");
+    let n = |k: &str| usage.and_then(|u| u.get(k)).and_then(J::as_u64).unwrap_or(0);
+    let lp = choice.get("logprobs").filter(|l| !l.is_null());
+    let logprobs = lp.map(|lp| {
+        if let Some(content) = lp.get("content").and_then(J::as_array) {
+            content
+                .iter()
+                .map(|c| TokenLogprob {
+                    token: c.get("token").and_then(J::as_str).unwrap_or("").to_string(),
+                    logprob: c.get("logprob").and_then(J::as_f64).unwrap_or(f64::NEG_INFINITY) as f32,
+                    top: c
+                        .get("top_logprobs")
+                        .and_then(J::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|t| Some((t.get("token")?.as_str()?.to_string(), t.get("logprob")?.as_f64()? as f32)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect()
+        } else {
+            // legacy completions format: parallel arrays
+            let toks = lp.get("tokens").and_then(J::as_array).cloned().unwrap_or_default();
+            let lps = lp.get("token_logprobs").and_then(J::as_array).cloned().unwrap_or_default();
+            let tops = lp.get("top_logprobs").and_then(J::as_array).cloned().unwrap_or_default();
+            toks.iter()
+                .enumerate()
+                .map(|(i, t)| TokenLogprob {
+                    token: t.as_str().unwrap_or("").to_string(),
+                    logprob: lps.get(i).and_then(J::as_f64).unwrap_or(f64::NEG_INFINITY) as f32,
+                    top: tops
+                        .get(i)
+                        .and_then(J::as_object)
+                        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32))).collect())
+                        .unwrap_or_default(),
+                })
+                .collect()
+        }
+    });
+    Ok(JudgeResponse { text, prompt_tokens: n("prompt_tokens"), completion_tokens: n("completion_tokens"), logprobs, cached: false })
+}
+
+/// Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date).
+pub fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(s) = v.parse::<f64>() {
+        return (s >= 0.0).then(|| Duration::from_secs_f64(s.min(300.0)));
+    }
+    let when = httpdate(v)?;
+    let now = std::time::SystemTime::now();
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO).min(Duration::from_secs(300)))
+}
+
+/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form servers send in Retry-After.
+fn httpdate(s: &str) -> Option<std::time::SystemTime> {
+    let p: Vec<&str> = s.split_whitespace().collect();
+    if p.len() != 6 || p[5] != "GMT" {
+        return None;
+    }
+    let day: i64 = p[1].parse().ok()?;
+    let month =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == p[2])? as i64 + 1;
+    let year: i64 = p[3].parse().ok()?;
+    let hms: Vec<i64> = p[4].split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if hms.len() != 3 {
+        return None;
+    }
+    // days from civil (Howard Hinnant)
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+async fn one_attempt(
+    client: &reqwest::Client,
+    cfg: &OpenAiConfig,
+    url: &str,
+    r: &JudgeRequest,
+) -> Result<JudgeResponse, (JudgeError, Option<Duration>)> {
+    let mut req = client.post(url).json(&body(cfg, r));
+    if let Some(k) = &cfg.api_key {
+        req = req.bearer_auth(k);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return Err((JudgeError::Timeout { seconds: cfg.timeout.as_secs_f64() }, None)),
+        Err(e) => return Err((JudgeError::Transport { url: url.into(), message: e.to_string() }, None)),
+    };
+    let status = resp.status().as_u16();
+    let wait = retry_after(resp.headers());
+    let text = match resp.text().await {
+        Ok(t) => t,
+        Err(e) if e.is_timeout() => return Err((JudgeError::Timeout { seconds: cfg.timeout.as_secs_f64() }, None)),
+        Err(e) => return Err((JudgeError::Malformed { url: url.into(), message: format!("reading the body: {e}") }, None)),
+    };
+    if !(200..300).contains(&status) {
+        let body: String = text.chars().take(500).collect();
+        return Err((JudgeError::Http { status, url: url.into(), body }, wait));
+    }
+    let v: J =
+        serde_json::from_str(&text).map_err(|e| (JudgeError::Malformed { url: url.into(), message: format!("not JSON: {e}") }, None))?;
+    parse_response(cfg.api, url, &v).map_err(|e| (e, None))
+}
+
+async fn with_retries(
+    client: reqwest::Client,
+    cfg: Arc<OpenAiConfig>,
+    next: Arc<AtomicUsize>,
+    r: JudgeRequest,
+) -> Result<JudgeResponse, JudgeError> {
+    let attempts = cfg.max_retries + 1;
+    let mut last = None;
+    for attempt in 0..attempts {
+        let i = next.fetch_add(1, Ordering::Relaxed) % cfg.base_urls.len();
+        let url = endpoint(&cfg.base_urls[i], cfg.api);
+        match one_attempt(&client, &cfg, &url, &r).await {
+            Ok(resp) => return Ok(resp),
+            Err((e, wait)) => {
+                if !e.retryable() || attempt + 1 == attempts {
+                    if attempt == 0 {
+                        return Err(e);
+                    }
+                    return Err(JudgeError::Exhausted { attempts: attempt + 1, last: Box::new(e) });
+                }
+                let backoff = cfg.backoff.mul_f64(2f64.powi(attempt as i32)).min(Duration::from_secs(30));
+                // Jitter spreads retries of many concurrent requests; it never changes answers.
+                let jitter = 1.0 + rand::random::<f64>() * 0.25;
+                tokio::time::sleep(wait.unwrap_or(backoff.mul_f64(jitter))).await;
+                last = Some(e);
+            }
+        }
+    }
+    Err(JudgeError::Exhausted { attempts, last: Box::new(last.unwrap_or(JudgeError::Config { message: "no attempt made".into() })) })
+}
+
+impl Judge for OpenAiJudge {
+    fn identity(&self) -> String {
+        let api = match self.cfg.api {
+            Api::Chat => "chat",
+            Api::Completions => "completions",
+        };
+        format!("openai-{api}:{}", self.cfg.model.as_deref().unwrap_or("default"))
+    }
+
+    fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
+        let sem = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
+        let cfg = Arc::new(self.cfg.clone());
+        let tasks: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let (sem, cfg, client, next, r) = (sem.clone(), cfg.clone(), self.client.clone(), self.next_url.clone(), r.clone());
+                self.runtime.spawn(async move {
+                    let _permit = sem.acquire_owned().await.expect("semaphore open");
+                    with_retries(client, cfg, next, r).await
+                })
+            })
+            .collect();
+        self.runtime.block_on(async {
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await.unwrap_or_else(|e| Err(JudgeError::Config { message: format!("request task failed: {e}") })));
+            }
+            out
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_urls() {
+        assert_eq!(endpoint("http://h:1", Api::Chat), "http://h:1/v1/chat/completions");
+        assert_eq!(endpoint("http://h:1/v1/", Api::Completions), "http://h:1/v1/completions");
+        assert_eq!(OpenAiConfig::urls_from(" http://a/v1, http://b/ ,"), vec!["http://a/v1", "http://b"]);
+    }
+
+    #[test]
+    fn parses_chat_and_legacy_completions_with_logprobs() {
+        let chat = json!({"choices": [{"message": {"content": "Score: 3"}, "logprobs": {"content": [{"token": "3", "logprob": -0.1, "top_logprobs": [{"token": "3", "logprob": -0.1}, {"token": "2", "logprob": -2.5}]}]}}], "usage": {"prompt_tokens": 10, "completion_tokens": 3}});
+        let r = parse_response(Api::Chat, "u", &chat).unwrap();
+        assert_eq!((r.text.as_str(), r.prompt_tokens, r.completion_tokens), ("Score: 3", 10, 3));
+        assert_eq!(r.logprobs.unwrap()[0].top[1], ("2".to_string(), -2.5));
+        let legacy = json!({"choices": [{"text": "4", "logprobs": {"tokens": ["4"], "token_logprobs": [-0.2], "top_logprobs": [{"4": -0.2, "5": -1.9}]}}]});
+        let r = parse_response(Api::Completions, "u", &legacy).unwrap();
+        assert_eq!(r.logprobs.unwrap()[0].top.len(), 2);
+        assert!(matches!(parse_response(Api::Chat, "u", &json!({"choices": []})), Err(JudgeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(reqwest::header::RETRY_AFTER, "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        assert_eq!(httpdate("Sun, 06 Nov 1994 08:49:37 GMT").unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 784111777);
+    }
+
+    #[test]
+    fn which_errors_retry() {
+        let http = |s| JudgeError::Http { status: s, url: "u".into(), body: String::new() };
+        assert!(http(429).retryable() && http(503).retryable() && http(408).retryable());
+        assert!(!http(400).retryable() && !http(401).retryable() && !http(404).retryable());
+        assert!(JudgeError::Timeout { seconds: 1.0 }.retryable());
+        assert!(!JudgeError::CacheMiss { key: "k".into() }.retryable());
+    }
+}

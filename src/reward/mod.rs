@@ -1,0 +1,379 @@
+//! The reward: judge scores against the current rubric, programmatic verifiers, how they mix,
+//! and what happens when an answer is unusable.
+//!
+//! [`score_batch`] takes a batch of rollouts and returns one [`Scored`] per rollout with
+//! everything that went into its reward (prompt, every raw answer, parsed item scores,
+//! verifier verdicts). A judge answer that cannot be used is asked again up to
+//! `failure.retries` times, then the declared policy applies: skip the sample, give it a
+//! penalty, or fail the run. Nothing becomes a silent 0.
+
+pub mod math_eq;
+pub mod score;
+pub mod signals;
+pub mod verify;
+
+use rand::Rng;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as J, json};
+
+use crate::judge::{Judge, JudgeRequest, TokenUsage};
+use crate::rubric::Rubric;
+use crate::spec::{Extraction, FailurePolicy, MixSpec, RewardSpec};
+use score::{ItemScores, ScoreFailure};
+use verify::Verdict;
+
+/// One rollout to score.
+#[derive(Debug, Clone)]
+pub struct Rollout<'a> {
+    pub id: String,
+    /// The policy prompt as rendered (before the chat template).
+    pub question: String,
+    pub response: String,
+    pub record: &'a J,
+}
+
+/// Everything about one rollout's reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub id: String,
+    /// The reward used for training; `None` when the sample is skipped.
+    pub reward: Option<f64>,
+    /// Which signal the reward came from: `judge`, `verifier`, `mixed`, `penalty`, `skipped`.
+    pub source: String,
+    pub verdicts: Vec<Verdict>,
+    /// Mean of the verifier scores, in [0, 1].
+    pub verifier_score: Option<f64>,
+    /// The judge's (normalized, if asked) reward.
+    pub judge_reward: Option<f64>,
+    pub item_scores: Option<ItemScores>,
+    /// The judge prompt and every raw answer (one per attempt).
+    pub judge_prompt: Option<String>,
+    pub judge_answers: Vec<String>,
+    /// The failure of the last attempt, when the judge's answer could not be used.
+    pub failure: Option<ScoreFailure>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RewardError {
+    #[error("rollout {id}: {failure} (reward.failure.policy is `fail`)")]
+    Failed { id: String, failure: ScoreFailure },
+    #[error("judge template: {0}")]
+    Template(String),
+    #[error("reward settings: {0}")]
+    Config(String),
+}
+
+/// Reward settings for one run, with the compiled regex.
+pub struct RewardConfig {
+    pub spec: RewardSpec,
+    pub task: String,
+    pub judge_template: String,
+    pub judge_template_name: String,
+    regex: Option<Regex>,
+}
+
+impl RewardConfig {
+    pub fn new(spec: RewardSpec, task: &str, judge_template: String, judge_template_name: String) -> Result<Self, RewardError> {
+        let regex = match &spec.extraction {
+            Extraction::Regex { pattern } => Some(Regex::new(pattern).map_err(|e| RewardError::Config(e.to_string()))?),
+            _ => None,
+        };
+        Ok(RewardConfig { spec, task: task.to_string(), judge_template, judge_template_name, regex })
+    }
+
+    fn extract(&self, rubric: &Rubric, resp: &crate::judge::JudgeResponse) -> Result<ItemScores, ScoreFailure> {
+        match &self.spec.extraction {
+            Extraction::Regex { .. } => score::by_regex(rubric, self.regex.as_ref().expect("compiled in new"), &resp.text),
+            Extraction::Json => score::by_json(rubric, &resp.text),
+            Extraction::Logprobs { .. } => match &resp.logprobs {
+                Some(t) => score::by_logprobs(rubric, t),
+                None => Err(ScoreFailure::Unparseable { message: "the judge returned no logprobs".into() }),
+            },
+        }
+    }
+
+    /// The judge prompt for one rollout.
+    pub fn judge_prompt(&self, rubric: &Rubric, r: &Rollout) -> Result<String, RewardError> {
+        let ctx = json!({
+            "task": self.task, "rubric": rubric.to_markdown(), "items": rubric.items,
+            "question": r.question, "response": r.response, "record": r.record,
+        });
+        crate::template::render(&self.judge_template_name, &self.judge_template, &ctx).map_err(|e| RewardError::Template(e.to_string()))
+    }
+}
+
+/// Map a rubric total to the reward scale.
+pub fn judge_value(total: f64, rubric: &Rubric, normalize: bool) -> f64 {
+    if !normalize {
+        return total;
+    }
+    let (lo, hi) = (rubric.min_score() as f64, rubric.max_score() as f64);
+    if hi > lo { (total - lo) / (hi - lo) } else { 0.0 }
+}
+
+/// Score a batch. `seed` and `update` fix the coin tosses and judge sampling.
+pub fn score_batch(
+    judge: &mut dyn Judge,
+    cfg: &RewardConfig,
+    rubric: &Rubric,
+    rollouts: &[Rollout],
+    seed: u64,
+    update: u32,
+    usage: &mut TokenUsage,
+) -> Result<Vec<Scored>, RewardError> {
+    let spec = &cfg.spec;
+    let mut out: Vec<Scored> = rollouts
+        .iter()
+        .map(|r| {
+            let verdicts: Vec<Verdict> = spec.verifiers.iter().map(|v| verify::verify(v, &r.response, r.record)).collect();
+            let verifier_score = (!verdicts.is_empty()).then(|| verdicts.iter().map(|v| v.score).sum::<f64>() / verdicts.len() as f64);
+            Scored {
+                id: r.id.clone(),
+                reward: None,
+                source: String::new(),
+                verdicts,
+                verifier_score,
+                judge_reward: None,
+                item_scores: None,
+                judge_prompt: None,
+                judge_answers: Vec::new(),
+                failure: None,
+            }
+        })
+        .collect();
+    // Which rollouts the judge scores.
+    let use_judge: Vec<bool> = match &spec.mix {
+        MixSpec::Weighted { judge_weight, .. } => vec![*judge_weight != 0.0; rollouts.len()],
+        MixSpec::Coin { verifier_prob, chunk } => {
+            let mut rng = crate::rng::stream(seed, &format!("reward/coin/u{update:06}"));
+            let mut v = Vec::with_capacity(rollouts.len());
+            let mut pick = false;
+            for i in 0..rollouts.len() {
+                if i % chunk.max(&1) == 0 {
+                    pick = rng.random::<f64>() >= *verifier_prob;
+                }
+                v.push(pick);
+            }
+            v
+        }
+    };
+    let mut pending: Vec<usize> = (0..rollouts.len()).filter(|&i| use_judge[i]).collect();
+    for &i in &pending {
+        out[i].judge_prompt = Some(cfg.judge_prompt(rubric, &rollouts[i])?);
+    }
+    let schema = matches!(spec.extraction, Extraction::Json).then(|| score::json_schema(rubric));
+    let top_logprobs = match spec.extraction {
+        Extraction::Logprobs { top_logprobs } => Some(top_logprobs),
+        _ => None,
+    };
+    for attempt in 0..=spec.failure.retries {
+        if pending.is_empty() {
+            break;
+        }
+        let reqs: Vec<JudgeRequest> = pending
+            .iter()
+            .map(|&i| JudgeRequest {
+                prompt: out[i].judge_prompt.clone().expect("rendered above"),
+                max_tokens: spec.judge.max_tokens,
+                temperature: spec.judge.temperature,
+                seed: crate::rng::sub_seed(seed, &format!("reward/judge/{}", rollouts[i].id)),
+                top_logprobs,
+                json_schema: schema.clone(),
+                attempt,
+            })
+            .collect();
+        let answers = judge.complete(&reqs);
+        let mut still = Vec::new();
+        for (&i, a) in pending.iter().zip(answers) {
+            usage.record(&a);
+            let s = &mut out[i];
+            match a {
+                Ok(resp) => {
+                    s.judge_answers.push(resp.text.clone());
+                    match cfg.extract(rubric, &resp) {
+                        Ok(scores) => {
+                            s.judge_reward = Some(judge_value(scores.total(), rubric, spec.normalize));
+                            s.item_scores = Some(scores);
+                            s.failure = None;
+                        }
+                        Err(f) => {
+                            s.failure = Some(f);
+                            still.push(i);
+                        }
+                    }
+                }
+                Err(e) => {
+                    s.failure = Some(ScoreFailure::JudgeFailed { message: e.to_string() });
+                    still.push(i);
+                }
+            }
+        }
+        pending = still;
+    }
+    for (i, s) in out.iter_mut().enumerate() {
+        let v = s.verifier_score;
+        if !use_judge[i] {
+            s.reward = v;
+            s.source = "verifier".into();
+            if s.reward.is_none() {
+                return Err(RewardError::Config("the coin chose the verifier but there is none".into()));
+            }
+            continue;
+        }
+        match (&s.failure, s.judge_reward) {
+            (None, Some(j)) => {
+                (s.reward, s.source) = match &spec.mix {
+                    MixSpec::Weighted { judge_weight, verifier_weight } => match v {
+                        Some(v) => (Some(judge_weight * j + verifier_weight * v), "mixed".into()),
+                        None => (Some(judge_weight * j), "judge".into()),
+                    },
+                    MixSpec::Coin { .. } => (Some(j), "judge".into()),
+                };
+            }
+            (Some(f), _) => match &spec.failure.policy {
+                FailurePolicy::Skip => {
+                    s.reward = None;
+                    s.source = "skipped".into();
+                }
+                FailurePolicy::Penalty(x) => {
+                    s.reward = Some(*x);
+                    s.source = "penalty".into();
+                }
+                FailurePolicy::Fail => return Err(RewardError::Failed { id: s.id.clone(), failure: f.clone() }),
+            },
+            (None, None) => return Err(RewardError::Config(format!("rollout {} has neither a score nor a failure", s.id))),
+        }
+    }
+    Ok(out)
+}
+
+/// Failures of a batch by kind (`missing`, `out_of_range`, `unparseable`, `judge_failed`).
+pub fn failure_counts(scored: &[Scored]) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for s in scored {
+        if let Some(f) = &s.failure {
+            let k = serde_json::to_value(f).ok().and_then(|v| v.get("kind").and_then(J::as_str).map(str::to_string)).unwrap_or_default();
+            *m.entry(k).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::{JudgeError, JudgeResponse};
+    use crate::spec::{FailureSpec, JudgeSpec, VerifierSpec};
+
+    /// Answers from a script: call k gets `answers[k]` (or the last one).
+    struct Scripted {
+        answers: Vec<Result<String, JudgeError>>,
+        calls: usize,
+    }
+
+    impl Judge for Scripted {
+        fn identity(&self) -> String {
+            "test:scripted".into()
+        }
+        fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
+            requests
+                .iter()
+                .map(|_| {
+                    let a = self.answers.get(self.calls).or(self.answers.last()).cloned().expect("scripted");
+                    self.calls += 1;
+                    a.map(|text| JudgeResponse { text, prompt_tokens: 10, completion_tokens: 5, logprobs: None, cached: false })
+                })
+                .collect()
+        }
+    }
+
+    fn cfg(policy: FailurePolicy, mix: MixSpec, verifiers: Vec<VerifierSpec>) -> RewardConfig {
+        let spec = RewardSpec {
+            judge: JudgeSpec::default(),
+            rubric: "r.md".into(),
+            prompt: "j.j2".into(),
+            extraction: Extraction::default(),
+            normalize: true,
+            failure: FailureSpec { retries: 1, policy },
+            verifiers,
+            mix,
+        };
+        RewardConfig::new(spec, "math", "Grade {{ response }} for {{ question }} with\n{{ rubric }}".into(), "judge".into()).unwrap()
+    }
+
+    fn rubric() -> Rubric {
+        Rubric::parse("## Correct (0-4)\n## Clear (0-2)\n").unwrap()
+    }
+
+    #[test]
+    fn judge_scores_normalize_and_mix() {
+        let rec = json!({"answer": "4"});
+        let rs = vec![Rollout { id: "a".into(), question: "2+2?".into(), response: "\\boxed{4}".into(), record: &rec }];
+        let mut j = Scripted { answers: vec![Ok("Correct: 4\nClear: 1".into())], calls: 0 };
+        let c = cfg(
+            FailurePolicy::Skip,
+            MixSpec::Weighted { judge_weight: 0.5, verifier_weight: 1.0 },
+            vec![VerifierSpec::MathAnswer { tolerance: 1e-6 }],
+        );
+        let mut u = TokenUsage::default();
+        let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut u).unwrap();
+        assert!((s[0].judge_reward.unwrap() - 5.0 / 6.0).abs() < 1e-12);
+        assert!((s[0].reward.unwrap() - (0.5 * 5.0 / 6.0 + 1.0)).abs() < 1e-12);
+        assert_eq!(s[0].source, "mixed");
+        assert_eq!((u.calls, u.prompt_tokens), (1, 10));
+        assert!(s[0].judge_prompt.as_ref().unwrap().contains("## Correct (0-4)"));
+    }
+
+    #[test]
+    fn failures_retry_then_follow_the_policy() {
+        let rec = json!({});
+        let rs = vec![Rollout { id: "a".into(), question: "q".into(), response: "r".into(), record: &rec }];
+        let rub = rubric();
+        // first answer unusable, retry succeeds
+        let mut j = Scripted { answers: vec![Ok("Correct: 9\nClear: 1".into()), Ok("Correct: 2\nClear: 1".into())], calls: 0 };
+        let c = cfg(FailurePolicy::Skip, MixSpec::default(), vec![]);
+        let s = score_batch(&mut j, &c, &rub, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+        assert_eq!(s[0].judge_answers.len(), 2);
+        assert!(s[0].failure.is_none() && s[0].reward.is_some());
+        // always unusable: skip, penalty, fail
+        let bad = || Scripted { answers: vec![Ok("no scores".into())], calls: 0 };
+        let s = score_batch(&mut bad(), &c, &rub, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+        assert_eq!((s[0].reward, s[0].source.as_str()), (None, "skipped"));
+        assert!(matches!(s[0].failure, Some(ScoreFailure::Unparseable { .. })));
+        assert_eq!(failure_counts(&s).get("unparseable"), Some(&1));
+        let c = cfg(FailurePolicy::Penalty(-1.0), MixSpec::default(), vec![]);
+        let s = score_batch(&mut bad(), &c, &rub, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+        assert_eq!((s[0].reward, s[0].source.as_str()), (Some(-1.0), "penalty"));
+        let c = cfg(FailurePolicy::Fail, MixSpec::default(), vec![]);
+        assert!(matches!(score_batch(&mut bad(), &c, &rub, &rs, 0, 1, &mut TokenUsage::default()), Err(RewardError::Failed { .. })));
+        // judge errors are failures too
+        let mut down = Scripted { answers: vec![Err(JudgeError::Timeout { seconds: 1.0 })], calls: 0 };
+        let c = cfg(FailurePolicy::Skip, MixSpec::default(), vec![]);
+        let s = score_batch(&mut down, &c, &rub, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+        assert!(matches!(s[0].failure, Some(ScoreFailure::JudgeFailed { .. })));
+    }
+
+    #[test]
+    fn coin_is_seeded_and_skips_the_judge() {
+        let rec = json!({"answer": "1"});
+        let rs: Vec<Rollout> =
+            (0..40).map(|i| Rollout { id: format!("r{i}"), question: "q".into(), response: "\\boxed{1}".into(), record: &rec }).collect();
+        let c =
+            cfg(FailurePolicy::Skip, MixSpec::Coin { verifier_prob: 0.5, chunk: 4 }, vec![VerifierSpec::MathAnswer { tolerance: 1e-6 }]);
+        let run = || {
+            let mut j = Scripted { answers: vec![Ok("Correct: 0\nClear: 0".into())], calls: 0 };
+            let s = score_batch(&mut j, &c, &rubric(), &rs, 7, 3, &mut TokenUsage::default()).unwrap();
+            (s.iter().map(|x| x.source.clone()).collect::<Vec<_>>(), j.calls)
+        };
+        let (a, calls) = run();
+        assert_eq!(a, run().0);
+        let judged = a.iter().filter(|s| *s == "judge").count();
+        assert_eq!(judged, calls);
+        assert!(judged > 0 && judged < 40);
+        // chunks of 4 share a toss
+        for c in a.chunks(4) {
+            assert!(c.iter().all(|x| *x == c[0]));
+        }
+    }
+}

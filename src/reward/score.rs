@@ -1,0 +1,229 @@
+//! Reading item scores out of a judge's answer: by regular expression, as JSON, or as the
+//! probability-weighted expectation over score tokens. Pure functions; every way an answer can
+//! be unusable is a [`ScoreFailure`].
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::judge::TokenLogprob;
+use crate::rubric::{Rubric, normalize_name};
+
+/// Why an answer yields no reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ScoreFailure {
+    #[error("no score for item `{item}`")]
+    Missing { item: String },
+    #[error("score {score} for `{item}` is outside {min}..={max}")]
+    OutOfRange { item: String, score: f64, min: i64, max: i64 },
+    #[error("the answer cannot be parsed: {message}")]
+    Unparseable { message: String },
+    #[error("the judge failed: {message}")]
+    JudgeFailed { message: String },
+}
+
+/// Item scores of one answer, in rubric order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemScores {
+    pub scores: Vec<(String, f64)>,
+}
+
+impl ItemScores {
+    pub fn total(&self) -> f64 {
+        self.scores.iter().map(|(_, s)| s).sum()
+    }
+}
+
+/// The rubric item a written name refers to: exact (normalized), then containment, then the
+/// closest spelling.
+fn match_item<'a>(rubric: &'a Rubric, written: &str) -> Option<&'a str> {
+    let w = normalize_name(written);
+    if w.is_empty() {
+        return None;
+    }
+    let names: Vec<(&str, String)> = rubric.items.iter().map(|i| (i.name.as_str(), normalize_name(&i.name))).collect();
+    if let Some((n, _)) = names.iter().find(|(_, k)| *k == w) {
+        return Some(n);
+    }
+    let contained: Vec<&&str> = names.iter().filter(|(_, k)| w.contains(k.as_str()) || k.contains(w.as_str())).map(|(n, _)| n).collect();
+    if contained.len() == 1 {
+        return Some(contained[0]);
+    }
+    crate::diag::did_you_mean(&w, names.iter().map(|(_, k)| k.as_str())).and_then(|k| names.iter().find(|(_, kk)| kk == k).map(|(n, _)| *n))
+}
+
+fn finish(rubric: &Rubric, found: BTreeMap<String, f64>) -> Result<ItemScores, ScoreFailure> {
+    let mut scores = Vec::with_capacity(rubric.items.len());
+    for it in &rubric.items {
+        let s = *found.get(&it.name).ok_or_else(|| ScoreFailure::Missing { item: it.name.clone() })?;
+        if !s.is_finite() || s < it.min as f64 - 1e-9 || s > it.max as f64 + 1e-9 {
+            return Err(ScoreFailure::OutOfRange { item: it.name.clone(), score: s, min: it.min, max: it.max });
+        }
+        scores.push((it.name.clone(), s));
+    }
+    Ok(ItemScores { scores })
+}
+
+/// Scores from lines matching `re` (named groups `item`, `score`); the last score given for an
+/// item counts (judges restate their final numbers).
+pub fn by_regex(rubric: &Rubric, re: &Regex, answer: &str) -> Result<ItemScores, ScoreFailure> {
+    let mut found = BTreeMap::new();
+    for c in re.captures_iter(answer) {
+        let (Some(item), Some(score)) = (c.name("item"), c.name("score")) else { continue };
+        let Some(name) = match_item(rubric, item.as_str()) else { continue };
+        if let Ok(s) = score.as_str().trim().parse::<f64>() {
+            found.insert(name.to_string(), s);
+        }
+    }
+    if found.is_empty() {
+        return Err(ScoreFailure::Unparseable { message: "no `Item: score` lines".into() });
+    }
+    finish(rubric, found)
+}
+
+/// Scores from the first JSON object in the answer: `{"items": [{"name", "score", ...}]}` or
+/// `{"Item name": score, ...}`.
+pub fn by_json(rubric: &Rubric, answer: &str) -> Result<ItemScores, ScoreFailure> {
+    let start = answer.find('{').ok_or_else(|| ScoreFailure::Unparseable { message: "no JSON object".into() })?;
+    let mut de = serde_json::Deserializer::from_str(&answer[start..]).into_iter::<serde_json::Value>();
+    let v = match de.next() {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return Err(ScoreFailure::Unparseable { message: format!("invalid JSON: {e}") }),
+        None => return Err(ScoreFailure::Unparseable { message: "no JSON object".into() }),
+    };
+    let mut found = BTreeMap::new();
+    let mut put = |name: &str, score: &serde_json::Value| {
+        let s = score.as_f64().or_else(|| score.as_str().and_then(|s| s.trim().parse().ok()));
+        if let (Some(n), Some(s)) = (match_item(rubric, name), s) {
+            found.insert(n.to_string(), s);
+        }
+    };
+    match v.get("items").and_then(|i| i.as_array()) {
+        Some(items) => {
+            for it in items {
+                if let (Some(n), Some(s)) = (it.get("name").and_then(|n| n.as_str()), it.get("score")) {
+                    put(n, s);
+                }
+            }
+        }
+        None => {
+            if let Some(o) = v.as_object() {
+                for (k, s) in o {
+                    put(k, s);
+                }
+            }
+        }
+    }
+    finish(rubric, found)
+}
+
+/// The JSON schema sent with `response_format` for JSON extraction.
+pub fn json_schema(rubric: &Rubric) -> serde_json::Value {
+    let names: Vec<&str> = rubric.items.iter().map(|i| i.name.as_str()).collect();
+    serde_json::json!({
+        "type": "object",
+        "properties": { "items": { "type": "array", "items": {
+            "type": "object",
+            "properties": { "name": { "enum": names }, "rationale": { "type": "string" }, "score": { "type": "integer" } },
+            "required": ["name", "rationale", "score"], "additionalProperties": false } } },
+        "required": ["items"], "additionalProperties": false
+    })
+}
+
+/// Scores as expectations: at the token where an item's score is written (`Item: <score>`),
+/// the probability-weighted mean of the alternatives that are integers in the item's range.
+pub fn by_logprobs(rubric: &Rubric, tokens: &[TokenLogprob]) -> Result<ItemScores, ScoreFailure> {
+    let mut text = String::new();
+    let mut found = BTreeMap::new();
+    for t in tokens {
+        let line_start = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line = &text[line_start..];
+        if let Some((name, rest)) = line.rsplit_once(':')
+            && rest.trim().is_empty()
+            && let Some(item) = match_item(rubric, name)
+            && t.token.trim().parse::<i64>().is_ok()
+        {
+            let it = rubric.items.iter().find(|i| i.name == item).expect("matched item exists");
+            let mut alts: Vec<(i64, f64)> = t
+                .top
+                .iter()
+                .filter_map(|(tok, lp)| {
+                    tok.trim().parse::<i64>().ok().filter(|v| (it.min..=it.max).contains(v)).map(|v| (v, (*lp as f64).exp()))
+                })
+                .collect();
+            if alts.is_empty()
+                && let Ok(v) = t.token.trim().parse::<i64>()
+            {
+                alts.push((v, 1.0));
+            }
+            let mass: f64 = alts.iter().map(|(_, p)| p).sum();
+            if mass > 0.0 {
+                found.insert(item.to_string(), alts.iter().map(|(v, p)| *v as f64 * p).sum::<f64>() / mass);
+            }
+        }
+        text.push_str(&t.token);
+    }
+    if found.is_empty() {
+        return Err(ScoreFailure::Unparseable { message: "no score tokens after `Item:`".into() });
+    }
+    finish(rubric, found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::default_score_regex;
+
+    fn rubric() -> Rubric {
+        Rubric::parse("## Final answer (0-4)\n- Award 4 if right.\n## Reasoning (0-3)\nSteps.\n").unwrap()
+    }
+
+    #[test]
+    fn regex_reads_item_lines_and_types_failures() {
+        let re = Regex::new(&default_score_regex()).unwrap();
+        let r = rubric();
+        let a = "The answer matches.\nFinal answer: 4\nThe steps are thin.\n**Reasoning**: 2/3\n";
+        assert_eq!(by_regex(&r, &re, a).unwrap().total(), 6.0);
+        // the last score for an item wins; names match loosely
+        let a = "final answer: 1\nScore for Final Answer: 3\nreasoning : 0";
+        assert_eq!(by_regex(&r, &re, a).unwrap().scores, vec![("Final answer".into(), 3.0), ("Reasoning".into(), 0.0)]);
+        assert_eq!(by_regex(&r, &re, "Final answer: 4"), Err(ScoreFailure::Missing { item: "Reasoning".into() }));
+        assert!(matches!(by_regex(&r, &re, "Final answer: 9\nReasoning: 1"), Err(ScoreFailure::OutOfRange { score: 9.0, max: 4, .. })));
+        assert!(matches!(by_regex(&r, &re, "I cannot grade this."), Err(ScoreFailure::Unparseable { .. })));
+    }
+
+    #[test]
+    fn json_both_shapes() {
+        let r = rubric();
+        let a = "```json\n{\"items\": [{\"name\": \"Final answer\", \"rationale\": \"ok\", \"score\": 4}, {\"name\": \"Reasoning\", \"rationale\": \"x\", \"score\": \"1\"}]}\n```";
+        assert_eq!(by_json(&r, a).unwrap().total(), 5.0);
+        assert_eq!(by_json(&r, "{\"Final answer\": 2, \"Reasoning\": 3}").unwrap().total(), 5.0);
+        assert!(matches!(by_json(&r, "{\"items\": [}"), Err(ScoreFailure::Unparseable { .. })));
+        assert!(json_schema(&r)["properties"]["items"]["items"]["properties"]["name"]["enum"].as_array().unwrap().len() == 2);
+    }
+
+    #[test]
+    fn logprob_expectation() {
+        let r = rubric();
+        let t = |s: &str, top: &[(&str, f32)]| TokenLogprob {
+            token: s.into(),
+            logprob: 0.0,
+            top: top.iter().map(|(a, b)| (a.to_string(), *b)).collect(),
+        };
+        let toks = vec![
+            t("Final", &[]),
+            t(" answer", &[]),
+            t(":", &[]),
+            t(" 4", &[(" 4", 0.75f32.ln()), (" 2", 0.25f32.ln()), (" x", -1.0)]),
+            t("\n", &[]),
+            t("Reasoning", &[]),
+            t(": ", &[]),
+            t("1", &[("1", 0.5f32.ln()), ("3", 0.5f32.ln()), ("9", -0.1)]),
+        ];
+        let s = by_logprobs(&r, &toks).unwrap();
+        assert!((s.scores[0].1 - 3.5).abs() < 1e-6);
+        assert!((s.scores[1].1 - 2.0).abs() < 1e-6, "9 is out of range and ignored");
+    }
+}

@@ -1,0 +1,76 @@
+//! Reward-hacking signals of one update's rollouts: the symptoms the paper describes
+//! (responses collapsing to a title, repeated text, every response the same, every score the
+//! maximum) and disagreement between the judge and the verifiers.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::Scored;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Mean response length in tokens.
+    pub mean_response_tokens: f64,
+    /// Mean share of repeated word trigrams within a response.
+    pub repetition_rate: f64,
+    /// Share of responses identical to another response of the batch.
+    pub identical_share: f64,
+    /// Share of judged responses with the rubric's maximum total.
+    pub max_score_share: f64,
+    /// Among responses both judged and verified: share where the judge (>= half marks) and
+    /// the verifiers (>= 0.5) disagree.
+    pub judge_verifier_disagreement: Option<f64>,
+}
+
+/// Share of word trigrams in `text` that occurred earlier in it.
+pub fn repetition(text: &str) -> f64 {
+    let w: Vec<&str> = text.split_whitespace().collect();
+    if w.len() < 4 {
+        return 0.0;
+    }
+    let mut seen = HashSet::new();
+    let mut rep = 0;
+    for t in w.windows(3) {
+        if !seen.insert(t) {
+            rep += 1;
+        }
+    }
+    rep as f64 / (w.len() - 2) as f64
+}
+
+/// Signals of a batch: `responses` with their token counts, and their scores.
+pub fn compute(responses: &[(&str, usize)], scored: &[Scored], max_total: f64) -> Signals {
+    let n = responses.len().max(1) as f64;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (r, _) in responses {
+        *counts.entry(r.trim()).or_default() += 1;
+    }
+    let identical = responses.iter().filter(|(r, _)| counts[r.trim()] > 1).count();
+    let judged: Vec<&Scored> = scored.iter().filter(|s| s.item_scores.is_some()).collect();
+    let at_max = judged.iter().filter(|s| s.item_scores.as_ref().is_some_and(|i| (i.total() - max_total).abs() < 1e-9)).count();
+    let both: Vec<(f64, f64)> = scored.iter().filter_map(|s| Some((s.judge_reward?, s.verifier_score?))).collect();
+    Signals {
+        mean_response_tokens: responses.iter().map(|(_, t)| *t as f64).sum::<f64>() / n,
+        repetition_rate: responses.iter().map(|(r, _)| repetition(r)).sum::<f64>() / n,
+        identical_share: identical as f64 / n,
+        max_score_share: if judged.is_empty() { 0.0 } else { at_max as f64 / judged.len() as f64 },
+        judge_verifier_disagreement: (!both.is_empty())
+            .then(|| both.iter().filter(|(j, v)| (*j >= 0.5) != (*v >= 0.5)).count() as f64 / both.len() as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetition_and_identity() {
+        assert_eq!(repetition("a b c a b c a b c"), 4.0 / 7.0);
+        assert_eq!(repetition("the cat sat on the mat"), 0.0);
+        let s = compute(&[("x y", 2), ("x y", 2), ("z", 1)], &[], 1.0);
+        assert!((s.identical_share - 2.0 / 3.0).abs() < 1e-12);
+        assert!((s.mean_response_tokens - 5.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.judge_verifier_disagreement, None);
+    }
+}

@@ -1,0 +1,87 @@
+//! Programmatic verifiers: checks on a response that need no judge. Each returns a score in
+//! [0, 1] and the evidence it used (extracted answers), for the logs and `mpo grade`.
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as J;
+
+use super::math_eq;
+use crate::spec::VerifierSpec;
+use crate::task::math::last_boxed;
+
+/// One verifier's verdict on one response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub verifier: String,
+    pub score: f64,
+    /// What was extracted from the response (`None`: nothing to extract).
+    pub extracted: Option<String>,
+    /// The reference it was compared with.
+    pub reference: Option<String>,
+}
+
+/// The verdict tag of an ethical-reasoning response: the last `<verdict>X</verdict>` (or
+/// `Verdict: X`), upper-cased.
+pub fn verdict_tag(response: &str) -> Option<String> {
+    static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(r"(?i)<verdict>\s*(RIGHT|WRONG)\s*</verdict>|verdict\s*[:=]\s*\**\s*(RIGHT|WRONG)\b").expect("static regex")
+    });
+    re.captures_iter(response).last().and_then(|c| c.get(1).or_else(|| c.get(2))).map(|m| m.as_str().to_uppercase())
+}
+
+/// The reference answer of a math record: its `answer`, else the solution's boxed answer.
+pub fn math_reference(record: &J) -> Option<String> {
+    record.get("answer").and_then(J::as_str).map(str::to_string).or_else(|| record.get("solution").and_then(J::as_str).and_then(last_boxed))
+}
+
+/// Apply one verifier to `response` for `record`.
+pub fn verify(v: &VerifierSpec, response: &str, record: &J) -> Verdict {
+    match v {
+        VerifierSpec::MathAnswer { tolerance } => {
+            let got = last_boxed(response);
+            let want = math_reference(record);
+            let ok = matches!((&got, &want), (Some(g), Some(w)) if math_eq::equivalent(g, w, *tolerance));
+            Verdict { verifier: "math_answer".into(), score: ok as u8 as f64, extracted: got, reference: want }
+        }
+        VerifierSpec::Verdict => {
+            let got = verdict_tag(response);
+            let want = record.get("binarized_label").and_then(J::as_str).map(|s| s.to_uppercase());
+            let ok = got.is_some() && got == want;
+            Verdict { verifier: "verdict".into(), score: ok as u8 as f64, extracted: got, reference: want }
+        }
+        VerifierSpec::Length { min_words, max_words } => {
+            let n = response.split_whitespace().count();
+            Verdict {
+                verifier: "length".into(),
+                score: (n >= *min_words && n <= *max_words) as u8 as f64,
+                extracted: Some(format!("{n} words")),
+                reference: Some(format!("{min_words}..{max_words}")),
+            }
+        }
+        VerifierSpec::Format { pattern } => {
+            let ok = Regex::new(pattern).map(|re| re.is_match(response)).unwrap_or(false);
+            Verdict { verifier: "format".into(), score: ok as u8 as f64, extracted: None, reference: Some(pattern.clone()) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn verifiers() {
+        let rec = json!({"problem": "1+1", "solution": "so $\\boxed{2}$", "binarized_label": "WRONG"});
+        let m = VerifierSpec::MathAnswer { tolerance: 1e-6 };
+        assert_eq!(verify(&m, "It is \\boxed{2.0}.", &rec).score, 1.0);
+        let v = verify(&m, "It is 2.", &rec);
+        assert_eq!((v.score, v.extracted), (0.0, None));
+        assert_eq!(verify(&VerifierSpec::Verdict, "...so <verdict>wrong</verdict>", &rec).score, 1.0);
+        assert_eq!(verify(&VerifierSpec::Verdict, "<verdict>WRONG</verdict> no, Verdict: RIGHT", &rec).score, 0.0);
+        assert_eq!(verify(&VerifierSpec::Verdict, "no tag", &rec).score, 0.0);
+        assert_eq!(verify(&VerifierSpec::Length { min_words: 2, max_words: 3 }, "one two", &rec).score, 1.0);
+        assert_eq!(verify(&VerifierSpec::Format { pattern: "^A".into() }, "B", &rec).score, 0.0);
+    }
+}
