@@ -78,6 +78,38 @@ pub enum Command {
         #[arg(long)]
         logprobs: bool,
     },
+    /// Check a response with the task's programmatic verifier: exit 0 when correct, 1 when
+    /// not, 2 on a usage error (like `cmp`).
+    Grade {
+        /// math or ethical_reasoning.
+        task: String,
+        #[arg(long)]
+        response: String,
+        /// math: the reference answer or solution (with \boxed{}); ethical_reasoning: RIGHT or WRONG.
+        #[arg(long)]
+        reference: String,
+        /// Relative tolerance for numeric equality (math).
+        #[arg(long, default_value_t = 1e-6)]
+        tolerance: f64,
+    },
+    /// Rubric versions of a run.
+    Rubric {
+        #[command(subcommand)]
+        which: RubricCommand,
+    },
+    /// Render every prompt the specs will send (on fixed samples) into a folder and fail when
+    /// something changed; `--update` accepts the changes.
+    Snapshot {
+        specs: Vec<PathBuf>,
+        /// Snapshot folder (one subfolder per spec).
+        #[arg(long, default_value = "prompt_snapshots")]
+        dir: PathBuf,
+        #[arg(long)]
+        update: bool,
+        /// Training records rendered per spec.
+        #[arg(long, default_value_t = 2)]
+        samples: usize,
+    },
     /// Run a benchmark and print its figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -86,7 +118,26 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RubricCommand {
+    /// Every meta step: versions, triggers, evidence, and why a rubric was kept.
+    Log { run: PathBuf },
+    /// A version's markdown (default: the latest).
+    Show { run: PathBuf, version: Option<String> },
+    /// Unified diff between two versions.
+    Diff { run: PathBuf, a: String, b: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Judge-call overhead: calls against a stub server with fixed latency (target: <= 1.1x ideal).
+    Judge {
+        #[arg(long, default_value_t = 512)]
+        calls: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 50)]
+        latency_ms: u64,
+    },
     /// `check` + `plan` over every shipped spec and a 64-cell sweep (target: < 50 ms).
     Spec {
         #[arg(long, default_value_t = 20)]
@@ -141,6 +192,9 @@ pub fn main() -> ExitCode {
         Command::Check { spec, overrides, explain } => check(&spec, &overrides, explain),
         Command::Plan { spec, overrides, json } => plan_cmd(&spec, &overrides, json),
         Command::Fetch { name, list } => fetch_cmd(name.as_deref(), list),
+        Command::Grade { task, response, reference, tolerance } => grade_cmd(&task, &response, &reference, tolerance),
+        Command::Rubric { which } => rubric_cmd(which),
+        Command::Snapshot { specs, dir, update, samples } => snapshot_cmd(&specs, &dir, update, samples),
         Command::Generate { model, prompt, raw, max_new_tokens, temperature, top_p, top_k, seed, backend, logprobs } => {
             let args = crate::generate_cmd::Args { model, prompts: prompt, raw, max_new_tokens, temperature, top_p, top_k, seed, logprobs };
             match crate::generate_cmd::run(&backend, args) {
@@ -154,6 +208,9 @@ pub fn main() -> ExitCode {
         Command::Bench { which } => {
             let r = match which {
                 BenchCommand::Spec { iterations } => crate::bench::spec_bench(iterations),
+                BenchCommand::Judge { calls, concurrency, latency_ms } => {
+                    crate::bench::stub::judge_bench(calls, concurrency, std::time::Duration::from_millis(latency_ms))
+                }
                 BenchCommand::Generate { new_tokens, server, llama_server, backend } => {
                     crate::bench::with_server(server, llama_server, 8, |url| {
                         crate::bench::on_backend(&backend, crate::bench::generation::GenerateBench { new_tokens, server: url })
@@ -181,6 +238,142 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn grade_cmd(task: &str, response: &str, reference: &str, tolerance: f64) -> ExitCode {
+    use crate::reward::{math_eq, verify};
+    match task {
+        "math" => {
+            let want = crate::task::math::last_boxed(reference).unwrap_or_else(|| reference.trim().to_string());
+            let Some(got) = crate::task::math::last_boxed(response) else {
+                println!("incorrect: the response has no \\boxed{{}} answer (reference: {want})");
+                return ExitCode::from(1);
+            };
+            let ok = math_eq::equivalent(&got, &want, tolerance);
+            println!(
+                "{}: response {got:?} -> {:?}, reference {want:?} -> {:?}",
+                if ok { "correct" } else { "incorrect" },
+                math_eq::normalize(&got),
+                math_eq::normalize(&want)
+            );
+            ExitCode::from(if ok { 0 } else { 1 })
+        }
+        "ethical_reasoning" => {
+            let want = reference.trim().to_uppercase();
+            if want != "RIGHT" && want != "WRONG" {
+                eprintln!("error: the reference must be RIGHT or WRONG, got {reference:?}");
+                return ExitCode::from(2);
+            }
+            match verify::verdict_tag(response) {
+                Some(got) => {
+                    let ok = got == want;
+                    println!("{}: response verdict {got}, reference {want}", if ok { "correct" } else { "incorrect" });
+                    ExitCode::from(if ok { 0 } else { 1 })
+                }
+                None => {
+                    println!("incorrect: no <verdict>RIGHT|WRONG</verdict> tag in the response (reference: {want})");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        "essay_writing" | "summarization" => {
+            eprintln!("error: task `{task}` has no programmatic verifier (only its judge); `mpo grade` takes math or ethical_reasoning");
+            ExitCode::from(2)
+        }
+        other => {
+            eprintln!("error: unknown task `{other}` (math, ethical_reasoning)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn parse_version(v: &str) -> Option<u32> {
+    v.trim_start_matches(['v', 'V']).parse().ok()
+}
+
+fn rubric_cmd(which: RubricCommand) -> ExitCode {
+    use crate::meta::history::{History, diff, render_log};
+    let fail = |m: String| {
+        eprintln!("error: {m}");
+        ExitCode::from(1)
+    };
+    let run = match &which {
+        RubricCommand::Log { run } | RubricCommand::Show { run, .. } | RubricCommand::Diff { run, .. } => run.clone(),
+    };
+    let h = History::new(&run);
+    let entries = match h.entries() {
+        Ok(e) => e,
+        Err(e) => {
+            return fail(format!("{} has no rubric history ({e}); give a run directory such as results/math/<run-id>", run.display()));
+        }
+    };
+    match which {
+        RubricCommand::Log { .. } => {
+            print!("{}", render_log(&entries));
+            ExitCode::SUCCESS
+        }
+        RubricCommand::Show { version, .. } => {
+            let v = match version.as_deref().map(parse_version) {
+                Some(None) => return fail("versions are written v3 or 3".into()),
+                Some(Some(v)) => v,
+                None => entries.iter().filter_map(|e| e.version).max().unwrap_or(0),
+            };
+            match h.show(v) {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(_) => fail(format!("no version v{v:03} in {}", run.display())),
+            }
+        }
+        RubricCommand::Diff { a, b, .. } => {
+            let (Some(va), Some(vb)) = (parse_version(&a), parse_version(&b)) else { return fail("versions are written v3 or 3".into()) };
+            match (h.show(va), h.show(vb)) {
+                (Ok(x), Ok(y)) => {
+                    print!("{}", diff(&x, &y, &format!("v{va:03}.md"), &format!("v{vb:03}.md")));
+                    ExitCode::SUCCESS
+                }
+                _ => fail(format!("no such versions in {}", run.display())),
+            }
+        }
+    }
+}
+
+fn snapshot_cmd(specs: &[PathBuf], dir: &std::path::Path, update: bool, samples: usize) -> ExitCode {
+    if specs.is_empty() {
+        eprintln!("error: give at least one spec");
+        return ExitCode::from(2);
+    }
+    let mut changed_any = false;
+    for s in specs {
+        let Some(loaded) = load(s, &[]) else { return ExitCode::from(2) };
+        let Some(first) = loaded.runs.first() else { continue };
+        let files = match crate::snapshot::render_all(first, samples) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {}: {e}", s.display());
+                return ExitCode::from(2);
+            }
+        };
+        let sub = dir.join(&first.spec.name);
+        match crate::snapshot::sync(&sub, &files, update) {
+            Ok(changed) if changed.is_empty() => println!("{}: {} prompts unchanged", s.display(), files.len()),
+            Ok(changed) => {
+                changed_any = true;
+                let verb = if update { "updated" } else { "changed" };
+                println!("{}: {} {verb}: {}", s.display(), changed.len(), changed.join(", "));
+            }
+            Err(e) => {
+                eprintln!("error: writing {}: {e}", sub.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if changed_any && !update {
+        eprintln!("prompts changed; review them and run with --update to accept");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }
 
 fn fetch_cmd(name: Option<&str>, list: bool) -> ExitCode {

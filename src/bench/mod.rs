@@ -6,6 +6,7 @@
 pub mod generation;
 pub mod parity;
 pub mod server;
+pub mod stub;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

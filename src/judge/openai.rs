@@ -241,8 +241,12 @@ async fn with_retries(
 ) -> Result<JudgeResponse, JudgeError> {
     let attempts = cfg.max_retries + 1;
     let mut last = None;
+    // The first attempt goes round-robin; each retry moves to the next URL (failover).
+    let mut i = next.fetch_add(1, Ordering::Relaxed) % cfg.base_urls.len();
     for attempt in 0..attempts {
-        let i = next.fetch_add(1, Ordering::Relaxed) % cfg.base_urls.len();
+        if attempt > 0 {
+            i = (i + 1) % cfg.base_urls.len();
+        }
         let url = endpoint(&cfg.base_urls[i], cfg.api);
         match one_attempt(&client, &cfg, &url, &r).await {
             Ok(resp) => return Ok(resp),

@@ -1,4 +1,6 @@
 //! Integration tests: one binary (each test binary relinks burn), one module per area.
 
+mod judge;
 mod model;
 mod spec;
+mod templates;

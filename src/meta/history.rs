@@ -1,0 +1,200 @@
+//! Rubric history of a run: `rubrics/vNNN.md` (canonical markdown) and
+//! `rubrics/history.jsonl` (one line per meta step: trigger update, evidence, every stage's
+//! raw output, the outcome and the diff against the previous version). Read by
+//! `mpo rubric log | show | diff`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::MetaOutcome;
+use crate::rubric::Rubric;
+
+/// One line of `history.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The version this step produced (None: the rubric was kept).
+    pub version: Option<u32>,
+    /// The version in force before the step.
+    pub previous: u32,
+    /// 0 for the initial rubric.
+    pub trigger_update: u32,
+    pub evidence: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prescreen: Option<String>,
+    pub analyses: Vec<String>,
+    pub refined: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_raw: Option<String>,
+    /// Why the rubric was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_because: Option<String>,
+    /// Unified diff against the previous version.
+    pub diff: String,
+    pub items: Vec<String>,
+}
+
+pub struct History {
+    dir: PathBuf,
+}
+
+/// A unified diff of two rubric texts.
+pub fn diff(a: &str, b: &str, a_name: &str, b_name: &str) -> String {
+    similar::TextDiff::from_lines(a, b).unified_diff().context_radius(2).header(a_name, b_name).to_string()
+}
+
+fn item_names(r: &Rubric) -> Vec<String> {
+    r.items.iter().map(|i| format!("{} ({}-{})", i.name, i.min, i.max)).collect()
+}
+
+impl History {
+    pub fn new(run_dir: &Path) -> Self {
+        History { dir: run_dir.join("rubrics") }
+    }
+
+    pub fn version_path(&self, v: u32) -> PathBuf {
+        self.dir.join(format!("v{v:03}.md"))
+    }
+
+    fn append(&self, e: &Entry) -> std::io::Result<()> {
+        let p = self.dir.join("history.jsonl");
+        let mut text = std::fs::read_to_string(&p).unwrap_or_default();
+        text.push_str(&serde_json::to_string(e).map_err(std::io::Error::other)?);
+        text.push('\n');
+        crate::fsx::write_atomic(&p, text.as_bytes())
+    }
+
+    /// Write version 0 (idempotent: a resumed run finds it already there).
+    pub fn init(&self, v0: &Rubric) -> std::io::Result<()> {
+        if self.version_path(0).exists() {
+            return Ok(());
+        }
+        crate::fsx::write_atomic(&self.version_path(0), v0.to_markdown().as_bytes())?;
+        self.append(&Entry {
+            version: Some(0),
+            previous: 0,
+            trigger_update: 0,
+            evidence: vec![],
+            prescreen: None,
+            analyses: vec![],
+            refined: vec![],
+            merged_raw: None,
+            kept_because: None,
+            diff: String::new(),
+            items: item_names(v0),
+        })
+    }
+
+    /// Record a meta step; returns the new version number when the rubric changed.
+    pub fn record(&self, outcome: &MetaOutcome, current: &Rubric, current_version: u32) -> std::io::Result<Option<u32>> {
+        let (version, kept_because, diff_text, items) = match &outcome.result {
+            Ok(new) => {
+                let v = current_version + 1;
+                crate::fsx::write_atomic(&self.version_path(v), new.to_markdown().as_bytes())?;
+                let d = diff(&current.to_markdown(), &new.to_markdown(), &format!("v{current_version:03}.md"), &format!("v{v:03}.md"));
+                (Some(v), None, d, item_names(new))
+            }
+            Err(why) => (None, Some(why.clone()), String::new(), item_names(current)),
+        };
+        self.append(&Entry {
+            version,
+            previous: current_version,
+            trigger_update: outcome.trigger_update,
+            evidence: outcome.evidence.clone(),
+            prescreen: outcome.prescreen_raw.clone(),
+            analyses: outcome.analyses.clone(),
+            refined: outcome.refined.clone(),
+            merged_raw: outcome.merged_raw.clone(),
+            kept_because,
+            diff: diff_text,
+            items,
+        })?;
+        Ok(version)
+    }
+
+    pub fn entries(&self) -> std::io::Result<Vec<Entry>> {
+        let text = std::fs::read_to_string(self.dir.join("history.jsonl"))?;
+        text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
+    }
+
+    /// The latest version number and rubric (the state a resumed run continues from).
+    pub fn latest(&self) -> std::io::Result<(u32, Rubric)> {
+        let v = self.entries()?.iter().filter_map(|e| e.version).max().unwrap_or(0);
+        let text = std::fs::read_to_string(self.version_path(v))?;
+        let r = Rubric::parse(&text).map_err(std::io::Error::other)?;
+        Ok((v, r))
+    }
+
+    pub fn show(&self, v: u32) -> std::io::Result<String> {
+        std::fs::read_to_string(self.version_path(v))
+    }
+}
+
+/// `mpo rubric log`: one block per meta step.
+pub fn render_log(entries: &[Entry]) -> String {
+    let mut o = String::new();
+    for e in entries {
+        match (e.version, &e.kept_because) {
+            (Some(0), _) if e.trigger_update == 0 => o += &format!("v000  initial rubric: {}\n", e.items.join("; ")),
+            (Some(v), _) => {
+                let (plus, minus) = e.diff.lines().fold((0, 0), |(p, m), l| {
+                    if l.starts_with('+') && !l.starts_with("+++") {
+                        (p + 1, m)
+                    } else if l.starts_with('-') && !l.starts_with("---") {
+                        (p, m + 1)
+                    } else {
+                        (p, m)
+                    }
+                });
+                o += &format!(
+                    "v{v:03}  after update {}: {} samples -> {} (+{plus} -{minus} lines)\n",
+                    e.trigger_update,
+                    e.evidence.len(),
+                    e.items.join("; ")
+                );
+            }
+            (None, why) => {
+                o += &format!("      after update {}: kept v{:03} ({})\n", e.trigger_update, e.previous, why.clone().unwrap_or_default())
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::TokenUsage;
+
+    fn outcome(result: Result<Rubric, String>, update: u32) -> MetaOutcome {
+        MetaOutcome {
+            trigger_update: update,
+            evidence: vec!["a".into()],
+            prescreen_raw: None,
+            analyses: vec!["x".into()],
+            refined: vec![],
+            merged_raw: None,
+            result,
+            usage: TokenUsage::default(),
+        }
+    }
+
+    #[test]
+    fn versions_history_and_diffs() {
+        let dir = std::env::temp_dir().join(format!("mpo-hist-{}", std::process::id()));
+        let h = History::new(&dir);
+        let v0 = Rubric::parse("## Correct (0-4)\n- Award 4.\n").unwrap();
+        h.init(&v0).unwrap();
+        h.init(&v0).unwrap();
+        let v1 = Rubric::parse("## Correct (0-4)\n- Award 4.\n## Units (0-1)\n").unwrap();
+        assert_eq!(h.record(&outcome(Ok(v1.clone()), 2), &v0, 0).unwrap(), Some(1));
+        assert_eq!(h.record(&outcome(Err("merge failed".into()), 4), &v1, 1).unwrap(), None);
+        let es = h.entries().unwrap();
+        assert_eq!(es.len(), 3);
+        assert!(es[1].diff.contains("+## Units (0-1)"));
+        assert_eq!(h.latest().unwrap(), (1, v1));
+        let log = render_log(&es);
+        assert!(log.contains("v001  after update 2") && log.contains("kept v001 (merge failed)"), "{log}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

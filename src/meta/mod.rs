@@ -1,0 +1,316 @@
+//! The meta-reward pipeline: every `meta.every` updates a senior judge reads recent rollouts
+//! (with their scores and the junior judge's rationales) and rewrites the rubric.
+//!
+//! Stages, each a template in `prompt_templates/meta/`: optional prescreen (which samples are
+//! worth analysing) -> analyze (per sample: what the rubric missed, reward hacking) -> refine
+//! (per sample: an improved rubric with explicit awards and deductions) -> merge (one rubric).
+//! The merged text is parsed and validated; on any failure the current rubric stays and the
+//! reason is recorded. Nothing here writes files: [`history`] does.
+
+pub mod history;
+
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as J, json};
+
+use crate::judge::{Judge, JudgeRequest, TokenUsage};
+use crate::rubric::Rubric;
+
+/// Templates and settings of the pipeline.
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    pub task: String,
+    pub prescreen: Option<(String, String)>,
+    pub analyze: (String, String),
+    pub refine: (String, String),
+    pub merge: (String, String),
+    pub samples: usize,
+    pub max_items: usize,
+    pub domain_guidelines: bool,
+    pub max_tokens: u32,
+    pub temperature: f64,
+}
+
+/// A rollout offered to the meta judge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaSample {
+    pub id: String,
+    pub question: String,
+    pub response: String,
+    /// The judge's rubric total (None when the judge did not score it).
+    pub score: Option<f64>,
+    pub max_score: f64,
+    /// The judge's answer (its rationale and scores).
+    pub rationale: String,
+    pub verifier: Option<f64>,
+    pub record: J,
+}
+
+/// What one meta step did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaOutcome {
+    pub trigger_update: u32,
+    /// Ids of the samples the meta judge saw.
+    pub evidence: Vec<String>,
+    pub prescreen_raw: Option<String>,
+    pub analyses: Vec<String>,
+    pub refined: Vec<String>,
+    pub merged_raw: Option<String>,
+    /// The new rubric, or why the current one stays.
+    pub result: Result<Rubric, String>,
+    pub usage: TokenUsage,
+}
+
+/// Short guidance per MATH subject, added to the analysis when `meta.domain_guidelines` is on.
+pub fn math_guidelines(subject: &str) -> &'static str {
+    match subject {
+        "Algebra" | "Intermediate Algebra" => "Check that each algebraic manipulation is valid and that extraneous roots are discarded.",
+        "Geometry" => "Check that figures' properties are justified, not read off a picture, and that units are consistent.",
+        "Counting & Probability" => "Check for double counting and that cases are exhaustive; probabilities must lie in [0, 1].",
+        "Number Theory" => "Check divisibility arguments and modular arithmetic step by step.",
+        "Precalculus" => "Check trigonometric identities and the domain of every function used.",
+        "Prealgebra" | "Arithmetic" => "Check every arithmetic step; the final answer must be exact.",
+        _ => "",
+    }
+}
+
+/// Ask `judge`, counting tokens; answers as text or the error's message.
+fn ask(judge: &mut dyn Judge, reqs: Vec<JudgeRequest>, usage: &mut TokenUsage) -> Vec<Result<String, String>> {
+    judge
+        .complete(&reqs)
+        .into_iter()
+        .map(|r| {
+            usage.record(&r);
+            r.map(|x| x.text).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+fn render(t: &(String, String), ctx: &J) -> Result<String, String> {
+    crate::template::render(&t.0, &t.1, ctx).map_err(|e| e.to_string())
+}
+
+fn sample_ctx(s: &MetaSample) -> J {
+    json!({
+        "id": s.id, "question": s.question, "response": s.response,
+        "score": s.score.map(|x| (x * 100.0).round() / 100.0), "max_score": s.max_score,
+        "rationale": s.rationale, "judge_answer": s.rationale, "verifier": s.verifier, "record": s.record,
+    })
+}
+
+/// Run one meta step on `candidates` (the rollouts since the last step).
+pub fn run(judge: &mut dyn Judge, cfg: &MetaConfig, current: &Rubric, candidates: &[MetaSample], seed: u64, update: u32) -> MetaOutcome {
+    let mut out = MetaOutcome {
+        trigger_update: update,
+        evidence: vec![],
+        prescreen_raw: None,
+        analyses: vec![],
+        refined: vec![],
+        merged_raw: None,
+        result: Err(String::new()),
+        usage: TokenUsage::default(),
+    };
+    out.result = step(judge, cfg, current, candidates, seed, update, &mut out);
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step(
+    judge: &mut dyn Judge,
+    cfg: &MetaConfig,
+    current: &Rubric,
+    candidates: &[MetaSample],
+    seed: u64,
+    update: u32,
+    out: &mut MetaOutcome,
+) -> Result<Rubric, String> {
+    if candidates.is_empty() {
+        return Err("no rollouts to learn from".into());
+    }
+    let mut rng = crate::rng::stream(seed, &format!("meta/select/u{update:06}"));
+    let mut picked: Vec<&MetaSample> = candidates.iter().collect();
+    picked.shuffle(&mut rng);
+    picked.truncate(cfg.samples.max(1));
+    // Deterministic order for prompts: by id.
+    picked.sort_by(|a, b| a.id.cmp(&b.id));
+    let rubric_md = current.to_markdown();
+    let base = json!({ "task": cfg.task, "rubric": rubric_md, "items": current.items, "max_items": cfg.max_items });
+    let req = |prompt: String, k: usize, stage: &str| JudgeRequest {
+        prompt,
+        max_tokens: cfg.max_tokens,
+        temperature: cfg.temperature,
+        seed: crate::rng::sub_seed(seed, &format!("meta/{stage}/u{update:06}/{k}")),
+        top_logprobs: None,
+        json_schema: None,
+        attempt: 0,
+    };
+    if let Some(t) = &cfg.prescreen {
+        let mut ctx = base.clone();
+        ctx["samples"] = J::Array(picked.iter().map(|s| sample_ctx(s)).collect());
+        let prompt = render(t, &ctx)?;
+        let answer = ask(judge, vec![req(prompt, 0, "prescreen")], &mut out.usage).remove(0);
+        match answer {
+            Ok(text) => {
+                let keep: Vec<usize> = text
+                    .lines()
+                    .filter_map(|l| l.trim().strip_prefix("KEEP:").or_else(|| l.trim().strip_prefix("Keep:")))
+                    .filter_map(|n| n.trim().parse::<usize>().ok())
+                    .filter(|&n| n >= 1 && n <= picked.len())
+                    .collect();
+                if !keep.is_empty() {
+                    picked = keep.iter().map(|&n| picked[n - 1]).collect();
+                    picked.dedup_by(|a, b| a.id == b.id);
+                }
+                out.prescreen_raw = Some(text);
+            }
+            Err(e) => return Err(format!("prescreen failed: {e}")),
+        }
+    }
+    out.evidence = picked.iter().map(|s| s.id.clone()).collect();
+    // analyze
+    let prompts: Vec<JudgeRequest> = picked
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let mut ctx = base.clone();
+            ctx["sample"] = sample_ctx(s);
+            let guidelines =
+                if cfg.domain_guidelines { math_guidelines(s.record.get("type").and_then(J::as_str).unwrap_or("")) } else { "" };
+            ctx["guidelines"] = guidelines.into();
+            render(&cfg.analyze, &ctx).map(|p| req(p, k, "analyze"))
+        })
+        .collect::<Result<_, _>>()?;
+    let analyses = ask(judge, prompts, &mut out.usage);
+    let ok: Vec<(&MetaSample, String)> = picked.iter().zip(analyses).filter_map(|(s, a)| a.ok().map(|a| (*s, a))).collect();
+    out.analyses = ok.iter().map(|(_, a)| a.clone()).collect();
+    if ok.is_empty() {
+        return Err("every analysis failed".into());
+    }
+    // refine
+    let prompts: Vec<JudgeRequest> = ok
+        .iter()
+        .enumerate()
+        .map(|(k, (s, a))| {
+            let mut ctx = base.clone();
+            ctx["sample"] = sample_ctx(s);
+            ctx["analysis"] = a.clone().into();
+            ctx["guidelines"] = "".into();
+            render(&cfg.refine, &ctx).map(|p| req(p, k, "refine"))
+        })
+        .collect::<Result<_, _>>()?;
+    out.refined = ask(judge, prompts, &mut out.usage).into_iter().filter_map(Result::ok).collect();
+    let usable: Vec<String> = out.refined.iter().filter(|r| Rubric::parse(r).is_ok()).cloned().collect();
+    if usable.is_empty() {
+        return Err(format!("none of the {} refined rubrics parses as a rubric", out.refined.len()));
+    }
+    // merge
+    let mut ctx = base.clone();
+    ctx["refined"] = J::Array(usable.into_iter().map(J::String).collect());
+    let prompt = render(&cfg.merge, &ctx)?;
+    let merged = ask(judge, vec![req(prompt, 0, "merge")], &mut out.usage).remove(0).map_err(|e| format!("merge failed: {e}"))?;
+    out.merged_raw = Some(merged.clone());
+    let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
+    rubric.validate(cfg.max_items).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
+    if rubric.preamble.is_empty() {
+        rubric.preamble = current.preamble.clone();
+    }
+    if rubric.items == current.items {
+        return Err("the merged rubric is the current one".into());
+    }
+    Ok(rubric)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::{JudgeError, JudgeResponse};
+
+    /// Answers by stage, recognised from the prompt's first words.
+    struct StageJudge {
+        merged: String,
+    }
+
+    impl Judge for StageJudge {
+        fn identity(&self) -> String {
+            "test:stages".into()
+        }
+        fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
+            requests
+                .iter()
+                .map(|r| {
+                    let text = if r.prompt.starts_with("ANALYZE") {
+                        "The rubric ignores units.".to_string()
+                    } else if r.prompt.starts_with("REFINE") {
+                        "## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 when units are given.".to_string()
+                    } else {
+                        self.merged.clone()
+                    };
+                    Ok(JudgeResponse { text, prompt_tokens: 1, completion_tokens: 1, logprobs: None, cached: false })
+                })
+                .collect()
+        }
+    }
+
+    fn cfg() -> MetaConfig {
+        MetaConfig {
+            task: "math".into(),
+            prescreen: None,
+            analyze: ("analyze".into(), "ANALYZE {{ sample.response }} under {{ rubric }}".into()),
+            refine: ("refine".into(), "REFINE {{ analysis }}".into()),
+            merge: ("merge".into(), "MERGE {% for r in refined %}{{ r }}{% endfor %} max {{ max_items }}".into()),
+            samples: 2,
+            max_items: 3,
+            domain_guidelines: true,
+            max_tokens: 64,
+            temperature: 0.0,
+        }
+    }
+
+    fn samples() -> Vec<MetaSample> {
+        (0..5)
+            .map(|i| MetaSample {
+                id: format!("u1-r{i}"),
+                question: "q".into(),
+                response: format!("resp {i}"),
+                score: Some(2.0),
+                max_score: 4.0,
+                rationale: "Correct: 2".into(),
+                verifier: None,
+                record: json!({"type": "Algebra"}),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merged_rubric_becomes_the_next_version() {
+        let current = Rubric::parse("# Preamble\n## Correct (0-4)\n").unwrap();
+        let mut j = StageJudge { merged: "## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.".into() };
+        let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
+        let r = o.result.unwrap();
+        assert_eq!(r.items.len(), 2);
+        assert_eq!(r.preamble, "# Preamble");
+        assert_eq!(o.evidence.len(), 2);
+        assert_eq!((o.analyses.len(), o.refined.len()), (2, 2));
+        // the same seed picks the same evidence
+        let again = run(&mut j, &cfg(), &current, &samples(), 1, 2);
+        assert_eq!(again.evidence, o.evidence);
+    }
+
+    #[test]
+    fn bad_merges_keep_the_current_rubric_with_a_reason() {
+        let current = Rubric::parse("## Correct (0-4)\n").unwrap();
+        for (merged, why) in [
+            ("", "invalid"),
+            ("just prose", "invalid"),
+            ("## A (0-1)\n## B (0-1)\n## C (0-1)\n## D (0-1)", "4 items"),
+            ("## Correct (0-4)", "is the current one"),
+        ] {
+            let mut j = StageJudge { merged: merged.into() };
+            let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
+            let e = o.result.unwrap_err();
+            assert!(e.contains(why), "{merged:?}: {e}");
+        }
+        let mut j = StageJudge { merged: String::new() };
+        assert!(run(&mut j, &cfg(), &current, &[], 1, 2).result.unwrap_err().contains("no rollouts"));
+    }
+}

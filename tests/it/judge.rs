@@ -1,0 +1,273 @@
+//! Judges against a fault-injecting stub server (timeouts, 5xx with Retry-After, 429, 4xx,
+//! malformed and truncated bodies, bad scores, bad meta answers) and against a real
+//! llama-server serving SmolLM2 (built by scripts/setup_llama_server.sh).
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use mpo::bench::stub::{Reply, Stub};
+use mpo::judge::cache::CachedJudge;
+use mpo::judge::openai::{Api, OpenAiConfig, OpenAiJudge};
+use mpo::judge::{Judge, JudgeError, JudgeRequest, TokenUsage};
+use mpo::reward::score::ScoreFailure;
+use mpo::reward::{self, RewardConfig, Rollout};
+use mpo::rubric::Rubric;
+use mpo::spec::{Extraction, FailurePolicy, FailureSpec, JudgeSpec, MixSpec, RewardSpec};
+use serde_json::json;
+
+fn judge(urls: Vec<String>, retries: u32, timeout_ms: u64) -> OpenAiJudge {
+    OpenAiJudge::new(OpenAiConfig {
+        base_urls: urls,
+        api_key: Some("sk-test-secret".into()),
+        model: Some("stub".into()),
+        api: Api::Chat,
+        concurrency: 4,
+        timeout: Duration::from_millis(timeout_ms),
+        max_retries: retries,
+        backoff: Duration::from_millis(20),
+    })
+    .unwrap()
+}
+
+fn req(p: &str) -> JudgeRequest {
+    JudgeRequest { prompt: p.into(), max_tokens: 32, temperature: 0.0, seed: 1, top_logprobs: None, json_schema: None, attempt: 0 }
+}
+
+#[test]
+fn timeouts_are_retried() {
+    let stub = Stub::start(|r| if r.index == 0 { Reply::Hang } else { Reply::Text("Correct: 3".into()) }).unwrap();
+    let mut j = judge(vec![stub.url.clone()], 2, 300);
+    let out = j.complete(&[req("a")]);
+    assert_eq!(out[0].as_ref().unwrap().text, "Correct: 3");
+    assert_eq!(stub.count(), 2);
+    // with no retries the timeout is the answer
+    let stub = Stub::start(|_| Reply::Hang).unwrap();
+    let mut j = judge(vec![stub.url.clone()], 0, 200);
+    assert!(matches!(j.complete(&[req("a")])[0], Err(JudgeError::Timeout { .. })));
+}
+
+#[test]
+fn server_errors_and_rate_limits_honour_retry_after() {
+    let stub = Stub::start(|r| match r.index {
+        0 => Reply::Status { code: 503, retry_after: Some("0.3".into()), body: "overloaded".into() },
+        1 => Reply::Status { code: 429, retry_after: None, body: "slow down".into() },
+        2 => Reply::Status { code: 500, retry_after: None, body: "oops".into() },
+        _ => Reply::Text("ok".into()),
+    })
+    .unwrap();
+    let mut j = judge(vec![stub.url.clone()], 3, 2000);
+    let t = Instant::now();
+    let out = j.complete(&[req("a")]);
+    assert_eq!(out[0].as_ref().unwrap().text, "ok");
+    assert!(t.elapsed() >= Duration::from_millis(300), "Retry-After was not honoured: {:?}", t.elapsed());
+    assert_eq!(stub.count(), 4);
+}
+
+#[test]
+fn client_errors_are_not_retried_and_the_key_stays_in_the_header() {
+    let stub = Stub::start(|r| {
+        if r.headers.to_lowercase().contains("authorization: bearer sk-test-secret") {
+            Reply::Status { code: 400, retry_after: None, body: "bad request".into() }
+        } else {
+            Reply::Status { code: 401, retry_after: None, body: "no key".into() }
+        }
+    })
+    .unwrap();
+    let mut j = judge(vec![stub.url.clone()], 3, 2000);
+    let e = j.complete(&[req("a")]).remove(0).unwrap_err();
+    assert!(matches!(e, JudgeError::Http { status: 400, .. }), "{e}");
+    assert!(!e.to_string().contains("sk-test-secret"));
+    assert_eq!(stub.count(), 1);
+}
+
+#[test]
+fn malformed_and_truncated_bodies_are_typed_failures() {
+    let stub = Stub::start(|r| if r.index % 2 == 0 { Reply::Malformed("{not json".into()) } else { Reply::Truncated }).unwrap();
+    let mut j = judge(vec![stub.url.clone()], 2, 2000);
+    match j.complete(&[req("a")]).remove(0) {
+        Err(JudgeError::Exhausted { attempts: 3, last }) => {
+            assert!(matches!(*last, JudgeError::Malformed { .. } | JudgeError::Transport { .. }))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stub.count(), 3);
+}
+
+#[test]
+fn base_urls_are_load_balanced_and_fail_over() {
+    let a = Stub::start(|_| Reply::Text("from a".into())).unwrap();
+    let b = Stub::start(|_| Reply::Text("from b".into())).unwrap();
+    let mut j = judge(vec![a.url.clone(), b.url.clone()], 0, 2000);
+    let reqs: Vec<JudgeRequest> = (0..10).map(|i| req(&format!("p{i}"))).collect();
+    assert!(j.complete(&reqs).iter().all(|r| r.is_ok()));
+    assert_eq!((a.count(), b.count()), (5, 5));
+    // a dead URL: its requests move to the live one on retry
+    let mut j = judge(vec!["http://127.0.0.1:9".into(), a.url.clone()], 1, 2000);
+    assert!(j.complete(&reqs).iter().all(|r| r.as_ref().map(|x| x.text == "from a").unwrap_or(false)));
+}
+
+fn reward_cfg(retries: u32, policy: FailurePolicy) -> RewardConfig {
+    let spec = RewardSpec {
+        judge: JudgeSpec { max_tokens: 64, ..JudgeSpec::default() },
+        rubric: "r.md".into(),
+        prompt: "j.j2".into(),
+        extraction: Extraction::default(),
+        normalize: true,
+        failure: FailureSpec { retries, policy },
+        verifiers: vec![],
+        mix: MixSpec::default(),
+    };
+    let template = std::fs::read_to_string("prompt_templates/math/judge.j2").unwrap();
+    RewardConfig::new(spec, "math", template, "judge.j2".into()).unwrap()
+}
+
+#[test]
+fn out_of_range_scores_are_retried_then_handled_by_policy() {
+    let rubric = Rubric::parse("## Correct (0-4)\n## Clear (0-2)\n").unwrap();
+    let rec = json!({"answer": "4"});
+    let rs = vec![Rollout { id: "u1-r0".into(), question: "2+2?".into(), response: "\\boxed{4}".into(), record: &rec }];
+    let stub = Stub::start(|_| Reply::Text("Correct: 7\nClear: 1".into())).unwrap();
+    let mut j = judge(vec![stub.url.clone()], 0, 2000);
+    let mut usage = TokenUsage::default();
+    let s = reward::score_batch(&mut j, &reward_cfg(2, FailurePolicy::Skip), &rubric, &rs, 0, 1, &mut usage).unwrap();
+    assert_eq!(stub.count(), 3);
+    assert_eq!(s[0].judge_answers.len(), 3);
+    assert!(matches!(s[0].failure, Some(ScoreFailure::OutOfRange { score: 7.0, .. })));
+    assert_eq!(s[0].reward, None);
+    assert_eq!((usage.calls, usage.prompt_tokens), (3, 60));
+}
+
+#[test]
+fn bad_meta_answers_keep_the_rubric() {
+    use mpo::meta::{MetaConfig, MetaSample, run};
+    let t = |name: &str| (name.to_string(), std::fs::read_to_string(format!("prompt_templates/meta/{name}.j2")).unwrap());
+    let cfg = MetaConfig {
+        task: "math".into(),
+        prescreen: None,
+        analyze: t("analyze"),
+        refine: t("refine"),
+        merge: t("merge"),
+        samples: 2,
+        max_items: 6,
+        domain_guidelines: false,
+        max_tokens: 64,
+        temperature: 0.0,
+    };
+    let samples: Vec<MetaSample> = (0..3)
+        .map(|i| MetaSample {
+            id: format!("s{i}"),
+            question: "q".into(),
+            response: "r".into(),
+            score: Some(1.0),
+            max_score: 4.0,
+            rationale: "Correct: 1".into(),
+            verifier: None,
+            record: json!({}),
+        })
+        .collect();
+    let current = Rubric::parse("## Correct (0-4)\n").unwrap();
+    // the refine stage answers prose that is no rubric at all
+    let stub = Stub::start(|r| {
+        let p = r.body["messages"][0]["content"].as_str().unwrap_or("").to_string();
+        if p.contains("auditing") { Reply::Text("It misses units.".into()) } else { Reply::Text("I would improve it a lot.".into()) }
+    })
+    .unwrap();
+    let mut j = judge(vec![stub.url.clone()], 0, 2000);
+    let o = run(&mut j, &cfg, &current, &samples, 0, 2);
+    assert!(o.result.unwrap_err().contains("parses as a rubric"));
+    // an empty merged rubric
+    let stub = Stub::start(|r| {
+        let p = r.body["messages"][0]["content"].as_str().unwrap_or("").to_string();
+        if p.contains("consolidating") {
+            Reply::Text(String::new())
+        } else {
+            Reply::Text("## Correct (0-4)\n- Award 4.\n## Units (0-1)\n- Award 1.".into())
+        }
+    })
+    .unwrap();
+    let mut j = judge(vec![stub.url.clone()], 0, 2000);
+    let o = run(&mut j, &cfg, &current, &samples, 0, 2);
+    assert!(o.result.unwrap_err().contains("no items"));
+    assert_eq!(o.merged_raw.as_deref(), Some(""));
+}
+
+// ---- a real llama-server ---------------------------------------------------------------------
+
+fn llama_server() -> &'static str {
+    static SERVER: OnceLock<mpo::bench::server::LlamaServer> = OnceLock::new();
+    &SERVER
+        .get_or_init(|| {
+            let bin = mpo::bench::server::find_binary()
+                .expect("llama-server is not built: run scripts/setup_llama_server.sh (scripts/test.sh does)");
+            let model = mpo::model::fetch::fetch("smollm2-135m-instruct", &mut |_| {}).unwrap();
+            mpo::bench::server::LlamaServer::start(&bin, &model, 4, 2, 2048, Duration::from_secs(300)).unwrap()
+        })
+        .url
+}
+
+fn real_judge(api: Api) -> OpenAiJudge {
+    OpenAiJudge::new(OpenAiConfig {
+        base_urls: vec![llama_server().to_string()],
+        api_key: None,
+        model: None,
+        api,
+        concurrency: 4,
+        timeout: Duration::from_secs(120),
+        max_retries: 2,
+        backoff: Duration::from_millis(200),
+    })
+    .unwrap()
+}
+
+#[test]
+fn real_llama_server_scores_and_replays_exactly() {
+    let rubric =
+        Rubric::parse(&std::fs::read_to_string("prompt_templates/math/rubric_v0.md").unwrap().replace("{{ task }}", "math")).unwrap();
+    let recs: Vec<serde_json::Value> =
+        (0..3).map(|i| json!({"problem": format!("What is {i} + 2?"), "answer": format!("{}", i + 2)})).collect();
+    let rs: Vec<Rollout> = recs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Rollout {
+            id: format!("u1-r{i}"),
+            question: r["problem"].as_str().unwrap().into(),
+            response: format!("It is \\boxed{{{}}}.", i + 2),
+            record: r,
+        })
+        .collect();
+    let cfg = reward_cfg(1, FailurePolicy::Skip);
+    let dir = std::env::temp_dir().join(format!("mpo-real-cache-{}", std::process::id()));
+    let mut usage = TokenUsage::default();
+    let mut cached = CachedJudge::new(Box::new(real_judge(Api::Chat)), &dir);
+    let first = reward::score_batch(&mut cached, &cfg, &rubric, &rs, 0, 1, &mut usage).unwrap();
+    assert!(usage.prompt_tokens > 100 && usage.completion_tokens > 0, "{usage:?}");
+    for s in &first {
+        // a 135M judge may not follow the format: then the failure is typed and kept, never a 0
+        assert!(s.reward.is_some() == s.failure.is_none(), "{s:?}");
+        assert!(!s.judge_answers.is_empty());
+    }
+    let mut replay = CachedJudge::replay(&cached.identity(), &dir);
+    let again = reward::score_batch(&mut replay, &cfg, &rubric, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+    assert_eq!(again, first, "replay reproduces the rewards exactly");
+    assert_eq!(replay.misses, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn real_llama_server_completions_with_logprobs() {
+    let mut j = real_judge(Api::Completions);
+    let r = JudgeRequest {
+        prompt: "Score from 0 to 4. Score:".into(),
+        max_tokens: 3,
+        temperature: 0.0,
+        seed: 0,
+        top_logprobs: Some(5),
+        json_schema: None,
+        attempt: 0,
+    };
+    let out = j.complete(&[r]).remove(0).unwrap();
+    let lp = out.logprobs.expect("logprobs");
+    assert!(!lp.is_empty());
+    assert!(lp[0].top.len() >= 2, "{lp:?}");
+    assert!(lp[0].logprob <= 0.0);
+}
