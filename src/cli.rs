@@ -39,6 +39,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train: run a spec's plan (resumes an interrupted run, skips a finished one).
+    Run {
+        spec: PathBuf,
+        overrides: Vec<String>,
+        /// Run one cell of a sweep (0-based).
+        #[arg(long)]
+        cell: Option<usize>,
+        /// No progress output.
+        #[arg(long)]
+        quiet: bool,
+        /// Stop (with a checkpoint) after this many updates of this invocation.
+        #[arg(long, hide = true)]
+        stop_after: Option<u32>,
+    },
     /// Print the JSON Schema of the spec language (for editors).
     Schema,
     /// Download a known model into the cache (`$MPO_CACHE_DIR` or ~/.cache/mpo).
@@ -191,6 +205,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { spec, overrides, explain } => check(&spec, &overrides, explain),
         Command::Plan { spec, overrides, json } => plan_cmd(&spec, &overrides, json),
+        Command::Run { spec, overrides, cell, quiet, stop_after } => run_cmd(&spec, &overrides, cell, quiet, stop_after),
         Command::Fetch { name, list } => fetch_cmd(name.as_deref(), list),
         Command::Grade { task, response, reference, tolerance } => grade_cmd(&task, &response, &reference, tolerance),
         Command::Rubric { which } => rubric_cmd(which),
@@ -236,6 +251,68 @@ pub fn main() -> ExitCode {
             let s = serde_json::to_string_pretty(&spec::json_schema()).expect("schema serializes");
             println!("{s}");
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run_cmd(path: &std::path::Path, overrides: &[String], cell: Option<usize>, quiet: bool, stop_after: Option<u32>) -> ExitCode {
+    let Some(loaded) = load(path, overrides) else { return ExitCode::from(1) };
+    let run = match (loaded.is_sweep, cell) {
+        (false, None) => &loaded.runs[0],
+        (false, Some(_)) => {
+            eprintln!("error: `--cell` is for sweeps; {} has no `sweep:` section", path.display());
+            return ExitCode::from(2);
+        }
+        (true, None) => {
+            eprintln!(
+                "error: {} is a sweep of {} cells: run them with `mpo sweep {}`, or one with `--cell N`",
+                path.display(),
+                loaded.runs.len(),
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+        (true, Some(c)) => match loaded.runs.get(c) {
+            Some(r) => r,
+            None => {
+                eprintln!("error: the sweep has {} cells (0..{}), not {c}", loaded.runs.len(), loaded.runs.len());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let plan = plan::compile(run);
+    let spec_text = std::fs::read_to_string(path).unwrap_or_default();
+    let opts = crate::run::RunOptions { spec_path: path.to_path_buf(), spec_text, quiet, stop_after };
+    if !quiet {
+        eprintln!(
+            "mpo run {} (run id {}): {} updates x {} episodes on {}",
+            plan.name,
+            plan.run_id,
+            plan.schedule.updates,
+            plan.schedule.episodes_per_update,
+            plan.spec.runtime.backend.as_str()
+        );
+    }
+    match crate::run::run(&plan, &opts) {
+        Ok(crate::run::RunOutcome::AlreadyFinished(d)) => {
+            println!("already finished: {}/ (nothing to do; delete it to run again)", d.display());
+            ExitCode::SUCCESS
+        }
+        Ok(crate::run::RunOutcome::Finished { dir, updates }) => {
+            println!("finished {updates} updates: results in {}/", dir.display());
+            println!(
+                "  metrics.jsonl  samples/  rubrics/ (mpo rubric log {})  checkpoints/  events.out.tfevents.mpo (TensorBoard)",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(crate::run::RunOutcome::Stopped { dir, update }) => {
+            println!("stopped after update {update} with a checkpoint: {}/ (run the same command again to resume)", dir.display());
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

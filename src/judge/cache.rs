@@ -1,8 +1,9 @@
 //! The content-addressed judge cache: `judge-cache/<aa>/<sha256>.json`, one file per request.
 //!
-//! The key is the sha256 of the canonical JSON of the judge's identity and the request, so a
-//! replayed run asks the same questions and gets the same answers bit for bit. Files are
-//! written atomically; a corrupt file reads as a miss and is replaced.
+//! The key is the sha256 of the canonical JSON of the request; each entry records which judge
+//! answered. A cached judge only accepts answers from its own identity (a changed judge asks
+//! again); a replay judge accepts the recorded answer, so a replayed run gets the same answers
+//! bit for bit. Files are written atomically; a corrupt file reads as a miss and is replaced.
 
 use std::path::{Path, PathBuf};
 
@@ -10,9 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::{Judge, JudgeError, JudgeRequest, JudgeResponse};
 
-/// The cache key of a request to a judge with `identity`.
-pub fn key(identity: &str, req: &JudgeRequest) -> String {
-    let v = serde_json::json!({ "judge": identity, "request": req });
+/// The cache key of a request.
+pub fn key(req: &JudgeRequest) -> String {
+    let v = serde_json::to_value(req).unwrap_or_default();
     crate::task::hex(&Sha256::digest(crate::plan::canonical_json(&v).as_bytes()))
 }
 
@@ -39,9 +40,9 @@ impl<'a> CachedJudge<'a> {
         CachedJudge { inner: Some(inner), dir: dir.to_path_buf(), identity, hits: 0, misses: 0 }
     }
 
-    /// Answer only from `dir`, as the judge `identity` would have.
-    pub fn replay(identity: &str, dir: &Path) -> Self {
-        CachedJudge { inner: None, dir: dir.to_path_buf(), identity: identity.to_string(), hits: 0, misses: 0 }
+    /// Answer only from `dir`, whichever judge recorded the answers.
+    pub fn replay(dir: &Path) -> Self {
+        CachedJudge { inner: None, dir: dir.to_path_buf(), identity: format!("replay:{}", dir.display()), hits: 0, misses: 0 }
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -51,6 +52,9 @@ impl<'a> CachedJudge<'a> {
     fn lookup(&self, key: &str) -> Option<JudgeResponse> {
         let text = std::fs::read_to_string(self.path(key)).ok()?;
         let e: Entry = serde_json::from_str(&text).ok()?;
+        if self.inner.is_some() && e.judge != self.identity {
+            return None;
+        }
         Some(JudgeResponse { cached: true, ..e.response })
     }
 
@@ -67,7 +71,7 @@ impl Judge for CachedJudge<'_> {
     }
 
     fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
-        let keys: Vec<String> = requests.iter().map(|r| key(&self.identity, r)).collect();
+        let keys: Vec<String> = requests.iter().map(key).collect();
         let mut out: Vec<Option<Result<JudgeResponse, JudgeError>>> = keys.iter().map(|k| self.lookup(k).map(Ok)).collect();
         let missing: Vec<usize> = (0..requests.len()).filter(|&i| out[i].is_none()).collect();
         self.hits += (requests.len() - missing.len()) as u64;
@@ -139,13 +143,27 @@ mod tests {
         assert_eq!((j.hits, j.misses), (2, 3));
         assert_eq!(a[0].as_ref().unwrap().text, b[1].as_ref().unwrap().text);
         assert!(b[0].as_ref().unwrap().cached);
-        let mut replay = CachedJudge::replay("test:counting", &dir);
+        let mut replay = CachedJudge::replay(&dir);
         let r = replay.complete(&[req("a"), req("zzz")]);
         assert_eq!(r[0].as_ref().unwrap().text, "answer to a");
         assert!(matches!(r[1], Err(JudgeError::CacheMiss { .. })));
-        // another judge identity does not see these answers
-        let mut other = CachedJudge::replay("test:other", &dir);
-        assert!(other.complete(&[req("a")])[0].is_err());
+        // a different live judge does not take another judge's answers: it asks again
+        struct Other;
+        impl Judge for Other {
+            fn identity(&self) -> String {
+                "test:other".into()
+            }
+            fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
+                requests
+                    .iter()
+                    .map(|_| {
+                        Ok(JudgeResponse { text: "other".into(), prompt_tokens: 0, completion_tokens: 0, logprobs: None, cached: false })
+                    })
+                    .collect()
+            }
+        }
+        let mut other = CachedJudge::new(Box::new(Other), &dir);
+        assert_eq!(other.complete(&[req("a")])[0].as_ref().unwrap().text, "other");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -87,8 +87,9 @@ pub fn load<B: Backend>(mut m: Llama<B>, path: &Path) -> Result<Llama<B>, Adapte
     let set = |l: &mut LoraLinear<B>, name: &str| -> Result<(), AdapterError> {
         if let Some(lora) = l.lora.as_mut() {
             let (a, b) = (lora.a.val().dims(), lora.b.val().dims());
-            lora.a = Param::from_tensor(get(&format!("{name}.lora_a"), [a[0], a[1]])?);
-            lora.b = Param::from_tensor(get(&format!("{name}.lora_b"), [b[0], b[1]])?);
+            // Keep the parameter ids: saved optimizer state refers to them.
+            lora.a = Param::initialized(lora.a.id, get(&format!("{name}.lora_a"), [a[0], a[1]])?.require_grad());
+            lora.b = Param::initialized(lora.b.id, get(&format!("{name}.lora_b"), [b[0], b[1]])?.require_grad());
         }
         Ok(())
     };
@@ -108,7 +109,7 @@ pub fn load<B: Backend>(mut m: Llama<B>, path: &Path) -> Result<Llama<B>, Adapte
     set(&mut m.lm_head, "lm_head")?;
     if let Some(v) = m.value_head.as_mut() {
         let d = v.val().dims();
-        *v = Param::from_tensor(get("value_head", [d[0], d[1]])?);
+        *v = Param::initialized(v.id, get("value_head", [d[0], d[1]])?.require_grad());
     }
     Ok(m)
 }

@@ -183,6 +183,26 @@ fn rope_tables<B: Backend>(cfg: &LlamaConfig, max_pos: usize, device: &B::Device
     (Tensor::from_data(TensorData::new(cos, [max_pos, hd]), device), Tensor::from_data(TensorData::new(sin, [max_pos, hd]), device))
 }
 
+/// `model.layers.3.self_attn.q_proj` -> `layers.3.q` (the adapter naming of adapter.rs).
+fn adapter_name(hf: &str) -> String {
+    fn short(t: &str) -> &str {
+        match t {
+            "self_attn.q_proj" => "q",
+            "self_attn.k_proj" => "k",
+            "self_attn.v_proj" => "v",
+            "self_attn.o_proj" => "o",
+            "mlp.gate_proj" => "gate",
+            "mlp.up_proj" => "up",
+            "mlp.down_proj" => "down",
+            other => other,
+        }
+    }
+    match hf.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) {
+        Some((i, t)) => format!("layers.{i}.{}", short(t)),
+        None => hf.to_string(),
+    }
+}
+
 /// `[r, c]` row-major -> `[c, r]` row-major.
 fn transpose_host(w: &[f32], r: usize, c: usize) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
@@ -203,14 +223,26 @@ fn frozen1<B: Backend>(v: Vec<f32>, device: &B::Device) -> Param<Tensor<B, 1>> {
     Param::from_tensor(Tensor::from_data(TensorData::new(v, [n]), device)).set_require_grad(false)
 }
 
+/// The id of a trained parameter, derived from its name: optimizer state saved by one process
+/// must find its parameters in the next (burn's default ids are random per process).
+pub fn param_id(name: &str) -> burn::module::ParamId {
+    burn::module::ParamId::from(crate::rng::sub_seed(0, &format!("param/{name}")))
+}
+
+/// A trained parameter with a stable id (`Param::initialized` alone would not track gradients).
+pub fn trained<B: Backend, const D: usize>(name: &str, t: Tensor<B, D>) -> Param<Tensor<B, D>> {
+    Param::initialized(param_id(name), t.require_grad())
+}
+
 /// A fresh adapter for an `[in, out]` map: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's Kaiming
-/// uniform bound), B = 0, so a new adapter leaves the model unchanged.
-fn new_lora<B: Backend>(d_in: usize, d_out: usize, cfg: &LoraConfig, rng: &mut impl Rng, device: &B::Device) -> Lora<B> {
+/// uniform bound), B = 0, so a new adapter leaves the model unchanged. `name` fixes the
+/// parameters' ids.
+fn new_lora<B: Backend>(d_in: usize, d_out: usize, cfg: &LoraConfig, rng: &mut impl Rng, device: &B::Device, name: &str) -> Lora<B> {
     let bound = 1.0 / (d_in as f32).sqrt();
     let a: Vec<f32> = (0..d_in * cfg.rank).map(|_| rng.random_range(-bound..bound)).collect();
     Lora {
-        a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d_in, cfg.rank]), device)),
-        b: Param::from_tensor(Tensor::zeros([cfg.rank, d_out], device)),
+        a: trained(&format!("{name}.lora_a"), Tensor::from_data(TensorData::new(a, [d_in, cfg.rank]), device)),
+        b: trained(&format!("{name}.lora_b"), Tensor::zeros([cfg.rank, d_out], device)),
         scale: cfg.alpha / cfg.rank as f64,
     }
 }
@@ -243,7 +275,9 @@ impl<B: Backend> Llama<B> {
             let (w, shape) = src.require(&format!("{name}.weight"))?;
             check(name, &shape, &[d_out, d_in])?;
             let bias = if bias { Some(frozen1(src.require(&format!("{name}.bias"))?.0, device)) } else { None };
-            let lora = lora.filter(|l| l.targets.contains(&target)).map(|l| new_lora(d_in, d_out, l, rng, device));
+            let lora = lora
+                .filter(|l| l.targets.contains(&target))
+                .map(|l| new_lora(d_in, d_out, l, rng, device, &format!("policy/{}", adapter_name(name))));
             Ok(LoraLinear { weight: frozen2(transpose_host(&w, d_out, d_in), [d_in, d_out], device), bias, lora })
         };
         let norm = |name: &str| -> Result<RmsNorm<B>, WeightsError> {
@@ -276,7 +310,9 @@ impl<B: Backend> Llama<B> {
             }
             _ => transpose_host(&emb, cfg.vocab_size, d),
         };
-        let head_lora = lora.filter(|l| l.targets.contains(&Target::LmHead)).map(|l| new_lora(d, cfg.vocab_size, l, &mut rng, device));
+        let head_lora = lora
+            .filter(|l| l.targets.contains(&Target::LmHead))
+            .map(|l| new_lora(d, cfg.vocab_size, l, &mut rng, device, "policy/lm_head"));
         let (rope_cos, rope_sin) = rope_tables::<B>(cfg, max_pos, device);
         Ok(Llama {
             embed: frozen2(emb, [cfg.vocab_size, d], device),
@@ -297,8 +333,36 @@ impl<B: Backend> Llama<B> {
         let d = self.embed.val().dims()[1];
         let mut rng = crate::rng::stream(seed, "model/value-head-init");
         let w: Vec<f32> = (0..d).map(|_| normal(&mut rng) * 0.02).collect();
-        self.value_head = Some(Param::from_tensor(Tensor::from_data(TensorData::new(w, [d, 1]), device)));
+        self.value_head = Some(trained("value_head", Tensor::from_data(TensorData::new(w, [d, 1]), device)));
         self
+    }
+
+    /// The same frozen base (shared, not copied) with fresh adapters of `cfg` whose
+    /// parameter ids live under `namespace`, and no value head: a separate critic starts here.
+    pub fn with_fresh_adapters(&self, cfg: &LoraConfig, namespace: &str, seed: u64) -> Self {
+        let device = self.embed.val().device();
+        let mut rng = crate::rng::stream(seed, &format!("model/lora-init/{namespace}"));
+        let mut m = self.clone();
+        let fresh = |l: &mut LoraLinear<B>, name: &str, target: Target, rng: &mut rand_chacha::ChaCha8Rng| {
+            let [d_in, d_out] = l.weight.val().dims();
+            l.lora = cfg.targets.contains(&target).then(|| new_lora(d_in, d_out, cfg, rng, &device, &format!("{namespace}/{name}")));
+        };
+        for (i, b) in m.blocks.iter_mut().enumerate() {
+            for (n, t, l) in [
+                ("q", Target::Q, &mut b.q),
+                ("k", Target::K, &mut b.k),
+                ("v", Target::V, &mut b.v),
+                ("o", Target::O, &mut b.o),
+                ("gate", Target::Gate, &mut b.gate),
+                ("up", Target::Up, &mut b.up),
+                ("down", Target::Down, &mut b.down),
+            ] {
+                fresh(l, &format!("layers.{i}.{n}"), t, &mut rng);
+            }
+        }
+        fresh(&mut m.lm_head, "lm_head", Target::LmHead, &mut rng);
+        m.value_head = None;
+        m
     }
 
     pub fn num_layers(&self) -> usize {

@@ -57,6 +57,13 @@ pub fn load<B: Backend>(
             load_gguf(&path, lora, max_pos, seed, device)
         }
         ModelRef::Gguf { path } => load_gguf(path, lora, max_pos, seed, device),
+        ModelRef::Random { .. } => {
+            let tok = Tok::tiny();
+            let config = LlamaConfig::tiny(tok.vocab_size());
+            let src = weights::RandomWeights { config: config.clone(), seed: 7 };
+            let model = Llama::load(&config, &src, lora, max_pos.min(config.max_position_embeddings), seed, device)?;
+            Ok(Loaded { model, tok, config })
+        }
         ModelRef::HfDir { path } => {
             let cfg_path = path.join("config.json");
             let text = std::fs::read_to_string(&cfg_path)

@@ -36,7 +36,12 @@ pub enum ModelRef {
     Gguf { path: PathBuf },
     /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
     HfDir { path: PathBuf },
+    /// A tiny model of the real architecture with seeded random weights (tests, CI).
+    Random { name: String },
 }
+
+/// Names of the built-in random test models.
+pub const RANDOM: &[&str] = &["tiny-random-llama"];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
@@ -54,6 +59,9 @@ pub fn known(name: &str) -> Option<&'static KnownModel> {
 
 /// Resolve `reference`; relative paths against `base_dir`.
 pub fn resolve(reference: &str, base_dir: &Path) -> Result<ModelRef, ResolveError> {
+    if RANDOM.contains(&reference) {
+        return Ok(ModelRef::Random { name: reference.to_string() });
+    }
     if let Some(k) = known(reference) {
         return Ok(ModelRef::Known { name: k.name.to_string(), sha256: k.sha256.to_string() });
     }
@@ -68,7 +76,7 @@ pub fn resolve(reference: &str, base_dir: &Path) -> Result<ModelRef, ResolveErro
             Err(ResolveError::NotGguf { path: p })
         };
     }
-    let suggestion = crate::diag::did_you_mean(reference, KNOWN.iter().map(|k| k.name)).map(str::to_string);
+    let suggestion = crate::diag::did_you_mean(reference, KNOWN.iter().map(|k| k.name).chain(RANDOM.iter().copied())).map(str::to_string);
     Err(ResolveError::Unknown { name: reference.to_string(), suggestion })
 }
 

@@ -182,6 +182,49 @@ impl Tok {
         Ok(Tok { inner, bos, eos, pad, stop_ids, chat_template, bos_text, eos_text })
     }
 
+    /// A small byte-level BPE tokenizer (the 256 byte symbols, three merges, the ChatML
+    /// specials) with SmolLM2's chat template: the tokenizer of the tiny random test model.
+    pub fn tiny() -> Tok {
+        let mut vocab = tokenizers::models::bpe::Vocab::new();
+        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+        // all 256 byte-level symbols
+        // The alphabet is a HashSet: sort it, or ids would change from process to process.
+        let mut alphabet: Vec<char> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().collect();
+        alphabet.sort_unstable();
+        tokens.extend(alphabet.iter().map(|c| c.to_string()));
+        let merges = vec![("h".to_string(), "e".to_string()), ("l".to_string(), "l".to_string()), ("he".to_string(), "ll".to_string())];
+        for (a, b) in &merges {
+            tokens.push(format!("{a}{b}"));
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.insert(t.clone(), i as u32);
+        }
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().expect("static tokenizer");
+        let mut tk = Tokenizer::new(bpe);
+        let seq: Vec<PreTokenizerWrapper> = vec![
+            Split::new(SplitPattern::Regex(r"\p{N}".into()), SplitDelimiterBehavior::Isolated, false).expect("static tokenizer").into(),
+            ByteLevel::new(false, true, true).into(),
+        ];
+        tk.with_pre_tokenizer(Some(Sequence::new(seq)));
+        tk.with_decoder(Some(ByteLevelDecoder::default()));
+        tk.add_special_tokens(&[
+            AddedToken::from("<|endoftext|>", true),
+            AddedToken::from("<|im_start|>", true),
+            AddedToken::from("<|im_end|>", true),
+        ]);
+        let tmpl = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+        Tok {
+            inner: tk,
+            bos: Some(1),
+            eos: 2,
+            pad: 2,
+            stop_ids: vec![2, 0],
+            chat_template: Some(tmpl.into()),
+            bos_text: "<|im_start|>".into(),
+            eos_text: "<|im_end|>".into(),
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -226,46 +269,8 @@ impl Tok {
 pub(crate) mod tests {
     use super::*;
 
-    /// A small byte-level BPE tokenizer with the SmolLM2 chat template, for tests.
     pub fn tiny_tok() -> Tok {
-        let mut vocab = tokenizers::models::bpe::Vocab::new();
-        let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
-        // all 256 byte-level symbols
-        for c in tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet() {
-            tokens.push(c.to_string());
-        }
-        tokens.sort_by_key(|t| if t.starts_with("<|") { 0 } else { 1 });
-        let merges = vec![("h".to_string(), "e".to_string()), ("l".to_string(), "l".to_string()), ("he".to_string(), "ll".to_string())];
-        for (a, b) in &merges {
-            tokens.push(format!("{a}{b}"));
-        }
-        for (i, t) in tokens.iter().enumerate() {
-            vocab.insert(t.clone(), i as u32);
-        }
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().unwrap();
-        let mut tk = Tokenizer::new(bpe);
-        let seq: Vec<PreTokenizerWrapper> = vec![
-            Split::new(SplitPattern::Regex(r"\p{N}".into()), SplitDelimiterBehavior::Isolated, false).unwrap().into(),
-            ByteLevel::new(false, true, true).into(),
-        ];
-        tk.with_pre_tokenizer(Some(Sequence::new(seq)));
-        tk.with_decoder(Some(ByteLevelDecoder::default()));
-        tk.add_special_tokens(&[
-            AddedToken::from("<|endoftext|>", true),
-            AddedToken::from("<|im_start|>", true),
-            AddedToken::from("<|im_end|>", true),
-        ]);
-        let tmpl = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-        Tok {
-            inner: tk,
-            bos: Some(1),
-            eos: 2,
-            pad: 2,
-            stop_ids: vec![2, 0],
-            chat_template: Some(tmpl.into()),
-            bos_text: "<|im_start|>".into(),
-            eos_text: "<|im_end|>".into(),
-        }
+        Tok::tiny()
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl LlamaConfig {
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
             rope_scaling: None,
-            max_position_embeddings: 512,
+            max_position_embeddings: 4096,
             tie_word_embeddings: true,
             attention_bias: false,
         }

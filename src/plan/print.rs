@@ -10,6 +10,7 @@ fn model_name(m: &ModelRef) -> String {
     match m {
         ModelRef::Known { name, .. } => name.clone(),
         ModelRef::Gguf { path } | ModelRef::HfDir { path } => path.display().to_string(),
+        ModelRef::Random { name } => name.clone(),
     }
 }
 

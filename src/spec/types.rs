@@ -592,11 +592,14 @@ pub struct MetaSpec {
     /// Most items a merged rubric may have; a longer one is rejected and the rubric kept.
     #[schemars(range(min = 1, max = 100))]
     pub max_items: usize,
+    /// Most tokens per meta-judge answer (analyses and rubrics are longer than scores).
+    #[schemars(range(min = 16, max = 65536))]
+    pub max_tokens: u32,
 }
 
 impl Default for MetaSpec {
     fn default() -> Self {
-        MetaSpec { every: Every::Never, samples: 10, judge: None, stages: None, domain_guidelines: false, max_items: 12 }
+        MetaSpec { every: Every::Never, samples: 10, judge: None, stages: None, domain_guidelines: false, max_items: 12, max_tokens: 1024 }
     }
 }
 
@@ -872,7 +875,8 @@ impl Default for RuntimeSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSpec {
-    /// Results root, relative to the directory mpo runs in. Does not change the plan's hash.
+    /// Results root. Written in a spec, relative to that file; by default `results` in the
+    /// directory mpo runs in. Does not change the plan's hash.
     pub root: PathBuf,
     /// Checkpoints kept (older ones are deleted; the last is always kept).
     #[schemars(range(min = 1))]

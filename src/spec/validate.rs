@@ -369,6 +369,9 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         }
         templates.insert(tk, t);
     }
+    if v.tree.at_path("output.root").is_some() {
+        spec.output.root = v.resolve("output.root", &spec.output.root.clone());
+    }
     if let Some(p) = spec.policy.chat_template.clone() {
         let r = v.resolve("policy.chat_template", &p);
         if !r.is_file() {

@@ -7,6 +7,8 @@
 
 pub mod generate;
 pub mod math;
+pub mod metrics;
+pub mod rouge;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

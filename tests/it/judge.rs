@@ -246,7 +246,7 @@ fn real_llama_server_scores_and_replays_exactly() {
         assert!(s.reward.is_some() == s.failure.is_none(), "{s:?}");
         assert!(!s.judge_answers.is_empty());
     }
-    let mut replay = CachedJudge::replay(&cached.identity(), &dir);
+    let mut replay = CachedJudge::replay(&dir);
     let again = reward::score_batch(&mut replay, &cfg, &rubric, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
     assert_eq!(again, first, "replay reproduces the rewards exactly");
     assert_eq!(replay.misses, 0);

@@ -2,5 +2,6 @@
 
 mod judge;
 mod model;
+mod run;
 mod spec;
 mod templates;

@@ -1,0 +1,255 @@
+//! PPO and GRPO, TRL semantics: per-token KL penalty (k1 or k3) against the reference policy,
+//! the sequence score added at the last response token, GAE, whitened advantages, clipped
+//! policy and value losses.
+//!
+//! The math is pure: reward shaping, GAE and whitening work on host vectors of one sequence or
+//! batch ([`shape_rewards`], [`gae`], [`whiten`]); the losses ([`ppo_loss`], [`grpo_loss`]) are
+//! tensor functions of a mini-batch. All are tested against hand-computed values. The
+//! training loop around them lives in `run/`.
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+use crate::spec::KlEstimator;
+
+/// Per-token KL estimate of the policy against the reference from log-probs.
+/// k1: `logp - ref`; k3: `(r - 1) - log r` with `r = exp(ref - logp)` (TRL's definitions).
+pub fn kl(logp: f64, ref_logp: f64, est: KlEstimator) -> f64 {
+    let logr = ref_logp - logp;
+    match est {
+        KlEstimator::K1 => -logr,
+        KlEstimator::K3 => logr.exp() - 1.0 - logr,
+    }
+}
+
+/// Per-token rewards of one response: `-kl_coef * kl` at every token, plus `score` at the
+/// last one. Returns (rewards, per-token kl).
+pub fn shape_rewards(logps: &[f64], ref_logps: &[f64], score: f64, kl_coef: f64, est: KlEstimator) -> (Vec<f64>, Vec<f64>) {
+    let kls: Vec<f64> = logps.iter().zip(ref_logps).map(|(l, r)| kl(*l, *r, est)).collect();
+    let mut rewards: Vec<f64> = kls.iter().map(|k| -kl_coef * k).collect();
+    if let Some(last) = rewards.last_mut() {
+        *last += score;
+    }
+    (rewards, kls)
+}
+
+/// Generalized advantage estimation over one response; (advantages, returns).
+pub fn gae(rewards: &[f64], values: &[f64], gamma: f64, lam: f64) -> (Vec<f64>, Vec<f64>) {
+    let n = rewards.len();
+    let mut adv = vec![0.0; n];
+    let mut last = 0.0;
+    for t in (0..n).rev() {
+        let next = if t + 1 < n { values[t + 1] } else { 0.0 };
+        let delta = rewards[t] + gamma * next - values[t];
+        last = delta + gamma * lam * last;
+        adv[t] = last;
+    }
+    let returns = adv.iter().zip(values).map(|(a, v)| a + v).collect();
+    (adv, returns)
+}
+
+/// Whiten values across a batch (mean 0, std 1, unbiased variance as TRL); `shift_mean =
+/// false` restores the mean (TRL's reward whitening).
+pub fn whiten(xs: &mut [Vec<f64>], shift_mean: bool) {
+    let n: usize = xs.iter().map(Vec::len).sum();
+    if n < 2 {
+        return;
+    }
+    let mean = xs.iter().flatten().sum::<f64>() / n as f64;
+    let var = xs.iter().flatten().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let inv = 1.0 / (var + 1e-8).sqrt();
+    for v in xs.iter_mut().flatten() {
+        *v = (*v - mean) * inv + if shift_mean { 0.0 } else { mean };
+    }
+}
+
+/// GRPO advantages: each score normalised within its group of `group` responses to the same
+/// prompt (consecutive in `scores`).
+pub fn group_advantages(scores: &[f64], group: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(scores.len());
+    for g in scores.chunks(group.max(1)) {
+        let mean = g.iter().sum::<f64>() / g.len() as f64;
+        let std = if g.len() > 1 { (g.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (g.len() - 1) as f64).sqrt() } else { 0.0 };
+        out.extend(g.iter().map(|x| (x - mean) / (std + 1e-4)));
+    }
+    out
+}
+
+/// `sum(x * mask) / sum(mask)`.
+pub fn masked_mean<B: Backend>(x: Tensor<B, 2>, mask: Tensor<B, 2>) -> Tensor<B, 1> {
+    (x * mask.clone()).sum().div(mask.sum().clamp_min(1.0))
+}
+
+/// Log-probs `[M, R]` of `targets` under `logits` `[M, R, V]` divided by `temperature`, and the
+/// per-position entropy `[M, R]`.
+pub fn token_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>, temperature: f64) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let t = if temperature > 0.0 { temperature } else { 1.0 };
+    let lp = log_softmax(logits.div_scalar(t + 1e-7), 2);
+    let entropy = (lp.clone().exp() * lp.clone()).sum_dim(2).neg().squeeze_dim::<2>(2);
+    (lp.gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2), entropy)
+}
+
+/// The tensors of one PPO mini-batch (`[M, R]` unless noted).
+pub struct PpoBatch<B: Backend> {
+    pub new_logprobs: Tensor<B, 2>,
+    pub old_logprobs: Tensor<B, 2>,
+    pub advantages: Tensor<B, 2>,
+    pub mask: Tensor<B, 2>,
+    /// Critic outputs now, at rollout time, and the GAE returns (absent for GRPO).
+    pub values: Option<(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>)>,
+}
+
+/// Loss and statistics of a mini-batch.
+pub struct LossParts<B: Backend> {
+    pub loss: Tensor<B, 1>,
+    pub policy_loss: Tensor<B, 1>,
+    pub value_loss: Option<Tensor<B, 1>>,
+    /// Share of tokens whose ratio was clipped.
+    pub clipfrac: Tensor<B, 1>,
+    /// `0.5 * mean((new - old)^2)`.
+    pub approxkl: Tensor<B, 1>,
+}
+
+/// PPO: clipped surrogate `max(-A r, -A clip(r, 1-c, 1+c))` plus `vf_coef` times the clipped
+/// value loss `0.5 * max((v - R)^2, (clip(v, v_old +- c_v) - R)^2)`.
+pub fn ppo_loss<B: Backend>(b: PpoBatch<B>, cliprange: f64, cliprange_value: f64, vf_coef: f64) -> LossParts<B> {
+    let diff = b.new_logprobs - b.old_logprobs;
+    let ratio = diff.clone().exp();
+    let pg1 = b.advantages.clone().neg() * ratio.clone();
+    let pg2 = b.advantages.neg() * ratio.clamp(1.0 - cliprange, 1.0 + cliprange);
+    let clipped = pg2.clone().greater(pg1.clone()).float();
+    let policy_loss = masked_mean(pg1.max_pair(pg2), b.mask.clone());
+    let clipfrac = masked_mean(clipped, b.mask.clone());
+    let approxkl = masked_mean(diff.powi_scalar(2), b.mask.clone()).mul_scalar(0.5);
+    let value_loss = b.values.map(|(v, v_old, returns)| {
+        let vclip = v_old.clone() + (v.clone() - v_old).clamp(-cliprange_value, cliprange_value);
+        let l1 = (v - returns.clone()).powi_scalar(2);
+        let l2 = (vclip - returns).powi_scalar(2);
+        masked_mean(l1.max_pair(l2), b.mask.clone()).mul_scalar(0.5)
+    });
+    let loss = match &value_loss {
+        Some(vl) => policy_loss.clone() + vl.clone().mul_scalar(vf_coef),
+        None => policy_loss.clone(),
+    };
+    LossParts { loss, policy_loss, value_loss, clipfrac, approxkl }
+}
+
+/// GRPO: the clipped surrogate with group advantages plus `kl_coef` times the k3 KL to the
+/// reference inside the loss.
+pub fn grpo_loss<B: Backend>(b: PpoBatch<B>, ref_logprobs: Tensor<B, 2>, cliprange: f64, kl_coef: f64) -> LossParts<B> {
+    let logr = ref_logprobs - b.new_logprobs.clone();
+    let k3 = logr.clone().exp() - logr - 1.0;
+    let mask = b.mask.clone();
+    let mut parts = ppo_loss(PpoBatch { values: None, ..b }, cliprange, 0.0, 0.0);
+    let kl_term = masked_mean(k3, mask).mul_scalar(kl_coef);
+    parts.loss = parts.loss + kl_term;
+    parts
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+
+    type TB = burn::backend::Flex;
+
+    fn t2(v: &[f32], m: usize, r: usize) -> Tensor<TB, 2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [m, r]), &Default::default())
+    }
+
+    fn scalar(t: Tensor<TB, 1>) -> f64 {
+        t.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0]
+    }
+
+    #[test]
+    fn kl_estimators_by_hand() {
+        // logp = -1, ref = -2: k1 = 1; k3 = e^-1 - 1 + 1 = 0.3679
+        assert!((kl(-1.0, -2.0, KlEstimator::K1) - 1.0).abs() < 1e-12);
+        assert!((kl(-1.0, -2.0, KlEstimator::K3) - (-1f64).exp()).abs() < 1e-12);
+        assert_eq!(kl(-1.0, -1.0, KlEstimator::K3), 0.0);
+        // k3 is never negative; k1 can be
+        assert!(kl(-2.0, -1.0, KlEstimator::K1) < 0.0 && kl(-2.0, -1.0, KlEstimator::K3) > 0.0);
+    }
+
+    #[test]
+    fn reward_shaping_and_gae_by_hand() {
+        let (r, k) = shape_rewards(&[-1.0, -1.0], &[-1.5, -1.0], 2.0, 0.1, KlEstimator::K1);
+        assert_eq!(k, vec![0.5, 0.0]);
+        assert!((r[0] - -0.05).abs() < 1e-12 && (r[1] - 2.0).abs() < 1e-12);
+        // gamma = 1, lam = 0.5, values [1, 2]:
+        // t=1: delta = 2 - 2 = 0, A1 = 0; t=0: delta = -0.05 + 2 - 1 = 0.95, A0 = 0.95 + 0.5 * 0 = 0.95
+        let (a, ret) = gae(&r, &[1.0, 2.0], 1.0, 0.5);
+        assert!((a[0] - 0.95).abs() < 1e-12 && a[1].abs() < 1e-12);
+        assert!((ret[0] - 1.95).abs() < 1e-12 && (ret[1] - 2.0).abs() < 1e-12);
+        // gamma = 0.9, lam = 1 on three steps with zero values: discounted sums
+        let (a, _) = gae(&[1.0, 1.0, 1.0], &[0.0; 3], 0.9, 1.0);
+        assert!((a[0] - (1.0 + 0.9 + 0.81)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn whitening_by_hand() {
+        let mut x = vec![vec![1.0, 2.0], vec![3.0]];
+        whiten(&mut x, true);
+        // mean 2, unbiased var 1
+        assert!((x[0][0] + 1.0).abs() < 1e-6 && x[0][1].abs() < 1e-9 && (x[1][0] - 1.0).abs() < 1e-6);
+        let mut y = vec![vec![1.0, 2.0, 3.0]];
+        whiten(&mut y, false);
+        assert!((y[0][0] - 1.0).abs() < 1e-6, "mean kept: {:?}", y);
+        let g = group_advantages(&[1.0, 3.0, 5.0, 5.0], 2);
+        let h = std::f64::consts::FRAC_1_SQRT_2;
+        assert!((g[0] + h).abs() < 1e-3 && (g[1] - h).abs() < 1e-3);
+        assert_eq!((g[2], g[3]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn ppo_losses_by_hand() {
+        // one sequence, two tokens (second masked out)
+        let new = t2(&[(1.5f32).ln(), 0.0], 1, 2);
+        let old = t2(&[0.0, 0.0], 1, 2);
+        let adv = t2(&[1.0, 5.0], 1, 2);
+        let mask = t2(&[1.0, 0.0], 1, 2);
+        let v = t2(&[0.5, 9.0], 1, 2);
+        let v_old = t2(&[0.0, 0.0], 1, 2);
+        let ret = t2(&[1.0, 0.0], 1, 2);
+        let p = ppo_loss(
+            PpoBatch { new_logprobs: new, old_logprobs: old, advantages: adv, mask, values: Some((v, v_old, ret)) },
+            0.2,
+            0.2,
+            0.1,
+        );
+        // ratio 1.5 > 1.2: pg1 = -1.5, pg2 = -1.2, max = -1.2; clipped
+        assert!((scalar(p.policy_loss) + 1.2).abs() < 1e-5);
+        assert!((scalar(p.clipfrac) - 1.0).abs() < 1e-6);
+        // v = 0.5, clipped to 0.2: l1 = 0.25, l2 = 0.64; 0.5 * 0.64 = 0.32
+        assert!((scalar(p.value_loss.unwrap()) - 0.32).abs() < 1e-5);
+        assert!((scalar(p.loss) - (-1.2 + 0.1 * 0.32)).abs() < 1e-5);
+        assert!((scalar(p.approxkl) - 0.5 * 1.5f64.ln().powi(2)).abs() < 1e-5);
+        // negative advantage: ratio 0.5 < 0.8 -> pg1 = 0.5, pg2 = 0.8 -> max 0.8
+        let g = grpo_loss(
+            PpoBatch {
+                new_logprobs: t2(&[(0.5f32).ln()], 1, 1),
+                old_logprobs: t2(&[0.0], 1, 1),
+                advantages: t2(&[-1.0], 1, 1),
+                mask: t2(&[1.0], 1, 1),
+                values: None,
+            },
+            t2(&[(0.5f32).ln()], 1, 1),
+            0.2,
+            0.5,
+        );
+        assert!((scalar(g.policy_loss) - 0.8).abs() < 1e-5);
+        assert!((scalar(g.loss) - 0.8).abs() < 1e-5, "k3 is 0 when ref = new");
+    }
+
+    #[test]
+    fn token_logprobs_match_log_softmax() {
+        let logits: Tensor<TB, 3> = Tensor::from_data(TensorData::new(vec![0.0f32, 1.0, 2.0], [1, 1, 3]), &Default::default());
+        let tg: Tensor<TB, 2, Int> = Tensor::from_data(TensorData::new(vec![2i64], [1, 1]), &Default::default());
+        let (lp, ent) = token_logprobs(logits, tg, 1.0);
+        let z = (0f64.exp() + 1f64.exp() + 2f64.exp()).ln();
+        let lp = lp.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0];
+        assert!((lp - (2.0 - z)).abs() < 1e-5);
+        let p: Vec<f64> = [0.0, 1.0, 2.0].iter().map(|x: &f64| (x - z).exp()).collect();
+        let h: f64 = -p.iter().map(|q| q * q.ln()).sum::<f64>();
+        assert!((ent.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0] - h).abs() < 1e-5);
+    }
+}

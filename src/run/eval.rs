@@ -1,0 +1,71 @@
+//! Evaluation on the test split during a run: a fixed seeded sample of test prompts, answered
+//! by the current policy (greedy by default), scored with the task's metrics. Responses go to
+//! `eval/update-NNNNNN.jsonl` (for Elo tournaments across runs).
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use rand::seq::SliceRandom;
+use serde_json::{Value as J, json};
+
+use super::RunError;
+use super::results::RunDir;
+use crate::model::Llama;
+use crate::model::generate::{Sampling, generate};
+use crate::model::tokenizer::Tok;
+use crate::spec::Spec;
+use crate::spec::validate::TemplateFile;
+
+/// The test records an evaluation uses: the same ones at every evaluation of a run.
+pub fn eval_indices(seed: u64, available: usize, used: usize, samples: usize) -> Vec<usize> {
+    let mut pool: Vec<usize> = (0..available).collect();
+    pool.shuffle(&mut crate::rng::stream(seed, "eval/subset"));
+    pool.truncate(used.max(1).min(available));
+    pool.truncate(samples.max(1));
+    pool.sort();
+    pool
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate<B: Backend>(
+    policy: &Llama<B>,
+    tok: &Tok,
+    spec: &Spec,
+    template: &TemplateFile,
+    chat_override: Option<&str>,
+    records: &[J],
+    used: usize,
+    seed: u64,
+    dir: &RunDir,
+    update: u32,
+) -> Result<BTreeMap<String, f64>, RunError> {
+    let idx = eval_indices(seed, records.len(), used, spec.eval.samples);
+    let mut prompts = Vec::with_capacity(idx.len());
+    for &i in &idx {
+        prompts.push(super::policy_prompt(spec, template, tok, chat_override, &records[i])?);
+    }
+    let s = Sampling {
+        max_new_tokens: spec.ppo.response_length,
+        temperature: spec.eval.temperature as f32,
+        top_p: spec.policy.top_p as f32,
+        top_k: spec.policy.top_k,
+        stop_ids: tok.stop_ids.clone(),
+        stop_strings: spec.policy.stop.clone(),
+    };
+    let mut responses = Vec::with_capacity(prompts.len());
+    for (c, chunk) in prompts.chunks(spec.runtime.rollout_batch.max(1)).enumerate() {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.1.clone()).collect();
+        let mut rng = crate::rng::stream(seed, &format!("eval/u{update:06}/c{c}"));
+        responses.extend(generate(policy, tok, &ids, &s, true, &mut rng)?.into_iter().map(|g| g.text));
+    }
+    let recs: Vec<J> = idx.iter().map(|&i| records[i].clone()).collect();
+    let metrics = crate::task::metrics::evaluate(spec.task.kind, &recs, &responses);
+    let lines: Vec<J> = idx
+        .iter()
+        .zip(&prompts)
+        .zip(&responses)
+        .map(|((i, p), r)| json!({"record_index": i, "record_id": records[*i].get("id"), "question": p.0, "response": r}))
+        .collect();
+    dir.write_jsonl(&format!("eval/update-{update:06}.jsonl"), &lines)?;
+    Ok(metrics)
+}

@@ -1,0 +1,209 @@
+//! The results directory of one run and its files:
+//!
+//! ```text
+//! results/<name>/<run-id>/
+//!   spec.yaml  resolved.yaml  plan.json  manifest.json  metrics.jsonl  events.out.tfevents.mpo
+//!   samples/update-000001.jsonl   eval/update-000010.jsonl   rubrics/   judge-cache/
+//!   checkpoints/update-000002/ ... LATEST
+//! ```
+//!
+//! Every write is atomic (temp file + rename), jsonl files included (rewritten whole), so a
+//! crash at any moment leaves every file either old or new.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as J;
+
+use crate::fsx::write_atomic;
+use crate::plan::Plan;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Finished,
+    Interrupted,
+    Failed,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub mpo_version: String,
+    pub plan_format: u32,
+    pub run_id: String,
+    pub name: String,
+    pub spec_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+    pub backend: String,
+    pub device: String,
+    pub seed: u64,
+    pub started: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub updates_done: u32,
+    pub updates_planned: u32,
+    /// Seconds to load models and run the first forward pass (GPU: kernel compilation).
+    #[serde(default)]
+    pub warmup_s: f64,
+    /// Judge identities by role (never URLs or keys).
+    #[serde(default)]
+    pub judges: std::collections::BTreeMap<String, String>,
+    /// Updates this run was resumed from, one entry per resume.
+    #[serde(default)]
+    pub resumed_from: Vec<u32>,
+}
+
+/// Current UTC time as RFC 3339.
+pub fn now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // civil from days (Howard Hinnant)
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The git commit of the working directory, when it is a git checkout.
+pub fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// A run's directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn for_plan(plan: &Plan) -> RunDir {
+        RunDir { root: plan.spec.output.root.join(&plan.name).join(&plan.run_id) }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn manifest(&self) -> Option<Manifest> {
+        serde_json::from_str(&std::fs::read_to_string(self.path("manifest.json")).ok()?).ok()
+    }
+
+    pub fn write_manifest(&self, m: &Manifest) -> std::io::Result<()> {
+        write_atomic(&self.path("manifest.json"), serde_json::to_string_pretty(m).map_err(std::io::Error::other)?.as_bytes())
+    }
+
+    pub fn write_json<T: Serialize>(&self, rel: &str, v: &T) -> std::io::Result<()> {
+        write_atomic(&self.path(rel), serde_json::to_string_pretty(v).map_err(std::io::Error::other)?.as_bytes())
+    }
+
+    pub fn write_text(&self, rel: &str, text: &str) -> std::io::Result<()> {
+        write_atomic(&self.path(rel), text.as_bytes())
+    }
+
+    /// Rows of a jsonl file (missing file: none).
+    pub fn read_jsonl(&self, rel: &str) -> std::io::Result<Vec<J>> {
+        let text = match std::fs::read_to_string(self.path(rel)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
+    }
+
+    pub fn write_jsonl(&self, rel: &str, rows: &[J]) -> std::io::Result<()> {
+        let mut text = String::new();
+        for r in rows {
+            text.push_str(&serde_json::to_string(r).map_err(std::io::Error::other)?);
+            text.push('\n');
+        }
+        write_atomic(&self.path(rel), text.as_bytes())
+    }
+
+    /// Append one row to a jsonl file (atomically: the file is rewritten).
+    pub fn append_jsonl(&self, rel: &str, row: &J) -> std::io::Result<()> {
+        let mut rows = self.read_jsonl(rel)?;
+        rows.push(row.clone());
+        self.write_jsonl(rel, &rows)
+    }
+
+    /// Keep only the metrics rows of updates `<= update` (what a resumed run redoes is dropped).
+    pub fn truncate_metrics(&self, update: u32) -> std::io::Result<Vec<J>> {
+        let rows: Vec<J> = self
+            .read_jsonl("metrics.jsonl")?
+            .into_iter()
+            .filter(|r| r.get("update").and_then(J::as_u64).is_some_and(|u| u <= update as u64))
+            .collect();
+        self.write_jsonl("metrics.jsonl", &rows)?;
+        Ok(rows)
+    }
+}
+
+/// Redact credentials from URL-like strings anywhere in a JSON value (`scheme://user:pass@` ->
+/// `scheme://***@`). Specs hold only environment variable names, but a user may paste a URL.
+pub fn redact(v: &mut J) {
+    match v {
+        J::String(s) => {
+            if let Some(i) = s.find("://")
+                && let Some(at) = s[i + 3..].find('@')
+                && !s[i + 3..i + 3 + at].contains('/')
+            {
+                *s = format!("{}***@{}", &s[..i + 3], &s[i + 3 + at + 1..]);
+            }
+        }
+        J::Array(a) => a.iter_mut().for_each(redact),
+        J::Object(o) => o.values_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// Remove `path` if it exists (directories recursively).
+pub fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_and_time() {
+        let mut v = serde_json::json!({"a": "http://user:secret@host:8000/v1", "b": ["https://host/v1"], "c": "plain@text"});
+        redact(&mut v);
+        assert_eq!(v["a"], "http://***@host:8000/v1");
+        assert_eq!(v["b"][0], "https://host/v1");
+        assert_eq!(v["c"], "plain@text");
+        let t = now();
+        assert_eq!(t.len(), 20);
+        assert!(t.starts_with("20"));
+    }
+
+    #[test]
+    fn jsonl_append_and_truncate() {
+        let dir = RunDir { root: std::env::temp_dir().join(format!("mpo-rd-{}", std::process::id())) };
+        for u in 1..=4 {
+            dir.append_jsonl("metrics.jsonl", &serde_json::json!({"update": u})).unwrap();
+        }
+        assert_eq!(dir.truncate_metrics(2).unwrap().len(), 2);
+        assert_eq!(dir.read_jsonl("metrics.jsonl").unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir.root);
+    }
+}

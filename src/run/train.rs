@@ -1,0 +1,353 @@
+//! One PPO / GRPO update on a batch of scored rollouts: the imperative part around the pure
+//! math of `ppo/` (batch layout, no-grad passes for old/reference log-probs and values,
+//! epochs x mini-batches x gradient accumulation, optimizer steps).
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Llama;
+use crate::model::generate::{causal_mask, to_host};
+use crate::ppo::{self, LossParts, PpoBatch};
+use crate::spec::{Algorithm, PpoSpec};
+
+pub type Adam<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
+
+/// The trained models and their optimizers.
+pub struct Trainer<B: AutodiffBackend> {
+    /// The policy (LoRA; with the value head when the critic is shared).
+    pub policy: Llama<B>,
+    pub optim: Adam<B>,
+    /// A separate critic: the same frozen base with its own adapters and value head.
+    pub critic: Option<(Llama<B>, Adam<B>)>,
+}
+
+/// One rollout ready for training.
+#[derive(Debug, Clone)]
+pub struct Seq {
+    pub query: Vec<u32>,
+    pub response: Vec<u32>,
+    pub score: f64,
+}
+
+/// What an update measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainStats {
+    pub sequences: usize,
+    pub policy_loss: f64,
+    pub value_loss: Option<f64>,
+    pub clipfrac: f64,
+    pub approxkl: f64,
+    pub entropy: f64,
+    /// Mean over sequences of the summed per-token KL to the reference (at rollout time).
+    pub kl: f64,
+    /// Mean over sequences of the summed KL penalty (`-kl_coef * kl`).
+    pub non_score_reward: f64,
+    pub score: f64,
+    pub lr: f64,
+    pub optimizer_steps: usize,
+}
+
+struct Layout {
+    n: usize,
+    q: usize,
+    r: usize,
+    tokens: Vec<i64>,
+    positions: Vec<i64>,
+    pads: Vec<usize>,
+    /// Response tokens `[n, r]` (pad-filled) and mask.
+    targets: Vec<i64>,
+    mask: Vec<f32>,
+}
+
+fn layout(seqs: &[Seq], pad: u32) -> Layout {
+    let q = seqs.iter().map(|s| s.query.len()).max().unwrap_or(1);
+    let r = seqs.iter().map(|s| s.response.len()).max().unwrap_or(1).max(1);
+    let (mut tokens, mut positions, mut pads, mut targets, mut mask) = (vec![], vec![], vec![], vec![], vec![]);
+    for s in seqs {
+        let p = q - s.query.len();
+        pads.push(p);
+        tokens.extend(std::iter::repeat_n(pad as i64, p));
+        tokens.extend(s.query.iter().map(|&x| x as i64));
+        tokens.extend(s.response.iter().map(|&x| x as i64));
+        tokens.extend(std::iter::repeat_n(pad as i64, r - s.response.len()));
+        positions.extend((0..q + r).map(|j| j.saturating_sub(p) as i64));
+        targets.extend(s.response.iter().map(|&x| x as i64));
+        targets.extend(std::iter::repeat_n(pad as i64, r - s.response.len()));
+        mask.extend((0..r).map(|k| if k < s.response.len() { 1.0 } else { 0.0 }));
+    }
+    Layout { n: seqs.len(), q, r, tokens, positions, pads, targets, mask }
+}
+
+fn rows<T: Clone>(v: &[T], width: usize, idx: &[usize]) -> Vec<T> {
+    idx.iter().flat_map(|&i| v[i * width..(i + 1) * width].iter().cloned()).collect()
+}
+
+/// Log-probs of the response tokens and the hidden states' values for rows `idx` (`[m, r]`).
+fn score_rows<B: Backend>(
+    model: &Llama<B>,
+    critic: Option<&Llama<B>>,
+    l: &Layout,
+    idx: &[usize],
+    adapter: bool,
+    temperature: f64,
+    want_values: bool,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let device = model.embed.val().device();
+    let m = idx.len();
+    let w = l.q + l.r;
+    let tokens: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(rows(&l.tokens, w, idx), [m, w]), &device);
+    let positions: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(rows(&l.positions, w, idx), [m, w]), &device);
+    let pads: Vec<usize> = idx.iter().map(|&i| l.pads[i]).collect();
+    let mask: Tensor<B, 4> = Tensor::from_data(TensorData::new(causal_mask(&pads, 0, w), [m, 1, w, w]), &device);
+    let targets: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(rows(&l.targets, l.r, idx), [m, l.r]), &device);
+    let h = model.forward(tokens.clone(), positions.clone(), mask.clone(), None, adapter);
+    let d = h.dims()[2];
+    let hs = h.slice([0..m, l.q - 1..l.q + l.r - 1, 0..d]);
+    let (lp, ent) = ppo::token_logprobs(model.logits(hs.clone(), adapter), targets, temperature);
+    let values = if !want_values {
+        None
+    } else {
+        match critic {
+            Some(c) => {
+                let hc = c.forward(tokens, positions, mask, None, true);
+                c.values(hc.slice([0..m, l.q - 1..l.q + l.r - 1, 0..d]))
+            }
+            None => model.values(hs),
+        }
+    };
+    (lp, ent, values)
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    to_host(t).ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN) as f64
+}
+
+/// One update. `chunk` bounds the rows of a no-grad forward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn update<B: AutodiffBackend>(
+    tr: &mut Trainer<B>,
+    seqs: &[Seq],
+    spec: &PpoSpec,
+    lr: f64,
+    pad: u32,
+    chunk: usize,
+    seed: u64,
+    update: u32,
+) -> TrainStats {
+    let mut stats = TrainStats { sequences: seqs.len(), lr, ..Default::default() };
+    if seqs.is_empty() {
+        return stats;
+    }
+    let l = layout(seqs, pad);
+    let (n, r) = (l.n, l.r);
+    let grpo = spec.algorithm == Algorithm::Grpo;
+    let temp = spec.temperature;
+
+    // --- rollout-time quantities, no grad -------------------------------------------------------
+    let policy_inner = tr.policy.valid();
+    let critic_inner = tr.critic.as_ref().map(|(c, _)| c.valid());
+    let (mut old_lp, mut ref_lp, mut old_v) = (vec![0f64; n * r], vec![0f64; n * r], vec![0f64; n * r]);
+    let all: Vec<usize> = (0..n).collect();
+    for c in all.chunks(chunk.max(1)) {
+        let (lp, _, v) = score_rows(&policy_inner, critic_inner.as_ref(), &l, c, true, temp, !grpo);
+        let (rl, _, _) = score_rows(&policy_inner, None, &l, c, false, temp, false);
+        let (lp, rl) = (to_host(lp).unwrap_or_default(), to_host(rl).unwrap_or_default());
+        let v = v.map(|v| to_host(v).unwrap_or_default());
+        for (k, &i) in c.iter().enumerate() {
+            for j in 0..r {
+                old_lp[i * r + j] = lp[k * r + j] as f64;
+                ref_lp[i * r + j] = rl[k * r + j] as f64;
+                if let Some(v) = &v {
+                    old_v[i * r + j] = v[k * r + j] as f64;
+                }
+            }
+        }
+    }
+
+    // --- rewards, advantages, returns (host) ------------------------------------------------------
+    let len = |i: usize| seqs[i].response.len();
+    let mut rewards: Vec<Vec<f64>> = Vec::with_capacity(n);
+    for i in 0..n {
+        let (lp, rf) = (&old_lp[i * r..i * r + len(i)], &ref_lp[i * r..i * r + len(i)]);
+        let (rw, kls) = ppo::shape_rewards(lp, rf, seqs[i].score, if grpo { 0.0 } else { spec.kl_coef }, spec.kl_estimator);
+        stats.kl += kls.iter().sum::<f64>() / n as f64;
+        stats.non_score_reward += -spec.kl_coef * kls.iter().sum::<f64>() / n as f64;
+        stats.score += seqs[i].score / n as f64;
+        rewards.push(rw);
+    }
+    let (mut adv, mut ret) = (vec![0f64; n * r], vec![0f64; n * r]);
+    if grpo {
+        let ga = ppo::group_advantages(&seqs.iter().map(|s| s.score).collect::<Vec<_>>(), spec.group_size);
+        for i in 0..n {
+            for j in 0..len(i) {
+                adv[i * r + j] = ga[i];
+            }
+        }
+    } else {
+        if spec.whiten_rewards {
+            ppo::whiten(&mut rewards, false);
+        }
+        let mut advs: Vec<Vec<f64>> = Vec::with_capacity(n);
+        let mut rets: Vec<Vec<f64>> = Vec::with_capacity(n);
+        for (i, rw) in rewards.iter().enumerate() {
+            let (a, rt) = ppo::gae(rw, &old_v[i * r..i * r + len(i)], spec.gamma, spec.lam);
+            advs.push(a);
+            rets.push(rt);
+        }
+        ppo::whiten(&mut advs, true);
+        for i in 0..n {
+            for j in 0..len(i) {
+                adv[i * r + j] = advs[i][j];
+                ret[i * r + j] = rets[i][j];
+            }
+        }
+    }
+
+    // --- epochs x mini-batches x micro-batches ----------------------------------------------------
+    let device = tr.policy.embed.val().device();
+    let t2 = |v: &[f64], idx: &[usize]| -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(rows(v, r, idx).into_iter().map(|x| x as f32).collect::<Vec<f32>>(), [idx.len(), r]), &device)
+    };
+    let maskf: Vec<f64> = l.mask.iter().map(|&x| x as f64).collect();
+    let mb = (n / spec.num_mini_batches.max(1)).max(1);
+    let micro = (mb / spec.gradient_accumulation_steps.max(1)).max(1);
+    let (mut sum_pl, mut sum_vl, mut sum_cf, mut sum_kl, mut sum_ent, mut count) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for epoch in 0..spec.num_ppo_epochs {
+        let mut perm: Vec<usize> = (0..n).collect();
+        perm.shuffle(&mut crate::rng::stream(seed, &format!("ppo/u{update:06}/epoch{epoch}")));
+        for mini in perm.chunks(mb) {
+            let micros: Vec<&[usize]> = mini.chunks(micro).collect();
+            let k = micros.len() as f64;
+            let mut acc_p = GradientsAccumulator::<Llama<B>>::new();
+            let mut acc_c = GradientsAccumulator::<Llama<B>>::new();
+            for idx in micros {
+                let critic = tr.critic.as_ref().map(|(c, _)| c);
+                let (new_lp, ent, v) = score_rows(&tr.policy, critic, &l, idx, true, temp, !grpo);
+                let batch = PpoBatch {
+                    new_logprobs: new_lp,
+                    old_logprobs: t2(&old_lp, idx),
+                    advantages: t2(&adv, idx),
+                    mask: t2(&maskf, idx),
+                    values: v.map(|v| (v, t2(&old_v, idx), t2(&ret, idx))),
+                };
+                let mask = batch.mask.clone();
+                let parts: LossParts<B> = if grpo {
+                    ppo::grpo_loss(batch, t2(&ref_lp, idx), spec.cliprange, spec.kl_coef)
+                } else {
+                    ppo::ppo_loss(batch, spec.cliprange, spec.cliprange_value, spec.vf_coef)
+                };
+                sum_pl += scalar(parts.policy_loss.clone());
+                sum_vl += parts.value_loss.clone().map(scalar).unwrap_or(0.0);
+                sum_cf += scalar(parts.clipfrac.clone());
+                sum_kl += scalar(parts.approxkl.clone());
+                sum_ent += scalar(ppo::masked_mean(ent, mask));
+                count += 1.0;
+                let mut grads = parts.loss.div_scalar(k).backward();
+                acc_p.accumulate(&tr.policy, GradientsParams::from_module(&mut grads, &tr.policy));
+                if let Some((c, _)) = &tr.critic {
+                    acc_c.accumulate(c, GradientsParams::from_module(&mut grads, c));
+                }
+            }
+            let policy = tr.policy.clone();
+            tr.policy = tr.optim.step(lr, policy, acc_p.grads());
+            if let Some((c, o)) = tr.critic.as_mut() {
+                *c = o.step(lr, c.clone(), acc_c.grads());
+            }
+            stats.optimizer_steps += 1;
+        }
+    }
+    if count > 0.0 {
+        stats.policy_loss = sum_pl / count;
+        stats.value_loss = (!grpo).then_some(sum_vl / count);
+        stats.clipfrac = sum_cf / count;
+        stats.approxkl = sum_kl / count;
+        stats.entropy = sum_ent / count;
+    }
+    stats
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use crate::model::{LoraConfig, Target};
+
+    type AB = burn::backend::Autodiff<burn::backend::Flex>;
+
+    fn trainer(shared: bool) -> Trainer<AB> {
+        let cfg = crate::model::weights::LlamaConfig::tiny(300);
+        let dev = Default::default();
+        let lora = LoraConfig { rank: 4, alpha: 8.0, targets: vec![Target::Q, Target::V] };
+        let base =
+            Llama::<AB>::load(&cfg, &crate::model::weights::RandomWeights { config: cfg.clone(), seed: 7 }, Some(&lora), 128, 1, &dev)
+                .unwrap();
+        let opt = || burn::optim::AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init::<AB, Llama<AB>>();
+        if shared {
+            Trainer { policy: base.with_value_head(2, &dev), optim: opt(), critic: None }
+        } else {
+            let critic = base.with_fresh_adapters(&lora, "critic", 3).with_value_head(4, &dev);
+            Trainer { policy: base, optim: opt(), critic: Some((critic, opt())) }
+        }
+    }
+
+    fn seqs() -> Vec<Seq> {
+        vec![
+            Seq { query: vec![5, 9, 12], response: vec![40, 41, 42], score: 1.0 },
+            Seq { query: vec![7], response: vec![3, 4], score: -1.0 },
+        ]
+    }
+
+    #[test]
+    fn an_update_moves_the_adapters_and_reports_stats() {
+        for shared in [true, false] {
+            let mut tr = trainer(shared);
+            let before = crate::model::adapter::trained_tensors(&tr.policy.valid());
+            let spec = PpoSpec {
+                num_ppo_epochs: 2,
+                num_mini_batches: 1,
+                gradient_accumulation_steps: 2,
+                learning_rate: 1e-2,
+                ..PpoSpec::default()
+            };
+            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1);
+            assert_eq!(s.optimizer_steps, 2);
+            assert!(s.value_loss.is_some() && s.entropy > 0.0);
+            // fresh adapters: the policy equals the reference, so the KL is ~0
+            assert!(s.kl.abs() < 1e-4, "{}", s.kl);
+            let after = crate::model::adapter::trained_tensors(&tr.policy.valid());
+            assert_ne!(before, after, "shared={shared}");
+            // the adapters themselves moved (B starts at zero and must not stay there)
+            let b_max =
+                after.iter().filter(|(n, _, _)| n.ends_with("lora_b")).flat_map(|(_, _, d)| d.iter()).fold(0f32, |a, x| a.max(x.abs()));
+            assert!(b_max > 0.0, "LoRA B did not train (shared={shared})");
+            if let Some((c, _)) = &tr.critic {
+                assert!(crate::model::adapter::trained_tensors(&c.valid()).iter().any(|(n, _, _)| n == "value_head"));
+            }
+        }
+    }
+
+    #[test]
+    fn updates_are_deterministic() {
+        let spec = PpoSpec { num_ppo_epochs: 1, learning_rate: 1e-2, ..PpoSpec::default() };
+        let run = || {
+            let mut tr = trainer(true);
+            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 5, 1);
+            (s, crate::model::adapter::trained_tensors(&tr.policy.valid()))
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn grpo_needs_no_critic() {
+        let mut tr = trainer(true);
+        tr.policy.value_head = None;
+        let spec = PpoSpec { algorithm: Algorithm::Grpo, group_size: 2, num_ppo_epochs: 1, ..PpoSpec::default() };
+        let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1);
+        assert_eq!(s.value_loss, None);
+        assert_eq!(s.optimizer_steps, 1);
+    }
+}
