@@ -188,6 +188,7 @@ pub fn judge_bench(calls: usize, concurrency: usize, latency: Duration) -> anyho
             top_logprobs: None,
             json_schema: None,
             attempt: 0,
+            guided: vec![],
         })
         .collect();
     // warm the connection pool once, as a run does with its first batch

@@ -10,7 +10,7 @@ use burn::prelude::*;
 
 use super::{Judge, JudgeError, JudgeRequest, JudgeResponse, TokenLogprob};
 use crate::model::Llama;
-use crate::model::generate::{Sampling, generate};
+use crate::model::generate::{Sampling, fill_fields, generate};
 use crate::model::tokenizer::{Message, Tok};
 
 pub struct LocalJudge<B: Backend> {
@@ -23,6 +23,25 @@ pub struct LocalJudge<B: Backend> {
 }
 
 impl<B: Backend> LocalJudge<B> {
+    /// Guided requests: one prompt pass, then each label forced and its value decoded.
+    fn answer_guided(&self, reqs: &[(usize, &JudgeRequest)], prompts: &[Vec<u32>]) -> Result<Vec<JudgeResponse>, JudgeError> {
+        let r0 = reqs[0].1;
+        let value_tokens = (r0.max_tokens as usize).clamp(1, 6);
+        let filled = fill_fields(&self.model, &self.tok, prompts, &r0.guided, value_tokens, r0.top_logprobs.unwrap_or(10) as usize)
+            .map_err(|e| JudgeError::Local { message: e.to_string() })?;
+        Ok(filled
+            .into_iter()
+            .zip(prompts)
+            .map(|(f, p)| JudgeResponse {
+                text: f.text,
+                prompt_tokens: p.len() as u64,
+                completion_tokens: f.generated as u64,
+                logprobs: Some(f.tokens.into_iter().map(|(token, logprob, top)| TokenLogprob { token, logprob, top }).collect()),
+                cached: false,
+            })
+            .collect())
+    }
+
     fn answer_group(&self, reqs: &[(usize, &JudgeRequest)]) -> Result<Vec<JudgeResponse>, JudgeError> {
         let local = |e: String| JudgeError::Local { message: e };
         let prompts: Vec<Vec<u32>> = reqs
@@ -36,6 +55,9 @@ impl<B: Backend> LocalJudge<B> {
             })
             .collect::<Result<_, _>>()?;
         let r0 = reqs[0].1;
+        if !r0.guided.is_empty() {
+            return self.answer_guided(reqs, &prompts);
+        }
         let s = Sampling {
             max_new_tokens: r0.max_tokens as usize,
             temperature: r0.temperature as f32,

@@ -31,6 +31,11 @@ pub struct JudgeRequest {
     /// 0 for the first ask; retries of an unusable answer count up (and change the cache key).
     #[serde(default)]
     pub attempt: u32,
+    /// Guided answers: the answer is written as `label: value` lines, one per label, with the
+    /// labels written by mpo and only the values by the judge (small local judges; servers
+    /// get one prefilled request per label).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guided: Vec<String>,
 }
 
 /// One generated token with its log-probability and the top alternatives.

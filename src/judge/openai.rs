@@ -81,10 +81,17 @@ fn endpoint(base: &str, api: Api) -> String {
     }
 }
 
-fn body(cfg: &OpenAiConfig, r: &JudgeRequest) -> J {
-    let mut b = match cfg.api {
-        Api::Chat => json!({ "messages": [{ "role": "user", "content": r.prompt }] }),
-        Api::Completions => json!({ "prompt": r.prompt }),
+/// The request body. `prefill` starts the answer: a final assistant message to continue (chat;
+/// vLLM's `continue_final_message`, llama.cpp's assistant prefill), or text appended to the
+/// prompt (completions).
+fn body(cfg: &OpenAiConfig, r: &JudgeRequest, prefill: Option<&str>) -> J {
+    let mut b = match (cfg.api, prefill) {
+        (Api::Chat, None) => json!({ "messages": [{ "role": "user", "content": r.prompt }] }),
+        (Api::Chat, Some(p)) => json!({
+            "messages": [{ "role": "user", "content": r.prompt }, { "role": "assistant", "content": p }],
+            "continue_final_message": true, "add_generation_prompt": false,
+        }),
+        (Api::Completions, p) => json!({ "prompt": format!("{}{}", r.prompt, p.unwrap_or("")) }),
     };
     let o = b.as_object_mut().expect("object");
     if let Some(m) = &cfg.model {
@@ -207,8 +214,9 @@ async fn one_attempt(
     cfg: &OpenAiConfig,
     url: &str,
     r: &JudgeRequest,
+    prefill: Option<&str>,
 ) -> Result<JudgeResponse, (JudgeError, Option<Duration>)> {
-    let mut req = client.post(url).json(&body(cfg, r));
+    let mut req = client.post(url).json(&body(cfg, r, prefill));
     if let Some(k) = &cfg.api_key {
         req = req.bearer_auth(k);
     }
@@ -238,6 +246,7 @@ async fn with_retries(
     cfg: Arc<OpenAiConfig>,
     next: Arc<AtomicUsize>,
     r: JudgeRequest,
+    prefill: Option<String>,
 ) -> Result<JudgeResponse, JudgeError> {
     let attempts = cfg.max_retries + 1;
     let mut last = None;
@@ -248,7 +257,7 @@ async fn with_retries(
             i = (i + 1) % cfg.base_urls.len();
         }
         let url = endpoint(&cfg.base_urls[i], cfg.api);
-        match one_attempt(&client, &cfg, &url, &r).await {
+        match one_attempt(&client, &cfg, &url, &r, prefill.as_deref()).await {
             Ok(resp) => return Ok(resp),
             Err((e, wait)) => {
                 if !e.retryable() || attempt + 1 == attempts {
@@ -280,23 +289,60 @@ impl Judge for OpenAiJudge {
     fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
         let sem = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
         let cfg = Arc::new(self.cfg.clone());
-        let tasks: Vec<_> = requests
+        // A guided request becomes one request per label, each with the answer prefilled up to
+        // `label:`; the answers are joined back into `label: value` lines.
+        let mut calls: Vec<(usize, Option<String>)> = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            if r.guided.is_empty() {
+                calls.push((i, None));
+            } else {
+                calls.extend(r.guided.iter().map(|l| (i, Some(format!("{l}:")))));
+            }
+        }
+        let tasks: Vec<_> = calls
             .iter()
-            .map(|r| {
-                let (sem, cfg, client, next, r) = (sem.clone(), cfg.clone(), self.client.clone(), self.next_url.clone(), r.clone());
+            .map(|(i, prefill)| {
+                let (sem, cfg, client, next, r, prefill) =
+                    (sem.clone(), cfg.clone(), self.client.clone(), self.next_url.clone(), requests[*i].clone(), prefill.clone());
                 self.runtime.spawn(async move {
                     let _permit = sem.acquire_owned().await.expect("semaphore open");
-                    with_retries(client, cfg, next, r).await
+                    with_retries(client, cfg, next, r, prefill).await
                 })
             })
             .collect();
-        self.runtime.block_on(async {
+        let answers: Vec<Result<JudgeResponse, JudgeError>> = self.runtime.block_on(async {
             let mut out = Vec::with_capacity(tasks.len());
             for t in tasks {
                 out.push(t.await.unwrap_or_else(|e| Err(JudgeError::Config { message: format!("request task failed: {e}") })));
             }
             out
-        })
+        });
+        let mut out: Vec<Option<Result<JudgeResponse, JudgeError>>> = vec![None; requests.len()];
+        for ((i, prefill), a) in calls.into_iter().zip(answers) {
+            let Some(label) = prefill else {
+                out[i] = Some(a);
+                continue;
+            };
+            let slot = out[i].get_or_insert_with(|| {
+                Ok(JudgeResponse { text: String::new(), prompt_tokens: 0, completion_tokens: 0, logprobs: Some(vec![]), cached: false })
+            });
+            match (slot.as_mut(), a) {
+                (Ok(acc), Ok(resp)) => {
+                    let value = resp.text.lines().next().unwrap_or("").to_string();
+                    acc.text.push_str(&format!("{label}{value}\n"));
+                    acc.prompt_tokens += resp.prompt_tokens;
+                    acc.completion_tokens += resp.completion_tokens;
+                    if let Some(lp) = acc.logprobs.as_mut() {
+                        lp.push(TokenLogprob { token: label.clone(), logprob: 0.0, top: vec![] });
+                        lp.extend(resp.logprobs.unwrap_or_default());
+                        lp.push(TokenLogprob { token: "\n".into(), logprob: 0.0, top: vec![] });
+                    }
+                }
+                (Ok(_), Err(e)) => *slot = Err(e),
+                (Err(_), _) => {}
+            }
+        }
+        out.into_iter().map(|o| o.unwrap_or_else(|| Err(JudgeError::Config { message: "unanswered".into() }))).collect()
     }
 }
 

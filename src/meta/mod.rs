@@ -143,6 +143,7 @@ fn step(
         top_logprobs: None,
         json_schema: None,
         attempt: 0,
+        guided: vec![],
     };
     if let Some(t) = &cfg.prescreen {
         let mut ctx = base.clone();

@@ -293,3 +293,145 @@ mod tests {
         assert!(((ones as f64 / n as f64) - p1).abs() < 0.03);
     }
 }
+
+/// A token's text, its log-prob and the top alternatives `(text, logprob)`.
+pub type TokenWithTop = (String, f32, Vec<(String, f32)>);
+
+/// One row's answer from [`fill_fields`]: the text (labels and values) and, per generated
+/// value token, its log-prob and the top alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filled {
+    pub text: String,
+    /// `(token text, logprob, top alternatives)` for every token of the answer; label tokens
+    /// have logprob 0 and no alternatives.
+    pub tokens: Vec<TokenWithTop>,
+    pub generated: usize,
+}
+
+/// Guided decoding: after each prompt, write each of `labels` (forced tokens) and let the model
+/// produce a short value after it (at most `value_tokens`, ending at a newline or end token).
+/// All rows share the labels, so forced segments run in lockstep; rows whose value ended early
+/// wait on masked padding. One prompt pass serves every field, which is what makes a small
+/// local judge affordable.
+pub fn fill_fields<B: Backend>(
+    model: &Llama<B>,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    labels: &[String],
+    value_tokens: usize,
+    top_k: usize,
+) -> Result<Vec<Filled>, GenerateError> {
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let device = model.embed.val().device();
+    let lay = left_pad(prompts, tok.pad);
+    let (b, t) = (lay.b, lay.t);
+    let label_ids: Vec<Vec<u32>> = labels
+        .iter()
+        .enumerate()
+        .map(|(k, l)| tok.encode(&if k == 0 { format!("{l}:") } else { format!("\n{l}:") }))
+        .collect::<Result<_, _>>()?;
+    let needed = t + label_ids.iter().map(|l| l.len() + value_tokens).sum::<usize>();
+    if needed > model.max_positions() {
+        return Err(GenerateError::TooLong { prompt: t, new: needed - t, max: model.max_positions() });
+    }
+    let mut cache = KvCache::new(model.num_layers());
+    // valid[r][j]: may row r attend to column j
+    let mut valid: Vec<Vec<bool>> = lay.pads.iter().map(|&p| (0..t).map(|j| j >= p).collect()).collect();
+    let mut pos: Vec<i64> = lay.pads.iter().map(|&p| (t - p) as i64).collect();
+    // The prompt pass only fills the cache: the first label follows it directly.
+    let h = model.forward(
+        int_tensor(lay.tokens.clone(), [b, t], &device),
+        int_tensor(lay.positions.clone(), [b, t], &device),
+        mask_tensor(causal_mask(&lay.pads, 0, t), b, t, t, &device),
+        Some(&mut cache),
+        false,
+    );
+    let d = h.dims()[2];
+    let mut out: Vec<Filled> = (0..b).map(|_| Filled { text: String::new(), tokens: vec![], generated: 0 }).collect();
+    let vocab = model.lm_head.weight.val().dims()[1];
+    let mut lp = Vec::new();
+    let feed =
+        |cache: &mut KvCache<B>, valid: &mut Vec<Vec<bool>>, pos: &mut Vec<i64>, cols: Vec<Vec<u32>>, live: &[bool]| -> Tensor<B, 3> {
+            // cols: per row, the tokens of this chunk (all the same length)
+            let m = cols[0].len();
+            let past = valid[0].len();
+            let mut toks = Vec::with_capacity(b * m);
+            let mut p = Vec::with_capacity(b * m);
+            let mut mask = Vec::with_capacity(b * m * (past + m));
+            for r in 0..b {
+                for (c, &x) in cols[r].iter().enumerate() {
+                    toks.push(x as i64);
+                    p.push(pos[r] + c as i64);
+                    for j in 0..past + m {
+                        let ok = if j < past { valid[r].get(j).copied().unwrap_or(false) } else { j - past <= c && live[r] };
+                        mask.push(if ok || (j == past + c) { 0.0 } else { NEG });
+                    }
+                }
+                for _ in 0..m {
+                    valid[r].push(live[r]);
+                }
+                if live[r] {
+                    pos[r] += m as i64;
+                }
+            }
+            model.forward(
+                int_tensor(toks, [b, m], &device),
+                int_tensor(p, [b, m], &device),
+                mask_tensor(mask, b, m, past + m, &device),
+                Some(cache),
+                false,
+            )
+        };
+    let text_of = |id: u32| tok.inner.decode(&[id], false).unwrap_or_default();
+    let all_live = vec![true; b];
+    for lab in &label_ids {
+        let h = feed(&mut cache, &mut valid, &mut pos, vec![lab.clone(); b], &all_live);
+        let m = lab.len();
+        for r in out.iter_mut() {
+            for &x in lab {
+                let s = text_of(x);
+                r.text.push_str(&s);
+                r.tokens.push((s, 0.0, vec![]));
+            }
+        }
+        let mut last = h.slice([0..b, m - 1..m, 0..d]);
+        let mut live = vec![true; b];
+        for step in 0..value_tokens {
+            let logits = to_host(model.logits(last.clone(), false))?;
+            let mut next = vec![tok.pad; b];
+            for r in 0..b {
+                if !live[r] {
+                    continue;
+                }
+                log_softmax_row(&logits[r * vocab..(r + 1) * vocab], 1.0, &mut lp);
+                let mut idx: Vec<usize> = (0..vocab).collect();
+                let k = top_k.clamp(1, vocab);
+                idx.select_nth_unstable_by(k - 1, |&a, &c| lp[c].total_cmp(&lp[a]));
+                idx.truncate(k);
+                idx.sort_by(|&a, &c| lp[c].total_cmp(&lp[a]));
+                let best = idx[0] as u32;
+                let s = text_of(best);
+                if tok.stop_ids.contains(&best) || (step > 0 && (s.contains('\n') || s.trim().is_empty())) {
+                    live[r] = false;
+                    continue;
+                }
+                let top: Vec<(String, f32)> = idx.iter().map(|&i| (text_of(i as u32), lp[i])).collect();
+                out[r].text.push_str(&s);
+                out[r].tokens.push((s, lp[best as usize], top));
+                out[r].generated += 1;
+                next[r] = best;
+                if out[r].text.ends_with('\n') {
+                    live[r] = false;
+                }
+            }
+            if !live.iter().any(|&x| x) {
+                break;
+            }
+            let h = feed(&mut cache, &mut valid, &mut pos, next.iter().map(|&x| vec![x]).collect(), &live);
+            last = h;
+        }
+    }
+    Ok(out)
+}

@@ -107,7 +107,13 @@ pub fn render_summary(plan: &Plan) -> String {
             .verifiers
             .iter()
             .map(|v| match v {
-                VerifierSpec::MathAnswer { .. } => "math_answer".into(),
+                VerifierSpec::MathAnswer { accept_unboxed, .. } => {
+                    if *accept_unboxed {
+                        "math_answer (unboxed accepted)".into()
+                    } else {
+                        "math_answer".into()
+                    }
+                }
                 VerifierSpec::Verdict => "verdict".into(),
                 VerifierSpec::Length { min_words, max_words } => format!("length {min_words}..{max_words} words"),
                 VerifierSpec::Format { .. } => "format".into(),

@@ -232,6 +232,10 @@ fn close(x: f64, y: f64, tol: f64) -> bool {
     if x.is_infinite() || y.is_infinite() {
         return x == y;
     }
+    // Two whole numbers are equal or not: a relative tolerance would make 2036161 == 2036162.
+    if x.fract() == 0.0 && y.fract() == 0.0 && x.abs() < 9.0e15 && y.abs() < 9.0e15 {
+        return x == y;
+    }
     x.is_finite() && y.is_finite() && (x - y).abs() <= tol.max(1e-9) * 1f64.max(x.abs()).max(y.abs())
 }
 
@@ -503,5 +507,64 @@ mod tests {
         // identical text is equal even when it does not evaluate
         assert!(equivalent("1/0", "1/0", 1e-6));
         assert!(!equivalent("0/0", "1", 1e-6));
+    }
+
+    /// Pairs built from the boxed answers of the committed MATH samples (500 real solutions):
+    /// each answer against rewrites a grader must accept (dfrac/frac, \left/\right, spaces,
+    /// trailing zeros, the decimal of a simple fraction, a boxed response sentence), and
+    /// against answers it must reject (a perturbed answer; another problem's different answer).
+    #[test]
+    fn real_math_answers_and_their_rewrites() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/math");
+        let mut answers = Vec::new();
+        for f in ["test_sample.jsonl", "train_sample.jsonl"] {
+            for line in std::fs::read_to_string(root.join(f)).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                if let Some(a) = crate::task::math::last_boxed(v["solution"].as_str().unwrap()) {
+                    answers.push(a);
+                }
+            }
+        }
+        assert!(answers.len() >= 450, "{} boxed answers", answers.len());
+        let (mut yes, mut no) = (Vec::new(), Vec::new());
+        for (i, a) in answers.iter().enumerate() {
+            yes.push((format!("so the answer is $\\boxed{{{a}}}$."), a.clone()));
+            if a.contains("\\frac") {
+                yes.push((a.replace("\\frac", "\\dfrac"), a.clone()));
+            }
+            if a.contains("\\dfrac") {
+                yes.push((a.replace("\\dfrac", "\\frac"), a.clone()));
+            }
+            if a.contains('(') && a.contains(')') && !a.contains("\\left") {
+                yes.push((a.replace('(', "\\left(").replace(')', "\\right)"), a.clone()));
+            }
+            if a.contains(',') || a.contains('+') || a.contains('=') {
+                yes.push((a.replace(',', ", ").replace('+', " + ").replace('=', " = "), a.clone()));
+            }
+            if let Ok(n) = a.parse::<i64>() {
+                yes.push((format!("{n}.00"), a.clone()));
+                no.push((format!("{}", n + 1), a.clone()));
+                no.push((format!("{}", n * 10 + 3), a.clone()));
+            }
+            if let Some((p, q)) = a.strip_prefix("\\frac{").and_then(|r| r.strip_suffix('}')).and_then(|r| r.split_once("}{"))
+                && let (Ok(p), Ok(q)) = (p.parse::<i64>(), q.parse::<i64>())
+            {
+                if [2, 4, 5, 8, 10, 20, 25].contains(&q) {
+                    yes.push((format!("{}", p as f64 / q as f64), a.clone()));
+                }
+                no.push((format!("\\frac{{{}}}{{{q}}}", p + 1), a.clone()));
+            }
+            // another problem's answer that differs after normalisation
+            let b = &answers[(i * 7 + 13) % answers.len()];
+            if normalize(a) != normalize(b) {
+                no.push((b.clone(), a.clone()));
+            }
+        }
+        assert!(yes.len() >= 200 && no.len() >= 200, "{} equivalent, {} different pairs", yes.len(), no.len());
+        eprintln!("{} answers: {} equivalent pairs, {} different pairs", answers.len(), yes.len(), no.len());
+        let wrong_yes: Vec<_> = yes.iter().filter(|(r, a)| !equivalent(r, a, 1e-6)).collect();
+        let wrong_no: Vec<_> = no.iter().filter(|(r, a)| equivalent(r, a, 1e-6)).collect();
+        assert!(wrong_yes.is_empty(), "{} of {} equivalent pairs rejected: {wrong_yes:#?}", wrong_yes.len(), yes.len());
+        assert!(wrong_no.is_empty(), "{} of {} different pairs accepted: {wrong_no:#?}", wrong_no.len(), no.len());
     }
 }

@@ -19,7 +19,7 @@ use serde_json::{Value as J, json};
 
 use crate::judge::{Judge, JudgeRequest, TokenUsage};
 use crate::rubric::Rubric;
-use crate::spec::{Extraction, FailurePolicy, MixSpec, RewardSpec};
+use crate::spec::{AnswerMode, Extraction, FailurePolicy, MixSpec, RewardSpec};
 use score::{ItemScores, ScoreFailure};
 use verify::Verdict;
 
@@ -39,7 +39,8 @@ pub struct Scored {
     pub id: String,
     /// The reward used for training; `None` when the sample is skipped.
     pub reward: Option<f64>,
-    /// Which signal the reward came from: `judge`, `verifier`, `mixed`, `penalty`, `skipped`.
+    /// Which signal the reward came from: `judge`, `verifier`, `mixed`, `penalty`,
+    /// `penalty+verifier`, `skipped`.
     pub source: String,
     pub verdicts: Vec<Verdict>,
     /// Mean of the verifier scores, in [0, 1].
@@ -181,6 +182,7 @@ pub fn score_batch(
                 top_logprobs,
                 json_schema: schema.clone(),
                 attempt,
+                guided: if spec.answer == AnswerMode::Guided { rubric.items.iter().map(|it| it.name.clone()).collect() } else { vec![] },
             })
             .collect();
         let answers = judge.complete(&reqs);
@@ -221,29 +223,27 @@ pub fn score_batch(
             }
             continue;
         }
-        match (&s.failure, s.judge_reward) {
-            (None, Some(j)) => {
-                (s.reward, s.source) = match &spec.mix {
-                    MixSpec::Weighted { judge_weight, verifier_weight } => match v {
-                        Some(v) => (Some(judge_weight * j + verifier_weight * v), "mixed".into()),
-                        None => (Some(judge_weight * j), "judge".into()),
-                    },
-                    MixSpec::Coin { .. } => (Some(j), "judge".into()),
-                };
-            }
+        let (j, source) = match (&s.failure, s.judge_reward) {
+            (None, Some(j)) => (j, "judge"),
             (Some(f), _) => match &spec.failure.policy {
                 FailurePolicy::Skip => {
                     s.reward = None;
                     s.source = "skipped".into();
+                    continue;
                 }
-                FailurePolicy::Penalty(x) => {
-                    s.reward = Some(*x);
-                    s.source = "penalty".into();
-                }
+                FailurePolicy::Penalty(x) => (*x, "penalty"),
                 FailurePolicy::Fail => return Err(RewardError::Failed { id: s.id.clone(), failure: f.clone() }),
             },
             (None, None) => return Err(RewardError::Config(format!("rollout {} has neither a score nor a failure", s.id))),
-        }
+        };
+        (s.reward, s.source) = match (&spec.mix, v) {
+            (MixSpec::Weighted { judge_weight, verifier_weight }, Some(v)) => (
+                Some(judge_weight * j + verifier_weight * v),
+                if source == "judge" { "mixed".into() } else { format!("{source}+verifier") },
+            ),
+            (MixSpec::Weighted { judge_weight, .. }, None) => (Some(judge_weight * j), source.into()),
+            (MixSpec::Coin { .. }, _) => (Some(j), source.into()),
+        };
     }
     Ok(out)
 }
@@ -294,6 +294,7 @@ mod tests {
             rubric: "r.md".into(),
             prompt: "j.j2".into(),
             extraction: Extraction::default(),
+            answer: AnswerMode::Free,
             normalize: true,
             failure: FailureSpec { retries: 1, policy },
             verifiers,
@@ -314,7 +315,7 @@ mod tests {
         let c = cfg(
             FailurePolicy::Skip,
             MixSpec::Weighted { judge_weight: 0.5, verifier_weight: 1.0 },
-            vec![VerifierSpec::MathAnswer { tolerance: 1e-6 }],
+            vec![VerifierSpec::MathAnswer { tolerance: 1e-6, accept_unboxed: false }],
         );
         let mut u = TokenUsage::default();
         let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut u).unwrap();
@@ -359,8 +360,11 @@ mod tests {
         let rec = json!({"answer": "1"});
         let rs: Vec<Rollout> =
             (0..40).map(|i| Rollout { id: format!("r{i}"), question: "q".into(), response: "\\boxed{1}".into(), record: &rec }).collect();
-        let c =
-            cfg(FailurePolicy::Skip, MixSpec::Coin { verifier_prob: 0.5, chunk: 4 }, vec![VerifierSpec::MathAnswer { tolerance: 1e-6 }]);
+        let c = cfg(
+            FailurePolicy::Skip,
+            MixSpec::Coin { verifier_prob: 0.5, chunk: 4 },
+            vec![VerifierSpec::MathAnswer { tolerance: 1e-6, accept_unboxed: false }],
+        );
         let run = || {
             let mut j = Scripted { answers: vec![Ok("Correct: 0\nClear: 0".into())], calls: 0 };
             let s = score_batch(&mut j, &c, &rubric(), &rs, 7, 3, &mut TokenUsage::default()).unwrap();

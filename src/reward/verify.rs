@@ -38,8 +38,8 @@ pub fn math_reference(record: &J) -> Option<String> {
 /// Apply one verifier to `response` for `record`.
 pub fn verify(v: &VerifierSpec, response: &str, record: &J) -> Verdict {
     match v {
-        VerifierSpec::MathAnswer { tolerance } => {
-            let got = last_boxed(response);
+        VerifierSpec::MathAnswer { tolerance, accept_unboxed } => {
+            let got = last_boxed(response).or_else(|| accept_unboxed.then(|| crate::task::math::unboxed_answer(response)).flatten());
             let want = math_reference(record);
             let ok = matches!((&got, &want), (Some(g), Some(w)) if math_eq::equivalent(g, w, *tolerance));
             Verdict { verifier: "math_answer".into(), score: ok as u8 as f64, extracted: got, reference: want }
@@ -74,10 +74,14 @@ mod tests {
     #[test]
     fn verifiers() {
         let rec = json!({"problem": "1+1", "solution": "so $\\boxed{2}$", "binarized_label": "WRONG"});
-        let m = VerifierSpec::MathAnswer { tolerance: 1e-6 };
+        let m = VerifierSpec::MathAnswer { tolerance: 1e-6, accept_unboxed: false };
         assert_eq!(verify(&m, "It is \\boxed{2.0}.", &rec).score, 1.0);
         let v = verify(&m, "It is 2.", &rec);
         assert_eq!((v.score, v.extracted), (0.0, None));
+        let lenient = VerifierSpec::MathAnswer { tolerance: 1e-6, accept_unboxed: true };
+        let v = verify(&lenient, "It is 2.", &rec);
+        assert_eq!((v.score, v.extracted.as_deref()), (1.0, Some("2")));
+        assert_eq!(verify(&lenient, "\\boxed{3}, the answer is 2", &rec).score, 0.0, "a box wins over the phrase");
         assert_eq!(verify(&VerifierSpec::Verdict, "...so <verdict>wrong</verdict>", &rec).score, 1.0);
         assert_eq!(verify(&VerifierSpec::Verdict, "<verdict>WRONG</verdict> no, Verdict: RIGHT", &rec).score, 0.0);
         assert_eq!(verify(&VerifierSpec::Verdict, "no tag", &rec).score, 0.0);

@@ -125,6 +125,7 @@ fn display(p: &Path) -> String {
 /// appended); anything else in `over` replaces `base`, lists included.
 pub fn merge(base: Node, over: Node) -> Node {
     match (base.value, over.value) {
+        (Value::Map(b), Value::Map(o)) if switches_variant(&b, &o) => Node::new(Value::Map(o), over.origin),
         (Value::Map(mut b), Value::Map(o)) => {
             for (k, v) in o {
                 match b.iter().position(|(bk, _)| bk.name == k.name) {
@@ -139,6 +140,16 @@ pub fn merge(base: Node, over: Node) -> Node {
         }
         (_, v) => Node::new(v, over.origin),
     }
+}
+
+/// Keys that name the variant of a tagged section (`extraction.method`, `verifiers[].kind`,
+/// `mix.mode`). A child that picks another variant replaces the parent's map: the parent's
+/// fields belong to the old variant and would be unknown keys in the new one.
+const VARIANT_TAGS: [&str; 3] = ["method", "kind", "mode"];
+
+fn switches_variant(base: &[(Key, Node)], over: &[(Key, Node)]) -> bool {
+    let tag = |m: &[(Key, Node)], t: &str| m.iter().find(|(k, _)| k.name == t).map(|(_, v)| v.value.clone());
+    VARIANT_TAGS.iter().any(|t| matches!((tag(base, t), tag(over, t)), (Some(a), Some(b)) if a != b))
 }
 
 /// One parsed `key.path=value` assignment.
@@ -309,6 +320,16 @@ mod tests {
     fn merge_is_deep_and_lists_replace() {
         let m = merge(tree("a: {x: 1, y: [1, 2]}\nb: 2\n"), tree("a: {y: [3]}\nc: 3\n"));
         assert_eq!(m.to_json(), serde_json::json!({"a": {"x": 1, "y": [3]}, "b": 2, "c": 3}));
+    }
+
+    #[test]
+    fn a_child_that_switches_variant_replaces_the_section() {
+        let base = "e: {method: logprobs, top_logprobs: 10}\nm: {mode: weighted, judge_weight: 1}\n";
+        let m = merge(tree(base), tree("e: {method: regex, pattern: x}\nm: {judge_weight: 2}\n"));
+        assert_eq!(
+            m.to_json(),
+            serde_json::json!({"e": {"method": "regex", "pattern": "x"}, "m": {"mode": "weighted", "judge_weight": 2}})
+        );
     }
 
     #[test]

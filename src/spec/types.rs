@@ -353,6 +353,11 @@ pub struct RewardSpec {
     /// How item scores are read from the judge's answer.
     #[serde(default)]
     pub extraction: Extraction,
+    /// How the judge answers: `free` (its own text: rationales then `Item: score` lines, the
+    /// reference protocol) or `guided` (mpo writes each `Item:` label into the answer and the
+    /// judge supplies only the score; for small local judges that do not follow formats).
+    #[serde(default)]
+    pub answer: AnswerMode,
     /// Divide the summed item scores by the rubric's maximum, giving rewards in [0, 1].
     #[serde(default)]
     pub normalize: bool,
@@ -365,6 +370,17 @@ pub struct RewardSpec {
     /// How verifier and judge rewards combine.
     #[serde(default)]
     pub mix: MixSpec,
+}
+
+/// How the judge writes its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerMode {
+    /// The judge writes the whole answer.
+    #[default]
+    Free,
+    /// mpo writes the item labels; the judge writes each score.
+    Guided,
 }
 
 /// How item scores are read from a judge answer.
@@ -426,7 +442,8 @@ impl Default for FailureSpec {
 pub enum FailurePolicy {
     /// Leave the sample out of the update (counted and logged).
     Skip,
-    /// Give the sample this reward (counted and logged).
+    /// Use this as the judge's reward for the sample (counted and logged; still mixed with the
+    /// verifiers when `mix` is weighted).
     Penalty(f64),
     /// Stop the run with an error.
     Fail,
@@ -442,6 +459,11 @@ pub enum VerifierSpec {
         #[serde(default = "default_tolerance")]
         #[schemars(range(min = 0.0, max = 0.1))]
         tolerance: f64,
+        /// Without a `\boxed{}` answer, take the number after the last "answer is", else the
+        /// last number of the response. Off by default (the paper's check); on for small
+        /// policies that rarely box their answer.
+        #[serde(default)]
+        accept_unboxed: bool,
     },
     /// Ethical reasoning: the verdict tag (RIGHT / WRONG) matches the label (1) or not (0).
     Verdict,

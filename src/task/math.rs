@@ -29,9 +29,33 @@ pub fn last_boxed(s: &str) -> Option<String> {
     }
 }
 
+/// The answer of a response that does not box it: the number after the last "answer is"
+/// (or "answer:"), else the last number in the response. Lenient on purpose, for small models
+/// that rarely write `\boxed{}`; a spec opts in with `accept_unboxed`.
+pub fn unboxed_answer(s: &str) -> Option<String> {
+    static PHRASE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static NUMBER: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let num = r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?";
+    let phrase = PHRASE.get_or_init(|| regex::Regex::new(&format!(r"(?i)answer\s*(?:is|:|=)\s*\$?\s*({num})")).expect("static regex"));
+    let number = NUMBER.get_or_init(|| regex::Regex::new(num).expect("static regex"));
+    let clean = |m: &str| m.replace(',', "");
+    if let Some(c) = phrase.captures_iter(s).last() {
+        return Some(clean(&c[1]));
+    }
+    number.find_iter(s).last().map(|m| clean(m.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unboxed_answers_prefer_the_answer_phrase() {
+        assert_eq!(unboxed_answer("32 + 39 = 71, so the answer is 71.\nTry 5 more"), Some("71".into()));
+        assert_eq!(unboxed_answer("$4 + 3 = 7$"), Some("7".into()));
+        assert_eq!(unboxed_answer("Answer: -1,200.5 then 3"), Some("-1200.5".into()));
+        assert_eq!(unboxed_answer("no digits"), None);
+    }
 
     #[test]
     fn finds_last_balanced_box() {

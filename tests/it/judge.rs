@@ -30,7 +30,16 @@ fn judge(urls: Vec<String>, retries: u32, timeout_ms: u64) -> OpenAiJudge {
 }
 
 fn req(p: &str) -> JudgeRequest {
-    JudgeRequest { prompt: p.into(), max_tokens: 32, temperature: 0.0, seed: 1, top_logprobs: None, json_schema: None, attempt: 0 }
+    JudgeRequest {
+        prompt: p.into(),
+        max_tokens: 32,
+        temperature: 0.0,
+        seed: 1,
+        top_logprobs: None,
+        json_schema: None,
+        attempt: 0,
+        guided: vec![],
+    }
 }
 
 #[test]
@@ -112,6 +121,7 @@ fn reward_cfg(retries: u32, policy: FailurePolicy) -> RewardConfig {
         rubric: "r.md".into(),
         prompt: "j.j2".into(),
         extraction: Extraction::default(),
+        answer: mpo::spec::AnswerMode::Free,
         normalize: true,
         failure: FailureSpec { retries, policy },
         verifiers: vec![],
@@ -264,6 +274,7 @@ fn real_llama_server_completions_with_logprobs() {
         top_logprobs: Some(5),
         json_schema: None,
         attempt: 0,
+        guided: vec![],
     };
     let out = j.complete(&[r]).remove(0).unwrap();
     let lp = out.logprobs.expect("logprobs");
