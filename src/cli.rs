@@ -41,8 +41,13 @@ pub enum Command {
     },
     /// Train: run a spec's plan (resumes an interrupted run, skips a finished one).
     Run {
-        spec: PathBuf,
+        /// The spec file (or `--plan FILE` instead).
+        #[arg(required_unless_present = "plan")]
+        spec: Option<PathBuf>,
         overrides: Vec<String>,
+        /// Run a plan written by `mpo plan --json` or `mpo sweep --emit slurm` instead of a spec.
+        #[arg(long, conflicts_with = "spec")]
+        plan: Option<PathBuf>,
         /// Run one cell of a sweep (0-based).
         #[arg(long)]
         cell: Option<usize>,
@@ -52,6 +57,80 @@ pub enum Command {
         /// Stop (with a checkpoint) after this many updates of this invocation.
         #[arg(long, hide = true)]
         stop_after: Option<u32>,
+    },
+    /// Run every cell of a sweep here (`--jobs` at a time; finished cells are skipped,
+    /// interrupted ones resume), or write a Slurm job array for them (`--emit slurm`).
+    Sweep {
+        spec: PathBuf,
+        overrides: Vec<String>,
+        /// Cells run at once (each gets an equal share of the cores).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Instead of running: write a job-array script and the cell plans.
+        #[arg(long, value_parser = ["slurm"])]
+        emit: Option<String>,
+        /// Where `--emit` writes (default: RESULTS_ROOT/NAME/slurm).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        partition: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+        /// Wall-time limit per cell.
+        #[arg(long, default_value = "24:00:00")]
+        time: String,
+        #[arg(long, default_value_t = 8)]
+        cpus_per_task: u32,
+        /// GPUs per cell (0 for CPU cells).
+        #[arg(long, default_value_t = 1)]
+        gpus_per_task: u32,
+        #[arg(long)]
+        mem: Option<String>,
+        /// At most this many cells at once on the cluster.
+        #[arg(long)]
+        max_parallel: Option<usize>,
+    },
+    /// Aggregate the runs under results/NAME by sweep factor: report.md, report.csv, SVG plots.
+    Report {
+        /// A results directory holding run directories (results/NAME).
+        dir: PathBuf,
+        /// Write the report here instead of into DIR.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Evaluate a run's checkpoint on its test split, or rank runs in an Elo tournament.
+    Eval {
+        /// Run directories (results/NAME/RUN_ID); with --elo also RUN/eval/FILE.jsonl files.
+        /// A spec file (then overrides) evaluates its base model before any training.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Which weights: an update number, `latest` or `base` (the policy without adapters).
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
+        /// Pairwise-judge the runs' newest evaluation responses and rate them.
+        #[arg(long)]
+        elo: bool,
+        /// Elo K-factor (default: the first run's `eval.elo.k`).
+        #[arg(long)]
+        k: Option<f64>,
+        /// Matches judged per pair of players (default: `eval.elo.matches`).
+        #[arg(long)]
+        matches: Option<usize>,
+        /// Match orders replayed; ratings are mean +- std over them (default: `eval.elo.repeats`).
+        #[arg(long)]
+        repeats: Option<usize>,
+        /// Bootstrap resamples of the matches for the 95% interval.
+        #[arg(long, default_value_t = 1000)]
+        bootstrap: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Pairwise prompt template (default: `eval.elo.prompt`, else the built-in
+        /// prompt_templates/elo/pairwise.j2).
+        #[arg(long)]
+        template: Option<PathBuf>,
+        /// Where the tournament is written (default: the first run's results/NAME/elo).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Print the JSON Schema of the spec language (for editors).
     Schema,
@@ -205,7 +284,92 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { spec, overrides, explain } => check(&spec, &overrides, explain),
         Command::Plan { spec, overrides, json } => plan_cmd(&spec, &overrides, json),
-        Command::Run { spec, overrides, cell, quiet, stop_after } => run_cmd(&spec, &overrides, cell, quiet, stop_after),
+        Command::Run { spec, overrides, plan, cell, quiet, stop_after } => match (spec, plan) {
+            (Some(spec), None) => run_cmd(&spec, &overrides, cell, quiet, stop_after),
+            (None, Some(plan)) if overrides.is_empty() => run_plan_cmd(&plan, cell, quiet, stop_after),
+            _ => {
+                eprintln!("error: `--plan` runs a compiled plan as it is: drop the overrides (or re-plan the spec with them)");
+                ExitCode::from(2)
+            }
+        },
+        Command::Sweep { spec, overrides, jobs, emit, out, partition, account, time, cpus_per_task, gpus_per_task, mem, max_parallel } => {
+            let opts = crate::sweep::slurm::SlurmOptions { partition, account, time, cpus_per_task, gpus_per_task, mem, max_parallel };
+            sweep_cmd(&spec, &overrides, jobs, emit.is_some(), out.as_deref(), &opts)
+        }
+        Command::Report { dir, out } => match crate::report::report(&dir, out.as_deref()) {
+            Ok(w) => {
+                print!("{}", w.table);
+                println!(
+                    "wrote {}, {}, {}",
+                    w.markdown.display(),
+                    w.csv.display(),
+                    w.plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Eval { runs, checkpoint, elo, k, matches, repeats, bootstrap, seed, template, out } => {
+            if elo {
+                let flags = crate::eval::EloFlags { k, matches_per_pair: matches, repeats, bootstrap, seed, template };
+                match crate::eval::elo_cmd(&runs, &flags, out.as_deref()) {
+                    Ok((t, out)) => {
+                        println!("{} matches on {} prompts ({} unreadable answers not rated)", t.matches.len(), t.prompts, t.unreadable);
+                        print!("{}", crate::eval::elo::table(&t));
+                        println!("wrote {}/elo.json and matches.jsonl", out.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            } else {
+                let which: crate::eval::Which = match checkpoint.parse() {
+                    Ok(w) => w,
+                    Err(e) => {
+                        eprintln!("error: --checkpoint {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let is_spec = runs[0].is_file() && runs[0].extension().is_some_and(|e| e == "yaml" || e == "yml");
+                let mut targets: Vec<(PathBuf, Option<Plan>)> = runs.iter().map(|r| (r.clone(), None)).collect();
+                if is_spec {
+                    let overrides: Vec<String> = runs[1..].iter().map(|p| p.display().to_string()).collect();
+                    let Some(loaded) = load(&runs[0], &overrides) else { return ExitCode::from(1) };
+                    if which != crate::eval::Which::Base && checkpoint != "latest" {
+                        eprintln!("error: a spec has no checkpoints yet: evaluate its base model (the default), or a run directory");
+                        return ExitCode::from(2);
+                    }
+                    targets =
+                        loaded.runs.iter().map(plan::compile).map(|p| (crate::run::results::RunDir::for_plan(&p).root, Some(p))).collect();
+                }
+                let mut code = ExitCode::SUCCESS;
+                for (r, plan) in &targets {
+                    let res = match plan {
+                        Some(p) => crate::eval::eval_base_of_plan(p),
+                        None => crate::eval::eval_run(r, which),
+                    };
+                    match res {
+                        Ok(res) => {
+                            println!("{} {} on {} test prompts:", r.display(), res.label, res.samples);
+                            for (k, v) in &res.metrics {
+                                println!("  {k:<24} {v:.4}");
+                            }
+                            println!("  responses: {}", res.responses.display());
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            code = ExitCode::from(1);
+                        }
+                    }
+                }
+                code
+            }
+        }
         Command::Fetch { name, list } => fetch_cmd(name.as_deref(), list),
         Command::Grade { task, response, reference, tolerance } => grade_cmd(&task, &response, &reference, tolerance),
         Command::Rubric { which } => rubric_cmd(which),
@@ -255,6 +419,126 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `mpo run --plan FILE [--cell N]`: a plan (or a sweep's list of plans) as `mpo plan --json`
+/// and `mpo sweep --emit` write it. Templates are checked against the plan's hashes at start.
+fn run_plan_cmd(path: &std::path::Path, cell: Option<usize>, quiet: bool, stop_after: Option<u32>) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let v: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {}: not JSON ({e}); write plans with `mpo plan SPEC --json > FILE`", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let (plans, is_sweep) = match v.get("runs") {
+        Some(runs) => (serde_json::from_value::<Vec<Plan>>(runs.clone()), true),
+        None => (serde_json::from_value::<Plan>(v).map(|p| vec![p]), false),
+    };
+    let plans = match plans {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => {
+            eprintln!("error: {} holds no plans", path.display());
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("error: {}: not a plan of this mpo version ({e}); re-plan the spec", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let plan = match (is_sweep, cell) {
+        (false, None) => plans[0].clone(),
+        (false, Some(_)) => {
+            eprintln!("error: `--cell` is for sweeps; {} holds a single plan", path.display());
+            return ExitCode::from(2);
+        }
+        (true, None) => {
+            eprintln!("error: {} holds {} cells: pick one with `--cell N`", path.display(), plans.len());
+            return ExitCode::from(2);
+        }
+        (true, Some(c)) => match plans.get(c) {
+            Some(p) => p.clone(),
+            None => {
+                eprintln!("error: {} has {} cells (0..{}), not {c}", path.display(), plans.len(), plans.len());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let opts = crate::run::RunOptions { spec_path: path.to_path_buf(), spec_text: text, quiet, stop_after };
+    execute_run(&plan, &opts)
+}
+
+fn sweep_cmd(
+    path: &std::path::Path,
+    overrides: &[String],
+    jobs: usize,
+    emit: bool,
+    out: Option<&std::path::Path>,
+    slurm: &crate::sweep::slurm::SlurmOptions,
+) -> ExitCode {
+    let Some(loaded) = load(path, overrides) else { return ExitCode::from(1) };
+    let plans: Vec<Plan> = loaded.runs.iter().map(plan::compile).collect();
+    if !loaded.is_sweep {
+        eprintln!("note: {} has no `sweep:` section; running it as a sweep of one cell", path.display());
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find the mpo executable: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let name = plans[0].name.clone();
+    if emit {
+        let out = out.map(std::path::Path::to_path_buf).unwrap_or_else(|| plans[0].spec.output.root.join(&name).join("slurm"));
+        return match crate::sweep::slurm::emit(&name, &plans, &out, &exe, slurm) {
+            Ok(e) => {
+                println!("wrote {} ({} cells) and {}", e.script.display(), e.cells, e.plans.display());
+                println!("submit with: sbatch {}", e.script.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: writing {}: {e}", out.display());
+                ExitCode::from(1)
+            }
+        };
+    }
+    if !loaded.is_sweep {
+        // a plain spec is one cell: `mpo run` semantics
+        return run_cmd(path, overrides, None, false, None);
+    }
+    eprintln!(
+        "mpo sweep {name}: {} cells, {} at a time (logs in {}/sweep-logs/)",
+        plans.len(),
+        jobs.max(1),
+        plans[0].spec.output.root.join(&name).display()
+    );
+    let outcomes = crate::sweep::run_local(&exe, path, overrides, &plans, jobs.max(1), |o| {
+        eprintln!(
+            "cell {:>3} {} {}: {}{}",
+            o.index,
+            o.run_id,
+            o.label,
+            o.status,
+            if o.wall_s > 0.0 { format!(" ({:.0}s)", o.wall_s) } else { String::new() }
+        );
+    });
+    print!("{}", crate::sweep::summary_table(&outcomes));
+    let bad = outcomes.iter().filter(|o| !o.status.starts_with("finished") && !o.status.starts_with("skipped")).count();
+    if bad == 0 {
+        println!("all {} cells finished: mpo report {}", outcomes.len(), plans[0].spec.output.root.join(&name).display());
+        ExitCode::SUCCESS
+    } else {
+        println!("{bad} of {} cells did not finish; run the same command again to resume them", outcomes.len());
+        ExitCode::from(1)
+    }
+}
+
 fn run_cmd(path: &std::path::Path, overrides: &[String], cell: Option<usize>, quiet: bool, stop_after: Option<u32>) -> ExitCode {
     let Some(loaded) = load(path, overrides) else { return ExitCode::from(1) };
     let run = match (loaded.is_sweep, cell) {
@@ -283,6 +567,11 @@ fn run_cmd(path: &std::path::Path, overrides: &[String], cell: Option<usize>, qu
     let plan = plan::compile(run);
     let spec_text = std::fs::read_to_string(path).unwrap_or_default();
     let opts = crate::run::RunOptions { spec_path: path.to_path_buf(), spec_text, quiet, stop_after };
+    execute_run(&plan, &opts)
+}
+
+fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> ExitCode {
+    let quiet = opts.quiet;
     if !quiet {
         eprintln!(
             "mpo run {} (run id {}): {} updates x {} episodes on {}",
@@ -293,7 +582,7 @@ fn run_cmd(path: &std::path::Path, overrides: &[String], cell: Option<usize>, qu
             plan.spec.runtime.backend.as_str()
         );
     }
-    match crate::run::run(&plan, &opts) {
+    match crate::run::run(plan, opts) {
         Ok(crate::run::RunOutcome::AlreadyFinished(d)) => {
             println!("already finished: {}/ (nothing to do; delete it to run again)", d.display());
             ExitCode::SUCCESS

@@ -1,6 +1,8 @@
 //! Evaluation on the test split during a run: a fixed seeded sample of test prompts, answered
 //! by the current policy (greedy by default), scored with the task's metrics. Responses go to
-//! `eval/update-NNNNNN.jsonl` (for Elo tournaments across runs).
+//! `eval/update-NNNNNN.jsonl` (for Elo tournaments across runs). `mpo eval` reuses it on a
+//! saved checkpoint; its generations use the same random stream as the in-run evaluation of
+//! that update, so both give the same responses.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +40,7 @@ pub fn evaluate<B: Backend>(
     seed: u64,
     dir: &RunDir,
     update: u32,
+    file: &str,
 ) -> Result<BTreeMap<String, f64>, RunError> {
     let idx = eval_indices(seed, records.len(), used, spec.eval.samples);
     let mut prompts = Vec::with_capacity(idx.len());
@@ -66,6 +69,6 @@ pub fn evaluate<B: Backend>(
         .zip(&responses)
         .map(|((i, p), r)| json!({"record_index": i, "record_id": records[*i].get("id"), "question": p.0, "response": r}))
         .collect();
-    dir.write_jsonl(&format!("eval/update-{update:06}.jsonl"), &lines)?;
+    dir.write_jsonl(&format!("eval/{file}.jsonl"), &lines)?;
     Ok(metrics)
 }

@@ -210,7 +210,7 @@ fn start_manifest(plan: &Plan, opts: &RunOptions, dir: &RunDir, backend: &str, d
     Ok(m)
 }
 
-fn lora_config(spec: &Spec) -> LoraConfig {
+pub(crate) fn lora_config(spec: &Spec) -> LoraConfig {
     let targets = spec
         .policy
         .lora
@@ -231,26 +231,26 @@ fn lora_config(spec: &Spec) -> LoraConfig {
 }
 
 /// What every judge of a run is built from.
-struct JudgeEnv<'m, B: Backend> {
-    policy_ref: &'m ModelRef,
+pub(crate) struct JudgeEnv<'m, B: Backend> {
+    pub policy_ref: &'m ModelRef,
     /// The policy model's inner copy (same base weights) and tokenizer, used when a local
-    /// judge is the policy's own model.
-    shared: (&'m Llama<B>, &'m Tok),
-    batch: usize,
-    seed: u64,
-    device: &'m B::Device,
-    cache: &'m Path,
+    /// judge is the policy's own model (`None`: load it).
+    pub shared: Option<(&'m Llama<B>, &'m Tok)>,
+    pub batch: usize,
+    pub seed: u64,
+    pub device: &'m B::Device,
+    pub cache: &'m Path,
 }
 
 /// Build the judge of a role, behind the run's judge cache.
-fn build_judge<'a, B: Backend + 'a>(
+pub(crate) fn build_judge<'a, B: Backend + 'a>(
     role: &str,
     js: &JudgeSpec,
     mref: Option<&ModelRef>,
     env: &JudgeEnv<'_, B>,
 ) -> Result<Box<dyn Judge + 'a>, RunError> {
     let (policy_ref, batch, seed, device, cache) = (env.policy_ref, env.batch, env.seed, env.device, env.cache);
-    let shared = Some(env.shared);
+    let shared = env.shared;
     let inner: Box<dyn Judge + 'a> = match js.backend {
         JudgeBackend::Replay => {
             let from = js.replay_from.clone().ok_or_else(|| RunError::Config(format!("{role} judge: `replay` needs `replay_from`")))?;
@@ -320,7 +320,7 @@ fn prompt_indices(seed: u64, available: usize, used: usize, per_update: usize, u
 
 /// The policy prompt of a record: the task template, the optional system message, the chat
 /// template. Returns (prompt text, chat-formatted token ids).
-fn policy_prompt(
+pub(crate) fn policy_prompt(
     spec: &Spec,
     template: &crate::spec::validate::TemplateFile,
     tok: &Tok,
@@ -420,8 +420,14 @@ fn execute<B: AutodiffBackend>(
         manifest.resumed_from.push(st.update);
         state = st;
     } else {
-        for d in ["metrics.jsonl", "rubrics", "samples", "eval"] {
+        for d in ["metrics.jsonl", "rubrics", "samples"] {
             results::remove(&dir.path(d))?;
+        }
+        // Evaluations of a previous attempt go; the base model's (`mpo eval SPEC`) stays valid.
+        if let Ok(rd) = std::fs::read_dir(dir.path("eval")) {
+            for e in rd.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with("base.")) {
+                results::remove(&e.path())?;
+            }
         }
         history.init(&rubric)?;
     }
@@ -430,7 +436,8 @@ fn execute<B: AutodiffBackend>(
     let judge_inner = tr.policy.valid();
     let batch = spec.runtime.rollout_batch;
     let cache_dir = dir.path("judge-cache");
-    let env = JudgeEnv { policy_ref: &plan.inputs.models.policy, shared: (&judge_inner, &tok), batch, seed, device, cache: &cache_dir };
+    let env =
+        JudgeEnv { policy_ref: &plan.inputs.models.policy, shared: Some((&judge_inner, &tok)), batch, seed, device, cache: &cache_dir };
     let mut reward_judge = build_judge::<B::InnerBackend>("reward", &spec.reward.judge, plan.inputs.models.judge.as_ref(), &env)?;
     let mut meta_judge = match &spec.meta.judge {
         Some(js) if spec.meta.every != crate::spec::Every::Never => {
@@ -608,6 +615,7 @@ fn execute<B: AutodiffBackend>(
                 seed,
                 dir,
                 update,
+                &format!("update-{update:06}"),
             )?;
             eval_row = json!(m);
             t_eval = t0.elapsed().as_secs_f64();
@@ -734,7 +742,7 @@ fn truncate_after(dir: &RunDir, history: &History, update: u32, version: u32) ->
     Ok(())
 }
 
-fn plan_template(plan: &Plan, kind: TemplateKind) -> Result<crate::spec::validate::TemplateFile, RunError> {
+pub(crate) fn plan_template(plan: &Plan, kind: TemplateKind) -> Result<crate::spec::validate::TemplateFile, RunError> {
     let info =
         plan.inputs.templates.get(kind.as_str()).ok_or_else(|| RunError::Config(format!("the plan has no {} template", kind.as_str())))?;
     let text = std::fs::read_to_string(&info.path).map_err(|e| RunError::Config(format!("reading {}: {e}", info.path)))?;

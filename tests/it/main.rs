@@ -4,4 +4,5 @@ mod judge;
 mod model;
 mod run;
 mod spec;
+mod sweep;
 mod templates;

@@ -1,0 +1,378 @@
+//! `mpo report results/NAME`: aggregate the runs of a sweep (or any runs under one directory)
+//! by sweep factor into `report.md`, `report.csv`, and SVG plots of reward and verified
+//! accuracy against update, with markers where the rubric changed.
+//!
+//! Runs group by their cell's factors other than `runtime.seed`; each group shows
+//! mean +- std over its seeds (population std; a single seed shows +- 0).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde_json::Value as J;
+
+use crate::plan::Plan;
+use crate::run::results::Manifest;
+
+/// One run directory, read.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    pub dir: PathBuf,
+    pub plan: Plan,
+    pub manifest: Option<Manifest>,
+    pub rows: Vec<J>,
+}
+
+impl RunData {
+    /// The group key: the cell's factors without the seed (`(base)` for a plain run).
+    pub fn group(&self) -> String {
+        let f: Vec<String> = self
+            .plan
+            .cell
+            .iter()
+            .flat_map(|c| c.factors.iter())
+            .filter(|(k, _)| k != "runtime.seed")
+            .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect();
+        if f.is_empty() { "(base)".into() } else { f.join(" ") }
+    }
+
+    fn series(&self, pointer: &str) -> Vec<(f64, f64)> {
+        self.rows.iter().filter_map(|r| Some((r["update"].as_f64()?, r.pointer(pointer)?.as_f64()?))).collect()
+    }
+
+    /// Updates after which the rubric version changed.
+    pub fn rubric_changes(&self) -> Vec<f64> {
+        let mut last = 0;
+        let mut out = Vec::new();
+        for r in &self.rows {
+            let v = r["rubric_version"].as_u64().unwrap_or(0);
+            if v != last {
+                out.push(r["update"].as_f64().unwrap_or(0.0));
+                last = v;
+            }
+        }
+        out
+    }
+
+    fn last(&self, pointer: &str) -> Option<f64> {
+        self.rows.last().and_then(|r| r.pointer(pointer)).and_then(J::as_f64)
+    }
+
+    fn judge_failures(&self) -> f64 {
+        self.rows.iter().filter_map(|r| r["judge_failures"].as_object()).flat_map(|m| m.values()).filter_map(J::as_f64).sum::<f64>() + 0.0 // an empty f64 sum is -0.0
+    }
+
+    /// The metrics of the run's last evaluation.
+    fn last_eval(&self) -> BTreeMap<String, f64> {
+        self.rows
+            .iter()
+            .rev()
+            .find_map(|r| r["eval"].as_object().filter(|m| !m.is_empty()))
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{0}: no runs here (a run directory holds plan.json and metrics.jsonl); point at results/NAME")]
+    NoRuns(String),
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+    #[error("writing {path}: {message}")]
+    Write { path: String, message: String },
+}
+
+/// Read every run directory directly under `root`.
+pub fn collect(root: &Path) -> Result<Vec<RunData>, ReportError> {
+    let rd = std::fs::read_dir(root).map_err(|e| ReportError::Read { path: root.display().to_string(), message: e.to_string() })?;
+    let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.join("plan.json").is_file()).collect();
+    dirs.sort();
+    let mut runs = Vec::new();
+    for d in dirs {
+        let read = |f: &str| {
+            std::fs::read_to_string(d.join(f))
+                .map_err(|e| ReportError::Read { path: d.join(f).display().to_string(), message: e.to_string() })
+        };
+        let plan: Plan = serde_json::from_str(&read("plan.json")?).map_err(|e| ReportError::Read {
+            path: d.join("plan.json").display().to_string(),
+            message: format!("not a plan of this mpo version: {e}"),
+        })?;
+        let manifest = read("manifest.json").ok().and_then(|t| serde_json::from_str(&t).ok());
+        let rows: Vec<J> = read("metrics.jsonl").unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        runs.push(RunData { dir: d, plan, manifest, rows });
+    }
+    if runs.is_empty() {
+        return Err(ReportError::NoRuns(root.display().to_string()));
+    }
+    Ok(runs)
+}
+
+fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    Some((m, (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt()))
+}
+
+fn pm(xs: &[f64]) -> String {
+    mean_std(xs).map(|(m, s)| format!("{m:.3} ± {s:.3}")).unwrap_or_else(|| "-".into())
+}
+
+/// One row of the report table.
+#[derive(Debug, Clone)]
+pub struct GroupRow {
+    pub group: String,
+    pub runs: usize,
+    pub finished: usize,
+    pub columns: Vec<(String, Vec<f64>)>,
+}
+
+/// Aggregate runs by group, in order of first appearance of each group in cell order.
+pub fn aggregate(runs: &[RunData]) -> Vec<GroupRow> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by: BTreeMap<String, Vec<&RunData>> = BTreeMap::new();
+    let mut sorted: Vec<&RunData> = runs.iter().collect();
+    sorted.sort_by_key(|r| r.plan.cell.as_ref().map(|c| c.index).unwrap_or(0));
+    for r in sorted {
+        let g = r.group();
+        if !by.contains_key(&g) {
+            order.push(g.clone());
+        }
+        by.entry(g).or_default().push(r);
+    }
+    let eval_keys: Vec<String> = {
+        let mut k: Vec<String> = runs.iter().flat_map(|r| r.last_eval().into_keys()).collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    order
+        .into_iter()
+        .map(|g| {
+            let rs = &by[&g];
+            let col = |f: &dyn Fn(&RunData) -> Option<f64>| rs.iter().filter_map(|r| f(r)).collect::<Vec<f64>>();
+            let mut columns = vec![
+                ("updates".to_string(), col(&|r| r.last("/update"))),
+                ("final reward".to_string(), col(&|r| r.last("/reward/mean"))),
+                ("verified accuracy".to_string(), col(&|r| r.last("/verifier_mean"))),
+                ("kl".to_string(), col(&|r| r.last("/kl"))),
+                ("judge failures".to_string(), col(&|r| Some(r.judge_failures()))),
+                ("rubric versions".to_string(), col(&|r| r.last("/rubric_version"))),
+            ];
+            for k in &eval_keys {
+                columns.push((format!("eval {k}"), col(&|r| r.last_eval().get(k).copied())));
+            }
+            let finished =
+                rs.iter().filter(|r| r.manifest.as_ref().is_some_and(|m| m.status == crate::run::results::Status::Finished)).count();
+            GroupRow { group: g, runs: rs.len(), finished, columns }
+        })
+        .collect()
+}
+
+/// The markdown table.
+pub fn markdown(name: &str, rows: &[GroupRow], runs: &[RunData]) -> String {
+    let mut s = format!("# Report: {name}\n\n");
+    s.push_str(&format!(
+        "{} runs in {} groups; each cell is mean ± std over the group's seeds (final update).\n\n",
+        runs.len(),
+        rows.len()
+    ));
+    if let Some(r) = rows.first() {
+        s.push_str("| factor | runs (finished) |");
+        for (c, _) in &r.columns {
+            s.push_str(&format!(" {c} |"));
+        }
+        s.push_str("\n|---|---|");
+        s.push_str(&"---|".repeat(r.columns.len()));
+        s.push('\n');
+    }
+    for r in rows {
+        s.push_str(&format!("| {} | {} ({}) |", r.group, r.runs, r.finished));
+        for (_, xs) in &r.columns {
+            s.push_str(&format!(" {} |", pm(xs)));
+        }
+        s.push('\n');
+    }
+    s.push_str("\n![reward](reward.svg)\n\n![verified accuracy](verifier.svg)\n\n");
+    s.push_str("Markers show the updates after which the meta-reward step switched to a new rubric.\n\n## Runs\n\n");
+    s.push_str("| run id | factors | status | updates | rubric changes at |\n|---|---|---|---|---|\n");
+    for r in runs {
+        let label = r.plan.cell.as_ref().map(|c| c.label.clone()).unwrap_or_default();
+        let status = r.manifest.as_ref().map(|m| format!("{:?}", m.status).to_lowercase()).unwrap_or_else(|| "-".into());
+        let changes: Vec<String> = r.rubric_changes().iter().map(|u| format!("{u}")).collect();
+        s.push_str(&format!(
+            "| {} | {label} | {status} | {} | {} |\n",
+            r.plan.run_id,
+            r.rows.len(),
+            if changes.is_empty() { "-".into() } else { changes.join(", ") }
+        ));
+    }
+    s
+}
+
+/// The CSV table: one row per group, mean and std columns per metric.
+pub fn csv(rows: &[GroupRow]) -> String {
+    let q = |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
+    let mut s = String::from("factor,runs,finished");
+    if let Some(r) = rows.first() {
+        for (c, _) in &r.columns {
+            let c = c.replace(' ', "_");
+            s.push_str(&format!(",{c}_mean,{c}_std"));
+        }
+    }
+    s.push('\n');
+    for r in rows {
+        s.push_str(&format!("{},{},{}", q(&r.group), r.runs, r.finished));
+        for (_, xs) in &r.columns {
+            match mean_std(xs) {
+                Some((m, sd)) => s.push_str(&format!(",{m},{sd}")),
+                None => s.push_str(",,"),
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+type Points = Vec<(f64, f64)>;
+
+/// Mean over seeds of a per-update series, per group, with the rubric-change markers.
+fn group_series(runs: &[RunData], pointer: &str) -> Vec<(String, Points, Points)> {
+    let mut order: Vec<String> = Vec::new();
+    type Acc = (BTreeMap<u64, Vec<f64>>, Vec<f64>);
+    let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut sorted: Vec<&RunData> = runs.iter().collect();
+    sorted.sort_by_key(|r| r.plan.cell.as_ref().map(|c| c.index).unwrap_or(0));
+    for r in sorted {
+        let g = r.group();
+        if !acc.contains_key(&g) {
+            order.push(g.clone());
+        }
+        let e = acc.entry(g).or_default();
+        for (u, y) in r.series(pointer) {
+            e.0.entry(u as u64).or_default().push(y);
+        }
+        e.1.extend(r.rubric_changes());
+    }
+    order
+        .into_iter()
+        .map(|g| {
+            let (pts, changes) = &acc[&g];
+            let line: Vec<(f64, f64)> = pts.iter().map(|(u, ys)| (*u as f64, ys.iter().sum::<f64>() / ys.len() as f64)).collect();
+            let mut marks: Vec<(f64, f64)> = changes.iter().filter_map(|u| line.iter().find(|(x, _)| x == u).copied()).collect();
+            marks.sort_by(|a, b| a.0.total_cmp(&b.0));
+            marks.dedup();
+            (g, line, marks)
+        })
+        .collect()
+}
+
+/// Draw one metric against update as an SVG.
+pub fn plot(path: &Path, title: &str, y_label: &str, runs: &[RunData], pointer: &str) -> Result<(), ReportError> {
+    let err = |e: String| ReportError::Write { path: path.display().to_string(), message: e };
+    let series = group_series(runs, pointer);
+    let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
+    let x_max = xs.fold(1.0f64, f64::max);
+    let ys: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).collect();
+    let (mut y0, mut y1) = (ys.iter().cloned().fold(f64::INFINITY, f64::min), ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
+    if !y0.is_finite() {
+        (y0, y1) = (0.0, 1.0);
+    }
+    let pad = ((y1 - y0) * 0.1).max(0.05);
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..x_max, (y0 - pad)..(y1 + pad))
+        .map_err(|e| err(e.to_string()))?;
+    chart.configure_mesh().x_desc("update").y_desc(y_label).draw().map_err(|e| err(e.to_string()))?;
+    for (i, (g, line, marks)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(line.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| err(e.to_string()))?
+            .label(g.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(marks.iter().map(|&(x, y)| TriangleMarker::new((x, y), 7, color.filled()))).map_err(|e| err(e.to_string()))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// What `report` wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub markdown: PathBuf,
+    pub csv: PathBuf,
+    pub plots: Vec<PathBuf>,
+    pub table: String,
+}
+
+/// Build the whole report for `root` into `out` (default: `root`).
+pub fn report(root: &Path, out: Option<&Path>) -> Result<Written, ReportError> {
+    let runs = collect(root)?;
+    let out = out.unwrap_or(root);
+    std::fs::create_dir_all(out).map_err(|e| ReportError::Write { path: out.display().to_string(), message: e.to_string() })?;
+    let name = runs[0].plan.name.clone();
+    let rows = aggregate(&runs);
+    let md = markdown(&name, &rows, &runs);
+    let write = |p: &Path, text: &str| {
+        crate::fsx::write_atomic(p, text.as_bytes())
+            .map_err(|e| ReportError::Write { path: p.display().to_string(), message: e.to_string() })
+    };
+    let (mdp, csvp) = (out.join("report.md"), out.join("report.csv"));
+    write(&mdp, &md)?;
+    write(&csvp, &csv(&rows))?;
+    let (rp, vp) = (out.join("reward.svg"), out.join("verifier.svg"));
+    plot(&rp, &format!("{name}: mean reward"), "reward", &runs, "/reward/mean")?;
+    plot(&vp, &format!("{name}: verified accuracy"), "verifier", &runs, "/verifier_mean")?;
+    let mut table = vec![vec![
+        "factor".to_string(),
+        "runs".into(),
+        "final reward".into(),
+        "verified accuracy".into(),
+        "kl".into(),
+        "rubric versions".into(),
+    ]];
+    for r in &rows {
+        let get = |n: &str| r.columns.iter().find(|(c, _)| c == n).map(|(_, xs)| pm(xs)).unwrap_or_default();
+        table.push(vec![
+            r.group.clone(),
+            format!("{} ({} finished)", r.runs, r.finished),
+            get("final reward"),
+            get("verified accuracy"),
+            get("kl"),
+            get("rubric versions"),
+        ]);
+    }
+    Ok(Written { markdown: mdp, csv: csvp, plots: vec![rp, vp], table: crate::sweep::table(&table) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_population_std() {
+        assert_eq!(mean_std(&[1.0, 3.0]), Some((2.0, 1.0)));
+        assert_eq!(mean_std(&[]), None);
+        assert_eq!(pm(&[0.5]), "0.500 ± 0.000");
+    }
+}

@@ -1,0 +1,167 @@
+//! Sweeps, Slurm emission, reports and evaluation end to end on the tiny random model.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value as J;
+
+const SPEC: &str = "tests/specs/valid/tiny_sweep.yaml";
+
+fn root(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("mpo-sweep-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+fn mpo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mpo")).args(args).output().unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn run_dirs(results: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(results).unwrap().flatten().map(|e| e.path()).filter(|p| p.join("plan.json").exists()).collect();
+    v.sort();
+    v
+}
+
+fn json(p: &Path) -> J {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+#[test]
+fn sweep_report_eval_and_elo() {
+    let r = root("local");
+    let root_arg = format!("output.root={}", r.display());
+    let out = ok(&mpo(&["sweep", SPEC, &root_arg, "--jobs", "2"]));
+    assert!(out.contains("all 2 cells finished"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains("finished")).count(), 3, "{out}");
+    // a second sweep skips both cells
+    let again = ok(&mpo(&["sweep", SPEC, &root_arg]));
+    assert_eq!(again.lines().filter(|l| l.contains("  skipped")).count(), 2, "{again}");
+
+    let results = r.join("tiny-sweep");
+    let table = ok(&mpo(&["report", results.to_str().unwrap()]));
+    assert!(table.contains("meta.every=never") && table.contains("meta.every=1"), "{table}");
+    let md = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(md.contains("| meta.every=1 | 1 (1) |"), "{md}");
+    let csv = std::fs::read_to_string(results.join("report.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("factor,runs,finished,updates_mean,updates_std,final_reward_mean"), "{csv}");
+    assert!(csv.lines().nth(1).unwrap().starts_with("meta.every=never,1,1,2,0,"), "{csv}");
+    for svg in ["reward.svg", "verifier.svg"] {
+        let s = std::fs::read_to_string(results.join(svg)).unwrap();
+        assert!(s.starts_with("<svg") && s.contains("<polyline"), "{svg}");
+        assert!(s.contains("meta.every=1"), "{svg} has a legend");
+    }
+
+    // eval: the latest checkpoint gives the in-run evaluation's responses (same stream)
+    let dirs = run_dirs(&results);
+    assert_eq!(dirs.len(), 2);
+    let d = dirs[0].to_str().unwrap();
+    let e = ok(&mpo(&["eval", d, "--checkpoint", "2"]));
+    assert!(e.contains("checkpoint-000002 on 4 test prompts") && e.contains("accuracy"), "{e}");
+    let metrics = json(&dirs[0].join("eval/checkpoint-000002.json"));
+    assert_eq!(metrics["samples"], 4);
+    assert_eq!(
+        std::fs::read_to_string(dirs[0].join("eval/checkpoint-000002.jsonl")).unwrap(),
+        std::fs::read_to_string(dirs[0].join("eval/update-000002.jsonl")).unwrap()
+    );
+    ok(&mpo(&["eval", d, "--checkpoint", "base"]));
+    let missing = mpo(&["eval", d, "--checkpoint", "7"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no checkpoint of update 7; saved: 2"));
+
+    // Elo between the two cells and the base model's responses
+    let base = dirs[0].join("eval/base.jsonl");
+    let elo = ok(&mpo(&[
+        "eval",
+        "--elo",
+        dirs[0].to_str().unwrap(),
+        dirs[1].to_str().unwrap(),
+        base.to_str().unwrap(),
+        "--matches",
+        "4",
+        "--bootstrap",
+        "20",
+    ]));
+    assert!(elo.contains("rank"), "{elo}");
+    let t = json(&results.join("elo/elo.json"));
+    assert_eq!(t["standings"].as_array().unwrap().len(), 3);
+    assert_eq!(t["matches"].as_u64().unwrap() + t["unreadable"].as_u64().unwrap(), 12);
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+#[test]
+fn slurm_script_passes_bash_n_and_runs_one_cell() {
+    let r = root("slurm");
+    let root_arg = format!("output.root={}", r.display());
+    let out_dir = r.join("slurm");
+    ok(&mpo(&[
+        "sweep",
+        SPEC,
+        &root_arg,
+        "--emit",
+        "slurm",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--partition",
+        "gpu",
+        "--gpus-per-task",
+        "0",
+        "--max-parallel",
+        "4",
+    ]));
+    let script = out_dir.join("sweep.sbatch");
+    let text = std::fs::read_to_string(&script).unwrap();
+    for want in
+        ["#SBATCH --array=0-1%4", "#SBATCH --partition=gpu", "#SBATCH --requeue", "run --plan", "vllm serve", "sglang.launch_server"]
+    {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    assert!(!text.contains("#SBATCH --gres"), "no GPUs asked for");
+    let syntax = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
+    let plans = json(&out_dir.join("plans.json"));
+    assert_eq!(plans["runs"].as_array().unwrap().len(), 2);
+
+    // outside Slurm without a task id: a clear error
+    let no_id = Command::new("bash").arg(&script).env("MPO", env!("CARGO_BIN_EXE_mpo")).env_remove("SLURM_ARRAY_TASK_ID").output().unwrap();
+    assert!(!no_id.status.success());
+    assert!(String::from_utf8_lossy(&no_id.stderr).contains("SLURM_ARRAY_TASK_ID"));
+
+    // array task 1, run by hand: cell 1 runs and finishes in its run-id directory
+    let run = Command::new("bash").arg(&script).env("MPO", env!("CARGO_BIN_EXE_mpo")).env("SLURM_ARRAY_TASK_ID", "1").output().unwrap();
+    ok(&run);
+    let id = plans["runs"][1]["run_id"].as_str().unwrap();
+    let manifest = json(&r.join("tiny-sweep").join(id).join("manifest.json"));
+    assert_eq!(manifest["status"], "finished");
+    assert!(!r.join("tiny-sweep").join(plans["runs"][0]["run_id"].as_str().unwrap()).exists(), "only cell 1 ran");
+    // a requeued task finds its run finished
+    let requeued =
+        Command::new("bash").arg(&script).env("MPO", env!("CARGO_BIN_EXE_mpo")).env("SLURM_ARRAY_TASK_ID", "1").output().unwrap();
+    assert!(String::from_utf8_lossy(&ok(&requeued).into_bytes()).contains("already finished"));
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+#[test]
+fn a_spec_evaluates_its_base_model_and_training_keeps_it() {
+    let r = root("base");
+    let root_arg = format!("output.root={}", r.display());
+    let spec = "tests/specs/valid/tiny.yaml";
+    let e = ok(&mpo(&["eval", spec, &root_arg]));
+    assert!(e.contains("base on 4 test prompts"), "{e}");
+    let name = r.join("tiny");
+    let dir = std::fs::read_dir(&name).unwrap().next().unwrap().unwrap().path();
+    let before = std::fs::read_to_string(dir.join("eval/base.jsonl")).unwrap();
+    ok(&mpo(&["run", spec, &root_arg, "--quiet"]));
+    assert_eq!(std::fs::read_to_string(dir.join("eval/base.jsonl")).unwrap(), before, "training keeps the base evaluation");
+    assert!(dir.join("eval/update-000003.jsonl").exists());
+    let bad = mpo(&["eval", spec, &root_arg, "--checkpoint", "3"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&r);
+}
