@@ -134,29 +134,32 @@ pub struct GroupRow {
     pub columns: Vec<(String, Vec<f64>)>,
 }
 
-/// Aggregate runs by group, in order of first appearance of each group in cell order.
-pub fn aggregate(runs: &[RunData]) -> Vec<GroupRow> {
-    let mut order: Vec<String> = Vec::new();
-    let mut by: BTreeMap<String, Vec<&RunData>> = BTreeMap::new();
+/// Runs by group, groups in order of their first cell.
+fn groups(runs: &[RunData]) -> Vec<(String, Vec<&RunData>)> {
     let mut sorted: Vec<&RunData> = runs.iter().collect();
     sorted.sort_by_key(|r| r.plan.cell.as_ref().map(|c| c.index).unwrap_or(0));
+    let mut out: Vec<(String, Vec<&RunData>)> = Vec::new();
     for r in sorted {
         let g = r.group();
-        if !by.contains_key(&g) {
-            order.push(g.clone());
+        match out.iter_mut().find(|(k, _)| *k == g) {
+            Some((_, v)) => v.push(r),
+            None => out.push((g, vec![r])),
         }
-        by.entry(g).or_default().push(r);
     }
+    out
+}
+
+/// Aggregate runs by group.
+pub fn aggregate(runs: &[RunData]) -> Vec<GroupRow> {
     let eval_keys: Vec<String> = {
         let mut k: Vec<String> = runs.iter().flat_map(|r| r.last_eval().into_keys()).collect();
         k.sort();
         k.dedup();
         k
     };
-    order
+    groups(runs)
         .into_iter()
-        .map(|g| {
-            let rs = &by[&g];
+        .map(|(g, rs)| {
             let col = |f: &dyn Fn(&RunData) -> Option<f64>| rs.iter().filter_map(|r| f(r)).collect::<Vec<f64>>();
             let mut columns = vec![
                 ("updates".to_string(), col(&|r| r.last("/update"))),
@@ -245,26 +248,17 @@ type Points = Vec<(f64, f64)>;
 
 /// Mean over seeds of a per-update series, per group, with the rubric-change markers.
 fn group_series(runs: &[RunData], pointer: &str) -> Vec<(String, Points, Points)> {
-    let mut order: Vec<String> = Vec::new();
-    type Acc = (BTreeMap<u64, Vec<f64>>, Vec<f64>);
-    let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
-    let mut sorted: Vec<&RunData> = runs.iter().collect();
-    sorted.sort_by_key(|r| r.plan.cell.as_ref().map(|c| c.index).unwrap_or(0));
-    for r in sorted {
-        let g = r.group();
-        if !acc.contains_key(&g) {
-            order.push(g.clone());
-        }
-        let e = acc.entry(g).or_default();
-        for (u, y) in r.series(pointer) {
-            e.0.entry(u as u64).or_default().push(y);
-        }
-        e.1.extend(r.rubric_changes());
-    }
-    order
+    groups(runs)
         .into_iter()
-        .map(|g| {
-            let (pts, changes) = &acc[&g];
+        .map(|(g, rs)| {
+            let mut pts: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+            let mut changes = Vec::new();
+            for r in rs {
+                for (u, y) in r.series(pointer) {
+                    pts.entry(u as u64).or_default().push(y);
+                }
+                changes.extend(r.rubric_changes());
+            }
             let line: Vec<(f64, f64)> = pts.iter().map(|(u, ys)| (*u as f64, ys.iter().sum::<f64>() / ys.len() as f64)).collect();
             let mut marks: Vec<(f64, f64)> = changes.iter().filter_map(|u| line.iter().find(|(x, _)| x == u).copied()).collect();
             marks.sort_by(|a, b| a.0.total_cmp(&b.0));
