@@ -212,9 +212,10 @@ fn step(
     out.merged_raw = Some(merged.clone());
     let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
     rubric.validate(cfg.max_items).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
-    if rubric.preamble.is_empty() {
-        rubric.preamble = current.preamble.clone();
-    }
+    // The meta stages rewrite the items; the rubric's title and grading instructions stay.
+    // Text a meta judge writes before the first item is chatter ("Here is the improved
+    // rubric:") more often than instructions; it stays in the history's raw output.
+    rubric.preamble = current.preamble.clone();
     if rubric.items == current.items {
         return Err("the merged rubric is the current one".into());
     }
@@ -285,7 +286,9 @@ mod tests {
     #[test]
     fn merged_rubric_becomes_the_next_version() {
         let current = Rubric::parse("# Preamble\n## Correct (0-4)\n").unwrap();
-        let mut j = StageJudge { merged: "## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.".into() };
+        let mut j = StageJudge {
+            merged: "Here is the improved rubric:\n## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.".into(),
+        };
         let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
         let r = o.result.unwrap();
         assert_eq!(r.items.len(), 2);

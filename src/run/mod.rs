@@ -745,7 +745,14 @@ fn truncate_after(dir: &RunDir, history: &History, update: u32, version: u32) ->
 pub(crate) fn plan_template(plan: &Plan, kind: TemplateKind) -> Result<crate::spec::validate::TemplateFile, RunError> {
     let info =
         plan.inputs.templates.get(kind.as_str()).ok_or_else(|| RunError::Config(format!("the plan has no {} template", kind.as_str())))?;
-    let text = std::fs::read_to_string(&info.path).map_err(|e| RunError::Config(format!("reading {}: {e}", info.path)))?;
+    let text = std::fs::read_to_string(&info.path).map_err(|e| {
+        let hint = if Path::new(&info.path).is_relative() {
+            " (a plan's relative paths resolve against the directory it was made in: run from there)"
+        } else {
+            ""
+        };
+        RunError::Config(format!("reading {}: {e}{hint}", info.path))
+    })?;
     let sha = crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
     if sha != info.sha256 {
         return Err(RunError::Config(format!(
