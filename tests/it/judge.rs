@@ -134,7 +134,7 @@ fn reward_cfg(retries: u32, policy: FailurePolicy) -> RewardConfig {
 #[test]
 fn out_of_range_scores_are_retried_then_handled_by_policy() {
     let rubric = Rubric::parse("## Correct (0-4)\n## Clear (0-2)\n").unwrap();
-    let rec = json!({"answer": "4"});
+    let rec = json!({"problem": "2+2?", "answer": "4"});
     let rs = vec![Rollout { id: "u1-r0".into(), question: "2+2?".into(), response: "\\boxed{4}".into(), record: &rec }];
     let stub = Stub::start(|_| Reply::Text("Correct: 7\nClear: 1".into())).unwrap();
     let mut j = judge(vec![stub.url.clone()], 0, 2000);
