@@ -91,7 +91,9 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
         s.push_str(&format!("#SBATCH --account={a}\n"));
     }
     s.push_str("#SBATCH --requeue\n");
-    s.push_str("#SBATCH --signal=B:INT@120\n\n");
+    // SIGINT to the batch shell 5 minutes before the time limit; the shell forwards it to mpo,
+    // which finishes its update, checkpoints and exits (a re-submitted task resumes).
+    s.push_str("#SBATCH --signal=B:INT@300\n\n");
     s.push_str("set -euo pipefail\n");
     s.push_str(&format!("MPO=\"${{MPO:-{}}}\"\n", exe.display()));
     s.push_str(&format!("PLANS={}\n", sh_quote(&plans_file.display().to_string())));
@@ -124,7 +126,15 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
     let first = env_names.first().copied().unwrap_or("OPENAI_BASE_URL");
     s.push_str(&format!("#   export {first}=http://localhost:8000/v1\n"));
     s.push_str("# ------------------------------------------------------------------------------------------\n\n");
-    s.push_str("\"$MPO\" run --plan \"$PLANS\" --cell \"$SLURM_ARRAY_TASK_ID\" --quiet\n");
+    s.push_str("# mpo runs in the background so this shell can forward Slurm's INT (sent before the time\n");
+    s.push_str("# limit): mpo then checkpoints and stops; re-submitting resumes from that checkpoint.\n");
+    s.push_str("trap 'kill -INT \"$MPO_PID\" 2>/dev/null' INT TERM\n");
+    s.push_str("\"$MPO\" run --plan \"$PLANS\" --cell \"$SLURM_ARRAY_TASK_ID\" --quiet &\n");
+    s.push_str("MPO_PID=$!\n");
+    s.push_str("status=0; wait \"$MPO_PID\" || status=$?\n");
+    s.push_str("# a trapped signal ends the first wait early: wait again for mpo's own exit status\n");
+    s.push_str("if kill -0 \"$MPO_PID\" 2>/dev/null; then status=0; wait \"$MPO_PID\" || status=$?; fi\n");
+    s.push_str("exit \"$status\"\n");
     s
 }
 

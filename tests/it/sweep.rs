@@ -165,3 +165,36 @@ fn a_spec_evaluates_its_base_model_and_training_keeps_it() {
     assert_eq!(bad.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&r);
 }
+
+/// Slurm signals the batch shell before the time limit; the script forwards it to mpo, which
+/// checkpoints and stops (exit 130), so a re-submitted task resumes.
+#[test]
+fn the_slurm_script_forwards_the_time_limit_signal_to_mpo() {
+    let r = root("signal");
+    let root_arg = format!("output.root={}", r.display());
+    let out_dir = r.join("slurm");
+    ok(&mpo(&["sweep", SPEC, &root_arg, "ppo.total_episodes=800", "--emit", "slurm", "--out", out_dir.to_str().unwrap()]));
+    let plans = json(&out_dir.join("plans.json"));
+    let run = r.join("tiny-sweep").join(plans["runs"][0]["run_id"].as_str().unwrap());
+    let mut child = Command::new("bash")
+        .arg(out_dir.join("sweep.sbatch"))
+        .env("MPO", env!("CARGO_BIN_EXE_mpo"))
+        .env("SLURM_ARRAY_TASK_ID", "0")
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map(|m| m.lines().count()).unwrap_or(0) < 1 {
+        assert!(t0.elapsed().as_secs() < 120, "no update within 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "mpo stopped on the forwarded signal");
+    let manifest = json(&run.join("manifest.json"));
+    assert_eq!(manifest["status"], "interrupted");
+    let done = manifest["updates_done"].as_u64().unwrap();
+    assert!((1..200).contains(&done), "{done}");
+    assert!(run.join("checkpoints/LATEST").exists());
+    let _ = std::fs::remove_dir_all(&r);
+}
