@@ -13,7 +13,7 @@ use serde_json::{Value as J, json};
 use super::RunError;
 use super::results::RunDir;
 use crate::model::Llama;
-use crate::model::generate::{Sampling, generate};
+use crate::model::generate::generate;
 use crate::model::tokenizer::Tok;
 use crate::spec::Spec;
 use crate::spec::validate::TemplateFile;
@@ -47,14 +47,7 @@ pub fn evaluate<B: Backend>(
     for &i in &idx {
         prompts.push(super::policy_prompt(spec, template, tok, chat_override, &records[i])?);
     }
-    let s = Sampling {
-        max_new_tokens: spec.ppo.response_length,
-        temperature: spec.eval.temperature as f32,
-        top_p: spec.policy.top_p as f32,
-        top_k: spec.policy.top_k,
-        stop_ids: tok.stop_ids.clone(),
-        stop_strings: spec.policy.stop.clone(),
-    };
+    let s = super::policy_sampling(spec, tok, spec.eval.temperature);
     let mut responses = Vec::with_capacity(prompts.len());
     for (c, chunk) in prompts.chunks(spec.runtime.rollout_batch.max(1)).enumerate() {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.1.clone()).collect();

@@ -318,6 +318,18 @@ fn prompt_indices(seed: u64, available: usize, used: usize, per_update: usize, u
     out
 }
 
+/// How the policy samples (rollouts and evaluations differ only in temperature).
+pub(crate) fn policy_sampling(spec: &Spec, tok: &Tok, temperature: f64) -> Sampling {
+    Sampling {
+        max_new_tokens: spec.ppo.response_length,
+        temperature: temperature as f32,
+        top_p: spec.policy.top_p as f32,
+        top_k: spec.policy.top_k,
+        stop_ids: tok.stop_ids.clone(),
+        stop_strings: spec.policy.stop.clone(),
+    }
+}
+
 /// The policy prompt of a record: the task template, the optional system message, the chat
 /// template. Returns (prompt text, chat-formatted token ids).
 pub(crate) fn policy_prompt(
@@ -485,14 +497,7 @@ fn execute<B: AutodiffBackend>(
             }
         }
         let gen_model = tr.policy.valid();
-        let sampling = Sampling {
-            max_new_tokens: spec.ppo.response_length,
-            temperature: spec.ppo.temperature as f32,
-            top_p: spec.policy.top_p as f32,
-            top_k: spec.policy.top_k,
-            stop_ids: tok.stop_ids.clone(),
-            stop_strings: spec.policy.stop.clone(),
-        };
+        let sampling = policy_sampling(spec, &tok, spec.ppo.temperature);
         let mut gens = Vec::with_capacity(prompts.len());
         for (c, chunk) in prompts.chunks(batch.max(1)).enumerate() {
             let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.2.clone()).collect();
