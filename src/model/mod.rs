@@ -122,8 +122,8 @@ pub fn configure_kernel_cache() {
     });
 }
 
-/// Run `job` on `backend` (device `index` for GPUs). A backend that is not compiled in is an
-/// error naming the cargo feature.
+/// Run `job` on `backend` (device `index` for GPUs). A backend that is not compiled in, or a
+/// GPU that cannot be opened (no driver, no device), is an error that says so.
 pub fn dispatch<J: BackendJob>(backend: crate::spec::Backend, index: usize, job: J) -> Result<J::Output, String> {
     use crate::spec::Backend as Bk;
     let _ = index;
@@ -136,11 +136,58 @@ pub fn dispatch<J: BackendJob>(backend: crate::spec::Backend, index: usize, job:
         Bk::Cpu => Ok(job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default(), "cpu")),
         #[cfg(feature = "wgpu")]
         Bk::Wgpu => {
-            Ok(job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(burn::backend::wgpu::WgpuDevice::DiscreteGpu(index), "wgpu"))
+            use burn::backend::wgpu::WgpuDevice;
+            // Device 0 is the adapter wgpu ranks best (a discrete GPU where there is one).
+            let device = if index == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(index) };
+            probe::<burn::backend::Wgpu>(
+                &device,
+                "wgpu",
+                index,
+                "a GPU with Vulkan, Metal or DirectX 12 drivers (on Linux: the Vulkan loader libvulkan1 and the vendor's ICD)",
+            )?;
+            Ok(job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(device, "wgpu"))
         }
         #[cfg(feature = "cuda")]
-        Bk::Cuda => Ok(job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(index), "cuda")),
+        Bk::Cuda => {
+            let device = burn::backend::cuda::CudaDevice::new(index);
+            probe::<burn::backend::Cuda>(&device, "cuda", index, "an NVIDIA GPU with its driver (libcuda) and NVRTC on the library path")?;
+            Ok(job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(device, "cuda"))
+        }
         #[allow(unreachable_patterns)]
         other => Err(format!("backend `{}` is not compiled into this mpo; rebuild with `--features {}`", other.as_str(), other.feature())),
+    }
+}
+
+/// Open `device` with one tiny computation. cubecl panics (on its device thread) when a
+/// driver or device is missing; this turns that into an error naming the cause.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn probe<B: Backend>(device: &B::Device, name: &str, index: usize, needs: &str) -> Result<(), String> {
+    use std::sync::{Arc, Mutex};
+    let messages: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = messages.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let m = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+        sink.lock().unwrap_or_else(|e| e.into_inner()).push(m.unwrap_or_else(|| "unknown panic".into()));
+    }));
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let t = Tensor::<B, 1>::ones([4], device).sum();
+        t.into_data().convert::<f32>().to_vec::<f32>().map(|v| v.first().copied() == Some(4.0)).unwrap_or(false)
+    }));
+    std::panic::set_hook(previous);
+    let cause = |m: &[String]| {
+        // The device thread's message is the cause; the caller's is a closed channel.
+        let first = m.first().map(String::as_str).unwrap_or("no message");
+        let short: String = first.chars().take(200).collect();
+        if short.len() < first.len() { format!("{short}...") } else { short }
+    };
+    match ok {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("the {name} backend opened device {index}, but 1+1+1+1 did not come back as 4; the driver is not usable")),
+        Err(_) => Err(format!(
+            "the {name} backend could not open device {index}: {}\n = help: {name} needs {needs}; `runtime.backend: cpu` runs anywhere",
+            cause(&messages.lock().unwrap_or_else(|e| e.into_inner()))
+        )),
     }
 }
