@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The GPU checks of the models and run issues, as one prepared script for a lent GPU machine
+# (no registry, no Rust, ~15 minutes of device time in all). Three steps:
+#
+#   scripts/gpu_check.sh prepare   # here, on the CPU machine: build mpo with cuda + wgpu,
+#                                  # strip + xz it, split the demo GGUF in two, fetch the
+#                                  # Vulkan loader packages; all into .devbin/ (git-ignored)
+#   # then two device calls at most 30 s apart (a machine stays warm 30 s after a call;
+#   # the GGUF is 94 MiB and one call carries at most 64 MiB):
+#   run carry=[.devbin/mpo.xz, .devbin/gguf.a, .devbin/gl]  command="scripts/gpu_check.sh stage"
+#   run carry=[.devbin/gguf.b]  timeout_s=600              command="scripts/gpu_check.sh measure"
+#
+# `measure` runs, most important first, each under a timeout capped by a deadline
+# (GPU_CHECK_BUDGET_S, default 540 s): the generation and training benchmarks on cuda, the
+# demo spec on cuda (6 updates), the same on wgpu, and a CPU baseline of the demo on the
+# device's own cores (2 updates) so the step-time ratio comes from one machine. Everything is
+# tee'd to $OUT/gpu_check.log; $OUT/summary.txt has the figures for BENCHMARKS.md. burn
+# compiles and autotunes kernels on first use (minutes on cuda); the cache goes to
+# $MPO_CACHE_DIR/cubecl, so the wgpu and later cuda steps reuse what the first one paid for.
+#
+# Dry run here (CPU only, tiny budget): GPU_CHECK_BACKENDS=cpu OUT=/tmp/gc scripts/gpu_check.sh measure
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+DEV=.devbin
+STAGE=${GPU_CHECK_STAGE:-/tmp/mpo-gpu-check}
+export MPO_CACHE_DIR=${MPO_CACHE_DIR:-$STAGE/cache}
+GGUF=$MPO_CACHE_DIR/models/smollm2-135m-instruct.gguf
+
+prepare() {
+    set -e
+    mkdir -p "$DEV/gl"
+    echo "building mpo with cuda + wgpu (CUDA 13 driver API, as the GPU machines have)"
+    CUDARC_CUDA_VERSION=13000 cargo build --release --locked --features cuda,wgpu
+    strip -o "$DEV/mpo" target/release/mpo
+    xz -T2 -9 -f "$DEV/mpo"
+    local model
+    model=$(./target/release/mpo fetch smollm2-135m-instruct | tail -n 1)
+    [ -f "$model" ] || { echo "error: mpo fetch printed no model path (got: $model)" >&2; exit 1; }
+    local half=$(( ($(stat -c %s "$model") + 1) / 2 ))
+    head -c "$half" "$model" > "$DEV/gguf.a"
+    tail -c +"$(( half + 1 ))" "$model" > "$DEV/gguf.b"
+    # Vulkan/EGL loaders for wgpu (the GPU image has the NVIDIA driver but not the loader).
+    local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+    mkdir -p /tmp/amd64/partial
+    # shellcheck disable=SC2086
+    apt-get $o update -qq && (cd "$DEV/gl" && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+    du -b "$DEV/mpo.xz" "$DEV/gguf.a" "$DEV/gguf.b" "$DEV"/gl/*.deb | awk '{s+=$1; print} END {printf "total %.1f MiB (first call carries mpo.xz + gguf.a + gl, second gguf.b; 64 MiB each)\n", s/1048576}'
+}
+
+stage() {
+    mkdir -p "$STAGE/bin" "$(dirname "$GGUF")"
+    xz -dc "$DEV/mpo.xz" > "$STAGE/bin/mpo" && chmod +x "$STAGE/bin/mpo" || exit 1
+    cp "$DEV/gguf.a" "$GGUF.a" || exit 1
+    for f in "$DEV"/gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    nvidia-smi -L
+    "$STAGE/bin/mpo" --version
+    echo "staged in $STAGE; run \`scripts/gpu_check.sh measure\` with .devbin/gguf.b within 30 s"
+}
+
+measure() {
+    local out=${OUT:-/tmp/mpo-gpu-check-out}
+    mkdir -p "$out"
+    exec > >(tee "$out/gpu_check.log") 2>&1
+    local t0 deadline backends bin
+    t0=$(date +%s)
+    deadline=$(( t0 + ${GPU_CHECK_BUDGET_S:-540} ))
+    backends=${GPU_CHECK_BACKENDS:-cuda wgpu}
+    bin=$STAGE/bin/mpo
+    [ -x "$bin" ] || bin=target/release/mpo
+    if [ -f "$DEV/gguf.b" ] && [ -f "$GGUF.a" ]; then
+        cat "$GGUF.a" "$DEV/gguf.b" > "$GGUF.part" && rm -f "$GGUF.a" && mv "$GGUF.part" "$GGUF"
+    fi
+    [ -f "$GGUF" ] || "$bin" fetch smollm2-135m-instruct || exit 1
+    if [ -d /usr/local/nvidia/share/vulkan/icd.d ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
+        export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    fi
+    # cubecl-cuda needs NVRTC: take it from the CUDA toolkit or PyTorch's wheels.
+    if ! ldconfig -p | grep -q 'libnvrtc\.so'; then
+        local nv
+        nv=$(python3 -c "import glob,site,os; c=sorted(p for s in site.getsitepackages() for p in glob.glob(os.path.join(s,'nvidia','**','libnvrtc.so*'),recursive=True)); print(os.path.dirname(c[0]) if c else '')" 2>/dev/null)
+        [ -n "$nv" ] && export LD_LIBRARY_PATH="$nv${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    fi
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    "$bin" --version
+
+    : > "$out/summary.txt"
+    # step NAME TMAX CMD...: run under min(TMAX, time left); the last lines go to the summary.
+    step() {
+        local name=$1 tmax=$2 left rc s
+        shift 2
+        left=$(( deadline - $(date +%s) ))
+        if [ "$left" -lt 30 ]; then
+            echo "== $name: skipped, ${left}s left" | tee -a "$out/summary.txt"
+            return
+        fi
+        [ "$left" -lt "$tmax" ] && tmax=$left
+        echo "== [+$(( $(date +%s) - t0 ))s] $name (timeout ${tmax}s): $*"
+        s=$(date +%s)
+        timeout -k 5 "$tmax" "$@" > "$out/$name.txt" 2>&1
+        rc=$?
+        cat "$out/$name.txt"
+        { echo "== $name: exit $rc, $(( $(date +%s) - s )) s"; grep -E 'bench|tok/s|step|load|warm|finished|stopped|error' "$out/$name.txt" | tail -n 12; } >> "$out/summary.txt"
+    }
+    local demo=(run specs/math.yaml)
+    for b in $backends; do
+        step "generate-$b" 200 "$bin" bench generate --backend "$b" --new-tokens 32
+        step "train-$b" 150 "$bin" bench train --backend "$b" --steps 3
+        step "demo-$b" 300 "$bin" "${demo[@]}" "runtime.backend=$b" "output.root=$STAGE/results"
+    done
+    # The baseline: the same spec on this machine's CPU cores, 2 of its 6 updates.
+    step demo-cpu-baseline 200 "$bin" "${demo[@]}" runtime.backend=cpu "output.root=$STAGE/results" ppo.total_episodes=16
+    for m in "$STAGE"/results/math/*/metrics.jsonl; do
+        [ -f "$m" ] || continue
+        python3 - "$m" <<'PY' >> "$out/summary.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+man = json.load(open(sys.argv[1].replace("metrics.jsonl", "manifest.json")))
+parts = ["generate", "judge", "ppo", "meta", "total"]
+mean = {k: sum(r["time_s"][k] for r in rows) / len(rows) for k in parts}
+print(f"{man['backend']} ({man['device']}): {len(rows)} updates, warm-up {man.get('warmup_s', 0):.1f} s; "
+      + "mean per update: " + ", ".join(f"{k} {mean[k]:.2f} s" for k in parts)
+      + "; totals: " + ", ".join(f"{r['time_s']['total']:.1f}" for r in rows))
+PY
+    done
+    echo "== done at +$(( $(date +%s) - t0 ))s"
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    stage) stage ;;
+    measure) measure ;;
+    *) echo "usage: scripts/gpu_check.sh prepare|stage|measure (see the comment at the top)" >&2; exit 2 ;;
+esac
