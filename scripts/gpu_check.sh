@@ -23,8 +23,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 DEV=.devbin
 STAGE=${GPU_CHECK_STAGE:-/tmp/mpo-gpu-check}
-export MPO_CACHE_DIR=${MPO_CACHE_DIR:-$STAGE/cache}
-GGUF=$MPO_CACHE_DIR/models/smollm2-135m-instruct.gguf
+# On the GPU machine everything lives under $STAGE; `prepare` uses the user's own cache.
+[ "${1:-}" = prepare ] || export MPO_CACHE_DIR=${MPO_CACHE_DIR:-$STAGE/cache}
+GGUF=${MPO_CACHE_DIR:-$STAGE/cache}/models/smollm2-135m-instruct.gguf
 
 prepare() {
     set -e
