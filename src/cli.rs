@@ -176,10 +176,11 @@ pub enum Command {
     Grade {
         /// math or ethical_reasoning.
         task: String,
-        #[arg(long)]
+        /// The response (answers may start with `-`: `--response -2`).
+        #[arg(long, allow_hyphen_values = true)]
         response: String,
         /// math: the reference answer or solution (with \boxed{}); ethical_reasoning: RIGHT or WRONG.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         reference: String,
         /// Relative tolerance for numeric equality (math).
         #[arg(long, default_value_t = 1e-6)]

@@ -15,6 +15,8 @@ pub fn normalize(ans: &str) -> String {
     }
     s = s.trim_matches('$').trim().to_string();
     for (from, to) in [
+        // `4{,}036`: the LaTeX thousands separator
+        ("{,}", ","),
         ("\\left", ""),
         ("\\right", ""),
         ("\\displaystyle", ""),
@@ -39,6 +41,11 @@ pub fn normalize(ans: &str) -> String {
         ("\\$", ""),
         ("\\{", "("),
         ("\\}", ")"),
+        // longest first: `\leq` must not become `<=q`
+        ("\\leqslant", "<="),
+        ("\\geqslant", ">="),
+        ("\\leq", "<="),
+        ("\\geq", ">="),
         ("\\le", "<="),
         ("\\ge", ">="),
     ] {
@@ -77,8 +84,15 @@ pub fn normalize(ans: &str) -> String {
     if grouped {
         s.retain(|c| c != ',');
     }
+    // ... and inside braces: `\frac{12}{5,525}`
+    s = braced_grouped().replace_all(&s, |c: &regex::Captures| format!("{{{}}}", c[1].replace(',', ""))).into_owned();
     s = shorthand_args(&s);
     s.trim_end_matches('.').trim_start_matches('+').to_string()
+}
+
+fn braced_grouped() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"\{(-?\d{1,3}(?:,\d{3})+(?:\.\d+)?)\}").expect("static regex"))
 }
 
 /// `\text{cm}` (a unit) disappears; `\text{(A)}` keeps its content.
@@ -479,6 +493,18 @@ mod tests {
             ("(-\\infty, 3]", "(-\\infty,3]"),
             ("\\sqrt[3]{8}", "2"),
             ("-\\frac{3}{2}", "-1.5"),
+            // real MATH test answers written with separators, against what a model writes
+            ("4{,}036", "4036"),
+            ("90{,}900{,}909", "90900909"),
+            ("8{,}880", "8,880"),
+            ("10{,}000", "10000"),
+            ("371,\\!043,\\!400", "371043400"),
+            ("11,\\! 111,\\! 111,\\! 100", "11111111100"),
+            ("\\$15,\\!000", "15000"),
+            ("\\frac{12}{5,\\!525}", "\\frac{12}{5525}"),
+            ("x \\le 3", "x \\leq 3"),
+            ("x \\geq -2", "x\\ge-2"),
+            ("-2", "\\boxed{-2}"),
         ];
         for (a, b) in yes {
             assert!(equivalent(a, b, 1e-6), "{a} should equal {b} (normalized {:?} vs {:?})", normalize(a), normalize(b));
@@ -492,6 +518,8 @@ mod tests {
             ("", "1"),
             ("x^2", "2x"),
             ("\\text{(A)}", "(B)"),
+            ("x \\le 3", "x \\ge 3"),
+            ("4{,}036", "4{,}037"),
         ];
         for (a, b) in no {
             assert!(!equivalent(a, b, 1e-6), "{a} should differ from {b}");

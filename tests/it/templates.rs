@@ -42,4 +42,8 @@ fn grade_exit_codes() {
     assert_eq!(grade(&["ethical_reasoning", "--response", "x", "--reference", "maybe"]), Some(2));
     assert_eq!(grade(&["essay_writing", "--response", "x", "--reference", "y"]), Some(2));
     assert_eq!(grade(&["math", "--response", "x"]), Some(2));
+    // negative answers need no `--`
+    assert_eq!(grade(&["math", "--response", "\\boxed{-2}", "--reference", "-2"]), Some(0));
+    assert_eq!(grade(&["math", "--reference", "-2", "--response", "\\boxed{2}"]), Some(1));
+    assert_eq!(grade(&["math", "--response", "\\boxed{4036}", "--reference", "4{,}036"]), Some(0));
 }
