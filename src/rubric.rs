@@ -1,7 +1,8 @@
 //! Rubrics: the structured scoring guide the judge applies and the meta-reward model rewrites.
 //!
 //! A rubric is markdown: an optional preamble, then one `## Name (min-max)` heading per item
-//! followed by its criteria. Bullets that start with `Award`/`+` and `Deduct`/`Penalize` are
+//! followed by its criteria. A heading without a range before the first item ("## Improved
+//! rubric", which meta judges like to write) is part of the preamble. Bullets that start with `Award`/`+` and `Deduct`/`Penalize` are
 //! kept as explicit point awards and deductions. Parsing is pure and total: any text yields
 //! either a [`Rubric`] or a [`RubricError`] saying what to fix, never a panic — the meta
 //! judge's output is untrusted.
@@ -85,6 +86,7 @@ impl Rubric {
             body.clear();
         };
         let mut in_fence = false;
+        let mut rangeless: Option<(usize, String)> = None;
         for (i, line) in text.lines().enumerate() {
             if line.trim_start().starts_with("```") {
                 in_fence = !in_fence;
@@ -92,6 +94,12 @@ impl Rubric {
             let t = line.trim_end();
             if !in_fence && (t.starts_with("## ") || t.starts_with("### ")) {
                 let Some(c) = heading_re().captures(t) else {
+                    if items.is_empty() {
+                        rangeless.get_or_insert((i + 1, t.to_string()));
+                        preamble.push_str(line);
+                        preamble.push('\n');
+                        continue;
+                    }
                     return Err(RubricError::NoRange { line: i + 1, heading: t.to_string() });
                 };
                 flush(&mut items, &mut body);
@@ -111,13 +119,25 @@ impl Rubric {
         }
         flush(&mut items, &mut body);
         if items.is_empty() {
-            return Err(RubricError::Empty);
+            return Err(match rangeless {
+                Some((line, heading)) => RubricError::NoRange { line, heading },
+                None => RubricError::Empty,
+            });
         }
         let mut out: Vec<Item> = Vec::new();
         for (item, _) in items {
             let key = normalize_name(&item.name);
             match out.iter_mut().find(|o| normalize_name(&o.name) == key) {
                 Some(existing) => {
+                    // The duplicate's lines join the first occurrence's text, so what the judge
+                    // reads and a re-parse of `to_markdown` keep them.
+                    let extra: Vec<&str> = item.description.lines().filter(|l| !existing.description.lines().any(|e| e == *l)).collect();
+                    if !extra.is_empty() {
+                        if !existing.description.is_empty() {
+                            existing.description.push('\n');
+                        }
+                        existing.description.push_str(&extra.join("\n"));
+                    }
                     for a in item.awards {
                         if !existing.awards.contains(&a) {
                             existing.awards.push(a);
@@ -211,6 +231,17 @@ mod tests {
         let r = Rubric::parse("## Clarity (0-2)\n- Award 2 if clear.\n## clarity (0-2)\n- Deduct 1 for jargon.\n").unwrap();
         assert_eq!(r.items.len(), 1);
         assert_eq!(r.items[0].deductions.len(), 1);
+        // the merged item survives a round trip through the canonical markdown
+        assert_eq!(Rubric::parse(&r.to_markdown()).unwrap(), r);
+        assert!(r.to_markdown().contains("Deduct 1 for jargon."));
+    }
+
+    #[test]
+    fn a_rangeless_heading_before_the_items_is_preamble() {
+        let r = Rubric::parse("## Improved rubric\n\n## Clarity (0-2)\n- Award 2 if clear.\n").unwrap();
+        assert_eq!((r.preamble.as_str(), r.items.len()), ("## Improved rubric", 1));
+        // after an item it is still an error: it would swallow the item's criteria
+        assert!(matches!(Rubric::parse("## A (0-1)\n## Notes\n"), Err(RubricError::NoRange { line: 2, .. })));
     }
 
     #[test]
