@@ -340,6 +340,7 @@ mod tests {
                         completion_tokens: 1,
                         logprobs: None,
                         cached: false,
+                        truncated: false,
                     })
                 })
                 .collect()
@@ -399,7 +400,14 @@ mod tests {
 
     #[test]
     fn verdicts_from_text_and_logprobs() {
-        let text = |t: &str| JudgeResponse { text: t.into(), prompt_tokens: 0, completion_tokens: 0, logprobs: None, cached: false };
+        let text = |t: &str| JudgeResponse {
+            text: t.into(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            logprobs: None,
+            cached: false,
+            truncated: false,
+        };
         assert_eq!(parse_verdict(&text("Winner: B")), Some(Outcome::BWins));
         assert_eq!(parse_verdict(&text(" A")), Some(Outcome::AWins));
         assert_eq!(parse_verdict(&text("Winner: tie")), Some(Outcome::Tie));

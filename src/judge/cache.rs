@@ -124,6 +124,7 @@ mod tests {
                         completion_tokens: 2,
                         logprobs: None,
                         cached: false,
+                        truncated: false,
                     })
                 })
                 .collect()
@@ -166,7 +167,14 @@ mod tests {
                 requests
                     .iter()
                     .map(|_| {
-                        Ok(JudgeResponse { text: "other".into(), prompt_tokens: 0, completion_tokens: 0, logprobs: None, cached: false })
+                        Ok(JudgeResponse {
+                            text: "other".into(),
+                            prompt_tokens: 0,
+                            completion_tokens: 0,
+                            logprobs: None,
+                            cached: false,
+                            truncated: false,
+                        })
                     })
                     .collect()
             }

@@ -38,6 +38,7 @@ impl<B: Backend> LocalJudge<B> {
                 completion_tokens: f.generated as u64,
                 logprobs: Some(f.tokens.into_iter().map(|(token, logprob, top)| TokenLogprob { token, logprob, top }).collect()),
                 cached: false,
+                truncated: false,
             })
             .collect())
     }
@@ -92,6 +93,7 @@ impl<B: Backend> LocalJudge<B> {
                     completion_tokens: g.tokens.len() as u64,
                     logprobs,
                     cached: false,
+                    truncated: false,
                 }
             })
             .collect())

@@ -55,6 +55,10 @@ pub struct JudgeResponse {
     pub completion_tokens: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// The answer was cut off by `max_tokens` (`finish_reason: length`; the local judge ran out
+    /// of new tokens): it is incomplete and is never scored or accepted as a rubric.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     /// Whether the answer came from the cache (not stored in the cache itself).
     #[serde(skip)]
     pub cached: bool,

@@ -170,7 +170,15 @@ pub fn parse_response(api: Api, url: &str, v: &J) -> Result<JudgeResponse, Judge
                 .collect()
         }
     });
-    Ok(JudgeResponse { text, prompt_tokens: n("prompt_tokens"), completion_tokens: n("completion_tokens"), logprobs, cached: false })
+    let truncated = choice.get("finish_reason").and_then(J::as_str) == Some("length");
+    Ok(JudgeResponse {
+        text,
+        prompt_tokens: n("prompt_tokens"),
+        completion_tokens: n("completion_tokens"),
+        logprobs,
+        cached: false,
+        truncated,
+    })
 }
 
 /// Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date).
@@ -324,7 +332,14 @@ impl Judge for OpenAiJudge {
                 continue;
             };
             let slot = out[i].get_or_insert_with(|| {
-                Ok(JudgeResponse { text: String::new(), prompt_tokens: 0, completion_tokens: 0, logprobs: Some(vec![]), cached: false })
+                Ok(JudgeResponse {
+                    text: String::new(),
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    logprobs: Some(vec![]),
+                    cached: false,
+                    truncated: false,
+                })
             });
             match (slot.as_mut(), a) {
                 (Ok(acc), Ok(resp)) => {
@@ -367,6 +382,14 @@ mod tests {
         let r = parse_response(Api::Completions, "u", &legacy).unwrap();
         assert_eq!(r.logprobs.unwrap()[0].top.len(), 2);
         assert!(matches!(parse_response(Api::Chat, "u", &json!({"choices": []})), Err(JudgeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn a_length_finish_is_a_truncated_answer() {
+        let cut = json!({"choices": [{"message": {"content": "Correct: 3\nClea"}, "finish_reason": "length"}]});
+        assert!(parse_response(Api::Chat, "u", &cut).unwrap().truncated);
+        let done = json!({"choices": [{"text": "Correct: 3", "finish_reason": "stop"}]});
+        assert!(!parse_response(Api::Completions, "u", &done).unwrap().truncated);
     }
 
     #[test]

@@ -74,14 +74,22 @@ pub fn math_guidelines(subject: &str) -> &'static str {
     }
 }
 
-/// Ask `judge`, counting tokens; answers as text or the error's message.
-fn ask(judge: &mut dyn Judge, reqs: Vec<JudgeRequest>, usage: &mut TokenUsage) -> Vec<Result<String, String>> {
+/// Ask `judge`, counting tokens; answers as text or the error's message. An answer cut off by
+/// `max_tokens` is an error where the answer is a rubric (`whole`): a truncated rubric would
+/// silently lose its last items.
+fn ask(judge: &mut dyn Judge, reqs: Vec<JudgeRequest>, usage: &mut TokenUsage, whole: bool) -> Vec<Result<String, String>> {
+    let max_tokens: Vec<u32> = reqs.iter().map(|r| r.max_tokens).collect();
     judge
         .complete(&reqs)
         .into_iter()
-        .map(|r| {
+        .zip(max_tokens)
+        .map(|(r, m)| {
             usage.record(&r);
-            r.map(|x| x.text).map_err(|e| e.to_string())
+            match r {
+                Ok(x) if whole && x.truncated => Err(format!("the answer was cut off at max_tokens = {m} (raise meta.max_tokens)")),
+                Ok(x) => Ok(x.text),
+                Err(e) => Err(e.to_string()),
+            }
         })
         .collect()
 }
@@ -149,7 +157,7 @@ fn step(
         let mut ctx = base.clone();
         ctx["samples"] = J::Array(picked.iter().map(|s| sample_ctx(s)).collect());
         let prompt = render(t, &ctx)?;
-        let answer = ask(judge, vec![req(prompt, 0, "prescreen")], &mut out.usage).remove(0);
+        let answer = ask(judge, vec![req(prompt, 0, "prescreen")], &mut out.usage, false).remove(0);
         match answer {
             Ok(text) => {
                 let keep: Vec<usize> = text
@@ -181,7 +189,7 @@ fn step(
             render(&cfg.analyze, &ctx).map(|p| req(p, k, "analyze"))
         })
         .collect::<Result<_, _>>()?;
-    let analyses = ask(judge, prompts, &mut out.usage);
+    let analyses = ask(judge, prompts, &mut out.usage, false);
     let ok: Vec<(&MetaSample, String)> = picked.iter().zip(analyses).filter_map(|(s, a)| a.ok().map(|a| (*s, a))).collect();
     out.analyses = ok.iter().map(|(_, a)| a.clone()).collect();
     if ok.is_empty() {
@@ -199,16 +207,20 @@ fn step(
             render(&cfg.refine, &ctx).map(|p| req(p, k, "refine"))
         })
         .collect::<Result<_, _>>()?;
-    out.refined = ask(judge, prompts, &mut out.usage).into_iter().filter_map(Result::ok).collect();
+    let refined = ask(judge, prompts, &mut out.usage, true);
+    let cut = refined.iter().filter(|r| r.as_ref().is_err_and(|e| e.contains("cut off"))).count();
+    out.refined = refined.into_iter().filter_map(Result::ok).collect();
     let usable: Vec<String> = out.refined.iter().filter(|r| Rubric::parse(r).is_ok()).cloned().collect();
     if usable.is_empty() {
-        return Err(format!("none of the {} refined rubrics parses as a rubric", out.refined.len()));
+        let why =
+            if cut > 0 { format!(" ({cut} cut off at max_tokens = {}; raise meta.max_tokens)", cfg.max_tokens) } else { String::new() };
+        return Err(format!("none of the {} refined rubrics parses as a rubric{why}", out.refined.len()));
     }
     // merge
     let mut ctx = base.clone();
     ctx["refined"] = J::Array(usable.into_iter().map(J::String).collect());
     let prompt = render(&cfg.merge, &ctx)?;
-    let merged = ask(judge, vec![req(prompt, 0, "merge")], &mut out.usage).remove(0).map_err(|e| format!("merge failed: {e}"))?;
+    let merged = ask(judge, vec![req(prompt, 0, "merge")], &mut out.usage, true).remove(0).map_err(|e| format!("merge failed: {e}"))?;
     out.merged_raw = Some(merged.clone());
     let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
     rubric.validate(cfg.max_items).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
@@ -230,6 +242,8 @@ mod tests {
     /// Answers by stage, recognised from the prompt's first words.
     struct StageJudge {
         merged: String,
+        /// Answer the merge as if cut off by `max_tokens`.
+        merge_cut: bool,
     }
 
     impl Judge for StageJudge {
@@ -240,6 +254,7 @@ mod tests {
             requests
                 .iter()
                 .map(|r| {
+                    let truncated = self.merge_cut && r.prompt.starts_with("MERGE");
                     let text = if r.prompt.starts_with("ANALYZE") {
                         "The rubric ignores units.".to_string()
                     } else if r.prompt.starts_with("REFINE") {
@@ -247,7 +262,7 @@ mod tests {
                     } else {
                         self.merged.clone()
                     };
-                    Ok(JudgeResponse { text, prompt_tokens: 1, completion_tokens: 1, logprobs: None, cached: false })
+                    Ok(JudgeResponse { text, prompt_tokens: 1, completion_tokens: 1, logprobs: None, cached: false, truncated })
                 })
                 .collect()
         }
@@ -288,6 +303,7 @@ mod tests {
         let current = Rubric::parse("# Preamble\n## Correct (0-4)\n").unwrap();
         let mut j = StageJudge {
             merged: "Here is the improved rubric:\n## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.".into(),
+            merge_cut: false,
         };
         let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
         let r = o.result.unwrap();
@@ -309,12 +325,33 @@ mod tests {
             ("## A (0-1)\n## B (0-1)\n## C (0-1)\n## D (0-1)", "4 items"),
             ("## Correct (0-4)", "is the current one"),
         ] {
-            let mut j = StageJudge { merged: merged.into() };
+            let mut j = StageJudge { merged: merged.into(), merge_cut: false };
             let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
             let e = o.result.unwrap_err();
             assert!(e.contains(why), "{merged:?}: {e}");
         }
-        let mut j = StageJudge { merged: String::new() };
+        let mut j = StageJudge { merged: String::new(), merge_cut: false };
         assert!(run(&mut j, &cfg(), &current, &[], 1, 2).result.unwrap_err().contains("no rollouts"));
+    }
+
+    #[test]
+    fn a_truncated_merge_never_becomes_the_rubric() {
+        // A merge cut off after its first item still parses as a rubric: only the finish
+        // reason tells it from a complete one.
+        let current = Rubric::parse("## Correct (0-4)\n").unwrap();
+        let mut j = StageJudge { merged: "## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award".into(), merge_cut: true };
+        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
+        assert!(e.contains("cut off at max_tokens = 64"), "{e}");
+    }
+
+    #[test]
+    fn a_heading_before_the_first_item_is_preamble() {
+        let current = Rubric::parse("## Correct (0-4)\n").unwrap();
+        let mut j = StageJudge {
+            merged: "## Improved rubric\n\n## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.".into(),
+            merge_cut: false,
+        };
+        let r = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap();
+        assert_eq!(r.items.len(), 2);
     }
 }

@@ -71,6 +71,9 @@ pub struct RewardConfig {
     pub task: String,
     pub judge_template: String,
     pub judge_template_name: String,
+    /// GRPO's group size (1 for PPO): a coin toss covers whole groups, so no group mixes
+    /// verifier and judge scores.
+    pub group: usize,
     regex: Option<Regex>,
 }
 
@@ -80,7 +83,13 @@ impl RewardConfig {
             Extraction::Regex { pattern } => Some(Regex::new(pattern).map_err(|e| RewardError::Config(e.to_string()))?),
             _ => None,
         };
-        Ok(RewardConfig { spec, task: task.to_string(), judge_template, judge_template_name, regex })
+        Ok(RewardConfig { spec, task: task.to_string(), judge_template, judge_template_name, group: 1, regex })
+    }
+
+    /// Toss the coin per group of `group` consecutive rollouts (GRPO).
+    pub fn with_group(mut self, group: usize) -> Self {
+        self.group = group.max(1);
+        self
     }
 
     fn extract(&self, rubric: &Rubric, resp: &crate::judge::JudgeResponse) -> Result<ItemScores, ScoreFailure> {
@@ -101,6 +110,18 @@ impl RewardConfig {
             "question": r.question, "response": r.response, "record": r.record,
         });
         crate::template::render(&self.judge_template_name, &self.judge_template, &ctx).map_err(|e| RewardError::Template(e.to_string()))
+    }
+}
+
+/// Width of the reward's range under `rubric`: the judge's (1 when normalised, the rubric's
+/// `max - min` otherwise) times its weight, plus the verifier's weight (verifiers score 0..1).
+/// The scale a relative missing-EOS penalty is measured on.
+pub fn reward_range(spec: &RewardSpec, rubric: &Rubric) -> f64 {
+    let judge = if spec.normalize { 1.0 } else { (rubric.max_score() - rubric.min_score()) as f64 };
+    let verifier = if spec.verifiers.is_empty() { 0.0 } else { 1.0 };
+    match &spec.mix {
+        MixSpec::Weighted { judge_weight, verifier_weight } => judge_weight.abs() * judge + verifier_weight.abs() * verifier,
+        MixSpec::Coin { .. } => judge.max(verifier),
     }
 }
 
@@ -150,8 +171,9 @@ pub fn score_batch(
             let mut rng = crate::rng::stream(seed, &format!("reward/coin/u{update:06}"));
             let mut v = Vec::with_capacity(rollouts.len());
             let mut pick = false;
+            let unit = (*chunk).max(cfg.group).max(1);
             for i in 0..rollouts.len() {
-                if i % chunk.max(&1) == 0 {
+                if i % unit == 0 {
                     pick = rng.random::<f64>() >= *verifier_prob;
                 }
                 v.push(pick);
@@ -172,13 +194,19 @@ pub fn score_batch(
         if pending.is_empty() {
             break;
         }
+        // A retry must be able to answer differently: a fresh seed and at least
+        // `failure.retry_temperature` (an identical request to a greedy judge repeats itself).
+        let (temperature, suffix) = match attempt {
+            0 => (spec.judge.temperature, String::new()),
+            a => (spec.judge.temperature.max(spec.failure.retry_temperature), format!("/retry{a}")),
+        };
         let reqs: Vec<JudgeRequest> = pending
             .iter()
             .map(|&i| JudgeRequest {
                 prompt: out[i].judge_prompt.clone().expect("rendered above"),
                 max_tokens: spec.judge.max_tokens,
-                temperature: spec.judge.temperature,
-                seed: crate::rng::sub_seed(seed, &format!("reward/judge/{}", rollouts[i].id)),
+                temperature,
+                seed: crate::rng::sub_seed(seed, &format!("reward/judge/{}{suffix}", rollouts[i].id)),
                 top_logprobs,
                 json_schema: schema.clone(),
                 attempt,
@@ -191,6 +219,11 @@ pub fn score_batch(
             usage.record(&a);
             let s = &mut out[i];
             match a {
+                Ok(resp) if resp.truncated => {
+                    s.judge_answers.push(resp.text.clone());
+                    s.failure = Some(ScoreFailure::Truncated { max_tokens: spec.judge.max_tokens });
+                    still.push(i);
+                }
                 Ok(resp) => {
                     s.judge_answers.push(resp.text.clone());
                     match cfg.extract(rubric, &resp) {
@@ -216,10 +249,13 @@ pub fn score_batch(
     for (i, s) in out.iter_mut().enumerate() {
         let v = s.verifier_score;
         if !use_judge[i] {
-            s.reward = v;
+            s.reward = match &spec.mix {
+                MixSpec::Weighted { verifier_weight, .. } => v.map(|v| verifier_weight * v),
+                MixSpec::Coin { .. } => v,
+            };
             s.source = "verifier".into();
             if s.reward.is_none() {
-                return Err(RewardError::Config("the coin chose the verifier but there is none".into()));
+                return Err(RewardError::Config("the judge is off for this rollout but there is no verifier to score it".into()));
             }
             continue;
         }
@@ -248,7 +284,8 @@ pub fn score_batch(
     Ok(out)
 }
 
-/// Failures of a batch by kind (`missing`, `out_of_range`, `unparseable`, `judge_failed`).
+/// Failures of a batch by kind (`missing`, `out_of_range`, `unparseable`, `judge_failed`,
+/// `truncated`).
 pub fn failure_counts(scored: &[Scored]) -> std::collections::BTreeMap<String, u64> {
     let mut m = std::collections::BTreeMap::new();
     for s in scored {
@@ -282,7 +319,14 @@ mod tests {
                 .map(|_| {
                     let a = self.answers.get(self.calls).or(self.answers.last()).cloned().expect("scripted");
                     self.calls += 1;
-                    a.map(|text| JudgeResponse { text, prompt_tokens: 10, completion_tokens: 5, logprobs: None, cached: false })
+                    a.map(|text| JudgeResponse {
+                        text,
+                        prompt_tokens: 10,
+                        completion_tokens: 5,
+                        logprobs: None,
+                        cached: false,
+                        truncated: false,
+                    })
                 })
                 .collect()
         }
@@ -296,7 +340,7 @@ mod tests {
             extraction: Extraction::default(),
             answer: AnswerMode::Free,
             normalize: true,
-            failure: FailureSpec { retries: 1, policy },
+            failure: FailureSpec { retries: 1, policy, ..FailureSpec::default() },
             verifiers,
             mix,
         };
@@ -353,6 +397,84 @@ mod tests {
         let c = cfg(FailurePolicy::Skip, MixSpec::default(), vec![]);
         let s = score_batch(&mut down, &c, &rub, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
         assert!(matches!(s[0].failure, Some(ScoreFailure::JudgeFailed { .. })));
+    }
+
+    #[test]
+    fn verifier_weight_applies_without_the_judge() {
+        let rec = json!({"answer": "4"});
+        let rs = vec![Rollout { id: "a".into(), question: "2+2?".into(), response: "\\boxed{4}".into(), record: &rec }];
+        let c = cfg(
+            FailurePolicy::Skip,
+            MixSpec::Weighted { judge_weight: 0.0, verifier_weight: 2.0 },
+            vec![VerifierSpec::MathAnswer { tolerance: 1e-6, accept_unboxed: false }],
+        );
+        let mut j = Scripted { answers: vec![Ok("Correct: 4\nClear: 1".into())], calls: 0 };
+        let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+        assert_eq!((s[0].reward, s[0].source.as_str(), j.calls), (Some(2.0), "verifier", 0));
+        assert_eq!(reward_range(&c.spec, &rubric()), 2.0);
+    }
+
+    #[test]
+    fn truncated_answers_fail_as_such_and_retries_answer_anew() {
+        /// Records every request; the first answer is cut off, the rest complete.
+        struct Cut(Vec<JudgeRequest>);
+        impl Judge for Cut {
+            fn identity(&self) -> String {
+                "test:cut".into()
+            }
+            fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
+                requests
+                    .iter()
+                    .map(|r| {
+                        self.0.push(r.clone());
+                        let truncated = self.0.len() == 1;
+                        Ok(JudgeResponse {
+                            text: "Correct: 4\nClear: 1".into(),
+                            prompt_tokens: 1,
+                            completion_tokens: 1,
+                            logprobs: None,
+                            cached: false,
+                            truncated,
+                        })
+                    })
+                    .collect()
+            }
+        }
+        let rec = json!({});
+        let rs = vec![Rollout { id: "a".into(), question: "q".into(), response: "r".into(), record: &rec }];
+        let c = cfg(FailurePolicy::Skip, MixSpec::default(), vec![]);
+        let mut j = Cut(vec![]);
+        let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+        assert!(s[0].reward.is_some() && s[0].failure.is_none());
+        assert_eq!(j.0.len(), 2);
+        // the retry is a different request: new seed, a temperature that can change the answer
+        assert_ne!(j.0[0].seed, j.0[1].seed);
+        assert_eq!((j.0[0].temperature, j.0[1].temperature), (0.0, 0.7));
+        // with no retries left the truncation is the recorded failure, counted by its own name
+        let c = RewardConfig { spec: RewardSpec { failure: FailureSpec { retries: 0, ..c.spec.failure.clone() }, ..c.spec.clone() }, ..c };
+        let s = score_batch(&mut Cut(vec![]), &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+        assert_eq!(s[0].failure, Some(ScoreFailure::Truncated { max_tokens: c.spec.judge.max_tokens }));
+        assert_eq!(failure_counts(&s).get("truncated"), Some(&1));
+    }
+
+    #[test]
+    fn under_grpo_the_coin_covers_whole_groups() {
+        let rec = json!({"answer": "1"});
+        let rs: Vec<Rollout> =
+            (0..64).map(|i| Rollout { id: format!("r{i}"), question: "q".into(), response: "\\boxed{1}".into(), record: &rec }).collect();
+        let c = cfg(
+            FailurePolicy::Skip,
+            MixSpec::Coin { verifier_prob: 0.5, chunk: 1 },
+            vec![VerifierSpec::MathAnswer { tolerance: 1e-6, accept_unboxed: false }],
+        )
+        .with_group(4);
+        let mut j = Scripted { answers: vec![Ok("Correct: 0\nClear: 0".into())], calls: 0 };
+        let s = score_batch(&mut j, &c, &rubric(), &rs, 7, 3, &mut TokenUsage::default()).unwrap();
+        let src: Vec<&str> = s.iter().map(|x| x.source.as_str()).collect();
+        for g in src.chunks(4) {
+            assert!(g.iter().all(|x| *x == g[0]), "a group mixes judge and verifier: {g:?}");
+        }
+        assert!(src.contains(&"judge") && src.contains(&"verifier"));
     }
 
     #[test]

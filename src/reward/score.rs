@@ -22,6 +22,8 @@ pub enum ScoreFailure {
     Unparseable { message: String },
     #[error("the judge failed: {message}")]
     JudgeFailed { message: String },
+    #[error("the answer was cut off at max_tokens = {max_tokens} (raise reward.judge.max_tokens)")]
+    Truncated { max_tokens: u32 },
 }
 
 /// Item scores of one answer, in rubric order.

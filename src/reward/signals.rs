@@ -18,8 +18,8 @@ pub struct Signals {
     pub identical_share: f64,
     /// Share of judged responses with the rubric's maximum total.
     pub max_score_share: f64,
-    /// Among responses both judged and verified: share where the judge (>= half marks) and
-    /// the verifiers (>= 0.5) disagree.
+    /// Among responses both judged and verified: share where the judge (at least half of the
+    /// rubric's range, whatever the reward scale) and the verifiers (>= 0.5) disagree.
     pub judge_verifier_disagreement: Option<f64>,
 }
 
@@ -39,8 +39,9 @@ pub fn repetition(text: &str) -> f64 {
     rep as f64 / (w.len() - 2) as f64
 }
 
-/// Signals of a batch: `responses` with their token counts, and their scores.
-pub fn compute(responses: &[(&str, usize)], scored: &[Scored], max_total: f64) -> Signals {
+/// Signals of a batch: `responses` with their token counts, and their scores under a rubric
+/// whose totals span `min_total..=max_total`.
+pub fn compute(responses: &[(&str, usize)], scored: &[Scored], min_total: f64, max_total: f64) -> Signals {
     let n = responses.len().max(1) as f64;
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for (r, _) in responses {
@@ -49,7 +50,10 @@ pub fn compute(responses: &[(&str, usize)], scored: &[Scored], max_total: f64) -
     let identical = responses.iter().filter(|(r, _)| counts[r.trim()] > 1).count();
     let judged: Vec<&Scored> = scored.iter().filter(|s| s.item_scores.is_some()).collect();
     let at_max = judged.iter().filter(|s| s.item_scores.as_ref().is_some_and(|i| (i.total() - max_total).abs() < 1e-9)).count();
-    let both: Vec<(f64, f64)> = scored.iter().filter_map(|s| Some((s.judge_reward?, s.verifier_score?))).collect();
+    // The judge's verdict as a share of the rubric's range: `judge_reward` is on the reward's
+    // scale (raw totals unless `normalize`), so it cannot be compared with 0.5 directly.
+    let share = |t: f64| if max_total > min_total { (t - min_total) / (max_total - min_total) } else { 0.0 };
+    let both: Vec<(f64, f64)> = scored.iter().filter_map(|s| Some((share(s.item_scores.as_ref()?.total()), s.verifier_score?))).collect();
     Signals {
         mean_response_tokens: responses.iter().map(|(_, t)| *t as f64).sum::<f64>() / n,
         repetition_rate: responses.iter().map(|(r, _)| repetition(r)).sum::<f64>() / n,
@@ -68,9 +72,31 @@ mod tests {
     fn repetition_and_identity() {
         assert_eq!(repetition("a b c a b c a b c"), 4.0 / 7.0);
         assert_eq!(repetition("the cat sat on the mat"), 0.0);
-        let s = compute(&[("x y", 2), ("x y", 2), ("z", 1)], &[], 1.0);
+        let s = compute(&[("x y", 2), ("x y", 2), ("z", 1)], &[], 0.0, 1.0);
         assert!((s.identical_share - 2.0 / 3.0).abs() < 1e-12);
         assert!((s.mean_response_tokens - 5.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.judge_verifier_disagreement, None);
+    }
+
+    #[test]
+    fn disagreement_reads_raw_totals_on_the_rubric_scale() {
+        let scored = |total: f64, verifier: f64| Scored {
+            id: "a".into(),
+            reward: Some(total),
+            source: "mixed".into(),
+            verdicts: vec![],
+            verifier_score: Some(verifier),
+            judge_reward: Some(total),
+            item_scores: Some(crate::reward::score::ItemScores { scores: vec![("Correct".into(), total)] }),
+            judge_prompt: None,
+            judge_answers: vec![],
+            failure: None,
+        };
+        // un-normalised rewards on a 0..10 rubric: 3/10 is a "wrong" verdict, agreeing with a
+        // failed verifier; 8/10 agrees with a passed one
+        let s = compute(&[("a", 1), ("b", 1)], &[scored(3.0, 0.0), scored(8.0, 1.0)], 0.0, 10.0);
+        assert_eq!(s.judge_verifier_disagreement, Some(0.0));
+        let s = compute(&[("a", 1)], &[scored(3.0, 1.0)], 0.0, 10.0);
+        assert_eq!(s.judge_verifier_disagreement, Some(1.0));
     }
 }

@@ -123,7 +123,7 @@ fn reward_cfg(retries: u32, policy: FailurePolicy) -> RewardConfig {
         extraction: Extraction::default(),
         answer: mpo::spec::AnswerMode::Free,
         normalize: true,
-        failure: FailureSpec { retries, policy },
+        failure: FailureSpec { retries, policy, ..FailureSpec::default() },
         verifiers: vec![],
         mix: MixSpec::default(),
     };
