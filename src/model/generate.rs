@@ -47,7 +47,8 @@ pub enum Finish {
 /// One generated response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generated {
-    /// Response token ids (a final stop token included).
+    /// Response token ids: a final stop token included; after a stop string, the fewest tokens
+    /// whose text covers `text` (what is trained is what was judged).
     pub tokens: Vec<u32>,
     /// Log-probability of each token under the tempered distribution it was sampled from.
     pub logprobs: Vec<f32>,
@@ -223,6 +224,9 @@ pub fn generate<B: Backend>(
                     done[r] = true;
                     g.finish = Finish::Stop;
                     g.text = text[..cut].to_string();
+                    let keep = covering_prefix(tok, &g.tokens, cut)?;
+                    g.tokens.truncate(keep);
+                    g.logprobs.truncate(keep);
                 }
             }
         }
@@ -249,9 +253,32 @@ pub fn generate<B: Backend>(
     Ok(out)
 }
 
+/// The fewest leading `tokens` (at least one) whose decoded text is `cut` bytes or longer.
+fn covering_prefix(tok: &Tok, tokens: &[u32], cut: usize) -> Result<usize, GenerateError> {
+    for k in 1..tokens.len() {
+        if tok.decode(&tokens[..k])?.len() >= cut {
+            return Ok(k);
+        }
+    }
+    Ok(tokens.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_string_keeps_only_the_tokens_of_the_judged_text() {
+        let tok = crate::model::tokenizer::tests::tiny_tok();
+        let ids = tok.encode("hello world\n\nQuestion: next").unwrap();
+        let cut = "hello world".len();
+        let k = covering_prefix(&tok, &ids, cut).unwrap();
+        assert!(tok.decode(&ids[..k]).unwrap().starts_with("hello world"));
+        assert!(tok.decode(&ids[..k - 1]).unwrap().len() < cut, "not minimal");
+        assert!(k < ids.len());
+        // a stop string at the very start still trains one token
+        assert_eq!(covering_prefix(&tok, &ids, 0).unwrap(), 1);
+    }
 
     #[test]
     fn layout_and_masks() {

@@ -531,6 +531,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_stop_string_ends_the_response_and_its_tokens() {
+        let m = tiny(None);
+        let tok = crate::model::tokenizer::tests::tiny_tok();
+        let prompts = vec![vec![5u32, 9, 12, 40, 7]];
+        let mut s = Sampling { max_new_tokens: 8, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
+        let full = generate(&m, &tok, &prompts, &s, false, &mut crate::rng::stream(0, "g")).unwrap().remove(0);
+        // stop on the text of tokens 3..5 of the unstopped answer
+        let stop = tok.decode(&full.tokens[3..5]).unwrap();
+        let cut = full.text.find(&stop).unwrap();
+        s.stop_strings = vec![stop];
+        let g = generate(&m, &tok, &prompts, &s, false, &mut crate::rng::stream(0, "g")).unwrap().remove(0);
+        assert_eq!(g.finish, crate::model::generate::Finish::Stop);
+        assert_eq!(g.text, full.text[..cut]);
+        assert_eq!(g.tokens.len(), g.logprobs.len());
+        assert!(g.tokens.len() <= 4, "trained tokens run past the judged text: {} tokens", g.tokens.len());
+        assert!(tok.decode(&g.tokens).unwrap().len() >= cut);
+    }
+
+    #[test]
     fn left_padding_does_not_change_a_row() {
         let m = tiny(None);
         let a = vec![5u32, 9, 12];

@@ -1,6 +1,7 @@
-//! PPO and GRPO, TRL semantics: per-token KL penalty (k1 or k3) against the reference policy,
-//! the sequence score added at the last response token, GAE, whitened advantages, clipped
-//! policy and value losses.
+//! PPO and GRPO: per-token KL penalty (k1 or k3) against the reference policy, the sequence
+//! score added at the last response token (textbook; `ppo.score_at: after_eos` puts it one slot
+//! later, inside the value mask, as the reference implementation does), GAE, whitened
+//! advantages, clipped policy and value losses, group-normalised GRPO advantages.
 //!
 //! The math is pure: reward shaping, GAE and whitening work on host vectors of one sequence or
 //! batch ([`shape_rewards`], [`gae`], [`whiten`]); the losses ([`ppo_loss`], [`grpo_loss`]) are
@@ -23,10 +24,22 @@ pub fn kl(logp: f64, ref_logp: f64, est: KlEstimator) -> f64 {
 }
 
 /// Per-token rewards of one response: `-kl_coef * kl` at every token, plus `score` at the
-/// last one. Returns (rewards, per-token kl).
-pub fn shape_rewards(logps: &[f64], ref_logps: &[f64], score: f64, kl_coef: f64, est: KlEstimator) -> (Vec<f64>, Vec<f64>) {
+/// last one. With `extra_slot` the rewards get one more position after the response (no KL
+/// there) and the score goes into it: the reference's placement one slot after EOS. Returns
+/// (rewards, per-token kl of the response tokens).
+pub fn shape_rewards(
+    logps: &[f64],
+    ref_logps: &[f64],
+    score: f64,
+    kl_coef: f64,
+    est: KlEstimator,
+    extra_slot: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let kls: Vec<f64> = logps.iter().zip(ref_logps).map(|(l, r)| kl(*l, *r, est)).collect();
     let mut rewards: Vec<f64> = kls.iter().map(|k| -kl_coef * k).collect();
+    if extra_slot {
+        rewards.push(0.0);
+    }
     if let Some(last) = rewards.last_mut() {
         *last += score;
     }
@@ -63,16 +76,23 @@ pub fn whiten(xs: &mut [Vec<f64>], shift_mean: bool) {
     }
 }
 
-/// GRPO advantages: each score normalised within its group of `group` responses to the same
-/// prompt (consecutive in `scores`).
-pub fn group_advantages(scores: &[f64], group: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(scores.len());
-    for g in scores.chunks(group.max(1)) {
-        let mean = g.iter().sum::<f64>() / g.len() as f64;
-        let std = if g.len() > 1 { (g.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (g.len() - 1) as f64).sqrt() } else { 0.0 };
-        out.extend(g.iter().map(|x| (x - mean) / (std + 1e-4)));
+/// GRPO advantages: each score normalised within its group, the responses sharing a group id
+/// (one prompt). Position does not matter: a skipped member leaves its group smaller, never
+/// shifts the others into the wrong group.
+pub fn group_advantages(scores: &[f64], groups: &[usize]) -> Vec<f64> {
+    let mut members: std::collections::BTreeMap<usize, Vec<f64>> = std::collections::BTreeMap::new();
+    for (s, g) in scores.iter().zip(groups) {
+        members.entry(*g).or_default().push(*s);
     }
-    out
+    let stats: std::collections::BTreeMap<usize, (f64, f64)> = members
+        .into_iter()
+        .map(|(g, xs)| {
+            let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+            let std = if xs.len() > 1 { (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt() } else { 0.0 };
+            (g, (mean, std))
+        })
+        .collect();
+    scores.iter().zip(groups).map(|(x, g)| (x - stats[g].0) / (stats[g].1 + 1e-4)).collect()
 }
 
 /// `sum(x * mask) / sum(mask)`.
@@ -95,8 +115,17 @@ pub struct PpoBatch<B: Backend> {
     pub old_logprobs: Tensor<B, 2>,
     pub advantages: Tensor<B, 2>,
     pub mask: Tensor<B, 2>,
-    /// Critic outputs now, at rollout time, and the GAE returns (absent for GRPO).
-    pub values: Option<(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>)>,
+    /// The critic's targets (absent for GRPO).
+    pub values: Option<ValueBatch<B>>,
+}
+
+/// Critic outputs now and at rollout time, the GAE returns, and the value mask (the policy
+/// mask, plus the score slot under `score_at: after_eos`).
+pub struct ValueBatch<B: Backend> {
+    pub values: Tensor<B, 2>,
+    pub old_values: Tensor<B, 2>,
+    pub returns: Tensor<B, 2>,
+    pub mask: Tensor<B, 2>,
 }
 
 /// Loss and statistics of a mini-batch.
@@ -121,11 +150,11 @@ pub fn ppo_loss<B: Backend>(b: PpoBatch<B>, cliprange: f64, cliprange_value: f64
     let policy_loss = masked_mean(pg1.max_pair(pg2), b.mask.clone());
     let clipfrac = masked_mean(clipped, b.mask.clone());
     let approxkl = masked_mean(diff.powi_scalar(2), b.mask.clone()).mul_scalar(0.5);
-    let value_loss = b.values.map(|(v, v_old, returns)| {
+    let value_loss = b.values.map(|ValueBatch { values: v, old_values: v_old, returns, mask }| {
         let vclip = v_old.clone() + (v.clone() - v_old).clamp(-cliprange_value, cliprange_value);
         let l1 = (v - returns.clone()).powi_scalar(2);
         let l2 = (vclip - returns).powi_scalar(2);
-        masked_mean(l1.max_pair(l2), b.mask.clone()).mul_scalar(0.5)
+        masked_mean(l1.max_pair(l2), mask).mul_scalar(0.5)
     });
     let loss = match &value_loss {
         Some(vl) => policy_loss.clone() + vl.clone().mul_scalar(vf_coef),
@@ -172,7 +201,7 @@ mod tests {
 
     #[test]
     fn reward_shaping_and_gae_by_hand() {
-        let (r, k) = shape_rewards(&[-1.0, -1.0], &[-1.5, -1.0], 2.0, 0.1, KlEstimator::K1);
+        let (r, k) = shape_rewards(&[-1.0, -1.0], &[-1.5, -1.0], 2.0, 0.1, KlEstimator::K1, false);
         assert_eq!(k, vec![0.5, 0.0]);
         assert!((r[0] - -0.05).abs() < 1e-12 && (r[1] - 2.0).abs() < 1e-12);
         // gamma = 1, lam = 0.5, values [1, 2]:
@@ -194,10 +223,62 @@ mod tests {
         let mut y = vec![vec![1.0, 2.0, 3.0]];
         whiten(&mut y, false);
         assert!((y[0][0] - 1.0).abs() < 1e-6, "mean kept: {:?}", y);
-        let g = group_advantages(&[1.0, 3.0, 5.0, 5.0], 2);
+        let g = group_advantages(&[1.0, 3.0, 5.0, 5.0], &[0, 0, 1, 1]);
         let h = std::f64::consts::FRAC_1_SQRT_2;
         assert!((g[0] + h).abs() < 1e-3 && (g[1] - h).abs() < 1e-3);
         assert_eq!((g[2], g[3]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn score_after_eos_by_hand() {
+        // Two response tokens, no KL, score 3. Textbook: rewards [0, 3]. After EOS: [0, 0, 3],
+        // the third slot being the one after the response (inside the value mask).
+        let (r, k) = shape_rewards(&[-1.0, -2.0], &[-1.0, -2.0], 3.0, 0.1, KlEstimator::K1, false);
+        assert_eq!((r, k.len()), (vec![0.0, 3.0], 2));
+        let (r, k) = shape_rewards(&[-1.0, -2.0], &[-1.0, -2.0], 3.0, 0.1, KlEstimator::K1, true);
+        assert_eq!((r.clone(), k.len()), (vec![0.0, 0.0, 3.0], 2));
+        // gamma = 1, lam = 1, values [1, 2, 0.5]: A2 = 3 - 0.5 = 2.5; A1 = 0 + 0.5 - 2 + 2.5 = 1;
+        // A0 = 0 + 2 - 1 + 1 = 2. Textbook on [0, 3] with values [1, 2]: A1 = 1, A0 = 2.
+        let (a, ret) = gae(&r, &[1.0, 2.0, 0.5], 1.0, 1.0);
+        assert_eq!(a, vec![2.0, 1.0, 2.5]);
+        assert_eq!(ret, vec![3.0, 3.0, 3.0]);
+        let (a, _) = gae(&[0.0, 3.0], &[1.0, 2.0], 1.0, 1.0);
+        assert_eq!(a, vec![2.0, 1.0]);
+    }
+
+    #[test]
+    fn groups_are_formed_by_id_not_position() {
+        // 2 prompts x 2 samples, the first sample skipped: B's pair stays together, A's lone
+        // survivor has no spread (advantage 0) instead of being compared with B's answers.
+        let g = group_advantages(&[1.0, 0.0, 2.0], &[0, 1, 1]);
+        let h = std::f64::consts::FRAC_1_SQRT_2;
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] + h).abs() < 1e-3 && (g[2] - h).abs() < 1e-3, "{g:?}");
+    }
+
+    #[test]
+    fn value_loss_uses_its_own_mask() {
+        let t = |v: &[f32]| t2(v, 1, 2);
+        let p = ppo_loss(
+            PpoBatch {
+                new_logprobs: t(&[0.0, 0.0]),
+                old_logprobs: t(&[0.0, 0.0]),
+                advantages: t(&[1.0, 1.0]),
+                mask: t(&[1.0, 0.0]),
+                values: Some(ValueBatch {
+                    values: t(&[0.0, 0.0]),
+                    old_values: t(&[0.0, 0.0]),
+                    returns: t(&[1.0, 3.0]),
+                    mask: t(&[1.0, 1.0]),
+                }),
+            },
+            0.2,
+            10.0,
+            1.0,
+        );
+        // 0.5 * mean(1, 9) = 2.5: the score slot counts for the critic, not for the policy
+        assert!((scalar(p.value_loss.unwrap()) - 2.5).abs() < 1e-5);
+        assert!((scalar(p.policy_loss) + 1.0).abs() < 1e-5);
     }
 
     #[test]
@@ -211,7 +292,13 @@ mod tests {
         let v_old = t2(&[0.0, 0.0], 1, 2);
         let ret = t2(&[1.0, 0.0], 1, 2);
         let p = ppo_loss(
-            PpoBatch { new_logprobs: new, old_logprobs: old, advantages: adv, mask, values: Some((v, v_old, ret)) },
+            PpoBatch {
+                new_logprobs: new,
+                old_logprobs: old,
+                advantages: adv,
+                mask: mask.clone(),
+                values: Some(ValueBatch { values: v, old_values: v_old, returns: ret, mask }),
+            },
             0.2,
             0.2,
             0.1,

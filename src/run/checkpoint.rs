@@ -29,6 +29,12 @@ pub struct State {
     /// Mean response tokens of the first update (length-collapse baseline).
     pub first_response_tokens: Option<f64>,
     pub usage: HashMap<String, TokenUsage>,
+    /// Meta steps run and rubrics they produced (the acceptance rate: a meta judge whose every
+    /// output is rejected turns MPO into fixed-rubric PPO).
+    #[serde(default)]
+    pub meta_steps: u32,
+    #[serde(default)]
+    pub meta_accepted: u32,
 }
 
 #[derive(Debug, thiserror::Error)]

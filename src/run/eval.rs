@@ -37,11 +37,12 @@ pub fn evaluate<B: Backend>(
     chat_override: Option<&str>,
     records: &[J],
     used: usize,
-    seed: u64,
     dir: &RunDir,
     update: u32,
     file: &str,
 ) -> Result<BTreeMap<String, f64>, RunError> {
+    // `eval.seed`, not `runtime.seed`: every run of a sweep answers the same test prompts.
+    let seed = spec.eval.seed;
     let idx = eval_indices(seed, records.len(), used, spec.eval.samples);
     let mut prompts = Vec::with_capacity(idx.len());
     for &i in &idx {

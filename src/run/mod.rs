@@ -369,6 +369,41 @@ fn round4(x: f64) -> J {
     if x.is_finite() { json!((x * 1e6).round() / 1e6) } else { J::Null }
 }
 
+/// The sequences one update trains on and (GRPO) the number of groups dropped.
+///
+/// A response that ends with EOS or a `policy.stop` string is complete; one cut by
+/// `response_length` loses `penalty`. Skipped rollouts (no reward) are left out. Under GRPO a
+/// group is the rollouts of one prompt: a skipped member leaves it smaller (its statistics come
+/// from the members left), and a group with fewer than two members left has no spread to learn
+/// from and is dropped whole.
+fn training_batch(
+    prompts: &[(usize, String, Vec<u32>)],
+    gens: &[model::generate::Generated],
+    scored: &[reward::Scored],
+    penalty: f64,
+    eos: u32,
+    group_size: usize,
+) -> (Vec<Seq>, usize) {
+    let mut seqs = Vec::new();
+    for (k, ((p, g), s)) in prompts.iter().zip(gens).zip(scored).enumerate() {
+        let Some(r) = s.reward else { continue };
+        let score = if g.finish == Finish::Length { r - penalty } else { r };
+        let response = if g.tokens.is_empty() { vec![eos] } else { g.tokens.clone() };
+        // The `group_size` rollouts of one prompt are consecutive in the batch.
+        seqs.push(Seq { query: p.2.clone(), response, score, group: k / group_size.max(1) });
+    }
+    let mut dropped = 0;
+    if group_size > 1 {
+        let mut size: HashMap<usize, usize> = HashMap::new();
+        for s in &seqs {
+            *size.entry(s.group).or_default() += 1;
+        }
+        dropped = size.values().filter(|&&c| c < 2).count();
+        seqs.retain(|s| size[&s.group] >= 2);
+    }
+    (seqs, dropped)
+}
+
 #[allow(clippy::too_many_lines)]
 fn execute<B: AutodiffBackend>(
     plan: &Plan,
@@ -392,15 +427,9 @@ fn execute<B: AutodiffBackend>(
         model::load::<B>(&plan.inputs.models.policy, Some(&lora), 4096, crate::rng::sub_seed(seed, "model/init"), device, &mut log)?;
     let tok = loaded.tok.clone();
     let grpo = spec.ppo.algorithm == Algorithm::Grpo;
-    let adam = || {
-        burn::optim::AdamWConfig::new()
-            .with_epsilon(1e-8)
-            .with_weight_decay(spec.ppo.weight_decay as f32)
-            .with_grad_clipping(
-                (spec.ppo.max_grad_norm > 0.0).then_some(burn::grad_clipping::GradientClippingConfig::Norm(spec.ppo.max_grad_norm as f32)),
-            )
-            .init::<B, Llama<B>>()
-    };
+    // No optimizer-side clipping: burn's clips each tensor on its own; `train::update` clips
+    // the global norm over every trained tensor instead.
+    let adam = || burn::optim::AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(spec.ppo.weight_decay as f32).init::<B, Llama<B>>();
     let mut policy = loaded.model;
     let mut critic = None;
     if !grpo {
@@ -421,7 +450,15 @@ fn execute<B: AutodiffBackend>(
 
     // --- resume -----------------------------------------------------------------------------------
     let history = History::new(&dir.root);
-    let mut state = State { update: 0, rubric_version: 0, meta_candidates: vec![], first_response_tokens: None, usage: HashMap::new() };
+    let mut state = State {
+        update: 0,
+        rubric_version: 0,
+        meta_candidates: vec![],
+        first_response_tokens: None,
+        usage: HashMap::new(),
+        meta_steps: 0,
+        meta_accepted: 0,
+    };
     let mut rubric = plan_rubric(plan)?;
     if let Some((ckpt, st)) = checkpoint::latest(dir) {
         progress.log(&format!("resuming from {} (update {} of {updates})", ckpt.display(), st.update));
@@ -463,7 +500,8 @@ fn execute<B: AutodiffBackend>(
     }
     let reward_tmpl = &plan_template(plan, TemplateKind::Judge)?;
     let reward_cfg =
-        RewardConfig::new(spec.reward.clone(), spec.task.kind.as_str(), reward_tmpl.text.clone(), reward_tmpl.path.display().to_string())?;
+        RewardConfig::new(spec.reward.clone(), spec.task.kind.as_str(), reward_tmpl.text.clone(), reward_tmpl.path.display().to_string())?
+            .with_group(if grpo { spec.ppo.group_size } else { 1 });
     let meta_cfg = meta_config(plan)?;
     let policy_tmpl = plan_template(plan, TemplateKind::Policy)?;
 
@@ -471,9 +509,7 @@ fn execute<B: AutodiffBackend>(
     let data_seed = spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(seed, "task/data"));
     let train = crate::task::load(spec.task.kind, &spec.task.train, data_seed).map_err(|e| RunError::Config(e.to_string()))?;
     let test = match &spec.task.test {
-        Some(t) => Some(
-            crate::task::load(spec.task.kind, t, crate::rng::sub_seed(data_seed, "test")).map_err(|e| RunError::Config(e.to_string()))?,
-        ),
+        Some(t) => Some(crate::task::load(spec.task.kind, t, spec.test_seed()).map_err(|e| RunError::Config(e.to_string()))?),
         None => None,
     };
     manifest.warmup_s = t_setup.elapsed().as_secs_f64();
@@ -482,7 +518,7 @@ fn execute<B: AutodiffBackend>(
     let group = if grpo { spec.ppo.group_size } else { 1 };
     let per_update = spec.ppo.batch_size / group;
     let used = plan.inputs.train.used;
-    let mut ran_here = 0u32;
+    let first_here = state.update + 1;
     let mut checkpointed_at = state.update;
     for update in state.update + 1..=updates {
         let t_update = Instant::now();
@@ -529,20 +565,8 @@ fn execute<B: AutodiffBackend>(
         // --- PPO -----------------------------------------------------------------------------------
         progress.stage(&format!("update {update}: PPO"));
         let t_ppo0 = Instant::now();
-        let penalty = spec.ppo.missing_eos_penalty.unwrap_or(0.0);
-        let mut seqs = Vec::new();
-        let mut final_scores = Vec::new();
-        for ((p, g), s) in prompts.iter().zip(&gens).zip(&scored) {
-            let Some(r) = s.reward else { continue };
-            let score = if g.finish == Finish::Eos { r } else { r - penalty };
-            final_scores.push(score);
-            let response = if g.tokens.is_empty() { vec![tok.eos] } else { g.tokens.clone() };
-            seqs.push(Seq { query: p.2.clone(), response, score });
-        }
-        // GRPO groups must stay whole: drop incomplete groups.
-        if grpo && seqs.len() % group != 0 {
-            seqs.truncate(seqs.len() / group * group);
-        }
+        let penalty = spec.ppo.missing_eos_penalty.map(|p| p.amount(reward::reward_range(&spec.reward, &rubric))).unwrap_or(0.0);
+        let (seqs, groups_dropped) = training_batch(&prompts, &gens, &scored, penalty, tok.eos, group);
         let frac = match spec.ppo.lr_schedule {
             LrSchedule::Linear => 1.0 - (update - 1) as f64 / updates as f64,
             LrSchedule::Constant => 1.0,
@@ -555,14 +579,16 @@ fn execute<B: AutodiffBackend>(
         let rewards: Vec<f64> = scored.iter().filter_map(|s| s.reward).collect();
         let (rm, rsd, rmin, rmax) = mean_std(&rewards);
         let resp_tokens: Vec<(&str, usize)> = gens.iter().map(|g| (g.text.as_str(), g.tokens.len())).collect();
-        let signals = reward::signals::compute(&resp_tokens, &scored, rubric.max_score() as f64);
+        let signals = reward::signals::compute(&resp_tokens, &scored, rubric.min_score() as f64, rubric.max_score() as f64);
         let first = *state.first_response_tokens.get_or_insert(signals.mean_response_tokens);
         let judge_r: Vec<f64> = scored.iter().filter_map(|s| s.judge_reward).collect();
         let ver: Vec<f64> = scored.iter().filter_map(|s| s.verifier_score).collect();
         let eos_rate = gens.iter().filter(|g| g.finish == Finish::Eos).count() as f64 / gens.len().max(1) as f64;
 
         // --- meta step ------------------------------------------------------------------------------
-        for (r, s) in rollouts.iter().zip(&scored) {
+        // Evidence is what the judge scored: a verifier-scored or skipped rollout has no grade
+        // for the meta judge to audit.
+        for (r, s) in rollouts.iter().zip(&scored).filter(|(_, s)| s.item_scores.is_some()) {
             state.meta_candidates.push(MetaSample {
                 id: r.id.clone(),
                 question: r.question.clone(),
@@ -587,7 +613,10 @@ fn execute<B: AutodiffBackend>(
             let outcome = meta::run(judge, cfg, &rubric, &state.meta_candidates, seed, update);
             state.usage.entry("meta".into()).or_default().add(&outcome.usage);
             let new_version = history.record(&outcome, &rubric, state.rubric_version)?;
-            meta_row = json!({"ran": true, "samples": outcome.evidence.len(), "new_version": new_version, "kept_because": outcome.result.as_ref().err()});
+            state.meta_steps += 1;
+            state.meta_accepted += u32::from(new_version.is_some() && outcome.result.is_ok());
+            meta_row = json!({"ran": true, "samples": outcome.evidence.len(), "new_version": new_version, "kept_because": outcome.result.as_ref().err(),
+                "steps": state.meta_steps, "accepted": state.meta_accepted, "acceptance_rate": round4(state.meta_accepted as f64 / state.meta_steps as f64)});
             match (new_version, outcome.result) {
                 (Some(v), Ok(r)) => {
                     progress.log(&format!("update {update}: rubric v{v:03} ({} items)", r.items.len()));
@@ -617,7 +646,6 @@ fn execute<B: AutodiffBackend>(
                 chat_override.as_deref(),
                 &test.records,
                 plan.inputs.test.as_ref().map(|t| t.used).unwrap_or(0),
-                seed,
                 dir,
                 update,
                 &format!("update-{update:06}"),
@@ -645,6 +673,10 @@ fn execute<B: AutodiffBackend>(
             "approxkl": round4(stats.approxkl),
             "lr": stats.lr,
             "trained_sequences": stats.sequences,
+            "optimizer_steps": stats.optimizer_steps,
+            "grad_norm": round4(stats.grad_norm),
+            "groups_dropped": groups_dropped,
+            "missing_eos_penalty": round4(penalty),
             "judge_failures": reward::failure_counts(&scored),
             "skipped": scored.iter().filter(|s| s.reward.is_none()).count(),
             "eos_rate": round4(eos_rate),
@@ -685,7 +717,7 @@ fn execute<B: AutodiffBackend>(
         tensorboard::write(&dir.path("events.out.tfevents.mpo"), &dir.read_jsonl("metrics.jsonl")?)?;
         manifest.updates_done = update;
         dir.write_manifest(manifest)?;
-        ran_here += 1;
+        let ran_here = update - first_here + 1;
         progress.done(
             update as u64,
             &format!(
@@ -799,6 +831,62 @@ fn meta_config(plan: &Plan) -> Result<Option<MetaConfig>, RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::generate::Generated;
+    use crate::reward::Scored;
+
+    type Rollout = ((usize, String, Vec<u32>), Generated, Scored);
+
+    fn rollout(prompt: usize, reward: Option<f64>, finish: Finish) -> Rollout {
+        (
+            (prompt, format!("p{prompt}"), vec![100 + prompt as u32]),
+            Generated { tokens: vec![1, 2], logprobs: vec![0.0, 0.0], text: "x".into(), finish },
+            Scored {
+                id: String::new(),
+                reward,
+                source: "judge".into(),
+                verdicts: vec![],
+                verifier_score: None,
+                judge_reward: reward,
+                item_scores: None,
+                judge_prompt: None,
+                judge_answers: vec![],
+                failure: None,
+            },
+        )
+    }
+
+    fn batch(rs: Vec<Rollout>, penalty: f64, group: usize) -> (Vec<Seq>, usize) {
+        let (mut p, mut g, mut s) = (vec![], vec![], vec![]);
+        for (a, b, c) in rs {
+            p.push(a);
+            g.push(b);
+            s.push(c);
+        }
+        training_batch(&p, &g, &s, penalty, 0, group)
+    }
+
+    #[test]
+    fn a_skipped_rollout_does_not_shift_grpo_groups() {
+        // 4 prompts x 4 samples, rollout 1 skipped: groups stay AAA BBBB CCCC DDDD (not AAAB ...)
+        let rs = (0..16).map(|k| rollout(k / 4, (k != 1).then_some(k as f64), Finish::Eos)).collect();
+        let (seqs, dropped) = batch(rs, 0.0, 4);
+        assert_eq!((seqs.len(), dropped), (15, 0));
+        for s in &seqs {
+            assert_eq!(s.query, vec![100 + s.group as u32], "a sequence landed in another prompt's group");
+        }
+        // three of A's four skipped: A has no spread left and is dropped whole
+        let rs = (0..8).map(|k| rollout(k / 4, (k == 0 || k >= 4).then_some(1.0), Finish::Eos)).collect();
+        let (seqs, dropped) = batch(rs, 0.0, 4);
+        assert_eq!((seqs.len(), dropped), (4, 1));
+        assert!(seqs.iter().all(|s| s.group == 1));
+    }
+
+    #[test]
+    fn only_a_cut_off_response_is_penalised() {
+        let rs = vec![rollout(0, Some(1.0), Finish::Eos), rollout(1, Some(1.0), Finish::Stop), rollout(2, Some(1.0), Finish::Length)];
+        let (seqs, _) = batch(rs, 0.25, 1);
+        assert_eq!(seqs.iter().map(|s| s.score).collect::<Vec<_>>(), vec![1.0, 1.0, 0.75]);
+    }
 
     #[test]
     fn prompt_indices_are_epochs_of_permutations() {

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Llama;
 use crate::model::generate::{causal_mask, to_host};
-use crate::ppo::{self, LossParts, PpoBatch};
-use crate::spec::{Algorithm, PpoSpec};
+use crate::ppo::{self, LossParts, PpoBatch, ValueBatch};
+use crate::spec::{Algorithm, PpoSpec, ScoreAt};
 
 pub type Adam<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
 
@@ -32,6 +32,8 @@ pub struct Seq {
     pub query: Vec<u32>,
     pub response: Vec<u32>,
     pub score: f64,
+    /// The prompt it answers: GRPO normalises scores among sequences sharing this id.
+    pub group: usize,
 }
 
 /// What an update measured.
@@ -50,6 +52,9 @@ pub struct TrainStats {
     pub score: f64,
     pub lr: f64,
     pub optimizer_steps: usize,
+    /// Mean over optimizer steps of the global gradient norm (policy and critic together),
+    /// measured before clipping.
+    pub grad_norm: f64,
 }
 
 struct Layout {
@@ -123,6 +128,74 @@ fn score_rows<B: Backend>(
     (lp, ent, values)
 }
 
+/// `parts` near-equal consecutive pieces of `xs` (sizes differ by at most one; none empty):
+/// a mini-batch count is a number of optimizer steps, whatever the number of sequences left.
+pub fn split_even<T>(xs: &[T], parts: usize) -> Vec<&[T]> {
+    let k = parts.clamp(1, xs.len().max(1));
+    let (base, extra) = (xs.len() / k, xs.len() % k);
+    let mut out = Vec::with_capacity(k);
+    let mut start = 0;
+    for p in 0..k {
+        let size = base + usize::from(p < extra);
+        if size > 0 {
+            out.push(&xs[start..start + size]);
+        }
+        start += size;
+    }
+    out
+}
+
+/// Sums squares of every gradient of `module`'s parameters, or scales them by `factor`.
+struct GradVisitor<'a> {
+    grads: &'a mut GradientsParams,
+    factor: Option<f64>,
+    sq: f64,
+}
+
+impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for GradVisitor<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+        let id = param.id;
+        match self.factor {
+            None => {
+                if let Some(g) = self.grads.get::<B::InnerBackend, D>(id) {
+                    self.sq += to_host(g.powi_scalar(2).sum()).ok().and_then(|v| v.first().copied()).unwrap_or(0.0) as f64;
+                }
+            }
+            Some(f) => {
+                if let Some(g) = self.grads.remove::<B::InnerBackend, D>(id) {
+                    self.grads.register::<B::InnerBackend, D>(id, g.mul_scalar(f));
+                }
+            }
+        }
+    }
+}
+
+/// Clip the global L2 norm of all trained gradients (policy and critic together, as HF and
+/// DeepSpeed do) to `max_norm` (0 = off); returns the norm before clipping.
+fn clip_global_norm<B: AutodiffBackend>(
+    policy: &Llama<B>,
+    critic: Option<&Llama<B>>,
+    gp: &mut GradientsParams,
+    gc: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    use burn::module::Module;
+    let mut sq = 0.0;
+    for (m, g) in std::iter::once((policy, &mut *gp)).chain(critic.map(|c| (c, &mut *gc))) {
+        let mut v = GradVisitor { grads: g, factor: None, sq: 0.0 };
+        m.visit(&mut v);
+        sq += v.sq;
+    }
+    let norm = sq.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let f = max_norm / (norm + 1e-6);
+        for (m, g) in std::iter::once((policy, gp)).chain(critic.map(|c| (c, gc))) {
+            m.visit(&mut GradVisitor { grads: g, factor: Some(f), sq: 0.0 });
+        }
+    }
+    norm
+}
+
 fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     to_host(t).ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN) as f64
 }
@@ -171,18 +244,26 @@ pub fn update<B: AutodiffBackend>(
 
     // --- rewards, advantages, returns (host) ------------------------------------------------------
     let len = |i: usize| seqs[i].response.len();
+    // Positions the critic learns: the response, plus the score slot after it when asked for
+    // and there is room (a response filling the width keeps its score on the last token).
+    let after_eos = spec.score_at == ScoreAt::AfterEos && !grpo;
+    let vlen = |i: usize| if after_eos && len(i) < r { len(i) + 1 } else { len(i) };
     let mut rewards: Vec<Vec<f64>> = Vec::with_capacity(n);
     for i in 0..n {
         let (lp, rf) = (&old_lp[i * r..i * r + len(i)], &ref_lp[i * r..i * r + len(i)]);
-        let (rw, kls) = ppo::shape_rewards(lp, rf, seqs[i].score, if grpo { 0.0 } else { spec.kl_coef }, spec.kl_estimator);
+        let kl_coef = if grpo { 0.0 } else { spec.kl_coef };
+        let (rw, kls) = ppo::shape_rewards(lp, rf, seqs[i].score, kl_coef, spec.kl_estimator, vlen(i) > len(i));
         stats.kl += kls.iter().sum::<f64>() / n as f64;
         stats.non_score_reward += -spec.kl_coef * kls.iter().sum::<f64>() / n as f64;
         stats.score += seqs[i].score / n as f64;
         rewards.push(rw);
     }
     let (mut adv, mut ret) = (vec![0f64; n * r], vec![0f64; n * r]);
+    let mut vmask = vec![0f64; n * r];
     if grpo {
-        let ga = ppo::group_advantages(&seqs.iter().map(|s| s.score).collect::<Vec<_>>(), spec.group_size);
+        let scores: Vec<f64> = seqs.iter().map(|s| s.score).collect();
+        let groups: Vec<usize> = seqs.iter().map(|s| s.group).collect();
+        let ga = ppo::group_advantages(&scores, &groups);
         for i in 0..n {
             for j in 0..len(i) {
                 adv[i * r + j] = ga[i];
@@ -195,15 +276,18 @@ pub fn update<B: AutodiffBackend>(
         let mut advs: Vec<Vec<f64>> = Vec::with_capacity(n);
         let mut rets: Vec<Vec<f64>> = Vec::with_capacity(n);
         for (i, rw) in rewards.iter().enumerate() {
-            let (a, rt) = ppo::gae(rw, &old_v[i * r..i * r + len(i)], spec.gamma, spec.lam);
+            let (a, rt) = ppo::gae(rw, &old_v[i * r..i * r + vlen(i)], spec.gamma, spec.lam);
             advs.push(a);
             rets.push(rt);
         }
-        ppo::whiten(&mut advs, true);
+        // Advantages are whitened over the policy's positions only (the score slot is no action).
+        let mut pol: Vec<Vec<f64>> = advs.iter().enumerate().map(|(i, a)| a[..len(i)].to_vec()).collect();
+        ppo::whiten(&mut pol, true);
         for i in 0..n {
-            for j in 0..len(i) {
-                adv[i * r + j] = advs[i][j];
+            for j in 0..vlen(i) {
+                adv[i * r + j] = if j < len(i) { pol[i][j] } else { 0.0 };
                 ret[i * r + j] = rets[i][j];
+                vmask[i * r + j] = 1.0;
             }
         }
     }
@@ -214,14 +298,12 @@ pub fn update<B: AutodiffBackend>(
         Tensor::from_data(TensorData::new(rows(v, r, idx).into_iter().map(|x| x as f32).collect::<Vec<f32>>(), [idx.len(), r]), &device)
     };
     let maskf: Vec<f64> = l.mask.iter().map(|&x| x as f64).collect();
-    let mb = (n / spec.num_mini_batches.max(1)).max(1);
-    let micro = (mb / spec.gradient_accumulation_steps.max(1)).max(1);
     let (mut sum_pl, mut sum_vl, mut sum_cf, mut sum_kl, mut sum_ent, mut count) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     for epoch in 0..spec.num_ppo_epochs {
         let mut perm: Vec<usize> = (0..n).collect();
         perm.shuffle(&mut crate::rng::stream(seed, &format!("ppo/u{update:06}/epoch{epoch}")));
-        for mini in perm.chunks(mb) {
-            let micros: Vec<&[usize]> = mini.chunks(micro).collect();
+        for mini in split_even(&perm, spec.num_mini_batches) {
+            let micros = split_even(mini, spec.gradient_accumulation_steps);
             let k = micros.len() as f64;
             let mut acc_p = GradientsAccumulator::<Llama<B>>::new();
             let mut acc_c = GradientsAccumulator::<Llama<B>>::new();
@@ -233,7 +315,7 @@ pub fn update<B: AutodiffBackend>(
                     old_logprobs: t2(&old_lp, idx),
                     advantages: t2(&adv, idx),
                     mask: t2(&maskf, idx),
-                    values: v.map(|v| (v, t2(&old_v, idx), t2(&ret, idx))),
+                    values: v.map(|v| ValueBatch { values: v, old_values: t2(&old_v, idx), returns: t2(&ret, idx), mask: t2(&vmask, idx) }),
                 };
                 let mask = batch.mask.clone();
                 let parts: LossParts<B> = if grpo {
@@ -253,14 +335,18 @@ pub fn update<B: AutodiffBackend>(
                     acc_c.accumulate(c, GradientsParams::from_module(&mut grads, c));
                 }
             }
+            let (mut gp, mut gc) = (acc_p.grads(), acc_c.grads());
+            let critic = tr.critic.as_ref().map(|(c, _)| c);
+            stats.grad_norm += clip_global_norm(&tr.policy, critic, &mut gp, &mut gc, spec.max_grad_norm);
             let policy = tr.policy.clone();
-            tr.policy = tr.optim.step(lr, policy, acc_p.grads());
+            tr.policy = tr.optim.step(lr, policy, gp);
             if let Some((c, o)) = tr.critic.as_mut() {
-                *c = o.step(lr, c.clone(), acc_c.grads());
+                *c = o.step(lr, c.clone(), gc);
             }
             stats.optimizer_steps += 1;
         }
     }
+    stats.grad_norm /= stats.optimizer_steps.max(1) as f64;
     if count > 0.0 {
         stats.policy_loss = sum_pl / count;
         stats.value_loss = (!grpo).then_some(sum_vl / count);
@@ -296,8 +382,8 @@ mod tests {
 
     fn seqs() -> Vec<Seq> {
         vec![
-            Seq { query: vec![5, 9, 12], response: vec![40, 41, 42], score: 1.0 },
-            Seq { query: vec![7], response: vec![3, 4], score: -1.0 },
+            Seq { query: vec![5, 9, 12], response: vec![40, 41, 42], score: 1.0, group: 0 },
+            Seq { query: vec![7], response: vec![3, 4], score: -1.0, group: 0 },
         ]
     }
 
@@ -339,6 +425,67 @@ mod tests {
             (s, crate::model::adapter::trained_tensors(&tr.policy.valid()))
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn mini_batches_are_exactly_the_asked_number() {
+        // 15 sequences in 2 mini-batches: 8 + 7, not 7 + 7 + 1 (an extra full-lr step on one)
+        let xs: Vec<usize> = (0..15).collect();
+        let sizes: Vec<usize> = split_even(&xs, 2).iter().map(|p| p.len()).collect();
+        assert_eq!(sizes, vec![8, 7]);
+        assert_eq!(split_even(&xs, 4).iter().map(|p| p.len()).collect::<Vec<_>>(), vec![4, 4, 4, 3]);
+        // fewer sequences than parts: one each, none empty
+        assert_eq!(split_even(&xs[..2], 4).len(), 2);
+        assert_eq!(split_even(&xs[..0], 2).len(), 0);
+        let mut tr = trainer(true);
+        let mut three = seqs();
+        three.push(Seq { query: vec![8, 8], response: vec![9], score: 0.5, group: 0 });
+        let spec = PpoSpec { num_ppo_epochs: 1, num_mini_batches: 2, ..PpoSpec::default() };
+        assert_eq!(update(&mut tr, &three, &spec, 1e-2, 0, 8, 0, 1).optimizer_steps, 2);
+    }
+
+    #[test]
+    fn clipping_bounds_the_global_norm_and_keeps_the_direction() {
+        let tr = trainer(false);
+        let l = layout(&seqs(), 0);
+        let all = [0usize, 1];
+        let (lp, _, v) = score_rows(&tr.policy, tr.critic.as_ref().map(|(c, _)| c), &l, &all, true, 1.0, true);
+        let loss = lp.sum().neg() + v.unwrap().powi_scalar(2).sum();
+        let mut grads = loss.backward();
+        let critic = &tr.critic.as_ref().unwrap().0;
+        let mut gp = GradientsParams::from_module(&mut grads, &tr.policy);
+        let mut gc = GradientsParams::from_module(&mut grads, critic);
+        let norms = |gp: &mut GradientsParams, gc: &mut GradientsParams| {
+            let (mut a, mut b) = (GradVisitor { grads: gp, factor: None, sq: 0.0 }, GradVisitor { grads: gc, factor: None, sq: 0.0 });
+            burn::module::Module::visit(&tr.policy, &mut a);
+            burn::module::Module::visit(critic, &mut b);
+            (a.sq.sqrt(), b.sq.sqrt())
+        };
+        let (p0, c0) = norms(&mut gp, &mut gc);
+        let before = clip_global_norm(&tr.policy, Some(critic), &mut gp, &mut gc, 1e-3);
+        assert!((before - (p0 * p0 + c0 * c0).sqrt()).abs() < 1e-6 * before.max(1.0));
+        let (p1, c1) = norms(&mut gp, &mut gc);
+        // the norm over everything is the bound; each part keeps its share (per-tensor clipping
+        // would bring every tensor to the bound on its own)
+        assert!(((p1 * p1 + c1 * c1).sqrt() - 1e-3).abs() < 1e-5, "{p1} {c1}");
+        assert!((p1 / c1 - p0 / c0).abs() < 1e-3 * (p0 / c0), "direction changed");
+    }
+
+    #[test]
+    fn score_after_eos_trains_the_critic_on_one_more_slot() {
+        // The second sequence (2 of 3 tokens) has room for the score slot; the critic's loss
+        // then covers 6 positions instead of 5 and the returns differ, so the losses do.
+        let losses: Vec<f64> = [ScoreAt::LastToken, ScoreAt::AfterEos]
+            .into_iter()
+            .map(|score_at| {
+                let mut tr = trainer(true);
+                let spec = PpoSpec { num_ppo_epochs: 1, score_at, ..PpoSpec::default() };
+                let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1);
+                assert!(s.policy_loss.is_finite(), "{score_at:?}");
+                s.value_loss.expect("PPO has a critic")
+            })
+            .collect();
+        assert!(losses.iter().all(|l| l.is_finite()) && (losses[0] - losses[1]).abs() > 1e-9, "{losses:?}");
     }
 
     #[test]
