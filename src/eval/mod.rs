@@ -122,24 +122,12 @@ impl BackendJob for EvalJob {
         };
         let tmpl = crate::run::plan_template(&self.plan, TemplateKind::Policy)?;
         let chat = spec.policy.chat_template.as_ref().map(std::fs::read_to_string).transpose().map_err(crate::run::RunError::from)?;
-        let data_seed = spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(seed, "task/data"));
-        let data = crate::task::load(spec.task.kind, test, crate::rng::sub_seed(data_seed, "test")).map_err(|e| usage(e.to_string()))?;
+        let data = crate::task::load(spec.task.kind, test, spec.test_seed()).map_err(|e| usage(e.to_string()))?;
         let used = self.plan.inputs.test.as_ref().map(|t| t.used).unwrap_or(data.records.len());
         let dir = RunDir { root: self.run.clone() };
-        let metrics = crate::run::eval::evaluate(
-            &policy,
-            &loaded.tok,
-            spec,
-            &tmpl,
-            chat.as_deref(),
-            &data.records,
-            used,
-            seed,
-            &dir,
-            update,
-            &label,
-        )?;
-        let samples = crate::run::eval::eval_indices(seed, data.records.len(), used, spec.eval.samples).len();
+        let metrics =
+            crate::run::eval::evaluate(&policy, &loaded.tok, spec, &tmpl, chat.as_deref(), &data.records, used, &dir, update, &label)?;
+        let samples = crate::run::eval::eval_indices(spec.eval.seed, data.records.len(), used, spec.eval.samples).len();
         dir.write_json(
             &format!("eval/{label}.json"),
             &json!({"run_id": self.plan.run_id, "weights": label, "samples": samples, "metrics": metrics}),

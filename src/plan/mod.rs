@@ -157,12 +157,14 @@ pub fn compile(r: &Resolved) -> Plan {
     let test_used =
         inputs.test.as_ref().map(|t| t.len.min(spec.task.test.as_ref().and_then(|s| s.limit).unwrap_or(usize::MAX))).unwrap_or(0);
     let eval_episodes = schedule.eval_at.len() as u64 * spec.eval.samples.min(test_used) as u64;
-    let meta_judge_tokens = spec.meta.judge.as_ref().unwrap_or(&spec.reward.judge).max_tokens as u64;
+    // Meta stages answer with `meta.max_tokens` whichever judge serves them.
+    let meta_judge_tokens = spec.meta.max_tokens as u64;
+    let attempts = 1 + spec.reward.failure.retries as u64;
     let estimates = Estimates {
         episodes,
         policy_tokens: (episodes + eval_episodes) * p.response_length as u64,
         judge_calls,
-        judge_tokens: judge_calls * spec.reward.judge.max_tokens as u64 + meta_calls * meta_judge_tokens,
+        judge_tokens: judge_calls * attempts * spec.reward.judge.max_tokens as u64 + meta_calls * meta_judge_tokens,
         meta_calls,
         eval_episodes,
     };

@@ -83,9 +83,10 @@ pub fn render_summary(plan: &Plan) -> String {
     let _ = writeln!(o, "  policy    {}, LoRA r={} alpha={} on {}", model_name(&i.models.policy), l.rank, l.alpha, targets.join(","));
     let _ = writeln!(
         o,
-        "  reward    judge {}; rubric v0 {} items, scores {}..{}{}",
+        "  reward    judge {}; rubric v0 {} item{}, scores {}..{}{}",
         judge(&s.reward.judge, i.models.judge.as_ref()),
         i.rubric_v0.items.len(),
+        if i.rubric_v0.items.len() == 1 { "" } else { "s" },
         i.rubric_v0.min_score,
         i.rubric_v0.max_score,
         if s.reward.normalize { " (normalized to 0..1)" } else { "" }
@@ -162,7 +163,7 @@ pub fn render_summary(plan: &Plan) -> String {
     );
     let _ = writeln!(
         o,
-        "            kl {} ({}), clip {} / value clip {}, vf {}, gamma {} lam {}, response <= {} tokens at T={}{}",
+        "            kl {} ({}), clip {} / value clip {}, vf {}, gamma {} lam {}, response <= {} tokens at T={}{}, score at {}",
         p.kl_coef,
         serde_json::to_value(p.kl_estimator).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
         p.cliprange,
@@ -172,7 +173,17 @@ pub fn render_summary(plan: &Plan) -> String {
         p.lam,
         p.response_length,
         p.temperature,
-        p.missing_eos_penalty.map(|x| format!(", missing-EOS penalty {x}")).unwrap_or_default()
+        p.missing_eos_penalty
+            .map(|x| match x {
+                crate::spec::EosPenalty::Absolute(x) => format!(", missing-EOS penalty {x}"),
+                crate::spec::EosPenalty::ShareOfRange { share_of_range } =>
+                    format!(", missing-EOS penalty {share_of_range} x reward range"),
+            })
+            .unwrap_or_default(),
+        match p.score_at {
+            crate::spec::ScoreAt::LastToken => "the last token",
+            crate::spec::ScoreAt::AfterEos => "the slot after EOS",
+        }
     );
     let r = &s.runtime;
     let _ = writeln!(o, "  runtime   {} (device {}), seed {}, rollout batch {}", r.backend.as_str(), r.device, r.seed, r.rollout_batch);
@@ -183,7 +194,7 @@ pub fn render_summary(plan: &Plan) -> String {
     let e = &plan.estimates;
     let _ = writeln!(
         o,
-        "  estimates {} episodes, <= {} policy tokens, {} judge calls, {} meta calls, <= {} judge tokens{}",
+        "  estimates {} episodes, <= {} policy tokens, {} judge calls, {} meta calls, <= {} judge tokens (retries included){}",
         thousands(e.episodes),
         thousands(e.policy_tokens),
         thousands(e.judge_calls),

@@ -149,6 +149,21 @@ fn groups(runs: &[RunData]) -> Vec<(String, Vec<&RunData>)> {
     out
 }
 
+const VERIFIED: &str = "verified accuracy";
+const TRAINING_REWARD: &str = "training reward (own rubric)";
+
+/// How each column is computed, printed under the table.
+const COLUMN_NOTES: &str = "How each number is computed:\n\n\
+- **verified accuracy**: mean programmatic verifier score of the last update's training rollouts \
+(the same instrument for every run).\n\
+- **eval ...**: task metrics of the latest evaluation on held-out test prompts (chosen by \
+`eval.seed`, the same prompts for every run).\n\
+- **training reward (own rubric)**: mean reward of the last update, scored under that run's \
+current rubric. Runs whose rubrics differ were graded by different instruments: do not compare \
+this column across groups.\n\
+- **kl**: mean summed per-token KL to the reference policy; **judge failures**: over the whole \
+run; **rubric versions**: the last rubric version.\n\n";
+
 /// Aggregate runs by group.
 pub fn aggregate(runs: &[RunData]) -> Vec<GroupRow> {
     let eval_keys: Vec<String> = {
@@ -161,17 +176,19 @@ pub fn aggregate(runs: &[RunData]) -> Vec<GroupRow> {
         .into_iter()
         .map(|(g, rs)| {
             let col = |f: &dyn Fn(&RunData) -> Option<f64>| rs.iter().filter_map(|r| f(r)).collect::<Vec<f64>>();
-            let mut columns = vec![
-                ("updates".to_string(), col(&|r| r.last("/update"))),
-                ("final reward".to_string(), col(&|r| r.last("/reward/mean"))),
-                ("verified accuracy".to_string(), col(&|r| r.last("/verifier_mean"))),
-                ("kl".to_string(), col(&|r| r.last("/kl"))),
-                ("judge failures".to_string(), col(&|r| Some(r.judge_failures()))),
-                ("rubric versions".to_string(), col(&|r| r.last("/rubric_version"))),
-            ];
+            // Fixed instruments first (the verifier, held-out eval): they compare across groups.
+            // The training reward is scored under each run's own, changing rubric.
+            let mut columns =
+                vec![("updates".to_string(), col(&|r| r.last("/update"))), (VERIFIED.to_string(), col(&|r| r.last("/verifier_mean")))];
             for k in &eval_keys {
                 columns.push((format!("eval {k}"), col(&|r| r.last_eval().get(k).copied())));
             }
+            columns.extend([
+                (TRAINING_REWARD.to_string(), col(&|r| r.last("/reward/mean"))),
+                ("kl".to_string(), col(&|r| r.last("/kl"))),
+                ("judge failures".to_string(), col(&|r| Some(r.judge_failures()))),
+                ("rubric versions".to_string(), col(&|r| r.last("/rubric_version"))),
+            ]);
             let finished =
                 rs.iter().filter(|r| r.manifest.as_ref().is_some_and(|m| m.status == crate::run::results::Status::Finished)).count();
             GroupRow { group: g, runs: rs.len(), finished, columns }
@@ -203,7 +220,9 @@ pub fn markdown(name: &str, rows: &[GroupRow], runs: &[RunData]) -> String {
         }
         s.push('\n');
     }
-    s.push_str("\n![reward](reward.svg)\n\n![verified accuracy](verifier.svg)\n\n");
+    s.push('\n');
+    s.push_str(COLUMN_NOTES);
+    s.push_str("![verified accuracy](verifier.svg)\n\n![training reward](reward.svg)\n\n");
     s.push_str("Markers show the updates after which the meta-reward step switched to a new rubric.\n\n## Runs\n\n");
     s.push_str("| run id | factors | status | updates | rubric changes at |\n|---|---|---|---|---|\n");
     for r in runs {
@@ -335,23 +354,17 @@ pub fn report(root: &Path, out: Option<&Path>) -> Result<Written, ReportError> {
     write(&mdp, &md)?;
     write(&csvp, &csv(&rows))?;
     let (rp, vp) = (out.join("reward.svg"), out.join("verifier.svg"));
-    plot(&rp, &format!("{name}: mean reward"), "reward", &runs, "/reward/mean")?;
+    plot(&rp, &format!("{name}: training reward (each run's own rubric)"), "reward", &runs, "/reward/mean")?;
     plot(&vp, &format!("{name}: verified accuracy"), "verifier", &runs, "/verifier_mean")?;
-    let mut table = vec![vec![
-        "factor".to_string(),
-        "runs".into(),
-        "final reward".into(),
-        "verified accuracy".into(),
-        "kl".into(),
-        "rubric versions".into(),
-    ]];
+    let mut table =
+        vec![vec!["factor".to_string(), "runs".into(), VERIFIED.into(), TRAINING_REWARD.into(), "kl".into(), "rubric versions".into()]];
     for r in &rows {
         let get = |n: &str| r.columns.iter().find(|(c, _)| c == n).map(|(_, xs)| pm(xs)).unwrap_or_default();
         table.push(vec![
             r.group.clone(),
             format!("{} ({} finished)", r.runs, r.finished),
-            get("final reward"),
-            get("verified accuracy"),
+            get(VERIFIED),
+            get(TRAINING_REWARD),
             get("kl"),
             get("rubric versions"),
         ]);

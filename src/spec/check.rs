@@ -249,8 +249,15 @@ impl<'a> Checker<'a> {
             .label(format!("expected {what}"));
         if node.value == Value::Null {
             d = d.help("write a value, or delete the key to use the default");
-        } else if matches!(node.value, Value::Str(_)) && types(schema).iter().any(|t| t == "number" || t == "integer") {
-            d = d.help("write the number without quotes");
+        } else if let Value::Str(s) = &node.value
+            && types(schema).iter().any(|t| t == "number" || t == "integer")
+        {
+            // Only a quoted number is fixed by dropping the quotes; "eight" needs digits.
+            d = d.help(if s.trim().parse::<f64>().is_ok() {
+                "write the number without quotes"
+            } else {
+                "write a number in digits, without quotes"
+            });
         }
         d
     }

@@ -283,7 +283,7 @@ pub fn apply(tree: &mut Node, a: &Assignment) -> Result<(), Diagnostic> {
                     .at(a.key_origin)
                     .label(format!("`{seg}` is not an index below {n}"))
                     .help(
-                        "index list items by position from 0, e.g. `reward.verifiers.0.weight=2`, or replace the whole list: `key=[a, b]`",
+                        "index list items by position from 0, e.g. `reward.verifiers.0.kind=math_answer`, or replace the whole list: `key=[a, b]`",
                     )
                 })?;
                 if last {

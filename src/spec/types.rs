@@ -58,6 +58,14 @@ pub struct Spec {
     pub sweep: Option<SweepSpec>,
 }
 
+impl Spec {
+    /// Seed of the test split (a generated one; files load as written): from `eval.seed`, so
+    /// runs that differ in `runtime.seed` are evaluated on the same records.
+    pub fn test_seed(&self) -> u64 {
+        crate::rng::sub_seed(self.eval.seed, "task/test")
+    }
+}
+
 /// One base spec path or a list of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
@@ -235,9 +243,6 @@ pub struct LoraSpec {
     /// Scaling numerator: the update is `alpha / rank * B A x`.
     #[schemars(range(min = 0.0))]
     pub alpha: f64,
-    /// Dropout on the adapter input during training.
-    #[schemars(range(min = 0.0, max = 0.99))]
-    pub dropout: f64,
     /// Modules that get an adapter.
     #[schemars(length(min = 1))]
     pub targets: Vec<LoraTarget>,
@@ -246,7 +251,7 @@ pub struct LoraSpec {
 impl Default for LoraSpec {
     fn default() -> Self {
         use LoraTarget::*;
-        LoraSpec { rank: 64, alpha: 128.0, dropout: 0.0, targets: vec![Q, K, V, O, Gate, Up, Down, LmHead] }
+        LoraSpec { rank: 64, alpha: 128.0, targets: vec![Q, K, V, O, Gate, Up, Down, LmHead] }
     }
 }
 
@@ -428,11 +433,15 @@ pub struct FailureSpec {
     pub retries: u32,
     /// What then happens to the sample.
     pub policy: FailurePolicy,
+    /// A retry samples with a fresh seed at `max(judge.temperature, retry_temperature)`, so a
+    /// greedy judge can answer differently the second time.
+    #[schemars(range(min = 0.0, max = 5.0))]
+    pub retry_temperature: f64,
 }
 
 impl Default for FailureSpec {
     fn default() -> Self {
-        FailureSpec { retries: 2, policy: FailurePolicy::Skip }
+        FailureSpec { retries: 2, policy: FailurePolicy::Skip, retry_temperature: 0.7 }
     }
 }
 
@@ -670,10 +679,45 @@ pub enum KlEstimator {
     K3,
 }
 
+/// The missing-EOS penalty: absolute, or relative to the reward's range.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum EosPenalty {
+    /// Subtracted as is, whatever the reward's scale (TRL's semantics).
+    Absolute(#[schemars(range(min = 0.0))] f64),
+    /// This share of the reward's range is subtracted.
+    ShareOfRange {
+        #[schemars(range(min = 0.0, max = 10.0))]
+        share_of_range: f64,
+    },
+}
+
+impl EosPenalty {
+    /// The amount subtracted when the reward spans `range`.
+    pub fn amount(&self, range: f64) -> f64 {
+        match self {
+            EosPenalty::Absolute(x) => *x,
+            EosPenalty::ShareOfRange { share_of_range } => share_of_range * range,
+        }
+    }
+}
+
+/// Where the sequence score is placed among the per-token rewards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreAt {
+    /// The last response token (textbook PPO).
+    LastToken,
+    /// One slot after the response, inside the value mask (the reference implementation).
+    AfterEos,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Critic {
-    /// A separate copy of the base model with a value head (the reference).
+    /// LoRA adapters of its own and a value head on the frozen base model (the policy's base is
+    /// shared, so memory grows by the adapters only). The reference trains a full copy of the
+    /// base as its critic; see ARCHITECTURE.md, "Deviations from the reference".
     Separate,
     /// A value head on the policy's trunk (half the memory; for small machines).
     Shared,
@@ -739,9 +783,17 @@ pub struct PpoSpec {
     /// Sampling temperature of the policy during rollouts.
     #[schemars(range(min = 0.0, max = 5.0))]
     pub temperature: f64,
-    /// Reward subtracted from responses that end without an end-of-sequence token (null = none).
-    #[schemars(range(min = 0.0))]
-    pub missing_eos_penalty: Option<f64>,
+    /// Penalty for responses that hit `response_length` without ending (no end-of-sequence token
+    /// and no `policy.stop` string): a bare number is subtracted from the reward as is (TRL, the
+    /// reference: `1.0`); `{share_of_range: x}` subtracts `x` times the width of the reward's
+    /// range under the current rubric and mix (1 for normalised judge rewards, `max - min` of the
+    /// rubric otherwise, plus the verifier weight). `null` = no penalty.
+    pub missing_eos_penalty: Option<EosPenalty>,
+    /// Where the sequence score enters the per-token rewards: at the last response token
+    /// (textbook PPO), or one slot after it with that slot in the critic's mask (the reference
+    /// implementation; a response filling `response_length` has no such slot and falls back to
+    /// its last token).
+    pub score_at: ScoreAt,
     /// The value model.
     pub critic: Critic,
     /// GRPO: responses sampled per prompt; must divide `batch_size`.
@@ -772,7 +824,8 @@ impl Default for PpoSpec {
             whiten_rewards: false,
             response_length: 700,
             temperature: 0.7,
-            missing_eos_penalty: Some(1.0),
+            missing_eos_penalty: Some(EosPenalty::ShareOfRange { share_of_range: 0.2 }),
+            score_at: ScoreAt::LastToken,
             critic: Critic::Separate,
             group_size: 4,
         }
@@ -795,13 +848,16 @@ pub struct EvalSpec {
     /// Sampling temperature for evaluation (0 = greedy).
     #[schemars(range(min = 0.0, max = 5.0))]
     pub temperature: f64,
+    /// Seed of the test prompts and of evaluation sampling. Independent of `runtime.seed`, so
+    /// every run of a seed sweep is measured on the same prompts.
+    pub seed: u64,
     /// Elo tournament settings (`mpo eval --elo`).
     pub elo: EloSpec,
 }
 
 impl Default for EvalSpec {
     fn default() -> Self {
-        EvalSpec { every: Every::Never, samples: 64, temperature: 0.0, elo: EloSpec::default() }
+        EvalSpec { every: Every::Never, samples: 64, temperature: 0.0, seed: 0, elo: EloSpec::default() }
     }
 }
 

@@ -292,10 +292,28 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
 
     // --- data ------------------------------------------------------------------------------
     let train = v.data("task.train", kind, &mut spec.task.train, data_seed);
+    let test_seed = spec.test_seed();
     let test = match spec.task.test.as_mut() {
-        Some(t) => v.data("task.test", kind, t, crate::rng::sub_seed(data_seed, "test")),
+        Some(t) => v.data("task.test", kind, t, test_seed),
         None => None,
     };
+    if let (Some(_), Some(_), Some(t)) = (&train, &test, &spec.task.test)
+        && let (Ok(a), Ok(b)) = (task::load(kind, &spec.task.train, data_seed), task::load(kind, t, test_seed))
+    {
+        let shared = task::shared_records(kind, &a.records, &b.records);
+        if shared > 0 {
+            v.warn(
+                "task.test",
+                format!(
+                    "{shared} of the {} test records also appear in the training set: evaluation would measure memorisation",
+                    b.records.len()
+                ),
+                "overlaps task.train",
+            )
+            .help
+            .push("use disjoint files (the shipped tasks have `*_train.jsonl` and `*_test.jsonl`)".into());
+        }
+    }
     if spec.eval.every != Every::Never && spec.task.test.is_none() {
         v.error("eval.every", "`eval.every` is set but the task has no `test` split", "needs task.test")
             .help
@@ -359,6 +377,15 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
                 Ok(r) => {
                     if let Err(e) = r.validate(spec.meta.max_items) {
                         v.error("reward.rubric", format!("initial rubric `{}`: {e}", t.path.display()), "invalid rubric");
+                    }
+                    if let Some(h) = r.preamble.lines().find(|l| l.starts_with("## ") || l.starts_with("### ")) {
+                        v.warn(
+                            "reward.rubric",
+                            format!("initial rubric `{}`: heading `{h}` has no score range, so it is read as preamble", t.path.display()),
+                            "heading without a range",
+                        )
+                        .help
+                        .push(format!("if it is an item, give it a range: `{h} (0-4)`"));
                     }
                     rubric = Some(r);
                 }
@@ -471,8 +498,97 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         .push("add a verifier (e.g. `{kind: math_answer}`) or use `mix: {mode: weighted}`".into());
     }
 
+    if let MixSpec::Coin { chunk, .. } = spec.reward.mix {
+        if !spec.reward.normalize {
+            v.error(
+                "reward.normalize",
+                "`mix: coin` puts verifier rewards (0 or 1) and judge rewards in one batch, but `reward.normalize` is false: judge totals would be on the rubric's scale",
+                "verifier and judge on different scales",
+            )
+            .help
+            .push("set `reward.normalize: true` (judge totals become a share of the rubric's range, like the verifier's)".into());
+        }
+        let g = spec.ppo.group_size;
+        if spec.ppo.algorithm == Algorithm::Grpo && chunk > 1 && !chunk.is_multiple_of(g) {
+            v.error(
+                "reward.mix.chunk",
+                format!(
+                    "under GRPO a coin toss must cover whole groups, but `chunk` ({chunk}) is not a multiple of `ppo.group_size` ({g})"
+                ),
+                "splits a group",
+            )
+            .help
+            .push(format!("use `chunk: 1` (one toss per group) or a multiple of {g}"));
+        }
+    }
+    // A judge answer holds at least a line per item; below that it is cut off and never scored.
+    let largest = if spec.meta.every == Every::Never { rubric.as_ref().map_or(0, |r| r.items.len()) } else { spec.meta.max_items };
+    let least = largest as u32 * TOKENS_PER_ITEM_LINE;
+    if spec.reward.answer != AnswerMode::Guided && largest > 0 && spec.reward.judge.max_tokens < least {
+        let which = if spec.meta.every == Every::Never {
+            format!("the {largest}-item rubric")
+        } else {
+            format!("the largest rubric meta steps may write (`meta.max_items`: {largest})")
+        };
+        v.warn(
+            "reward.judge.max_tokens",
+            format!("`reward.judge.max_tokens` ({}) cannot hold one score line per item of {which}, about {least} tokens: answers would be cut off and never scored", spec.reward.judge.max_tokens),
+            "too few tokens",
+        )
+        .help
+        .push(format!("raise it to at least {least}"));
+    }
+    if spec.meta.every != Every::Never && spec.meta.max_tokens < spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM {
+        let least = spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM;
+        v.warn(
+            "meta.max_tokens",
+            format!("`meta.max_tokens` ({}) cannot hold a rubric of `meta.max_items` ({}) items (~{least} tokens): long rubrics would be cut off and rejected", spec.meta.max_tokens, spec.meta.max_items),
+            "too few tokens",
+        )
+        .help
+        .push(format!("raise `meta.max_tokens` to at least {least}, or lower `meta.max_items`"));
+    }
+    if let (Some(EosPenalty::Absolute(x)), Some(r)) = (spec.ppo.missing_eos_penalty, rubric.as_ref()) {
+        let range = crate::reward::reward_range(&spec.reward, r);
+        if x >= range {
+            v.warn(
+                "ppo.missing_eos_penalty",
+                format!("the missing-EOS penalty ({x}) is at least the whole reward range ({range}): an unfinished response loses more than any grade can give, so training mostly teaches stopping early"),
+                "larger than the reward range",
+            )
+            .help
+            .push("express it on the reward's scale: `missing_eos_penalty: {share_of_range: 0.2}`".into());
+        }
+    }
+
     // --- ppo ---------------------------------------------------------------------------------
     let p = &spec.ppo;
+    // Both algorithms take the ratio against the full tempered softmax.
+    let mut off = Vec::new();
+    if spec.policy.top_p < 1.0 {
+        off.push(format!("`policy.top_p: {}`", spec.policy.top_p));
+    }
+    if spec.policy.top_k > 0 {
+        off.push(format!("`policy.top_k: {}`", spec.policy.top_k));
+    }
+    if p.temperature == 0.0 {
+        off.push("`ppo.temperature: 0`".to_string());
+    }
+    if !off.is_empty() {
+        v.warn(
+            if p.temperature == 0.0 {
+                "ppo.temperature"
+            } else if spec.policy.top_p < 1.0 {
+                "policy.top_p"
+            } else {
+                "policy.top_k"
+            },
+            format!("rollouts are sampled with {}, but the PPO ratio uses the full softmax at `ppo.temperature`: the update is then not against the behaviour policy", off.join(" and ")),
+            "sampling differs from training",
+        )
+        .help
+        .push("sample with `top_p: 1`, `top_k: 0` and a temperature above 0 for on-policy updates".into());
+    }
     if !p.batch_size.is_multiple_of(p.num_mini_batches) {
         v.error(
             "ppo.num_mini_batches",
@@ -564,6 +680,11 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         meta_model: meta_model?,
     })
 }
+
+/// Tokens a judge needs per rubric item for its score line (`Item name: 3`, with a little slack).
+const TOKENS_PER_ITEM_LINE: u32 = 12;
+/// Tokens a meta judge needs per item of a rubric it writes (its heading and one criterion line).
+const TOKENS_PER_RUBRIC_ITEM: u32 = 24;
 
 /// Compile a user regex once per process (a sweep checks the same pattern in every cell).
 fn compiled(pattern: &str) -> Result<regex::Regex, regex::Error> {

@@ -207,6 +207,25 @@ fn load_file(path: &Path, format: DataFormat) -> Result<Dataset, DataError> {
 }
 
 /// Lower-case hex of bytes.
+/// What makes two records the same prompt: the text the policy is asked about, whitespace
+/// collapsed.
+pub fn prompt_key(kind: TaskKind, rec: &J) -> String {
+    let f = |k: &str| rec.get(k).and_then(J::as_str).unwrap_or("");
+    let text = match kind {
+        TaskKind::Math => f("problem").to_string(),
+        TaskKind::EssayWriting => f("prompt").to_string(),
+        TaskKind::Summarization => f("text").to_string(),
+        TaskKind::EthicalReasoning => format!("{}\n{}", f("title"), f("text")),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Records of `test` whose prompt also appears in `train`.
+pub fn shared_records(kind: TaskKind, train: &[J], test: &[J]) -> usize {
+    let seen: std::collections::HashSet<String> = train.iter().map(|r| prompt_key(kind, r)).collect();
+    test.iter().filter(|r| seen.contains(&prompt_key(kind, r))).count()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

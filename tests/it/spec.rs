@@ -25,6 +25,14 @@ fn shipped_specs_check_and_plan() {
     for path in SHIPPED {
         let loaded = spec::load(Path::new(path), &[]);
         assert!(!loaded.has_errors(), "{path}:\n{}", loaded.render_diagnostics());
+        // clean: no overlap, sampling or token-budget warnings (an unset judge URL is the shell's)
+        let warnings: Vec<String> = loaded
+            .render_diagnostics()
+            .lines()
+            .filter(|l| l.starts_with("warning") && !l.contains("is not set"))
+            .map(String::from)
+            .collect();
+        assert!(warnings.is_empty(), "{path}: {warnings:#?}");
         let plans: Vec<plan::Plan> = loaded.runs.iter().map(plan::compile).collect();
         let text = if loaded.is_sweep { plan::render_sweep_table(&plans) } else { plan::render_summary(&plans[0]) };
         insta::assert_snapshot!(format!("plan_{}", snapshot_name(path)), text);
@@ -100,6 +108,14 @@ fn invalid_specs_fail_with_located_diagnostics() {
         assert!(out.contains("-->"), "{name}: every error points somewhere:\n{out}");
         insta::assert_snapshot!(format!("invalid_{name}"), out);
     }
+}
+
+/// What `mpo check` warns about: results that would be measured wrongly, not invalid specs.
+#[test]
+fn misleading_settings_are_warned_about() {
+    let loaded = spec::load(Path::new("tests/specs/fixtures/misleading.yaml"), &[]);
+    assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
+    insta::assert_snapshot!("warnings_misleading_settings", loaded.render_diagnostics());
 }
 
 #[test]
