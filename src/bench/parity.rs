@@ -34,14 +34,14 @@ fn prompts() -> Vec<(bool, String)> {
     };
     let mut v: Vec<(bool, String)> = Vec::new();
     v.extend(read("tasks/math/test_sample.jsonl", "problem", 6).into_iter().map(|s| (true, s)));
-    v.extend(read("tasks/essay_writing/prompts.jsonl", "prompt", 3).into_iter().map(|s| (true, s)));
+    v.extend(read("tasks/essay_writing/prompts_train.jsonl", "prompt", 3).into_iter().map(|s| (true, s)));
     v.extend(
         ["What is the capital of France?", "Write one sentence about the sea.", "List three prime numbers."]
             .iter()
             .map(|s| (true, s.to_string())),
     );
-    v.extend(read("tasks/summarization/scitldr_sample.jsonl", "text", 6).into_iter().map(|s| (false, s)));
-    v.extend(read("tasks/ethical_reasoning/scruples_sample.jsonl", "title", 4).into_iter().map(|s| (false, s)));
+    v.extend(read("tasks/summarization/scitldr_train.jsonl", "text", 6).into_iter().map(|s| (false, s)));
+    v.extend(read("tasks/ethical_reasoning/scruples_train.jsonl", "title", 4).into_iter().map(|s| (false, s)));
     v.extend(["The quick brown fox", "def fibonacci(n):\n    "].iter().map(|s| (false, s.to_string())));
     v
 }

@@ -21,7 +21,7 @@ fn real_tokenizer_round_trips_shipped_text() {
     let path = mpo::model::fetch::fetch("smollm2-135m-instruct", &mut |_| {}).unwrap();
     let g = mpo::model::gguf::Gguf::open(&path).unwrap();
     let tok = mpo::model::tokenizer::Tok::from_gguf(&g).unwrap();
-    let text = std::fs::read_to_string("tasks/ethical_reasoning/scruples_sample.jsonl").unwrap();
+    let text = std::fs::read_to_string("tasks/ethical_reasoning/scruples_train.jsonl").unwrap();
     for line in text.lines().take(20) {
         let rec: serde_json::Value = serde_json::from_str(line).unwrap();
         let s = rec["text"].as_str().unwrap();
