@@ -245,7 +245,8 @@ pub fn csv(rows: &[GroupRow]) -> String {
     let mut s = String::from("factor,runs,finished");
     if let Some(r) = rows.first() {
         for (c, _) in &r.columns {
-            let c = c.replace(' ', "_");
+            // `training reward (own rubric)` -> `training_reward_own_rubric`
+            let c = c.split(|ch: char| !ch.is_alphanumeric()).filter(|w| !w.is_empty()).collect::<Vec<_>>().join("_");
             s.push_str(&format!(",{c}_mean,{c}_std"));
         }
     }

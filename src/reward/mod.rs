@@ -412,6 +412,12 @@ mod tests {
         let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
         assert_eq!((s[0].reward, s[0].source.as_str(), j.calls), (Some(2.0), "verifier", 0));
         assert_eq!(reward_range(&c.spec, &rubric()), 2.0);
+        // a relative missing-EOS penalty follows the reward's scale
+        use crate::spec::EosPenalty;
+        assert_eq!(EosPenalty::ShareOfRange { share_of_range: 0.2 }.amount(reward_range(&c.spec, &rubric())), 0.4);
+        let raw = RewardSpec { normalize: false, mix: MixSpec::Weighted { judge_weight: 1.0, verifier_weight: 0.0 }, ..c.spec.clone() };
+        assert_eq!(reward_range(&raw, &rubric()), 6.0, "raw totals span the rubric's 0..6");
+        assert_eq!(EosPenalty::Absolute(1.0).amount(6.0), 1.0);
     }
 
     #[test]

@@ -404,6 +404,26 @@ fn training_batch(
     (seqs, dropped)
 }
 
+/// The rollouts a meta step may learn from: those the judge scored. A verifier-scored or
+/// skipped rollout has no grade for the meta judge to audit.
+fn meta_evidence(rollouts: &[Rollout], scored: &[reward::Scored], rubric: &Rubric) -> Vec<MetaSample> {
+    rollouts
+        .iter()
+        .zip(scored)
+        .filter(|(_, s)| s.item_scores.is_some())
+        .map(|(r, s)| MetaSample {
+            id: r.id.clone(),
+            question: r.question.clone(),
+            response: r.response.clone(),
+            score: s.item_scores.as_ref().map(|i| i.total()),
+            max_score: rubric.max_score() as f64,
+            rationale: s.judge_answers.last().cloned().unwrap_or_default(),
+            verifier: s.verifier_score,
+            record: r.record.clone(),
+        })
+        .collect()
+}
+
 #[allow(clippy::too_many_lines)]
 fn execute<B: AutodiffBackend>(
     plan: &Plan,
@@ -586,20 +606,7 @@ fn execute<B: AutodiffBackend>(
         let eos_rate = gens.iter().filter(|g| g.finish == Finish::Eos).count() as f64 / gens.len().max(1) as f64;
 
         // --- meta step ------------------------------------------------------------------------------
-        // Evidence is what the judge scored: a verifier-scored or skipped rollout has no grade
-        // for the meta judge to audit.
-        for (r, s) in rollouts.iter().zip(&scored).filter(|(_, s)| s.item_scores.is_some()) {
-            state.meta_candidates.push(MetaSample {
-                id: r.id.clone(),
-                question: r.question.clone(),
-                response: r.response.clone(),
-                score: s.item_scores.as_ref().map(|i| i.total()),
-                max_score: rubric.max_score() as f64,
-                rationale: s.judge_answers.last().cloned().unwrap_or_default(),
-                verifier: s.verifier_score,
-                record: r.record.clone(),
-            });
-        }
+        state.meta_candidates.extend(meta_evidence(&rollouts, &scored, &rubric));
         let mut meta_row = J::Null;
         let mut t_meta = 0.0;
         if plan.schedule.meta_at.contains(&update) {
@@ -834,9 +841,9 @@ mod tests {
     use crate::model::generate::Generated;
     use crate::reward::Scored;
 
-    type Rollout = ((usize, String, Vec<u32>), Generated, Scored);
+    type Parts = ((usize, String, Vec<u32>), Generated, Scored);
 
-    fn rollout(prompt: usize, reward: Option<f64>, finish: Finish) -> Rollout {
+    fn rollout(prompt: usize, reward: Option<f64>, finish: Finish) -> Parts {
         (
             (prompt, format!("p{prompt}"), vec![100 + prompt as u32]),
             Generated { tokens: vec![1, 2], logprobs: vec![0.0, 0.0], text: "x".into(), finish },
@@ -855,7 +862,7 @@ mod tests {
         )
     }
 
-    fn batch(rs: Vec<Rollout>, penalty: f64, group: usize) -> (Vec<Seq>, usize) {
+    fn batch(rs: Vec<Parts>, penalty: f64, group: usize) -> (Vec<Seq>, usize) {
         let (mut p, mut g, mut s) = (vec![], vec![], vec![]);
         for (a, b, c) in rs {
             p.push(a);
@@ -879,6 +886,22 @@ mod tests {
         let (seqs, dropped) = batch(rs, 0.0, 4);
         assert_eq!((seqs.len(), dropped), (4, 1));
         assert!(seqs.iter().all(|s| s.group == 1));
+    }
+
+    #[test]
+    fn meta_evidence_is_what_the_judge_scored() {
+        let rec = serde_json::json!({});
+        let rollouts: Vec<Rollout> =
+            (0..3).map(|k| Rollout { id: format!("r{k}"), question: "q".into(), response: "a".into(), record: &rec }).collect();
+        let mut scored: Vec<Scored> = (0..3).map(|k| rollout(k, Some(1.0), Finish::Eos).2).collect();
+        // r0 judged, r1 scored by the verifier (coin), r2 skipped
+        scored[0].item_scores = Some(crate::reward::score::ItemScores { scores: vec![("Correct".into(), 3.0)] });
+        scored[1].source = "verifier".into();
+        scored[2].reward = None;
+        let rubric = Rubric::parse("## Correct (0-4)\n").unwrap();
+        let ev = meta_evidence(&rollouts, &scored, &rubric);
+        assert_eq!(ev.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["r0"]);
+        assert_eq!(ev[0].score, Some(3.0));
     }
 
     #[test]

@@ -66,6 +66,9 @@ fn sweep_cells_have_distinct_run_ids_and_the_cli_overrides_win() {
     let loaded = spec::load(Path::new("specs/ablations/meta_every.yaml"), &[]);
     let ids: std::collections::BTreeSet<String> = loaded.runs.iter().map(|r| plan::compile(r).run_id).collect();
     assert_eq!(ids.len(), 12);
+    // every cell, whatever its seed, is evaluated on the same test prompts
+    assert!(loaded.runs.iter().all(|r| r.spec.test_seed() == loaded.runs[0].spec.test_seed()));
+    assert!(loaded.runs.iter().any(|r| r.spec.runtime.seed != loaded.runs[0].spec.runtime.seed));
     let pinned = spec::load(Path::new("specs/ablations/meta_every.yaml"), &["runtime.seed=7".into()]);
     assert!(pinned.runs.iter().all(|r| r.spec.runtime.seed == 7));
 }
