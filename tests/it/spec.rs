@@ -14,6 +14,7 @@ const SHIPPED: &[&str] = &[
     "specs/summarization.yaml",
     "specs/ethical_reasoning.yaml",
     "specs/ablations/meta_every.yaml",
+    "specs/ablations/meta_every_cpu.yaml",
 ];
 
 fn snapshot_name(path: &str) -> String {
