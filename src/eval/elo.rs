@@ -334,14 +334,7 @@ mod tests {
                     if crate::rng::stream(self.calls, "noise").random_bool(self.noise) {
                         w = if w == "A" { "B" } else { "A" };
                     }
-                    Ok(JudgeResponse {
-                        text: format!("Winner: {w}"),
-                        prompt_tokens: 1,
-                        completion_tokens: 1,
-                        logprobs: None,
-                        cached: false,
-                        truncated: false,
-                    })
+                    Ok(JudgeResponse { prompt_tokens: 1, completion_tokens: 1, ..JudgeResponse::answer(format!("Winner: {w}")) })
                 })
                 .collect()
         }
@@ -400,14 +393,7 @@ mod tests {
 
     #[test]
     fn verdicts_from_text_and_logprobs() {
-        let text = |t: &str| JudgeResponse {
-            text: t.into(),
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            logprobs: None,
-            cached: false,
-            truncated: false,
-        };
+        let text = JudgeResponse::answer;
         assert_eq!(parse_verdict(&text("Winner: B")), Some(Outcome::BWins));
         assert_eq!(parse_verdict(&text(" A")), Some(Outcome::AWins));
         assert_eq!(parse_verdict(&text("Winner: tie")), Some(Outcome::Tie));

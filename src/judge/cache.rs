@@ -118,14 +118,7 @@ mod tests {
                 .iter()
                 .map(|r| {
                     self.0 += 1;
-                    Ok(JudgeResponse {
-                        text: format!("answer to {}", r.prompt),
-                        prompt_tokens: 3,
-                        completion_tokens: 2,
-                        logprobs: None,
-                        cached: false,
-                        truncated: false,
-                    })
+                    Ok(JudgeResponse { prompt_tokens: 3, completion_tokens: 2, ..JudgeResponse::answer(format!("answer to {}", r.prompt)) })
                 })
                 .collect()
         }
@@ -164,19 +157,7 @@ mod tests {
                 "test:other".into()
             }
             fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
-                requests
-                    .iter()
-                    .map(|_| {
-                        Ok(JudgeResponse {
-                            text: "other".into(),
-                            prompt_tokens: 0,
-                            completion_tokens: 0,
-                            logprobs: None,
-                            cached: false,
-                            truncated: false,
-                        })
-                    })
-                    .collect()
+                requests.iter().map(|_| Ok(JudgeResponse::answer("other"))).collect()
             }
         }
         let mut other = CachedJudge::new(Box::new(Other), &dir);

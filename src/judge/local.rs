@@ -93,7 +93,8 @@ impl<B: Backend> LocalJudge<B> {
                     completion_tokens: g.tokens.len() as u64,
                     logprobs,
                     cached: false,
-                    truncated: false,
+                    // out of new tokens before an end token: the answer is incomplete
+                    truncated: g.finish == crate::model::generate::Finish::Length,
                 }
             })
             .collect())
@@ -133,5 +134,43 @@ impl<B: Backend> Judge for LocalJudge<B> {
             }
         }
         out.into_iter().map(|o| o.unwrap_or_else(|| Err(JudgeError::Local { message: "unanswered".into() }))).collect()
+    }
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+
+    fn judge() -> LocalJudge<burn::backend::Flex> {
+        let cfg = crate::model::weights::LlamaConfig::tiny(300);
+        let model =
+            Llama::load(&cfg, &crate::model::weights::RandomWeights { config: cfg.clone(), seed: 7 }, None, 512, 1, &Default::default())
+                .unwrap();
+        LocalJudge { model, tok: crate::model::tokenizer::tests::tiny_tok(), name: "tiny".into(), batch: 4 }
+    }
+
+    fn request(max_tokens: u32, guided: Vec<String>) -> JudgeRequest {
+        JudgeRequest {
+            prompt: "Grade: 2+2=4".into(),
+            max_tokens,
+            temperature: 0.0,
+            seed: 1,
+            top_logprobs: None,
+            json_schema: None,
+            attempt: 0,
+            guided,
+        }
+    }
+
+    #[test]
+    fn an_answer_cut_by_max_tokens_is_truncated() {
+        let mut j = judge();
+        // a random-weight model does not end within 3 tokens: the free answer is cut off
+        let free = j.complete(&[request(3, vec![])]).remove(0).unwrap();
+        assert_eq!(free.completion_tokens, 3);
+        assert!(free.truncated);
+        // guided answers write bounded values per label by design: never truncated
+        let guided = j.complete(&[request(3, vec!["Correct".into()])]).remove(0).unwrap();
+        assert!(!guided.truncated);
     }
 }

@@ -64,6 +64,14 @@ pub struct JudgeResponse {
     pub cached: bool,
 }
 
+impl JudgeResponse {
+    /// A complete answer of `text` with no token counts or logprobs (fill in the rest with
+    /// struct update syntax).
+    pub fn answer(text: impl Into<String>) -> Self {
+        JudgeResponse { text: text.into(), prompt_tokens: 0, completion_tokens: 0, logprobs: None, cached: false, truncated: false }
+    }
+}
+
 /// Why a request got no answer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -262,7 +262,7 @@ mod tests {
                     } else {
                         self.merged.clone()
                     };
-                    Ok(JudgeResponse { text, prompt_tokens: 1, completion_tokens: 1, logprobs: None, cached: false, truncated })
+                    Ok(JudgeResponse { prompt_tokens: 1, completion_tokens: 1, truncated, ..JudgeResponse::answer(text) })
                 })
                 .collect()
         }

@@ -319,14 +319,7 @@ mod tests {
                 .map(|_| {
                     let a = self.answers.get(self.calls).or(self.answers.last()).cloned().expect("scripted");
                     self.calls += 1;
-                    a.map(|text| JudgeResponse {
-                        text,
-                        prompt_tokens: 10,
-                        completion_tokens: 5,
-                        logprobs: None,
-                        cached: false,
-                        truncated: false,
-                    })
+                    a.map(|text| JudgeResponse { prompt_tokens: 10, completion_tokens: 5, ..JudgeResponse::answer(text) })
                 })
                 .collect()
         }
@@ -434,14 +427,7 @@ mod tests {
                     .map(|r| {
                         self.0.push(r.clone());
                         let truncated = self.0.len() == 1;
-                        Ok(JudgeResponse {
-                            text: "Correct: 4\nClear: 1".into(),
-                            prompt_tokens: 1,
-                            completion_tokens: 1,
-                            logprobs: None,
-                            cached: false,
-                            truncated,
-                        })
+                        Ok(JudgeResponse { truncated, ..JudgeResponse::answer("Correct: 4\nClear: 1") })
                     })
                     .collect()
             }
