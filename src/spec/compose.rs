@@ -275,6 +275,16 @@ pub fn apply(tree: &mut Node, a: &Assignment) -> Result<(), Diagnostic> {
             Value::Seq(items) => {
                 let n = items.len();
                 let idx = seg.parse::<usize>().ok().filter(|&i| i < n).ok_or_else(|| {
+                    // The user's own path with the last valid index: an example that exists.
+                    let list = a.path[..i].join(".");
+                    let help = if n == 0 {
+                        format!("the list is empty: replace it whole, e.g. `{list}=[...]`")
+                    } else {
+                        let mut ex = a.path.clone();
+                        ex[i] = (n - 1).to_string();
+                        let range = if n == 1 { "its only index is 0".to_string() } else { format!("indexes run from 0 to {}", n - 1) };
+                        format!("{range}, e.g. `{}=...`; or replace the whole list: `{list}=[...]`", ex.join("."))
+                    };
                     Diagnostic::error(format!(
                         "cannot set `{}`: {here} is a list of {n} item{}",
                         a.path.join("."),
@@ -282,9 +292,7 @@ pub fn apply(tree: &mut Node, a: &Assignment) -> Result<(), Diagnostic> {
                     ))
                     .at(a.key_origin)
                     .label(format!("`{seg}` is not an index below {n}"))
-                    .help(
-                        "index list items by position from 0, e.g. `reward.verifiers.0.kind=math_answer`, or replace the whole list: `key=[a, b]`",
-                    )
+                    .help(help)
                 })?;
                 if last {
                     items[idx] = a.value.clone();
