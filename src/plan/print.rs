@@ -176,8 +176,11 @@ pub fn render_summary(plan: &Plan) -> String {
         p.missing_eos_penalty
             .map(|x| match x {
                 crate::spec::EosPenalty::Absolute(x) => format!(", missing-EOS penalty {x}"),
-                crate::spec::EosPenalty::ShareOfRange { share_of_range } =>
-                    format!(", missing-EOS penalty {share_of_range} x reward range"),
+                crate::spec::EosPenalty::ShareOfRange { share_of_range } => {
+                    let span = (i.rubric_v0.max_score - i.rubric_v0.min_score) as f64;
+                    let amount = (x.amount(crate::reward::reward_range(&s.reward, span)) * 1e4).round() / 1e4;
+                    format!(", missing-EOS penalty {share_of_range} x reward range ({amount} under rubric v0)")
+                }
             })
             .unwrap_or_default(),
         match p.score_at {

@@ -113,11 +113,11 @@ impl RewardConfig {
     }
 }
 
-/// Width of the reward's range under `rubric`: the judge's (1 when normalised, the rubric's
-/// `max - min` otherwise) times its weight, plus the verifier's weight (verifiers score 0..1).
-/// The scale a relative missing-EOS penalty is measured on.
-pub fn reward_range(spec: &RewardSpec, rubric: &Rubric) -> f64 {
-    let judge = if spec.normalize { 1.0 } else { (rubric.max_score() - rubric.min_score()) as f64 };
+/// Width of the reward's range when the rubric's totals span `rubric_span` (`max - min`): the
+/// judge's (1 when normalised, the span otherwise) times its weight, plus the verifier's weight
+/// (verifiers score 0..1). The scale a relative missing-EOS penalty is measured on.
+pub fn reward_range(spec: &RewardSpec, rubric_span: f64) -> f64 {
+    let judge = if spec.normalize { 1.0 } else { rubric_span };
     let verifier = if spec.verifiers.is_empty() { 0.0 } else { 1.0 };
     match &spec.mix {
         MixSpec::Weighted { judge_weight, verifier_weight } => judge_weight.abs() * judge + verifier_weight.abs() * verifier,
@@ -340,6 +340,10 @@ mod tests {
         RewardConfig::new(spec, "math", "Grade {{ response }} for {{ question }} with\n{{ rubric }}".into(), "judge".into()).unwrap()
     }
 
+    fn span() -> f64 {
+        (rubric().max_score() - rubric().min_score()) as f64
+    }
+
     fn rubric() -> Rubric {
         Rubric::parse("## Correct (0-4)\n## Clear (0-2)\n").unwrap()
     }
@@ -404,12 +408,12 @@ mod tests {
         let mut j = Scripted { answers: vec![Ok("Correct: 4\nClear: 1".into())], calls: 0 };
         let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
         assert_eq!((s[0].reward, s[0].source.as_str(), j.calls), (Some(2.0), "verifier", 0));
-        assert_eq!(reward_range(&c.spec, &rubric()), 2.0);
+        assert_eq!(reward_range(&c.spec, span()), 2.0);
         // a relative missing-EOS penalty follows the reward's scale
         use crate::spec::EosPenalty;
-        assert_eq!(EosPenalty::ShareOfRange { share_of_range: 0.2 }.amount(reward_range(&c.spec, &rubric())), 0.4);
+        assert_eq!(EosPenalty::ShareOfRange { share_of_range: 0.2 }.amount(reward_range(&c.spec, span())), 0.4);
         let raw = RewardSpec { normalize: false, mix: MixSpec::Weighted { judge_weight: 1.0, verifier_weight: 0.0 }, ..c.spec.clone() };
-        assert_eq!(reward_range(&raw, &rubric()), 6.0, "raw totals span the rubric's 0..6");
+        assert_eq!(reward_range(&raw, span()), 6.0, "raw totals span the rubric's 0..6");
         assert_eq!(EosPenalty::Absolute(1.0).amount(6.0), 1.0);
     }
 

@@ -585,7 +585,11 @@ fn execute<B: AutodiffBackend>(
         // --- PPO -----------------------------------------------------------------------------------
         progress.stage(&format!("update {update}: PPO"));
         let t_ppo0 = Instant::now();
-        let penalty = spec.ppo.missing_eos_penalty.map(|p| p.amount(reward::reward_range(&spec.reward, &rubric))).unwrap_or(0.0);
+        let penalty = spec
+            .ppo
+            .missing_eos_penalty
+            .map(|p| p.amount(reward::reward_range(&spec.reward, (rubric.max_score() - rubric.min_score()) as f64)))
+            .unwrap_or(0.0);
         let (seqs, groups_dropped) = training_batch(&prompts, &gens, &scored, penalty, tok.eos, group);
         let frac = match spec.ppo.lr_schedule {
             LrSchedule::Linear => 1.0 - (update - 1) as f64 / updates as f64,

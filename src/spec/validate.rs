@@ -549,7 +549,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         .push(format!("raise `meta.max_tokens` to at least {least}, or lower `meta.max_items`"));
     }
     if let (Some(EosPenalty::Absolute(x)), Some(r)) = (spec.ppo.missing_eos_penalty, rubric.as_ref()) {
-        let range = crate::reward::reward_range(&spec.reward, r);
+        let range = crate::reward::reward_range(&spec.reward, (r.max_score() - r.min_score()) as f64);
         if x >= range {
             v.warn(
                 "ppo.missing_eos_penalty",
