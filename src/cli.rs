@@ -1,7 +1,9 @@
 //! The `mpo` command line: the imperative shell around the library.
 //!
 //! Each subcommand parses its arguments, calls into the library and turns the outcome into
-//! output and an exit code: 0 success, 1 the input is wrong (diagnostics printed), 2 usage.
+//! output. Exit codes, set in [`exit`] only: 0 success; 1 the input is wrong or the operation
+//! failed (or the answer is "no": an incorrect grade, changed snapshots); 2 usage; 130 a run
+//! that stopped early with a checkpoint (Ctrl-C), resumed by running the same command again.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -273,6 +275,73 @@ pub enum BenchCommand {
     },
 }
 
+/// How a command failed. [`exit`] reports every failure in one place with the documented codes.
+#[derive(Debug)]
+pub enum Failure {
+    /// The command line asks for something that cannot be (exit 2).
+    Usage(String),
+    /// The input is wrong or the operation failed (exit 1), with what to do about it.
+    Error { message: String, help: Option<String> },
+    /// Diagnostics were printed already (exit 1).
+    Reported,
+}
+
+impl Failure {
+    fn error(message: impl std::fmt::Display) -> Self {
+        Failure::Error { message: message.to_string(), help: None }
+    }
+}
+
+impl From<crate::run::RunError> for Failure {
+    fn from(e: crate::run::RunError) -> Self {
+        Failure::Error { help: e.help(), message: e.to_string() }
+    }
+}
+
+impl From<crate::eval::EvalError> for Failure {
+    fn from(e: crate::eval::EvalError) -> Self {
+        match e {
+            crate::eval::EvalError::Usage(m) => Failure::Usage(m),
+            e => Failure::Error { help: e.help(), message: e.to_string() },
+        }
+    }
+}
+
+/// How a command that ran ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Exit 0.
+    Ok,
+    /// Exit 1 without an error: the answer is "no" (an incorrect grade, changed snapshots,
+    /// sweep cells that did not finish).
+    No,
+    /// Exit 130: a run stopped early with a checkpoint (Ctrl-C, `--stop-after`); rerun to resume.
+    Stopped,
+}
+
+type Outcome = Result<Done, Failure>;
+
+/// The exit code of an outcome; failures are printed here and nowhere else.
+pub fn exit(o: Outcome) -> ExitCode {
+    match o {
+        Ok(Done::Ok) => ExitCode::SUCCESS,
+        Ok(Done::No) => ExitCode::from(1),
+        Ok(Done::Stopped) => ExitCode::from(130),
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Error { message, help }) => {
+            eprintln!("error: {message}");
+            if let Some(h) = help {
+                eprintln!("  = help: {h}");
+            }
+            ExitCode::from(1)
+        }
+        Err(Failure::Reported) => ExitCode::from(1),
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -282,94 +351,39 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cli.command {
+    exit(dispatch(cli.command))
+}
+
+fn dispatch(command: Command) -> Outcome {
+    match command {
         Command::Check { spec, overrides, explain } => check(&spec, &overrides, explain),
         Command::Plan { spec, overrides, json } => plan_cmd(&spec, &overrides, json),
         Command::Run { spec, overrides, plan, cell, quiet, stop_after } => match (spec, plan) {
             (Some(spec), None) => run_cmd(&spec, &overrides, cell, quiet, stop_after),
             (None, Some(plan)) if overrides.is_empty() => run_plan_cmd(&plan, cell, quiet, stop_after),
-            _ => {
-                eprintln!("error: `--plan` runs a compiled plan as it is: drop the overrides (or re-plan the spec with them)");
-                ExitCode::from(2)
-            }
+            _ => Err(Failure::Usage("`--plan` runs a compiled plan as it is: drop the overrides (or re-plan the spec with them)".into())),
         },
         Command::Sweep { spec, overrides, jobs, emit, out, partition, account, time, cpus_per_task, gpus_per_task, mem, max_parallel } => {
             let opts = crate::sweep::slurm::SlurmOptions { partition, account, time, cpus_per_task, gpus_per_task, mem, max_parallel };
             sweep_cmd(&spec, &overrides, jobs, emit.is_some(), out.as_deref(), &opts)
         }
-        Command::Report { dir, out } => match crate::report::report(&dir, out.as_deref()) {
-            Ok(w) => {
-                print!("{}", w.table);
-                println!(
-                    "wrote {}, {}, {}",
-                    w.markdown.display(),
-                    w.csv.display(),
-                    w.plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Report { dir, out } => {
+            let w = crate::report::report(&dir, out.as_deref()).map_err(Failure::error)?;
+            print!("{}", w.table);
+            let plots: Vec<String> = w.plots.iter().map(|p| p.display().to_string()).collect();
+            println!("wrote {}, {}, {}", w.markdown.display(), w.csv.display(), plots.join(", "));
+            Ok(Done::Ok)
+        }
         Command::Eval { runs, checkpoint, elo, k, matches, repeats, bootstrap, seed, template, out } => {
             if elo {
                 let flags = crate::eval::EloFlags { k, matches_per_pair: matches, repeats, bootstrap, seed, template };
-                match crate::eval::elo_cmd(&runs, &flags, out.as_deref()) {
-                    Ok((t, out)) => {
-                        println!("{} matches on {} prompts ({} unreadable answers not rated)", t.matches.len(), t.prompts, t.unreadable);
-                        print!("{}", crate::eval::elo::table(&t));
-                        println!("wrote {}/elo.json and matches.jsonl", out.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::from(1)
-                    }
-                }
-            } else {
-                let which: crate::eval::Which = match checkpoint.parse() {
-                    Ok(w) => w,
-                    Err(e) => {
-                        eprintln!("error: --checkpoint {e}");
-                        return ExitCode::from(2);
-                    }
-                };
-                let is_spec = runs[0].is_file() && runs[0].extension().is_some_and(|e| e == "yaml" || e == "yml");
-                let mut targets: Vec<(PathBuf, Option<Plan>)> = runs.iter().map(|r| (r.clone(), None)).collect();
-                if is_spec {
-                    let overrides: Vec<String> = runs[1..].iter().map(|p| p.display().to_string()).collect();
-                    let Some(loaded) = load(&runs[0], &overrides) else { return ExitCode::from(1) };
-                    if which != crate::eval::Which::Base && checkpoint != "latest" {
-                        eprintln!("error: a spec has no checkpoints yet: evaluate its base model (the default), or a run directory");
-                        return ExitCode::from(2);
-                    }
-                    targets =
-                        loaded.runs.iter().map(plan::compile).map(|p| (crate::run::results::RunDir::for_plan(&p).root, Some(p))).collect();
-                }
-                let mut code = ExitCode::SUCCESS;
-                for (r, plan) in &targets {
-                    let res = match plan {
-                        Some(p) => crate::eval::eval_base_of_plan(p),
-                        None => crate::eval::eval_run(r, which),
-                    };
-                    match res {
-                        Ok(res) => {
-                            println!("{} {} on {} test prompts:", r.display(), res.label, res.samples);
-                            for (k, v) in &res.metrics {
-                                println!("  {k:<24} {v:.4}");
-                            }
-                            println!("  responses: {}", res.responses.display());
-                        }
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            code = ExitCode::from(1);
-                        }
-                    }
-                }
-                code
+                let (t, out) = crate::eval::elo_cmd(&runs, &flags, out.as_deref())?;
+                println!("{} matches on {} prompts ({} unreadable answers not rated)", t.matches.len(), t.prompts, t.unreadable);
+                print!("{}", crate::eval::elo::table(&t));
+                println!("wrote {}/elo.json and matches.jsonl", out.display());
+                return Ok(Done::Ok);
             }
+            eval_cmd(&runs, &checkpoint)
         }
         Command::Fetch { name, list } => fetch_cmd(name.as_deref(), list),
         Command::Grade { task, response, reference, tolerance } => grade_cmd(&task, &response, &reference, tolerance),
@@ -377,13 +391,8 @@ pub fn main() -> ExitCode {
         Command::Snapshot { specs, dir, update, samples } => snapshot_cmd(&specs, &dir, update, samples),
         Command::Generate { model, prompt, raw, max_new_tokens, temperature, top_p, top_k, seed, backend, logprobs } => {
             let args = crate::generate_cmd::Args { model, prompts: prompt, raw, max_new_tokens, temperature, top_p, top_k, seed, logprobs };
-            match crate::generate_cmd::run(&backend, args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            crate::generate_cmd::run(&backend, args).map_err(|e| Failure::error(format!("{e:#}")))?;
+            Ok(Done::Ok)
         }
         Command::Bench { which } => {
             let r = match which {
@@ -401,75 +410,92 @@ pub fn main() -> ExitCode {
                 }
                 BenchCommand::Parity { server, steps } => crate::bench::parity(server, steps),
             };
-            match r {
-                Ok(s) => {
-                    print!("{s}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            print!("{}", r.map_err(|e| Failure::error(format!("{e:#}")))?);
+            Ok(Done::Ok)
         }
         Command::Schema => {
-            let s = serde_json::to_string_pretty(&spec::json_schema()).expect("schema serializes");
+            let s = serde_json::to_string_pretty(&spec::json_schema()).map_err(Failure::error)?;
             println!("{s}");
-            ExitCode::SUCCESS
+            Ok(Done::Ok)
         }
+    }
+}
+
+/// `mpo eval RUN...` or `mpo eval SPEC [OVERRIDES]`: every subject in turn; a failure of one
+/// does not stop the others.
+fn eval_cmd(runs: &[PathBuf], checkpoint: &str) -> Outcome {
+    let which: crate::eval::Which = checkpoint.parse().map_err(|e| Failure::Usage(format!("--checkpoint {e}")))?;
+    let is_spec = runs[0].is_file() && runs[0].extension().is_some_and(|e| e == "yaml" || e == "yml");
+    let subjects = if is_spec {
+        let overrides: Vec<String> = runs[1..].iter().map(|p| p.display().to_string()).collect();
+        let loaded = load(&runs[0], &overrides)?;
+        crate::eval::spec_subjects(loaded.runs.iter().map(plan::compile).collect(), which)?
+    } else {
+        runs.iter().map(|r| crate::eval::Subject::Run { dir: r.clone(), which }).collect()
+    };
+    let mut failed = None;
+    for s in &subjects {
+        match s.evaluate() {
+            Ok(res) => print!("{}", crate::eval::summary(s, &res)),
+            Err(e) => {
+                let f = Failure::from(e);
+                if subjects.len() == 1 {
+                    return Err(f);
+                }
+                if let Failure::Error { message, help } = &f {
+                    eprintln!("error: {}: {message}", s.dir().display());
+                    if let Some(h) = help {
+                        eprintln!("  = help: {h}");
+                    }
+                }
+                failed = Some(f);
+            }
+        }
+    }
+    match failed {
+        Some(_) => Err(Failure::Reported),
+        None => Ok(Done::Ok),
+    }
+}
+
+/// The cell `cell` asks for among `cells` (a single plan is its own only cell).
+fn pick_cell<T>(mut cells: Vec<T>, is_sweep: bool, cell: Option<usize>, what: &str, sweep_cmd: Option<&str>) -> Result<T, Failure> {
+    match (is_sweep, cell) {
+        (false, None) => Ok(cells.swap_remove(0)),
+        (false, Some(_)) => Err(Failure::Usage(format!("`--cell` is for sweeps; {what} is a single run"))),
+        (true, None) => Err(Failure::Usage(format!(
+            "{what} is a sweep of {} cells: {}pick one with `--cell N`",
+            cells.len(),
+            sweep_cmd.map(|s| format!("run them all with `{s}`, or ")).unwrap_or_default()
+        ))),
+        (true, Some(c)) if c < cells.len() => Ok(cells.swap_remove(c)),
+        (true, Some(c)) => Err(Failure::Usage(format!("{what} has {} cells (0..{}), not {c}", cells.len(), cells.len()))),
     }
 }
 
 /// `mpo run --plan FILE [--cell N]`: a plan (or a sweep's list of plans) as `mpo plan --json`
 /// and `mpo sweep --emit` write it. Templates are checked against the plan's hashes at start.
-fn run_plan_cmd(path: &std::path::Path, cell: Option<usize>, quiet: bool, stop_after: Option<u32>) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
-    let v: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {}: not JSON ({e}); write plans with `mpo plan SPEC --json > FILE`", path.display());
-            return ExitCode::from(1);
-        }
-    };
+fn run_plan_cmd(path: &std::path::Path, cell: Option<usize>, quiet: bool, stop_after: Option<u32>) -> Outcome {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::error(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Error {
+        message: format!("{}: not JSON ({e})", path.display()),
+        help: Some("write plans with `mpo plan SPEC --json > FILE`".into()),
+    })?;
     let (plans, is_sweep) = match v.get("runs") {
         Some(runs) => (serde_json::from_value::<Vec<Plan>>(runs.clone()), true),
         None => (serde_json::from_value::<Plan>(v).map(|p| vec![p]), false),
     };
     let plans = match plans {
         Ok(p) if !p.is_empty() => p,
-        Ok(_) => {
-            eprintln!("error: {} holds no plans", path.display());
-            return ExitCode::from(1);
-        }
+        Ok(_) => return Err(Failure::error(format!("{} holds no plans", path.display()))),
         Err(e) => {
-            eprintln!("error: {}: not a plan of this mpo version ({e}); re-plan the spec", path.display());
-            return ExitCode::from(1);
+            return Err(Failure::Error {
+                message: format!("{}: not a plan of this mpo version ({e})", path.display()),
+                help: Some("re-plan the spec with this mpo: `mpo plan SPEC --json`".into()),
+            });
         }
     };
-    let plan = match (is_sweep, cell) {
-        (false, None) => plans[0].clone(),
-        (false, Some(_)) => {
-            eprintln!("error: `--cell` is for sweeps; {} holds a single plan", path.display());
-            return ExitCode::from(2);
-        }
-        (true, None) => {
-            eprintln!("error: {} holds {} cells: pick one with `--cell N`", path.display(), plans.len());
-            return ExitCode::from(2);
-        }
-        (true, Some(c)) => match plans.get(c) {
-            Some(p) => p.clone(),
-            None => {
-                eprintln!("error: {} has {} cells (0..{}), not {c}", path.display(), plans.len(), plans.len());
-                return ExitCode::from(2);
-            }
-        },
-    };
+    let plan = pick_cell(plans, is_sweep, cell, &path.display().to_string(), None)?;
     let opts = crate::run::RunOptions { spec_path: path.to_path_buf(), spec_text: text, quiet, stop_after };
     execute_run(&plan, &opts)
 }
@@ -481,33 +507,21 @@ fn sweep_cmd(
     emit: bool,
     out: Option<&std::path::Path>,
     slurm: &crate::sweep::slurm::SlurmOptions,
-) -> ExitCode {
-    let Some(loaded) = load(path, overrides) else { return ExitCode::from(1) };
+) -> Outcome {
+    let loaded = load(path, overrides)?;
     let plans: Vec<Plan> = loaded.runs.iter().map(plan::compile).collect();
     if !loaded.is_sweep {
         eprintln!("note: {} has no `sweep:` section; running it as a sweep of one cell", path.display());
     }
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: cannot find the mpo executable: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let exe = std::env::current_exe().map_err(|e| Failure::error(format!("cannot find the mpo executable: {e}")))?;
     let name = plans[0].name.clone();
     if emit {
         let out = out.map(std::path::Path::to_path_buf).unwrap_or_else(|| plans[0].spec.output.root.join(&name).join("slurm"));
-        return match crate::sweep::slurm::emit(&name, &plans, &out, &exe, slurm) {
-            Ok(e) => {
-                println!("wrote {} ({} cells) and {}", e.script.display(), e.cells, e.plans.display());
-                println!("submit with: sbatch {}", e.script.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: writing {}: {e}", out.display());
-                ExitCode::from(1)
-            }
-        };
+        let e = crate::sweep::slurm::emit(&name, &plans, &out, &exe, slurm)
+            .map_err(|e| Failure::error(format!("writing {}: {e}", out.display())))?;
+        println!("wrote {} ({} cells) and {}", e.script.display(), e.cells, e.plans.display());
+        println!("submit with: sbatch {}", e.script.display());
+        return Ok(Done::Ok);
     }
     if !loaded.is_sweep {
         // a plain spec is one cell: `mpo run` semantics
@@ -533,47 +547,25 @@ fn sweep_cmd(
     let bad = outcomes.iter().filter(|o| !o.status.starts_with("finished") && !o.status.starts_with("skipped")).count();
     if bad == 0 {
         println!("all {} cells finished: mpo report {}", outcomes.len(), plans[0].spec.output.root.join(&name).display());
-        ExitCode::SUCCESS
+        Ok(Done::Ok)
     } else {
         println!("{bad} of {} cells did not finish; run the same command again to resume them", outcomes.len());
-        ExitCode::from(1)
+        Ok(Done::No)
     }
 }
 
-fn run_cmd(path: &std::path::Path, overrides: &[String], cell: Option<usize>, quiet: bool, stop_after: Option<u32>) -> ExitCode {
-    let Some(loaded) = load(path, overrides) else { return ExitCode::from(1) };
-    let run = match (loaded.is_sweep, cell) {
-        (false, None) => &loaded.runs[0],
-        (false, Some(_)) => {
-            eprintln!("error: `--cell` is for sweeps; {} has no `sweep:` section", path.display());
-            return ExitCode::from(2);
-        }
-        (true, None) => {
-            eprintln!(
-                "error: {} is a sweep of {} cells: run them with `mpo sweep {}`, or one with `--cell N`",
-                path.display(),
-                loaded.runs.len(),
-                path.display()
-            );
-            return ExitCode::from(2);
-        }
-        (true, Some(c)) => match loaded.runs.get(c) {
-            Some(r) => r,
-            None => {
-                eprintln!("error: the sweep has {} cells (0..{}), not {c}", loaded.runs.len(), loaded.runs.len());
-                return ExitCode::from(2);
-            }
-        },
-    };
-    let plan = plan::compile(run);
+fn run_cmd(path: &std::path::Path, overrides: &[String], cell: Option<usize>, quiet: bool, stop_after: Option<u32>) -> Outcome {
+    let loaded = load(path, overrides)?;
+    let sweep = format!("mpo sweep {}", path.display());
+    let run = pick_cell(loaded.runs, loaded.is_sweep, cell, &path.display().to_string(), Some(&sweep))?;
+    let plan = plan::compile(&run);
     let spec_text = std::fs::read_to_string(path).unwrap_or_default();
     let opts = crate::run::RunOptions { spec_path: path.to_path_buf(), spec_text, quiet, stop_after };
     execute_run(&plan, &opts)
 }
 
-fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> ExitCode {
-    let quiet = opts.quiet;
-    if !quiet {
+fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> Outcome {
+    if !opts.quiet {
         eprintln!(
             "mpo run {} (run id {}): {} updates x {} episodes on {}",
             plan.name,
@@ -583,38 +575,34 @@ fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> ExitCode {
             plan.spec.runtime.backend.as_str()
         );
     }
-    match crate::run::run(plan, opts) {
-        Ok(crate::run::RunOutcome::AlreadyFinished(d)) => {
+    match crate::run::run(plan, opts)? {
+        crate::run::RunOutcome::AlreadyFinished(d) => {
             println!("already finished: {}/ (nothing to do; delete it to run again)", d.display());
-            ExitCode::SUCCESS
+            Ok(Done::Ok)
         }
-        Ok(crate::run::RunOutcome::Finished { dir, updates }) => {
+        crate::run::RunOutcome::Finished { dir, updates } => {
             println!("finished {updates} updates: results in {}/", dir.display());
             println!(
                 "  metrics.jsonl  samples/  rubrics/ (mpo rubric log {})  checkpoints/  events.out.tfevents.mpo (TensorBoard)",
                 dir.display()
             );
-            ExitCode::SUCCESS
+            Ok(Done::Ok)
         }
-        Ok(crate::run::RunOutcome::Stopped { dir, update }) => {
+        crate::run::RunOutcome::Stopped { dir, update } => {
             println!("stopped after update {update} with a checkpoint: {}/ (run the same command again to resume)", dir.display());
-            ExitCode::from(130)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
+            Ok(Done::Stopped)
         }
     }
 }
 
-fn grade_cmd(task: &str, response: &str, reference: &str, tolerance: f64) -> ExitCode {
+fn grade_cmd(task: &str, response: &str, reference: &str, tolerance: f64) -> Outcome {
     use crate::reward::{math_eq, verify};
     match task {
         "math" => {
             let want = crate::task::math::last_boxed(reference).unwrap_or_else(|| reference.trim().to_string());
             let Some(got) = crate::task::math::last_boxed(response) else {
                 println!("incorrect: the response has no \\boxed{{}} answer (reference: {want})");
-                return ExitCode::from(1);
+                return Ok(Done::No);
             };
             let ok = math_eq::equivalent(&got, &want, tolerance);
             println!(
@@ -623,160 +611,116 @@ fn grade_cmd(task: &str, response: &str, reference: &str, tolerance: f64) -> Exi
                 math_eq::normalize(&got),
                 math_eq::normalize(&want)
             );
-            ExitCode::from(if ok { 0 } else { 1 })
+            Ok(if ok { Done::Ok } else { Done::No })
         }
         "ethical_reasoning" => {
             let want = reference.trim().to_uppercase();
             if want != "RIGHT" && want != "WRONG" {
-                eprintln!("error: the reference must be RIGHT or WRONG, got {reference:?}");
-                return ExitCode::from(2);
+                return Err(Failure::Usage(format!("the reference must be RIGHT or WRONG, got {reference:?}")));
             }
             match verify::verdict_tag(response) {
                 Some(got) => {
                     let ok = got == want;
                     println!("{}: response verdict {got}, reference {want}", if ok { "correct" } else { "incorrect" });
-                    ExitCode::from(if ok { 0 } else { 1 })
+                    Ok(if ok { Done::Ok } else { Done::No })
                 }
                 None => {
                     println!("incorrect: no <verdict>RIGHT|WRONG</verdict> tag in the response (reference: {want})");
-                    ExitCode::from(1)
+                    Ok(Done::No)
                 }
             }
         }
-        "essay_writing" | "summarization" => {
-            eprintln!("error: task `{task}` has no programmatic verifier (only its judge); `mpo grade` takes math or ethical_reasoning");
-            ExitCode::from(2)
-        }
-        other => {
-            eprintln!("error: unknown task `{other}` (math, ethical_reasoning)");
-            ExitCode::from(2)
-        }
+        "essay_writing" | "summarization" => Err(Failure::Usage(format!(
+            "task `{task}` has no programmatic verifier (only its judge); `mpo grade` takes math or ethical_reasoning"
+        ))),
+        other => Err(Failure::Usage(format!("unknown task `{other}` (math, ethical_reasoning)"))),
     }
 }
 
-fn parse_version(v: &str) -> Option<u32> {
-    v.trim_start_matches(['v', 'V']).parse().ok()
+fn parse_version(v: &str) -> Result<u32, Failure> {
+    v.trim_start_matches(['v', 'V']).parse().map_err(|_| Failure::Usage(format!("`{v}`: versions are written v3 or 3")))
 }
 
-fn rubric_cmd(which: RubricCommand) -> ExitCode {
+fn rubric_cmd(which: RubricCommand) -> Outcome {
     use crate::meta::history::{History, diff, render_log};
-    let fail = |m: String| {
-        eprintln!("error: {m}");
-        ExitCode::from(1)
-    };
     let run = match &which {
         RubricCommand::Log { run } | RubricCommand::Show { run, .. } | RubricCommand::Diff { run, .. } => run.clone(),
     };
     let h = History::new(&run);
-    let entries = match h.entries() {
-        Ok(e) => e,
-        Err(e) => {
-            return fail(format!("{} has no rubric history ({e}); give a run directory such as results/math/<run-id>", run.display()));
-        }
-    };
+    let entries = h.entries().map_err(|e| Failure::Error {
+        message: format!("{} has no rubric history ({e})", run.display()),
+        help: Some("give a run directory such as results/math/<run-id>".into()),
+    })?;
+    let show = |v: u32| h.show(v).map_err(|_| Failure::error(format!("no version v{v:03} in {}", run.display())));
     match which {
-        RubricCommand::Log { .. } => {
-            print!("{}", render_log(&entries));
-            ExitCode::SUCCESS
-        }
+        RubricCommand::Log { .. } => print!("{}", render_log(&entries)),
         RubricCommand::Show { version, .. } => {
-            let v = match version.as_deref().map(parse_version) {
-                Some(None) => return fail("versions are written v3 or 3".into()),
-                Some(Some(v)) => v,
+            let v = match version.as_deref() {
+                Some(v) => parse_version(v)?,
                 None => entries.iter().filter_map(|e| e.version).max().unwrap_or(0),
             };
-            match h.show(v) {
-                Ok(t) => {
-                    print!("{t}");
-                    ExitCode::SUCCESS
-                }
-                Err(_) => fail(format!("no version v{v:03} in {}", run.display())),
-            }
+            print!("{}", show(v)?);
         }
         RubricCommand::Diff { a, b, .. } => {
-            let (Some(va), Some(vb)) = (parse_version(&a), parse_version(&b)) else { return fail("versions are written v3 or 3".into()) };
-            match (h.show(va), h.show(vb)) {
-                (Ok(x), Ok(y)) => {
-                    print!("{}", diff(&x, &y, &format!("v{va:03}.md"), &format!("v{vb:03}.md")));
-                    ExitCode::SUCCESS
-                }
-                _ => fail(format!("no such versions in {}", run.display())),
-            }
+            let (va, vb) = (parse_version(&a)?, parse_version(&b)?);
+            print!("{}", diff(&show(va)?, &show(vb)?, &format!("v{va:03}.md"), &format!("v{vb:03}.md")));
         }
     }
+    Ok(Done::Ok)
 }
 
-fn snapshot_cmd(specs: &[PathBuf], dir: &std::path::Path, update: bool, samples: usize) -> ExitCode {
+fn snapshot_cmd(specs: &[PathBuf], dir: &std::path::Path, update: bool, samples: usize) -> Outcome {
     if specs.is_empty() {
-        eprintln!("error: give at least one spec");
-        return ExitCode::from(2);
+        return Err(Failure::Usage("give at least one spec".into()));
     }
     let mut changed_any = false;
     for s in specs {
-        let Some(loaded) = load(s, &[]) else { return ExitCode::from(2) };
+        let loaded = load(s, &[])?;
         let Some(first) = loaded.runs.first() else { continue };
-        let files = match crate::snapshot::render_all(first, samples) {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("error: {}: {e}", s.display());
-                return ExitCode::from(2);
-            }
-        };
+        let files = crate::snapshot::render_all(first, samples).map_err(|e| Failure::error(format!("{}: {e}", s.display())))?;
         let sub = dir.join(&first.spec.name);
-        match crate::snapshot::sync(&sub, &files, update) {
-            Ok(changed) if changed.is_empty() => println!("{}: {} prompts unchanged", s.display(), files.len()),
-            Ok(changed) => {
-                changed_any = true;
-                let verb = if update { "updated" } else { "changed" };
-                println!("{}: {} {verb}: {}", s.display(), changed.len(), changed.join(", "));
-            }
-            Err(e) => {
-                eprintln!("error: writing {}: {e}", sub.display());
-                return ExitCode::from(2);
-            }
+        let changed = crate::snapshot::sync(&sub, &files, update).map_err(|e| Failure::error(format!("writing {}: {e}", sub.display())))?;
+        if changed.is_empty() {
+            println!("{}: {} prompts unchanged", s.display(), files.len());
+        } else {
+            changed_any = true;
+            let verb = if update { "updated" } else { "changed" };
+            println!("{}: {} {verb}: {}", s.display(), changed.len(), changed.join(", "));
         }
     }
     if changed_any && !update {
         eprintln!("prompts changed; review them and run with --update to accept");
-        return ExitCode::from(1);
+        return Ok(Done::No);
     }
-    ExitCode::SUCCESS
+    Ok(Done::Ok)
 }
 
-fn fetch_cmd(name: Option<&str>, list: bool) -> ExitCode {
+fn fetch_cmd(name: Option<&str>, list: bool) -> Outcome {
     use crate::model::{fetch, registry};
-    if list || name.is_none() {
+    let Some(name) = name.filter(|_| !list) else {
         for k in registry::KNOWN {
             let p = fetch::model_path(k);
             let state = if p.exists() { format!("cached at {}", p.display()) } else { "not fetched".into() };
             println!("{:<24} {} ({state})", k.name, k.description);
         }
-        return if name.is_none() && !list { ExitCode::from(2) } else { ExitCode::SUCCESS };
-    }
-    let name = name.unwrap_or_default();
-    match fetch::fetch(name, &mut |m| eprintln!("{m}")) {
-        Ok(p) => {
-            println!("{}", p.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+        return if list { Ok(Done::Ok) } else { Err(Failure::Usage("name a model to fetch (the known ones are listed above)".into())) };
+    };
+    let p = fetch::fetch(name, &mut |m| eprintln!("{m}")).map_err(Failure::error)?;
+    println!("{}", p.display());
+    Ok(Done::Ok)
 }
 
-/// Load and print diagnostics; `None` when the spec has errors.
-fn load(path: &std::path::Path, overrides: &[String]) -> Option<spec::Loaded> {
+/// Load a spec and print its diagnostics; `Reported` when it has errors.
+fn load(path: &std::path::Path, overrides: &[String]) -> Result<spec::Loaded, Failure> {
     let loaded = spec::load(path, overrides);
     if !loaded.diags.is_empty() {
         eprint!("{}", loaded.render_diagnostics());
     }
-    if loaded.has_errors() { None } else { Some(loaded) }
+    if loaded.has_errors() { Err(Failure::Reported) } else { Ok(loaded) }
 }
 
-fn check(path: &std::path::Path, overrides: &[String], explain: bool) -> ExitCode {
-    let Some(loaded) = load(path, overrides) else { return ExitCode::from(1) };
+fn check(path: &std::path::Path, overrides: &[String], explain: bool) -> Outcome {
+    let loaded = load(path, overrides)?;
     let plans: Vec<Plan> = loaded.runs.iter().map(plan::compile).collect();
     if explain && let Some(first) = loaded.runs.first() {
         let rows = spec::explain(first, &loaded.sources);
@@ -797,24 +741,24 @@ fn check(path: &std::path::Path, overrides: &[String], explain: bool) -> ExitCod
     } else if let Some(p) = plans.first() {
         println!("{}: ok (run id {})", path.display(), p.run_id);
     }
-    ExitCode::SUCCESS
+    Ok(Done::Ok)
 }
 
-fn plan_cmd(path: &std::path::Path, overrides: &[String], json: bool) -> ExitCode {
-    let Some(loaded) = load(path, overrides) else { return ExitCode::from(1) };
+fn plan_cmd(path: &std::path::Path, overrides: &[String], json: bool) -> Outcome {
+    let loaded = load(path, overrides)?;
     let plans: Vec<Plan> = loaded.runs.iter().map(plan::compile).collect();
     let out = if json {
         let v = if loaded.is_sweep {
             serde_json::json!({ "sweep": plans.first().map(|p| p.name.clone()), "runs": plans })
         } else {
-            serde_json::to_value(&plans[0]).expect("plan serializes")
+            serde_json::to_value(&plans[0]).map_err(Failure::error)?
         };
-        serde_json::to_string_pretty(&v).expect("json") + "\n"
+        serde_json::to_string_pretty(&v).map_err(Failure::error)? + "\n"
     } else if loaded.is_sweep {
         plan::render_sweep_table(&plans)
     } else {
         plan::render_summary(&plans[0])
     };
     print!("{out}");
-    ExitCode::SUCCESS
+    Ok(Done::Ok)
 }

@@ -74,7 +74,7 @@ impl BackendJob for Job {
 }
 
 pub fn run(backend: &str, args: Args) -> anyhow::Result<()> {
-    let b: crate::spec::Backend = serde_json::from_value(serde_json::Value::String(backend.into()))
+    let b: crate::spec::BackendKind = serde_json::from_value(serde_json::Value::String(backend.into()))
         .map_err(|_| anyhow::anyhow!("unknown backend `{backend}` (cpu, wgpu, cuda)"))?;
     model::dispatch(b, 0, Job(args)).map_err(|e| anyhow::anyhow!(e))?
 }

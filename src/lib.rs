@@ -15,6 +15,7 @@ pub mod model;
 pub mod plan;
 pub mod ppo;
 pub mod report;
+pub mod results;
 pub mod reward;
 pub mod rng;
 pub mod rubric;

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use serde_json::{Value as J, json};
+use serde_json::Value as J;
 
 use crate::spec::Resolved;
+use crate::template::context::{JudgeContext, MetaContext, PairwiseContext, SampleContext, Stage, to_json};
 use crate::template::{self, TemplateKind};
 
 /// A canned response per task, so judge and meta prompts have something realistic to show.
@@ -20,7 +21,8 @@ pub fn canned_response(task: &str) -> &'static str {
     }
 }
 
-/// `(name, text)` of every prompt of `r` on its first `n` training records.
+/// `(name, text)` of every prompt of `r` on its first `n` training records, rendered with the
+/// run's own context types.
 pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, String> {
     let task = r.spec.task.kind.as_str();
     let data = crate::task::load(
@@ -29,66 +31,52 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
         r.spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(r.spec.runtime.seed, "task/data")),
     )
     .map_err(|e| e.to_string())?;
-    let t = |k: TemplateKind| r.inputs.templates.get(&k).ok_or_else(|| format!("no {} template", k.as_str()));
-    let rubric = &r.inputs.rubric;
-    let rubric_md = rubric.to_markdown();
-    let mut out = vec![("rubric-v0.md".to_string(), rubric_md.clone())];
-    let render = |k: TemplateKind, ctx: &J| -> Result<String, String> {
-        let f = t(k)?;
-        template::render(&f.path.display().to_string(), &f.text, ctx).map_err(|e| e.to_string())
+    let has = |k: TemplateKind| r.inputs.templates.contains_key(&k);
+    let render = |k: TemplateKind, ctx: J| -> Result<String, String> {
+        let f = r.inputs.templates.get(&k).ok_or_else(|| format!("no {} template", k.as_str()))?;
+        template::render(&f.path.display().to_string(), &f.text, &ctx).map_err(|e| e.to_string())
     };
+    let rubric = &r.inputs.rubric;
+    let max_items = r.spec.meta.max_items;
+    let mut out = vec![("rubric-v0.md".to_string(), rubric.to_markdown())];
     for (i, rec) in data.records.iter().take(n).enumerate() {
-        let question = render(TemplateKind::Policy, rec)?;
+        let question = render(TemplateKind::Policy, rec.clone())?;
         out.push((format!("policy-{i}.txt"), question.clone()));
         let response = canned_response(task);
-        let judge_ctx =
-            json!({"task": task, "rubric": rubric_md, "items": rubric.items, "question": question, "response": response, "record": rec});
-        out.push((format!("judge-{i}.txt"), render(TemplateKind::Judge, &judge_ctx)?));
-        let sample = json!({"id": format!("sample-{i}"), "question": question, "response": response, "score": 3, "max_score": rubric.max_score(),
-            "rationale": "The answer is right but the steps are terse.", "judge_answer": "The answer is right but the steps are terse.", "verifier": 1.0, "record": rec});
-        let base = json!({"task": task, "rubric": rubric_md, "items": rubric.items, "max_items": r.spec.meta.max_items});
-        let with = |extra: &[(&str, J)]| {
-            let mut c = base.clone();
-            for (k, v) in extra {
-                c[*k] = v.clone();
-            }
-            c
-        };
-        if r.inputs.templates.contains_key(&TemplateKind::Analyze) {
+        out.push((
+            format!("judge-{i}.txt"),
+            render(TemplateKind::Judge, to_json(&JudgeContext::new(task, rubric, &question, response, rec)))?,
+        ));
+        let id = format!("sample-{i}");
+        let rationale = "The answer is right but the steps are terse.";
+        let sample = SampleContext::new(&id, &question, response, Some(3.0), rubric.max_score() as f64, rationale, Some(1.0), rec);
+        let meta = |stage| to_json(&MetaContext::new(task, rubric, max_items, stage));
+        if has(TemplateKind::Analyze) {
+            let guidelines = crate::meta::analyze_guidelines(r.spec.meta.domain_guidelines, rec);
             out.push((
                 format!("meta-analyze-{i}.txt"),
-                render(TemplateKind::Analyze, &with(&[("sample", sample.clone()), ("guidelines", "".into())]))?,
+                render(TemplateKind::Analyze, meta(Stage::Analyze { sample: sample.clone(), guidelines }))?,
             ));
+            let analysis = "The rubric does not reward showing the steps.";
             out.push((
                 format!("meta-refine-{i}.txt"),
-                render(
-                    TemplateKind::Refine,
-                    &with(&[
-                        ("sample", sample.clone()),
-                        ("guidelines", "".into()),
-                        ("analysis", "The rubric does not reward showing the steps.".into()),
-                    ]),
-                )?,
+                render(TemplateKind::Refine, meta(Stage::Refine { sample: sample.clone(), guidelines: "", analysis }))?,
             ));
         }
         if i == 0 {
-            if r.inputs.templates.contains_key(&TemplateKind::Prescreen) {
+            if has(TemplateKind::Prescreen) {
                 out.push((
                     "meta-prescreen.txt".into(),
-                    render(TemplateKind::Prescreen, &with(&[("samples", J::Array(vec![sample.clone()]))]))?,
+                    render(TemplateKind::Prescreen, meta(Stage::Prescreen { samples: vec![sample.clone()] }))?,
                 ));
             }
-            if r.inputs.templates.contains_key(&TemplateKind::Merge) {
-                out.push(("meta-merge.txt".into(), render(TemplateKind::Merge, &with(&[("refined", json!([rubric_md, rubric_md]))]))?));
+            if has(TemplateKind::Merge) {
+                let refined = [rubric.to_markdown(), rubric.to_markdown()];
+                out.push(("meta-merge.txt".into(), render(TemplateKind::Merge, meta(Stage::Merge { refined: &refined }))?));
             }
-            if r.inputs.templates.contains_key(&TemplateKind::Pairwise) {
-                out.push((
-                    "elo-pairwise.txt".into(),
-                    render(
-                        TemplateKind::Pairwise,
-                        &json!({"task": task, "question": question, "response_a": response, "response_b": "A shorter answer."}),
-                    )?,
-                ));
+            if has(TemplateKind::Pairwise) {
+                let ctx = PairwiseContext { task, question: &question, response_a: response, response_b: "A shorter answer." };
+                out.push(("elo-pairwise.txt".into(), render(TemplateKind::Pairwise, to_json(&ctx))?));
             }
         }
     }

@@ -8,9 +8,11 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::model::generate::{Sampling, causal_mask, generate, int_tensor, left_pad, mask_tensor, to_host};
+use crate::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
+use crate::model::generate::{Sampling, generate};
 use crate::model::tokenizer::Message;
-use crate::model::{self, BackendJob, LoraConfig, Target, registry};
+use crate::model::{self, BackendJob, LoraConfig, registry};
+use crate::spec::LoraTarget;
 
 /// Eight chat prompts (MATH problems from the shipped sample).
 pub fn bench_prompts() -> Vec<String> {
@@ -145,10 +147,19 @@ impl BackendJob for TrainBench {
             self.batch, self.seq
         );
         for (label, targets) in [
-            ("LoRA r=8 on q,v (demo)", vec![Target::Q, Target::V]),
+            ("LoRA r=8 on q,v (demo)", vec![LoraTarget::Q, LoraTarget::V]),
             (
                 "LoRA r=8 on all 7 projections + lm_head",
-                vec![Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down, Target::LmHead],
+                vec![
+                    LoraTarget::Q,
+                    LoraTarget::K,
+                    LoraTarget::V,
+                    LoraTarget::O,
+                    LoraTarget::Gate,
+                    LoraTarget::Up,
+                    LoraTarget::Down,
+                    LoraTarget::LmHead,
+                ],
             ),
         ] {
             let lora = LoraConfig { rank: 8, alpha: 16.0, targets };

@@ -84,7 +84,7 @@ pub fn spec_bench(iterations: usize) -> anyhow::Result<String> {
 
 /// Run a benchmark job on the named backend.
 pub fn on_backend<J: crate::model::BackendJob<Output = anyhow::Result<String>>>(backend: &str, job: J) -> anyhow::Result<String> {
-    let b: crate::spec::Backend = serde_json::from_value(serde_json::Value::String(backend.into()))
+    let b: crate::spec::BackendKind = serde_json::from_value(serde_json::Value::String(backend.into()))
         .map_err(|_| anyhow::anyhow!("unknown backend `{backend}` (cpu, wgpu, cuda)"))?;
     crate::model::dispatch(b, 0, job).map_err(|e| anyhow::anyhow!(e))?
 }

@@ -9,7 +9,7 @@
 
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::model::generate::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
+use crate::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
 use crate::model::tokenizer::Message;
 use crate::model::{self, BackendJob, registry};
 

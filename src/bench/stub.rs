@@ -165,14 +165,15 @@ async fn respond(sock: &mut tokio::net::TcpStream, code: u16, retry_after: Optio
 /// `mpo bench judge`: `calls` requests at `latency` through the OpenAI judge with
 /// `concurrency`, against the ideal `ceil(calls / concurrency) * latency`.
 pub fn judge_bench(calls: usize, concurrency: usize, latency: Duration) -> anyhow::Result<String> {
-    use crate::judge::openai::{Api, OpenAiConfig, OpenAiJudge};
+    use crate::judge::openai::{OpenAiConfig, OpenAiJudge};
     use crate::judge::{Judge, JudgeRequest};
+    use crate::spec::JudgeApi;
     let stub = Stub::start(move |_| Reply::Delay(latency, Box::new(Reply::Text("Correct: 3".into()))))?;
     let mut judge = OpenAiJudge::new(OpenAiConfig {
         base_urls: vec![stub.url.clone()],
         api_key: Some("sk-bench".into()),
         model: Some("stub".into()),
-        api: Api::Chat,
+        api: JudgeApi::Chat,
         concurrency,
         timeout: Duration::from_secs(30),
         max_retries: 0,

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::judge::{Judge, JudgeRequest, JudgeResponse};
 
@@ -243,7 +242,7 @@ pub fn tournament(
             let second = if first == a { *b } else { *a };
             let (question, ra) = &players[*first].responses[prompt];
             let rb = &players[second].responses[prompt].1;
-            let ctx = json!({"task": task, "question": question, "response_a": ra, "response_b": rb});
+            let ctx = crate::template::context::PairwiseContext { task, question, response_a: ra, response_b: rb };
             let text = crate::template::render(template.0, template.1, &ctx).map_err(|e| e.to_string())?;
             Ok(JudgeRequest {
                 prompt: text,
@@ -301,43 +300,30 @@ pub fn table(t: &Tournament) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::JudgeError;
-
-    /// Prefers the response with the higher `quality N`; `noise` flips a seeded share of verdicts.
-    struct QualityJudge {
-        noise: f64,
-        calls: u64,
-    }
+    use crate::judge::scripted::ScriptedJudge;
 
     fn quality(s: &str) -> i64 {
         s.split("quality ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0)
     }
 
-    impl Judge for QualityJudge {
-        fn identity(&self) -> String {
-            "quality".into()
-        }
-        fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
-            requests
-                .iter()
-                .map(|r| {
-                    self.calls += 1;
-                    let a = quality(r.prompt.split("Response A:").nth(1).unwrap_or(""));
-                    let b = quality(r.prompt.split("Response B:").nth(1).unwrap_or(""));
-                    let mut w = if a > b {
-                        "A"
-                    } else if b > a {
-                        "B"
-                    } else {
-                        "tie"
-                    };
-                    if crate::rng::stream(self.calls, "noise").random_bool(self.noise) {
-                        w = if w == "A" { "B" } else { "A" };
-                    }
-                    Ok(JudgeResponse { prompt_tokens: 1, completion_tokens: 1, ..JudgeResponse::answer(format!("Winner: {w}")) })
-                })
-                .collect()
-        }
+    /// Prefers the response with the higher `quality N`; `noise` flips a seeded share of verdicts.
+    fn quality_judge(noise: f64) -> impl Judge {
+        ScriptedJudge::new("quality", move |r, k| {
+            let a = quality(r.prompt.split("Response A:").nth(1).unwrap_or(""));
+            let b = quality(r.prompt.split("Response B:").nth(1).unwrap_or(""));
+            let mut w = if a > b {
+                "A"
+            } else if b > a {
+                "B"
+            } else {
+                "tie"
+            };
+            // calls are numbered from 1 in the noise stream
+            if crate::rng::stream(k as u64 + 1, "noise").random_bool(noise) {
+                w = if w == "A" { "B" } else { "A" };
+            }
+            Ok(JudgeResponse { prompt_tokens: 1, completion_tokens: 1, ..JudgeResponse::answer(format!("Winner: {w}")) })
+        })
     }
 
     fn players(qualities: &[i64]) -> Vec<Player> {
@@ -357,7 +343,7 @@ mod tests {
     fn a_deterministic_judge_recovers_the_true_order() {
         let ps = players(&[2, 5, 1, 4, 3]);
         let cfg = EloConfig { k: 16.0, matches_per_pair: 30, repeats: 10, bootstrap: 200, ..EloConfig::default() };
-        let t = tournament(&mut QualityJudge { noise: 0.0, calls: 0 }, &ps, ("t", TEMPLATE), "math", &cfg).unwrap();
+        let t = tournament(&mut quality_judge(0.0), &ps, ("t", TEMPLATE), "math", &cfg).unwrap();
         let order: Vec<&str> = t.standings.iter().map(|s| s.player.as_str()).collect();
         assert_eq!(order, ["p1", "p3", "p4", "p0", "p2"]);
         assert_eq!(t.unreadable, 0);
@@ -368,7 +354,7 @@ mod tests {
         }
         assert!(t.standings[0].ci95.0 > t.standings[4].ci95.1);
         // seeded: the same config gives the same tournament
-        let again = tournament(&mut QualityJudge { noise: 0.0, calls: 0 }, &ps, ("t", TEMPLATE), "math", &cfg).unwrap();
+        let again = tournament(&mut quality_judge(0.0), &ps, ("t", TEMPLATE), "math", &cfg).unwrap();
         assert_eq!(serde_json::to_string(&t).unwrap(), serde_json::to_string(&again).unwrap());
     }
 
@@ -376,7 +362,7 @@ mod tests {
     fn a_noisy_judge_still_ranks_best_and_worst() {
         let ps = players(&[1, 2, 3]);
         let cfg = EloConfig { k: 16.0, matches_per_pair: 200, repeats: 10, bootstrap: 100, ..EloConfig::default() };
-        let t = tournament(&mut QualityJudge { noise: 0.2, calls: 0 }, &ps, ("t", TEMPLATE), "math", &cfg).unwrap();
+        let t = tournament(&mut quality_judge(0.2), &ps, ("t", TEMPLATE), "math", &cfg).unwrap();
         let order: Vec<&str> = t.standings.iter().map(|s| s.player.as_str()).collect();
         assert_eq!(order, ["p2", "p1", "p0"]);
     }
@@ -411,7 +397,7 @@ mod tests {
 
     #[test]
     fn fewer_than_two_players_or_no_common_prompt_is_an_error() {
-        let mut j = QualityJudge { noise: 0.0, calls: 0 };
+        let mut j = quality_judge(0.0);
         assert!(tournament(&mut j, &players(&[1]), ("t", TEMPLATE), "math", &EloConfig::default()).is_err());
         let mut ps = players(&[1, 2]);
         ps[1].responses = BTreeMap::from([("other".to_string(), ("q".to_string(), "r".to_string()))]);

@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::{Value as J, json};
 
-use crate::model::{self, BackendJob};
+use crate::judge::factory::{self, JudgeEnv};
+use crate::model::{self, BackendJob, LoraConfig};
 use crate::plan::Plan;
-use crate::run::results::RunDir;
+use crate::results::{ResultsError, RunDir};
+use crate::run::RunError;
+use crate::run::setup::{MAX_POSITIONS, plan_template};
 use crate::template::TemplateKind;
 
 /// Which weights to evaluate.
@@ -40,37 +43,79 @@ impl std::str::FromStr for Which {
     }
 }
 
+/// Why an evaluation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// The arguments ask for something that cannot be (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// The inputs are wrong or missing (exit 1).
     #[error("{0}")]
-    Run(#[from] crate::run::RunError),
+    Input(String),
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+impl EvalError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            EvalError::Run(e) => e.help(),
+            _ => None,
+        }
+    }
 }
 
 fn usage(s: impl Into<String>) -> EvalError {
     EvalError::Usage(s.into())
 }
 
-/// Read a run directory's plan.
-pub fn read_plan(run: &Path) -> Result<Plan, EvalError> {
-    let p = run.join("plan.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| usage(format!("{}: {e} (a run directory is results/NAME/RUN_ID/)", p.display())))?;
-    serde_json::from_str(&text).map_err(|e| usage(format!("{}: not a plan of this mpo version: {e}", p.display())))
+fn input(s: impl Into<String>) -> EvalError {
+    EvalError::Input(s.into())
 }
 
-/// The checkpoint directories of a run, by update.
-pub fn checkpoints(run: &Path) -> BTreeMap<u32, PathBuf> {
-    std::fs::read_dir(run.join("checkpoints"))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let n = e.file_name().to_string_lossy().to_string();
-                    n.strip_prefix("update-").and_then(|u| u.parse().ok()).map(|u| (u, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// What `mpo eval` evaluates: a run's saved weights, or a spec's base model before training.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    Run { dir: PathBuf, which: Which },
+    Base(Box<Plan>),
+}
+
+impl Subject {
+    /// The run directory the results go to.
+    pub fn dir(&self) -> PathBuf {
+        match self {
+            Subject::Run { dir, .. } => dir.clone(),
+            Subject::Base(p) => RunDir::for_plan(p).root,
+        }
+    }
+
+    /// Evaluate it.
+    pub fn evaluate(&self) -> Result<EvalResult, EvalError> {
+        match self {
+            Subject::Run { dir, which } => eval_run(dir, *which),
+            Subject::Base(p) => eval_base_of_plan(p),
+        }
+    }
+}
+
+/// The subjects of a spec's cells: their base models (a spec has no checkpoints yet).
+pub fn spec_subjects(plans: Vec<Plan>, which: Which) -> Result<Vec<Subject>, EvalError> {
+    if which != Which::Base && which != Which::Latest {
+        return Err(usage("a spec has no checkpoints yet: evaluate its base model (the default), or a run directory"));
+    }
+    Ok(plans.into_iter().map(|p| Subject::Base(Box::new(p))).collect())
+}
+
+/// What `mpo eval` prints for one result.
+pub fn summary(subject: &Subject, res: &EvalResult) -> String {
+    let mut out = format!("{} {} on {} test prompts:\n", subject.dir().display(), res.label, res.samples);
+    for (k, v) in &res.metrics {
+        out.push_str(&format!("  {k:<24} {v:.4}\n"));
+    }
+    out.push_str(&format!("  responses: {}\n", res.responses.display()));
+    out
 }
 
 /// What an evaluation produced.
@@ -97,8 +142,8 @@ impl BackendJob for EvalJob {
             .task
             .test
             .as_ref()
-            .ok_or_else(|| usage(format!("{}: the spec has no `task.test` split to evaluate on", self.run.display())))?;
-        let lora = crate::run::lora_config(spec);
+            .ok_or_else(|| input(format!("{}: the spec has no `task.test` split to evaluate on", self.run.display())))?;
+        let lora = LoraConfig::from_spec(&spec.policy.lora);
         let seed = spec.runtime.seed;
         let mut log = |m: &str| eprintln!("{m}");
         // The base model is the policy without adapters (a fresh adapter is the base anyway).
@@ -106,23 +151,28 @@ impl BackendJob for EvalJob {
         let loaded = model::load::<B::InnerBackend>(
             &self.plan.inputs.models.policy,
             adapters,
-            4096,
+            MAX_POSITIONS,
             crate::rng::sub_seed(seed, "model/init"),
             &device,
             &mut log,
         )
-        .map_err(crate::run::RunError::from)?;
+        .map_err(RunError::from)?;
         let (policy, update, label) = match &self.checkpoint {
             Some((u, d)) => {
                 let m = crate::model::adapter::load(loaded.model, &d.join("policy.safetensors"))
-                    .map_err(|e| usage(format!("{}: {e}", d.display())))?;
+                    .map_err(|e| input(format!("{}: {e}", d.display())))?;
                 (m, *u, format!("checkpoint-{u:06}"))
             }
             None => (loaded.model, 0, "base".to_string()),
         };
-        let tmpl = crate::run::plan_template(&self.plan, TemplateKind::Policy)?;
-        let chat = spec.policy.chat_template.as_ref().map(std::fs::read_to_string).transpose().map_err(crate::run::RunError::from)?;
-        let data = crate::task::load(spec.task.kind, test, spec.test_seed()).map_err(|e| usage(e.to_string()))?;
+        let tmpl = plan_template(&self.plan, TemplateKind::Policy)?;
+        let chat = match &spec.policy.chat_template {
+            Some(p) => {
+                Some(std::fs::read_to_string(p).map_err(|e| RunError::Read { path: p.display().to_string(), message: e.to_string() })?)
+            }
+            None => None,
+        };
+        let data = crate::task::load(spec.task.kind, test, spec.test_seed()).map_err(RunError::from)?;
         let used = self.plan.inputs.test.as_ref().map(|t| t.used).unwrap_or(data.records.len());
         let dir = RunDir { root: self.run.clone() };
         let metrics =
@@ -132,7 +182,7 @@ impl BackendJob for EvalJob {
             &format!("eval/{label}.json"),
             &json!({"run_id": self.plan.run_id, "weights": label, "samples": samples, "metrics": metrics}),
         )
-        .map_err(crate::run::RunError::from)?;
+        .map_err(RunError::from)?;
         Ok(EvalResult { label: label.clone(), metrics, samples, responses: dir.path(&format!("eval/{label}.jsonl")) })
     }
 }
@@ -141,29 +191,30 @@ impl BackendJob for EvalJob {
 /// directory the plan will train in (`eval/base.*`, which `mpo run` keeps).
 pub fn eval_base_of_plan(plan: &Plan) -> Result<EvalResult, EvalError> {
     let dir = RunDir::for_plan(plan);
-    let existing = read_plan(&dir.root).ok();
+    let existing = RunDir::open(&dir.root).and_then(|d| d.plan()).ok();
     if existing.as_ref().is_some_and(|p| p.run_id != plan.run_id) {
-        return Err(usage(format!("{} holds another plan", dir.root.display())));
+        return Err(input(format!("{} holds another plan", dir.root.display())));
     }
     if existing.is_none() {
-        dir.write_json("plan.json", plan).map_err(crate::run::RunError::from)?;
+        dir.write_json("plan.json", plan).map_err(RunError::from)?;
     }
     eval_run(&dir.root, Which::Base)
 }
 
 /// Evaluate a run's checkpoint (or the base model) on its test split.
 pub fn eval_run(run: &Path, which: Which) -> Result<EvalResult, EvalError> {
-    let plan = read_plan(run)?;
-    let cks = checkpoints(run);
+    let dir = RunDir::open(run)?;
+    let plan = dir.plan()?;
+    let cks = dir.checkpoints();
     let checkpoint =
         match which {
             Which::Base => None,
             Which::Latest => Some(cks.iter().next_back().map(|(u, d)| (*u, d.clone())).ok_or_else(|| {
-                usage(format!("{} has no checkpoint yet; evaluate the base model with `--checkpoint base`", run.display()))
+                input(format!("{} has no checkpoint yet; evaluate the base model with `--checkpoint base`", run.display()))
             })?),
             Which::Update(u) => Some(cks.get(&u).map(|d| (u, d.clone())).ok_or_else(|| {
                 let have: Vec<String> = cks.keys().map(u32::to_string).collect();
-                usage(format!(
+                input(format!(
                     "{} has no checkpoint of update {u}; saved: {} (older ones are pruned: `output.keep_checkpoints`)",
                     run.display(),
                     if have.is_empty() { "none".into() } else { have.join(", ") }
@@ -171,13 +222,13 @@ pub fn eval_run(run: &Path, which: Which) -> Result<EvalResult, EvalError> {
             })?),
         };
     let job = EvalJob { run: run.to_path_buf(), plan: plan.clone(), checkpoint };
-    model::dispatch(plan.spec.runtime.backend, plan.spec.runtime.device, job).map_err(usage)?
+    model::dispatch(plan.spec.runtime.backend, plan.spec.runtime.device, job).map_err(|e| EvalError::Run(RunError::Backend(e)))?
 }
 
 /// One player of a tournament: a run directory (its newest evaluation) or an evaluation file.
 pub fn load_player(arg: &Path) -> Result<(elo::Player, Plan), EvalError> {
     let (file, run) = if arg.is_file() {
-        let run = arg.parent().and_then(Path::parent).ok_or_else(|| usage(format!("{}: expected RUN/eval/FILE.jsonl", arg.display())))?;
+        let run = arg.parent().and_then(Path::parent).ok_or_else(|| input(format!("{}: expected RUN/eval/FILE.jsonl", arg.display())))?;
         (arg.to_path_buf(), run.to_path_buf())
     } else {
         let mut files: Vec<PathBuf> = std::fs::read_dir(arg.join("eval"))
@@ -189,7 +240,7 @@ pub fn load_player(arg: &Path) -> Result<(elo::Player, Plan), EvalError> {
             n.rsplit('-').next().and_then(|u| u.parse::<u32>().ok()).map(|u| (1, u)).unwrap_or((0, 0))
         });
         let f = files.pop().ok_or_else(|| {
-            usage(format!(
+            input(format!(
                 "{} has no evaluation responses: run `mpo eval {}` first (or set `eval.every` in the spec)",
                 arg.display(),
                 arg.display()
@@ -197,11 +248,11 @@ pub fn load_player(arg: &Path) -> Result<(elo::Player, Plan), EvalError> {
         })?;
         (f, arg.to_path_buf())
     };
-    let plan = read_plan(&run)?;
-    let text = std::fs::read_to_string(&file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    let plan = RunDir::open(&run)?.plan()?;
+    let text = std::fs::read_to_string(&file).map_err(|e| input(format!("{}: {e}", file.display())))?;
     let mut responses = BTreeMap::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: J = serde_json::from_str(line).map_err(|e| usage(format!("{}:{}: {e}", file.display(), n + 1)))?;
+        let v: J = serde_json::from_str(line).map_err(|e| input(format!("{}:{}: {e}", file.display(), n + 1)))?;
         let key = v["record_index"].to_string();
         let q = v["question"].as_str().unwrap_or_default().to_string();
         let r = v["response"].as_str().unwrap_or_default().to_string();
@@ -228,18 +279,19 @@ impl BackendJob for EloJob {
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &'static str) -> Self::Output {
         let spec = &self.plan.spec;
         let cache = self.out.join("judge-cache");
-        let env = crate::run::JudgeEnv::<B::InnerBackend> {
+        let env = JudgeEnv::<B::InnerBackend> {
             policy_ref: &self.plan.inputs.models.policy,
             shared: None,
             batch: spec.runtime.rollout_batch,
             seed: spec.runtime.seed,
             device: &device,
             cache: &cache,
+            max_positions: MAX_POSITIONS,
         };
-        let mut judge =
-            crate::run::build_judge::<B::InnerBackend>("elo", &spec.reward.judge, self.plan.inputs.models.judge.as_ref(), &env)?;
+        let mut judge = factory::build::<B::InnerBackend>("elo", &spec.reward.judge, self.plan.inputs.models.judge.as_ref(), &env)
+            .map_err(RunError::from)?;
         let t = elo::tournament(judge.as_mut(), &self.players, (&self.template.0, &self.template.1), spec.task.kind.as_str(), &self.cfg)
-            .map_err(usage)?;
+            .map_err(input)?;
         Ok(t)
     }
 }
@@ -266,7 +318,7 @@ pub fn elo_cmd(runs: &[PathBuf], flags: &EloFlags, out: Option<&Path>) -> Result
         plans.push(plan);
     }
     if let Some(other) = plans.iter().find(|p| p.spec.task.kind != plans[0].spec.task.kind) {
-        return Err(usage(format!(
+        return Err(input(format!(
             "players come from different tasks ({} and {}): a tournament compares one task",
             plans[0].spec.task.kind.as_str(),
             other.spec.task.kind.as_str()
@@ -282,20 +334,20 @@ pub fn elo_cmd(runs: &[PathBuf], flags: &EloFlags, out: Option<&Path>) -> Result
         seed: flags.seed,
     };
     let template = match flags.template.as_deref().or(spec_elo.prompt.as_deref()) {
-        Some(p) => (p.display().to_string(), std::fs::read_to_string(p).map_err(|e| usage(format!("{}: {e}", p.display())))?),
+        Some(p) => (p.display().to_string(), std::fs::read_to_string(p).map_err(|e| input(format!("{}: {e}", p.display())))?),
         None => ("prompt_templates/elo/pairwise.j2 (built in)".into(), PAIRWISE_TEMPLATE.to_string()),
     };
     let out = match out {
         Some(o) => o.to_path_buf(),
         None => runs[0].parent().filter(|_| runs[0].is_dir()).map(|p| p.join("elo")).unwrap_or_else(|| PathBuf::from("elo")),
     };
-    std::fs::create_dir_all(&out).map_err(|e| usage(format!("{}: {e}", out.display())))?;
+    std::fs::create_dir_all(&out).map_err(|e| input(format!("{}: {e}", out.display())))?;
     let plan = plans.swap_remove(0);
     let (backend, device) = (plan.spec.runtime.backend, plan.spec.runtime.device);
     let job = EloJob { plan, players, cfg, template, out: out.clone() };
-    let t = model::dispatch(backend, device, job).map_err(usage)??;
+    let t = model::dispatch(backend, device, job).map_err(|e| EvalError::Run(RunError::Backend(e)))??;
     let w = |name: &str, text: String| {
-        crate::fsx::write_atomic(&out.join(name), text.as_bytes()).map_err(|e| usage(format!("{}: {e}", out.join(name).display())))
+        crate::fsx::write_atomic(&out.join(name), text.as_bytes()).map_err(|e| input(format!("{}: {e}", out.join(name).display())))
     };
     let summary =
         json!({"config": t.config, "prompts": t.prompts, "matches": t.matches.len(), "unreadable": t.unreadable, "standings": t.standings});

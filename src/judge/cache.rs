@@ -108,20 +108,12 @@ impl Judge for CachedJudge<'_> {
 mod tests {
     use super::*;
 
-    struct Counting(u32);
-    impl Judge for Counting {
-        fn identity(&self) -> String {
-            "test:counting".into()
-        }
-        fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
-            requests
-                .iter()
-                .map(|r| {
-                    self.0 += 1;
-                    Ok(JudgeResponse { prompt_tokens: 3, completion_tokens: 2, ..JudgeResponse::answer(format!("answer to {}", r.prompt)) })
-                })
-                .collect()
-        }
+    use crate::judge::scripted::ScriptedJudge;
+
+    fn counting() -> impl Judge {
+        ScriptedJudge::new("test:counting", |r, _| {
+            Ok(JudgeResponse { prompt_tokens: 3, completion_tokens: 2, ..JudgeResponse::answer(format!("answer to {}", r.prompt)) })
+        })
     }
 
     fn req(p: &str) -> JudgeRequest {
@@ -140,7 +132,7 @@ mod tests {
     #[test]
     fn caches_and_replays_exactly() {
         let dir = std::env::temp_dir().join(format!("mpo-cache-{}", std::process::id()));
-        let mut j = CachedJudge::new(Box::new(Counting(0)), &dir);
+        let mut j = CachedJudge::new(Box::new(counting()), &dir);
         let a = j.complete(&[req("a"), req("b")]);
         let b = j.complete(&[req("b"), req("a"), req("c")]);
         assert_eq!((j.hits, j.misses), (2, 3));
@@ -151,16 +143,8 @@ mod tests {
         assert_eq!(r[0].as_ref().unwrap().text, "answer to a");
         assert!(matches!(r[1], Err(JudgeError::CacheMiss { .. })));
         // a different live judge does not take another judge's answers: it asks again
-        struct Other;
-        impl Judge for Other {
-            fn identity(&self) -> String {
-                "test:other".into()
-            }
-            fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
-                requests.iter().map(|_| Ok(JudgeResponse::answer("other"))).collect()
-            }
-        }
-        let mut other = CachedJudge::new(Box::new(Other), &dir);
+        let other_judge = ScriptedJudge::new("test:other", |_, _| Ok(JudgeResponse::answer("other")));
+        let mut other = CachedJudge::new(Box::new(other_judge), &dir);
         assert_eq!(other.complete(&[req("a")])[0].as_ref().unwrap().text, "other");
         let _ = std::fs::remove_dir_all(dir);
     }

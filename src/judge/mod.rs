@@ -8,8 +8,10 @@
 //! content-addressed cache, so a run's rewards can be replayed exactly.
 
 pub mod cache;
+pub mod factory;
 pub mod local;
 pub mod openai;
+pub mod scripted;
 
 use serde::{Deserialize, Serialize};
 

@@ -14,13 +14,7 @@ use serde_json::{Value as J, json};
 use tokio::sync::Semaphore;
 
 use super::{Judge, JudgeError, JudgeRequest, JudgeResponse, TokenLogprob};
-
-/// Endpoint flavour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    Chat,
-    Completions,
-}
+use crate::spec::JudgeApi;
 
 /// Settings of one judge role.
 #[derive(Debug, Clone)]
@@ -30,7 +24,7 @@ pub struct OpenAiConfig {
     pub api_key: Option<String>,
     /// The model name sent in requests (`None`: the server's default).
     pub model: Option<String>,
-    pub api: Api,
+    pub api: JudgeApi,
     pub concurrency: usize,
     pub timeout: Duration,
     pub max_retries: u32,
@@ -72,12 +66,12 @@ impl OpenAiJudge {
     }
 }
 
-fn endpoint(base: &str, api: Api) -> String {
+fn endpoint(base: &str, api: JudgeApi) -> String {
     let base = base.trim_end_matches('/');
     let base = if base.ends_with("/v1") { base.to_string() } else { format!("{base}/v1") };
     match api {
-        Api::Chat => format!("{base}/chat/completions"),
-        Api::Completions => format!("{base}/completions"),
+        JudgeApi::Chat => format!("{base}/chat/completions"),
+        JudgeApi::Completions => format!("{base}/completions"),
     }
 }
 
@@ -86,12 +80,12 @@ fn endpoint(base: &str, api: Api) -> String {
 /// prompt (completions).
 fn body(cfg: &OpenAiConfig, r: &JudgeRequest, prefill: Option<&str>) -> J {
     let mut b = match (cfg.api, prefill) {
-        (Api::Chat, None) => json!({ "messages": [{ "role": "user", "content": r.prompt }] }),
-        (Api::Chat, Some(p)) => json!({
+        (JudgeApi::Chat, None) => json!({ "messages": [{ "role": "user", "content": r.prompt }] }),
+        (JudgeApi::Chat, Some(p)) => json!({
             "messages": [{ "role": "user", "content": r.prompt }, { "role": "assistant", "content": p }],
             "continue_final_message": true, "add_generation_prompt": false,
         }),
-        (Api::Completions, p) => json!({ "prompt": format!("{}{}", r.prompt, p.unwrap_or("")) }),
+        (JudgeApi::Completions, p) => json!({ "prompt": format!("{}{}", r.prompt, p.unwrap_or("")) }),
     };
     let o = b.as_object_mut().expect("object");
     if let Some(m) = &cfg.model {
@@ -102,16 +96,16 @@ fn body(cfg: &OpenAiConfig, r: &JudgeRequest, prefill: Option<&str>) -> J {
     o.insert("seed".into(), r.seed.into());
     if let Some(k) = r.top_logprobs {
         match cfg.api {
-            Api::Chat => {
+            JudgeApi::Chat => {
                 o.insert("logprobs".into(), true.into());
                 o.insert("top_logprobs".into(), k.into());
             }
-            Api::Completions => {
+            JudgeApi::Completions => {
                 o.insert("logprobs".into(), k.into());
             }
         }
     }
-    if let (Some(schema), Api::Chat) = (&r.json_schema, cfg.api) {
+    if let (Some(schema), JudgeApi::Chat) = (&r.json_schema, cfg.api) {
         o.insert(
             "response_format".into(),
             json!({ "type": "json_schema", "json_schema": { "name": "scores", "schema": schema, "strict": true } }),
@@ -121,12 +115,12 @@ fn body(cfg: &OpenAiConfig, r: &JudgeRequest, prefill: Option<&str>) -> J {
 }
 
 /// Parse a chat or completions response body.
-pub fn parse_response(api: Api, url: &str, v: &J) -> Result<JudgeResponse, JudgeError> {
+pub fn parse_response(api: JudgeApi, url: &str, v: &J) -> Result<JudgeResponse, JudgeError> {
     let bad = |m: &str| JudgeError::Malformed { url: url.into(), message: m.into() };
     let choice = v.get("choices").and_then(|c| c.get(0)).ok_or_else(|| bad("no choices[0]"))?;
     let text = match api {
-        Api::Chat => choice.get("message").and_then(|m| m.get("content")).and_then(J::as_str),
-        Api::Completions => choice.get("text").and_then(J::as_str),
+        JudgeApi::Chat => choice.get("message").and_then(|m| m.get("content")).and_then(J::as_str),
+        JudgeApi::Completions => choice.get("text").and_then(J::as_str),
     }
     .ok_or_else(|| bad("no answer text in choices[0]"))?
     .to_string();
@@ -187,34 +181,9 @@ pub fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     if let Ok(s) = v.parse::<f64>() {
         return (s >= 0.0).then(|| Duration::from_secs_f64(s.min(300.0)));
     }
-    let when = httpdate(v)?;
+    let when = httpdate::parse_http_date(v).ok()?;
     let now = std::time::SystemTime::now();
     Some(when.duration_since(now).unwrap_or(Duration::ZERO).min(Duration::from_secs(300)))
-}
-
-/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form servers send in Retry-After.
-fn httpdate(s: &str) -> Option<std::time::SystemTime> {
-    let p: Vec<&str> = s.split_whitespace().collect();
-    if p.len() != 6 || p[5] != "GMT" {
-        return None;
-    }
-    let day: i64 = p[1].parse().ok()?;
-    let month =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == p[2])? as i64 + 1;
-    let year: i64 = p[3].parse().ok()?;
-    let hms: Vec<i64> = p[4].split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    if hms.len() != 3 {
-        return None;
-    }
-    // days from civil (Howard Hinnant)
-    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
 async fn one_attempt(
@@ -288,8 +257,8 @@ async fn with_retries(
 impl Judge for OpenAiJudge {
     fn identity(&self) -> String {
         let api = match self.cfg.api {
-            Api::Chat => "chat",
-            Api::Completions => "completions",
+            JudgeApi::Chat => "chat",
+            JudgeApi::Completions => "completions",
         };
         format!("openai-{api}:{}", self.cfg.model.as_deref().unwrap_or("default"))
     }
@@ -367,29 +336,29 @@ mod tests {
 
     #[test]
     fn endpoints_and_urls() {
-        assert_eq!(endpoint("http://h:1", Api::Chat), "http://h:1/v1/chat/completions");
-        assert_eq!(endpoint("http://h:1/v1/", Api::Completions), "http://h:1/v1/completions");
+        assert_eq!(endpoint("http://h:1", JudgeApi::Chat), "http://h:1/v1/chat/completions");
+        assert_eq!(endpoint("http://h:1/v1/", JudgeApi::Completions), "http://h:1/v1/completions");
         assert_eq!(OpenAiConfig::urls_from(" http://a/v1, http://b/ ,"), vec!["http://a/v1", "http://b"]);
     }
 
     #[test]
     fn parses_chat_and_legacy_completions_with_logprobs() {
         let chat = json!({"choices": [{"message": {"content": "Score: 3"}, "logprobs": {"content": [{"token": "3", "logprob": -0.1, "top_logprobs": [{"token": "3", "logprob": -0.1}, {"token": "2", "logprob": -2.5}]}]}}], "usage": {"prompt_tokens": 10, "completion_tokens": 3}});
-        let r = parse_response(Api::Chat, "u", &chat).unwrap();
+        let r = parse_response(JudgeApi::Chat, "u", &chat).unwrap();
         assert_eq!((r.text.as_str(), r.prompt_tokens, r.completion_tokens), ("Score: 3", 10, 3));
         assert_eq!(r.logprobs.unwrap()[0].top[1], ("2".to_string(), -2.5));
         let legacy = json!({"choices": [{"text": "4", "logprobs": {"tokens": ["4"], "token_logprobs": [-0.2], "top_logprobs": [{"4": -0.2, "5": -1.9}]}}]});
-        let r = parse_response(Api::Completions, "u", &legacy).unwrap();
+        let r = parse_response(JudgeApi::Completions, "u", &legacy).unwrap();
         assert_eq!(r.logprobs.unwrap()[0].top.len(), 2);
-        assert!(matches!(parse_response(Api::Chat, "u", &json!({"choices": []})), Err(JudgeError::Malformed { .. })));
+        assert!(matches!(parse_response(JudgeApi::Chat, "u", &json!({"choices": []})), Err(JudgeError::Malformed { .. })));
     }
 
     #[test]
     fn a_length_finish_is_a_truncated_answer() {
         let cut = json!({"choices": [{"message": {"content": "Correct: 3\nClea"}, "finish_reason": "length"}]});
-        assert!(parse_response(Api::Chat, "u", &cut).unwrap().truncated);
+        assert!(parse_response(JudgeApi::Chat, "u", &cut).unwrap().truncated);
         let done = json!({"choices": [{"text": "Correct: 3", "finish_reason": "stop"}]});
-        assert!(!parse_response(Api::Completions, "u", &done).unwrap().truncated);
+        assert!(!parse_response(JudgeApi::Completions, "u", &done).unwrap().truncated);
     }
 
     #[test]
@@ -399,7 +368,6 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert(reqwest::header::RETRY_AFTER, "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
-        assert_eq!(httpdate("Sun, 06 Nov 1994 08:49:37 GMT").unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 784111777);
     }
 
     #[test]

@@ -11,10 +11,11 @@ pub mod history;
 
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value as J, json};
+use serde_json::Value as J;
 
 use crate::judge::{Judge, JudgeRequest, TokenUsage};
 use crate::rubric::Rubric;
+use crate::template::context::{MetaContext, SampleContext, Stage};
 
 /// Templates and settings of the pipeline.
 #[derive(Debug, Clone)]
@@ -94,16 +95,29 @@ fn ask(judge: &mut dyn Judge, reqs: Vec<JudgeRequest>, usage: &mut TokenUsage, w
         .collect()
 }
 
-fn render(t: &(String, String), ctx: &J) -> Result<String, String> {
+fn render(t: &(String, String), ctx: &MetaContext) -> Result<String, String> {
     crate::template::render(&t.0, &t.1, ctx).map_err(|e| e.to_string())
 }
 
-fn sample_ctx(s: &MetaSample) -> J {
-    json!({
-        "id": s.id, "question": s.question, "response": s.response,
-        "score": s.score.map(|x| (x * 100.0).round() / 100.0), "max_score": s.max_score,
-        "rationale": s.rationale, "judge_answer": s.rationale, "verifier": s.verifier, "record": s.record,
-    })
+impl MetaSample {
+    /// How the meta stages' templates see this rollout.
+    pub fn context(&self) -> SampleContext<'_> {
+        SampleContext::new(
+            &self.id,
+            &self.question,
+            &self.response,
+            self.score,
+            self.max_score,
+            &self.rationale,
+            self.verifier,
+            &self.record,
+        )
+    }
+}
+
+/// The analysis guidance for a record: its MATH subject's, when `meta.domain_guidelines` is on.
+pub fn analyze_guidelines(domain_guidelines: bool, record: &J) -> &'static str {
+    if domain_guidelines { math_guidelines(record.get("type").and_then(J::as_str).unwrap_or("")) } else { "" }
 }
 
 /// Run one meta step on `candidates` (the rollouts since the last step).
@@ -141,8 +155,7 @@ fn step(
     picked.truncate(cfg.samples.max(1));
     // Deterministic order for prompts: by id.
     picked.sort_by(|a, b| a.id.cmp(&b.id));
-    let rubric_md = current.to_markdown();
-    let base = json!({ "task": cfg.task, "rubric": rubric_md, "items": current.items, "max_items": cfg.max_items });
+    let ctx = |stage| MetaContext::new(&cfg.task, current, cfg.max_items, stage);
     let req = |prompt: String, k: usize, stage: &str| JudgeRequest {
         prompt,
         max_tokens: cfg.max_tokens,
@@ -154,9 +167,7 @@ fn step(
         guided: vec![],
     };
     if let Some(t) = &cfg.prescreen {
-        let mut ctx = base.clone();
-        ctx["samples"] = J::Array(picked.iter().map(|s| sample_ctx(s)).collect());
-        let prompt = render(t, &ctx)?;
+        let prompt = render(t, &ctx(Stage::Prescreen { samples: picked.iter().map(|s| s.context()).collect() }))?;
         let answer = ask(judge, vec![req(prompt, 0, "prescreen")], &mut out.usage, false).remove(0);
         match answer {
             Ok(text) => {
@@ -181,12 +192,8 @@ fn step(
         .iter()
         .enumerate()
         .map(|(k, s)| {
-            let mut ctx = base.clone();
-            ctx["sample"] = sample_ctx(s);
-            let guidelines =
-                if cfg.domain_guidelines { math_guidelines(s.record.get("type").and_then(J::as_str).unwrap_or("")) } else { "" };
-            ctx["guidelines"] = guidelines.into();
-            render(&cfg.analyze, &ctx).map(|p| req(p, k, "analyze"))
+            let guidelines = analyze_guidelines(cfg.domain_guidelines, &s.record);
+            render(&cfg.analyze, &ctx(Stage::Analyze { sample: s.context(), guidelines })).map(|p| req(p, k, "analyze"))
         })
         .collect::<Result<_, _>>()?;
     let analyses = ask(judge, prompts, &mut out.usage, false);
@@ -200,11 +207,7 @@ fn step(
         .iter()
         .enumerate()
         .map(|(k, (s, a))| {
-            let mut ctx = base.clone();
-            ctx["sample"] = sample_ctx(s);
-            ctx["analysis"] = a.clone().into();
-            ctx["guidelines"] = "".into();
-            render(&cfg.refine, &ctx).map(|p| req(p, k, "refine"))
+            render(&cfg.refine, &ctx(Stage::Refine { sample: s.context(), guidelines: "", analysis: a })).map(|p| req(p, k, "refine"))
         })
         .collect::<Result<_, _>>()?;
     let refined = ask(judge, prompts, &mut out.usage, true);
@@ -217,9 +220,7 @@ fn step(
         return Err(format!("none of the {} refined rubrics parses as a rubric{why}", out.refined.len()));
     }
     // merge
-    let mut ctx = base.clone();
-    ctx["refined"] = J::Array(usable.into_iter().map(J::String).collect());
-    let prompt = render(&cfg.merge, &ctx)?;
+    let prompt = render(&cfg.merge, &ctx(Stage::Merge { refined: &usable }))?;
     let merged = ask(judge, vec![req(prompt, 0, "merge")], &mut out.usage, true).remove(0).map_err(|e| format!("merge failed: {e}"))?;
     out.merged_raw = Some(merged.clone());
     let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
@@ -237,35 +238,25 @@ fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::judge::{JudgeError, JudgeResponse};
+    use crate::judge::JudgeResponse;
+    use crate::judge::scripted::ScriptedJudge;
+    use serde_json::json;
 
-    /// Answers by stage, recognised from the prompt's first words.
-    struct StageJudge {
-        merged: String,
-        /// Answer the merge as if cut off by `max_tokens`.
-        merge_cut: bool,
-    }
-
-    impl Judge for StageJudge {
-        fn identity(&self) -> String {
-            "test:stages".into()
-        }
-        fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
-            requests
-                .iter()
-                .map(|r| {
-                    let truncated = self.merge_cut && r.prompt.starts_with("MERGE");
-                    let text = if r.prompt.starts_with("ANALYZE") {
-                        "The rubric ignores units.".to_string()
-                    } else if r.prompt.starts_with("REFINE") {
-                        "## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 when units are given.".to_string()
-                    } else {
-                        self.merged.clone()
-                    };
-                    Ok(JudgeResponse { prompt_tokens: 1, completion_tokens: 1, truncated, ..JudgeResponse::answer(text) })
-                })
-                .collect()
-        }
+    /// Answers by stage, recognised from the prompt's first words; `merge_cut` answers the
+    /// merge as if cut off by `max_tokens`.
+    fn stage_judge(merged: &str, merge_cut: bool) -> impl Judge {
+        let merged = merged.to_string();
+        ScriptedJudge::new("test:stages", move |r, _| {
+            let truncated = merge_cut && r.prompt.starts_with("MERGE");
+            let text = if r.prompt.starts_with("ANALYZE") {
+                "The rubric ignores units.".to_string()
+            } else if r.prompt.starts_with("REFINE") {
+                "## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 when units are given.".to_string()
+            } else {
+                merged.clone()
+            };
+            Ok(JudgeResponse { prompt_tokens: 1, completion_tokens: 1, truncated, ..JudgeResponse::answer(text) })
+        })
     }
 
     fn cfg() -> MetaConfig {
@@ -301,10 +292,10 @@ mod tests {
     #[test]
     fn merged_rubric_becomes_the_next_version() {
         let current = Rubric::parse("# Preamble\n## Correct (0-4)\n").unwrap();
-        let mut j = StageJudge {
-            merged: "Here is the improved rubric:\n## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.".into(),
-            merge_cut: false,
-        };
+        let mut j = stage_judge(
+            "Here is the improved rubric:\n## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.",
+            false,
+        );
         let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
         let r = o.result.unwrap();
         assert_eq!(r.items.len(), 2);
@@ -325,12 +316,12 @@ mod tests {
             ("## A (0-1)\n## B (0-1)\n## C (0-1)\n## D (0-1)", "4 items"),
             ("## Correct (0-4)", "is the current one"),
         ] {
-            let mut j = StageJudge { merged: merged.into(), merge_cut: false };
+            let mut j = stage_judge(merged, false);
             let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
             let e = o.result.unwrap_err();
             assert!(e.contains(why), "{merged:?}: {e}");
         }
-        let mut j = StageJudge { merged: String::new(), merge_cut: false };
+        let mut j = stage_judge("", false);
         assert!(run(&mut j, &cfg(), &current, &[], 1, 2).result.unwrap_err().contains("no rollouts"));
     }
 
@@ -339,7 +330,7 @@ mod tests {
         // A merge cut off after its first item still parses as a rubric: only the finish
         // reason tells it from a complete one.
         let current = Rubric::parse("## Correct (0-4)\n").unwrap();
-        let mut j = StageJudge { merged: "## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award".into(), merge_cut: true };
+        let mut j = stage_judge("## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award", true);
         let e = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
         assert!(e.contains("cut off at max_tokens = 64"), "{e}");
     }
@@ -347,10 +338,8 @@ mod tests {
     #[test]
     fn a_heading_before_the_first_item_is_preamble() {
         let current = Rubric::parse("## Correct (0-4)\n").unwrap();
-        let mut j = StageJudge {
-            merged: "## Improved rubric\n\n## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.".into(),
-            merge_cut: false,
-        };
+        let mut j =
+            stage_judge("## Improved rubric\n\n## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.", false);
         let r = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap();
         assert_eq!(r.items.len(), 2);
     }

@@ -113,3 +113,30 @@ pub fn load<B: Backend>(mut m: Llama<B>, path: &Path) -> Result<Llama<B>, Adapte
     }
     Ok(m)
 }
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use crate::model::LoraConfig;
+    use crate::model::llama::tests::{TB, close, full_logits, tiny};
+    use crate::spec::LoraTarget;
+
+    #[test]
+    fn adapters_round_trip_through_safetensors() {
+        let cfg = LoraConfig { rank: 2, alpha: 4.0, targets: vec![LoraTarget::Q, LoraTarget::LmHead] };
+        let dev = Default::default();
+        let mut m = tiny(Some(&cfg)).with_value_head(3, &dev);
+        let l = m.blocks[1].q.lora.as_mut().unwrap();
+        l.b = Param::from_tensor(Tensor::<TB, 2>::ones(l.b.val().dims(), &dev).mul_scalar(0.1));
+        let dir = std::env::temp_dir().join(format!("mpo-adapter-{}", std::process::id()));
+        let p = dir.join("adapter.safetensors");
+        save(&m, &p, Default::default()).unwrap();
+        let fresh = load(tiny(Some(&cfg)).with_value_head(99, &dev), &p).unwrap();
+        let rows = vec![vec![5u32, 9, 12, 40]];
+        assert!(close(&full_logits(&fresh, &rows, true), &full_logits(&m, &rows, true), 1e-6));
+        assert_eq!(trained_tensors(&fresh), trained_tensors(&m));
+        // a model without the adapter's shapes is refused with a message
+        let other = LoraConfig { rank: 3, ..cfg };
+        assert!(load(tiny(Some(&other)), &p).is_err());
+    }
+}

@@ -1,8 +1,5 @@
-//! Batched generation with a KV cache, and the batch layout (left padding, positions, masks)
-//! shared with scoring and training.
+//! Batched generation with a KV cache (the batch layout is `batch.rs`).
 //!
-//! Prompts of different lengths are left-padded so every row's last prompt token sits in the
-//! last column; positions restart at 0 after each row's padding and the mask hides padding.
 //! Sampling happens on the host from a seeded generator, so a run's samples depend only on
 //! its seed. Each sampled token's log-probability is returned under the tempered full
 //! distribution (`log_softmax(logits / T)`), which is what PPO recomputes.
@@ -11,11 +8,9 @@ use burn::prelude::*;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::batch::{NEG, causal_mask, int_tensor, left_pad, mask_tensor, to_host};
 use super::llama::{KvCache, Llama};
 use super::tokenizer::Tok;
-
-/// Additive mask value for hidden positions (finite, so fully masked rows stay finite).
-pub const NEG: f32 = -1.0e9;
 
 /// How to sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,60 +59,8 @@ pub enum GenerateError {
     EmptyPrompt,
     #[error(transparent)]
     Tokenizer(#[from] super::tokenizer::TokenizerError),
-    #[error("reading tensor data: {0}")]
-    Data(String),
-}
-
-/// Left-padded token rows, their padding, and RoPE positions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Layout {
-    pub b: usize,
-    pub t: usize,
-    pub tokens: Vec<i64>,
-    pub pads: Vec<usize>,
-    pub positions: Vec<i64>,
-}
-
-/// Left-pad `rows` with `pad`.
-pub fn left_pad(rows: &[Vec<u32>], pad: u32) -> Layout {
-    let t = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut tokens = Vec::with_capacity(rows.len() * t);
-    let mut positions = Vec::with_capacity(rows.len() * t);
-    let mut pads = Vec::with_capacity(rows.len());
-    for r in rows {
-        let p = t - r.len();
-        pads.push(p);
-        tokens.extend(std::iter::repeat_n(pad as i64, p).chain(r.iter().map(|&x| x as i64)));
-        positions.extend((0..t).map(|j| j.saturating_sub(p) as i64));
-    }
-    Layout { b: rows.len(), t, tokens, pads, positions }
-}
-
-/// Causal mask `[B, 1, T, past + T]` for queries at columns `past..past+T` over keys `0..past+T`,
-/// hiding each row's left padding.
-pub fn causal_mask(pads: &[usize], past: usize, t: usize) -> Vec<f32> {
-    let tk = past + t;
-    let mut m = Vec::with_capacity(pads.len() * t * tk);
-    for &p in pads {
-        for i in 0..t {
-            let qi = past + i;
-            m.extend((0..tk).map(|j| if j < p || j > qi { NEG } else { 0.0 }));
-        }
-    }
-    m
-}
-
-pub fn int_tensor<B: Backend>(v: Vec<i64>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
-    Tensor::from_data(TensorData::new(v, shape), device)
-}
-
-pub fn mask_tensor<B: Backend>(v: Vec<f32>, b: usize, t: usize, tk: usize, device: &B::Device) -> Tensor<B, 4> {
-    Tensor::from_data(TensorData::new(v, [b, 1, t, tk]), device)
-}
-
-/// Copy a float tensor to the host.
-pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, GenerateError> {
-    t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| GenerateError::Data(format!("{e:?}")))
+    #[error(transparent)]
+    Data(#[from] super::batch::TensorReadError),
 }
 
 /// `log_softmax` of one row (in place into `out`).
@@ -266,6 +209,8 @@ fn covering_prefix(tok: &Tok, tokens: &[u32], cut: usize) -> Result<usize, Gener
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "cpu")]
+    use crate::model::llama::tests::{full_logits, tiny};
 
     #[test]
     fn a_stop_string_keeps_only_the_tokens_of_the_judged_text() {
@@ -278,19 +223,6 @@ mod tests {
         assert!(k < ids.len());
         // a stop string at the very start still trains one token
         assert_eq!(covering_prefix(&tok, &ids, 0).unwrap(), 1);
-    }
-
-    #[test]
-    fn layout_and_masks() {
-        let l = left_pad(&[vec![5, 6, 7], vec![8]], 0);
-        assert_eq!(l.tokens, vec![5, 6, 7, 0, 0, 8]);
-        assert_eq!(l.pads, vec![0, 2]);
-        assert_eq!(l.positions, vec![0, 1, 2, 0, 0, 0]);
-        let m = causal_mask(&l.pads, 0, 3);
-        // row 1, query 2 (its only real token) sees key 2 only
-        assert_eq!(&m[9 + 6..9 + 9], &[NEG, NEG, 0.0]);
-        // row 0, query 1 sees keys 0 and 1
-        assert_eq!(&m[3..6], &[0.0, 0.0, NEG]);
     }
 
     #[test]
@@ -318,6 +250,53 @@ mod tests {
         let ones = (0..n).filter(|_| sample_row(&[0.0, 1.0], &s, &mut rng, &mut sc).0 == 1).count();
         let p1 = 1f64.exp() / (1.0 + 1f64.exp());
         assert!(((ones as f64 / n as f64) - p1).abs() < 0.03);
+    }
+
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn kv_cache_generation_equals_full_recomputation() {
+        let m = tiny(None);
+        let tok = crate::model::tokenizer::tests::tiny_tok();
+        let prompts = vec![vec![5u32, 9, 12, 40, 7], vec![3u32, 8]];
+        let s = Sampling { max_new_tokens: 6, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
+        let out = generate(&m, &tok, &prompts, &s, false, &mut crate::rng::stream(0, "g")).unwrap();
+        let vocab = 300;
+        for (r, g) in out.iter().enumerate() {
+            assert_eq!(g.tokens.len(), 6);
+            // Recompute each step from scratch (no cache, the row alone): the greedy token is the
+            // argmax of the last position, and the returned log-prob matches.
+            for k in 0..g.tokens.len() {
+                let mut seq = prompts[r].clone();
+                seq.extend(&g.tokens[..k]);
+                let logits = full_logits(&m, &[seq.clone()], false);
+                let last = &logits[(seq.len() - 1) * vocab..seq.len() * vocab];
+                let mut lp = Vec::new();
+                log_softmax_row(last, 1.0, &mut lp);
+                let argmax = lp.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0;
+                assert_eq!(argmax as u32, g.tokens[k], "row {r} step {k}");
+                assert!((lp[argmax] - g.logprobs[k]).abs() < 1e-4, "row {r} step {k}: {} vs {}", lp[argmax], g.logprobs[k]);
+            }
+        }
+    }
+
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn a_stop_string_ends_the_response_and_its_tokens() {
+        let m = tiny(None);
+        let tok = crate::model::tokenizer::tests::tiny_tok();
+        let prompts = vec![vec![5u32, 9, 12, 40, 7]];
+        let mut s = Sampling { max_new_tokens: 8, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
+        let full = generate(&m, &tok, &prompts, &s, false, &mut crate::rng::stream(0, "g")).unwrap().remove(0);
+        // stop on the text of tokens 3..5 of the unstopped answer
+        let stop = tok.decode(&full.tokens[3..5]).unwrap();
+        let cut = full.text.find(&stop).unwrap();
+        s.stop_strings = vec![stop];
+        let g = generate(&m, &tok, &prompts, &s, false, &mut crate::rng::stream(0, "g")).unwrap().remove(0);
+        assert_eq!(g.finish, Finish::Stop);
+        assert_eq!(g.text, full.text[..cut]);
+        assert_eq!(g.tokens.len(), g.logprobs.len());
+        assert!(g.tokens.len() <= 4, "trained tokens run past the judged text: {} tokens", g.tokens.len());
+        assert!(tok.decode(&g.tokens).unwrap().len() >= cut);
     }
 }
 

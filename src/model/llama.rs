@@ -12,26 +12,21 @@ use burn::tensor::activation::{silu, softmax};
 use rand::Rng;
 
 use super::weights::{LlamaConfig, RopeScaling, WeightSource, WeightsError};
+use crate::spec::LoraTarget;
 
-/// Modules an adapter can attach to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub enum Target {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-    LmHead,
-}
-
-/// LoRA settings for a model.
+/// LoRA settings for a model (the modules an adapter attaches to are the spec's own names).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {
     pub rank: usize,
     pub alpha: f64,
-    pub targets: Vec<Target>,
+    pub targets: Vec<LoraTarget>,
+}
+
+impl LoraConfig {
+    /// The policy's adapters as a spec asks for them.
+    pub fn from_spec(l: &crate::spec::LoraSpec) -> Self {
+        LoraConfig { rank: l.rank, alpha: l.alpha, targets: l.targets.clone() }
+    }
 }
 
 /// A low-rank update `scale * x A B` (A: [in, r], B: [r, out]; B starts at zero).
@@ -269,7 +264,7 @@ impl<B: Backend> Llama<B> {
                       d_in: usize,
                       d_out: usize,
                       bias: bool,
-                      target: Target,
+                      target: LoraTarget,
                       rng: &mut rand_chacha::ChaCha8Rng|
          -> Result<LoraLinear<B>, WeightsError> {
             let (w, shape) = src.require(&format!("{name}.weight"))?;
@@ -291,14 +286,14 @@ impl<B: Backend> Llama<B> {
             let p = format!("model.layers.{i}");
             blocks.push(Block {
                 attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
-                q: linear(&format!("{p}.self_attn.q_proj"), d, q_out, cfg.attention_bias, Target::Q, &mut rng)?,
-                k: linear(&format!("{p}.self_attn.k_proj"), d, kv_out, cfg.attention_bias, Target::K, &mut rng)?,
-                v: linear(&format!("{p}.self_attn.v_proj"), d, kv_out, cfg.attention_bias, Target::V, &mut rng)?,
-                o: linear(&format!("{p}.self_attn.o_proj"), q_out, d, false, Target::O, &mut rng)?,
+                q: linear(&format!("{p}.self_attn.q_proj"), d, q_out, cfg.attention_bias, LoraTarget::Q, &mut rng)?,
+                k: linear(&format!("{p}.self_attn.k_proj"), d, kv_out, cfg.attention_bias, LoraTarget::K, &mut rng)?,
+                v: linear(&format!("{p}.self_attn.v_proj"), d, kv_out, cfg.attention_bias, LoraTarget::V, &mut rng)?,
+                o: linear(&format!("{p}.self_attn.o_proj"), q_out, d, false, LoraTarget::O, &mut rng)?,
                 mlp_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate: linear(&format!("{p}.mlp.gate_proj"), d, f, false, Target::Gate, &mut rng)?,
-                up: linear(&format!("{p}.mlp.up_proj"), d, f, false, Target::Up, &mut rng)?,
-                down: linear(&format!("{p}.mlp.down_proj"), f, d, false, Target::Down, &mut rng)?,
+                gate: linear(&format!("{p}.mlp.gate_proj"), d, f, false, LoraTarget::Gate, &mut rng)?,
+                up: linear(&format!("{p}.mlp.up_proj"), d, f, false, LoraTarget::Up, &mut rng)?,
+                down: linear(&format!("{p}.mlp.down_proj"), f, d, false, LoraTarget::Down, &mut rng)?,
             });
         }
         let (emb, shape) = src.require("model.embed_tokens.weight")?;
@@ -311,7 +306,7 @@ impl<B: Backend> Llama<B> {
             _ => transpose_host(&emb, cfg.vocab_size, d),
         };
         let head_lora = lora
-            .filter(|l| l.targets.contains(&Target::LmHead))
+            .filter(|l| l.targets.contains(&LoraTarget::LmHead))
             .map(|l| new_lora(d, cfg.vocab_size, l, &mut rng, device, "policy/lm_head"));
         let (rope_cos, rope_sin) = rope_tables::<B>(cfg, max_pos, device);
         Ok(Llama {
@@ -343,24 +338,24 @@ impl<B: Backend> Llama<B> {
         let device = self.embed.val().device();
         let mut rng = crate::rng::stream(seed, &format!("model/lora-init/{namespace}"));
         let mut m = self.clone();
-        let fresh = |l: &mut LoraLinear<B>, name: &str, target: Target, rng: &mut rand_chacha::ChaCha8Rng| {
+        let fresh = |l: &mut LoraLinear<B>, name: &str, target: LoraTarget, rng: &mut rand_chacha::ChaCha8Rng| {
             let [d_in, d_out] = l.weight.val().dims();
             l.lora = cfg.targets.contains(&target).then(|| new_lora(d_in, d_out, cfg, rng, &device, &format!("{namespace}/{name}")));
         };
         for (i, b) in m.blocks.iter_mut().enumerate() {
             for (n, t, l) in [
-                ("q", Target::Q, &mut b.q),
-                ("k", Target::K, &mut b.k),
-                ("v", Target::V, &mut b.v),
-                ("o", Target::O, &mut b.o),
-                ("gate", Target::Gate, &mut b.gate),
-                ("up", Target::Up, &mut b.up),
-                ("down", Target::Down, &mut b.down),
+                ("q", LoraTarget::Q, &mut b.q),
+                ("k", LoraTarget::K, &mut b.k),
+                ("v", LoraTarget::V, &mut b.v),
+                ("o", LoraTarget::O, &mut b.o),
+                ("gate", LoraTarget::Gate, &mut b.gate),
+                ("up", LoraTarget::Up, &mut b.up),
+                ("down", LoraTarget::Down, &mut b.down),
             ] {
                 fresh(l, &format!("layers.{i}.{n}"), t, &mut rng);
             }
         }
-        fresh(&mut m.lm_head, "lm_head", Target::LmHead, &mut rng);
+        fresh(&mut m.lm_head, "lm_head", LoraTarget::LmHead, &mut rng);
         m.value_head = None;
         m
     }
@@ -477,7 +472,7 @@ pub fn gqa<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: 
 #[cfg(all(test, feature = "cpu"))]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::generate::{Sampling, causal_mask, generate, int_tensor, left_pad, mask_tensor, to_host};
+    use crate::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
     use crate::model::weights::RandomWeights;
 
     pub type TB = burn::backend::Flex;
@@ -487,7 +482,7 @@ pub(crate) mod tests {
         Llama::load(&cfg, &RandomWeights { config: cfg.clone(), seed: 7 }, lora, 128, 1, &Default::default()).unwrap()
     }
 
-    fn full_logits(m: &Llama<TB>, rows: &[Vec<u32>], adapter: bool) -> Vec<f32> {
+    pub fn full_logits(m: &Llama<TB>, rows: &[Vec<u32>], adapter: bool) -> Vec<f32> {
         let dev = Default::default();
         let l = left_pad(rows, 0);
         let h = m.forward(
@@ -500,53 +495,8 @@ pub(crate) mod tests {
         to_host(m.logits(h, adapter)).unwrap()
     }
 
-    fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+    pub fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
-    }
-
-    #[test]
-    fn kv_cache_generation_equals_full_recomputation() {
-        let m = tiny(None);
-        let tok = crate::model::tokenizer::tests::tiny_tok();
-        let prompts = vec![vec![5u32, 9, 12, 40, 7], vec![3u32, 8]];
-        let s = Sampling { max_new_tokens: 6, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
-        let out = generate(&m, &tok, &prompts, &s, false, &mut crate::rng::stream(0, "g")).unwrap();
-        let vocab = 300;
-        for (r, g) in out.iter().enumerate() {
-            assert_eq!(g.tokens.len(), 6);
-            // Recompute each step from scratch (no cache, the row alone): the greedy token is the
-            // argmax of the last position, and the returned log-prob matches.
-            for k in 0..g.tokens.len() {
-                let mut seq = prompts[r].clone();
-                seq.extend(&g.tokens[..k]);
-                let logits = full_logits(&m, &[seq.clone()], false);
-                let last = &logits[(seq.len() - 1) * vocab..seq.len() * vocab];
-                let mut lp = Vec::new();
-                crate::model::generate::log_softmax_row(last, 1.0, &mut lp);
-                let argmax = lp.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0;
-                assert_eq!(argmax as u32, g.tokens[k], "row {r} step {k}");
-                assert!((lp[argmax] - g.logprobs[k]).abs() < 1e-4, "row {r} step {k}: {} vs {}", lp[argmax], g.logprobs[k]);
-            }
-        }
-    }
-
-    #[test]
-    fn a_stop_string_ends_the_response_and_its_tokens() {
-        let m = tiny(None);
-        let tok = crate::model::tokenizer::tests::tiny_tok();
-        let prompts = vec![vec![5u32, 9, 12, 40, 7]];
-        let mut s = Sampling { max_new_tokens: 8, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
-        let full = generate(&m, &tok, &prompts, &s, false, &mut crate::rng::stream(0, "g")).unwrap().remove(0);
-        // stop on the text of tokens 3..5 of the unstopped answer
-        let stop = tok.decode(&full.tokens[3..5]).unwrap();
-        let cut = full.text.find(&stop).unwrap();
-        s.stop_strings = vec![stop];
-        let g = generate(&m, &tok, &prompts, &s, false, &mut crate::rng::stream(0, "g")).unwrap().remove(0);
-        assert_eq!(g.finish, crate::model::generate::Finish::Stop);
-        assert_eq!(g.text, full.text[..cut]);
-        assert_eq!(g.tokens.len(), g.logprobs.len());
-        assert!(g.tokens.len() <= 4, "trained tokens run past the judged text: {} tokens", g.tokens.len());
-        assert!(tok.decode(&g.tokens).unwrap().len() >= cut);
     }
 
     #[test]
@@ -562,7 +512,7 @@ pub(crate) mod tests {
 
     #[test]
     fn lora_with_zero_b_equals_the_base_and_changes_it_otherwise() {
-        let cfg = LoraConfig { rank: 4, alpha: 8.0, targets: vec![Target::Q, Target::V, Target::Down, Target::LmHead] };
+        let cfg = LoraConfig { rank: 4, alpha: 8.0, targets: vec![LoraTarget::Q, LoraTarget::V, LoraTarget::Down, LoraTarget::LmHead] };
         let mut m = tiny(Some(&cfg));
         let rows = vec![vec![5u32, 9, 12, 40]];
         let on = full_logits(&m, &rows, true);
@@ -575,25 +525,6 @@ pub(crate) mod tests {
         assert!(!close(&on, &off, 1e-4));
         // the base is untouched: adapter off still gives the old logits
         assert!(close(&full_logits(&m, &rows, false), &off, 1e-6));
-    }
-
-    #[test]
-    fn adapters_round_trip_through_safetensors() {
-        let cfg = LoraConfig { rank: 2, alpha: 4.0, targets: vec![Target::Q, Target::LmHead] };
-        let dev = Default::default();
-        let mut m = tiny(Some(&cfg)).with_value_head(3, &dev);
-        let l = m.blocks[1].q.lora.as_mut().unwrap();
-        l.b = Param::from_tensor(Tensor::<TB, 2>::ones(l.b.val().dims(), &dev).mul_scalar(0.1));
-        let dir = std::env::temp_dir().join(format!("mpo-adapter-{}", std::process::id()));
-        let p = dir.join("adapter.safetensors");
-        crate::model::adapter::save(&m, &p, Default::default()).unwrap();
-        let fresh = crate::model::adapter::load(tiny(Some(&cfg)).with_value_head(99, &dev), &p).unwrap();
-        let rows = vec![vec![5u32, 9, 12, 40]];
-        assert!(close(&full_logits(&fresh, &rows, true), &full_logits(&m, &rows, true), 1e-6));
-        assert_eq!(crate::model::adapter::trained_tensors(&fresh), crate::model::adapter::trained_tensors(&m));
-        // a model without the adapter's shapes is refused with a message
-        let other = LoraConfig { rank: 3, ..cfg };
-        assert!(crate::model::adapter::load(tiny(Some(&other)), &p).is_err());
     }
 
     #[test]
@@ -689,16 +620,16 @@ mod hf_dir_tests {
         let reference = tiny(None);
         let rows = vec![vec![5u32, 9, 12, 40]];
         let dev = Default::default();
-        let l = crate::model::generate::left_pad(&rows, 0);
+        let l = crate::model::batch::left_pad(&rows, 0);
         let run = |m: &super::Llama<TB>| {
             let h = m.forward(
-                crate::model::generate::int_tensor(l.tokens.clone(), [1, 4], &dev),
-                crate::model::generate::int_tensor(l.positions.clone(), [1, 4], &dev),
-                crate::model::generate::mask_tensor(crate::model::generate::causal_mask(&l.pads, 0, 4), 1, 4, 4, &dev),
+                crate::model::batch::int_tensor(l.tokens.clone(), [1, 4], &dev),
+                crate::model::batch::int_tensor(l.positions.clone(), [1, 4], &dev),
+                crate::model::batch::mask_tensor(crate::model::batch::causal_mask(&l.pads, 0, 4), 1, 4, 4, &dev),
                 None,
                 false,
             );
-            crate::model::generate::to_host(m.logits(h, false)).unwrap()
+            crate::model::batch::to_host(m.logits(h, false)).unwrap()
         };
         let (a, b) = (run(&loaded.model), run(&reference));
         // bf16 storage of half the weights: agreement to about 1e-2 relative

@@ -1,10 +1,11 @@
 //! Models on burn: the Llama-family transformer, its weights, tokenizer and chat template,
 //! generation, LoRA adapters, and the compute backends.
 //!
-//! [`load`] turns a resolved model reference into a ready [`Loaded`] model on any backend;
-//! [`Backends`] dispatches a generic job to the backend a spec names.
+//! [`load`] turns a resolved model reference into a ready [`LoadedModel`] on any backend;
+//! [`dispatch`] runs a generic job on the backend a spec names.
 
 pub mod adapter;
+pub mod batch;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
@@ -15,7 +16,7 @@ pub mod weights;
 
 use burn::prelude::*;
 
-pub use llama::{Llama, LoraConfig, Target};
+pub use llama::{Llama, LoraConfig};
 use registry::ModelRef;
 use tokenizer::Tok;
 use weights::{GgufWeights, LlamaConfig, SafetensorsWeights};
@@ -35,7 +36,7 @@ pub enum ModelError {
 }
 
 /// A model ready to run: network, tokenizer, config.
-pub struct Loaded<B: Backend> {
+pub struct LoadedModel<B: Backend> {
     pub model: Llama<B>,
     pub tok: Tok,
     pub config: LlamaConfig,
@@ -50,7 +51,7 @@ pub fn load<B: Backend>(
     seed: u64,
     device: &B::Device,
     log: &mut dyn FnMut(&str),
-) -> Result<Loaded<B>, ModelError> {
+) -> Result<LoadedModel<B>, ModelError> {
     match mref {
         ModelRef::Known { name, .. } => {
             let path = fetch::fetch(name, log)?;
@@ -62,7 +63,7 @@ pub fn load<B: Backend>(
             let config = LlamaConfig::tiny(tok.vocab_size());
             let src = weights::RandomWeights { config: config.clone(), seed: 7 };
             let model = Llama::load(&config, &src, lora, max_pos.min(config.max_position_embeddings), seed, device)?;
-            Ok(Loaded { model, tok, config })
+            Ok(LoadedModel { model, tok, config })
         }
         ModelRef::HfDir { path } => {
             let cfg_path = path.join("config.json");
@@ -74,7 +75,7 @@ pub fn load<B: Backend>(
             let src = SafetensorsWeights::open(path)?;
             let tok = Tok::from_hf_dir(path)?;
             let model = Llama::load(&config, &src, lora, max_pos.min(config.max_position_embeddings), seed, device)?;
-            Ok(Loaded { model, tok, config })
+            Ok(LoadedModel { model, tok, config })
         }
     }
 }
@@ -85,13 +86,13 @@ fn load_gguf<B: Backend>(
     max_pos: usize,
     seed: u64,
     device: &B::Device,
-) -> Result<Loaded<B>, ModelError> {
+) -> Result<LoadedModel<B>, ModelError> {
     let g = gguf::Gguf::open(path)?;
     let config = LlamaConfig::from_gguf(&g)?;
     let tok = Tok::from_gguf(&g)?;
     let src = GgufWeights::new(&g, config.clone());
     let model = Llama::load(&config, &src, lora, max_pos.min(config.max_position_embeddings), seed, device)?;
-    Ok(Loaded { model, tok, config })
+    Ok(LoadedModel { model, tok, config })
 }
 
 /// A job generic over the backend; [`dispatch`] runs it on the one a spec names.
@@ -124,8 +125,8 @@ pub fn configure_kernel_cache() {
 
 /// Run `job` on `backend` (device `index` for GPUs). A backend that is not compiled in, or a
 /// GPU that cannot be opened (no driver, no device), is an error that says so.
-pub fn dispatch<J: BackendJob>(backend: crate::spec::Backend, index: usize, job: J) -> Result<J::Output, String> {
-    use crate::spec::Backend as Bk;
+pub fn dispatch<J: BackendJob>(backend: crate::spec::BackendKind, index: usize, job: J) -> Result<J::Output, String> {
+    use crate::spec::BackendKind as Bk;
     let _ = index;
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     if backend != Bk::Cpu {

@@ -1,6 +1,7 @@
 //! `mpo report results/NAME`: aggregate the runs of a sweep (or any runs under one directory)
-//! by sweep factor into `report.md`, `report.csv`, and SVG plots of reward and verified
-//! accuracy against update, with markers where the rubric changed.
+//! by sweep factor into `report.md`, `report.csv`, and SVG plots of the training reward and the
+//! verifier mean against update, with markers where the rubric changed. Runs are read through
+//! the results API (`results/`), rows as typed [`MetricsRow`]s.
 //!
 //! Runs group by their cell's factors other than `runtime.seed`; each group shows
 //! mean +- std over its seeds (population std; a single seed shows +- 0).
@@ -9,10 +10,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
-use serde_json::Value as J;
 
 use crate::plan::Plan;
-use crate::run::results::Manifest;
+use crate::results::metrics::mean_std;
+use crate::results::{Manifest, MetricsRow, RunDir, Status};
 
 /// One run directory, read.
 #[derive(Debug, Clone)]
@@ -20,8 +21,11 @@ pub struct RunData {
     pub dir: PathBuf,
     pub plan: Plan,
     pub manifest: Option<Manifest>,
-    pub rows: Vec<J>,
+    pub rows: Vec<MetricsRow>,
 }
+
+/// A number read from a metrics row.
+type Field = fn(&MetricsRow) -> Option<f64>;
 
 impl RunData {
     /// The group key: the cell's factors without the seed (`(base)` for a plain run).
@@ -37,8 +41,8 @@ impl RunData {
         if f.is_empty() { "(base)".into() } else { f.join(" ") }
     }
 
-    fn series(&self, pointer: &str) -> Vec<(f64, f64)> {
-        self.rows.iter().filter_map(|r| Some((r["update"].as_f64()?, r.pointer(pointer)?.as_f64()?))).collect()
+    fn series(&self, field: Field) -> Vec<(f64, f64)> {
+        self.rows.iter().filter_map(|r| Some((r.update as f64, field(r)?))).collect()
     }
 
     /// Updates after which the rubric version changed.
@@ -46,31 +50,25 @@ impl RunData {
         let mut last = 0;
         let mut out = Vec::new();
         for r in &self.rows {
-            let v = r["rubric_version"].as_u64().unwrap_or(0);
-            if v != last {
-                out.push(r["update"].as_f64().unwrap_or(0.0));
-                last = v;
+            if r.rubric_version != last {
+                out.push(r.update as f64);
+                last = r.rubric_version;
             }
         }
         out
     }
 
-    fn last(&self, pointer: &str) -> Option<f64> {
-        self.rows.last().and_then(|r| r.pointer(pointer)).and_then(J::as_f64)
+    fn last(&self, field: Field) -> Option<f64> {
+        self.rows.last().and_then(field)
     }
 
     fn judge_failures(&self) -> f64 {
-        self.rows.iter().filter_map(|r| r["judge_failures"].as_object()).flat_map(|m| m.values()).filter_map(J::as_f64).sum::<f64>() + 0.0 // an empty f64 sum is -0.0
+        self.rows.iter().map(MetricsRow::judge_failure_total).sum::<u64>() as f64
     }
 
     /// The metrics of the run's last evaluation.
     fn last_eval(&self) -> BTreeMap<String, f64> {
-        self.rows
-            .iter()
-            .rev()
-            .find_map(|r| r["eval"].as_object().filter(|m| !m.is_empty()))
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
-            .unwrap_or_default()
+        self.rows.iter().rev().find_map(|r| r.eval.clone().filter(|m| !m.is_empty())).unwrap_or_default()
     }
 }
 
@@ -78,6 +76,8 @@ impl RunData {
 pub enum ReportError {
     #[error("{0}: no runs here (a run directory holds plan.json and metrics.jsonl); point at results/NAME")]
     NoRuns(String),
+    #[error(transparent)]
+    Results(#[from] crate::results::ResultsError),
     #[error("{path}: {message}")]
     Read { path: String, message: String },
     #[error("writing {path}: {message}")]
@@ -91,34 +91,17 @@ pub fn collect(root: &Path) -> Result<Vec<RunData>, ReportError> {
     dirs.sort();
     let mut runs = Vec::new();
     for d in dirs {
-        let read = |f: &str| {
-            std::fs::read_to_string(d.join(f))
-                .map_err(|e| ReportError::Read { path: d.join(f).display().to_string(), message: e.to_string() })
-        };
-        let plan: Plan = serde_json::from_str(&read("plan.json")?).map_err(|e| ReportError::Read {
-            path: d.join("plan.json").display().to_string(),
-            message: format!("not a plan of this mpo version: {e}"),
-        })?;
-        let manifest = read("manifest.json").ok().and_then(|t| serde_json::from_str(&t).ok());
-        let rows: Vec<J> = read("metrics.jsonl").unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let run = RunDir::open(&d)?;
+        let rows = run.metrics()?;
         if rows.is_empty() {
             continue;
         }
-        runs.push(RunData { dir: d, plan, manifest, rows });
+        runs.push(RunData { plan: run.plan()?, manifest: run.manifest(), rows, dir: d });
     }
     if runs.is_empty() {
         return Err(ReportError::NoRuns(root.display().to_string()));
     }
     Ok(runs)
-}
-
-fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
-    if xs.is_empty() {
-        return None;
-    }
-    let n = xs.len() as f64;
-    let m = xs.iter().sum::<f64>() / n;
-    Some((m, (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt()))
 }
 
 fn pm(xs: &[f64]) -> String {
@@ -149,13 +132,13 @@ fn groups(runs: &[RunData]) -> Vec<(String, Vec<&RunData>)> {
     out
 }
 
-const VERIFIED: &str = "verified accuracy";
+const VERIFIER: &str = "verifier mean";
 const TRAINING_REWARD: &str = "training reward (own rubric)";
 
 /// How each column is computed, printed under the table.
 const COLUMN_NOTES: &str = "How each number is computed:\n\n\
-- **verified accuracy**: mean programmatic verifier score of the last update's training rollouts \
-(the same instrument for every run).\n\
+- **verifier mean**: mean programmatic verifier score (0..1) of the last update's training \
+rollouts (the same instrument for every run; with a binary verifier, the share answered right).\n\
 - **eval ...**: task metrics of the latest evaluation on held-out test prompts (chosen by \
 `eval.seed`, the same prompts for every run).\n\
 - **training reward (own rubric)**: mean reward of the last update, scored under that run's \
@@ -178,19 +161,20 @@ pub fn aggregate(runs: &[RunData]) -> Vec<GroupRow> {
             let col = |f: &dyn Fn(&RunData) -> Option<f64>| rs.iter().filter_map(|r| f(r)).collect::<Vec<f64>>();
             // Fixed instruments first (the verifier, held-out eval): they compare across groups.
             // The training reward is scored under each run's own, changing rubric.
-            let mut columns =
-                vec![("updates".to_string(), col(&|r| r.last("/update"))), (VERIFIED.to_string(), col(&|r| r.last("/verifier_mean")))];
+            let mut columns = vec![
+                ("updates".to_string(), col(&|r| r.last(|m| Some(m.update as f64)))),
+                (VERIFIER.to_string(), col(&|r| r.last(|m| m.verifier_mean))),
+            ];
             for k in &eval_keys {
                 columns.push((format!("eval {k}"), col(&|r| r.last_eval().get(k).copied())));
             }
             columns.extend([
-                (TRAINING_REWARD.to_string(), col(&|r| r.last("/reward/mean"))),
-                ("kl".to_string(), col(&|r| r.last("/kl"))),
+                (TRAINING_REWARD.to_string(), col(&|r| r.last(|m| m.reward.mean))),
+                ("kl".to_string(), col(&|r| r.last(|m| m.kl))),
                 ("judge failures".to_string(), col(&|r| Some(r.judge_failures()))),
-                ("rubric versions".to_string(), col(&|r| r.last("/rubric_version"))),
+                ("rubric versions".to_string(), col(&|r| r.last(|m| Some(m.rubric_version as f64)))),
             ]);
-            let finished =
-                rs.iter().filter(|r| r.manifest.as_ref().is_some_and(|m| m.status == crate::run::results::Status::Finished)).count();
+            let finished = rs.iter().filter(|r| r.manifest.as_ref().is_some_and(|m| m.status == Status::Finished)).count();
             GroupRow { group: g, runs: rs.len(), finished, columns }
         })
         .collect()
@@ -222,7 +206,7 @@ pub fn markdown(name: &str, rows: &[GroupRow], runs: &[RunData]) -> String {
     }
     s.push('\n');
     s.push_str(COLUMN_NOTES);
-    s.push_str("![verified accuracy](verifier.svg)\n\n![training reward](reward.svg)\n\n");
+    s.push_str("![verifier mean](verifier.svg)\n\n![training reward](reward.svg)\n\n");
     s.push_str("Markers show the updates after which the meta-reward step switched to a new rubric.\n\n## Runs\n\n");
     s.push_str("| run id | factors | status | updates | rubric changes at |\n|---|---|---|---|---|\n");
     for r in runs {
@@ -267,14 +251,14 @@ pub fn csv(rows: &[GroupRow]) -> String {
 type Points = Vec<(f64, f64)>;
 
 /// Mean over seeds of a per-update series, per group, with the rubric-change markers.
-fn group_series(runs: &[RunData], pointer: &str) -> Vec<(String, Points, Points)> {
+fn group_series(runs: &[RunData], field: Field) -> Vec<(String, Points, Points)> {
     groups(runs)
         .into_iter()
         .map(|(g, rs)| {
             let mut pts: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
             let mut changes = Vec::new();
             for r in rs {
-                for (u, y) in r.series(pointer) {
+                for (u, y) in r.series(field) {
                     pts.entry(u as u64).or_default().push(y);
                 }
                 changes.extend(r.rubric_changes());
@@ -289,9 +273,9 @@ fn group_series(runs: &[RunData], pointer: &str) -> Vec<(String, Points, Points)
 }
 
 /// Draw one metric against update as an SVG.
-pub fn plot(path: &Path, title: &str, y_label: &str, runs: &[RunData], pointer: &str) -> Result<(), ReportError> {
+pub fn plot(path: &Path, title: &str, y_label: &str, runs: &[RunData], field: Field) -> Result<(), ReportError> {
     let err = |e: String| ReportError::Write { path: path.display().to_string(), message: e };
-    let series = group_series(runs, pointer);
+    let series = group_series(runs, field);
     let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
     let x_max = xs.fold(1.0f64, f64::max);
     let ys: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).collect();
@@ -355,16 +339,16 @@ pub fn report(root: &Path, out: Option<&Path>) -> Result<Written, ReportError> {
     write(&mdp, &md)?;
     write(&csvp, &csv(&rows))?;
     let (rp, vp) = (out.join("reward.svg"), out.join("verifier.svg"));
-    plot(&rp, &format!("{name}: training reward (each run's own rubric)"), "reward", &runs, "/reward/mean")?;
-    plot(&vp, &format!("{name}: verified accuracy"), "verifier", &runs, "/verifier_mean")?;
+    plot(&rp, &format!("{name}: training reward (each run's own rubric)"), "reward", &runs, |m| m.reward.mean)?;
+    plot(&vp, &format!("{name}: verifier mean (training rollouts)"), "verifier", &runs, |m| m.verifier_mean)?;
     let mut table =
-        vec![vec!["factor".to_string(), "runs".into(), VERIFIED.into(), TRAINING_REWARD.into(), "kl".into(), "rubric versions".into()]];
+        vec![vec!["factor".to_string(), "runs".into(), VERIFIER.into(), TRAINING_REWARD.into(), "kl".into(), "rubric versions".into()]];
     for r in &rows {
         let get = |n: &str| r.columns.iter().find(|(c, _)| c == n).map(|(_, xs)| pm(xs)).unwrap_or_default();
         table.push(vec![
             r.group.clone(),
             format!("{} ({} finished)", r.runs, r.finished),
-            get(VERIFIED),
+            get(VERIFIER),
             get(TRAINING_REWARD),
             get("kl"),
             get("rubric versions"),

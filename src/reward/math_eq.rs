@@ -101,7 +101,7 @@ fn unwrap_text(s: &str) -> String {
     for cmd in ["\\text", "\\textbf", "\\mbox", "\\mathrm", "\\textnormal", "\\mathbf"] {
         while let Some(i) = out.find(&format!("{cmd}{{")) {
             let start = i + cmd.len() + 1;
-            let Some(len) = balanced(&out[start..]) else { break };
+            let Some(len) = crate::task::math::balanced(&out[start..]) else { break };
             let inner = out[start..start + len].to_string();
             let unit = !inner.trim().is_empty()
                 && inner.trim().chars().all(|c| c.is_alphabetic() || c.is_whitespace() || c == '^' || c.is_ascii_digit())
@@ -112,24 +112,6 @@ fn unwrap_text(s: &str) -> String {
         }
     }
     out
-}
-
-/// Length of the content before the `}` closing an already opened brace.
-fn balanced(s: &str) -> Option<usize> {
-    let mut depth = 1;
-    for (i, c) in s.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 /// `\frac12` -> `\frac{1}{2}`, `\sqrt2` -> `\sqrt{2}`.

@@ -15,7 +15,7 @@ pub mod verify;
 use rand::Rng;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value as J, json};
+use serde_json::Value as J;
 
 use crate::judge::{Judge, JudgeRequest, TokenUsage};
 use crate::rubric::Rubric;
@@ -105,10 +105,7 @@ impl RewardConfig {
 
     /// The judge prompt for one rollout.
     pub fn judge_prompt(&self, rubric: &Rubric, r: &Rollout) -> Result<String, RewardError> {
-        let ctx = json!({
-            "task": self.task, "rubric": rubric.to_markdown(), "items": rubric.items,
-            "question": r.question, "response": r.response, "record": r.record,
-        });
+        let ctx = crate::template::context::JudgeContext::new(&self.task, rubric, &r.question, &r.response, r.record);
         crate::template::render(&self.judge_template_name, &self.judge_template, &ctx).map_err(|e| RewardError::Template(e.to_string()))
     }
 }
@@ -300,28 +297,26 @@ pub fn failure_counts(scored: &[Scored]) -> std::collections::BTreeMap<String, u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::judge::scripted::ScriptedJudge;
     use crate::judge::{JudgeError, JudgeResponse};
     use crate::spec::{FailureSpec, JudgeSpec, VerifierSpec};
+    use serde_json::json;
 
-    /// Answers from a script: call k gets `answers[k]` (or the last one).
-    struct Scripted {
-        answers: Vec<Result<String, JudgeError>>,
-        calls: usize,
+    /// Call k gets `answers[k]` (or the last one).
+    fn scripted(answers: Vec<Result<String, JudgeError>>) -> impl Judge + HasCalls {
+        ScriptedJudge::new("test:scripted", move |_, k| {
+            let a = answers.get(k).or(answers.last()).cloned().expect("scripted");
+            a.map(|text| JudgeResponse { prompt_tokens: 10, completion_tokens: 5, ..JudgeResponse::answer(text) })
+        })
     }
 
-    impl Judge for Scripted {
-        fn identity(&self) -> String {
-            "test:scripted".into()
-        }
-        fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
-            requests
-                .iter()
-                .map(|_| {
-                    let a = self.answers.get(self.calls).or(self.answers.last()).cloned().expect("scripted");
-                    self.calls += 1;
-                    a.map(|text| JudgeResponse { prompt_tokens: 10, completion_tokens: 5, ..JudgeResponse::answer(text) })
-                })
-                .collect()
+    trait HasCalls {
+        fn calls(&self) -> usize;
+    }
+
+    impl<F> HasCalls for ScriptedJudge<F> {
+        fn calls(&self) -> usize {
+            self.calls
         }
     }
 
@@ -352,7 +347,7 @@ mod tests {
     fn judge_scores_normalize_and_mix() {
         let rec = json!({"answer": "4"});
         let rs = vec![Rollout { id: "a".into(), question: "2+2?".into(), response: "\\boxed{4}".into(), record: &rec }];
-        let mut j = Scripted { answers: vec![Ok("Correct: 4\nClear: 1".into())], calls: 0 };
+        let mut j = scripted(vec![Ok("Correct: 4\nClear: 1".into())]);
         let c = cfg(
             FailurePolicy::Skip,
             MixSpec::Weighted { judge_weight: 0.5, verifier_weight: 1.0 },
@@ -373,13 +368,13 @@ mod tests {
         let rs = vec![Rollout { id: "a".into(), question: "q".into(), response: "r".into(), record: &rec }];
         let rub = rubric();
         // first answer unusable, retry succeeds
-        let mut j = Scripted { answers: vec![Ok("Correct: 9\nClear: 1".into()), Ok("Correct: 2\nClear: 1".into())], calls: 0 };
+        let mut j = scripted(vec![Ok("Correct: 9\nClear: 1".into()), Ok("Correct: 2\nClear: 1".into())]);
         let c = cfg(FailurePolicy::Skip, MixSpec::default(), vec![]);
         let s = score_batch(&mut j, &c, &rub, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
         assert_eq!(s[0].judge_answers.len(), 2);
         assert!(s[0].failure.is_none() && s[0].reward.is_some());
         // always unusable: skip, penalty, fail
-        let bad = || Scripted { answers: vec![Ok("no scores".into())], calls: 0 };
+        let bad = || scripted(vec![Ok("no scores".into())]);
         let s = score_batch(&mut bad(), &c, &rub, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
         assert_eq!((s[0].reward, s[0].source.as_str()), (None, "skipped"));
         assert!(matches!(s[0].failure, Some(ScoreFailure::Unparseable { .. })));
@@ -390,7 +385,7 @@ mod tests {
         let c = cfg(FailurePolicy::Fail, MixSpec::default(), vec![]);
         assert!(matches!(score_batch(&mut bad(), &c, &rub, &rs, 0, 1, &mut TokenUsage::default()), Err(RewardError::Failed { .. })));
         // judge errors are failures too
-        let mut down = Scripted { answers: vec![Err(JudgeError::Timeout { seconds: 1.0 })], calls: 0 };
+        let mut down = scripted(vec![Err(JudgeError::Timeout { seconds: 1.0 })]);
         let c = cfg(FailurePolicy::Skip, MixSpec::default(), vec![]);
         let s = score_batch(&mut down, &c, &rub, &rs, 0, 1, &mut TokenUsage::default()).unwrap();
         assert!(matches!(s[0].failure, Some(ScoreFailure::JudgeFailed { .. })));
@@ -405,9 +400,9 @@ mod tests {
             MixSpec::Weighted { judge_weight: 0.0, verifier_weight: 2.0 },
             vec![VerifierSpec::MathAnswer { tolerance: 1e-6, accept_unboxed: false }],
         );
-        let mut j = Scripted { answers: vec![Ok("Correct: 4\nClear: 1".into())], calls: 0 };
+        let mut j = scripted(vec![Ok("Correct: 4\nClear: 1".into())]);
         let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
-        assert_eq!((s[0].reward, s[0].source.as_str(), j.calls), (Some(2.0), "verifier", 0));
+        assert_eq!((s[0].reward, s[0].source.as_str(), j.calls()), (Some(2.0), "verifier", 0));
         assert_eq!(reward_range(&c.spec, span()), 2.0);
         // a relative missing-EOS penalty follows the reward's scale
         use crate::spec::EosPenalty;
@@ -419,36 +414,29 @@ mod tests {
 
     #[test]
     fn truncated_answers_fail_as_such_and_retries_answer_anew() {
-        /// Records every request; the first answer is cut off, the rest complete.
-        struct Cut(Vec<JudgeRequest>);
-        impl Judge for Cut {
-            fn identity(&self) -> String {
-                "test:cut".into()
-            }
-            fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
-                requests
-                    .iter()
-                    .map(|r| {
-                        self.0.push(r.clone());
-                        let truncated = self.0.len() == 1;
-                        Ok(JudgeResponse { truncated, ..JudgeResponse::answer("Correct: 4\nClear: 1") })
-                    })
-                    .collect()
-            }
-        }
+        // Records every request; the first answer is cut off, the rest complete.
+        let seen = std::cell::RefCell::new(Vec::<JudgeRequest>::new());
+        let cut = || {
+            ScriptedJudge::new("test:cut", |r: &JudgeRequest, k| {
+                seen.borrow_mut().push(r.clone());
+                Ok(JudgeResponse { truncated: k == 0, ..JudgeResponse::answer("Correct: 4\nClear: 1") })
+            })
+        };
         let rec = json!({});
         let rs = vec![Rollout { id: "a".into(), question: "q".into(), response: "r".into(), record: &rec }];
         let c = cfg(FailurePolicy::Skip, MixSpec::default(), vec![]);
-        let mut j = Cut(vec![]);
+        let mut j = cut();
         let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
         assert!(s[0].reward.is_some() && s[0].failure.is_none());
-        assert_eq!(j.0.len(), 2);
+        drop(j);
+        let asked = seen.take();
+        assert_eq!(asked.len(), 2);
         // the retry is a different request: new seed, a temperature that can change the answer
-        assert_ne!(j.0[0].seed, j.0[1].seed);
-        assert_eq!((j.0[0].temperature, j.0[1].temperature), (0.0, 0.7));
+        assert_ne!(asked[0].seed, asked[1].seed);
+        assert_eq!((asked[0].temperature, asked[1].temperature), (0.0, 0.7));
         // with no retries left the truncation is the recorded failure, counted by its own name
         let c = RewardConfig { spec: RewardSpec { failure: FailureSpec { retries: 0, ..c.spec.failure.clone() }, ..c.spec.clone() }, ..c };
-        let s = score_batch(&mut Cut(vec![]), &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+        let s = score_batch(&mut cut(), &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
         assert_eq!(s[0].failure, Some(ScoreFailure::Truncated { max_tokens: c.spec.judge.max_tokens }));
         assert_eq!(failure_counts(&s).get("truncated"), Some(&1));
     }
@@ -464,7 +452,7 @@ mod tests {
             vec![VerifierSpec::MathAnswer { tolerance: 1e-6, accept_unboxed: false }],
         )
         .with_group(4);
-        let mut j = Scripted { answers: vec![Ok("Correct: 0\nClear: 0".into())], calls: 0 };
+        let mut j = scripted(vec![Ok("Correct: 0\nClear: 0".into())]);
         let s = score_batch(&mut j, &c, &rubric(), &rs, 7, 3, &mut TokenUsage::default()).unwrap();
         let src: Vec<&str> = s.iter().map(|x| x.source.as_str()).collect();
         for g in src.chunks(4) {
@@ -484,9 +472,9 @@ mod tests {
             vec![VerifierSpec::MathAnswer { tolerance: 1e-6, accept_unboxed: false }],
         );
         let run = || {
-            let mut j = Scripted { answers: vec![Ok("Correct: 0\nClear: 0".into())], calls: 0 };
+            let mut j = scripted(vec![Ok("Correct: 0\nClear: 0".into())]);
             let s = score_batch(&mut j, &c, &rubric(), &rs, 7, 3, &mut TokenUsage::default()).unwrap();
-            (s.iter().map(|x| x.source.clone()).collect::<Vec<_>>(), j.calls)
+            (s.iter().map(|x| x.source.clone()).collect::<Vec<_>>(), j.calls())
         };
         let (a, calls) = run();
         assert_eq!(a, run().0);

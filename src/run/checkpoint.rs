@@ -12,11 +12,11 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use super::results::RunDir;
 use super::train::Trainer;
 use crate::judge::TokenUsage;
 use crate::meta::MetaSample;
 use crate::model::adapter;
+use crate::results::RunDir;
 
 /// What a resumed run needs besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,22 +1,56 @@
-//! Evaluation on the test split during a run: a fixed seeded sample of test prompts, answered
-//! by the current policy (greedy by default), scored with the task's metrics. Responses go to
-//! `eval/update-NNNNNN.jsonl` (for Elo tournaments across runs). `mpo eval` reuses it on a
-//! saved checkpoint; its generations use the same random stream as the in-run evaluation of
-//! that update, so both give the same responses.
+//! Phase 5 of an update: evaluation on the test split at the planned updates. A fixed seeded
+//! sample of test prompts, answered by the current policy (greedy by default), scored with the
+//! task's metrics. Responses go to `eval/update-NNNNNN.jsonl` (for Elo tournaments across runs).
+//! `mpo eval` reuses [`evaluate`] on a saved checkpoint; its generations use the same random
+//! stream as the in-run evaluation of that update, so both give the same responses.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
+use burn::module::AutodiffModule;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use serde_json::{Value as J, json};
 
-use super::RunError;
-use super::results::RunDir;
+use super::rollout::{policy_prompt, policy_sampling};
+use super::{RunError, Runner};
 use crate::model::Llama;
 use crate::model::generate::generate;
 use crate::model::tokenizer::Tok;
+use crate::results::RunDir;
 use crate::spec::Spec;
 use crate::spec::validate::TemplateFile;
+use crate::task::Dataset;
+
+/// What the evaluation phase of an update measured (no metrics when none was planned).
+pub struct EvalPhase {
+    pub metrics: Option<BTreeMap<String, f64>>,
+    pub seconds: f64,
+}
+
+/// Evaluate the policy when the plan has an evaluation at `update`.
+pub fn maybe_evaluate<B: AutodiffBackend>(r: &Runner<'_, B>, test: Option<&Dataset>, update: u32) -> Result<EvalPhase, RunError> {
+    let Some(test) = test.filter(|_| r.plan.schedule.eval_at.contains(&update)) else {
+        return Ok(EvalPhase { metrics: None, seconds: 0.0 });
+    };
+    r.progress.stage(&format!("update {update}: evaluating"));
+    let t0 = Instant::now();
+    let used = r.plan.inputs.test.as_ref().map(|t| t.used).unwrap_or(0);
+    let metrics = evaluate(
+        &r.tr.policy.valid(),
+        &r.tok,
+        r.spec,
+        &r.policy_template,
+        r.chat_template.as_deref(),
+        &test.records,
+        used,
+        r.dir,
+        update,
+        &format!("update-{update:06}"),
+    )?;
+    Ok(EvalPhase { metrics: Some(metrics), seconds: t0.elapsed().as_secs_f64() })
+}
 
 /// The test records an evaluation uses: the same ones at every evaluation of a run.
 pub fn eval_indices(seed: u64, available: usize, used: usize, samples: usize) -> Vec<usize> {
@@ -46,9 +80,9 @@ pub fn evaluate<B: Backend>(
     let idx = eval_indices(seed, records.len(), used, spec.eval.samples);
     let mut prompts = Vec::with_capacity(idx.len());
     for &i in &idx {
-        prompts.push(super::policy_prompt(spec, template, tok, chat_override, &records[i])?);
+        prompts.push(policy_prompt(spec, template, tok, chat_override, &records[i])?);
     }
-    let s = super::policy_sampling(spec, tok, spec.eval.temperature);
+    let s = policy_sampling(spec, tok, spec.eval.temperature);
     let mut responses = Vec::with_capacity(prompts.len());
     for (c, chunk) in prompts.chunks(spec.runtime.rollout_batch.max(1)).enumerate() {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.1.clone()).collect();

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use serde_json::Value as J;
+use crate::results::MetricsRow;
 
 /// CRC-32C (Castagnoli), bitwise; event files are small.
 pub fn crc32c(data: &[u8]) -> u32 {
@@ -73,40 +73,15 @@ fn record(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&masked(crc32c(payload)).to_le_bytes());
 }
 
-/// Numeric leaves of a metrics row as `section/name` tags (the `update` itself excluded).
-pub fn scalars(row: &J) -> Vec<(String, f32)> {
+/// Write `rows` as one event file at `path`: each row's numeric fields as `section/name`
+/// scalars at step `update`.
+pub fn write(path: &Path, rows: &[MetricsRow]) -> std::io::Result<()> {
     let mut out = Vec::new();
-    fn walk(prefix: &str, v: &J, out: &mut Vec<(String, f32)>) {
-        match v {
-            J::Number(n) => {
-                if let Some(x) = n.as_f64() {
-                    out.push((prefix.to_string(), x as f32));
-                }
-            }
-            J::Object(o) => {
-                for (k, c) in o {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}/{k}") };
-                    walk(&p, c, out);
-                }
-            }
-            _ => {}
-        }
-    }
-    walk("", row, &mut out);
-    out.retain(|(k, _)| k != "update");
-    out
-}
-
-/// Write `rows` (metrics.jsonl rows, each with `update` and optional `wall_time`) as one event
-/// file at `path`.
-pub fn write(path: &Path, rows: &[J]) -> std::io::Result<()> {
-    let mut out = Vec::new();
-    let t0 = rows.first().and_then(|r| r.get("wall_time").and_then(J::as_f64)).unwrap_or(0.0);
+    let t0 = rows.first().map(|r| r.wall_time).unwrap_or(0.0);
     record(&event(t0, 0, Some("brain.Event:2"), &[]), &mut out);
     for r in rows {
-        let step = r.get("update").and_then(J::as_i64).unwrap_or(0);
-        let wall = r.get("wall_time").and_then(J::as_f64).unwrap_or(t0);
-        record(&event(wall, step, None, &scalars(r)), &mut out);
+        let scalars: Vec<(String, f32)> = r.scalars().into_iter().map(|(k, v)| (k, v as f32)).collect();
+        record(&event(r.wall_time, r.update as i64, None, &scalars), &mut out);
     }
     crate::fsx::write_atomic(path, &out)
 }
@@ -127,7 +102,12 @@ mod tests {
     fn records_are_framed_and_checksummed() {
         let dir = std::env::temp_dir().join(format!("mpo-tb-{}", std::process::id()));
         let p = dir.join("events.out.tfevents.test");
-        write(&p, &[serde_json::json!({"update": 1, "reward": {"mean": 0.5}, "note": "x"})]).unwrap();
+        let row = MetricsRow {
+            update: 1,
+            reward: crate::results::metrics::Spread { mean: Some(0.5), ..Default::default() },
+            ..Default::default()
+        };
+        write(&p, &[row]).unwrap();
         let b = std::fs::read(&p).unwrap();
         // walk the records: every length and payload checksum must verify
         let mut i = 0;

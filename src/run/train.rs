@@ -1,6 +1,10 @@
-//! One PPO / GRPO update on a batch of scored rollouts: the imperative part around the pure
-//! math of `ppo/` (batch layout, no-grad passes for old/reference log-probs and values,
-//! epochs x mini-batches x gradient accumulation, optimizer steps).
+//! Phase 3 of an update: one PPO / GRPO update on the scored rollouts, the imperative part
+//! around the pure math of `ppo/` (which sequences train and with what score, batch layout,
+//! no-grad passes for old/reference log-probs and values, epochs x mini-batches x gradient
+//! accumulation, optimizer steps).
+
+use std::collections::HashMap;
+use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -10,12 +14,79 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use super::Runner;
+use super::rollout::{Batch, Prompt};
+use super::score::Scoring;
 use crate::model::Llama;
-use crate::model::generate::{causal_mask, to_host};
+use crate::model::batch::{causal_mask, to_host};
+use crate::model::generate::{Finish, Generated};
 use crate::ppo::{self, LossParts, PpoBatch, ValueBatch};
-use crate::spec::{Algorithm, PpoSpec, ScoreAt};
+use crate::reward::{self, Scored};
+use crate::spec::{Algorithm, LrSchedule, PpoSpec, ScoreAt};
 
 pub type Adam<B> = OptimizerAdaptor<AdamW, Llama<B>, B>;
+
+/// What the training phase of an update did.
+pub struct Trained {
+    pub stats: TrainStats,
+    /// Subtracted from the score of a response cut off by `ppo.response_length`.
+    pub penalty: f64,
+    /// GRPO groups left with fewer than two scored members.
+    pub groups_dropped: usize,
+    pub seconds: f64,
+}
+
+/// Train on the scored rollouts of `update`.
+pub fn train<B: AutodiffBackend>(r: &mut Runner<'_, B>, batch: &Batch, scoring: &Scoring, update: u32) -> Trained {
+    r.progress.stage(&format!("update {update}: PPO"));
+    let t0 = Instant::now();
+    let spec = r.spec;
+    let span = (r.rubric.max_score() - r.rubric.min_score()) as f64;
+    let penalty = spec.ppo.missing_eos_penalty.map(|p| p.amount(reward::reward_range(&spec.reward, span))).unwrap_or(0.0);
+    let (seqs, groups_dropped) = training_batch(&batch.prompts, &batch.gens, &scoring.scored, penalty, r.tok.eos, r.group_size());
+    let frac = match spec.ppo.lr_schedule {
+        LrSchedule::Linear => 1.0 - (update - 1) as f64 / r.plan.schedule.updates as f64,
+        LrSchedule::Constant => 1.0,
+    };
+    let lr = spec.ppo.learning_rate * frac;
+    let stats = self::update(&mut r.tr, &seqs, &spec.ppo, lr, r.tok.pad, spec.runtime.rollout_batch, spec.runtime.seed, update);
+    Trained { stats, penalty, groups_dropped, seconds: t0.elapsed().as_secs_f64() }
+}
+
+/// The sequences one update trains on and (GRPO) the number of groups dropped.
+///
+/// A response that ends with EOS or a `policy.stop` string is complete; one cut by
+/// `response_length` loses `penalty`. Skipped rollouts (no reward) are left out. Under GRPO a
+/// group is the rollouts of one prompt: a skipped member leaves it smaller (its statistics come
+/// from the members left), and a group with fewer than two members left has no spread to learn
+/// from and is dropped whole.
+pub fn training_batch(
+    prompts: &[Prompt],
+    gens: &[Generated],
+    scored: &[Scored],
+    penalty: f64,
+    eos: u32,
+    group_size: usize,
+) -> (Vec<Seq>, usize) {
+    let mut seqs = Vec::new();
+    for (k, ((p, g), s)) in prompts.iter().zip(gens).zip(scored).enumerate() {
+        let Some(r) = s.reward else { continue };
+        let score = if g.finish == Finish::Length { r - penalty } else { r };
+        let response = if g.tokens.is_empty() { vec![eos] } else { g.tokens.clone() };
+        // The `group_size` rollouts of one prompt are consecutive in the batch.
+        seqs.push(Seq { query: p.ids.clone(), response, score, group: k / group_size.max(1) });
+    }
+    let mut dropped = 0;
+    if group_size > 1 {
+        let mut size: HashMap<usize, usize> = HashMap::new();
+        for s in &seqs {
+            *size.entry(s.group).or_default() += 1;
+        }
+        dropped = size.values().filter(|&&c| c < 2).count();
+        seqs.retain(|s| size[&s.group] >= 2);
+    }
+    (seqs, dropped)
+}
 
 /// The trained models and their optimizers.
 pub struct Trainer<B: AutodiffBackend> {
@@ -57,7 +128,8 @@ pub struct TrainStats {
     pub grad_norm: f64,
 }
 
-struct Layout {
+/// Sequences as rows: the query left-padded, the response right-padded after it.
+struct SeqLayout {
     n: usize,
     q: usize,
     r: usize,
@@ -69,7 +141,7 @@ struct Layout {
     mask: Vec<f32>,
 }
 
-fn layout(seqs: &[Seq], pad: u32) -> Layout {
+fn layout(seqs: &[Seq], pad: u32) -> SeqLayout {
     let q = seqs.iter().map(|s| s.query.len()).max().unwrap_or(1);
     let r = seqs.iter().map(|s| s.response.len()).max().unwrap_or(1).max(1);
     let (mut tokens, mut positions, mut pads, mut targets, mut mask) = (vec![], vec![], vec![], vec![], vec![]);
@@ -85,7 +157,7 @@ fn layout(seqs: &[Seq], pad: u32) -> Layout {
         targets.extend(std::iter::repeat_n(pad as i64, r - s.response.len()));
         mask.extend((0..r).map(|k| if k < s.response.len() { 1.0 } else { 0.0 }));
     }
-    Layout { n: seqs.len(), q, r, tokens, positions, pads, targets, mask }
+    SeqLayout { n: seqs.len(), q, r, tokens, positions, pads, targets, mask }
 }
 
 fn rows<T: Clone>(v: &[T], width: usize, idx: &[usize]) -> Vec<T> {
@@ -96,7 +168,7 @@ fn rows<T: Clone>(v: &[T], width: usize, idx: &[usize]) -> Vec<T> {
 fn score_rows<B: Backend>(
     model: &Llama<B>,
     critic: Option<&Llama<B>>,
-    l: &Layout,
+    l: &SeqLayout,
     idx: &[usize],
     adapter: bool,
     temperature: f64,
@@ -360,14 +432,15 @@ pub fn update<B: AutodiffBackend>(
 #[cfg(all(test, feature = "cpu"))]
 mod tests {
     use super::*;
-    use crate::model::{LoraConfig, Target};
+    use crate::model::LoraConfig;
+    use crate::spec::LoraTarget;
 
     type AB = burn::backend::Autodiff<burn::backend::Flex>;
 
     fn trainer(shared: bool) -> Trainer<AB> {
         let cfg = crate::model::weights::LlamaConfig::tiny(300);
         let dev = Default::default();
-        let lora = LoraConfig { rank: 4, alpha: 8.0, targets: vec![Target::Q, Target::V] };
+        let lora = LoraConfig { rank: 4, alpha: 8.0, targets: vec![LoraTarget::Q, LoraTarget::V] };
         let base =
             Llama::<AB>::load(&cfg, &crate::model::weights::RandomWeights { config: cfg.clone(), seed: 7 }, Some(&lora), 128, 1, &dev)
                 .unwrap();
@@ -496,5 +569,64 @@ mod tests {
         let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1);
         assert_eq!(s.value_loss, None);
         assert_eq!(s.optimizer_steps, 1);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    type Parts = (Prompt, Generated, Scored);
+
+    fn rollout(prompt: usize, reward: Option<f64>, finish: Finish) -> Parts {
+        (
+            Prompt { record: prompt, text: format!("p{prompt}"), ids: vec![100 + prompt as u32] },
+            Generated { tokens: vec![1, 2], logprobs: vec![0.0, 0.0], text: "x".into(), finish },
+            Scored {
+                id: String::new(),
+                reward,
+                source: "judge".into(),
+                verdicts: vec![],
+                verifier_score: None,
+                judge_reward: reward,
+                item_scores: None,
+                judge_prompt: None,
+                judge_answers: vec![],
+                failure: None,
+            },
+        )
+    }
+
+    fn batch(rs: Vec<Parts>, penalty: f64, group: usize) -> (Vec<Seq>, usize) {
+        let (mut p, mut g, mut s) = (vec![], vec![], vec![]);
+        for (a, b, c) in rs {
+            p.push(a);
+            g.push(b);
+            s.push(c);
+        }
+        training_batch(&p, &g, &s, penalty, 0, group)
+    }
+
+    #[test]
+    fn a_skipped_rollout_does_not_shift_grpo_groups() {
+        // 4 prompts x 4 samples, rollout 1 skipped: groups stay AAA BBBB CCCC DDDD (not AAAB ...)
+        let rs = (0..16).map(|k| rollout(k / 4, (k != 1).then_some(k as f64), Finish::Eos)).collect();
+        let (seqs, dropped) = batch(rs, 0.0, 4);
+        assert_eq!((seqs.len(), dropped), (15, 0));
+        for s in &seqs {
+            assert_eq!(s.query, vec![100 + s.group as u32], "a sequence landed in another prompt's group");
+        }
+        // three of A's four skipped: A has no spread left and is dropped whole
+        let rs = (0..8).map(|k| rollout(k / 4, (k == 0 || k >= 4).then_some(1.0), Finish::Eos)).collect();
+        let (seqs, dropped) = batch(rs, 0.0, 4);
+        assert_eq!((seqs.len(), dropped), (4, 1));
+        assert!(seqs.iter().all(|s| s.group == 1));
+    }
+
+    #[test]
+    fn only_a_cut_off_response_is_penalised() {
+        let rs = vec![rollout(0, Some(1.0), Finish::Eos), rollout(1, Some(1.0), Finish::Stop), rollout(2, Some(1.0), Finish::Length)];
+        let (seqs, _) = batch(rs, 0.25, 1);
+        assert_eq!(seqs.iter().map(|s| s.score).collect::<Vec<_>>(), vec![1.0, 1.0, 0.75]);
     }
 }

@@ -890,7 +890,7 @@ impl Default for EloSpec {
 /// Compute backend (each but `cpu` is a cargo feature of the same name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Backend {
+pub enum BackendKind {
     /// burn's CPU backend (flex); always compiled in.
     Cpu,
     /// burn-wgpu (Vulkan, Metal, DX12); `--features wgpu`.
@@ -899,12 +899,12 @@ pub enum Backend {
     Cuda,
 }
 
-impl Backend {
+impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            Backend::Cpu => "cpu",
-            Backend::Wgpu => "wgpu",
-            Backend::Cuda => "cuda",
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
         }
     }
 
@@ -915,9 +915,9 @@ impl Backend {
 
     pub fn compiled_in(self) -> bool {
         match self {
-            Backend::Cpu => cfg!(feature = "cpu"),
-            Backend::Wgpu => cfg!(feature = "wgpu"),
-            Backend::Cuda => cfg!(feature = "cuda"),
+            BackendKind::Cpu => cfg!(feature = "cpu"),
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
         }
     }
 }
@@ -927,7 +927,7 @@ impl Backend {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSpec {
     /// Compute backend.
-    pub backend: Backend,
+    pub backend: BackendKind,
     /// Device index for GPU backends.
     pub device: usize,
     /// Master seed; every random choice derives from it through named streams.
@@ -945,7 +945,7 @@ pub struct RuntimeSpec {
 
 impl Default for RuntimeSpec {
     fn default() -> Self {
-        RuntimeSpec { backend: Backend::Cpu, device: 0, seed: 0, threads: None, checkpoint_every: Every::N(20), rollout_batch: 8 }
+        RuntimeSpec { backend: BackendKind::Cpu, device: 0, seed: 0, threads: None, checkpoint_every: Every::N(20), rollout_batch: 8 }
     }
 }
 

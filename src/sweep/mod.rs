@@ -13,10 +13,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use serde_json::Value as J;
-
 use crate::plan::Plan;
-use crate::run::results::{RunDir, Status};
+use crate::results::{MetricsRow, RunDir, Status};
 
 /// How one cell of a local sweep ended.
 #[derive(Debug, Clone)]
@@ -32,9 +30,8 @@ pub struct CellOutcome {
 }
 
 /// The last `metrics.jsonl` row of a run directory, if any.
-pub fn last_metrics(dir: &Path) -> Option<J> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
-    text.lines().rev().find(|l| !l.trim().is_empty()).and_then(|l| serde_json::from_str(l).ok())
+pub fn last_metrics(dir: &Path) -> Option<MetricsRow> {
+    RunDir { root: dir.to_path_buf() }.metrics().ok()?.pop()
 }
 
 /// Run every cell of `plans` (the compiled cells of `spec` with `overrides`), `jobs` at a time.
@@ -122,19 +119,17 @@ pub fn summary_table(outcomes: &[CellOutcome]) -> String {
         vec![["cell", "factors", "run id", "status", "updates", "reward", "verifier", "kl", "rubric", "wall"].map(String::from).to_vec()];
     for o in outcomes {
         let m = last_metrics(&o.dir);
-        let num =
-            |p: &str| m.as_ref().and_then(|m| m.pointer(p)).and_then(J::as_f64).map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
-        let int = |p: &str| m.as_ref().and_then(|m| m.pointer(p)).and_then(J::as_u64).map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+        let num = |f: fn(&MetricsRow) -> Option<f64>| m.as_ref().and_then(f).map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
         rows.push(vec![
             o.index.to_string(),
             o.label.clone(),
             o.run_id.clone(),
             o.status.split(" (").next().unwrap_or_default().to_string(),
-            int("/update"),
-            num("/reward/mean"),
-            num("/verifier_mean"),
-            num("/kl"),
-            m.as_ref().and_then(|m| m["rubric_version"].as_u64()).map(|v| format!("v{v:03}")).unwrap_or_else(|| "-".into()),
+            m.as_ref().map(|m| m.update.to_string()).unwrap_or_else(|| "-".into()),
+            num(|m| m.reward.mean),
+            num(|m| m.verifier_mean),
+            num(|m| m.kl),
+            m.as_ref().map(|m| format!("v{:03}", m.rubric_version)).unwrap_or_else(|| "-".into()),
             if o.wall_s > 0.0 { format!("{:.0}s", o.wall_s) } else { "-".into() },
         ]);
     }

@@ -1,5 +1,24 @@
 //! Math answers: finding the final `\boxed{...}` answer in a solution or response.
 
+/// Length of the content before the `}` that closes an already opened brace (`None`: it is
+/// never closed).
+pub fn balanced(s: &str) -> Option<usize> {
+    let mut depth = 1usize;
+    for (i, c) in s.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The content of the last `\boxed{...}` (or `\fbox{...}`) in `s`, braces balanced.
 /// `\boxed 5` (no braces) yields `5`.
 pub fn last_boxed(s: &str) -> Option<String> {
@@ -7,20 +26,7 @@ pub fn last_boxed(s: &str) -> Option<String> {
     let rest = &s[idx + tag.len()..];
     let trimmed = rest.trim_start();
     if let Some(body) = trimmed.strip_prefix('{') {
-        let mut depth = 1usize;
-        for (i, c) in body.char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Some(body[..i].trim().to_string());
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
+        balanced(body).map(|n| body[..n].trim().to_string())
     } else if rest.starts_with(' ') {
         let tok: String = trimmed.chars().take_while(|c| !c.is_whitespace() && *c != '$').collect();
         (!tok.is_empty()).then_some(tok)

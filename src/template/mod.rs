@@ -3,14 +3,18 @@
 //!
 //! A misspelt variable is an error at the template's line, never an empty string: `mpo check`
 //! renders every template of a spec against a real record of the task's data with
-//! [`sample_context`], and the run renders with contexts of exactly the same shape.
+//! [`sample_context`], and the run renders with contexts of the same types (`context.rs`).
+
+pub mod context;
 
 use std::path::Path;
 
 use minijinja::{Environment, UndefinedBehavior};
-use serde_json::{Value as J, json};
+use serde::Serialize;
+use serde_json::Value as J;
 
 use crate::diag::{Diagnostic, Origin, Sources, Span};
+use context::{JudgeContext, MetaContext, PairwiseContext, RubricContext, SampleContext, Stage};
 
 /// The kinds of template a spec names, each with its own context (see [`sample_context`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -85,7 +89,7 @@ pub fn check_syntax(name: &str, source: &str) -> Result<(), TemplateError> {
 }
 
 /// Render template text `source` (named `name` in errors) with `ctx`.
-pub fn render(name: &str, source: &str, ctx: &J) -> Result<String, TemplateError> {
+pub fn render(name: &str, source: &str, ctx: &impl Serialize) -> Result<String, TemplateError> {
     let env = environment();
     let to_err = |e: minijinja::Error| TemplateError {
         name: name.to_string(),
@@ -150,43 +154,29 @@ pub fn diagnostic(err: &TemplateError, path: &Path, text: &str, named_at: Origin
     d
 }
 
-/// A context of the right shape for `kind`, filled from one real `record` of the task, used to
-/// check templates before a run.
+/// The rubric the sample contexts grade with.
+pub const SAMPLE_RUBRIC: &str = "## Correctness (0-4)\n- Award 4 when the final answer is right.\n";
+
+/// A context of `kind`, filled from one real `record` of the task, used to check templates
+/// before a run: built with the same types as the run's contexts.
 pub fn sample_context(kind: TemplateKind, task: &str, record: &J) -> J {
-    let rubric = "## Correctness (0-4)\n- Award 4 when the final answer is right.\n";
-    let items = json!([{ "name": "Correctness", "min": 0, "max": 4, "description": "- Award 4 when the final answer is right.", "awards": ["Award 4 when the final answer is right."], "deductions": [] }]);
-    let question = record
-        .get("problem")
-        .or_else(|| record.get("prompt"))
-        .or_else(|| record.get("text"))
-        .cloned()
-        .unwrap_or(json!("An example question."));
-    let sample = json!({
-        "id": "u000001-r000",
-        "question": question,
-        "response": "An example response. The answer is \\boxed{4}.",
-        "score": 3,
-        "max_score": 4,
-        "rationale": "Correctness: the answer is right. Correctness: 3",
-        "judge_answer": "Correctness: 3",
-        "verifier": 1.0,
-        "record": record,
-    });
+    let rubric = crate::rubric::Rubric::parse(SAMPLE_RUBRIC).expect("the sample rubric parses");
+    let question = ["problem", "prompt", "text"].iter().find_map(|k| record.get(*k).and_then(J::as_str)).unwrap_or("An example question.");
+    let response = "An example response. The answer is \\boxed{4}.";
+    let rationale = "Correctness: the answer is right. Correctness: 3";
+    let sample = SampleContext::new("u000001-r000", question, response, Some(3.0), 4.0, rationale, Some(1.0), record);
+    let meta = |stage| context::to_json(&MetaContext::new(task, &rubric, 12, stage));
+    let refined = [SAMPLE_RUBRIC.to_string(), SAMPLE_RUBRIC.to_string()];
     match kind {
         TemplateKind::Policy => record.clone(),
-        TemplateKind::Rubric => json!({ "task": task }),
-        TemplateKind::Judge => json!({
-            "task": task, "rubric": rubric, "items": items, "question": question,
-            "response": "An example response. The answer is \\boxed{4}.", "record": record,
-        }),
-        TemplateKind::Prescreen => json!({ "task": task, "rubric": rubric, "items": items, "samples": [sample] }),
-        TemplateKind::Analyze => json!({ "task": task, "rubric": rubric, "items": items, "sample": sample, "guidelines": "" }),
-        TemplateKind::Refine => {
-            json!({ "task": task, "rubric": rubric, "items": items, "sample": sample, "guidelines": "", "analysis": "The rubric does not check units." })
-        }
-        TemplateKind::Merge => json!({ "task": task, "rubric": rubric, "items": items, "refined": [rubric, rubric], "max_items": 12 }),
+        TemplateKind::Rubric => context::to_json(&RubricContext { task }),
+        TemplateKind::Judge => context::to_json(&JudgeContext::new(task, &rubric, question, response, record)),
+        TemplateKind::Prescreen => meta(Stage::Prescreen { samples: vec![sample] }),
+        TemplateKind::Analyze => meta(Stage::Analyze { sample, guidelines: "" }),
+        TemplateKind::Refine => meta(Stage::Refine { sample, guidelines: "", analysis: "The rubric does not check units." }),
+        TemplateKind::Merge => meta(Stage::Merge { refined: &refined }),
         TemplateKind::Pairwise => {
-            json!({ "task": task, "question": question, "response_a": "First response.", "response_b": "Second response." })
+            context::to_json(&PairwiseContext { task, question, response_a: "First response.", response_b: "Second response." })
         }
     }
 }
@@ -197,14 +187,14 @@ mod tests {
 
     #[test]
     fn strict_undefined_is_an_error_with_a_line() {
-        let e = render("t", "line one\n{{ problem }}\n{{ probelm }}\n", &json!({"problem": "x"})).unwrap_err();
+        let e = render("t", "line one\n{{ problem }}\n{{ probelm }}\n", &serde_json::json!({"problem": "x"})).unwrap_err();
         assert_eq!(e.line, Some(3));
         assert!(e.message.contains("undefined"), "{}", e.message);
     }
 
     #[test]
     fn pycompat_methods_work() {
-        let s = render("t", "{{ 'Abc'.upper() }} {{ ' x '.strip() }}", &json!({})).unwrap();
+        let s = render("t", "{{ 'Abc'.upper() }} {{ ' x '.strip() }}", &serde_json::json!({})).unwrap();
         assert_eq!(s, "ABC x");
     }
 
@@ -212,7 +202,7 @@ mod tests {
     fn diagnostic_points_at_the_variable_and_suggests() {
         let mut sources = Sources::default();
         let text = "Solve:\n{{ probelm }}\n";
-        let ctx = json!({"problem": "1+1"});
+        let ctx = serde_json::json!({"problem": "1+1"});
         let e = render("p.j2", text, &ctx).unwrap_err();
         let d = diagnostic(&e, Path::new("p.j2"), text, Origin::Default, &mut sources, &ctx);
         let r = d.render(&sources);

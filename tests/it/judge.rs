@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use mpo::bench::stub::{Reply, Stub};
 use mpo::judge::cache::CachedJudge;
-use mpo::judge::openai::{Api, OpenAiConfig, OpenAiJudge};
+use mpo::judge::openai::{OpenAiConfig, OpenAiJudge};
 use mpo::judge::{Judge, JudgeError, JudgeRequest, TokenUsage};
 use mpo::reward::score::ScoreFailure;
 use mpo::reward::{self, RewardConfig, Rollout};
 use mpo::rubric::Rubric;
+use mpo::spec::JudgeApi;
 use mpo::spec::{Extraction, FailurePolicy, FailureSpec, JudgeSpec, MixSpec, RewardSpec};
 use serde_json::json;
 
@@ -20,7 +21,7 @@ fn judge(urls: Vec<String>, retries: u32, timeout_ms: u64) -> OpenAiJudge {
         base_urls: urls,
         api_key: Some("sk-test-secret".into()),
         model: Some("stub".into()),
-        api: Api::Chat,
+        api: JudgeApi::Chat,
         concurrency: 4,
         timeout: Duration::from_millis(timeout_ms),
         max_retries: retries,
@@ -215,7 +216,7 @@ fn llama_server() -> &'static str {
         .url
 }
 
-fn real_judge(api: Api) -> OpenAiJudge {
+fn real_judge(api: JudgeApi) -> OpenAiJudge {
     OpenAiJudge::new(OpenAiConfig {
         base_urls: vec![llama_server().to_string()],
         api_key: None,
@@ -248,7 +249,7 @@ fn real_llama_server_scores_and_replays_exactly() {
     let cfg = reward_cfg(1, FailurePolicy::Skip);
     let dir = std::env::temp_dir().join(format!("mpo-real-cache-{}", std::process::id()));
     let mut usage = TokenUsage::default();
-    let mut cached = CachedJudge::new(Box::new(real_judge(Api::Chat)), &dir);
+    let mut cached = CachedJudge::new(Box::new(real_judge(JudgeApi::Chat)), &dir);
     let first = reward::score_batch(&mut cached, &cfg, &rubric, &rs, 0, 1, &mut usage).unwrap();
     assert!(usage.prompt_tokens > 100 && usage.completion_tokens > 0, "{usage:?}");
     for s in &first {
@@ -265,7 +266,7 @@ fn real_llama_server_scores_and_replays_exactly() {
 
 #[test]
 fn real_llama_server_completions_with_logprobs() {
-    let mut j = real_judge(Api::Completions);
+    let mut j = real_judge(JudgeApi::Completions);
     let r = JudgeRequest {
         prompt: "Score from 0 to 4. Score:".into(),
         max_tokens: 3,

@@ -148,6 +148,27 @@ fn cli_exit_codes() {
     let (c, o, _) = mpo(&["check", "specs/math.yaml", "--explain"]);
     assert_eq!(c, 0);
     assert!(o.contains("ppo.cliprange") && o.contains("default"));
+    // every command: bad input is 1 (with a message), a wrong command line is 2
+    let bad = "tests/specs/invalid/01-typo-top-level-key.yaml";
+    for args in [
+        vec!["snapshot", bad],
+        vec!["run", "--plan", "no/such/plan.json"],
+        vec!["eval", "no/such/run"],
+        vec!["rubric", "log", "no/such/run"],
+        vec!["report", "no/such/results"],
+    ] {
+        let (c, _, e) = mpo(&args);
+        assert_eq!(c, 1, "{args:?}: {e}");
+        assert!(e.contains("error"), "{args:?}: {e}");
+    }
+    let (c, _, e) = mpo(&["run", "specs/math.yaml", "--cell", "1"]);
+    assert_eq!(c, 2, "{e}");
+    assert!(e.contains("`--cell` is for sweeps"), "{e}");
+    let (c, _, e) = mpo(&["rubric", "show", "results/math-meta-every-cpu/00a5806500c7", "vx"]);
+    assert_eq!(c, 2, "{e}");
+    let (c, _, e) = mpo(&["eval", "specs/math.yaml", "--checkpoint", "3"]);
+    assert_eq!(c, 2, "{e}");
+    assert!(e.contains("a spec has no checkpoints yet"), "{e}");
 }
 
 #[test]

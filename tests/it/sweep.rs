@@ -51,7 +51,7 @@ fn sweep_report_eval_and_elo() {
     assert!(md.contains("| meta.every=1 | 1 (1) |"), "{md}");
     let csv = std::fs::read_to_string(results.join("report.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
-    assert!(csv.starts_with("factor,runs,finished,updates_mean,updates_std,verified_accuracy_mean"), "{csv}");
+    assert!(csv.starts_with("factor,runs,finished,updates_mean,updates_std,verifier_mean_mean"), "{csv}");
     assert!(csv.lines().next().unwrap().contains(",training_reward_own_rubric_mean,"), "{csv}");
     assert!(md.contains("do not compare") && md.contains("How each number is computed"), "{md}");
     assert!(csv.lines().nth(1).unwrap().starts_with("meta.every=never,1,1,2,0,"), "{csv}");

@@ -47,3 +47,45 @@ fn grade_exit_codes() {
     assert_eq!(grade(&["math", "--reference", "-2", "--response", "\\boxed{2}"]), Some(1));
     assert_eq!(grade(&["math", "--response", "\\boxed{4036}", "--reference", "4{,}036"]), Some(0));
 }
+
+/// Every template file mpo ships renders through the same context builders a run uses, against
+/// a real record of its task (templates no shipped spec names included).
+#[test]
+fn every_shipped_template_renders_through_the_context_builders() {
+    use mpo::template::{TemplateKind, render, sample_context};
+    let mut records = std::collections::BTreeMap::new();
+    for spec in mpo::bench::SHIPPED_SPECS {
+        let loaded = mpo::spec::load(Path::new(spec), &[]);
+        let r = &loaded.runs[0];
+        let data = mpo::task::load(r.spec.task.kind, &r.spec.task.train, 0).unwrap();
+        records.insert(r.spec.task.kind.as_str().to_string(), data.records[0].clone());
+    }
+    let mut rendered = 0;
+    for dir in std::fs::read_dir("prompt_templates").unwrap().flatten() {
+        let group = dir.file_name().to_string_lossy().to_string();
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            let kind = match (group.as_str(), name.as_str()) {
+                ("meta", "prescreen.j2") => TemplateKind::Prescreen,
+                ("meta", "analyze.j2") => TemplateKind::Analyze,
+                ("meta", "refine.j2") => TemplateKind::Refine,
+                ("meta", "merge.j2") => TemplateKind::Merge,
+                ("elo", "pairwise.j2") => TemplateKind::Pairwise,
+                (_, n) if n.starts_with("policy") => TemplateKind::Policy,
+                (_, "judge.j2") => TemplateKind::Judge,
+                (_, n) if n.starts_with("rubric") => TemplateKind::Rubric,
+                other => panic!("a shipped template this test does not know: {other:?}"),
+            };
+            let task = if records.contains_key(&group) { group.clone() } else { "math".to_string() };
+            let ctx = sample_context(kind, &task, &records[&task]);
+            let text = std::fs::read_to_string(f.path()).unwrap();
+            let out = render(&f.path().display().to_string(), &text, &ctx).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!out.trim().is_empty(), "{} renders empty", f.path().display());
+            if kind == TemplateKind::Rubric {
+                mpo::rubric::Rubric::parse(&out).unwrap_or_else(|e| panic!("{}: {e}", f.path().display()));
+            }
+            rendered += 1;
+        }
+    }
+    assert_eq!(rendered, 22, "every file under prompt_templates/");
+}

@@ -1,4 +1,5 @@
-//! The results directory of one run and its files:
+//! Results: the directory of one run and its files, the public API that everything
+//! downstream of a run reads (`eval/`, `report/`, `sweep/`). `run/` writes them.
 //!
 //! ```text
 //! results/<name>/<run-id>/
@@ -10,13 +11,22 @@
 //! Every write is atomic (temp file + rename), jsonl files included (rewritten whole), so a
 //! crash at any moment leaves every file either old or new.
 
+pub mod metrics;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
 
 use crate::fsx::write_atomic;
+use crate::meta::history::History;
+use crate::model::generate::{Finish, Generated};
 use crate::plan::Plan;
+use crate::reward::score::{ItemScores, ScoreFailure};
+use crate::reward::verify::Verdict;
+use crate::reward::{Rollout, Scored};
+pub use metrics::MetricsRow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,6 +105,67 @@ impl RunDir {
         RunDir { root: plan.spec.output.root.join(&plan.name).join(&plan.run_id) }
     }
 
+    /// An existing run directory (one holding `plan.json`).
+    pub fn open(root: &Path) -> Result<RunDir, ResultsError> {
+        let dir = RunDir { root: root.to_path_buf() };
+        if !dir.path("plan.json").is_file() {
+            return Err(ResultsError::NotARun(root.display().to_string()));
+        }
+        Ok(dir)
+    }
+
+    /// The plan the run executes.
+    pub fn plan(&self) -> Result<Plan, ResultsError> {
+        let p = self.path("plan.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| ResultsError::read(&p, e))?;
+        serde_json::from_str(&text).map_err(|e| ResultsError::Read {
+            path: p.display().to_string(),
+            message: format!("not a plan of this mpo version ({e}); re-plan the spec"),
+        })
+    }
+
+    /// The rows of `metrics.jsonl` (none when the run has not finished an update).
+    pub fn metrics(&self) -> Result<Vec<MetricsRow>, ResultsError> {
+        let p = self.path("metrics.jsonl");
+        match std::fs::read_to_string(&p) {
+            Ok(text) => metrics::parse(&text).map_err(|message| ResultsError::Read { path: p.display().to_string(), message }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(ResultsError::read(&p, e)),
+        }
+    }
+
+    /// Append one row to `metrics.jsonl` (atomically: the file is rewritten).
+    pub fn append_metrics(&self, row: &MetricsRow) -> std::io::Result<()> {
+        let p = self.path("metrics.jsonl");
+        let mut text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        text.push_str(&serde_json::to_string(row).map_err(std::io::Error::other)?);
+        text.push('\n');
+        write_atomic(&p, text.as_bytes())
+    }
+
+    /// The saved checkpoint directories, by update.
+    pub fn checkpoints(&self) -> BTreeMap<u32, PathBuf> {
+        std::fs::read_dir(self.path("checkpoints"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let n = e.file_name().to_string_lossy().to_string();
+                        n.strip_prefix("update-").and_then(|u| u.parse().ok()).map(|u| (u, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The rubric versions and meta steps.
+    pub fn history(&self) -> History {
+        History::new(&self.root)
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
@@ -125,7 +196,7 @@ impl RunDir {
         text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect()
     }
 
-    pub fn write_jsonl(&self, rel: &str, rows: &[J]) -> std::io::Result<()> {
+    pub fn write_jsonl<T: Serialize>(&self, rel: &str, rows: &[T]) -> std::io::Result<()> {
         let mut text = String::new();
         for r in rows {
             text.push_str(&serde_json::to_string(r).map_err(std::io::Error::other)?);
@@ -150,6 +221,70 @@ impl RunDir {
             .collect();
         self.write_jsonl("metrics.jsonl", &rows)?;
         Ok(rows)
+    }
+}
+
+/// One line of `samples/update-NNNNNN.jsonl`: a rollout with everything that went into its
+/// reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRow {
+    pub id: String,
+    /// Index of its record in the training data, and the record's own `id` field if it has one.
+    pub record_index: usize,
+    pub record_id: Option<J>,
+    /// The policy prompt as rendered (before the chat template).
+    pub question: String,
+    pub response: String,
+    pub tokens: usize,
+    pub finish: Finish,
+    /// The training reward (`None`: skipped) and where it came from.
+    pub reward: Option<f64>,
+    pub source: String,
+    pub judge_reward: Option<f64>,
+    pub verifier: Option<f64>,
+    pub verdicts: Vec<Verdict>,
+    pub item_scores: Option<ItemScores>,
+    pub failure: Option<ScoreFailure>,
+    pub judge_prompt: Option<String>,
+    /// Every raw judge answer, one per attempt.
+    pub judge_answers: Vec<String>,
+}
+
+impl SampleRow {
+    pub fn new(r: &Rollout, record_index: usize, g: &Generated, s: &Scored) -> Self {
+        SampleRow {
+            id: r.id.clone(),
+            record_index,
+            record_id: r.record.get("id").cloned(),
+            question: r.question.clone(),
+            response: g.text.clone(),
+            tokens: g.tokens.len(),
+            finish: g.finish,
+            reward: s.reward,
+            source: s.source.clone(),
+            judge_reward: s.judge_reward,
+            verifier: s.verifier_score,
+            verdicts: s.verdicts.clone(),
+            item_scores: s.item_scores.clone(),
+            failure: s.failure.clone(),
+            judge_prompt: s.judge_prompt.clone(),
+            judge_answers: s.judge_answers.clone(),
+        }
+    }
+}
+
+/// A results directory that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error("{0} is not a run directory (no plan.json); a run directory is results/NAME/RUN_ID/")]
+    NotARun(String),
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+}
+
+impl ResultsError {
+    fn read(p: &Path, e: std::io::Error) -> Self {
+        ResultsError::Read { path: p.display().to_string(), message: e.to_string() }
     }
 }
 

@@ -1,0 +1,275 @@
+//! `metrics.jsonl`: one [`MetricsRow`] per update, the one record every reader goes through
+//! (reports, sweeps, evaluation, TensorBoard). Fields are documented here once; the README's
+//! results section lists them.
+//!
+//! Numbers are rounded to 6 decimals when written (a non-finite value is `null`). Rows written
+//! by older mpo versions keep loading: a field they lack takes its default, one they have and
+//! this version does not know is ignored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `x` rounded to 6 decimals; `None` when it is not finite (written as `null`).
+pub fn round6(x: f64) -> Option<f64> {
+    x.is_finite().then(|| (x * 1e6).round() / 1e6)
+}
+
+/// One update of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsRow {
+    /// The update this row describes (1-based).
+    pub update: u32,
+    /// The rubric version the update's rollouts were scored under.
+    pub rubric_version: u32,
+    /// Rollouts generated so far (updates x `ppo.batch_size`).
+    pub episodes: u64,
+    /// Training reward of the scored rollouts (skipped ones left out), under the current rubric.
+    pub reward: Spread,
+    /// Mean judge reward of the judge-scored rollouts.
+    pub judge_reward_mean: Option<f64>,
+    /// Mean programmatic verifier score (0..1) of the verified rollouts: a fixed instrument.
+    pub verifier_mean: Option<f64>,
+    /// Mean score PPO trained on (reward minus any missing-EOS penalty).
+    pub score_mean: Option<f64>,
+    /// Mean over sequences of the summed per-token KL to the reference policy.
+    pub kl: Option<f64>,
+    /// Mean over sequences of the summed KL penalty (`-kl_coef * kl`).
+    pub non_score_reward: Option<f64>,
+    pub entropy: Option<f64>,
+    pub loss: Losses,
+    pub clipfrac: Option<f64>,
+    pub approxkl: Option<f64>,
+    /// Learning rate of the update (after the schedule).
+    pub lr: f64,
+    pub trained_sequences: usize,
+    pub optimizer_steps: usize,
+    /// Mean global gradient norm before clipping.
+    pub grad_norm: Option<f64>,
+    /// GRPO groups left with fewer than two scored members.
+    pub groups_dropped: usize,
+    /// The amount subtracted from a response cut off by `ppo.response_length`.
+    pub missing_eos_penalty: Option<f64>,
+    /// Judge answers that gave no score, by kind (`unparseable`, `truncated`, ...).
+    pub judge_failures: BTreeMap<String, u64>,
+    /// Rollouts left out of training (no reward under the failure policy).
+    pub skipped: usize,
+    /// Share of responses that ended with EOS.
+    pub eos_rate: Option<f64>,
+    pub signals: SignalsRow,
+    pub tokens: Tokens,
+    /// The meta step of this update, `null` when none ran.
+    pub meta: Option<MetaRow>,
+    /// Task metrics of the evaluation at this update, `null` when none ran.
+    pub eval: Option<BTreeMap<String, f64>>,
+    pub time_s: Times,
+    /// Seconds since the Unix epoch when the row was written.
+    pub wall_time: f64,
+}
+
+/// Mean, standard deviation (population), minimum and maximum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Spread {
+    pub mean: Option<f64>,
+    pub std: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// Mean and population standard deviation (`None` when empty).
+pub fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    Some((m, (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n).sqrt()))
+}
+
+impl Spread {
+    /// The spread of `xs` (all `None` when empty).
+    pub fn of(xs: &[f64]) -> Spread {
+        let Some((m, sd)) = mean_std(xs) else { return Spread::default() };
+        let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Spread { mean: round6(m), std: round6(sd), min: round6(min), max: round6(max) }
+    }
+}
+
+/// Mean of `xs`, NaN when empty (so that a row writes `null`).
+pub fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() { f64::NAN } else { xs.iter().sum::<f64>() / xs.len() as f64 }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Losses {
+    pub policy: Option<f64>,
+    /// `null` under GRPO (no critic).
+    pub value: Option<f64>,
+    /// `policy + vf_coef * value`.
+    pub total: Option<f64>,
+}
+
+/// Reward-hacking signals (see `reward::signals`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SignalsRow {
+    pub mean_response_tokens: Option<f64>,
+    /// Mean response length over that of the run's first update (length collapse).
+    pub length_ratio_to_first_update: Option<f64>,
+    pub repetition_rate: Option<f64>,
+    pub identical_share: Option<f64>,
+    pub max_score_share: Option<f64>,
+    pub judge_verifier_disagreement: Option<f64>,
+}
+
+/// Tokens spent, by role.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tokens {
+    pub policy_generated: usize,
+    /// This update's reward-judge calls.
+    pub reward_judge: Calls,
+    /// Totals since the run started.
+    pub reward_judge_total: TokenCount,
+    pub meta_judge_total: TokenCount,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Calls {
+    pub calls: u64,
+    /// Answered from the judge cache.
+    pub cached: u64,
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenCount {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// A meta step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetaRow {
+    pub ran: bool,
+    /// Rollouts the step learned from.
+    pub samples: usize,
+    /// The version it produced, `null` when the rubric was kept.
+    pub new_version: Option<u32>,
+    pub kept_because: Option<String>,
+    /// Meta steps so far, rubrics accepted so far, and their ratio.
+    pub steps: u32,
+    pub accepted: u32,
+    pub acceptance_rate: Option<f64>,
+}
+
+/// Seconds spent per phase of the update.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Times {
+    pub generate: Option<f64>,
+    pub judge: Option<f64>,
+    pub ppo: Option<f64>,
+    pub meta: Option<f64>,
+    pub eval: Option<f64>,
+    pub total: Option<f64>,
+}
+
+impl MetricsRow {
+    /// Total judge answers that gave no score.
+    pub fn judge_failure_total(&self) -> u64 {
+        self.judge_failures.values().sum()
+    }
+
+    /// Numeric leaves as `section/name` (TensorBoard tags), `update` excluded.
+    pub fn scalars(&self) -> Vec<(String, f64)> {
+        fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, f64)>) {
+            match v {
+                serde_json::Value::Number(n) => out.extend(n.as_f64().map(|x| (prefix.to_string(), x))),
+                serde_json::Value::Object(o) => {
+                    for (k, c) in o {
+                        walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}/{k}") }, c, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &serde_json::to_value(self).unwrap_or_default(), &mut out);
+        out.retain(|(k, _)| k != "update");
+        out
+    }
+}
+
+/// Rows of a `metrics.jsonl` text; a line that does not parse is an error naming its number.
+pub fn parse(text: &str) -> Result<Vec<MetricsRow>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_and_spread() {
+        assert_eq!(round6(0.123_456_789), Some(0.123457));
+        assert_eq!(round6(f64::NAN), None);
+        let s = Spread::of(&[1.0, 3.0]);
+        assert_eq!((s.mean, s.std, s.min, s.max), (Some(2.0), Some(1.0), Some(1.0), Some(3.0)));
+        assert_eq!(Spread::of(&[]), Spread::default());
+    }
+
+    #[test]
+    fn a_row_writes_nulls_for_missing_values_and_reads_back() {
+        let row = MetricsRow { update: 3, lr: 1e-4, ..MetricsRow::default() };
+        let text = serde_json::to_string(&row).unwrap();
+        assert!(text.starts_with(r#"{"update":3,"rubric_version":0,"episodes":0,"reward":{"mean":null"#), "{text}");
+        assert!(text.contains(r#""meta":null,"eval":null"#), "{text}");
+        assert_eq!(parse(&text).unwrap(), vec![row]);
+    }
+
+    #[test]
+    fn older_rows_load() {
+        // a row from before optimizer_steps, grad_norm, groups_dropped and meta's counters
+        let old = r#"{"update":1,"rubric_version":0,"episodes":4,"reward":{"mean":0.5,"std":0.1,"min":0.4,"max":0.6},"kl":0.0,"lr":0.0001,"meta":{"ran":true,"samples":1,"new_version":1,"kept_because":null},"eval":{"accuracy":0.25},"unknown_future_field":7}"#;
+        let r = &parse(old).unwrap()[0];
+        assert_eq!((r.update, r.reward.mean, r.optimizer_steps), (1, Some(0.5), 0));
+        assert_eq!(r.meta.as_ref().map(|m| (m.new_version, m.steps)), Some((Some(1), 0)));
+        assert_eq!(r.eval.as_ref().and_then(|e| e.get("accuracy")), Some(&0.25));
+        assert!(parse("{\"update\": \"one\"}").unwrap_err().starts_with("line 1:"));
+    }
+
+    #[test]
+    fn the_committed_worked_example_loads_through_the_type() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/math-meta-every-cpu");
+        let mut n = 0;
+        for e in std::fs::read_dir(&root).unwrap().flatten() {
+            if let Ok(text) = std::fs::read_to_string(e.path().join("metrics.jsonl")) {
+                let rows = parse(&text).unwrap();
+                assert!(rows.iter().all(|r| r.update > 0 && r.reward.mean.is_some()));
+                // every field the file holds reads back through the type unchanged
+                for (line, row) in text.lines().zip(&rows) {
+                    let again = serde_json::to_value(row).unwrap();
+                    let orig: serde_json::Value = serde_json::from_str(line).unwrap();
+                    for (k, v) in orig.as_object().unwrap() {
+                        assert_eq!(again.get(k), Some(v), "{}: `{k}`", e.path().display());
+                    }
+                }
+                n += rows.len();
+            }
+        }
+        assert!(n >= 6, "no committed metrics found under {}", root.display());
+    }
+}

@@ -1,0 +1,130 @@
+//! Phase 1 of an update: which prompts it answers (epochs of seeded permutations of the training
+//! subset, so an update's prompts depend only on the seed and the update number) and the
+//! policy's responses to them, sampled on the host from the update's own random streams.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use serde_json::Value as J;
+
+use super::{RunError, Runner};
+use crate::model::generate::{self, Generated, Sampling};
+use crate::model::tokenizer::{Message, Tok};
+use crate::spec::Spec;
+use crate::spec::validate::TemplateFile;
+use crate::task::Dataset;
+
+/// One prompt of an update (a GRPO group repeats it `group_size` times).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// Index of its record in the training data.
+    pub record: usize,
+    /// The policy prompt as rendered (before the chat template).
+    pub text: String,
+    /// The chat-formatted prompt's token ids.
+    pub ids: Vec<u32>,
+}
+
+/// An update's prompts and the policy's responses, in the same order.
+pub struct Batch {
+    pub prompts: Vec<Prompt>,
+    pub gens: Vec<Generated>,
+    pub seconds: f64,
+}
+
+/// Generate the rollouts of `update`.
+pub fn generate<B: AutodiffBackend>(r: &Runner<'_, B>, train: &Dataset, update: u32) -> Result<Batch, RunError> {
+    let t0 = Instant::now();
+    let spec = r.spec;
+    r.progress.stage(&format!("update {update}: generating {} rollouts", spec.ppo.batch_size));
+    let group = r.group_size();
+    let idx = prompt_indices(r.data_seed, train.records.len(), r.plan.inputs.train.used, spec.ppo.batch_size / group, update);
+    let mut prompts = Vec::with_capacity(spec.ppo.batch_size);
+    for &i in &idx {
+        let (text, ids) = policy_prompt(spec, &r.policy_template, &r.tok, r.chat_template.as_deref(), &train.records[i])?;
+        for _ in 0..group {
+            prompts.push(Prompt { record: i, text: text.clone(), ids: ids.clone() });
+        }
+    }
+    let model = r.tr.policy.valid();
+    let sampling = policy_sampling(spec, &r.tok, spec.ppo.temperature);
+    let mut gens = Vec::with_capacity(prompts.len());
+    for (c, chunk) in prompts.chunks(spec.runtime.rollout_batch.max(1)).enumerate() {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
+        let mut rng = crate::rng::stream(spec.runtime.seed, &format!("rollout/u{update:06}/c{c}"));
+        gens.extend(generate::generate(&model, &r.tok, &ids, &sampling, true, &mut rng)?);
+    }
+    Ok(Batch { prompts, gens, seconds: t0.elapsed().as_secs_f64() })
+}
+
+/// Indices of the prompts of `update`: epochs of seeded permutations of the first `used`
+/// records of a seeded shuffle.
+pub fn prompt_indices(seed: u64, available: usize, used: usize, per_update: usize, update: u32) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    let mut pool: Vec<usize> = (0..available).collect();
+    pool.shuffle(&mut crate::rng::stream(seed, "data/subset"));
+    pool.truncate(used.max(1));
+    let start = (update as usize - 1) * per_update;
+    let mut out = Vec::with_capacity(per_update);
+    let mut epoch_cache: Option<(usize, Vec<usize>)> = None;
+    for k in start..start + per_update {
+        let (epoch, pos) = (k / pool.len(), k % pool.len());
+        if epoch_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut p = pool.clone();
+            p.shuffle(&mut crate::rng::stream(seed, &format!("data/epoch{epoch}")));
+            epoch_cache = Some((epoch, p));
+        }
+        out.push(epoch_cache.as_ref().expect("set above").1[pos]);
+    }
+    out
+}
+
+/// How the policy samples (rollouts and evaluations differ only in temperature).
+pub fn policy_sampling(spec: &Spec, tok: &Tok, temperature: f64) -> Sampling {
+    Sampling {
+        max_new_tokens: spec.ppo.response_length,
+        temperature: temperature as f32,
+        top_p: spec.policy.top_p as f32,
+        top_k: spec.policy.top_k,
+        stop_ids: tok.stop_ids.clone(),
+        stop_strings: spec.policy.stop.clone(),
+    }
+}
+
+/// The policy prompt of a record: the task template, the optional system message, the chat
+/// template. Returns (prompt text, chat-formatted token ids).
+pub fn policy_prompt(
+    spec: &Spec,
+    template: &TemplateFile,
+    tok: &Tok,
+    chat_override: Option<&str>,
+    record: &J,
+) -> Result<(String, Vec<u32>), RunError> {
+    let text = crate::template::render(&template.path.display().to_string(), &template.text, record)?;
+    let mut messages = Vec::new();
+    if let Some(s) = &spec.policy.system {
+        messages.push(Message::new("system", s.clone()));
+    }
+    messages.push(Message::new("user", text.clone()));
+    let chat = tok.apply_chat_template(&messages, true, chat_override)?;
+    let ids = tok.encode(&chat)?;
+    Ok((text, ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_indices_are_epochs_of_permutations() {
+        let a: Vec<usize> = (1..=3).flat_map(|u| prompt_indices(1, 10, 6, 4, u)).collect();
+        assert_eq!(a, (1..=3).flat_map(|u| prompt_indices(1, 10, 6, 4, u)).collect::<Vec<_>>());
+        // the first epoch (6 prompts) covers the 6-record subset exactly once
+        let mut first: Vec<usize> = a[..6].to_vec();
+        first.sort();
+        first.dedup();
+        assert_eq!(first.len(), 6);
+        assert!(a.iter().all(|&i| i < 10));
+    }
+}

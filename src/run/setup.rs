@@ -1,0 +1,293 @@
+//! Before the first update: the policy (and critic) with their optimizers, the judges, the
+//! templates, the data, and where the run stands: a fresh start writes rubric v0; a resumed run
+//! loads its latest checkpoint, the rubric version in force then, and sets aside what a crashed
+//! process wrote after it.
+//!
+//! Everything the update phases share lives in one [`Runner`]; the task data is returned beside
+//! it, so the rollouts of an update can borrow their records while the phases change the runner.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+
+use super::checkpoint::{self, State};
+use super::progress::Progress;
+use super::train::Trainer;
+use super::{RunError, RunOptions};
+use crate::judge::Judge;
+use crate::judge::factory::{self, JudgeEnv};
+use crate::meta::MetaConfig;
+use crate::meta::history::History;
+use crate::model::tokenizer::Tok;
+use crate::model::{self, Llama, LoraConfig};
+use crate::plan::Plan;
+use crate::results::{self, Manifest, RunDir};
+use crate::reward::RewardConfig;
+use crate::rubric::Rubric;
+use crate::spec::validate::TemplateFile;
+use crate::spec::{Algorithm, Critic, Every, Spec};
+use crate::task::Dataset;
+use crate::template::TemplateKind;
+
+/// Positions the model is built with (prompt + response must fit).
+pub const MAX_POSITIONS: usize = 4096;
+
+/// The state of a run between updates: what the phases read and change.
+pub struct Runner<'p, B: AutodiffBackend> {
+    pub plan: &'p Plan,
+    pub spec: &'p Spec,
+    pub dir: &'p RunDir,
+    pub manifest: &'p mut Manifest,
+    pub progress: Progress,
+    pub tok: Tok,
+    /// The trained models and their optimizers.
+    pub tr: Trainer<B>,
+    pub reward_judge: Box<dyn Judge>,
+    /// The meta judge when the spec names its own (else the reward judge serves).
+    pub meta_judge: Option<Box<dyn Judge>>,
+    pub reward_cfg: RewardConfig,
+    pub meta_cfg: Option<MetaConfig>,
+    pub policy_template: TemplateFile,
+    /// `policy.chat_template`'s text, when the spec overrides the model's.
+    pub chat_template: Option<String>,
+    pub history: History,
+    /// The rubric in force.
+    pub rubric: Rubric,
+    /// What a checkpoint saves besides the weights.
+    pub state: State,
+    /// Seeds the training data's subset and order.
+    pub data_seed: u64,
+}
+
+/// The task's records.
+pub struct Data {
+    pub train: Dataset,
+    pub test: Option<Dataset>,
+}
+
+impl<B: AutodiffBackend> Runner<'_, B> {
+    /// GRPO's group size; 1 under PPO.
+    pub fn group_size(&self) -> usize {
+        if self.spec.ppo.algorithm == Algorithm::Grpo { self.spec.ppo.group_size } else { 1 }
+    }
+}
+
+/// Build the runner of `plan` in `dir`, resuming from the latest checkpoint if there is one.
+pub fn start<'p, B: AutodiffBackend>(
+    plan: &'p Plan,
+    opts: &RunOptions,
+    dir: &'p RunDir,
+    device: &B::Device,
+    manifest: &'p mut Manifest,
+) -> Result<(Runner<'p, B>, Data), RunError> {
+    let spec = &plan.spec;
+    let seed = spec.runtime.seed;
+    let progress = Progress::new(plan.schedule.updates as u64, manifest.updates_done as u64, opts.quiet);
+    let t_setup = Instant::now();
+
+    progress.stage("loading the policy model");
+    let (tr, tok) = trainer::<B>(plan, device, &progress)?;
+    let chat_template = match &spec.policy.chat_template {
+        Some(p) => Some(read(p)?),
+        None => None,
+    };
+
+    let history = History::new(&dir.root);
+    let (tr, rubric, state) = resume_or_start(plan, dir, tr, device, &history, manifest, &progress)?;
+
+    let judge_inner = tr.policy.valid();
+    let cache_dir = dir.path("judge-cache");
+    let env = JudgeEnv {
+        policy_ref: &plan.inputs.models.policy,
+        shared: Some((&judge_inner, &tok)),
+        batch: spec.runtime.rollout_batch,
+        seed,
+        device,
+        cache: &cache_dir,
+        max_positions: MAX_POSITIONS,
+    };
+    let reward_judge = factory::build::<B::InnerBackend>("reward", &spec.reward.judge, plan.inputs.models.judge.as_ref(), &env)?;
+    let meta_judge = match &spec.meta.judge {
+        Some(js) if spec.meta.every != Every::Never => {
+            Some(factory::build::<B::InnerBackend>("meta", js, plan.inputs.models.meta.as_ref(), &env)?)
+        }
+        _ => None,
+    };
+    manifest.judges.insert("reward".into(), reward_judge.identity());
+    if let Some(j) = &meta_judge {
+        manifest.judges.insert("meta".into(), j.identity());
+    }
+    let judge_template = plan_template(plan, TemplateKind::Judge)?;
+    let grpo = spec.ppo.algorithm == Algorithm::Grpo;
+    let reward_cfg = RewardConfig::new(
+        spec.reward.clone(),
+        spec.task.kind.as_str(),
+        judge_template.text.clone(),
+        judge_template.path.display().to_string(),
+    )?
+    .with_group(if grpo { spec.ppo.group_size } else { 1 });
+    let meta_cfg = super::meta_step::config(plan)?;
+    let policy_template = plan_template(plan, TemplateKind::Policy)?;
+
+    let data_seed = spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(seed, "task/data"));
+    let train = crate::task::load(spec.task.kind, &spec.task.train, data_seed)?;
+    let test = match &spec.task.test {
+        Some(t) => Some(crate::task::load(spec.task.kind, t, spec.test_seed())?),
+        None => None,
+    };
+    manifest.warmup_s = t_setup.elapsed().as_secs_f64();
+    dir.write_manifest(manifest)?;
+    let runner = Runner {
+        plan,
+        spec,
+        dir,
+        manifest,
+        progress,
+        tok,
+        tr,
+        reward_judge,
+        meta_judge,
+        reward_cfg,
+        meta_cfg,
+        policy_template,
+        chat_template,
+        history,
+        rubric,
+        state,
+        data_seed,
+    };
+    Ok((runner, Data { train, test }))
+}
+
+/// The policy (LoRA; with a value head when the critic is shared), the critic, their
+/// optimizers, and the tokenizer.
+fn trainer<B: AutodiffBackend>(plan: &Plan, device: &B::Device, progress: &Progress) -> Result<(Trainer<B>, Tok), RunError> {
+    let spec = &plan.spec;
+    let seed = spec.runtime.seed;
+    let lora = LoraConfig::from_spec(&spec.policy.lora);
+    let mut log = |m: &str| progress.log(m);
+    let loaded = model::load::<B>(
+        &plan.inputs.models.policy,
+        Some(&lora),
+        MAX_POSITIONS,
+        crate::rng::sub_seed(seed, "model/init"),
+        device,
+        &mut log,
+    )?;
+    // No optimizer-side clipping: burn's clips each tensor on its own; `train::update` clips
+    // the global norm over every trained tensor instead.
+    let adam = || burn::optim::AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(spec.ppo.weight_decay as f32).init::<B, Llama<B>>();
+    let mut policy = loaded.model;
+    let mut critic = None;
+    if spec.ppo.algorithm != Algorithm::Grpo {
+        match spec.ppo.critic {
+            Critic::Shared => policy = policy.with_value_head(crate::rng::sub_seed(seed, "model/value-head"), device),
+            Critic::Separate => {
+                critic = Some((
+                    policy
+                        .with_fresh_adapters(&lora, "critic", crate::rng::sub_seed(seed, "model/critic"))
+                        .with_value_head(crate::rng::sub_seed(seed, "model/value-head"), device),
+                    adam(),
+                ))
+            }
+        }
+    }
+    Ok((Trainer { policy, optim: adam(), critic }, loaded.tok))
+}
+
+/// Where the run stands: the trainer, the rubric in force and the state, from the latest
+/// checkpoint or from scratch.
+fn resume_or_start<B: AutodiffBackend>(
+    plan: &Plan,
+    dir: &RunDir,
+    tr: Trainer<B>,
+    device: &B::Device,
+    history: &History,
+    manifest: &mut Manifest,
+    progress: &Progress,
+) -> Result<(Trainer<B>, Rubric, State), RunError> {
+    let rubric = plan_rubric(plan)?;
+    if let Some((ckpt, st)) = checkpoint::latest(dir) {
+        progress.log(&format!("resuming from {} (update {} of {})", ckpt.display(), st.update, plan.schedule.updates));
+        let tr = checkpoint::load(&ckpt, tr, device)?;
+        truncate_after(dir, history, st.update, st.rubric_version)?;
+        let rubric = Rubric::parse(&history.show(st.rubric_version)?)
+            .map_err(|e| RunError::Rubric { what: format!("rubric v{:03}", st.rubric_version), message: e.to_string() })?;
+        manifest.resumed_from.push(st.update);
+        return Ok((tr, rubric, st));
+    }
+    for d in ["metrics.jsonl", "rubrics", "samples"] {
+        results::remove(&dir.path(d))?;
+    }
+    // Evaluations of a previous attempt go; the base model's (`mpo eval SPEC`) stays valid.
+    if let Ok(rd) = std::fs::read_dir(dir.path("eval")) {
+        for e in rd.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with("base.")) {
+            results::remove(&e.path())?;
+        }
+    }
+    history.init(&rubric)?;
+    let state = State {
+        update: 0,
+        rubric_version: 0,
+        meta_candidates: vec![],
+        first_response_tokens: None,
+        usage: HashMap::new(),
+        meta_steps: 0,
+        meta_accepted: 0,
+    };
+    Ok((tr, rubric, state))
+}
+
+/// Drop what a crashed process wrote after the checkpoint of `update`: metrics rows, samples,
+/// eval files and rubric versions it produced, so the resumed run rewrites them.
+fn truncate_after(dir: &RunDir, history: &History, update: u32, version: u32) -> Result<(), RunError> {
+    dir.truncate_metrics(update)?;
+    for sub in ["samples", "eval"] {
+        if let Ok(rd) = std::fs::read_dir(dir.path(sub)) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if let Some(u) = n.strip_prefix("update-").and_then(|s| s.strip_suffix(".jsonl")).and_then(|s| s.parse::<u32>().ok())
+                    && u > update
+                {
+                    std::fs::remove_file(e.path())?;
+                }
+            }
+        }
+    }
+    let entries = history.entries()?;
+    let keep: Vec<serde_json::Value> =
+        entries.iter().filter(|e| e.trigger_update <= update).map(|e| serde_json::to_value(e).unwrap_or_default()).collect();
+    dir.write_jsonl("rubrics/history.jsonl", &keep)?;
+    for e in entries.iter().filter(|e| e.trigger_update > update) {
+        if let Some(v) = e.version.filter(|v| *v > version) {
+            results::remove(&history.version_path(v))?;
+        }
+    }
+    Ok(())
+}
+
+fn read(p: &Path) -> Result<String, RunError> {
+    std::fs::read_to_string(p).map_err(|e| RunError::Read { path: p.display().to_string(), message: e.to_string() })
+}
+
+/// A template the plan names, read again and checked against the plan's hash of it.
+pub fn plan_template(plan: &Plan, kind: TemplateKind) -> Result<TemplateFile, RunError> {
+    let info = plan.inputs.templates.get(kind.as_str()).ok_or(RunError::MissingTemplate(kind.as_str()))?;
+    let text = read(Path::new(&info.path))?;
+    let sha = crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    if sha != info.sha256 {
+        return Err(RunError::TemplateChanged { path: info.path.clone(), now: sha, planned: info.sha256.clone() });
+    }
+    Ok(TemplateFile { path: PathBuf::from(&info.path), text, sha256: sha })
+}
+
+/// Rubric v0: the plan's rubric template, rendered.
+fn plan_rubric(plan: &Plan) -> Result<Rubric, RunError> {
+    let t = plan_template(plan, TemplateKind::Rubric)?;
+    let ctx = crate::template::context::RubricContext { task: plan.spec.task.kind.as_str() };
+    let text = crate::template::render(&t.path.display().to_string(), &t.text, &ctx)?;
+    Rubric::parse(&text).map_err(|e| RunError::Rubric { what: "the initial rubric".into(), message: e.to_string() })
+}
