@@ -59,6 +59,10 @@ pub enum Command {
         /// Stop (with a checkpoint) after this many updates of this invocation.
         #[arg(long, hide = true)]
         stop_after: Option<u32>,
+        /// Start over instead of resuming (or instead of skipping a finished run): the run's
+        /// earlier files are moved into its `superseded/` folder, never deleted.
+        #[arg(long)]
+        restart: bool,
     },
     /// Run every cell of a sweep here (`--jobs` at a time; finished cells are skipped,
     /// interrupted ones resume), or write a Slurm job array for them (`--emit slurm`).
@@ -358,11 +362,16 @@ fn dispatch(command: Command) -> Outcome {
     match command {
         Command::Check { spec, overrides, explain } => check(&spec, &overrides, explain),
         Command::Plan { spec, overrides, json } => plan_cmd(&spec, &overrides, json),
-        Command::Run { spec, overrides, plan, cell, quiet, stop_after } => match (spec, plan) {
-            (Some(spec), None) => run_cmd(&spec, &overrides, cell, quiet, stop_after),
-            (None, Some(plan)) if overrides.is_empty() => run_plan_cmd(&plan, cell, quiet, stop_after),
-            _ => Err(Failure::Usage("`--plan` runs a compiled plan as it is: drop the overrides (or re-plan the spec with them)".into())),
-        },
+        Command::Run { spec, overrides, plan, cell, quiet, stop_after, restart } => {
+            let how = crate::run::RunOptions { quiet, stop_after, restart, ..Default::default() };
+            match (spec, plan) {
+                (Some(spec), None) => run_cmd(&spec, &overrides, cell, how),
+                (None, Some(plan)) if overrides.is_empty() => run_plan_cmd(&plan, cell, how),
+                _ => {
+                    Err(Failure::Usage("`--plan` runs a compiled plan as it is: drop the overrides (or re-plan the spec with them)".into()))
+                }
+            }
+        }
         Command::Sweep { spec, overrides, jobs, emit, out, partition, account, time, cpus_per_task, gpus_per_task, mem, max_parallel } => {
             let opts = crate::sweep::slurm::SlurmOptions { partition, account, time, cpus_per_task, gpus_per_task, mem, max_parallel };
             sweep_cmd(&spec, &overrides, jobs, emit.is_some(), out.as_deref(), &opts)
@@ -475,7 +484,7 @@ fn pick_cell<T>(mut cells: Vec<T>, is_sweep: bool, cell: Option<usize>, what: &s
 
 /// `mpo run --plan FILE [--cell N]`: a plan (or a sweep's list of plans) as `mpo plan --json`
 /// and `mpo sweep --emit` write it. Templates are checked against the plan's hashes at start.
-fn run_plan_cmd(path: &std::path::Path, cell: Option<usize>, quiet: bool, stop_after: Option<u32>) -> Outcome {
+fn run_plan_cmd(path: &std::path::Path, cell: Option<usize>, how: crate::run::RunOptions) -> Outcome {
     let text = std::fs::read_to_string(path).map_err(|e| Failure::error(format!("{}: {e}", path.display())))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Error {
         message: format!("{}: not JSON ({e})", path.display()),
@@ -496,8 +505,7 @@ fn run_plan_cmd(path: &std::path::Path, cell: Option<usize>, quiet: bool, stop_a
         }
     };
     let plan = pick_cell(plans, is_sweep, cell, &path.display().to_string(), None)?;
-    let opts = crate::run::RunOptions { spec_path: path.to_path_buf(), spec_text: text, quiet, stop_after };
-    execute_run(&plan, &opts)
+    execute_run(&plan, &crate::run::RunOptions { spec_path: path.to_path_buf(), spec_text: text, ..how })
 }
 
 fn sweep_cmd(
@@ -525,7 +533,7 @@ fn sweep_cmd(
     }
     if !loaded.is_sweep {
         // a plain spec is one cell: `mpo run` semantics
-        return run_cmd(path, overrides, None, false, None);
+        return run_cmd(path, overrides, None, crate::run::RunOptions::default());
     }
     eprintln!(
         "mpo sweep {name}: {} cells, {} at a time (logs in {}/sweep-logs/)",
@@ -554,14 +562,13 @@ fn sweep_cmd(
     }
 }
 
-fn run_cmd(path: &std::path::Path, overrides: &[String], cell: Option<usize>, quiet: bool, stop_after: Option<u32>) -> Outcome {
+fn run_cmd(path: &std::path::Path, overrides: &[String], cell: Option<usize>, how: crate::run::RunOptions) -> Outcome {
     let loaded = load(path, overrides)?;
     let sweep = format!("mpo sweep {}", path.display());
     let run = pick_cell(loaded.runs, loaded.is_sweep, cell, &path.display().to_string(), Some(&sweep))?;
     let plan = plan::compile(&run);
     let spec_text = std::fs::read_to_string(path).unwrap_or_default();
-    let opts = crate::run::RunOptions { spec_path: path.to_path_buf(), spec_text, quiet, stop_after };
-    execute_run(&plan, &opts)
+    execute_run(&plan, &crate::run::RunOptions { spec_path: path.to_path_buf(), spec_text, ..how })
 }
 
 fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> Outcome {
@@ -577,7 +584,10 @@ fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> Outcome {
     }
     match crate::run::run(plan, opts)? {
         crate::run::RunOutcome::AlreadyFinished(d) => {
-            println!("already finished: {}/ (nothing to do; delete it to run again)", d.display());
+            println!(
+                "already finished: {}/ (nothing to do; `--restart` runs it again, keeping these results in its superseded/)",
+                d.display()
+            );
             Ok(Done::Ok)
         }
         crate::run::RunOutcome::Finished { dir, updates } => {

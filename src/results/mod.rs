@@ -205,22 +205,68 @@ impl RunDir {
         write_atomic(&self.path(rel), text.as_bytes())
     }
 
-    /// Append one row to a jsonl file (atomically: the file is rewritten).
-    pub fn append_jsonl(&self, rel: &str, row: &J) -> std::io::Result<()> {
-        let mut rows = self.read_jsonl(rel)?;
-        rows.push(row.clone());
-        self.write_jsonl(rel, &rows)
+    /// Nothing here is ever deleted: what a run supersedes (rows and files after the checkpoint
+    /// it resumes from, an earlier attempt it restarts over) moves into
+    /// `superseded/<UTC time>-<reason>/`, keeping its path relative to the run directory.
+    pub fn aside(&self, reason: &str) -> Aside {
+        let stamp = now().replace(['-', ':'], "");
+        let mut folder = self.path(&format!("superseded/{stamp}-{reason}"));
+        let mut n = 1;
+        while folder.exists() {
+            n += 1;
+            folder = self.path(&format!("superseded/{stamp}-{reason}-{n}"));
+        }
+        Aside { run: self.root.clone(), folder, moved: Vec::new() }
+    }
+}
+
+/// A folder under `superseded/` receiving what a run set aside (created on first use).
+#[derive(Debug)]
+pub struct Aside {
+    run: PathBuf,
+    pub folder: PathBuf,
+    /// Paths moved, relative to the run directory.
+    pub moved: Vec<String>,
+}
+
+impl Aside {
+    /// Move `rel` (a file or folder of the run) here, if it exists.
+    pub fn take(&mut self, rel: &str) -> std::io::Result<()> {
+        let from = self.run.join(rel);
+        if std::fs::symlink_metadata(&from).is_err() {
+            return Ok(());
+        }
+        let to = self.folder.join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(&from, &to)?;
+        self.moved.push(rel.to_string());
+        Ok(())
     }
 
-    /// Keep only the metrics rows of updates `<= update` (what a resumed run redoes is dropped).
-    pub fn truncate_metrics(&self, update: u32) -> std::io::Result<Vec<J>> {
-        let rows: Vec<J> = self
-            .read_jsonl("metrics.jsonl")?
-            .into_iter()
-            .filter(|r| r.get("update").and_then(J::as_u64).is_some_and(|u| u <= update as u64))
-            .collect();
-        self.write_jsonl("metrics.jsonl", &rows)?;
-        Ok(rows)
+    /// Keep the lines of jsonl file `rel` that `keep` accepts; move the others here. Lines are
+    /// moved as they were written, byte for byte.
+    pub fn split_jsonl(&mut self, rel: &str, keep: impl Fn(&J) -> bool) -> std::io::Result<()> {
+        let text = match std::fs::read_to_string(self.run.join(rel)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let (mut kept, mut gone) = (String::new(), String::new());
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let row: J = serde_json::from_str(line).map_err(std::io::Error::other)?;
+            let to = if keep(&row) { &mut kept } else { &mut gone };
+            to.push_str(line);
+            to.push('\n');
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        write_atomic(&self.folder.join(rel), gone.as_bytes())?;
+        write_atomic(&self.run.join(rel), kept.as_bytes())?;
+        self.moved.push(format!("{rel} ({} lines)", gone.lines().count()));
+        Ok(())
     }
 }
 
@@ -306,15 +352,6 @@ pub fn redact(v: &mut J) {
     }
 }
 
-/// Remove `path` if it exists (directories recursively).
-pub fn remove(path: &Path) -> std::io::Result<()> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,13 +369,23 @@ mod tests {
     }
 
     #[test]
-    fn jsonl_append_and_truncate() {
+    fn what_is_set_aside_moves_whole_and_nothing_is_lost() {
         let dir = RunDir { root: std::env::temp_dir().join(format!("mpo-rd-{}", std::process::id())) };
-        for u in 1..=4 {
-            dir.append_jsonl("metrics.jsonl", &serde_json::json!({"update": u})).unwrap();
-        }
-        assert_eq!(dir.truncate_metrics(2).unwrap().len(), 2);
+        dir.write_text("metrics.jsonl", "{\"update\":1}\n{\"update\":2}\n{\"update\":3.1000000000000001}\n{\"update\":4}\n").unwrap();
+        dir.write_text("samples/update-000004.jsonl", "x\n").unwrap();
+        let mut aside = dir.aside("resume");
+        aside.split_jsonl("metrics.jsonl", |r| r["update"].as_f64() <= Some(2.0)).unwrap();
+        aside.take("samples/update-000004.jsonl").unwrap();
+        aside.take("samples/update-000009.jsonl").unwrap(); // absent: nothing to do
         assert_eq!(dir.read_jsonl("metrics.jsonl").unwrap().len(), 2);
+        let moved = RunDir { root: aside.folder.clone() };
+        // moved byte for byte, not re-serialized
+        assert_eq!(std::fs::read_to_string(moved.path("metrics.jsonl")).unwrap(), "{\"update\":3.1000000000000001}\n{\"update\":4}\n");
+        assert_eq!(std::fs::read_to_string(moved.path("samples/update-000004.jsonl")).unwrap(), "x\n");
+        assert!(!dir.path("samples/update-000004.jsonl").exists());
+        assert_eq!(aside.moved, vec!["metrics.jsonl (2 lines)", "samples/update-000004.jsonl"]);
+        // a second set-aside of the same second gets its own folder
+        assert_ne!(dir.aside("resume").folder, aside.folder);
         let _ = std::fs::remove_dir_all(&dir.root);
     }
 }

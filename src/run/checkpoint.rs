@@ -1,9 +1,13 @@
 //! Checkpoints: `checkpoints/update-NNNNNN/` with the trained adapters, the optimizer states
 //! and the run state (update, rubric version, pending meta samples), plus `checkpoints/LATEST`.
+//!
 //! A checkpoint directory is written under a temporary name and renamed into place, then
-//! LATEST is switched, so a crash never leaves LATEST pointing at a partial checkpoint.
+//! LATEST is switched, so a crash never leaves a partial checkpoint under its final name. Its
+//! `checksums.json` (sha256 of every file, written last) catches what renames cannot: a file
+//! damaged afterwards (a full disk, a bad copy). A resumed run takes the newest checkpoint
+//! that verifies and says which newer ones it skipped and why.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
@@ -37,10 +41,51 @@ pub struct State {
     pub meta_accepted: u32,
 }
 
+/// A checkpoint (or `LATEST`) that failed verification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Damaged {
+    pub dir: PathBuf,
+    /// The file at fault.
+    pub file: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.dir.join(&self.file).display(), self.why)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{context}: {message}")]
     Io { context: String, message: String },
+    #[error("no checkpoint of this run is intact: {}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))]
+    NoneIntact(Vec<Damaged>),
+}
+
+impl CheckpointError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            CheckpointError::NoneIntact(_) => Some(
+                "`mpo run SPEC --restart` starts the run over; this run's files are moved into its superseded/ folder, nothing is deleted"
+                    .into(),
+            ),
+            CheckpointError::Io { .. } => None,
+        }
+    }
+}
+
+/// `checksums.json` of a checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checksums {
+    update: u32,
+    /// sha256 (hex) of every other file of the checkpoint, by name.
+    sha256: BTreeMap<String, String>,
+}
+
+fn sha256_file(p: &Path) -> std::io::Result<String> {
+    Ok(crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(p)?)))
 }
 
 fn io<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> CheckpointError {
@@ -74,6 +119,16 @@ pub fn save<B: AutodiffBackend>(run: &RunDir, tr: &Trainer<B>, state: &State, ke
     }
     crate::fsx::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state).map_err(io("serializing the state"))?.as_bytes())
         .map_err(io("writing the state"))?;
+    let mut sums = Checksums { update: state.update, sha256: BTreeMap::new() };
+    for e in std::fs::read_dir(&tmp).map_err(io("listing the checkpoint"))?.flatten() {
+        let n = e.file_name().to_string_lossy().to_string();
+        sums.sha256.insert(n, sha256_file(&e.path()).map_err(io("hashing the checkpoint"))?);
+    }
+    crate::fsx::write_atomic(
+        &tmp.join("checksums.json"),
+        serde_json::to_string_pretty(&sums).map_err(io("serializing checksums"))?.as_bytes(),
+    )
+    .map_err(io("writing checksums"))?;
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir).map_err(io("moving the checkpoint into place"))?;
     crate::fsx::write_atomic(&root.join("LATEST"), name(state.update).as_bytes()).map_err(io("writing LATEST"))?;
@@ -91,13 +146,84 @@ fn prune(root: &Path, keep: usize) {
     }
 }
 
-/// The latest checkpoint's directory and state, if any.
-pub fn latest(run: &RunDir) -> Option<(PathBuf, State)> {
+/// The checkpoint a run resumes from.
+#[derive(Debug)]
+pub struct Found {
+    pub dir: PathBuf,
+    pub state: State,
+    /// Newer checkpoints (or a `LATEST`) that failed verification and were passed over.
+    pub skipped: Vec<Damaged>,
+}
+
+/// The state of checkpoint `d` if every file verifies against its `checksums.json`.
+/// Checkpoints written before checksums existed verify by their state parsing and their files
+/// being there.
+pub fn verify(d: &Path) -> Result<State, Damaged> {
+    let bad = |file: &str, why: String| Damaged { dir: d.to_path_buf(), file: file.into(), why };
+    match std::fs::read_to_string(d.join("checksums.json")) {
+        Ok(text) => {
+            let sums: Checksums = serde_json::from_str(&text).map_err(|e| bad("checksums.json", format!("unreadable ({e})")))?;
+            for required in ["state.json", "policy.safetensors", "optimizer.bin"] {
+                if !sums.sha256.contains_key(required) {
+                    return Err(bad("checksums.json", format!("lists no {required}")));
+                }
+            }
+            for (file, want) in &sums.sha256 {
+                match sha256_file(&d.join(file)) {
+                    Ok(got) if &got == want => {}
+                    Ok(_) => return Err(bad(file, "its contents changed after it was written (checksum mismatch)".into())),
+                    Err(e) => return Err(bad(file, format!("cannot be read ({e})"))),
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            for required in ["policy.safetensors", "optimizer.bin"] {
+                if !d.join(required).is_file() {
+                    return Err(bad(required, "is missing".into()));
+                }
+            }
+        }
+        Err(e) => return Err(bad("checksums.json", format!("cannot be read ({e})"))),
+    }
+    let text = std::fs::read_to_string(d.join("state.json")).map_err(|e| bad("state.json", format!("cannot be read ({e})")))?;
+    serde_json::from_str(&text).map_err(|e| bad("state.json", format!("is not a checkpoint state ({e})")))
+}
+
+/// The newest checkpoint that verifies. `None` when the run has no checkpoint at all; an error
+/// when it has some and none verifies (resuming from nothing would silently start over).
+pub fn latest(run: &RunDir) -> Result<Option<Found>, CheckpointError> {
+    let mut all: Vec<(u32, PathBuf)> = run.checkpoints().into_iter().collect();
+    all.sort_by_key(|c| std::cmp::Reverse(c.0));
     let root = dir(run);
-    let n = std::fs::read_to_string(root.join("LATEST")).ok()?;
-    let d = root.join(n.trim());
-    let state: State = serde_json::from_str(&std::fs::read_to_string(d.join("state.json")).ok()?).ok()?;
-    Some((d, state))
+    let latest_file = std::fs::read_to_string(root.join("LATEST")).ok();
+    if all.is_empty() {
+        return match latest_file {
+            Some(n) => Err(CheckpointError::NoneIntact(vec![Damaged {
+                dir: root,
+                file: "LATEST".into(),
+                why: format!("names `{}`, which does not exist", n.trim()),
+            }])),
+            None => Ok(None),
+        };
+    }
+    let mut skipped = Vec::new();
+    for (_, d) in all {
+        match verify(&d) {
+            Ok(state) => {
+                let name = d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                if latest_file.as_deref().map(str::trim) != Some(name.as_str()) {
+                    let why = match &latest_file {
+                        Some(n) => format!("names `{}`, not the newest intact checkpoint `{name}`", n.trim()),
+                        None => "is missing".into(),
+                    };
+                    skipped.push(Damaged { dir: root.clone(), file: "LATEST".into(), why });
+                }
+                return Ok(Some(Found { dir: d, state, skipped }));
+            }
+            Err(damaged) => skipped.push(damaged),
+        }
+    }
+    Err(CheckpointError::NoneIntact(skipped))
 }
 
 /// Load a checkpoint into freshly built models (same configuration, same parameter ids).

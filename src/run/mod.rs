@@ -83,6 +83,7 @@ impl RunError {
         match self {
             RunError::Judge(e) => e.help(),
             RunError::Lock(e) => e.help(),
+            RunError::Checkpoint(e) => e.help(),
             RunError::TemplateChanged { .. } => Some("re-plan from the spec: `mpo run SPEC` (or `mpo plan SPEC --json` again)".into()),
             RunError::Read { path, .. } if std::path::Path::new(path).is_relative() => {
                 Some("a plan's relative paths resolve against the directory it was made in: run from there".into())
@@ -104,6 +105,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop after this many updates of this process (tests of resume); None = run to the end.
     pub stop_after: Option<u32>,
+    /// Start over: the run's earlier files move into `superseded/` first.
+    pub restart: bool,
 }
 
 /// How a run ended.
@@ -135,13 +138,20 @@ fn interrupted() -> Arc<AtomicBool> {
 /// Run `plan`.
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, RunError> {
     let dir = RunDir::for_plan(plan);
-    if let Some(m) = dir.manifest()
+    if !opts.restart
+        && let Some(m) = dir.manifest()
         && m.status == Status::Finished
     {
         return Ok(RunOutcome::AlreadyFinished(dir.root));
     }
     std::fs::create_dir_all(&dir.root)?;
     let _lock = lock::RunLock::take(&dir.path("run.lock"))?;
+    if opts.restart
+        && let Some(folder) = setup::restart(&dir)?
+        && !opts.quiet
+    {
+        eprintln!("restarting: the earlier attempt's files are kept in {}", folder.display());
+    }
     if let Some(t) = plan.spec.runtime.threads {
         // Only the first pool request of a process takes effect; later runs share it.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();

@@ -198,8 +198,9 @@ fn trainer<B: AutodiffBackend>(plan: &Plan, device: &B::Device, progress: &Progr
     Ok((Trainer { policy, optim: adam(), critic }, loaded.tok))
 }
 
-/// Where the run stands: the trainer, the rubric in force and the state, from the latest
-/// checkpoint or from scratch.
+/// Where the run stands: the trainer, the rubric in force and the state, from the newest intact
+/// checkpoint or from scratch. Nothing is deleted: what the checkpoint does not cover is set
+/// aside (`results::Aside`) and redone.
 fn resume_or_start<B: AutodiffBackend>(
     plan: &Plan,
     dir: &RunDir,
@@ -210,24 +211,45 @@ fn resume_or_start<B: AutodiffBackend>(
     progress: &Progress,
 ) -> Result<(Trainer<B>, Rubric, State), RunError> {
     let rubric = plan_rubric(plan)?;
-    if let Some((ckpt, st)) = checkpoint::latest(dir) {
-        progress.log(&format!("resuming from {} (update {} of {})", ckpt.display(), st.update, plan.schedule.updates));
-        let tr = checkpoint::load(&ckpt, tr, device)?;
-        truncate_after(dir, history, st.update, st.rubric_version)?;
+    if let Some(found) = checkpoint::latest(dir)? {
+        for d in &found.skipped {
+            progress.log(&format!("warning: passing over a damaged checkpoint: {d}"));
+        }
+        let st = found.state;
+        progress.log(&format!("resuming from {} (update {} of {})", found.dir.display(), st.update, plan.schedule.updates));
+        let tr = checkpoint::load(&found.dir, tr, device)?;
+        let aside = set_aside_after(dir, st.update, st.rubric_version)?;
+        if !aside.moved.is_empty() {
+            progress.log(&format!(
+                "what was written after update {} is redone; the earlier copy is kept in {} ({})",
+                st.update,
+                aside.folder.display(),
+                aside.moved.join(", ")
+            ));
+            super::tensorboard::write(&dir.path("events.out.tfevents.mpo"), &dir.metrics()?)?;
+        }
         let rubric = Rubric::parse(&history.show(st.rubric_version)?)
             .map_err(|e| RunError::Rubric { what: format!("rubric v{:03}", st.rubric_version), message: e.to_string() })?;
         manifest.resumed_from.push(st.update);
+        manifest.updates_done = st.update;
         return Ok((tr, rubric, st));
     }
-    for d in ["metrics.jsonl", "rubrics", "samples"] {
-        results::remove(&dir.path(d))?;
+    // No checkpoint: an earlier attempt (if any) stopped before its first one.
+    let mut aside = dir.aside("before-first-checkpoint");
+    for rel in ["metrics.jsonl", "rubrics", "samples", "events.out.tfevents.mpo"] {
+        aside.take(rel)?;
     }
-    // Evaluations of a previous attempt go; the base model's (`mpo eval SPEC`) stays valid.
-    if let Ok(rd) = std::fs::read_dir(dir.path("eval")) {
-        for e in rd.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with("base.")) {
-            results::remove(&e.path())?;
-        }
+    // The base model's evaluation (`mpo eval SPEC`) stays: it does not depend on training.
+    for name in file_names(&dir.path("eval")).into_iter().filter(|n| !n.starts_with("base.")) {
+        aside.take(&format!("eval/{name}"))?;
     }
+    if !aside.moved.is_empty() {
+        progress.log(&format!(
+            "an earlier attempt stopped before its first checkpoint: starting over; its files are kept in {}",
+            aside.folder.display()
+        ));
+    }
+    manifest.updates_done = 0;
     history.init(&rubric)?;
     let state = State {
         update: 0,
@@ -241,32 +263,47 @@ fn resume_or_start<B: AutodiffBackend>(
     Ok((tr, rubric, state))
 }
 
-/// Drop what a crashed process wrote after the checkpoint of `update`: metrics rows, samples,
-/// eval files and rubric versions it produced, so the resumed run rewrites them.
-fn truncate_after(dir: &RunDir, history: &History, update: u32, version: u32) -> Result<(), RunError> {
-    dir.truncate_metrics(update)?;
+fn file_names(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(d).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Set aside what a stopped process wrote after the checkpoint of `update` (metrics rows,
+/// samples, evaluations, rubric versions and history lines): the resumed run writes them again.
+fn set_aside_after(dir: &RunDir, update: u32, version: u32) -> Result<results::Aside, RunError> {
+    let mut aside = dir.aside(&format!("after-update-{update:06}"));
+    let upto = |field: &'static str| move |r: &serde_json::Value| r[field].as_u64().is_some_and(|u| u <= update as u64);
+    aside.split_jsonl("metrics.jsonl", upto("update"))?;
     for sub in ["samples", "eval"] {
-        if let Ok(rd) = std::fs::read_dir(dir.path(sub)) {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().to_string();
-                if let Some(u) = n.strip_prefix("update-").and_then(|s| s.strip_suffix(".jsonl")).and_then(|s| s.parse::<u32>().ok())
-                    && u > update
-                {
-                    std::fs::remove_file(e.path())?;
-                }
+        for n in file_names(&dir.path(sub)) {
+            let u = n.strip_prefix("update-").and_then(|s| s.strip_suffix(".jsonl")).and_then(|s| s.parse::<u32>().ok());
+            if u.is_some_and(|u| u > update) {
+                aside.take(&format!("{sub}/{n}"))?;
             }
         }
     }
-    let entries = history.entries()?;
-    let keep: Vec<serde_json::Value> =
-        entries.iter().filter(|e| e.trigger_update <= update).map(|e| serde_json::to_value(e).unwrap_or_default()).collect();
-    dir.write_jsonl("rubrics/history.jsonl", &keep)?;
-    for e in entries.iter().filter(|e| e.trigger_update > update) {
-        if let Some(v) = e.version.filter(|v| *v > version) {
-            results::remove(&history.version_path(v))?;
+    aside.split_jsonl("rubrics/history.jsonl", upto("trigger_update"))?;
+    for n in file_names(&dir.path("rubrics")) {
+        let v = n.strip_prefix('v').and_then(|s| s.strip_suffix(".md")).and_then(|s| s.parse::<u32>().ok());
+        if v.is_some_and(|v| v > version) {
+            aside.take(&format!("rubrics/{n}"))?;
         }
     }
-    Ok(())
+    Ok(aside)
+}
+
+/// `mpo run --restart`: set the whole run aside (the judge cache stays: its answers are keyed
+/// by request, so they are as valid for the new attempt).
+pub fn restart(dir: &RunDir) -> Result<Option<PathBuf>, RunError> {
+    let mut aside = dir.aside("restart");
+    for n in file_names(&dir.root) {
+        if !["superseded", "judge-cache", "run.lock"].contains(&n.as_str()) {
+            aside.take(&n)?;
+        }
+    }
+    Ok((!aside.moved.is_empty()).then_some(aside.folder))
 }
 
 fn read(p: &Path) -> Result<String, RunError> {

@@ -171,3 +171,134 @@ fn a_stopped_run_resumes_to_the_same_metrics() {
     same_metrics(&metrics(&d), &uninterrupted());
     let _ = std::fs::remove_dir_all(r);
 }
+
+/// Every file under `d` (relative path -> bytes), checkpoints, caches and the lock left out.
+fn results_files(d: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, d: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().to_string();
+            if ["checkpoints", "judge-cache", "run.lock", "manifest.json"].iter().any(|x| rel.starts_with(x)) {
+                continue;
+            }
+            if p.is_dir() {
+                walk(base, &p, out)
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(d, d, &mut out);
+    out
+}
+
+/// Files of `before` found, unchanged, either in place or under the run's `superseded/`
+/// (TensorBoard's events are derived from metrics.jsonl and rebuilt from it).
+fn nothing_lost(d: &Path, before: &std::collections::BTreeMap<String, Vec<u8>>) {
+    let after = results_files(d);
+    for (rel, bytes) in before.iter().filter(|(k, _)| !k.starts_with("events.out")) {
+        let kept = after.get(rel) == Some(bytes)
+            || after.iter().any(|(k, v)| k.starts_with("superseded/") && k.ends_with(rel.as_str()) && v == bytes)
+            // a jsonl file may have been split: its lines are all somewhere
+            || (rel.ends_with(".jsonl") && {
+                let lines = |b: &[u8]| String::from_utf8_lossy(b).lines().map(str::to_string).collect::<Vec<_>>();
+                let mut all: Vec<String> = after.iter().filter(|(k, _)| k.ends_with(rel.as_str())).flat_map(|(_, v)| lines(v)).collect();
+                all.sort();
+                lines(bytes).iter().all(|l| all.binary_search(l).is_ok())
+            });
+        assert!(kept, "{rel} was lost or changed");
+    }
+}
+
+#[test]
+fn a_damaged_checkpoint_falls_back_and_keeps_everything() {
+    let r = root("damaged");
+    let ov = format!("output.root={}", r.display());
+    let out = mpo(&["run", SPEC, &ov, "--quiet", "--stop-after", "5"]);
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = run_dir(&r);
+    // checkpoints 4 and 5 are kept; a truncated write damages 5's state
+    let state = d.join("checkpoints/update-000005/state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    std::fs::write(&state, &text[..text.len() / 2]).unwrap();
+    let before = results_files(&d);
+    let out = mpo(&["run", SPEC, &ov]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("passing over a damaged checkpoint") && err.contains("update-000005/state.json"), "{err}");
+    assert!(err.contains("resuming from") && err.contains("update-000004"), "{err}");
+    same_metrics(&metrics(&d), &uninterrupted());
+    nothing_lost(&d, &before);
+    let aside = std::fs::read_dir(d.join("superseded")).unwrap().flatten().next().unwrap().path();
+    assert!(aside.file_name().unwrap().to_string_lossy().ends_with("after-update-000004"));
+    assert!(aside.join("samples/update-000005.jsonl").is_file());
+    let _ = std::fs::remove_dir_all(r);
+}
+
+#[test]
+fn with_no_intact_checkpoint_the_run_stops_and_only_restart_starts_over() {
+    let r = root("noneintact");
+    let ov = format!("output.root={}", r.display());
+    let out = mpo(&["run", SPEC, &ov, "--quiet", "--stop-after", "3"]);
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = run_dir(&r);
+    for c in ["update-000002", "update-000003"] {
+        let f = d.join("checkpoints").join(c).join("policy.safetensors");
+        let mut b = std::fs::read(&f).unwrap();
+        let n = b.len();
+        b[n - 1] ^= 0xff;
+        std::fs::write(&f, b).unwrap();
+    }
+    let before = results_files(&d);
+    let out = mpo(&["run", SPEC, &ov, "--quiet"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no checkpoint of this run is intact") && err.contains("policy.safetensors"), "{err}");
+    assert!(err.contains("help: `mpo run SPEC --restart`"), "{err}");
+    assert_eq!(results_files(&d), before, "a failed resume changed the results");
+    // the user asks for a restart: everything earlier is kept aside, the run starts over
+    let out = mpo(&["run", SPEC, &ov, "--quiet", "--restart"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    same_metrics(&metrics(&d), &uninterrupted());
+    nothing_lost(&d, &before);
+    // a finished run is skipped, unless restarted
+    let out = mpo(&["run", SPEC, &ov]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--restart"));
+    let _ = std::fs::remove_dir_all(r);
+}
+
+#[test]
+fn a_run_that_stopped_before_its_first_checkpoint_keeps_its_files() {
+    let r = root("nockpt");
+    let ov = format!("output.root={}", r.display());
+    let out = mpo(&["run", SPEC, &ov, "--quiet", "--stop-after", "1"]);
+    assert_eq!(out.status.code(), Some(130));
+    let d = run_dir(&r);
+    // a process killed before its first checkpoint leaves no checkpoint behind
+    std::fs::remove_dir_all(d.join("checkpoints")).unwrap();
+    let before = results_files(&d);
+    let out = mpo(&["run", SPEC, &ov]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("stopped before its first checkpoint"), "{err}");
+    same_metrics(&metrics(&d), &uninterrupted());
+    nothing_lost(&d, &before);
+    let _ = std::fs::remove_dir_all(r);
+}
+
+#[test]
+fn a_garbled_latest_is_passed_over() {
+    let r = root("latest");
+    let ov = format!("output.root={}", r.display());
+    let out = mpo(&["run", SPEC, &ov, "--quiet", "--stop-after", "4"]);
+    assert_eq!(out.status.code(), Some(130));
+    let d = run_dir(&r);
+    std::fs::write(d.join("checkpoints/LATEST"), "\0\0garbage").unwrap();
+    let out = mpo(&["run", SPEC, &ov]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("LATEST") && err.contains("update-000004"), "{err}");
+    same_metrics(&metrics(&d), &uninterrupted());
+    let _ = std::fs::remove_dir_all(r);
+}
