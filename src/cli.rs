@@ -590,8 +590,11 @@ fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> Outcome {
             );
             Ok(Done::Ok)
         }
-        crate::run::RunOutcome::Finished { dir, updates } => {
+        crate::run::RunOutcome::Finished { dir, updates, summary } => {
             println!("finished {updates} updates: results in {}/", dir.display());
+            for line in summary {
+                println!("  {line}");
+            }
             println!(
                 "  metrics.jsonl  samples/  rubrics/ (mpo rubric log {})  checkpoints/  events.out.tfevents.mpo (TensorBoard)",
                 dir.display()

@@ -70,6 +70,10 @@ impl Judge for CachedJudge<'_> {
         self.identity.clone()
     }
 
+    fn transport(&self) -> Option<super::Transport> {
+        self.inner.as_ref().and_then(|j| j.transport())
+    }
+
     fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
         let keys: Vec<String> = requests.iter().map(key).collect();
         let mut out: Vec<Option<Result<JudgeResponse, JudgeError>>> = keys.iter().map(|k| self.lookup(k).map(Ok)).collect();

@@ -13,6 +13,8 @@ pub mod local;
 pub mod openai;
 pub mod scripted;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One prompt to answer.
@@ -97,6 +99,20 @@ pub enum JudgeError {
 }
 
 impl JudgeError {
+    /// The cause as a metrics key: `timeout`, `connect`, `http_<status>`, `bad_body`, ...
+    pub fn cause(&self) -> String {
+        match self {
+            JudgeError::Timeout { .. } => "timeout".into(),
+            JudgeError::Http { status, .. } => format!("http_{status}"),
+            JudgeError::Transport { .. } => "connect".into(),
+            JudgeError::Malformed { .. } => "bad_body".into(),
+            JudgeError::Exhausted { last, .. } => last.cause(),
+            JudgeError::CacheMiss { .. } => "cache_miss".into(),
+            JudgeError::Local { .. } => "local".into(),
+            JudgeError::Config { .. } => "config".into(),
+        }
+    }
+
     /// Worth asking again (timeouts, 408, 429, 5xx, broken connections, truncated bodies).
     pub fn retryable(&self) -> bool {
         match self {
@@ -115,6 +131,73 @@ pub trait Judge {
 
     /// Answer every request; results line up with `requests`.
     fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>>;
+
+    /// What talking to a server has cost so far (`None`: this judge talks to none).
+    fn transport(&self) -> Option<Transport> {
+        None
+    }
+}
+
+/// The network's side of a judge's answers, cumulative since the judge was built: every failed
+/// attempt by cause, whether it was retried or was the last one, and the time spent waiting to
+/// retry. A sick judge fleet shows up here even when every request finally succeeds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Transport {
+    /// HTTP requests sent (every attempt).
+    pub attempts: u64,
+    /// Failed attempts that were retried, by cause (`timeout`, `connect`, `http_503`, `bad_body`).
+    pub retries: BTreeMap<String, u64>,
+    /// Requests that failed for good, by the cause of their last attempt.
+    pub failed: BTreeMap<String, u64>,
+    /// Seconds spent waiting before retries (backoff and `Retry-After`).
+    pub retry_wait_s: f64,
+}
+
+impl Transport {
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Transport) -> Transport {
+        let diff = |now: &BTreeMap<String, u64>, then: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+            now.iter().map(|(k, v)| (k.clone(), v - then.get(k).copied().unwrap_or(0))).filter(|(_, v)| *v > 0).collect()
+        };
+        Transport {
+            attempts: self.attempts - earlier.attempts,
+            retries: diff(&self.retries, &earlier.retries),
+            failed: diff(&self.failed, &earlier.failed),
+            retry_wait_s: (self.retry_wait_s - earlier.retry_wait_s).max(0.0),
+        }
+    }
+
+    /// Add `o`'s counts to these.
+    pub fn add(&mut self, o: &Transport) {
+        self.attempts += o.attempts;
+        for (k, v) in &o.retries {
+            *self.retries.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.failed {
+            *self.failed.entry(k.clone()).or_default() += v;
+        }
+        self.retry_wait_s += o.retry_wait_s;
+    }
+
+    /// No retry and no failure.
+    pub fn is_clean(&self) -> bool {
+        self.retries.is_empty() && self.failed.is_empty()
+    }
+
+    /// `5 retries (http_503 3, timeout 2), 1 failed (timeout 1), 2.5 s waiting to retry`.
+    pub fn summary(&self) -> String {
+        let part = |m: &BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+        let (r, f): (u64, u64) = (self.retries.values().sum(), self.failed.values().sum());
+        let mut s = format!("{r} retr{} ({})", if r == 1 { "y" } else { "ies" }, part(&self.retries));
+        if r == 0 {
+            s = "0 retries".into();
+        }
+        if f > 0 {
+            s += &format!(", {f} failed ({})", part(&self.failed));
+        }
+        s + &format!(", {:.1} s waiting to retry", self.retry_wait_s)
+    }
 }
 
 /// Prompt and completion tokens spent by one role.
@@ -148,5 +231,34 @@ impl TokenUsage {
         self.prompt_tokens += o.prompt_tokens;
         self.completion_tokens += o.completion_tokens;
         self.failed_calls += o.failed_calls;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_deltas_sums_and_summary() {
+        let m = |kv: &[(&str, u64)]| kv.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>();
+        let before = Transport { attempts: 3, retries: m(&[("timeout", 1)]), failed: m(&[]), retry_wait_s: 0.5 };
+        let now =
+            Transport { attempts: 8, retries: m(&[("timeout", 2), ("http_503", 2)]), failed: m(&[("http_500", 1)]), retry_wait_s: 2.0 };
+        let d = now.since(&before);
+        assert_eq!(
+            d,
+            Transport { attempts: 5, retries: m(&[("timeout", 1), ("http_503", 2)]), failed: m(&[("http_500", 1)]), retry_wait_s: 1.5 }
+        );
+        assert_eq!(d.summary(), "3 retries (http_503 2, timeout 1), 1 failed (http_500 1), 1.5 s waiting to retry");
+        let mut total = before.clone();
+        total.add(&d);
+        assert_eq!(total, now);
+        assert!(Transport::default().is_clean() && !d.is_clean());
+        let http = |status| JudgeError::Http { status, url: String::new(), body: String::new() };
+        let exhausted = JudgeError::Exhausted { attempts: 4, last: Box::new(http(503)) };
+        assert_eq!(
+            (http(429).cause(), exhausted.cause(), JudgeError::Timeout { seconds: 1.0 }.cause()),
+            ("http_429".into(), "http_503".into(), "timeout".into())
+        );
     }
 }

@@ -6,14 +6,14 @@
 //! backoff, honouring `Retry-After`; other 4xx are not. The API key comes from an environment
 //! variable and is only ever placed in the `Authorization` header.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value as J, json};
 use tokio::sync::Semaphore;
 
-use super::{Judge, JudgeError, JudgeRequest, JudgeResponse, TokenLogprob};
+use super::{Judge, JudgeError, JudgeRequest, JudgeResponse, TokenLogprob, Transport};
 use crate::spec::JudgeApi;
 
 /// Settings of one judge role.
@@ -45,6 +45,7 @@ pub struct OpenAiJudge {
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
     next_url: Arc<AtomicUsize>,
+    transport: Arc<Mutex<Transport>>,
 }
 
 impl OpenAiJudge {
@@ -62,7 +63,7 @@ impl OpenAiJudge {
             .enable_all()
             .build()
             .map_err(|e| JudgeError::Config { message: e.to_string() })?;
-        Ok(OpenAiJudge { cfg, client, runtime, next_url: Arc::new(AtomicUsize::new(0)) })
+        Ok(OpenAiJudge { cfg, client, runtime, next_url: Arc::new(AtomicUsize::new(0)), transport: Arc::default() })
     }
 }
 
@@ -224,7 +225,9 @@ async fn with_retries(
     next: Arc<AtomicUsize>,
     r: JudgeRequest,
     prefill: Option<String>,
+    transport: Arc<Mutex<Transport>>,
 ) -> Result<JudgeResponse, JudgeError> {
+    let count = |f: &dyn Fn(&mut Transport)| f(&mut transport.lock().unwrap_or_else(|e| e.into_inner()));
     let attempts = cfg.max_retries + 1;
     let mut last = None;
     // The first attempt goes round-robin; each retry moves to the next URL (failover).
@@ -234,10 +237,12 @@ async fn with_retries(
             i = (i + 1) % cfg.base_urls.len();
         }
         let url = endpoint(&cfg.base_urls[i], cfg.api);
+        count(&|t| t.attempts += 1);
         match one_attempt(&client, &cfg, &url, &r, prefill.as_deref()).await {
             Ok(resp) => return Ok(resp),
             Err((e, wait)) => {
                 if !e.retryable() || attempt + 1 == attempts {
+                    count(&|t| *t.failed.entry(e.cause()).or_default() += 1);
                     if attempt == 0 {
                         return Err(e);
                     }
@@ -246,7 +251,12 @@ async fn with_retries(
                 let backoff = cfg.backoff.mul_f64(2f64.powi(attempt as i32)).min(Duration::from_secs(30));
                 // Jitter spreads retries of many concurrent requests; it never changes answers.
                 let jitter = 1.0 + rand::random::<f64>() * 0.25;
-                tokio::time::sleep(wait.unwrap_or(backoff.mul_f64(jitter))).await;
+                let pause = wait.unwrap_or(backoff.mul_f64(jitter));
+                count(&|t| {
+                    *t.retries.entry(e.cause()).or_default() += 1;
+                    t.retry_wait_s += pause.as_secs_f64();
+                });
+                tokio::time::sleep(pause).await;
                 last = Some(e);
             }
         }
@@ -261,6 +271,10 @@ impl Judge for OpenAiJudge {
             JudgeApi::Completions => "completions",
         };
         format!("openai-{api}:{}", self.cfg.model.as_deref().unwrap_or("default"))
+    }
+
+    fn transport(&self) -> Option<Transport> {
+        Some(self.transport.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
@@ -281,9 +295,10 @@ impl Judge for OpenAiJudge {
             .map(|(i, prefill)| {
                 let (sem, cfg, client, next, r, prefill) =
                     (sem.clone(), cfg.clone(), self.client.clone(), self.next_url.clone(), requests[*i].clone(), prefill.clone());
+                let transport = self.transport.clone();
                 self.runtime.spawn(async move {
                     let _permit = sem.acquire_owned().await.expect("semaphore open");
-                    with_retries(client, cfg, next, r, prefill).await
+                    with_retries(client, cfg, next, r, prefill, transport).await
                 })
             })
             .collect();

@@ -53,6 +53,12 @@ pub struct MetricsRow {
     pub missing_eos_penalty: Option<f64>,
     /// Judge answers that gave no score, by kind (`unparseable`, `truncated`, ...).
     pub judge_failures: BTreeMap<String, u64>,
+    /// Per role (`reward`, `meta`) whose judge talks to a server: HTTP attempts, failed
+    /// attempts retried and requests failed for good, by cause (`timeout`, `connect`,
+    /// `http_503`, `bad_body`, ...), and seconds spent waiting to retry, this update. Absent for
+    /// in-process judges.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub judge_transport: BTreeMap<String, crate::judge::Transport>,
     /// Rollouts left out of training (no reward under the failure policy).
     pub skipped: usize,
     /// Share of responses that ended with EOS.

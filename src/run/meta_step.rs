@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use super::score::Scoring;
 use super::setup::plan_template;
 use super::{RunError, Runner};
-use crate::judge::Judge;
+use crate::judge::{Judge, Transport};
 use crate::meta::{self, MetaConfig, MetaSample};
 use crate::plan::Plan;
 use crate::results::metrics::{MetaRow, round6};
@@ -21,6 +21,8 @@ use crate::template::TemplateKind;
 /// What the meta phase did at one update: its metrics row (none when no step was planned).
 pub struct MetaPhase {
     pub row: Option<MetaRow>,
+    /// The meta judge's retries and failures (`None`: no step, or a judge without a server).
+    pub transport: Option<Transport>,
     pub seconds: f64,
 }
 
@@ -28,7 +30,7 @@ pub struct MetaPhase {
 pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, update: u32) -> Result<MetaPhase, RunError> {
     r.state.meta_candidates.extend(evidence(&scoring.rollouts, &scoring.scored, &r.rubric));
     if !r.plan.schedule.meta_at.contains(&update) {
-        return Ok(MetaPhase { row: None, seconds: 0.0 });
+        return Ok(MetaPhase { row: None, transport: None, seconds: 0.0 });
     }
     r.progress.stage(&format!("update {update}: meta-reward step ({} candidates)", r.state.meta_candidates.len()));
     let t0 = Instant::now();
@@ -37,7 +39,9 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         Some(j) => j.as_mut(),
         None => r.reward_judge.as_mut(),
     };
+    let before = judge.transport();
     let outcome = meta::run(judge, cfg, &r.rubric, &r.state.meta_candidates, r.spec.runtime.seed, update);
+    let transport = judge.transport().map(|t| t.since(&before.unwrap_or_default()));
     let state = &mut r.state;
     state.usage.entry("meta".into()).or_default().add(&outcome.usage);
     let new_version = r.history.record(&outcome, &r.rubric, state.rubric_version)?;
@@ -62,7 +66,7 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         _ => {}
     }
     state.meta_candidates.clear();
-    Ok(MetaPhase { row: Some(row), seconds: t0.elapsed().as_secs_f64() })
+    Ok(MetaPhase { row: Some(row), transport, seconds: t0.elapsed().as_secs_f64() })
 }
 
 /// The rollouts a meta step may learn from: those the judge scored. A verifier-scored or

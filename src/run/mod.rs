@@ -113,8 +113,16 @@ pub struct RunOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunOutcome {
     AlreadyFinished(PathBuf),
-    Finished { dir: PathBuf, updates: u32 },
-    Stopped { dir: PathBuf, update: u32 },
+    /// `summary`: lines worth a reader's attention about the whole run.
+    Finished {
+        dir: PathBuf,
+        updates: u32,
+        summary: Vec<String>,
+    },
+    Stopped {
+        dir: PathBuf,
+        update: u32,
+    },
 }
 
 /// Set by Ctrl-C; checked between updates.
@@ -261,5 +269,23 @@ fn execute<B: AutodiffBackend>(
         }
     }
     r.progress.finish();
-    Ok(RunOutcome::Finished { dir: dir.root.clone(), updates })
+    Ok(RunOutcome::Finished { dir: dir.root.clone(), updates, summary: summary(&dir.metrics()?) })
+}
+
+/// The run's judge transport, totalled over its rows, where any request had to be retried or
+/// failed.
+fn summary(rows: &[results::MetricsRow]) -> Vec<String> {
+    let mut totals: BTreeMap<&str, crate::judge::Transport> = BTreeMap::new();
+    for r in rows {
+        for (role, t) in &r.judge_transport {
+            totals.entry(role).or_default().add(t);
+        }
+    }
+    totals
+        .iter()
+        .filter(|(_, t)| !t.is_clean())
+        .map(|(role, t)| {
+            format!("{role} judge: {} over {} HTTP requests (by update: judge_transport in metrics.jsonl)", t.summary(), t.attempts)
+        })
+        .collect()
 }

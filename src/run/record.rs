@@ -89,6 +89,14 @@ fn metrics_row<B: AutodiffBackend>(r: &Runner<'_, B>, u: Update) -> MetricsRow {
         groups_dropped: trained.groups_dropped,
         missing_eos_penalty: round6(trained.penalty),
         judge_failures: reward::failure_counts(scored),
+        judge_transport: [("reward", &scoring.transport), ("meta", &meta.transport)]
+            .into_iter()
+            .filter_map(|(role, t)| {
+                let mut t = t.clone()?;
+                t.retry_wait_s = round6(t.retry_wait_s).unwrap_or(0.0);
+                Some((role.to_string(), t))
+            })
+            .collect(),
         skipped: scored.iter().filter(|s| s.reward.is_none()).count(),
         eos_rate: round6(eos as f64 / batch.gens.len().max(1) as f64),
         signals: SignalsRow {
@@ -128,10 +136,12 @@ fn fmt3(x: Option<f64>) -> String {
     x.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into())
 }
 
-/// The one line an update prints.
+/// The one line an update prints (with the judges' retries and failures when there were any).
 fn progress_line(row: &MetricsRow, updates: u32, scoring: &Scoring) -> String {
     let t = &row.time_s;
     let secs = |x: Option<f64>| x.unwrap_or(0.0);
+    let transport: String =
+        row.judge_transport.iter().filter(|(_, t)| !t.is_clean()).map(|(role, t)| format!(" | {role} judge: {}", t.summary())).collect();
     format!(
         "update {}/{updates}: reward {} (judge {}, verifier {}) kl {:.4} len {:.0} failures {} rubric v{:03} | gen {:.0}s judge {:.0}s ppo {:.0}s{}",
         row.update,
@@ -146,5 +156,5 @@ fn progress_line(row: &MetricsRow, updates: u32, scoring: &Scoring) -> String {
         secs(t.judge),
         secs(t.ppo),
         if secs(t.meta) > 0.0 { format!(" meta {:.0}s", secs(t.meta)) } else { String::new() }
-    )
+    ) + &transport
 }

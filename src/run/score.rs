@@ -8,7 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::rollout::Batch;
 use super::{RunError, Runner};
-use crate::judge::TokenUsage;
+use crate::judge::{TokenUsage, Transport};
 use crate::reward::signals::Signals;
 use crate::reward::{self, Rollout, Scored};
 use crate::task::Dataset;
@@ -19,6 +19,8 @@ pub struct Scoring<'d> {
     pub scored: Vec<Scored>,
     /// This update's reward-judge calls.
     pub usage: TokenUsage,
+    /// The reward judge's retries and failures this update (`None`: it talks to no server).
+    pub transport: Option<Transport>,
     pub signals: Signals,
     /// Mean response tokens of the run's first update (the length-collapse baseline).
     pub first_response_tokens: f64,
@@ -47,12 +49,14 @@ pub fn score<'d, B: AutodiffBackend>(
         })
         .collect();
     let mut usage = TokenUsage::default();
+    let before = r.reward_judge.transport();
     let scored =
         reward::score_batch(r.reward_judge.as_mut(), &r.reward_cfg, &r.rubric, &rollouts, r.spec.runtime.seed, update, &mut usage)?;
+    let transport = r.reward_judge.transport().map(|t| t.since(&before.unwrap_or_default()));
     r.state.usage.entry("reward".into()).or_default().add(&usage);
     let seconds = t0.elapsed().as_secs_f64();
     let resp_tokens: Vec<(&str, usize)> = batch.gens.iter().map(|g| (g.text.as_str(), g.tokens.len())).collect();
     let signals = reward::signals::compute(&resp_tokens, &scored, r.rubric.min_score() as f64, r.rubric.max_score() as f64);
     let first_response_tokens = *r.state.first_response_tokens.get_or_insert(signals.mean_response_tokens);
-    Ok(Scoring { rollouts, scored, usage, signals, first_response_tokens, seconds })
+    Ok(Scoring { rollouts, scored, usage, transport, signals, first_response_tokens, seconds })
 }

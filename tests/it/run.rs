@@ -302,3 +302,73 @@ fn a_garbled_latest_is_passed_over() {
     same_metrics(&metrics(&d), &uninterrupted());
     let _ = std::fs::remove_dir_all(r);
 }
+
+/// Against a judge server that fails a good share of its requests in every way a fleet does
+/// (503 with Retry-After, 500, 429, malformed and truncated bodies, hangs past the timeout),
+/// the run finishes and every injected fault is in the metrics, by cause.
+#[test]
+fn every_injected_judge_fault_is_in_the_metrics_by_cause() {
+    use mpo::bench::stub::{Reply, Stub};
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    let injected: Arc<Mutex<BTreeMap<&'static str, u64>>> = Arc::default();
+    let log = injected.clone();
+    let answer = "Correct final answer: 3\nAnswer in a box: 1\nSound reasoning: 1";
+    let stub = Stub::start(move |r| {
+        let (cause, reply) = match r.index % 9 {
+            1 => ("http_503", Reply::Status { code: 503, retry_after: Some("0".into()), body: "overloaded".into() }),
+            2 => ("http_500", Reply::Status { code: 500, retry_after: None, body: "oops".into() }),
+            3 => ("http_429", Reply::Status { code: 429, retry_after: Some("0".into()), body: "slow down".into() }),
+            4 => ("bad_body", Reply::Malformed("{not json".into())),
+            5 => ("bad_body", Reply::Truncated),
+            7 if r.index % 27 == 7 => ("timeout", Reply::Hang),
+            _ => return Reply::Text(answer.into()),
+        };
+        *log.lock().unwrap().entry(cause).or_default() += 1;
+        reply
+    })
+    .unwrap();
+    let r = root("faults");
+    let out = Command::new(env!("CARGO_BIN_EXE_mpo"))
+        .args([
+            "run",
+            SPEC,
+            &format!("output.root={}", r.display()),
+            "reward.judge.backend=openai",
+            "reward.judge.base_url_env=MPO_FAULTY_JUDGE",
+            "reward.judge.max_tokens=64",
+            "reward.judge.timeout_s=1",
+            "reward.judge.max_retries=3",
+        ])
+        .env("MPO_FAULTY_JUDGE", &stub.url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let d = run_dir(&r);
+    let rows: Vec<J> =
+        std::fs::read_to_string(d.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut attempts = 0;
+    for row in &rows {
+        for (role, t) in row["judge_transport"].as_object().expect("an HTTP judge reports its transport") {
+            assert!(role == "reward" || role == "meta", "{role}");
+            attempts += t["attempts"].as_u64().unwrap();
+            for k in ["retries", "failed"] {
+                for (cause, n) in t[k].as_object().unwrap() {
+                    *seen.entry(cause.clone()).or_default() += n.as_u64().unwrap();
+                }
+            }
+        }
+    }
+    let injected: BTreeMap<String, u64> = injected.lock().unwrap().iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert!(injected.len() >= 5, "the script injected too few kinds of fault: {injected:?}");
+    assert_eq!(seen, injected, "faults in the metrics (left) vs injected by the server (right)");
+    assert_eq!(attempts as usize, stub.count(), "every HTTP request is counted");
+    // the progress lines and the final summary say so; TensorBoard has them as scalars
+    assert!(stderr.contains("reward judge:") && stderr.contains("retries"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reward judge: "), "{}", String::from_utf8_lossy(&out.stdout));
+    let tb = std::fs::read(d.join("events.out.tfevents.mpo")).unwrap();
+    assert!(String::from_utf8_lossy(&tb).contains("judge_transport/reward/retries/http_503"));
+    let _ = std::fs::remove_dir_all(r);
+}
