@@ -70,7 +70,7 @@ pub enum Command {
         spec: PathBuf,
         overrides: Vec<String>,
         /// Cells run at once (each gets an equal share of the cores).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = positive)]
         jobs: usize,
         /// Instead of running: write a job-array script and the cell plans.
         #[arg(long, value_parser = ["slurm"])]
@@ -120,13 +120,13 @@ pub enum Command {
         #[arg(long)]
         k: Option<f64>,
         /// Matches judged per pair of players (default: `eval.elo.matches`).
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         matches: Option<usize>,
         /// Match orders replayed; ratings are mean +- std over them (default: `eval.elo.repeats`).
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         repeats: Option<usize>,
         /// Bootstrap resamples of the matches for the 95% interval.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = positive)]
         bootstrap: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -207,7 +207,7 @@ pub enum Command {
         #[arg(long)]
         update: bool,
         /// Training records rendered per spec.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = positive)]
         samples: usize,
     },
     /// Run a benchmark and print its figures (see BENCHMARKS.md).
@@ -231,22 +231,22 @@ pub enum RubricCommand {
 pub enum BenchCommand {
     /// Judge-call overhead: calls against a stub server with fixed latency (target: <= 1.1x ideal).
     Judge {
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = 512, value_parser = positive)]
         calls: usize,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = positive)]
         concurrency: usize,
         #[arg(long, default_value_t = 50)]
         latency_ms: u64,
     },
     /// `check` + `plan` over every shipped spec and a 64-cell sweep (target: < 50 ms).
     Spec {
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = positive)]
         iterations: usize,
     },
     /// Generation tokens/s of the demo model at batch 1 and 8 (against llama-server with
     /// --server URL or --llama-server).
     Generate {
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = positive)]
         new_tokens: usize,
         /// A running llama-server serving the same GGUF.
         #[arg(long)]
@@ -259,11 +259,11 @@ pub enum BenchCommand {
     },
     /// Training-step tokens/s (forward + backward + AdamW on LoRA) against a forward pass.
     Train {
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = positive)]
         batch: usize,
-        #[arg(long, default_value_t = 128)]
+        #[arg(long, default_value_t = 128, value_parser = positive)]
         seq: usize,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = positive)]
         steps: usize,
         #[arg(long, default_value = "cpu")]
         backend: String,
@@ -274,9 +274,18 @@ pub enum BenchCommand {
         #[arg(long)]
         server: Option<String>,
         /// Greedy steps compared per prompt.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = positive)]
         steps: usize,
     },
+}
+
+/// A count that must be at least 1 (`--jobs 0` would run nothing, `--concurrency 0` deadlock).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// How a command failed. [`exit`] reports every failure in one place with the documented codes.

@@ -30,7 +30,7 @@ impl BackendJob for Job {
         anyhow::ensure!(!a.prompts.is_empty(), "give at least one --prompt");
         let mref = registry::resolve(&a.model, std::path::Path::new(".")).map_err(|e| anyhow::anyhow!("{e}"))?;
         let t0 = Instant::now();
-        let loaded = model::load::<B::InnerBackend>(&mref, None, 4096, a.seed, &device, &mut |m| eprintln!("{m}"))?;
+        let loaded = model::load::<B::InnerBackend>(&mref, None, a.seed, &device, &mut |m| eprintln!("{m}"))?;
         eprintln!(
             "loaded {} ({:.1}M parameters, {} layers) on {backend_name} in {:.2}s",
             a.model,

@@ -44,7 +44,7 @@ impl BackendJob for GenerateBench {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &'static str) -> anyhow::Result<String> {
         let mref = registry::resolve("smollm2-135m-instruct", std::path::Path::new("."))?;
         let t0 = Instant::now();
-        let m = model::load::<B::InnerBackend>(&mref, None, 2048, 0, &device, &mut |l| eprintln!("{l}"))?;
+        let m = model::load::<B::InnerBackend>(&mref, None, 0, &device, &mut |l| eprintln!("{l}"))?;
         let load_s = t0.elapsed().as_secs_f64();
         let prompts: Vec<Vec<u32>> = bench_prompts()
             .iter()
@@ -163,7 +163,7 @@ impl BackendJob for TrainBench {
             ),
         ] {
             let lora = LoraConfig { rank: 8, alpha: 16.0, targets };
-            let m = model::load::<B>(&mref, Some(&lora), 2048, 0, &device, &mut |l| eprintln!("{l}"))?;
+            let m = model::load::<B>(&mref, Some(&lora), 0, &device, &mut |l| eprintln!("{l}"))?;
             let vocab = m.config.vocab_size;
             let mut rng = crate::rng::stream(1, "bench/train");
             let rows: Vec<Vec<u32>> =

@@ -79,7 +79,7 @@ impl BackendJob for ParityBench {
     type Output = anyhow::Result<String>;
     fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &'static str) -> anyhow::Result<String> {
         let mref = registry::ModelRef::Gguf { path: self.model.clone() };
-        let m = model::load::<B::InnerBackend>(&mref, None, 2048, 0, &device, &mut |l| eprintln!("{l}"))?;
+        let m = model::load::<B::InnerBackend>(&mref, None, 0, &device, &mut |l| eprintln!("{l}"))?;
         let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(300)).build()?;
         let vocab = m.config.vocab_size;
         let (mut tok_same, mut n_prompts) = (0, 0);

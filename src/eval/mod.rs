@@ -18,7 +18,7 @@ use crate::model::{self, BackendJob, LoraConfig};
 use crate::plan::Plan;
 use crate::results::{ResultsError, RunDir};
 use crate::run::RunError;
-use crate::run::setup::{MAX_POSITIONS, plan_template};
+use crate::run::setup::plan_template;
 use crate::template::TemplateKind;
 
 /// Which weights to evaluate.
@@ -151,7 +151,6 @@ impl BackendJob for EvalJob {
         let loaded = model::load::<B::InnerBackend>(
             &self.plan.inputs.models.policy,
             adapters,
-            MAX_POSITIONS,
             crate::rng::sub_seed(seed, "model/init"),
             &device,
             &mut log,
@@ -286,7 +285,6 @@ impl BackendJob for EloJob {
             seed: spec.runtime.seed,
             device: &device,
             cache: &cache,
-            max_positions: MAX_POSITIONS,
         };
         let mut judge = factory::build::<B::InnerBackend>("elo", &spec.reward.judge, self.plan.inputs.models.judge.as_ref(), &env)
             .map_err(RunError::from)?;

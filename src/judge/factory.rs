@@ -53,8 +53,6 @@ pub struct JudgeEnv<'m, B: Backend> {
     pub seed: u64,
     pub device: &'m B::Device,
     pub cache: &'m Path,
-    /// Positions a separately loaded local judge model gets.
-    pub max_positions: usize,
 }
 
 /// Build the judge of `role`, behind the run's judge cache.
@@ -79,7 +77,7 @@ pub fn build<'a, B: Backend + 'a>(
             match env.shared.filter(|_| &mref == env.policy_ref) {
                 Some((m, tok)) => Box::new(LocalJudge { model: m.clone(), tok: tok.clone(), name, batch: env.batch }),
                 None => {
-                    let l = model::load::<B>(&mref, None, env.max_positions, env.seed, env.device, &mut |m| eprintln!("{m}"))
+                    let l = model::load::<B>(&mref, None, env.seed, env.device, &mut |m| eprintln!("{m}"))
                         .map_err(|source| BuildError::Model { role: role_s(), source })?;
                     Box::new(LocalJudge { model: l.model, tok: l.tok, name, batch: env.batch })
                 }

@@ -87,8 +87,9 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn numel(&self) -> usize {
-        self.dims.iter().product::<u64>() as usize
+    /// Elements, `None` when the dims multiply past what memory can address (a corrupt index).
+    pub fn numel(&self) -> Option<usize> {
+        self.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).and_then(|n| usize::try_from(n).ok())
     }
 }
 
@@ -99,6 +100,13 @@ pub struct Gguf {
     pub tensors: BTreeMap<String, TensorInfo>,
     data: Vec<u8>,
     data_start: usize,
+}
+
+struct Header {
+    version: u32,
+    metadata: BTreeMap<String, MetaValue>,
+    index_at: usize,
+    n_tensors: usize,
 }
 
 struct Reader<'a> {
@@ -154,7 +162,7 @@ impl<'a> Reader<'a> {
                 if n > self.b.len() - self.pos {
                     return Err(GgufError::Truncated(format!("array of {n} items")));
                 }
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     v.push(self.value(ity, depth + 1)?);
                 }
@@ -174,8 +182,30 @@ impl Gguf {
         Gguf::parse(data)
     }
 
-    pub fn parse(data: Vec<u8>) -> Result<Gguf, GgufError> {
-        let mut r = Reader { b: &data, pos: 0 };
+    /// The header and metadata only (no tensor index, no data), reading no more of the file
+    /// than they take: what `mpo check` needs to know a model's context and tokenizer.
+    pub fn open_metadata(path: &Path) -> Result<Gguf, GgufError> {
+        use std::io::Read as _;
+        let io = |e: std::io::Error| GgufError::Io { path: path.display().to_string(), message: e.to_string() };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut data = Vec::new();
+        let mut want = 1 << 20;
+        loop {
+            let got = (&mut f).take((want - data.len()) as u64).read_to_end(&mut data).map_err(io)?;
+            match Gguf::parse_header(&data) {
+                Ok(h) => {
+                    return Ok(Gguf { version: h.version, metadata: h.metadata, tensors: BTreeMap::new(), data: Vec::new(), data_start: 0 });
+                }
+                // More of the file may complete it; at its end the error stands.
+                Err(GgufError::Truncated(_)) if got > 0 => want *= 4,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Magic, version, metadata; with where the tensor index starts and its length.
+    fn parse_header(data: &[u8]) -> Result<Header, GgufError> {
+        let mut r = Reader { b: data, pos: 0 };
         let magic = r.u32()?;
         if magic != 0x4655_4747 {
             return Err(GgufError::Magic(magic));
@@ -193,6 +223,12 @@ impl Gguf {
             let v = r.value(ty, 0)?;
             metadata.insert(k, v);
         }
+        Ok(Header { version, metadata, index_at: r.pos, n_tensors })
+    }
+
+    pub fn parse(data: Vec<u8>) -> Result<Gguf, GgufError> {
+        let Header { version, metadata, index_at, n_tensors } = Gguf::parse_header(&data)?;
+        let mut r = Reader { b: &data, pos: index_at };
         let mut tensors = BTreeMap::new();
         for _ in 0..n_tensors {
             let name = r.string()?;
@@ -230,14 +266,22 @@ impl Gguf {
     /// `[in, out]` matrix comes out as PyTorch's `[out, in]`).
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), GgufError> {
         let info = self.tensors.get(name).ok_or_else(|| GgufError::MissingTensor(name.into()))?;
-        let n = info.numel();
+        let bad = |m: String| GgufError::Truncated(format!("tensor `{name}`: {m}"));
+        let n = info.numel().ok_or_else(|| bad(format!("dims {:?} are impossibly large", info.dims)))?;
         let (block, bytes) = block_size(info.ty).ok_or_else(|| GgufError::UnsupportedType { name: name.into(), ty: info.ty })?;
         if n % block != 0 {
-            return Err(GgufError::Truncated(format!("tensor `{name}` has {n} elements, not a multiple of its block {block}")));
+            return Err(bad(format!("{n} elements, not a multiple of its block {block}")));
         }
         let len = n / block * bytes;
-        let start = self.data_start + info.offset as usize;
-        let raw = self.data.get(start..start + len).ok_or_else(|| GgufError::Truncated(format!("data of tensor `{name}`")))?;
+        let range = usize::try_from(info.offset)
+            .ok()
+            .and_then(|o| self.data_start.checked_add(o))
+            .and_then(|start| Some(start..start.checked_add(len)?))
+            .ok_or_else(|| bad(format!("offset {} is past any file", info.offset)))?;
+        let raw = self
+            .data
+            .get(range)
+            .ok_or_else(|| bad(format!("its data (offset {}, {len} bytes) is past the end of the file", info.offset)))?;
         let mut out = vec![0f32; n];
         dequantize(info.ty, raw, &mut out);
         let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
@@ -251,46 +295,55 @@ impl Gguf {
     /// llama.cpp without quantization noise.
     pub fn write_f32(&self, path: &Path) -> Result<(), GgufError> {
         let io = |e: std::io::Error| GgufError::Io { path: path.display().to_string(), message: e.to_string() };
-        let mut out: Vec<u8> = Vec::new();
-        let s = |out: &mut Vec<u8>, x: &str| {
-            out.extend((x.len() as u64).to_le_bytes());
-            out.extend(x.as_bytes());
-        };
-        out.extend(0x4655_4747u32.to_le_bytes());
-        out.extend(3u32.to_le_bytes());
-        out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend((self.metadata.len() as u64).to_le_bytes());
-        for (k, v) in &self.metadata {
-            s(&mut out, k);
-            let v = if k == "general.file_type" { MetaValue::U64(0) } else { v.clone() };
-            write_value(&mut out, &v);
+        let mut metadata = self.metadata.clone();
+        if let Some(t) = metadata.get_mut("general.file_type") {
+            *t = MetaValue::U64(0);
         }
-        let mut offset = 0u64;
-        let mut datas = Vec::new();
+        let mut tensors = Vec::new();
         for (name, info) in &self.tensors {
-            s(&mut out, name);
-            out.extend((info.dims.len() as u32).to_le_bytes());
-            for d in &info.dims {
-                out.extend(d.to_le_bytes());
-            }
-            out.extend(0u32.to_le_bytes());
-            out.extend(offset.to_le_bytes());
-            let (v, _) = self.tensor_f32(name)?;
-            offset += (v.len() * 4).div_ceil(32) as u64 * 32;
-            datas.push(v);
+            tensors.push((name.clone(), info.dims.clone(), self.tensor_f32(name)?.0));
         }
-        while !out.len().is_multiple_of(32) {
+        crate::fsx::write_atomic(path, &encode_f32(&metadata, &tensors)).map_err(io)
+    }
+}
+
+/// A GGUF v3 file of `metadata` and F32 `tensors` (name, ggml dims, data), 32-byte aligned.
+pub fn encode_f32(metadata: &BTreeMap<String, MetaValue>, tensors: &[(String, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::new();
+    let s = |out: &mut Vec<u8>, x: &str| {
+        out.extend((x.len() as u64).to_le_bytes());
+        out.extend(x.as_bytes());
+    };
+    out.extend(0x4655_4747u32.to_le_bytes());
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        s(&mut out, k);
+        write_value(&mut out, v);
+    }
+    let mut offset = 0u64;
+    for (name, dims, v) in tensors {
+        s(&mut out, name);
+        out.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(0u32.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+        offset += (v.len() * 4).div_ceil(32) as u64 * 32;
+    }
+    while !out.len().is_multiple_of(32) {
+        out.push(0);
+    }
+    for (_, _, v) in tensors {
+        let start = out.len();
+        out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        while !(out.len() - start).is_multiple_of(32) {
             out.push(0);
         }
-        for v in datas {
-            let start = out.len();
-            out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
-            while !(out.len() - start).is_multiple_of(32) {
-                out.push(0);
-            }
-        }
-        crate::fsx::write_atomic(path, &out).map_err(io)
     }
+    out
 }
 
 /// Metadata values are written with their widest type (u64, i64, f64) except strings, bools

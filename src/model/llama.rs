@@ -269,7 +269,13 @@ impl<B: Backend> Llama<B> {
          -> Result<LoraLinear<B>, WeightsError> {
             let (w, shape) = src.require(&format!("{name}.weight"))?;
             check(name, &shape, &[d_out, d_in])?;
-            let bias = if bias { Some(frozen1(src.require(&format!("{name}.bias"))?.0, device)) } else { None };
+            let bias = if bias {
+                let (b, shape) = src.require(&format!("{name}.bias"))?;
+                check(&format!("{name}.bias"), &shape, &[d_out])?;
+                Some(frozen1(b, device))
+            } else {
+                None
+            };
             let lora = lora
                 .filter(|l| l.targets.contains(&target))
                 .map(|l| new_lora(d_in, d_out, l, rng, device, &format!("policy/{}", adapter_name(name))));
@@ -613,7 +619,7 @@ mod hf_dir_tests {
         .unwrap();
 
         let mref = crate::model::registry::ModelRef::HfDir { path: dir.clone() };
-        let loaded = crate::model::load::<TB>(&mref, None, 128, 1, &Default::default(), &mut |_| {}).unwrap();
+        let loaded = crate::model::load::<TB>(&mref, None, 1, &Default::default(), &mut |_| {}).unwrap();
         assert_eq!(loaded.config, LlamaConfig { max_position_embeddings: 512, ..cfg });
         assert_eq!(loaded.tok.eos, 2);
         assert_eq!(loaded.tok.encode("hello").unwrap(), tok.encode("hello").unwrap());

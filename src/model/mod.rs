@@ -43,11 +43,11 @@ pub struct LoadedModel<B: Backend> {
 }
 
 /// Load `mref` onto `device`, fetching a known model into the cache if it is missing. `lora`
-/// adds fresh adapters drawn from `seed`; `max_pos` bounds prompt + response length.
+/// adds fresh adapters drawn from `seed`. The model takes prompts up to its own context length
+/// (`max_position_embeddings`); `mpo check` verifies that a spec's prompts fit.
 pub fn load<B: Backend>(
     mref: &ModelRef,
     lora: Option<&LoraConfig>,
-    max_pos: usize,
     seed: u64,
     device: &B::Device,
     log: &mut dyn FnMut(&str),
@@ -55,14 +55,14 @@ pub fn load<B: Backend>(
     match mref {
         ModelRef::Known { name, .. } => {
             let path = fetch::fetch(name, log)?;
-            load_gguf(&path, lora, max_pos, seed, device)
+            load_gguf(&path, lora, seed, device)
         }
-        ModelRef::Gguf { path } => load_gguf(path, lora, max_pos, seed, device),
+        ModelRef::Gguf { path } => load_gguf(path, lora, seed, device),
         ModelRef::Random { .. } => {
             let tok = Tok::tiny();
             let config = LlamaConfig::tiny(tok.vocab_size());
             let src = weights::RandomWeights { config: config.clone(), seed: 7 };
-            let model = Llama::load(&config, &src, lora, max_pos.min(config.max_position_embeddings), seed, device)?;
+            let model = Llama::load(&config, &src, lora, config.max_position_embeddings, seed, device)?;
             Ok(LoadedModel { model, tok, config })
         }
         ModelRef::HfDir { path } => {
@@ -74,7 +74,8 @@ pub fn load<B: Backend>(
             let config = LlamaConfig::from_hf(&v).map_err(|m| ModelError::Config { path: cfg_path.display().to_string(), message: m })?;
             let src = SafetensorsWeights::open(path)?;
             let tok = Tok::from_hf_dir(path)?;
-            let model = Llama::load(&config, &src, lora, max_pos.min(config.max_position_embeddings), seed, device)?;
+            fits(&tok, &config, &path.display().to_string())?;
+            let model = Llama::load(&config, &src, lora, config.max_position_embeddings, seed, device)?;
             Ok(LoadedModel { model, tok, config })
         }
     }
@@ -83,16 +84,69 @@ pub fn load<B: Backend>(
 fn load_gguf<B: Backend>(
     path: &std::path::Path,
     lora: Option<&LoraConfig>,
-    max_pos: usize,
     seed: u64,
     device: &B::Device,
 ) -> Result<LoadedModel<B>, ModelError> {
     let g = gguf::Gguf::open(path)?;
     let config = LlamaConfig::from_gguf(&g)?;
     let tok = Tok::from_gguf(&g)?;
+    fits(&tok, &config, &path.display().to_string())?;
     let src = GgufWeights::new(&g, config.clone());
-    let model = Llama::load(&config, &src, lora, max_pos.min(config.max_position_embeddings), seed, device)?;
+    let model = Llama::load(&config, &src, lora, config.max_position_embeddings, seed, device)?;
     Ok(LoadedModel { model, tok, config })
+}
+
+/// The positions a model takes (prompt + response), read as cheaply as possible: the registry
+/// for known names, `config.json` for a Hugging Face directory, the GGUF header for a file.
+pub fn context_length(mref: &ModelRef) -> Result<usize, ModelError> {
+    match mref {
+        ModelRef::Known { name, .. } => registry::known(name)
+            .map(|k| k.context_length)
+            .ok_or_else(|| ModelError::Config { path: name.clone(), message: "not a known model".into() }),
+        ModelRef::Random { .. } => Ok(LlamaConfig::tiny(Tok::tiny().vocab_size()).max_position_embeddings),
+        ModelRef::Gguf { path } => {
+            let g = gguf::Gguf::open_metadata(path)?;
+            let arch = g.meta_str("general.architecture")?.to_string();
+            Ok(g.meta_u64(&format!("{arch}.context_length")).unwrap_or(4096) as usize)
+        }
+        ModelRef::HfDir { path } => {
+            let p = path.join("config.json");
+            let text =
+                std::fs::read_to_string(&p).map_err(|e| ModelError::Config { path: p.display().to_string(), message: e.to_string() })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::Config { path: p.display().to_string(), message: e.to_string() })?;
+            Ok(v.get("max_position_embeddings").and_then(|x| x.as_u64()).unwrap_or(4096) as usize)
+        }
+    }
+}
+
+/// The model's tokenizer without its weights, when it is at hand (a known model not fetched
+/// yet has none: `None`).
+pub fn tokenizer(mref: &ModelRef) -> Result<Option<Tok>, ModelError> {
+    Ok(match mref {
+        ModelRef::Known { name, .. } => {
+            let Some(k) = registry::known(name) else { return Ok(None) };
+            let p = fetch::model_path(k);
+            if !p.is_file() {
+                return Ok(None);
+            }
+            Some(Tok::from_gguf(&gguf::Gguf::open_metadata(&p)?)?)
+        }
+        ModelRef::Random { .. } => Some(Tok::tiny()),
+        ModelRef::Gguf { path } => Some(Tok::from_gguf(&gguf::Gguf::open_metadata(path)?)?),
+        ModelRef::HfDir { path } => Some(Tok::from_hf_dir(path)?),
+    })
+}
+
+/// Every token id the tokenizer can produce has a row in the model's embedding.
+fn fits(tok: &Tok, config: &LlamaConfig, path: &str) -> Result<(), ModelError> {
+    if tok.vocab_size() > config.vocab_size {
+        return Err(ModelError::Config {
+            path: path.into(),
+            message: format!("the tokenizer has {} tokens but the model only {} embeddings", tok.vocab_size(), config.vocab_size),
+        });
+    }
+    Ok(())
 }
 
 /// A job generic over the backend; [`dispatch`] runs it on the one a spec names.

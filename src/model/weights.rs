@@ -86,6 +86,46 @@ impl LlamaConfig {
         v * d + self.num_layers * layer + d + if self.tie_word_embeddings { 0 } else { v * d }
     }
 
+    /// A shape the model code can run; the error names the field at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("vocab size", self.vocab_size),
+            ("hidden size", self.hidden_size),
+            ("intermediate size", self.intermediate_size),
+            ("attention heads", self.num_heads),
+            ("key/value heads", self.num_kv_heads),
+            ("head dimension", self.head_dim),
+            ("context length", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(format!("the model has 0 {name}"));
+            }
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return Err(format!(
+                "{} attention heads are not a multiple of {} key/value heads: grouped-query attention needs whole groups",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!("head dimension {} is odd: rotary embeddings rotate pairs", self.head_dim));
+        }
+        // Bounds far above any real model, so a corrupt header cannot ask for terabytes.
+        let too_big = |x: usize, max: usize| x > max;
+        if too_big(self.vocab_size, 1 << 22)
+            || too_big(self.hidden_size, 1 << 16)
+            || too_big(self.intermediate_size, 1 << 18)
+            || too_big(self.num_layers, 1 << 10)
+            || too_big(self.num_heads * self.head_dim, 1 << 17)
+        {
+            return Err(format!(
+                "implausible shape (vocab {}, hidden {}, intermediate {}, {} layers, {} heads x {}): a corrupt header?",
+                self.vocab_size, self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.head_dim
+            ));
+        }
+        Ok(())
+    }
+
     /// From an HF `config.json`.
     pub fn from_hf(v: &serde_json::Value) -> Result<Self, String> {
         let arch = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("llama");
@@ -95,6 +135,9 @@ impl LlamaConfig {
         let u = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| format!("config.json has no `{k}`"));
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
+        if heads == 0 {
+            return Err("`num_attention_heads` is 0".into());
+        }
         let rope_scaling = match v.get("rope_scaling") {
             Some(s) if !s.is_null() => {
                 let ty = s.get("rope_type").or_else(|| s.get("type")).and_then(|x| x.as_str()).unwrap_or("");
@@ -113,7 +156,7 @@ impl LlamaConfig {
             }
             _ => None,
         };
-        Ok(LlamaConfig {
+        let c = LlamaConfig {
             vocab_size: u("vocab_size")?,
             hidden_size: hidden,
             intermediate_size: u("intermediate_size")?,
@@ -127,7 +170,9 @@ impl LlamaConfig {
             max_position_embeddings: u("max_position_embeddings").unwrap_or(4096),
             tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
             attention_bias: arch == "qwen2" || v.get("attention_bias").and_then(|x| x.as_bool()).unwrap_or(false),
-        })
+        };
+        c.validate()?;
+        Ok(c)
     }
 
     /// From GGUF metadata (`<arch>.*` keys) and the tensor index.
@@ -139,6 +184,10 @@ impl LlamaConfig {
         let k = |s: &str| format!("{arch}.{s}");
         let hidden = g.meta_u64(&k("embedding_length"))? as usize;
         let heads = g.meta_u64(&k("attention.head_count"))? as usize;
+        let invalid = |message: String| WeightsError::Format { path: "GGUF metadata".into(), message };
+        if heads == 0 {
+            return Err(invalid(format!("`{arch}.attention.head_count` is 0")));
+        }
         let vocab = g.meta_u64(&k("vocab_size")).map(|v| v as usize).or_else(|_| {
             g.meta("tokenizer.ggml.tokens").and_then(|t| t.as_array()).map(|a| a.len()).ok_or(GgufError::Metadata("vocab size".into()))
         })?;
@@ -155,7 +204,7 @@ impl LlamaConfig {
                 }
             }
         }
-        Ok(LlamaConfig {
+        let c = LlamaConfig {
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: g.meta_u64(&k("feed_forward_length"))? as usize,
@@ -173,7 +222,9 @@ impl LlamaConfig {
             max_position_embeddings: g.meta_u64(&k("context_length")).unwrap_or(4096) as usize,
             tie_word_embeddings: !g.tensors.contains_key("output.weight"),
             attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
-        })
+        };
+        c.validate().map_err(invalid)?;
+        Ok(c)
     }
 }
 
@@ -235,7 +286,10 @@ impl<'a> GgufWeights<'a> {
 }
 
 /// Undo llama.cpp's `permute(w, n_head)`: GGUF row `h*hd + 2j + t` is HF row `h*hd + t*hd/2 + j`.
-pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>, String> {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) || w.len() != rows * cols {
+        return Err(format!("{rows} x {cols} rows cannot be {n_head} heads of pairs"));
+    }
     let hd = rows / n_head;
     let half = hd / 2;
     let mut out = vec![0f32; w.len()];
@@ -248,7 +302,7 @@ pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec
             }
         }
     }
-    out
+    Ok(out)
 }
 
 impl WeightSource for GgufWeights<'_> {
@@ -259,11 +313,14 @@ impl WeightSource for GgufWeights<'_> {
         }
         let (w, shape) = self.gguf.tensor_f32(&name)?;
         if self.permuted_qk && shape.len() == 2 {
-            if hf_name.ends_with("q_proj.weight") {
-                return Ok(Some((unpermute_rows(&w, shape[0], shape[1], self.config.num_heads), shape)));
-            }
-            if hf_name.ends_with("k_proj.weight") {
-                return Ok(Some((unpermute_rows(&w, shape[0], shape[1], self.config.num_kv_heads), shape)));
+            let heads = match hf_name {
+                n if n.ends_with("q_proj.weight") => Some(self.config.num_heads),
+                n if n.ends_with("k_proj.weight") => Some(self.config.num_kv_heads),
+                _ => None,
+            };
+            if let Some(h) = heads {
+                let w = unpermute_rows(&w, shape[0], shape[1], h).map_err(|m| WeightsError::Format { path: name.clone(), message: m })?;
+                return Ok(Some((w, shape)));
             }
         }
         Ok(Some((w, shape)))
@@ -393,7 +450,7 @@ mod tests {
             }
         }
         assert_eq!(gg, vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
-        assert_eq!(unpermute_rows(&gg, 8, 1, n_head), hf);
+        assert_eq!(unpermute_rows(&gg, 8, 1, n_head).unwrap(), hf);
     }
 
     #[test]

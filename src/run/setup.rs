@@ -32,9 +32,6 @@ use crate::spec::{Algorithm, Critic, Every, Spec};
 use crate::task::Dataset;
 use crate::template::TemplateKind;
 
-/// Positions the model is built with (prompt + response must fit).
-pub const MAX_POSITIONS: usize = 4096;
-
 /// The state of a run between updates: what the phases read and change.
 pub struct Runner<'p, B: AutodiffBackend> {
     pub plan: &'p Plan,
@@ -107,7 +104,6 @@ pub fn start<'p, B: AutodiffBackend>(
         seed,
         device,
         cache: &cache_dir,
-        max_positions: MAX_POSITIONS,
     };
     let reward_judge = factory::build::<B::InnerBackend>("reward", &spec.reward.judge, plan.inputs.models.judge.as_ref(), &env)?;
     let meta_judge = match &spec.meta.judge {
@@ -169,14 +165,7 @@ fn trainer<B: AutodiffBackend>(plan: &Plan, device: &B::Device, progress: &Progr
     let seed = spec.runtime.seed;
     let lora = LoraConfig::from_spec(&spec.policy.lora);
     let mut log = |m: &str| progress.log(m);
-    let loaded = model::load::<B>(
-        &plan.inputs.models.policy,
-        Some(&lora),
-        MAX_POSITIONS,
-        crate::rng::sub_seed(seed, "model/init"),
-        device,
-        &mut log,
-    )?;
+    let loaded = model::load::<B>(&plan.inputs.models.policy, Some(&lora), crate::rng::sub_seed(seed, "model/init"), device, &mut log)?;
     // No optimizer-side clipping: burn's clips each tensor on its own; `train::update` clips
     // the global norm over every trained tensor instead.
     let adam = || burn::optim::AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(spec.ppo.weight_decay as f32).init::<B, Llama<B>>();

@@ -666,6 +666,13 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         );
     }
 
+    if let (Some(m), Some(t)) = (&policy_model, templates.get(&TemplateKind::Policy)) {
+        let splits: Vec<(&str, &DataSource, u64)> = std::iter::once(("task.train", &spec.task.train, data_seed))
+            .chain(spec.task.test.as_ref().map(|t| ("task.test", t, spec.test_seed())))
+            .collect();
+        prompts_fit(&mut v, spec, m, t, &splits);
+    }
+
     let errors_after = diags.iter().filter(|d| d.is_error()).count();
     if errors_after > errors_before {
         return None;
@@ -679,6 +686,76 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         judge_model: judge_model?,
         meta_model: meta_model?,
     })
+}
+
+/// Bytes a chat template adds around a user message (role markers, a default system prompt).
+const CHAT_OVERHEAD_BYTES: usize = 512;
+/// Records per split whose prompts are measured: those with the most text.
+const LONGEST_RECORDS: usize = 8;
+
+/// Every policy prompt and its response fit the policy model's context. Cheap first: a
+/// byte-level BPE token is at least one byte, so a prompt's bytes (plus the chat template's)
+/// bound its tokens; only when that bound is over the context are the longest prompts
+/// tokenized with the model's own tokenizer and chat template, and an error is certain.
+fn prompts_fit(v: &mut V, spec: &Spec, model: &ModelRef, t: &TemplateFile, splits: &[(&str, &DataSource, u64)]) {
+    let Ok(context) = crate::model::context_length(model) else { return };
+    let response = spec.ppo.response_length;
+    let system = spec.policy.system.as_deref().unwrap_or("");
+    let mut worst: Option<(usize, String, &str, usize)> = None; // (bytes, prompt, split, record)
+    for &(field, src, seed) in splits {
+        let Ok(data) = task::load(spec.task.kind, src, seed) else { continue };
+        let text_len = |r: &J| r.as_object().map(|o| o.values().filter_map(J::as_str).map(str::len).sum::<usize>()).unwrap_or(0);
+        let mut idx: Vec<usize> = (0..data.records.len()).collect();
+        idx.sort_by_key(|&i| std::cmp::Reverse(text_len(&data.records[i])));
+        for &i in idx.iter().take(LONGEST_RECORDS) {
+            if let Ok(p) = template::render(&t.path.display().to_string(), &t.text, &data.records[i])
+                && worst.as_ref().is_none_or(|w| p.len() > w.0)
+            {
+                worst = Some((p.len(), p, field, i));
+            }
+        }
+    }
+    let Some((bytes, prompt, field, record)) = worst else { return };
+    if bytes + system.len() + CHAT_OVERHEAD_BYTES + response <= context {
+        return;
+    }
+    let tokens = crate::model::tokenizer(model).ok().flatten().and_then(|tok| {
+        let chat_override = spec.policy.chat_template.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        let mut messages = Vec::new();
+        if !system.is_empty() {
+            messages.push(crate::model::tokenizer::Message::new("system", system.to_string()));
+        }
+        messages.push(crate::model::tokenizer::Message::new("user", prompt.clone()));
+        let chat = tok.apply_chat_template(&messages, true, chat_override.as_deref()).ok()?;
+        tok.encode(&chat).ok().map(|ids| ids.len())
+    });
+    let help = "shorten `task.prompt`, lower `ppo.response_length`, or use a model with a longer context";
+    match tokens {
+        Some(n) if n + response > context => {
+            v.error(
+                "ppo.response_length",
+                format!(
+                    "the record at index {record} of `{field}` makes a {n}-token prompt; with {response} response tokens that is {} positions, more than the policy model's context of {context}",
+                    n + response
+                ),
+                "does not fit",
+            )
+            .help
+            .push(help.into());
+        }
+        Some(_) => {}
+        None => {
+            v.warn(
+                "ppo.response_length",
+                format!(
+                    "the record at index {record} of `{field}` makes a prompt of {bytes} bytes: with {response} response tokens it may not fit the policy model's context of {context} (the tokenizer is not at hand to count: fetch the model)"
+                ),
+                "may not fit",
+            )
+            .help
+            .push(help.into());
+        }
+    }
 }
 
 /// Tokens a judge needs per rubric item for its score line (`Item name: 3`, with a little slack).

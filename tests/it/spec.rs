@@ -166,6 +166,11 @@ fn cli_exit_codes() {
     assert!(e.contains("`--cell` is for sweeps"), "{e}");
     let (c, _, e) = mpo(&["rubric", "show", "results/math-meta-every-cpu/00a5806500c7", "vx"]);
     assert_eq!(c, 2, "{e}");
+    for args in [["bench", "judge", "--concurrency", "0"], ["sweep", "specs/math.yaml", "--jobs", "0"]] {
+        let (c, _, e) = mpo(&args);
+        assert_eq!(c, 2, "{args:?}: {e}");
+        assert!(e.contains("must be at least 1"), "{e}");
+    }
     let (c, _, e) = mpo(&["eval", "specs/math.yaml", "--checkpoint", "3"]);
     assert_eq!(c, 2, "{e}");
     assert!(e.contains("a spec has no checkpoints yet"), "{e}");
