@@ -22,6 +22,7 @@ pub mod rubric;
 pub mod run;
 pub mod snapshot;
 pub mod spec;
+pub mod stats;
 pub mod sweep;
 pub mod task;
 pub mod template;

@@ -29,6 +29,7 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
         r.spec.task.kind,
         &r.spec.task.train,
         r.spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(r.spec.runtime.seed, "task/data")),
+        crate::task::Split::Train,
     )
     .map_err(|e| e.to_string())?;
     let has = |k: TemplateKind| r.inputs.templates.contains_key(&k);

@@ -16,9 +16,12 @@ use serde_json::{Value as J, json};
 use crate::judge::factory::{self, JudgeEnv};
 use crate::model::{self, BackendJob, LoraConfig};
 use crate::plan::Plan;
+use crate::results::evals::EvalSummary;
 use crate::results::{ResultsError, RunDir};
 use crate::run::RunError;
+use crate::run::eval::{Evaluator, base_cached};
 use crate::run::setup::plan_template;
+use crate::task::Split;
 use crate::template::TemplateKind;
 
 /// Which weights to evaluate.
@@ -108,23 +111,44 @@ pub fn spec_subjects(plans: Vec<Plan>, which: Which) -> Result<Vec<Subject>, Eva
     Ok(plans.into_iter().map(|p| Subject::Base(Box::new(p))).collect())
 }
 
-/// What `mpo eval` prints for one result.
+/// What `mpo eval` prints for one result: every split's metrics, the headline with its 95%
+/// interval, and against the base policy's evaluation when the run has one.
 pub fn summary(subject: &Subject, res: &EvalResult) -> String {
-    let mut out = format!("{} {} on {} test prompts:\n", subject.dir().display(), res.label, res.samples);
-    for (k, v) in &res.metrics {
-        out.push_str(&format!("  {k:<24} {v:.4}\n"));
+    let mut out = String::new();
+    for s in &res.splits {
+        out.push_str(&format!("{} {} on {} {} prompts:\n", subject.dir().display(), res.label, s.samples, s.split));
+        for (k, v) in &s.metrics {
+            out.push_str(&format!("  {k:<24} {v:.4}\n"));
+        }
+        if let (Some(h), Some((_, lines))) = (&s.headline, RunDir { root: subject.dir() }.read_eval(&s.split, &res.label)) {
+            let scores: Vec<f64> = lines.iter().filter_map(|l| l.score).collect();
+            let e = crate::results::evals::estimate(&scores, 0);
+            out.push_str(&format!(
+                "  {h} 95% interval       [{:.4}, {:.4}]{}\n",
+                e.lo,
+                e.hi,
+                s.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+            ));
+        }
+        out.push_str(&format!(
+            "  responses: {}\n",
+            subject.dir().join(crate::results::evals::folder(&s.split)).join(format!("{}.jsonl", res.label)).display()
+        ));
     }
-    out.push_str(&format!("  responses: {}\n", res.responses.display()));
+    for line in &res.comparisons {
+        out.push_str(line);
+        out.push('\n');
+    }
     out
 }
 
-/// What an evaluation produced.
+/// What an evaluation produced: one summary per held-out split, and (for trained weights) the
+/// comparison with the base policy's evaluation.
 #[derive(Debug, Clone)]
 pub struct EvalResult {
     pub label: String,
-    pub metrics: BTreeMap<String, f64>,
-    pub samples: usize,
-    pub responses: PathBuf,
+    pub splits: Vec<EvalSummary>,
+    pub comparisons: Vec<String>,
 }
 
 struct EvalJob {
@@ -138,11 +162,9 @@ impl BackendJob for EvalJob {
     type Output = Result<EvalResult, EvalError>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &'static str) -> Self::Output {
         let spec = &self.plan.spec;
-        let test = spec
-            .task
-            .test
-            .as_ref()
-            .ok_or_else(|| input(format!("{}: the spec has no `task.test` split to evaluate on", self.run.display())))?;
+        if spec.task.test.is_none() {
+            return Err(input(format!("{}: the spec has no `task.test` split to evaluate on", self.run.display())));
+        }
         let lora = LoraConfig::from_spec(&spec.policy.lora);
         let seed = spec.runtime.seed;
         let mut log = |m: &str| eprintln!("{m}");
@@ -171,18 +193,28 @@ impl BackendJob for EvalJob {
             }
             None => None,
         };
-        let data = crate::task::load(spec.task.kind, test, spec.test_seed()).map_err(RunError::from)?;
-        let used = self.plan.inputs.test.as_ref().map(|t| t.used).unwrap_or(data.records.len());
         let dir = RunDir { root: self.run.clone() };
-        let metrics =
-            crate::run::eval::evaluate(&policy, &loaded.tok, spec, &tmpl, chat.as_deref(), &data.records, used, &dir, update, &label)?;
-        let samples = crate::run::eval::eval_indices(spec.eval.seed, data.records.len(), used, spec.eval.samples).len();
-        dir.write_json(
-            &format!("eval/{label}.json"),
-            &json!({"run_id": self.plan.run_id, "weights": label, "samples": samples, "metrics": metrics}),
-        )
-        .map_err(RunError::from)?;
-        Ok(EvalResult { label: label.clone(), metrics, samples, responses: dir.path(&format!("eval/{label}.jsonl")) })
+        let ev = Evaluator { plan: &self.plan, tok: &loaded.tok, template: &tmpl, chat_override: chat.as_deref() };
+        let mut res = EvalResult { label: label.clone(), splits: Vec::new(), comparisons: Vec::new() };
+        for (split, src) in [("test", &spec.task.test), ("transfer", &spec.task.transfer)] {
+            let Some(src) = src else { continue };
+            let data = crate::task::load(spec.task.kind, src, spec.test_seed(), Split::Test).map_err(RunError::from)?;
+            let measure = || ev.run(&policy, true, split, &data.records, update, &label, &dir);
+            if self.checkpoint.is_none() {
+                base_cached(&ev, split, &dir, measure)?;
+            } else {
+                measure()?;
+            }
+            let (summary, _) =
+                dir.read_eval(split, &label).ok_or_else(|| input(format!("{}: the evaluation was not written", dir.root.display())))?;
+            res.splits.push(summary);
+            if self.checkpoint.is_some()
+                && let Some(c) = crate::results::evals::compare(&dir, split, "base", &label)
+            {
+                res.comparisons.extend(c.lines());
+            }
+        }
+        Ok(res)
     }
 }
 

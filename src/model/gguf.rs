@@ -194,7 +194,13 @@ impl Gguf {
             let got = (&mut f).take((want - data.len()) as u64).read_to_end(&mut data).map_err(io)?;
             match Gguf::parse_header(&data) {
                 Ok(h) => {
-                    return Ok(Gguf { version: h.version, metadata: h.metadata, tensors: BTreeMap::new(), data: Vec::new(), data_start: 0 });
+                    return Ok(Gguf {
+                        version: h.version,
+                        metadata: h.metadata,
+                        tensors: BTreeMap::new(),
+                        data: Vec::new(),
+                        data_start: 0,
+                    });
                 }
                 // More of the file may complete it; at its end the error stands.
                 Err(GgufError::Truncated(_)) if got > 0 => want *= 4,

@@ -53,6 +53,8 @@ pub struct PlanInputs {
     pub train: DataInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<DataInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<DataInfo>,
     /// Template kind -> file and content hash.
     pub templates: BTreeMap<String, FileInfo>,
     pub rubric_v0: RubricInfo,
@@ -103,6 +105,7 @@ pub struct Schedule {
     /// Meta steps: the rubric they produce is used from the next update on. None after the
     /// last update (nothing would use it).
     pub meta_at: Vec<u32>,
+    /// Evaluations of the trained policy; with any, the base policy is evaluated before update 1.
     pub eval_at: Vec<u32>,
     pub checkpoint_at: Vec<u32>,
 }
@@ -154,9 +157,14 @@ pub fn compile(r: &Resolved) -> Plan {
     let meta_steps = schedule.meta_at.len() as u64;
     let prescreen = spec.meta.stages.as_ref().is_some_and(|s| s.prescreen.is_some()) as u64;
     let meta_calls = meta_steps * (2 * spec.meta.samples as u64 + 1 + prescreen);
-    let test_used =
-        inputs.test.as_ref().map(|t| t.len.min(spec.task.test.as_ref().and_then(|s| s.limit).unwrap_or(usize::MAX))).unwrap_or(0);
-    let eval_episodes = schedule.eval_at.len() as u64 * spec.eval.samples.min(test_used) as u64;
+    let used = |d: &Option<crate::task::DataSummary>, s: &Option<crate::spec::DataSource>| {
+        d.as_ref().map(|t| t.len.min(s.as_ref().and_then(|s| s.limit).unwrap_or(usize::MAX))).unwrap_or(0)
+    };
+    let per_eval =
+        spec.eval.samples.min(used(&inputs.test, &spec.task.test)) + spec.eval.samples.min(used(&inputs.transfer, &spec.task.transfer));
+    // The trained policy at each planned update, and the base policy once before the first.
+    let evals = if schedule.eval_at.is_empty() { 0 } else { schedule.eval_at.len() as u64 + 1 };
+    let eval_episodes = evals * per_eval as u64;
     // Meta stages answer with `meta.max_tokens` whichever judge serves them.
     let meta_judge_tokens = spec.meta.max_tokens as u64;
     let attempts = 1 + spec.reward.failure.retries as u64;
@@ -183,6 +191,7 @@ pub fn compile(r: &Resolved) -> Plan {
     let plan_inputs = PlanInputs {
         train: data_info(&inputs.train, &spec.task.train),
         test: inputs.test.as_ref().zip(spec.task.test.as_ref()).map(|(d, s)| data_info(d, s)),
+        transfer: inputs.transfer.as_ref().zip(spec.task.transfer.as_ref()).map(|(d, s)| data_info(d, s)),
         templates: inputs
             .templates
             .iter()

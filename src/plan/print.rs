@@ -77,6 +77,9 @@ pub fn render_summary(plan: &Plan) -> String {
     if let Some(t) = &i.test {
         let _ = writeln!(o, "            test {}", data(t));
     }
+    if let Some(t) = &i.transfer {
+        let _ = writeln!(o, "            transfer {}", data(t));
+    }
     let l = &s.policy.lora;
     let targets: Vec<String> =
         l.targets.iter().map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()).collect();
@@ -192,7 +195,12 @@ pub fn render_summary(plan: &Plan) -> String {
     let _ = writeln!(o, "  runtime   {} (device {}), seed {}, rollout batch {}", r.backend.as_str(), r.device, r.seed, r.rollout_batch);
     let sc = &plan.schedule;
     let _ = writeln!(o, "  schedule  meta after update {}", list(&sc.meta_at));
-    let _ = writeln!(o, "            eval after update {}", list(&sc.eval_at));
+    let _ = writeln!(
+        o,
+        "            eval after update {}{}",
+        list(&sc.eval_at),
+        if sc.eval_at.is_empty() { "" } else { " (and the base policy before update 1)" }
+    );
     let _ = writeln!(o, "            checkpoint after update {}", list(&sc.checkpoint_at));
     let e = &plan.estimates;
     let _ = writeln!(

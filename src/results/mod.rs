@@ -11,6 +11,7 @@
 //! Every write is atomic (temp file + rename), jsonl files included (rewritten whole), so a
 //! crash at any moment leaves every file either old or new.
 
+pub mod evals;
 pub mod metrics;
 
 use std::collections::BTreeMap;

@@ -1,8 +1,13 @@
-//! Phase 5 of an update: evaluation on the test split at the planned updates. A fixed seeded
-//! sample of test prompts, answered by the current policy (greedy by default), scored with the
-//! task's metrics. Responses go to `eval/update-NNNNNN.jsonl` (for Elo tournaments across runs).
-//! `mpo eval` reuses [`evaluate`] on a saved checkpoint; its generations use the same random
-//! stream as the in-run evaluation of that update, so both give the same responses.
+//! Phase 5 of an update: evaluation on the held-out splits at the planned updates, and of the
+//! base policy before the first one. A fixed seeded sample of each split's prompts
+//! (`eval.seed`: the same prompts for every run of a sweep), answered greedily by default,
+//! scored with the task's metrics (math accuracy reads answers like the training verifier).
+//!
+//! Results go to `eval/<label>.{jsonl,json}` (`results::evals`), the transfer split's to
+//! `eval/transfer/`. The base policy's evaluation depends only on the model and the evaluation
+//! settings, so it is cached under `output.root/.base-eval/<key>/` and a sweep pays for it once.
+//! `mpo eval` uses the same [`Evaluator`]; its generations use the random streams of the in-run
+//! evaluation of the same weights, so both give the same responses.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -14,42 +19,21 @@ use rand::seq::SliceRandom;
 use serde_json::{Value as J, json};
 
 use super::rollout::{policy_prompt, policy_sampling};
+use super::setup::Data;
 use super::{RunError, Runner};
 use crate::model::Llama;
 use crate::model::generate::generate;
 use crate::model::tokenizer::Tok;
+use crate::plan::Plan;
 use crate::results::RunDir;
+use crate::results::evals::{EvalLine, EvalSummary};
 use crate::spec::Spec;
 use crate::spec::validate::TemplateFile;
-use crate::task::Dataset;
 
 /// What the evaluation phase of an update measured (no metrics when none was planned).
 pub struct EvalPhase {
     pub metrics: Option<BTreeMap<String, f64>>,
     pub seconds: f64,
-}
-
-/// Evaluate the policy when the plan has an evaluation at `update`.
-pub fn maybe_evaluate<B: AutodiffBackend>(r: &Runner<'_, B>, test: Option<&Dataset>, update: u32) -> Result<EvalPhase, RunError> {
-    let Some(test) = test.filter(|_| r.plan.schedule.eval_at.contains(&update)) else {
-        return Ok(EvalPhase { metrics: None, seconds: 0.0 });
-    };
-    r.progress.stage(&format!("update {update}: evaluating"));
-    let t0 = Instant::now();
-    let used = r.plan.inputs.test.as_ref().map(|t| t.used).unwrap_or(0);
-    let metrics = evaluate(
-        &r.tr.policy.valid(),
-        &r.tok,
-        r.spec,
-        &r.policy_template,
-        r.chat_template.as_deref(),
-        &test.records,
-        used,
-        r.dir,
-        update,
-        &format!("update-{update:06}"),
-    )?;
-    Ok(EvalPhase { metrics: Some(metrics), seconds: t0.elapsed().as_secs_f64() })
 }
 
 /// The test records an evaluation uses: the same ones at every evaluation of a run.
@@ -62,41 +46,188 @@ pub fn eval_indices(seed: u64, available: usize, used: usize, samples: usize) ->
     pool
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate<B: Backend>(
-    policy: &Llama<B>,
-    tok: &Tok,
-    spec: &Spec,
-    template: &TemplateFile,
-    chat_override: Option<&str>,
-    records: &[J],
-    used: usize,
+/// What every evaluation of a plan shares.
+pub struct Evaluator<'a> {
+    pub plan: &'a Plan,
+    pub tok: &'a Tok,
+    pub template: &'a TemplateFile,
+    pub chat_override: Option<&'a str>,
+}
+
+impl Evaluator<'_> {
+    /// Evaluate `policy` (its adapters on or off) on `split`'s `records` as the weights after
+    /// `update` (0: the base policy), written as `label` into `dir`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run<B: Backend>(
+        &self,
+        policy: &Llama<B>,
+        adapter: bool,
+        split: &str,
+        records: &[J],
+        update: u32,
+        label: &str,
+        dir: &RunDir,
+    ) -> Result<EvalSummary, RunError> {
+        let spec: &Spec = &self.plan.spec;
+        let used = match split {
+            "transfer" => self.plan.inputs.transfer.as_ref(),
+            _ => self.plan.inputs.test.as_ref(),
+        }
+        .map(|d| d.used)
+        .unwrap_or(records.len());
+        // `eval.seed`, not `runtime.seed`: every run of a sweep answers the same test prompts.
+        let seed = spec.eval.seed;
+        let idx = eval_indices(seed, records.len(), used, spec.eval.samples);
+        let mut prompts = Vec::with_capacity(idx.len());
+        for &i in &idx {
+            prompts.push(policy_prompt(spec, self.template, self.tok, self.chat_override, &records[i])?);
+        }
+        let s = policy_sampling(spec, self.tok, spec.eval.temperature);
+        let stream = if split == "test" { String::from("eval") } else { format!("eval/{split}") };
+        let mut responses = Vec::with_capacity(prompts.len());
+        for (c, chunk) in prompts.chunks(spec.runtime.rollout_batch.max(1)).enumerate() {
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.1.clone()).collect();
+            let mut rng = crate::rng::stream(seed, &format!("{stream}/u{update:06}/c{c}"));
+            responses.extend(generate(policy, self.tok, &ids, &s, adapter, &mut rng)?.into_iter().map(|g| g.text));
+        }
+        let recs: Vec<J> = idx.iter().map(|&i| records[i].clone()).collect();
+        let e = crate::task::metrics::evaluate(spec.task.kind, &recs, &responses, &spec.reward.verifiers);
+        let scores = e.headline.as_ref().map(|(_, s)| s.clone());
+        let lines: Vec<EvalLine> = idx
+            .iter()
+            .zip(&prompts)
+            .zip(&responses)
+            .enumerate()
+            .map(|(k, ((&i, p), r))| EvalLine {
+                record_index: i,
+                record_id: records[i].get("id").cloned(),
+                question: p.0.clone(),
+                response: r.clone(),
+                score: scores.as_ref().map(|s| s[k]),
+            })
+            .collect();
+        let summary = EvalSummary {
+            run_id: self.plan.run_id.clone(),
+            weights: label.to_string(),
+            split: split.to_string(),
+            samples: idx.len(),
+            metrics: e.metrics,
+            headline: e.headline.map(|(name, _)| name),
+            note: (spec.task.kind == crate::spec::TaskKind::Math)
+                .then(|| crate::task::metrics::math_check_note(&spec.reward.verifiers).to_string()),
+        };
+        dir.write_eval(&summary, &lines)?;
+        Ok(summary)
+    }
+}
+
+/// The splits of `data` a run evaluates, by name.
+fn splits(data: &Data) -> Vec<(&'static str, &[J])> {
+    let mut v = Vec::new();
+    if let Some(t) = &data.test {
+        v.push(("test", t.records.as_slice()));
+    }
+    if let Some(t) = &data.transfer {
+        v.push(("transfer", t.records.as_slice()));
+    }
+    v
+}
+
+/// A split's metrics as they go into a metrics row: the test split's as they are, another
+/// split's as `<split>/<metric>`.
+fn prefixed(split: &str, metrics: BTreeMap<String, f64>) -> impl Iterator<Item = (String, f64)> + '_ {
+    metrics.into_iter().map(move |(k, v)| (if split == "test" { k } else { format!("{split}/{k}") }, v))
+}
+
+/// Evaluate the policy when the plan has an evaluation at `update`.
+pub fn maybe_evaluate<B: AutodiffBackend>(r: &Runner<'_, B>, data: &Data, update: u32) -> Result<EvalPhase, RunError> {
+    if !r.plan.schedule.eval_at.contains(&update) || data.test.is_none() {
+        return Ok(EvalPhase { metrics: None, seconds: 0.0 });
+    }
+    r.progress.stage(&format!("update {update}: evaluating"));
+    let t0 = Instant::now();
+    let policy = r.tr.policy.valid();
+    let ev = Evaluator { plan: r.plan, tok: &r.tok, template: &r.policy_template, chat_override: r.chat_template.as_deref() };
+    let mut metrics = BTreeMap::new();
+    for (split, records) in splits(data) {
+        let s = ev.run(&policy, true, split, records, update, &format!("update-{update:06}"), r.dir)?;
+        metrics.extend(prefixed(split, s.metrics));
+    }
+    Ok(EvalPhase { metrics: Some(metrics), seconds: t0.elapsed().as_secs_f64() })
+}
+
+/// Before the first update: the base policy (adapters off) on every held-out split, from the
+/// cache when another run already measured it with the same model and settings.
+pub fn evaluate_base<B: AutodiffBackend>(r: &Runner<'_, B>, data: &Data) -> Result<(), RunError> {
+    if r.plan.schedule.eval_at.is_empty() {
+        return Ok(());
+    }
+    let policy = r.tr.policy.valid();
+    let ev = Evaluator { plan: r.plan, tok: &r.tok, template: &r.policy_template, chat_override: r.chat_template.as_deref() };
+    for (split, records) in splits(data) {
+        if r.dir.read_eval(split, "base").is_some() {
+            continue;
+        }
+        r.progress.stage(&format!("evaluating the base policy on the {split} split"));
+        let from_cache = base_cached(&ev, split, r.dir, || ev.run(&policy, false, split, records, 0, "base", r.dir))?;
+        if from_cache {
+            r.progress.log(&format!("base policy on the {split} split: from the cache in {}", base_cache(r.plan, split).root.display()));
+        }
+    }
+    Ok(())
+}
+
+/// The cache folder of the base evaluation of `plan` on `split`: everything the responses and
+/// their scores depend on, hashed.
+pub fn base_cache(plan: &Plan, split: &str) -> RunDir {
+    let s = &plan.spec;
+    let model_file = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok().map(|t| format!("{t:?}"))));
+    let model_identity = match &plan.inputs.models.policy {
+        crate::model::registry::ModelRef::Gguf { path } | crate::model::registry::ModelRef::HfDir { path } => {
+            json!(model_file(path).map(|(len, t)| json!([len, t])))
+        }
+        _ => J::Null,
+    };
+    let chat = s.policy.chat_template.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+    let key = json!({
+        "mpo": env!("CARGO_PKG_VERSION"),
+        "model": plan.inputs.models.policy,
+        "model_file": model_identity,
+        "task": s.task.kind.as_str(),
+        "split": split,
+        "data": if split == "test" { &plan.inputs.test } else { &plan.inputs.transfer },
+        "template": plan.inputs.templates.get("policy").map(|t| &t.sha256),
+        "chat_template": chat,
+        "system": s.policy.system,
+        "sampling": [s.ppo.response_length, s.policy.top_p, s.policy.top_k],
+        "stop": s.policy.stop,
+        "eval": [s.eval.seed, s.eval.samples as u64],
+        "temperature": s.eval.temperature,
+        "rollout_batch": s.runtime.rollout_batch,
+        "backend": s.runtime.backend.as_str(),
+        "verifiers": s.reward.verifiers,
+    });
+    let hash = crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(crate::plan::canonical_json(&key).as_bytes()));
+    RunDir { root: s.output.root.join(".base-eval").join(&hash[..16]) }
+}
+
+/// Put the base evaluation of `split` into `dir`: copied from the cache, or measured by
+/// `measure` (which writes it into `dir`) and then cached. Returns whether it came from the cache.
+pub fn base_cached(
+    ev: &Evaluator,
+    split: &str,
     dir: &RunDir,
-    update: u32,
-    file: &str,
-) -> Result<BTreeMap<String, f64>, RunError> {
-    // `eval.seed`, not `runtime.seed`: every run of a sweep answers the same test prompts.
-    let seed = spec.eval.seed;
-    let idx = eval_indices(seed, records.len(), used, spec.eval.samples);
-    let mut prompts = Vec::with_capacity(idx.len());
-    for &i in &idx {
-        prompts.push(policy_prompt(spec, template, tok, chat_override, &records[i])?);
+    measure: impl FnOnce() -> Result<EvalSummary, RunError>,
+) -> Result<bool, RunError> {
+    let cache = base_cache(ev.plan, split);
+    if let Some((mut summary, lines)) = cache.read_eval(split, "base") {
+        summary.run_id = ev.plan.run_id.clone();
+        dir.write_eval(&summary, &lines)?;
+        return Ok(true);
     }
-    let s = policy_sampling(spec, tok, spec.eval.temperature);
-    let mut responses = Vec::with_capacity(prompts.len());
-    for (c, chunk) in prompts.chunks(spec.runtime.rollout_batch.max(1)).enumerate() {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.1.clone()).collect();
-        let mut rng = crate::rng::stream(seed, &format!("eval/u{update:06}/c{c}"));
-        responses.extend(generate(policy, tok, &ids, &s, true, &mut rng)?.into_iter().map(|g| g.text));
+    measure()?;
+    if let Some((summary, lines)) = dir.read_eval(split, "base") {
+        cache.write_eval(&summary, &lines)?;
     }
-    let recs: Vec<J> = idx.iter().map(|&i| records[i].clone()).collect();
-    let metrics = crate::task::metrics::evaluate(spec.task.kind, &recs, &responses);
-    let lines: Vec<J> = idx
-        .iter()
-        .zip(&prompts)
-        .zip(&responses)
-        .map(|((i, p), r)| json!({"record_index": i, "record_id": records[*i].get("id"), "question": p.0, "response": r}))
-        .collect();
-    dir.write_jsonl(&format!("eval/{file}.jsonl"), &lines)?;
-    Ok(metrics)
+    Ok(false)
 }

@@ -244,6 +244,7 @@ fn execute<B: AutodiffBackend>(
     manifest: &mut Manifest,
 ) -> Result<RunOutcome, RunError> {
     let (mut r, data) = setup::start::<B>(plan, opts, dir, device, manifest)?;
+    eval::evaluate_base(&r, &data)?;
     let stop = interrupted();
     let updates = plan.schedule.updates;
     let first_here = r.state.update + 1;
@@ -254,7 +255,7 @@ fn execute<B: AutodiffBackend>(
         let scoring = score::score(&mut r, &batch, &data.train, update)?;
         let trained = train::train(&mut r, &batch, &scoring, update);
         let meta = meta_step::maybe_run(&mut r, &scoring, update)?;
-        let eval = eval::maybe_evaluate(&r, data.test.as_ref(), update)?;
+        let eval = eval::maybe_evaluate(&r, &data, update)?;
         record::record(&mut r, record::Update { update, started, batch: &batch, scoring: &scoring, trained: &trained, meta, eval })?;
 
         let stopping = stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| update - first_here + 1 >= n);
@@ -269,12 +270,24 @@ fn execute<B: AutodiffBackend>(
         }
     }
     r.progress.finish();
-    Ok(RunOutcome::Finished { dir: dir.root.clone(), updates, summary: summary(&dir.metrics()?) })
+    let mut summary = before_after(plan, dir);
+    summary.extend(transport(&dir.metrics()?));
+    Ok(RunOutcome::Finished { dir: dir.root.clone(), updates, summary })
+}
+
+/// The base policy against the trained one on each held-out split, with intervals.
+pub fn before_after(plan: &Plan, dir: &RunDir) -> Vec<String> {
+    let Some(last) = plan.schedule.eval_at.last() else { return Vec::new() };
+    results::evals::SPLITS
+        .iter()
+        .filter_map(|split| results::evals::compare(dir, split, "base", &format!("update-{last:06}")))
+        .flat_map(|c| c.lines())
+        .collect()
 }
 
 /// The run's judge transport, totalled over its rows, where any request had to be retried or
 /// failed.
-fn summary(rows: &[results::MetricsRow]) -> Vec<String> {
+fn transport(rows: &[results::MetricsRow]) -> Vec<String> {
     let mut totals: BTreeMap<&str, crate::judge::Transport> = BTreeMap::new();
     for r in rows {
         for (role, t) in &r.judge_transport {

@@ -29,7 +29,7 @@ use crate::reward::RewardConfig;
 use crate::rubric::Rubric;
 use crate::spec::validate::TemplateFile;
 use crate::spec::{Algorithm, Critic, Every, Spec};
-use crate::task::Dataset;
+use crate::task::{Dataset, Split};
 use crate::template::TemplateKind;
 
 /// The state of a run between updates: what the phases read and change.
@@ -63,6 +63,7 @@ pub struct Runner<'p, B: AutodiffBackend> {
 pub struct Data {
     pub train: Dataset,
     pub test: Option<Dataset>,
+    pub transfer: Option<Dataset>,
 }
 
 impl<B: AutodiffBackend> Runner<'_, B> {
@@ -129,11 +130,12 @@ pub fn start<'p, B: AutodiffBackend>(
     let policy_template = plan_template(plan, TemplateKind::Policy)?;
 
     let data_seed = spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(seed, "task/data"));
-    let train = crate::task::load(spec.task.kind, &spec.task.train, data_seed)?;
-    let test = match &spec.task.test {
-        Some(t) => Some(crate::task::load(spec.task.kind, t, spec.test_seed())?),
-        None => None,
+    let train = crate::task::load(spec.task.kind, &spec.task.train, data_seed, Split::Train)?;
+    let held_out = |src: &Option<crate::spec::DataSource>| match src {
+        Some(t) => crate::task::load(spec.task.kind, t, spec.test_seed(), Split::Test).map(Some),
+        None => Ok(None),
     };
+    let (test, transfer) = (held_out(&spec.task.test)?, held_out(&spec.task.transfer)?);
     manifest.warmup_s = t_setup.elapsed().as_secs_f64();
     dir.write_manifest(manifest)?;
     let runner = Runner {
@@ -155,7 +157,7 @@ pub fn start<'p, B: AutodiffBackend>(
         state,
         data_seed,
     };
-    Ok((runner, Data { train, test }))
+    Ok((runner, Data { train, test, transfer }))
 }
 
 /// The policy (LoRA; with a value head when the critic is shared), the critic, their

@@ -111,9 +111,14 @@ pub struct TaskSpec {
     pub kind: TaskKind,
     /// Training prompts.
     pub train: DataSource,
-    /// Held-out prompts for evaluation (`mpo eval`, `eval.every`).
+    /// Held-out prompts for evaluation (`mpo eval`, `eval.every`): the training distribution.
+    /// A generated test split draws only problems a generated training split never does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<DataSource>,
+    /// A second held-out split from another distribution (MATH problems for a policy trained on
+    /// generated arithmetic), evaluated with `test` and reported apart as `transfer/<metric>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<DataSource>,
     /// Policy prompt template (minijinja, strict undefined), rendered with the fields of one
     /// record and then wrapped in the model's chat template.
     pub prompt: PathBuf,
@@ -840,7 +845,9 @@ impl Default for PpoSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalSpec {
-    /// Evaluate every N updates (and after the last), or `never` (then only `mpo eval`).
+    /// Evaluate every N updates and after the last, with the base policy measured before the
+    /// first (cached under `output.root/.base-eval/`, so the runs of a sweep measure it once);
+    /// or `never` (then only `mpo eval`).
     pub every: Every,
     /// Test prompts per evaluation (seeded sample of the test split).
     #[schemars(range(min = 1))]

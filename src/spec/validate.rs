@@ -18,7 +18,7 @@ use super::types::*;
 use crate::diag::{Diagnostic, Origin, Sources};
 use crate::model::registry::{self, ModelRef, ResolveError};
 use crate::rubric::Rubric;
-use crate::task::{self, DataError, DataSummary};
+use crate::task::{self, DataError, DataSummary, Split};
 use crate::template::{self, TemplateKind};
 
 /// A template file as read at validation time.
@@ -34,6 +34,7 @@ pub struct TemplateFile {
 pub struct Inputs {
     pub train: DataSummary,
     pub test: Option<DataSummary>,
+    pub transfer: Option<DataSummary>,
     pub templates: BTreeMap<TemplateKind, TemplateFile>,
     /// Version 0 of the rubric (the rendered `reward.rubric`).
     pub rubric: Rubric,
@@ -110,7 +111,7 @@ impl V<'_> {
         }
     }
 
-    fn data(&mut self, field: &str, kind: TaskKind, src: &mut DataSource, seed: u64) -> Option<DataSummary> {
+    fn data(&mut self, field: &str, kind: TaskKind, src: &mut DataSource, seed: u64, split: Split) -> Option<DataSummary> {
         match (&src.path, &src.generate) {
             (Some(_), Some(_)) => {
                 self.error(&format!("{field}.generate"), format!("`{field}` has both `path` and `generate`"), "pick one")
@@ -152,7 +153,7 @@ impl V<'_> {
         if let Some(p) = src.path.as_mut() {
             *p = self.resolve(&format!("{field}.path"), p);
         }
-        match task::summarize(kind, src, seed) {
+        match task::summarize(kind, src, seed, split) {
             Ok(d) => Some(d),
             Err(e) => {
                 let at = format!("{field}.path");
@@ -291,28 +292,40 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     }
 
     // --- data ------------------------------------------------------------------------------
-    let train = v.data("task.train", kind, &mut spec.task.train, data_seed);
+    let train = v.data("task.train", kind, &mut spec.task.train, data_seed, Split::Train);
     let test_seed = spec.test_seed();
     let test = match spec.task.test.as_mut() {
-        Some(t) => v.data("task.test", kind, t, test_seed),
+        Some(t) => v.data("task.test", kind, t, test_seed, Split::Test),
         None => None,
     };
-    if let (Some(_), Some(_), Some(t)) = (&train, &test, &spec.task.test)
-        && let (Ok(a), Ok(b)) = (task::load(kind, &spec.task.train, data_seed), task::load(kind, t, test_seed))
-    {
-        let shared = task::shared_records(kind, &a.records, &b.records);
-        if shared > 0 {
-            v.warn(
-                "task.test",
-                format!(
-                    "{shared} of the {} test records also appear in the training set: evaluation would measure memorisation",
-                    b.records.len()
-                ),
-                "overlaps task.train",
-            )
-            .help
-            .push("use disjoint files (the shipped tasks have `*_train.jsonl` and `*_test.jsonl`)".into());
+    let transfer = match spec.task.transfer.as_mut() {
+        Some(t) => v.data("task.transfer", kind, t, test_seed, Split::Test),
+        None => None,
+    };
+    for (field, held_out, summary) in [("task.test", &spec.task.test, &test), ("task.transfer", &spec.task.transfer, &transfer)] {
+        if let (Some(_), Some(_), Some(t)) = (&train, summary, held_out)
+            && let (Ok(a), Ok(b)) =
+                (task::load(kind, &spec.task.train, data_seed, Split::Train), task::load(kind, t, test_seed, Split::Test))
+        {
+            let shared = task::shared_records(kind, &a.records, &b.records);
+            if shared > 0 {
+                v.warn(
+                    field,
+                    format!(
+                        "{shared} of the {} held-out records also appear in the training set: evaluation would measure memorisation",
+                        b.records.len()
+                    ),
+                    "overlaps task.train",
+                )
+                .help
+                .push("use disjoint files (the shipped tasks have `*_train.jsonl` and `*_test.jsonl`)".into());
+            }
         }
+    }
+    if spec.task.transfer.is_some() && spec.task.test.is_none() {
+        v.error("task.transfer", "`task.transfer` is set but the task has no `test` split", "needs task.test")
+            .help
+            .push("the transfer split is evaluated beside `task.test`: add `task.test`".into());
     }
     if spec.eval.every != Every::Never && spec.task.test.is_none() {
         v.error("eval.every", "`eval.every` is set but the task has no `test` split", "needs task.test")
@@ -667,8 +680,9 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     }
 
     if let (Some(m), Some(t)) = (&policy_model, templates.get(&TemplateKind::Policy)) {
-        let splits: Vec<(&str, &DataSource, u64)> = std::iter::once(("task.train", &spec.task.train, data_seed))
-            .chain(spec.task.test.as_ref().map(|t| ("task.test", t, spec.test_seed())))
+        let splits: Vec<(&str, &DataSource, u64, Split)> = std::iter::once(("task.train", &spec.task.train, data_seed, Split::Train))
+            .chain(spec.task.test.as_ref().map(|t| ("task.test", t, spec.test_seed(), Split::Test)))
+            .chain(spec.task.transfer.as_ref().map(|t| ("task.transfer", t, spec.test_seed(), Split::Test)))
             .collect();
         prompts_fit(&mut v, spec, m, t, &splits);
     }
@@ -680,6 +694,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     Some(Inputs {
         train: train?,
         test,
+        transfer,
         templates,
         rubric: rubric?,
         policy_model: policy_model?,
@@ -697,13 +712,13 @@ const LONGEST_RECORDS: usize = 8;
 /// byte-level BPE token is at least one byte, so a prompt's bytes (plus the chat template's)
 /// bound its tokens; only when that bound is over the context are the longest prompts
 /// tokenized with the model's own tokenizer and chat template, and an error is certain.
-fn prompts_fit(v: &mut V, spec: &Spec, model: &ModelRef, t: &TemplateFile, splits: &[(&str, &DataSource, u64)]) {
+fn prompts_fit(v: &mut V, spec: &Spec, model: &ModelRef, t: &TemplateFile, splits: &[(&str, &DataSource, u64, Split)]) {
     let Ok(context) = crate::model::context_length(model) else { return };
     let response = spec.ppo.response_length;
     let system = spec.policy.system.as_deref().unwrap_or("");
     let mut worst: Option<(usize, String, &str, usize)> = None; // (bytes, prompt, split, record)
-    for &(field, src, seed) in splits {
-        let Ok(data) = task::load(spec.task.kind, src, seed) else { continue };
+    for &(field, src, seed, split) in splits {
+        let Ok(data) = task::load(spec.task.kind, src, seed, split) else { continue };
         let text_len = |r: &J| r.as_object().map(|o| o.values().filter_map(J::as_str).map(str::len).sum::<usize>()).unwrap_or(0);
         let mut idx: Vec<usize> = (0..data.records.len()).collect();
         idx.sort_by_key(|&i| std::cmp::Reverse(text_len(&data.records[i])));

@@ -1,26 +1,45 @@
 //! The seeded arithmetic generator: MATH-shaped records (`problem`, `solution` with
 //! `\boxed{}`, `answer`, `level`, `type`) whose answers are exact integers, at difficulty levels
 //! a 135M-parameter model can partly solve. It exists so the CPU demo has a reward signal the
-//! programmatic verifier can check.
+//! programmatic verifier can check, and a held-out test split of the same distribution.
+//!
+//! Train and test draw from disjoint parts of the problem space: a problem is held out when
+//! the sha256 of its text starts below 52 (about a fifth of every level, the same fifth for
+//! every seed), and only a test split draws it. So a generated test split shares no problem
+//! with a generated training split, whatever their seeds and counts.
 
 use rand::Rng;
 use serde_json::{Value as J, json};
+use sha2::{Digest, Sha256};
 
+use super::Split;
 use crate::rng;
 
 /// Bumped whenever the generator's output for a given seed changes (it is part of the plan).
-pub const GENERATOR_VERSION: u32 = 1;
+pub const GENERATOR_VERSION: u32 = 2;
 
-/// `count` problems drawn round-robin from `levels`, reproducible from `seed`.
-pub fn arithmetic(seed: u64, count: usize, levels: &[u8]) -> Vec<J> {
+/// Whether `problem` belongs to the held-out (test) part of the problem space.
+pub fn held_out(problem: &str) -> bool {
+    Sha256::digest(problem.as_bytes())[0] < 52
+}
+
+/// `count` problems of `split`'s part, drawn round-robin from `levels`, reproducible from `seed`.
+pub fn arithmetic(seed: u64, count: usize, levels: &[u8], split: Split) -> Vec<J> {
     let mut r = rng::stream(seed, "task/generate/arithmetic");
     let levels: Vec<u8> = if levels.is_empty() { vec![1] } else { levels.to_vec() };
+    let want_held_out = split == Split::Test;
     (0..count)
         .map(|i| {
             let level = levels[i % levels.len()].clamp(1, 5);
-            let (problem, steps, answer) = problem(&mut r, level);
+            // Every level has problems in both parts (a test checks), so this ends quickly.
+            let (problem, steps, answer) = loop {
+                let p = problem(&mut r, level);
+                if held_out(&p.0) == want_held_out {
+                    break p;
+                }
+            };
             json!({
-                "id": format!("gen/arithmetic/{i:06}"),
+                "id": format!("gen/arithmetic/{}/{i:06}", split.as_str()),
                 "problem": problem,
                 "solution": format!("{steps} The answer is $\\boxed{{{answer}}}$."),
                 "answer": answer.to_string(),
@@ -101,14 +120,40 @@ mod tests {
 
     #[test]
     fn reproducible_and_answers_match_solutions() {
-        let a = arithmetic(3, 50, &[1, 2, 3, 4, 5]);
-        assert_eq!(a, arithmetic(3, 50, &[1, 2, 3, 4, 5]));
-        assert_ne!(a, arithmetic(4, 50, &[1, 2, 3, 4, 5]));
+        let a = arithmetic(3, 50, &[1, 2, 3, 4, 5], Split::Train);
+        assert_eq!(a, arithmetic(3, 50, &[1, 2, 3, 4, 5], Split::Train));
+        assert_ne!(a, arithmetic(4, 50, &[1, 2, 3, 4, 5], Split::Train));
         for rec in &a {
             let sol = rec["solution"].as_str().unwrap();
             let boxed = crate::task::math::last_boxed(sol).unwrap();
             assert_eq!(boxed, rec["answer"].as_str().unwrap());
         }
         assert_eq!(a[2]["level"], "Level 3");
+    }
+
+    #[test]
+    fn generated_train_and_test_never_share_a_problem() {
+        // Same seed for both, and counts far past the small levels' problem spaces (level 1
+        // has 81 problems): the parts still never meet.
+        for levels in [vec![1], vec![3], vec![1, 2, 3], vec![1, 2, 3, 4, 5]] {
+            let train = arithmetic(0, 2000, &levels, Split::Train);
+            let test = arithmetic(0, 500, &levels, Split::Test);
+            let seen: std::collections::HashSet<&str> = train.iter().map(|r| r["problem"].as_str().unwrap()).collect();
+            assert!(test.iter().all(|r| !seen.contains(r["problem"].as_str().unwrap())), "levels {levels:?}");
+            assert!(train.iter().all(|r| !held_out(r["problem"].as_str().unwrap())));
+            assert!(test.iter().all(|r| held_out(r["problem"].as_str().unwrap())));
+            assert_eq!(crate::task::shared_records(crate::spec::TaskKind::Math, &train, &test), 0);
+        }
+        // the held-out part is about a fifth of a level, and no level is all one part
+        let distinct = |split| {
+            arithmetic(1, 3000, &[1], split)
+                .iter()
+                .map(|r| r["problem"].as_str().unwrap().to_string())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        let (train, test) = (distinct(Split::Train), distinct(Split::Test));
+        assert_eq!(train + test, 81, "level 1 has 81 problems");
+        assert!((8..=30).contains(&test), "{test} of 81 held out");
     }
 }

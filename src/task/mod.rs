@@ -19,6 +19,23 @@ use sha2::{Digest, Sha256};
 
 use crate::spec::{DataFormat, DataSource, TaskKind};
 
+/// Which split a data source feeds: a generated test split draws only held-out problems, a
+/// generated training split never does (`generate.rs`). Files load as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+impl Split {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
 /// Records of one split plus a content hash that identifies them.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -103,17 +120,17 @@ pub struct DataSummary {
 
 /// Summarize a split. Files are read (and cached); the generator makes only the first record,
 /// since its hash is that of its parameters.
-pub fn summarize(kind: TaskKind, src: &DataSource, seed: u64) -> Result<DataSummary, DataError> {
+pub fn summarize(kind: TaskKind, src: &DataSource, seed: u64, split: Split) -> Result<DataSummary, DataError> {
     if let (None, Some(g)) = (&src.path, &src.generate) {
-        let first = generate::arithmetic(seed, 1, &g.levels).remove(0);
-        return Ok(DataSummary { len: g.count, sha256: hex(&Sha256::digest(generator_id(seed, g).as_bytes())), dropped: 0, first });
+        let first = generate::arithmetic(seed, 1, &g.levels, split).remove(0);
+        return Ok(DataSummary { len: g.count, sha256: hex(&Sha256::digest(generator_id(seed, g, split).as_bytes())), dropped: 0, first });
     }
-    let d = load(kind, src, seed)?;
+    let d = load(kind, src, seed, split)?;
     Ok(DataSummary { len: d.records.len(), sha256: d.sha256.clone(), dropped: d.dropped, first: d.records[0].clone() })
 }
 
-fn generator_id(seed: u64, g: &crate::spec::GeneratorSpec) -> String {
-    format!("arithmetic v{} seed={seed} count={} levels={:?}", generate::GENERATOR_VERSION, g.count, g.levels)
+fn generator_id(seed: u64, g: &crate::spec::GeneratorSpec, split: Split) -> String {
+    format!("arithmetic v{} {} seed={seed} count={} levels={:?}", generate::GENERATOR_VERSION, split.as_str(), g.count, g.levels)
 }
 
 /// Forget every file read so far (benchmarks measure cold loads with it).
@@ -123,18 +140,19 @@ pub fn clear_cache() {
     }
 }
 
-/// Load a split. `path` must already be resolved; `seed` feeds the generator. Files are read
-/// once per process (a sweep of 64 cells reads its data once).
-pub fn load(kind: TaskKind, src: &DataSource, seed: u64) -> Result<Dataset, DataError> {
+/// Load a split. `path` must already be resolved; `seed` feeds the generator, `split` picks its
+/// part of the problem space. Files are read once per process (a sweep of 64 cells reads its
+/// data once).
+pub fn load(kind: TaskKind, src: &DataSource, seed: u64, split: Split) -> Result<Dataset, DataError> {
     match (&src.path, &src.generate) {
         (Some(p), None) => load_file(p, src.format.unwrap_or(native_format(kind))),
         (None, Some(g)) => {
-            let id = generator_id(seed, g);
+            let id = generator_id(seed, g, split);
             let key = (PathBuf::from(&id), 0, None, DataFormat::Math);
             if let Some(d) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
                 return Ok(d);
             }
-            let records = generate::arithmetic(seed, g.count, &g.levels);
+            let records = generate::arithmetic(seed, g.count, &g.levels, split);
             let d = Dataset { records: Arc::new(records), sha256: hex(&Sha256::digest(id.as_bytes())), dropped: 0 };
             if let Ok(mut c) = cache().lock() {
                 c.insert(key, d.clone());
@@ -241,12 +259,12 @@ mod tests {
         let p = dir.join("m.jsonl");
         std::fs::write(&p, "{\"problem\":\"1+1\",\"solution\":\"$\\\\boxed{2}$\"}\n\n{\"problem\":\"x\",\"solution\":\"no box\"}\n")
             .unwrap();
-        let d = load(TaskKind::Math, &DataSource { path: Some(p.clone()), ..Default::default() }, 0).unwrap();
+        let d = load(TaskKind::Math, &DataSource { path: Some(p.clone()), ..Default::default() }, 0, Split::Train).unwrap();
         assert_eq!(d.records.len(), 1);
         assert_eq!(d.records[0]["answer"], "2");
         assert_eq!(d.dropped, 1);
         std::fs::write(&p, "{\"problem\":\"1+1\"}\n").unwrap();
-        let e = load(TaskKind::Math, &DataSource { path: Some(p), ..Default::default() }, 0).unwrap_err();
+        let e = load(TaskKind::Math, &DataSource { path: Some(p), ..Default::default() }, 0, Split::Train).unwrap_err();
         assert!(matches!(e, DataError::MissingField { line: 1, .. }), "{e}");
     }
 }

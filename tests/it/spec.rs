@@ -81,7 +81,7 @@ fn explain_says_where_each_value_came_from() {
     let find = |p: &str| rows.iter().find(|r| r.path == p).unwrap_or_else(|| panic!("no row {p}"));
     assert_eq!(find("ppo.kl_coef").origin, "<overrides>:1:13");
     assert_eq!(find("ppo.batch_size").origin, "specs/ablations/meta_every.yaml:9:15");
-    assert_eq!(find("task.kind").origin, "specs/math.yaml:13:9");
+    assert_eq!(find("task.kind").origin, "specs/math.yaml:17:9");
     assert_eq!(find("ppo.cliprange").origin, "default");
     assert!(find("meta.every").origin.starts_with("specs/ablations/meta_every.yaml:"));
 }

@@ -200,3 +200,40 @@ fn the_slurm_script_forwards_the_time_limit_signal_to_mpo() {
     assert!(run.join("checkpoints/LATEST").exists());
     let _ = std::fs::remove_dir_all(&r);
 }
+
+/// A run with evaluations ends with the base policy against the trained one on the held-out
+/// split, with intervals; `mpo eval` on the run reports the same numbers; the base
+/// evaluation is measured once per model and settings and reused by the next run.
+#[test]
+fn a_run_measures_before_and_after_and_mpo_eval_agrees() {
+    let r = root("beforeafter");
+    let root_arg = format!("output.root={}", r.display());
+    let spec = "tests/specs/valid/tiny.yaml";
+    let out = mpo(&["run", spec, &root_arg]);
+    let stdout = ok(&out);
+    for want in ["accuracy on 4 held-out test prompts", "base ", "trained ", "change ", "95% Wilson", "paired bootstrap ("] {
+        assert!(stdout.contains(want), "missing `{want}` in:\n{stdout}");
+    }
+    let dir = std::fs::read_dir(r.join("tiny")).unwrap().flatten().map(|e| e.path()).find(|p| p.join("plan.json").exists()).unwrap();
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let in_run = rows[5]["eval"]["accuracy"].as_f64().unwrap();
+    // `mpo eval` on the finished run: the latest checkpoint is update 6's, answered as in the run
+    let e = ok(&mpo(&["eval", dir.to_str().unwrap()]));
+    assert!(e.contains("checkpoint-000006 on 4 test prompts"), "{e}");
+    assert!(e.contains(&format!("accuracy                 {in_run:.4}")), "{e}\n(in-run accuracy {in_run})");
+    assert!(e.contains("change "), "{e}");
+    let responses = |f: &str| -> Vec<String> {
+        std::fs::read_to_string(dir.join("eval").join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["response"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(responses("checkpoint-000006.jsonl"), responses("update-000006.jsonl"));
+    // another seed of the same spec: the base policy's evaluation comes from the cache
+    let again = mpo(&["run", spec, &root_arg, "runtime.seed=4"]);
+    ok(&again);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("from the cache"), "{}", String::from_utf8_lossy(&again.stderr));
+    let _ = std::fs::remove_dir_all(&r);
+}

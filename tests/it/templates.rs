@@ -57,7 +57,7 @@ fn every_shipped_template_renders_through_the_context_builders() {
     for spec in mpo::bench::SHIPPED_SPECS {
         let loaded = mpo::spec::load(Path::new(spec), &[]);
         let r = &loaded.runs[0];
-        let data = mpo::task::load(r.spec.task.kind, &r.spec.task.train, 0).unwrap();
+        let data = mpo::task::load(r.spec.task.kind, &r.spec.task.train, 0, mpo::task::Split::Train).unwrap();
         records.insert(r.spec.task.kind.as_str().to_string(), data.records[0].clone());
     }
     let mut rendered = 0;
