@@ -140,7 +140,8 @@ const COLUMN_NOTES: &str = "How each number is computed:\n\n\
 - **verifier mean**: mean programmatic verifier score (0..1) of the last update's training \
 rollouts (the same instrument for every run; with a binary verifier, the share answered right).\n\
 - **eval ...**: task metrics of the latest evaluation on held-out test prompts (chosen by \
-`eval.seed`, the same prompts for every run).\n\
+`eval.seed`, the same prompts for every run; `eval transfer/...` on the transfer split). The base \
+policy's, measured on the same prompts before training, is in each run's `eval/base.json`.\n\
 - **training reward (own rubric)**: mean reward of the last update, scored under that run's \
 current rubric. Runs whose rubrics differ were graded by different instruments: do not compare \
 this column across groups.\n\
