@@ -191,6 +191,71 @@ impl Rubric {
     }
 }
 
+/// The shape a grammar holds a meta judge's rubric to, on servers that take grammars
+/// (`reward.judge.dialect` other than `openai`): at most `items` items, each a
+/// `## Name (0-N)` heading (N at most 10) and one to `lines` award or deduction lines of at most
+/// `line_chars` characters. Sized so that the longest rubric it allows fits the token budget:
+/// every answer it admits is complete and parses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RubricShape {
+    pub items: usize,
+    pub lines: usize,
+    pub line_chars: usize,
+}
+
+/// Longest item name a grammar allows (characters, all ASCII).
+const SHAPE_NAME_CHARS: usize = 40;
+/// Bytes of the longest heading: `## ` + name + ` (0-10)` + newline.
+const SHAPE_HEADING_BYTES: usize = 3 + SHAPE_NAME_CHARS + 7 + 1;
+/// Bytes of a line besides its criterion: `- Deduct 10 when ` + newline.
+const SHAPE_LINE_BYTES: usize = 17 + 1;
+/// A criterion shorter than this cannot say what is observed.
+const SHAPE_MIN_LINE_CHARS: usize = 24;
+/// Room for a criterion with its condition; below it, fewer but longer lines.
+const SHAPE_GOOD_LINE_CHARS: usize = 40;
+const SHAPE_MAX_LINE_CHARS: usize = 160;
+
+impl RubricShape {
+    /// The richest shape of at most `max_items` items whose longest rubric fits `max_tokens`
+    /// (one token per byte, the bound for byte-level tokenizers; one more for the end token).
+    /// Fewer lines per item first, then fewer items, when the budget is small.
+    pub fn fit(max_items: usize, max_tokens: u32) -> RubricShape {
+        let budget = (max_tokens as usize).saturating_sub(1);
+        let line_chars = |items: usize, lines: usize| {
+            ((budget / items.max(1)).saturating_sub(SHAPE_HEADING_BYTES) / lines).saturating_sub(SHAPE_LINE_BYTES)
+        };
+        for (lines, least) in [(3, SHAPE_GOOD_LINE_CHARS), (2, SHAPE_GOOD_LINE_CHARS), (1, SHAPE_MIN_LINE_CHARS)] {
+            let c = line_chars(max_items, lines);
+            if c >= least {
+                return RubricShape { items: max_items, lines, line_chars: c.min(SHAPE_MAX_LINE_CHARS) };
+            }
+        }
+        let least_item = SHAPE_HEADING_BYTES + SHAPE_LINE_BYTES + SHAPE_MIN_LINE_CHARS;
+        let items = (budget / least_item).clamp(1, max_items.max(1));
+        RubricShape { items, lines: 1, line_chars: line_chars(items, 1).clamp(1, SHAPE_MAX_LINE_CHARS) }
+    }
+
+    /// Tokens the longest rubric of this shape can take (its bytes, plus the end token).
+    pub fn most_tokens(&self) -> u32 {
+        (self.items * (SHAPE_HEADING_BYTES + self.lines * (SHAPE_LINE_BYTES + self.line_chars)) + 1) as u32
+    }
+
+    /// The grammar in GBNF (llama.cpp; also read by vLLM's and SGLang's xgrammar backends).
+    pub fn gbnf(&self) -> String {
+        format!(
+            "root ::= item{{1,{items}}}\n\
+             item ::= \"## \" name \" (0-\" points \")\\n\" line{{1,{lines}}}\n\
+             name ::= [A-Z] [A-Za-z0-9 ,'/&-]{{1,{name_rest}}}\n\
+             points ::= [1-9] | \"10\"\n\
+             line ::= \"- \" (\"Award\" | \"Deduct\") \" \" points \" when \" [^\\n]{{1,{line_chars}}} \"\\n\"\n",
+            items = self.items,
+            lines = self.lines,
+            name_rest = SHAPE_NAME_CHARS - 1,
+            line_chars = self.line_chars,
+        )
+    }
+}
+
 /// Item names compare without case, punctuation or repeated spaces.
 pub fn normalize_name(name: &str) -> String {
     name.chars()
@@ -205,6 +270,37 @@ pub fn normalize_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_meta_grammar_fits_its_budget_and_what_it_admits_parses() {
+        // a roomy budget keeps every item and three lines
+        let roomy = RubricShape::fit(6, 2048);
+        assert_eq!((roomy.items, roomy.lines), (6, 3));
+        assert!(roomy.most_tokens() <= 2048, "{roomy:?}");
+        // a tight one gives up lines, then items, never the fit
+        for (items, tokens) in [(6, 192), (12, 1024), (3, 64), (1, 16)] {
+            let s = RubricShape::fit(items, tokens);
+            assert!(s.items >= 1 && s.items <= items && s.lines >= 1, "{s:?}");
+            if s.line_chars >= SHAPE_MIN_LINE_CHARS {
+                assert!(s.most_tokens() <= tokens, "{items} items in {tokens}: {s:?} takes {}", s.most_tokens());
+            }
+        }
+        assert_eq!(RubricShape::fit(6, 192).items, 2);
+        // the longest rubric the shape admits, written out, parses to that many items
+        let s = RubricShape::fit(4, 1024);
+        let name = format!("A{}", "b".repeat(SHAPE_NAME_CHARS - 1));
+        let text: String = (0..s.items)
+            .map(|k| {
+                let lines = format!("- Deduct 10 when {}\n", "x".repeat(s.line_chars)).repeat(s.lines);
+                format!("## {}{k} (0-10)\n{lines}", &name[..SHAPE_NAME_CHARS - 1])
+            })
+            .collect();
+        assert!(text.len() < s.most_tokens() as usize, "{} bytes > {}", text.len(), s.most_tokens());
+        let r = Rubric::parse(&text).unwrap();
+        assert_eq!(r.items.len(), s.items);
+        assert_eq!(r.items[0].deductions.len(), s.lines);
+        insta::assert_snapshot!(RubricShape::fit(6, 1024).gbnf());
+    }
 
     const R: &str = "# Math rubric\nScore each item.\n\n## Final answer (0-4)\n- Award 4 if the boxed answer is right.\n- Deduct 2 if there is no box.\n\n## Reasoning (0 - 3 points)\nShows steps.\n";
 

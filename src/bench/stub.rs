@@ -174,6 +174,7 @@ pub fn judge_bench(calls: usize, concurrency: usize, latency: Duration) -> anyho
         api_key: Some("sk-bench".into()),
         model: Some("stub".into()),
         api: JudgeApi::Chat,
+        dialect: Default::default(),
         concurrency,
         timeout: Duration::from_secs(30),
         max_retries: 0,
@@ -186,10 +187,7 @@ pub fn judge_bench(calls: usize, concurrency: usize, latency: Duration) -> anyho
             max_tokens: 16,
             temperature: 0.0,
             seed: i as u64,
-            top_logprobs: None,
-            json_schema: None,
-            attempt: 0,
-            guided: vec![],
+            ..Default::default()
         })
         .collect();
     // warm the connection pool once, as a run does with its first batch

@@ -250,9 +250,8 @@ pub fn tournament(
                 temperature: 0.0,
                 seed: cfg.seed,
                 top_logprobs: Some(10),
-                json_schema: None,
-                attempt: 0,
                 guided: vec!["Winner".into()],
+                ..Default::default()
             })
         })
         .collect::<Result<_, String>>()?;

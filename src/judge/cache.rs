@@ -121,16 +121,7 @@ mod tests {
     }
 
     fn req(p: &str) -> JudgeRequest {
-        JudgeRequest {
-            prompt: p.into(),
-            max_tokens: 8,
-            temperature: 0.0,
-            seed: 0,
-            top_logprobs: None,
-            json_schema: None,
-            attempt: 0,
-            guided: vec![],
-        }
+        JudgeRequest { prompt: p.into(), max_tokens: 8, temperature: 0.0, seed: 0, ..Default::default() }
     }
 
     #[test]

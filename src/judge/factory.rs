@@ -96,6 +96,7 @@ pub fn build<'a, B: Backend + 'a>(
                 api_key,
                 model: js.model.clone(),
                 api: js.api,
+                dialect: js.dialect,
                 concurrency: js.concurrency,
                 timeout: std::time::Duration::from_secs_f64(js.timeout_s),
                 max_retries: js.max_retries,

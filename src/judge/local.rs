@@ -150,16 +150,7 @@ mod tests {
     }
 
     fn request(max_tokens: u32, guided: Vec<String>) -> JudgeRequest {
-        JudgeRequest {
-            prompt: "Grade: 2+2=4".into(),
-            max_tokens,
-            temperature: 0.0,
-            seed: 1,
-            top_logprobs: None,
-            json_schema: None,
-            attempt: 0,
-            guided,
-        }
+        JudgeRequest { prompt: "Grade: 2+2=4".into(), max_tokens, temperature: 0.0, seed: 1, guided, ..Default::default() }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// One prompt to answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JudgeRequest {
     /// The rendered prompt (sent as a user message for chat endpoints and the local model).
     pub prompt: String,
@@ -32,6 +32,10 @@ pub struct JudgeRequest {
     /// Constrain the answer to this JSON schema where the server supports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_schema: Option<serde_json::Value>,
+    /// Constrain the answer to this grammar (GBNF) where the server supports it
+    /// ([`crate::spec::Dialect::grammars`]); only attached for judges that can send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
     /// 0 for the first ask; retries of an unusable answer count up (and change the cache key).
     #[serde(default)]
     pub attempt: u32,
@@ -40,6 +44,10 @@ pub struct JudgeRequest {
     /// get one prefilled request per label).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guided: Vec<String>,
+    /// The integer range of each guided label's value (empty: unconstrained values). A server
+    /// that takes grammars is held to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guided_ranges: Vec<(i64, i64)>,
 }
 
 /// One generated token with its log-probability and the top alternatives.

@@ -14,7 +14,7 @@ use serde_json::{Value as J, json};
 use tokio::sync::Semaphore;
 
 use super::{Judge, JudgeError, JudgeRequest, JudgeResponse, TokenLogprob, Transport};
-use crate::spec::JudgeApi;
+use crate::spec::{Dialect, JudgeApi};
 
 /// Settings of one judge role.
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct OpenAiConfig {
     /// The model name sent in requests (`None`: the server's default).
     pub model: Option<String>,
     pub api: JudgeApi,
+    /// Which fields carry JSON schemas and grammars.
+    pub dialect: Dialect,
     pub concurrency: usize,
     pub timeout: Duration,
     pub max_retries: u32,
@@ -106,13 +108,47 @@ fn body(cfg: &OpenAiConfig, r: &JudgeRequest, prefill: Option<&str>) -> J {
             }
         }
     }
-    if let (Some(schema), JudgeApi::Chat) = (&r.json_schema, cfg.api) {
-        o.insert(
-            "response_format".into(),
-            json!({ "type": "json_schema", "json_schema": { "name": "scores", "schema": schema, "strict": true } }),
-        );
-    }
+    constrain(o, cfg.dialect, cfg.api, r.json_schema.as_ref(), r.grammar.as_deref());
     b
+}
+
+/// Put a JSON schema (preferred when both are given) or a grammar into the fields `dialect`
+/// reads. What a dialect cannot send is left out: the answer is then parsed as written.
+fn constrain(o: &mut serde_json::Map<String, J>, dialect: Dialect, api: JudgeApi, schema: Option<&J>, grammar: Option<&str>) {
+    let response_format =
+        |schema: &J| json!({ "type": "json_schema", "json_schema": { "name": "scores", "schema": schema, "strict": true } });
+    match (schema, grammar, dialect) {
+        (Some(s), _, Dialect::Openai) if api == JudgeApi::Chat => {
+            o.insert("response_format".into(), response_format(s));
+        }
+        (Some(s), _, Dialect::Sglang) if api == JudgeApi::Chat => {
+            o.insert("response_format".into(), response_format(s));
+        }
+        (Some(s), _, Dialect::Sglang) => {
+            o.insert("json_schema".into(), s.to_string().into());
+        }
+        (Some(s), _, Dialect::Vllm) => {
+            o.insert("structured_outputs".into(), json!({ "json": s }));
+        }
+        (Some(s), _, Dialect::LlamaCpp) => {
+            o.insert("json_schema".into(), s.clone());
+        }
+        (None, Some(g), Dialect::Vllm) => {
+            o.insert("structured_outputs".into(), json!({ "grammar": g }));
+        }
+        (None, Some(g), Dialect::Sglang) => {
+            o.insert("ebnf".into(), g.into());
+        }
+        (None, Some(g), Dialect::LlamaCpp) => {
+            o.insert("grammar".into(), g.into());
+        }
+        _ => {}
+    }
+}
+
+/// A grammar (GBNF) for one guided value: an integer in `min..=max`, after an optional space.
+pub fn value_grammar(min: i64, max: i64) -> String {
+    format!("root ::= \" \"? {}\n", crate::reward::score::gbnf_range(min, max))
 }
 
 /// Parse a chat or completions response body.
@@ -280,69 +316,78 @@ impl Judge for OpenAiJudge {
     fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
         let sem = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
         let cfg = Arc::new(self.cfg.clone());
-        // A guided request becomes one request per label, each with the answer prefilled up to
-        // `label:`; the answers are joined back into `label: value` lines.
-        let mut calls: Vec<(usize, Option<String>)> = Vec::new();
-        for (i, r) in requests.iter().enumerate() {
-            if r.guided.is_empty() {
-                calls.push((i, None));
-            } else {
-                calls.extend(r.guided.iter().map(|l| (i, Some(format!("{l}:")))));
-            }
-        }
-        let tasks: Vec<_> = calls
+        let tasks: Vec<_> = requests
             .iter()
-            .map(|(i, prefill)| {
-                let (sem, cfg, client, next, r, prefill) =
-                    (sem.clone(), cfg.clone(), self.client.clone(), self.next_url.clone(), requests[*i].clone(), prefill.clone());
-                let transport = self.transport.clone();
+            .map(|r| {
+                let call =
+                    Call { client: self.client.clone(), cfg: cfg.clone(), next: self.next_url.clone(), transport: self.transport.clone() };
+                let (sem, r) = (sem.clone(), r.clone());
                 self.runtime.spawn(async move {
-                    let _permit = sem.acquire_owned().await.expect("semaphore open");
-                    with_retries(client, cfg, next, r, prefill, transport).await
+                    if r.guided.is_empty() {
+                        let _permit = sem.acquire_owned().await.expect("semaphore open");
+                        call.ask(r, None).await
+                    } else {
+                        guided(&call, &sem, &r).await
+                    }
                 })
             })
             .collect();
-        let answers: Vec<Result<JudgeResponse, JudgeError>> = self.runtime.block_on(async {
+        self.runtime.block_on(async {
             let mut out = Vec::with_capacity(tasks.len());
             for t in tasks {
                 out.push(t.await.unwrap_or_else(|e| Err(JudgeError::Config { message: format!("request task failed: {e}") })));
             }
             out
-        });
-        let mut out: Vec<Option<Result<JudgeResponse, JudgeError>>> = vec![None; requests.len()];
-        for ((i, prefill), a) in calls.into_iter().zip(answers) {
-            let Some(label) = prefill else {
-                out[i] = Some(a);
-                continue;
-            };
-            let slot = out[i].get_or_insert_with(|| {
-                Ok(JudgeResponse {
-                    text: String::new(),
-                    prompt_tokens: 0,
-                    completion_tokens: 0,
-                    logprobs: Some(vec![]),
-                    cached: false,
-                    truncated: false,
-                })
-            });
-            match (slot.as_mut(), a) {
-                (Ok(acc), Ok(resp)) => {
-                    let value = resp.text.lines().next().unwrap_or("").to_string();
-                    acc.text.push_str(&format!("{label}{value}\n"));
-                    acc.prompt_tokens += resp.prompt_tokens;
-                    acc.completion_tokens += resp.completion_tokens;
-                    if let Some(lp) = acc.logprobs.as_mut() {
-                        lp.push(TokenLogprob { token: label.clone(), logprob: 0.0, top: vec![] });
-                        lp.extend(resp.logprobs.unwrap_or_default());
-                        lp.push(TokenLogprob { token: "\n".into(), logprob: 0.0, top: vec![] });
-                    }
-                }
-                (Ok(_), Err(e)) => *slot = Err(e),
-                (Err(_), _) => {}
-            }
-        }
-        out.into_iter().map(|o| o.unwrap_or_else(|| Err(JudgeError::Config { message: "unanswered".into() }))).collect()
+        })
     }
+}
+
+/// What one request needs to reach the servers.
+struct Call {
+    client: reqwest::Client,
+    cfg: Arc<OpenAiConfig>,
+    next: Arc<AtomicUsize>,
+    transport: Arc<Mutex<Transport>>,
+}
+
+impl Call {
+    async fn ask(&self, r: JudgeRequest, prefill: Option<String>) -> Result<JudgeResponse, JudgeError> {
+        with_retries(self.client.clone(), self.cfg.clone(), self.next.clone(), r, prefill, self.transport.clone()).await
+    }
+}
+
+/// A guided answer: one request per label, in order, each with the answer so far and the label
+/// prefilled (so the judge sees its earlier scores), its value held to the label's range where
+/// the dialect sends grammars. The values are joined back into `label: value` lines.
+async fn guided(call: &Call, sem: &Semaphore, r: &JudgeRequest) -> Result<JudgeResponse, JudgeError> {
+    let mut acc = JudgeResponse { logprobs: Some(vec![]), ..JudgeResponse::answer("") };
+    for (k, label) in r.guided.iter().enumerate() {
+        let prefix = format!("{label}:");
+        let sub = JudgeRequest {
+            guided: vec![],
+            guided_ranges: vec![],
+            grammar: r.guided_ranges.get(k).filter(|_| call.cfg.dialect.grammars()).map(|&(lo, hi)| value_grammar(lo, hi)),
+            ..r.clone()
+        };
+        let prefill = format!("{}{prefix}", acc.text);
+        let resp = {
+            let _permit = sem.acquire().await.expect("semaphore open");
+            call.ask(sub, Some(prefill.clone())).await?
+        };
+        // llama-server's chat endpoint returns the prefilled text with the continuation; vLLM
+        // and completions endpoints return the continuation only.
+        let continuation = resp.text.strip_prefix(prefill.as_str()).unwrap_or(&resp.text);
+        let value = continuation.lines().next().unwrap_or("").to_string();
+        acc.text.push_str(&format!("{prefix}{value}\n"));
+        acc.prompt_tokens += resp.prompt_tokens;
+        acc.completion_tokens += resp.completion_tokens;
+        if let Some(lp) = acc.logprobs.as_mut() {
+            lp.push(TokenLogprob { token: prefix, logprob: 0.0, top: vec![] });
+            lp.extend(resp.logprobs.unwrap_or_default());
+            lp.push(TokenLogprob { token: "\n".into(), logprob: 0.0, top: vec![] });
+        }
+    }
+    Ok(acc)
 }
 
 #[cfg(test)]
@@ -383,6 +428,37 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert(reqwest::header::RETRY_AFTER, "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn each_dialect_sends_constraints_in_its_own_fields() {
+        let rubric = crate::rubric::Rubric::parse("## Correct (0-2)\n").unwrap();
+        let schema = crate::reward::score::json_schema(&rubric, 40);
+        let mut out = String::new();
+        for dialect in [Dialect::Openai, Dialect::Vllm, Dialect::Sglang, Dialect::LlamaCpp] {
+            for api in [JudgeApi::Chat, JudgeApi::Completions] {
+                let cfg = OpenAiConfig {
+                    base_urls: vec!["http://h".into()],
+                    api_key: Some("sk-never-in-a-body".into()),
+                    model: Some("judge".into()),
+                    api,
+                    dialect,
+                    concurrency: 1,
+                    timeout: Duration::from_secs(1),
+                    max_retries: 0,
+                    backoff: Duration::ZERO,
+                };
+                let base = JudgeRequest { prompt: "Grade.".into(), max_tokens: 128, ..Default::default() };
+                let json = JudgeRequest { json_schema: Some(schema.clone()), ..base.clone() };
+                let value = JudgeRequest { grammar: Some(value_grammar(0, 2)), max_tokens: 3, ..base };
+                for (what, r, prefill) in [("json", &json, None), ("guided value", &value, Some("Correct:"))] {
+                    let b = serde_json::to_string_pretty(&body(&cfg, r, prefill)).unwrap();
+                    assert!(!b.contains("sk-never"), "keys travel in headers only");
+                    out += &format!("--- {dialect:?} {api:?}: {what}\n{b}\n");
+                }
+            }
+        }
+        insta::assert_snapshot!(out);
     }
 
     #[test]

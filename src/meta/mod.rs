@@ -30,6 +30,9 @@ pub struct MetaConfig {
     pub domain_guidelines: bool,
     pub max_tokens: u32,
     pub temperature: f64,
+    /// A grammar for the stages that answer with a rubric (refine, merge), sent where the
+    /// meta judge's server takes grammars ([`crate::rubric::RubricShape`]).
+    pub rubric_grammar: Option<String>,
 }
 
 /// A rollout offered to the meta judge.
@@ -161,10 +164,8 @@ fn step(
         max_tokens: cfg.max_tokens,
         temperature: cfg.temperature,
         seed: crate::rng::sub_seed(seed, &format!("meta/{stage}/u{update:06}/{k}")),
-        top_logprobs: None,
-        json_schema: None,
-        attempt: 0,
-        guided: vec![],
+        grammar: if matches!(stage, "refine" | "merge") { cfg.rubric_grammar.clone() } else { None },
+        ..Default::default()
     };
     if let Some(t) = &cfg.prescreen {
         let prompt = render(t, &ctx(Stage::Prescreen { samples: picked.iter().map(|s| s.context()).collect() }))?;
@@ -271,6 +272,7 @@ mod tests {
             domain_guidelines: true,
             max_tokens: 64,
             temperature: 0.0,
+            rubric_grammar: None,
         }
     }
 

@@ -278,7 +278,7 @@ impl Gguf {
         if n % block != 0 {
             return Err(bad(format!("{n} elements, not a multiple of its block {block}")));
         }
-        let len = n / block * bytes;
+        let len = (n / block).checked_mul(bytes).ok_or_else(|| bad(format!("{n} elements are impossibly many")))?;
         let range = usize::try_from(info.offset)
             .ok()
             .and_then(|o| self.data_start.checked_add(o))
@@ -667,5 +667,28 @@ mod tests {
         assert_eq!(h.metadata, g.metadata);
         assert_eq!(h.tensor_f32("w").unwrap(), (v, shape));
         let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn a_tensor_too_large_to_address_is_an_error() {
+        // 2^31 x 2^31 f32 elements: the count fits a usize, its bytes do not (found by the
+        // mutation fuzz test in tests/it/model.rs)
+        let mut f = Vec::new();
+        f.extend(0x4655_4747u32.to_le_bytes());
+        f.extend(3u32.to_le_bytes());
+        f.extend(1u64.to_le_bytes());
+        f.extend(0u64.to_le_bytes());
+        f.extend(1u64.to_le_bytes());
+        f.push(b'w');
+        f.extend(2u32.to_le_bytes());
+        f.extend((1u64 << 31).to_le_bytes());
+        f.extend((1u64 << 31).to_le_bytes());
+        f.extend(0u32.to_le_bytes());
+        f.extend(0u64.to_le_bytes());
+        while f.len() % 32 != 0 {
+            f.push(0);
+        }
+        let g = Gguf::parse(f).unwrap();
+        assert!(matches!(g.tensor_f32("w"), Err(GgufError::Truncated(m)) if m.contains("impossibly many")));
     }
 }

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use super::Plan;
 use crate::model::registry::ModelRef;
-use crate::spec::{Algorithm, Every, Extraction, FailurePolicy, JudgeBackend, JudgeSpec, MixSpec, VerifierSpec};
+use crate::reward::score::{AnswerShape, answer_budget};
+use crate::spec::{Algorithm, AnswerMode, Every, Extraction, FailurePolicy, JudgeBackend, JudgeSpec, MixSpec, VerifierSpec};
 
 fn model_name(m: &ModelRef) -> String {
     match m {
@@ -34,11 +35,17 @@ fn judge(j: &JudgeSpec, model: Option<&ModelRef>) -> String {
     match j.backend {
         JudgeBackend::Local => format!("local {}", model.map(model_name).unwrap_or_default()),
         JudgeBackend::Openai => format!(
-            "openai {}{} via ${} (concurrency {})",
+            "openai {}{}{} via ${} (concurrency {})",
             j.model.as_deref().unwrap_or("<served model>"),
             match j.api {
                 crate::spec::JudgeApi::Chat => "",
                 crate::spec::JudgeApi::Completions => " (completions)",
+            },
+            match j.dialect {
+                crate::spec::Dialect::Openai => "",
+                crate::spec::Dialect::Vllm => " [vllm]",
+                crate::spec::Dialect::Sglang => " [sglang]",
+                crate::spec::Dialect::LlamaCpp => " [llama_cpp]",
             },
             j.base_url_env,
             j.concurrency
@@ -94,9 +101,31 @@ pub fn render_summary(plan: &Plan) -> String {
         i.rubric_v0.max_score,
         if s.reward.normalize { " (normalized to 0..1)" } else { "" }
     );
+    let j = &s.reward.judge;
+    // `rubric_v0.items` reads `Name (min-max)`
+    let names = || i.rubric_v0.items.iter().map(|it| it.rsplit_once(" (").map_or(it.as_str(), |(name, _)| name));
+    let held = j.backend == JudgeBackend::Openai;
     let extraction = match &s.reward.extraction {
+        Extraction::Regex { pattern }
+            if held && j.dialect.grammars() && s.reward.answer == AnswerMode::Free && *pattern == crate::spec::default_score_regex() =>
+        {
+            let b = answer_budget(AnswerShape::Free, names(), j.max_tokens);
+            format!(
+                "regex, answers held to a grammar (rationales <= {} chars: at most {} of {} tokens under rubric v0)",
+                b.rationale_chars, b.most_tokens, j.max_tokens
+            )
+        }
         Extraction::Regex { .. } => "regex".to_string(),
-        Extraction::Json => "json".to_string(),
+        Extraction::Json if held && !j.dialect.schemas_on(j.api) => {
+            "json (no schema sent: the openai dialect has none on completions)".to_string()
+        }
+        Extraction::Json => {
+            let b = answer_budget(AnswerShape::Json, names(), j.max_tokens);
+            format!(
+                "json, answers held to a schema (rationales <= {} chars: at most {} of {} tokens under rubric v0)",
+                b.rationale_chars, b.most_tokens, j.max_tokens
+            )
+        }
         Extraction::Logprobs { top_logprobs } => format!("logprobs (top {top_logprobs})"),
     };
     let failure = match &s.reward.failure.policy {
@@ -144,6 +173,18 @@ pub fn render_summary(plan: &Plan) -> String {
             let mj = s.meta.judge.as_ref().unwrap_or(&s.reward.judge);
             let _ =
                 writeln!(o, "  meta      {}, {} samples, {stages}; judge {}", every(e), s.meta.samples, judge(mj, i.models.meta.as_ref()));
+            if mj.backend == JudgeBackend::Openai && mj.dialect.grammars() {
+                let shape = crate::rubric::RubricShape::fit(s.meta.max_items, s.meta.max_tokens);
+                let _ = writeln!(
+                    o,
+                    "            rubrics held to a grammar: <= {} items of 1-{} award/deduction lines <= {} chars (at most {} of {} tokens)",
+                    shape.items,
+                    shape.lines,
+                    shape.line_chars,
+                    shape.most_tokens(),
+                    s.meta.max_tokens
+                );
+            }
         }
     }
     let p = &s.ppo;

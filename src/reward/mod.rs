@@ -19,8 +19,8 @@ use serde_json::Value as J;
 
 use crate::judge::{Judge, JudgeRequest, TokenUsage};
 use crate::rubric::Rubric;
-use crate::spec::{AnswerMode, Extraction, FailurePolicy, MixSpec, RewardSpec};
-use score::{ItemScores, ScoreFailure};
+use crate::spec::{AnswerMode, Extraction, FailurePolicy, JudgeBackend, MixSpec, RewardSpec};
+use score::{AnswerShape, ItemScores, ScoreFailure};
 use verify::Verdict;
 
 /// One rollout to score.
@@ -103,6 +103,17 @@ impl RewardConfig {
         }
     }
 
+    /// Whether free answers are held to [`score::free_grammar`]: the judge's server takes
+    /// grammars and the answer is read with the default score pattern (a custom pattern may
+    /// expect another shape).
+    pub fn holds_free_answers(&self) -> bool {
+        let j = &self.spec.judge;
+        j.backend == JudgeBackend::Openai
+            && j.dialect.grammars()
+            && self.spec.answer == AnswerMode::Free
+            && matches!(&self.spec.extraction, Extraction::Regex { pattern } if *pattern == crate::spec::default_score_regex())
+    }
+
     /// The judge prompt for one rollout.
     pub fn judge_prompt(&self, rubric: &Rubric, r: &Rollout) -> Result<String, RewardError> {
         let ctx = crate::template::context::JudgeContext::new(&self.task, rubric, &r.question, &r.response, r.record);
@@ -182,7 +193,13 @@ pub fn score_batch(
     for &i in &pending {
         out[i].judge_prompt = Some(cfg.judge_prompt(rubric, &rollouts[i])?);
     }
-    let schema = matches!(spec.extraction, Extraction::Json).then(|| score::json_schema(rubric));
+    let guided = spec.answer == AnswerMode::Guided;
+    let names = || rubric.items.iter().map(|i| i.name.as_str());
+    let schema = matches!(spec.extraction, Extraction::Json)
+        .then(|| score::json_schema(rubric, score::answer_budget(AnswerShape::Json, names(), spec.judge.max_tokens).rationale_chars));
+    let grammar = cfg
+        .holds_free_answers()
+        .then(|| score::free_grammar(rubric, score::answer_budget(AnswerShape::Free, names(), spec.judge.max_tokens).rationale_chars));
     let top_logprobs = match spec.extraction {
         Extraction::Logprobs { top_logprobs } => Some(top_logprobs),
         _ => None,
@@ -207,7 +224,9 @@ pub fn score_batch(
                 top_logprobs,
                 json_schema: schema.clone(),
                 attempt,
-                guided: if spec.answer == AnswerMode::Guided { rubric.items.iter().map(|it| it.name.clone()).collect() } else { vec![] },
+                guided: if guided { rubric.items.iter().map(|it| it.name.clone()).collect() } else { vec![] },
+                guided_ranges: if guided { rubric.items.iter().map(|it| (it.min, it.max)).collect() } else { vec![] },
+                grammar: grammar.clone(),
             })
             .collect();
         let answers = judge.complete(&reqs);

@@ -85,7 +85,8 @@ pub fn by_regex(rubric: &Rubric, re: &Regex, answer: &str) -> Result<ItemScores,
     finish(rubric, found)
 }
 
-/// Scores from the first JSON object in the answer: `{"items": [{"name", "score", ...}]}` or
+/// Scores from the first JSON object in the answer: `{"Item name": {"rationale", "score"}, ...}`
+/// (what [`json_schema`] asks for), `{"items": [{"name", "score", ...}]}` or
 /// `{"Item name": score, ...}`.
 pub fn by_json(rubric: &Rubric, answer: &str) -> Result<ItemScores, ScoreFailure> {
     let start = answer.find('{').ok_or_else(|| ScoreFailure::Unparseable { message: "no JSON object".into() })?;
@@ -113,7 +114,7 @@ pub fn by_json(rubric: &Rubric, answer: &str) -> Result<ItemScores, ScoreFailure
         None => {
             if let Some(o) = v.as_object() {
                 for (k, s) in o {
-                    put(k, s);
+                    put(k, s.get("score").unwrap_or(s));
                 }
             }
         }
@@ -121,17 +122,112 @@ pub fn by_json(rubric: &Rubric, answer: &str) -> Result<ItemScores, ScoreFailure
     finish(rubric, found)
 }
 
-/// The JSON schema sent with `response_format` for JSON extraction.
-pub fn json_schema(rubric: &Rubric) -> serde_json::Value {
+/// Tokens a compact JSON answer spends besides its rationales: the braces, and per item its
+/// quoted name, the `rationale` and `score` keys, the score and separators (`"Name": {"rationale":
+/// "", "score": -10}, ` is the name's bytes + 35), with room for a few spaces. Counted as one
+/// token per byte of structure and per character of rationale: byte-level BPE tokens cover at
+/// least one byte, so that is an upper bound for plain-ASCII rationales.
+const JSON_FIXED_TOKENS: u32 = 4;
+const JSON_TOKENS_PER_ITEM: u32 = 40;
+/// A free answer's structure per item: the newline after the rationale, `: `, a score of up to
+/// three characters and a newline, besides the name.
+const FREE_TOKENS_PER_ITEM: u32 = 8;
+/// A rationale shorter than this says little; `mpo check` warns when the budget allows less.
+pub const MIN_RATIONALE_CHARS: u32 = 24;
+/// One or two sentences; a longer rationale adds tokens, not information.
+pub const MAX_RATIONALE_CHARS: u32 = 320;
+
+/// The two answer shapes a server can be held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerShape {
+    /// [`json_schema`]: one `{rationale, score}` object per item.
+    Json,
+    /// [`free_grammar`]: per item a rationale line, then `Name: score`.
+    Free,
+}
+
+/// How a held answer fits its token budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerBudget {
+    /// Longest rationale per item (characters).
+    pub rationale_chars: u32,
+    /// Tokens a complete answer needs with [`MIN_RATIONALE_CHARS`]-character rationales.
+    pub least_tokens: u32,
+    /// Tokens the longest compact answer can take.
+    pub most_tokens: u32,
+}
+
+/// Rationale length so that a complete answer of `shape` with items named `names` fits
+/// `max_tokens`.
+pub fn answer_budget<'a>(shape: AnswerShape, names: impl IntoIterator<Item = &'a str>, max_tokens: u32) -> AnswerBudget {
+    let (fixed, per_item) = match shape {
+        AnswerShape::Json => (JSON_FIXED_TOKENS, JSON_TOKENS_PER_ITEM),
+        AnswerShape::Free => (1, FREE_TOKENS_PER_ITEM),
+    };
+    let (mut n, mut structure) = (0u32, fixed);
+    for name in names {
+        n += 1;
+        structure += per_item + name.len() as u32;
+    }
+    let n = n.max(1);
+    let rationale_chars = (max_tokens.saturating_sub(structure) / n).min(MAX_RATIONALE_CHARS);
+    AnswerBudget { rationale_chars, least_tokens: structure + n * MIN_RATIONALE_CHARS, most_tokens: structure + n * rationale_chars }
+}
+
+/// A GBNF string literal.
+fn gbnf_literal(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+}
+
+/// A GBNF alternative of the integers in `min..=max` (a sign and digits when the range is wide).
+pub fn gbnf_range(min: i64, max: i64) -> String {
+    if max.saturating_sub(min) > 100 {
+        return "(\"-\"? [0-9] [0-9]{0,5})".into();
+    }
+    let alts: Vec<String> = (min..=max).map(|v| format!("\"{v}\"")).collect();
+    format!("({})", alts.join(" | "))
+}
+
+/// The grammar (GBNF) of a complete free answer, for the default score pattern: per rubric item,
+/// in order, a rationale line of at most `rationale_chars` characters (no colon, so it can never
+/// be read as a score line) and then `Name: score` with the score in the item's range.
+pub fn free_grammar(rubric: &Rubric, rationale_chars: u32) -> String {
+    let mut g = String::from("root ::=");
+    for k in 0..rubric.items.len() {
+        g += &format!(" item{k}");
+    }
+    g.push('\n');
+    for (k, it) in rubric.items.iter().enumerate() {
+        g += &format!(
+            "item{k} ::= [^\\n:]{{0,{rationale_chars}}} \"\\n\" {} \": \" {} \"\\n\"\n",
+            gbnf_literal(&it.name),
+            gbnf_range(it.min, it.max)
+        );
+    }
+    g
+}
+
+/// The JSON schema of a complete answer: exactly one property per rubric item, in rubric order,
+/// each a rationale of at most `rationale_chars` characters and an integer score in the item's
+/// range. A server that enforces it cannot return an answer [`by_json`] rejects.
+pub fn json_schema(rubric: &Rubric, rationale_chars: u32) -> serde_json::Value {
+    let mut props = serde_json::Map::new();
+    for it in &rubric.items {
+        props.insert(
+            it.name.clone(),
+            serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "rationale": { "type": "string", "maxLength": rationale_chars },
+                    "score": { "type": "integer", "minimum": it.min, "maximum": it.max },
+                },
+                "required": ["rationale", "score"],
+                "additionalProperties": false,
+            }),
+        );
+    }
     let names: Vec<&str> = rubric.items.iter().map(|i| i.name.as_str()).collect();
-    serde_json::json!({
-        "type": "object",
-        "properties": { "items": { "type": "array", "items": {
-            "type": "object",
-            "properties": { "name": { "enum": names }, "rationale": { "type": "string" }, "score": { "type": "integer" } },
-            "required": ["name", "rationale", "score"], "additionalProperties": false } } },
-        "required": ["items"], "additionalProperties": false
-    })
+    serde_json::json!({ "type": "object", "properties": props, "required": names, "additionalProperties": false })
 }
 
 /// Scores as expectations: at the token where an item's score is written (`Item: <score>`),
@@ -203,7 +299,60 @@ mod tests {
         assert_eq!(by_json(&r, a).unwrap().total(), 5.0);
         assert_eq!(by_json(&r, "{\"Final answer\": 2, \"Reasoning\": 3}").unwrap().total(), 5.0);
         assert!(matches!(by_json(&r, "{\"items\": [}"), Err(ScoreFailure::Unparseable { .. })));
-        assert!(json_schema(&r)["properties"]["items"]["items"]["properties"]["name"]["enum"].as_array().unwrap().len() == 2);
+        let a = "{\"Final answer\": {\"rationale\": \"right\", \"score\": 4}, \"Reasoning\": {\"rationale\": \"thin\", \"score\": 1}}";
+        assert_eq!(by_json(&r, a).unwrap().scores, vec![("Final answer".into(), 4.0), ("Reasoning".into(), 1.0)]);
+    }
+
+    #[test]
+    fn the_schema_pins_every_item_its_range_and_the_rationale_length() {
+        let r = rubric();
+        let s = json_schema(&r, 50);
+        insta::assert_snapshot!(serde_json::to_string_pretty(&s).unwrap());
+        let keys: Vec<&String> = s["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["Final answer", "Reasoning"], "rubric order");
+        // answers the schema allows parse; the bounds are the rubric's
+        let ok = "{\"Final answer\": {\"rationale\": \"\", \"score\": 0}, \"Reasoning\": {\"rationale\": \"x\", \"score\": 3}}";
+        assert_eq!(by_json(&r, ok).unwrap().total(), 3.0);
+    }
+
+    #[test]
+    fn the_rationale_limit_makes_the_longest_answer_fit() {
+        let names = ["Final answer", "Reasoning"];
+        let b = answer_budget(AnswerShape::Json, names, 256);
+        assert!(b.most_tokens <= 256 && b.rationale_chars >= MIN_RATIONALE_CHARS, "{b:?}");
+        // the longest valid answer, written out, has no more bytes than the budget counts
+        let r = rubric();
+        let longest = serde_json::json!({
+            "Final answer": {"rationale": "x".repeat(b.rationale_chars as usize), "score": -10},
+            "Reasoning": {"rationale": "y".repeat(b.rationale_chars as usize), "score": -10},
+        });
+        let text = serde_json::to_string(&longest).unwrap().replace(",", ", ").replace(":", ": ");
+        assert!(text.len() as u32 <= b.most_tokens, "{} > {}", text.len(), b.most_tokens);
+        assert!(by_json(&r, &text).is_err(), "-10 is out of range");
+        // too small a budget: no rationale at all, and `least_tokens` says what is needed
+        let tight = answer_budget(AnswerShape::Json, names, 60);
+        assert_eq!(tight.rationale_chars, 0);
+        assert!(tight.least_tokens > 60);
+        assert_eq!(answer_budget(AnswerShape::Json, names, 100_000).rationale_chars, MAX_RATIONALE_CHARS);
+    }
+
+    #[test]
+    fn the_free_grammar_admits_only_answers_the_default_pattern_reads_in_range() {
+        let r = Rubric::parse("## Final answer (0-4)\n## \"Quoted\" name (0-2)\n").unwrap();
+        let b = answer_budget(AnswerShape::Free, r.items.iter().map(|i| i.name.as_str()), 64);
+        assert_eq!(b.rationale_chars, (64 - 1 - 8 - 12 - 8 - 13) / 2);
+        let g = free_grammar(&r, b.rationale_chars);
+        insta::assert_snapshot!(g);
+        // the longest answer it admits reads back, in range, and fits
+        let longest = format!(
+            "{}\nFinal answer: 4\n{}\n\"Quoted\" name: 2\n",
+            "x".repeat(b.rationale_chars as usize),
+            "y".repeat(b.rationale_chars as usize)
+        );
+        assert!(longest.len() as u32 <= b.most_tokens);
+        let re = Regex::new(&default_score_regex()).unwrap();
+        assert_eq!(by_regex(&r, &re, &longest).unwrap().total(), 6.0);
+        assert_eq!(gbnf_range(-1, 1), "(\"-1\" | \"0\" | \"1\")");
     }
 
     #[test]

@@ -286,6 +286,42 @@ pub enum JudgeApi {
     Completions,
 }
 
+/// How a server is asked to constrain an answer's shape (structured outputs). The reward judge's
+/// JSON schema (`extraction: {method: json}`), guided score values and the meta stages' rubric
+/// grammar are sent in the fields the server reads; a server that ignores them answers freely
+/// and the answer is still parsed (and any failure counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// `response_format: {type: json_schema}` on the chat endpoint (OpenAI, vLLM, SGLang,
+    /// llama-server). No grammars: guided values and meta rubrics go unconstrained.
+    #[default]
+    Openai,
+    /// vLLM (>= 0.10.2): `structured_outputs: {json: ...}` or `{grammar: ...}`, on chat and
+    /// completions.
+    Vllm,
+    /// SGLang: `response_format` for JSON, `ebnf` for grammars, on chat and completions.
+    Sglang,
+    /// llama.cpp's llama-server: `json_schema` and `grammar` (GBNF), on chat and completions.
+    LlamaCpp,
+}
+
+impl Dialect {
+    pub fn is_openai(&self) -> bool {
+        *self == Dialect::Openai
+    }
+
+    /// Whether this dialect can send a grammar (guided values, meta rubrics).
+    pub fn grammars(self) -> bool {
+        self != Dialect::Openai
+    }
+
+    /// Whether this dialect can send a JSON schema on `api`.
+    pub fn schemas_on(self, api: JudgeApi) -> bool {
+        self != Dialect::Openai || api == JudgeApi::Chat
+    }
+}
+
 /// A judge role: the reward model or the meta-reward model. Secrets never appear here, only
 /// the names of the environment variables that hold them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -304,7 +340,13 @@ pub struct JudgeSpec {
     pub api_key_env: String,
     /// Endpoint flavour.
     pub api: JudgeApi,
-    /// Most tokens a judge answer may use.
+    /// `openai` backend: the fields structured outputs are requested in (see README, "Which
+    /// judge protocol").
+    // Left out of plans while default, so adding it changed no run id.
+    #[serde(skip_serializing_if = "Dialect::is_openai")]
+    pub dialect: Dialect,
+    /// Most tokens a judge answer may use. With `extraction: {method: json}` the answer's
+    /// rationales are limited so that a complete answer fits (see `mpo plan`).
     #[schemars(range(min = 1, max = 65536))]
     pub max_tokens: u32,
     /// Sampling temperature of the judge (0 = greedy).
@@ -332,6 +374,7 @@ impl Default for JudgeSpec {
             base_url_env: "OPENAI_BASE_URL".into(),
             api_key_env: "OPENAI_API_KEY".into(),
             api: JudgeApi::Chat,
+            dialect: Dialect::Openai,
             max_tokens: 256,
             temperature: 0.0,
             concurrency: 16,
@@ -403,8 +446,11 @@ pub enum Extraction {
         #[serde(default = "default_score_regex")]
         pattern: String,
     },
-    /// A JSON object `{"items": [{"name", "rationale", "score"}]}`; `response_format` with a
-    /// JSON schema is sent where the server supports it.
+    /// A JSON object with one property per rubric item, in rubric order, each
+    /// `{"rationale": "...", "score": <integer in the item's range>}`. The schema is sent to
+    /// servers that constrain answers (`reward.judge.dialect`), with each rationale limited so
+    /// that the whole answer fits `reward.judge.max_tokens`. Answers in the older
+    /// `{"items": [{"name", "rationale", "score"}]}` shape are read too.
     Json,
     /// The probability-weighted expectation over score tokens (needs logprobs from the judge).
     Logprobs {

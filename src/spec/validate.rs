@@ -537,7 +537,10 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     // A judge answer holds at least a line per item; below that it is cut off and never scored.
     let largest = if spec.meta.every == Every::Never { rubric.as_ref().map_or(0, |r| r.items.len()) } else { spec.meta.max_items };
     let least = largest as u32 * TOKENS_PER_ITEM_LINE;
-    if spec.reward.answer != AnswerMode::Guided && largest > 0 && spec.reward.judge.max_tokens < least {
+    let json = spec.reward.extraction == Extraction::Json;
+    if json {
+        structured_budget(&mut v, spec, rubric.as_ref());
+    } else if spec.reward.answer != AnswerMode::Guided && largest > 0 && spec.reward.judge.max_tokens < least {
         let which = if spec.meta.every == Every::Never {
             format!("the {largest}-item rubric")
         } else {
@@ -551,7 +554,26 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         .help
         .push(format!("raise it to at least {least}"));
     }
-    if spec.meta.every != Every::Never && spec.meta.max_tokens < spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM {
+    let meta_judge = spec.meta.judge.as_ref().unwrap_or(&spec.reward.judge);
+    let meta_grammar = spec.meta.every != Every::Never && meta_judge.backend == JudgeBackend::Openai && meta_judge.dialect.grammars();
+    if meta_grammar && crate::rubric::RubricShape::fit(spec.meta.max_items, spec.meta.max_tokens).items < spec.meta.max_items {
+        let shape = crate::rubric::RubricShape::fit(spec.meta.max_items, spec.meta.max_tokens);
+        v.warn(
+            "meta.max_tokens",
+            format!(
+                "`meta.max_tokens` ({}) holds a complete rubric of only {} item{} under the meta judge's grammar, not `meta.max_items` ({}): refined and merged rubrics are limited to {}",
+                spec.meta.max_tokens, shape.items, if shape.items == 1 { "" } else { "s" }, spec.meta.max_items, shape.items
+            ),
+            "too few tokens",
+        )
+        .help
+        .push(format!(
+            "raise `meta.max_tokens` to at least {} for {} items",
+            spec.meta.max_items as u32 * (crate::rubric::RubricShape { items: 1, lines: 1, line_chars: 24 }.most_tokens()),
+            spec.meta.max_items
+        ));
+    } else if spec.meta.every != Every::Never && !meta_grammar && spec.meta.max_tokens < spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM
+    {
         let least = spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM;
         v.warn(
             "meta.max_tokens",
@@ -775,6 +797,60 @@ fn prompts_fit(v: &mut V, spec: &Spec, model: &ModelRef, t: &TemplateFile, split
 
 /// Tokens a judge needs per rubric item for its score line (`Item name: 3`, with a little slack).
 const TOKENS_PER_ITEM_LINE: u32 = 12;
+/// Item names meta steps may write are unknown when a spec is checked: assume this many bytes.
+const ASSUMED_ITEM_NAME_BYTES: usize = 32;
+
+/// `extraction: json`: the schema must reach the server, and `reward.judge.max_tokens` must hold
+/// a complete answer with rationales worth reading, for the initial rubric and for the largest
+/// one meta steps may write.
+fn structured_budget(v: &mut V, spec: &Spec, rubric: Option<&Rubric>) {
+    let j = &spec.reward.judge;
+    if j.backend == JudgeBackend::Openai && !j.dialect.schemas_on(j.api) {
+        v.warn(
+            "reward.extraction",
+            "`extraction: {method: json}` on `/v1/completions` with `dialect: openai` sends no schema (OpenAI's completions endpoint has no `response_format`): answers are unconstrained and may not parse",
+            "schema not sent",
+        )
+        .help
+        .push("use `reward.judge.api: chat`, or the server's own dialect (`reward.judge.dialect: llama_cpp`, `vllm` or `sglang`)".into());
+    }
+    let assumed = "x".repeat(ASSUMED_ITEM_NAME_BYTES);
+    let (names, which): (Vec<&str>, String) = if spec.meta.every == Every::Never {
+        match rubric {
+            Some(r) => (r.items.iter().map(|i| i.name.as_str()).collect(), format!("the {}-item rubric", r.items.len())),
+            None => return,
+        }
+    } else {
+        (
+            vec![assumed.as_str(); spec.meta.max_items],
+            format!(
+                "the largest rubric meta steps may write (`meta.max_items`: {}, names of ~{ASSUMED_ITEM_NAME_BYTES} bytes)",
+                spec.meta.max_items
+            ),
+        )
+    };
+    let b = crate::reward::score::answer_budget(crate::reward::score::AnswerShape::Json, names, j.max_tokens);
+    if b.rationale_chars < crate::reward::score::MIN_RATIONALE_CHARS {
+        let what = if b.most_tokens > j.max_tokens {
+            format!(
+                "cannot hold a complete JSON answer for {which} even with empty rationales (about {} tokens): answers would be cut off and never scored",
+                b.most_tokens
+            )
+        } else {
+            format!(
+                "leaves {} characters per rationale in a JSON answer for {which}: the schema allows so little that the judge cannot explain its scores",
+                b.rationale_chars
+            )
+        };
+        v.warn("reward.judge.max_tokens", format!("`reward.judge.max_tokens` ({}) {what}", j.max_tokens), "too few tokens").help.push(
+            format!(
+                "raise it to at least {} (a complete answer with {}-character rationales)",
+                b.least_tokens,
+                crate::reward::score::MIN_RATIONALE_CHARS
+            ),
+        );
+    }
+}
 /// Tokens a meta judge needs per item of a rubric it writes (its heading and one criterion line).
 const TOKENS_PER_RUBRIC_ITEM: u32 = 24;
 

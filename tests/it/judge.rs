@@ -12,7 +12,7 @@ use mpo::judge::{Judge, JudgeError, JudgeRequest, TokenUsage};
 use mpo::reward::score::ScoreFailure;
 use mpo::reward::{self, RewardConfig, Rollout};
 use mpo::rubric::Rubric;
-use mpo::spec::JudgeApi;
+use mpo::spec::{Dialect, JudgeApi};
 use mpo::spec::{Extraction, FailurePolicy, FailureSpec, JudgeSpec, MixSpec, RewardSpec};
 use serde_json::json;
 
@@ -22,6 +22,7 @@ fn judge(urls: Vec<String>, retries: u32, timeout_ms: u64) -> OpenAiJudge {
         api_key: Some("sk-test-secret".into()),
         model: Some("stub".into()),
         api: JudgeApi::Chat,
+        dialect: Dialect::Openai,
         concurrency: 4,
         timeout: Duration::from_millis(timeout_ms),
         max_retries: retries,
@@ -31,16 +32,7 @@ fn judge(urls: Vec<String>, retries: u32, timeout_ms: u64) -> OpenAiJudge {
 }
 
 fn req(p: &str) -> JudgeRequest {
-    JudgeRequest {
-        prompt: p.into(),
-        max_tokens: 32,
-        temperature: 0.0,
-        seed: 1,
-        top_logprobs: None,
-        json_schema: None,
-        attempt: 0,
-        guided: vec![],
-    }
+    JudgeRequest { prompt: p.into(), max_tokens: 32, temperature: 0.0, seed: 1, ..Default::default() }
 }
 
 #[test]
@@ -163,6 +155,7 @@ fn bad_meta_answers_keep_the_rubric() {
         domain_guidelines: false,
         max_tokens: 64,
         temperature: 0.0,
+        rubric_grammar: None,
     };
     let samples: Vec<MetaSample> = (0..3)
         .map(|i| MetaSample {
@@ -226,6 +219,7 @@ fn real_judge(api: JudgeApi) -> OpenAiJudge {
         api_key: None,
         model: None,
         api,
+        dialect: Dialect::LlamaCpp,
         concurrency: 4,
         timeout: Duration::from_secs(120),
         max_retries: 2,
@@ -277,13 +271,132 @@ fn real_llama_server_completions_with_logprobs() {
         temperature: 0.0,
         seed: 0,
         top_logprobs: Some(5),
-        json_schema: None,
-        attempt: 0,
-        guided: vec![],
+        ..Default::default()
     };
     let out = j.complete(&[r]).remove(0).unwrap();
     let lp = out.logprobs.expect("logprobs");
     assert!(!lp.is_empty());
     assert!(lp[0].top.len() >= 2, "{lp:?}");
     assert!(lp[0].logprob <= 0.0);
+}
+
+// ---- the structured judge protocol on a real llama-server ------------------------------------
+
+/// `mpo run` of the structured-judge spec against the real llama-server; its run directory.
+fn structured_run(tag: &str, overrides: &[&str]) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("mpo-structured-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mpo"))
+        .args(["run", "tests/specs/valid/structured_judge.yaml", &format!("output.root={}", root.display()), "--quiet"])
+        .args(overrides)
+        .env("MPO_TEST_JUDGE_URL", llama_server())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read_dir(root.join("structured")).unwrap().next().unwrap().unwrap().path()
+}
+
+fn jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Every scored sample of a run: (rubric version, item scores), after checking none failed.
+fn judged(dir: &std::path::Path) -> Vec<(u64, Vec<(String, f64)>)> {
+    let mut out = vec![];
+    for row in jsonl(&dir.join("metrics.jsonl")) {
+        let failures = row.get("judge_failures").cloned().unwrap_or(json!({}));
+        assert!(failures.as_object().is_none_or(|o| o.is_empty()), "update {}: judge failures {failures}", row["update"]);
+        assert_eq!(row["skipped"], 0, "update {}: skipped samples", row["update"]);
+        let samples = jsonl(&dir.join(format!("samples/update-{:06}.jsonl", row["update"].as_u64().unwrap())));
+        for s in samples {
+            assert!(s["failure"].is_null(), "{}: {}", s["id"], s["failure"]);
+            let scores: Vec<(String, f64)> = serde_json::from_value(s["item_scores"]["scores"].clone()).unwrap();
+            out.push((row["rubric_version"].as_u64().unwrap(), scores));
+        }
+    }
+    out
+}
+
+fn rubric_version(dir: &std::path::Path, v: u64) -> Rubric {
+    Rubric::parse(&std::fs::read_to_string(dir.join(format!("rubrics/v{v:03}.md"))).unwrap()).unwrap()
+}
+
+#[test]
+fn real_llama_server_structured_answers_always_parse_and_stay_in_range() {
+    let dir = structured_run("reward", &[]);
+    let judged = judged(&dir);
+    assert_eq!(judged.len(), 8, "every rollout of both updates scored");
+    let rubric = rubric_version(&dir, 0);
+    for (_, scores) in &judged {
+        assert_eq!(scores.len(), rubric.items.len());
+        for ((name, s), item) in scores.iter().zip(&rubric.items) {
+            assert_eq!(name, &item.name);
+            assert!(s.fract() == 0.0 && *s >= item.min as f64 && *s <= item.max as f64, "{name}: {s} outside {}..={}", item.min, item.max);
+        }
+    }
+}
+
+#[test]
+fn real_llama_server_meta_step_writes_a_rubric_that_parses() {
+    let dir = structured_run("meta", &["meta.every=1"]);
+    let history = jsonl(&dir.join("rubrics/history.jsonl"));
+    let step = history.iter().find(|e| e["trigger_update"] == 1).expect("a meta step after update 1");
+    let refined: Vec<String> = serde_json::from_value(step["refined"].clone()).unwrap();
+    assert!(!refined.is_empty(), "{step}");
+    for r in &refined {
+        let parsed = Rubric::parse(r).unwrap_or_else(|e| panic!("a refined rubric does not parse ({e}):\n{r}"));
+        assert!(parsed.items.len() <= 4, "{r}");
+    }
+    let merged = step["merged_raw"].as_str().expect("a merge answer");
+    let parsed = Rubric::parse(merged).unwrap_or_else(|e| panic!("the merged rubric does not parse ({e}):\n{merged}"));
+    parsed.validate(4).unwrap();
+    assert!(step["version"].as_u64() == Some(1), "the merged rubric becomes v1: {step}");
+    // the next update is judged under it, through its own schema, without a failure
+    let v1 = rubric_version(&dir, 1);
+    for (version, scores) in judged(&dir) {
+        let rubric = if version == 1 { &v1 } else { continue };
+        for ((name, s), item) in scores.iter().zip(&rubric.items) {
+            assert!(*s >= item.min as f64 && *s <= item.max as f64, "{name}: {s}");
+        }
+    }
+}
+
+#[test]
+fn real_llama_server_guided_answers_hold_every_value_to_its_range() {
+    let rubric =
+        Rubric::parse(&std::fs::read_to_string("prompt_templates/math/rubric_v0.md").unwrap().replace("{{ task }}", "math")).unwrap();
+    let recs: Vec<serde_json::Value> =
+        (0..4).map(|i| json!({"problem": format!("What is {i} + 5?"), "answer": format!("{}", i + 5)})).collect();
+    let rs: Vec<Rollout> = recs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Rollout {
+            id: format!("u1-r{i}"),
+            question: r["problem"].as_str().unwrap().into(),
+            response: if i % 2 == 0 { format!("{i} + 5 = {}, so \\boxed{{{}}}.", i + 5, i + 5) } else { "I like turtles.".into() },
+            record: r,
+        })
+        .collect();
+    for (api, extraction) in [
+        (JudgeApi::Chat, Extraction::default()),
+        (JudgeApi::Completions, Extraction::default()),
+        (JudgeApi::Completions, Extraction::Logprobs { top_logprobs: 10 }),
+    ] {
+        let mut cfg = reward_cfg(0, FailurePolicy::Fail);
+        cfg.spec.answer = mpo::spec::AnswerMode::Guided;
+        cfg.spec.judge.max_tokens = 3;
+        cfg.spec.extraction = extraction.clone();
+        let mut usage = TokenUsage::default();
+        let scored = reward::score_batch(&mut real_judge(api), &cfg, &rubric, &rs, 0, 1, &mut usage)
+            .unwrap_or_else(|e| panic!("{api:?} {extraction:?}: {e}"));
+        for s in &scored {
+            let items = s.item_scores.as_ref().unwrap_or_else(|| panic!("{api:?} {extraction:?}: {s:?}"));
+            for ((name, v), item) in items.scores.iter().zip(&rubric.items) {
+                assert!(*v >= item.min as f64 && *v <= item.max as f64, "{api:?}: {name} = {v}");
+            }
+            // one line per label, written by mpo, with the judge's value after it
+            let labels: Vec<&str> = s.judge_answers[0].lines().map(|l| l.split(':').next().unwrap()).collect();
+            assert_eq!(labels, rubric.items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>());
+        }
+    }
 }

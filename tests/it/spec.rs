@@ -123,6 +123,30 @@ fn misleading_settings_are_warned_about() {
 }
 
 #[test]
+fn structured_judge_budgets_are_warned_about() {
+    let o = |s: &str| s.to_string();
+    // the schema cannot be sent on completions in the openai dialect; 150 tokens leave no room
+    // for rationales; 200 meta tokens hold one grammar-shaped rubric item, not four
+    let overrides = [
+        o("reward.judge.api=completions"),
+        o("reward.judge.dialect=openai"),
+        o("reward.judge.max_tokens=150"),
+        o("meta.every=1"),
+        o("meta.max_tokens=200"),
+    ];
+    let loaded = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
+    assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
+    let d = loaded.render_diagnostics();
+    assert!(d.contains("sends no schema") && d.contains("even with empty rationales"), "{d}");
+    insta::assert_snapshot!("warnings_structured_judge_budgets", d);
+    // the meta grammar warning needs a dialect that sends grammars
+    let overrides = [o("reward.judge.max_tokens=150"), o("meta.every=1"), o("meta.max_tokens=200")];
+    let d = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides).render_diagnostics();
+    assert!(d.contains("holds a complete rubric of only 2 items"), "{d}");
+    insta::assert_snapshot!("warnings_structured_meta_grammar", d);
+}
+
+#[test]
 fn committed_schema_is_current() {
     let committed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string("mpo.schema.json").unwrap()).unwrap();
     assert_eq!(committed, spec::json_schema(), "run `cargo run -- schema > mpo.schema.json`");
