@@ -228,22 +228,27 @@ fn real_judge(api: JudgeApi) -> OpenAiJudge {
     .unwrap()
 }
 
+fn math_rubric_v0() -> Rubric {
+    Rubric::parse(&std::fs::read_to_string("prompt_templates/math/rubric_v0.md").unwrap().replace("{{ task }}", "math")).unwrap()
+}
+
+/// `n` records "What is i + add?".
+fn sums(n: usize, add: usize) -> Vec<serde_json::Value> {
+    (0..n).map(|i| json!({"problem": format!("What is {i} + {add}?"), "answer": format!("{}", i + add)})).collect()
+}
+
+fn rollouts(recs: &[serde_json::Value], response: impl Fn(usize) -> String) -> Vec<Rollout<'_>> {
+    recs.iter()
+        .enumerate()
+        .map(|(i, r)| Rollout { id: format!("u1-r{i}"), question: r["problem"].as_str().unwrap().into(), response: response(i), record: r })
+        .collect()
+}
+
 #[test]
 fn real_llama_server_scores_and_replays_exactly() {
-    let rubric =
-        Rubric::parse(&std::fs::read_to_string("prompt_templates/math/rubric_v0.md").unwrap().replace("{{ task }}", "math")).unwrap();
-    let recs: Vec<serde_json::Value> =
-        (0..3).map(|i| json!({"problem": format!("What is {i} + 2?"), "answer": format!("{}", i + 2)})).collect();
-    let rs: Vec<Rollout> = recs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Rollout {
-            id: format!("u1-r{i}"),
-            question: r["problem"].as_str().unwrap().into(),
-            response: format!("It is \\boxed{{{}}}.", i + 2),
-            record: r,
-        })
-        .collect();
+    let rubric = math_rubric_v0();
+    let recs = sums(3, 2);
+    let rs = rollouts(&recs, |i| format!("It is \\boxed{{{}}}.", i + 2));
     let cfg = reward_cfg(1, FailurePolicy::Skip);
     let dir = std::env::temp_dir().join(format!("mpo-real-cache-{}", std::process::id()));
     let mut usage = TokenUsage::default();
@@ -363,20 +368,10 @@ fn real_llama_server_meta_step_writes_a_rubric_that_parses() {
 
 #[test]
 fn real_llama_server_guided_answers_hold_every_value_to_its_range() {
-    let rubric =
-        Rubric::parse(&std::fs::read_to_string("prompt_templates/math/rubric_v0.md").unwrap().replace("{{ task }}", "math")).unwrap();
-    let recs: Vec<serde_json::Value> =
-        (0..4).map(|i| json!({"problem": format!("What is {i} + 5?"), "answer": format!("{}", i + 5)})).collect();
-    let rs: Vec<Rollout> = recs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Rollout {
-            id: format!("u1-r{i}"),
-            question: r["problem"].as_str().unwrap().into(),
-            response: if i % 2 == 0 { format!("{i} + 5 = {}, so \\boxed{{{}}}.", i + 5, i + 5) } else { "I like turtles.".into() },
-            record: r,
-        })
-        .collect();
+    let rubric = math_rubric_v0();
+    let recs = sums(4, 5);
+    let rs =
+        rollouts(&recs, |i| if i % 2 == 0 { format!("{i} + 5 = {}, so \\boxed{{{}}}.", i + 5, i + 5) } else { "I like turtles.".into() });
     for (api, extraction) in [
         (JudgeApi::Chat, Extraction::default()),
         (JudgeApi::Completions, Extraction::default()),
