@@ -128,9 +128,13 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
     s.push_str("# ------------------------------------------------------------------------------------------\n\n");
     s.push_str("# mpo runs in the background so this shell can forward Slurm's INT (sent before the time\n");
     s.push_str("# limit): mpo then checkpoints and stops; re-submitting resumes from that checkpoint.\n");
-    s.push_str("trap 'kill -INT \"$MPO_PID\" 2>/dev/null' INT TERM\n");
+    s.push_str("# A signal that lands before MPO_PID is set (a loaded node can run mpo's first update before\n");
+    s.push_str("# this shell gets back to its next line) is held and forwarded once it is.\n");
+    s.push_str("MPO_PID=; pending=\n");
+    s.push_str("trap 'if [ -n \"$MPO_PID\" ]; then kill -INT \"$MPO_PID\" 2>/dev/null; else pending=1; fi' INT TERM\n");
     s.push_str("\"$MPO\" run --plan \"$PLANS\" --cell \"$SLURM_ARRAY_TASK_ID\" --quiet &\n");
     s.push_str("MPO_PID=$!\n");
+    s.push_str("if [ -n \"$pending\" ]; then kill -INT \"$MPO_PID\" 2>/dev/null; fi\n");
     s.push_str("status=0; wait \"$MPO_PID\" || status=$?\n");
     s.push_str("# a trapped signal ends the first wait early: wait again for mpo's own exit status\n");
     s.push_str("if kill -0 \"$MPO_PID\" 2>/dev/null; then status=0; wait \"$MPO_PID\" || status=$?; fi\n");
