@@ -178,7 +178,10 @@ fn the_slurm_script_forwards_the_time_limit_signal_to_mpo() {
     ok(&mpo(&["sweep", SPEC, &root_arg, "ppo.total_episodes=800", "--emit", "slurm", "--out", out_dir.to_str().unwrap()]));
     let plans = json(&out_dir.join("plans.json"));
     let run = r.join("tiny-sweep").join(plans["runs"][0]["run_id"].as_str().unwrap());
-    let mut child = Command::new("bash")
+    // Slurm starts the batch shell with default signal dispositions; a test run from a
+    // backgrounded shell inherits SIGINT ignored, which bash can then never trap: reset it.
+    let mut child = Command::new("env")
+        .args(["--default-signal=INT", "bash"])
         .arg(out_dir.join("sweep.sbatch"))
         .env("MPO", env!("CARGO_BIN_EXE_mpo"))
         .env("SLURM_ARRAY_TASK_ID", "0")
