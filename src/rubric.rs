@@ -235,6 +235,11 @@ impl RubricShape {
         RubricShape { items, lines: 1, line_chars: line_chars(items, 1).clamp(1, SHAPE_MAX_LINE_CHARS) }
     }
 
+    /// Tokens `items` items need at the least: one shortest criterion line each.
+    pub fn least_tokens(items: usize) -> u32 {
+        RubricShape { items, lines: 1, line_chars: SHAPE_MIN_LINE_CHARS }.most_tokens()
+    }
+
     /// Tokens the longest rubric of this shape can take (its bytes, plus the end token).
     pub fn most_tokens(&self) -> u32 {
         (self.items * (SHAPE_HEADING_BYTES + self.lines * (SHAPE_LINE_BYTES + self.line_chars)) + 1) as u32

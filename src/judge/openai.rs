@@ -118,10 +118,7 @@ fn constrain(o: &mut serde_json::Map<String, J>, dialect: Dialect, api: JudgeApi
     let response_format =
         |schema: &J| json!({ "type": "json_schema", "json_schema": { "name": "scores", "schema": schema, "strict": true } });
     match (schema, grammar, dialect) {
-        (Some(s), _, Dialect::Openai) if api == JudgeApi::Chat => {
-            o.insert("response_format".into(), response_format(s));
-        }
-        (Some(s), _, Dialect::Sglang) if api == JudgeApi::Chat => {
+        (Some(s), _, Dialect::Openai | Dialect::Sglang) if api == JudgeApi::Chat => {
             o.insert("response_format".into(), response_format(s));
         }
         (Some(s), _, Dialect::Sglang) => {

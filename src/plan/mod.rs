@@ -82,10 +82,18 @@ pub struct FileInfo {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RubricInfo {
+    /// `Name (min-max)` per item.
     pub items: Vec<String>,
     pub min_score: i64,
     pub max_score: i64,
     pub sha256: String,
+}
+
+impl RubricInfo {
+    /// The item names, without their ranges.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().map(|it| it.rsplit_once(" (").map_or(it.as_str(), |(name, _)| name))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

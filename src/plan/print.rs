@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::Plan;
 use crate::model::registry::ModelRef;
 use crate::reward::score::{AnswerShape, answer_budget};
-use crate::spec::{Algorithm, AnswerMode, Every, Extraction, FailurePolicy, JudgeBackend, JudgeSpec, MixSpec, VerifierSpec};
+use crate::spec::{Algorithm, Every, Extraction, FailurePolicy, JudgeBackend, JudgeSpec, MixSpec, VerifierSpec};
 
 fn model_name(m: &ModelRef) -> String {
     match m {
@@ -102,25 +102,18 @@ pub fn render_summary(plan: &Plan) -> String {
         if s.reward.normalize { " (normalized to 0..1)" } else { "" }
     );
     let j = &s.reward.judge;
-    // `rubric_v0.items` reads `Name (min-max)`
-    let names = || i.rubric_v0.items.iter().map(|it| it.rsplit_once(" (").map_or(it.as_str(), |(name, _)| name));
-    let held = j.backend == JudgeBackend::Openai;
     let extraction = match &s.reward.extraction {
-        Extraction::Regex { pattern }
-            if held && j.dialect.grammars() && s.reward.answer == AnswerMode::Free && *pattern == crate::spec::default_score_regex() =>
-        {
-            let b = answer_budget(AnswerShape::Free, names(), j.max_tokens);
+        Extraction::Regex { .. } if s.reward.holds_free_answers() => {
+            let b = answer_budget(AnswerShape::Free, i.rubric_v0.names(), j.max_tokens);
             format!(
                 "regex, answers held to a grammar (rationales <= {} chars: at most {} of {} tokens under rubric v0)",
                 b.rationale_chars, b.most_tokens, j.max_tokens
             )
         }
         Extraction::Regex { .. } => "regex".to_string(),
-        Extraction::Json if held && !j.dialect.schemas_on(j.api) => {
-            "json (no schema sent: the openai dialect has none on completions)".to_string()
-        }
+        Extraction::Json if !j.sends_schemas() => "json (no schema sent: the openai dialect has none on completions)".to_string(),
         Extraction::Json => {
-            let b = answer_budget(AnswerShape::Json, names(), j.max_tokens);
+            let b = answer_budget(AnswerShape::Json, i.rubric_v0.names(), j.max_tokens);
             format!(
                 "json, answers held to a schema (rationales <= {} chars: at most {} of {} tokens under rubric v0)",
                 b.rationale_chars, b.most_tokens, j.max_tokens
@@ -173,7 +166,7 @@ pub fn render_summary(plan: &Plan) -> String {
             let mj = s.meta.judge.as_ref().unwrap_or(&s.reward.judge);
             let _ =
                 writeln!(o, "  meta      {}, {} samples, {stages}; judge {}", every(e), s.meta.samples, judge(mj, i.models.meta.as_ref()));
-            if mj.backend == JudgeBackend::Openai && mj.dialect.grammars() {
+            if mj.sends_grammars() {
                 let shape = crate::rubric::RubricShape::fit(s.meta.max_items, s.meta.max_tokens);
                 let _ = writeln!(
                     o,

@@ -19,7 +19,7 @@ use serde_json::Value as J;
 
 use crate::judge::{Judge, JudgeRequest, TokenUsage};
 use crate::rubric::Rubric;
-use crate::spec::{AnswerMode, Extraction, FailurePolicy, JudgeBackend, MixSpec, RewardSpec};
+use crate::spec::{AnswerMode, Extraction, FailurePolicy, MixSpec, RewardSpec};
 use score::{AnswerShape, ItemScores, ScoreFailure};
 use verify::Verdict;
 
@@ -101,17 +101,6 @@ impl RewardConfig {
                 None => Err(ScoreFailure::Unparseable { message: "the judge returned no logprobs".into() }),
             },
         }
-    }
-
-    /// Whether free answers are held to [`score::free_grammar`]: the judge's server takes
-    /// grammars and the answer is read with the default score pattern (a custom pattern may
-    /// expect another shape).
-    pub fn holds_free_answers(&self) -> bool {
-        let j = &self.spec.judge;
-        j.backend == JudgeBackend::Openai
-            && j.dialect.grammars()
-            && self.spec.answer == AnswerMode::Free
-            && matches!(&self.spec.extraction, Extraction::Regex { pattern } if *pattern == crate::spec::default_score_regex())
     }
 
     /// The judge prompt for one rollout.
@@ -197,7 +186,7 @@ pub fn score_batch(
     let names = || rubric.items.iter().map(|i| i.name.as_str());
     let schema = matches!(spec.extraction, Extraction::Json)
         .then(|| score::json_schema(rubric, score::answer_budget(AnswerShape::Json, names(), spec.judge.max_tokens).rationale_chars));
-    let grammar = cfg
+    let grammar = spec
         .holds_free_answers()
         .then(|| score::free_grammar(rubric, score::answer_budget(AnswerShape::Free, names(), spec.judge.max_tokens).rationale_chars));
     let top_logprobs = match spec.extraction {

@@ -15,7 +15,7 @@ use crate::plan::Plan;
 use crate::results::metrics::{MetaRow, round6};
 use crate::reward::{Rollout, Scored};
 use crate::rubric::{Rubric, RubricShape};
-use crate::spec::{Every, JudgeBackend};
+use crate::spec::Every;
 use crate::template::TemplateKind;
 
 /// What the meta phase did at one update: its metrics row (none when no step was planned).
@@ -108,8 +108,7 @@ pub fn config(plan: &Plan) -> Result<Option<MetaConfig>, RunError> {
         domain_guidelines: spec.meta.domain_guidelines,
         max_tokens: spec.meta.max_tokens,
         temperature: js.temperature,
-        rubric_grammar: (js.backend == JudgeBackend::Openai && js.dialect.grammars())
-            .then(|| RubricShape::fit(spec.meta.max_items, spec.meta.max_tokens).gbnf()),
+        rubric_grammar: js.sends_grammars().then(|| RubricShape::fit(spec.meta.max_items, spec.meta.max_tokens).gbnf()),
     }))
 }
 

@@ -366,6 +366,19 @@ pub struct JudgeSpec {
     pub replay_from: Option<PathBuf>,
 }
 
+impl JudgeSpec {
+    /// Whether this judge's requests carry grammars (a server judge whose dialect has them).
+    pub fn sends_grammars(&self) -> bool {
+        self.backend == JudgeBackend::Openai && self.dialect.grammars()
+    }
+
+    /// Whether a JSON schema can reach this judge (always for in-process and replay judges,
+    /// which ignore it).
+    pub fn sends_schemas(&self) -> bool {
+        self.backend != JudgeBackend::Openai || self.dialect.schemas_on(self.api)
+    }
+}
+
 impl Default for JudgeSpec {
     fn default() -> Self {
         JudgeSpec {
@@ -423,6 +436,17 @@ pub struct RewardSpec {
     /// How verifier and judge rewards combine.
     #[serde(default)]
     pub mix: MixSpec,
+}
+
+impl RewardSpec {
+    /// Whether free answers are held to a grammar (`reward::score::free_grammar`): the judge's
+    /// server takes grammars and answers are read with the default score pattern (a custom
+    /// pattern may expect another shape).
+    pub fn holds_free_answers(&self) -> bool {
+        self.judge.sends_grammars()
+            && self.answer == AnswerMode::Free
+            && matches!(&self.extraction, Extraction::Regex { pattern } if *pattern == default_score_regex())
+    }
 }
 
 /// How the judge writes its answer.

@@ -554,10 +554,11 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         .help
         .push(format!("raise it to at least {least}"));
     }
-    let meta_judge = spec.meta.judge.as_ref().unwrap_or(&spec.reward.judge);
-    let meta_grammar = spec.meta.every != Every::Never && meta_judge.backend == JudgeBackend::Openai && meta_judge.dialect.grammars();
-    if meta_grammar && crate::rubric::RubricShape::fit(spec.meta.max_items, spec.meta.max_tokens).items < spec.meta.max_items {
-        let shape = crate::rubric::RubricShape::fit(spec.meta.max_items, spec.meta.max_tokens);
+    // A meta judge held to a grammar writes rubrics of a known largest size; otherwise estimate.
+    let meta_grammar = spec.meta.judge.as_ref().unwrap_or(&spec.reward.judge).sends_grammars();
+    let shape = crate::rubric::RubricShape::fit(spec.meta.max_items, spec.meta.max_tokens);
+    let meta_on = spec.meta.every != Every::Never;
+    if meta_on && meta_grammar && shape.items < spec.meta.max_items {
         v.warn(
             "meta.max_tokens",
             format!(
@@ -569,11 +570,10 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         .help
         .push(format!(
             "raise `meta.max_tokens` to at least {} for {} items",
-            spec.meta.max_items as u32 * (crate::rubric::RubricShape { items: 1, lines: 1, line_chars: 24 }.most_tokens()),
+            crate::rubric::RubricShape::least_tokens(spec.meta.max_items),
             spec.meta.max_items
         ));
-    } else if spec.meta.every != Every::Never && !meta_grammar && spec.meta.max_tokens < spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM
-    {
+    } else if meta_on && !meta_grammar && spec.meta.max_tokens < spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM {
         let least = spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM;
         v.warn(
             "meta.max_tokens",
@@ -805,7 +805,7 @@ const ASSUMED_ITEM_NAME_BYTES: usize = 32;
 /// one meta steps may write.
 fn structured_budget(v: &mut V, spec: &Spec, rubric: Option<&Rubric>) {
     let j = &spec.reward.judge;
-    if j.backend == JudgeBackend::Openai && !j.dialect.schemas_on(j.api) {
+    if !j.sends_schemas() {
         v.warn(
             "reward.extraction",
             "`extraction: {method: json}` on `/v1/completions` with `dialect: openai` sends no schema (OpenAI's completions endpoint has no `response_format`): answers are unconstrained and may not parse",
