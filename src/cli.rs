@@ -6,7 +6,7 @@
 //! that stopped early with a checkpoint (Ctrl-C), resumed by running the same command again.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -225,6 +225,31 @@ pub enum RubricCommand {
     Show { run: PathBuf, version: Option<String> },
     /// Unified diff between two versions.
     Diff { run: PathBuf, a: String, b: String },
+    /// Score the spec's rubric test cases and hack probes (`reward.cases`) with its judge and
+    /// rubric; compare with the snapshot in `<dir>/<spec name>/rubric/`. Exit 0 when nothing
+    /// changed and every expectation holds (or is a listed known failure), 1 otherwise.
+    /// Given a run directory instead, score the cases under every rubric version of the run
+    /// and write a case x version table to `<run>/rubric_tests/`.
+    Test {
+        /// Spec files, or run directories (results/NAME/RUN_ID).
+        specs: Vec<PathBuf>,
+        /// Run directories: score this case file instead of the one the run's spec names.
+        #[arg(long)]
+        cases: Option<PathBuf>,
+        /// Snapshot folder, shared with `mpo snapshot` (one subfolder per spec).
+        #[arg(long, default_value = "prompt_snapshots")]
+        dir: PathBuf,
+        /// Accept the outcomes as the new snapshot.
+        #[arg(long)]
+        update: bool,
+        /// Ask the real judge (local model or server) for answers not recorded yet, and record
+        /// them; without it answers are replayed and nothing is loaded or contacted.
+        #[arg(long)]
+        record: bool,
+        /// `text`, or `junit` (XML on stdout, for CI systems that show test results).
+        #[arg(long, default_value = "text", value_parser = ["text", "junit"])]
+        format: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -663,9 +688,61 @@ fn parse_version(v: &str) -> Result<u32, Failure> {
     v.trim_start_matches(['v', 'V']).parse().map_err(|_| Failure::Usage(format!("`{v}`: versions are written v3 or 3")))
 }
 
+fn rubric_test_cmd(specs: &[PathBuf], cases: Option<&Path>, opts: &crate::rubric_test::Options, junit: bool) -> Outcome {
+    if specs.is_empty() {
+        return Err(Failure::Usage("give at least one spec file or run directory".into()));
+    }
+    let mut all = true;
+    let mut suites = Vec::new();
+    for s in specs {
+        if s.is_dir() {
+            if !s.join("plan.json").is_file() {
+                return Err(Failure::Usage(format!(
+                    "`{}` is a directory but not a run (no plan.json); give a spec file or a run directory (results/NAME/RUN_ID)",
+                    s.display()
+                )));
+            }
+            if opts.update || opts.record || junit {
+                return Err(Failure::Usage(
+                    "--update, --record and --format junit are for spec files; a run directory's table records missing answers itself"
+                        .into(),
+                ));
+            }
+            let table = crate::rubric_test::versions::run(s, cases).map_err(|e| Failure::error(format!("{}: {e}", s.display())))?;
+            let md = table.write(s).map_err(Failure::error)?;
+            print!("{}", table.markdown());
+            let asked =
+                if table.asked > 0 { format!(" ({} answer(s) asked of the judge and recorded)", table.asked) } else { String::new() };
+            println!("\nwritten to {} and heatmap.svg{asked}", md.display());
+            continue;
+        }
+        if cases.is_some() {
+            return Err(Failure::Usage("--cases is for run directories; a spec names its case file in `reward.cases`".into()));
+        }
+        let loaded = load(s, &[])?;
+        let Some(first) = loaded.runs.first() else { continue };
+        let report = crate::rubric_test::run(first, opts).map_err(|e| Failure::error(format!("{}: {e}", s.display())))?;
+        if junit {
+            let changed = report.changed.clone().unwrap_or_default();
+            suites.push(crate::rubric_test::junit(&report.spec_name, &report.snapshot.cases, &report.checks, &changed, &report.unrecorded));
+        } else {
+            print!("{}", report.render(s));
+        }
+        all &= report.passed();
+    }
+    if junit {
+        print!("{}", crate::rubric_test::junit_document(&suites));
+    }
+    Ok(if all { Done::Ok } else { Done::No })
+}
+
 fn rubric_cmd(which: RubricCommand) -> Outcome {
     use crate::meta::history::{History, diff, render_log};
     let run = match &which {
+        RubricCommand::Test { specs, cases, dir, update, record, format } => {
+            let opts = crate::rubric_test::Options { dir: dir.clone(), update: *update, record: *record };
+            return rubric_test_cmd(specs, cases.as_deref(), &opts, format == "junit");
+        }
         RubricCommand::Log { run } | RubricCommand::Show { run, .. } | RubricCommand::Diff { run, .. } => run.clone(),
     };
     let h = History::new(&run);
@@ -687,6 +764,8 @@ fn rubric_cmd(which: RubricCommand) -> Outcome {
             let (va, vb) = (parse_version(&a)?, parse_version(&b)?);
             print!("{}", diff(&show(va)?, &show(vb)?, &format!("v{va:03}.md"), &format!("v{vb:03}.md")));
         }
+        // Answered before the run directory is read.
+        RubricCommand::Test { .. } => {}
     }
     Ok(Done::Ok)
 }

@@ -19,6 +19,7 @@ pub mod results;
 pub mod reward;
 pub mod rng;
 pub mod rubric;
+pub mod rubric_test;
 pub mod run;
 pub mod snapshot;
 pub mod spec;

@@ -99,7 +99,8 @@ pub fn sync(dir: &Path, files: &[(String, String)], update: bool) -> std::io::Re
     }
     // files that no longer correspond to a prompt
     if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
+        // Subfolders are not prompts: `rubric/` holds `mpo rubric test`'s scores and recordings.
+        for e in rd.flatten().filter(|e| !e.path().is_dir()) {
             let n = e.file_name().to_string_lossy().to_string();
             if !files.iter().any(|(f, _)| *f == n) {
                 changed.push(n);

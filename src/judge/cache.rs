@@ -30,6 +30,8 @@ pub struct CachedJudge<'a> {
     inner: Option<Box<dyn Judge + 'a>>,
     dir: PathBuf,
     identity: String,
+    /// Replay only answers recorded under `identity`.
+    strict: bool,
     pub hits: u64,
     pub misses: u64,
 }
@@ -37,12 +39,28 @@ pub struct CachedJudge<'a> {
 impl<'a> CachedJudge<'a> {
     pub fn new(inner: Box<dyn Judge + 'a>, dir: &Path) -> Self {
         let identity = inner.identity();
-        CachedJudge { inner: Some(inner), dir: dir.to_path_buf(), identity, hits: 0, misses: 0 }
+        CachedJudge { inner: Some(inner), dir: dir.to_path_buf(), identity, strict: false, hits: 0, misses: 0 }
     }
 
     /// Answer only from `dir`, whichever judge recorded the answers.
     pub fn replay(dir: &Path) -> Self {
-        CachedJudge { inner: None, dir: dir.to_path_buf(), identity: format!("replay:{}", dir.display()), hits: 0, misses: 0 }
+        CachedJudge {
+            inner: None,
+            dir: dir.to_path_buf(),
+            identity: format!("replay:{}", dir.display()),
+            strict: false,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Answer only from `dir`, and only answers recorded by the judge `identity` (rubric
+    /// tests: a recording made with another judge is a miss, never a stand-in).
+    pub fn replay_as(dir: &Path, identity: &str) -> Self {
+        let mut j = Self::replay(dir);
+        j.identity = identity.to_string();
+        j.strict = true;
+        j
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -52,7 +70,7 @@ impl<'a> CachedJudge<'a> {
     fn lookup(&self, key: &str) -> Option<JudgeResponse> {
         let text = std::fs::read_to_string(self.path(key)).ok()?;
         let e: Entry = serde_json::from_str(&text).ok()?;
-        if self.inner.is_some() && e.judge != self.identity {
+        if (self.inner.is_some() || self.strict) && e.judge != self.identity {
             return None;
         }
         Some(JudgeResponse { cached: true, ..e.response })

@@ -55,6 +55,23 @@ pub struct JudgeEnv<'m, B: Backend> {
     pub cache: &'m Path,
 }
 
+/// The identity the judge `js` answers under (what [`build`] would report), without building
+/// it; `None` for a replay judge, which answers as whoever recorded.
+pub fn identity(js: &JudgeSpec, mref: Option<&ModelRef>, policy_ref: &ModelRef) -> Option<String> {
+    match js.backend {
+        JudgeBackend::Replay => None,
+        JudgeBackend::Local => Some(format!("local:{}", local_name(mref.unwrap_or(policy_ref)))),
+        JudgeBackend::Openai => Some(super::openai::identity(js.api, js.model.as_deref())),
+    }
+}
+
+fn local_name(mref: &ModelRef) -> String {
+    match mref {
+        ModelRef::Known { name, .. } | ModelRef::Random { name } => name.clone(),
+        ModelRef::Gguf { path } | ModelRef::HfDir { path } => path.display().to_string(),
+    }
+}
+
 /// Build the judge of `role`, behind the run's judge cache.
 pub fn build<'a, B: Backend + 'a>(
     role: &str,
@@ -70,10 +87,7 @@ pub fn build<'a, B: Backend + 'a>(
         }
         JudgeBackend::Local => {
             let mref = mref.cloned().unwrap_or_else(|| env.policy_ref.clone());
-            let name = match &mref {
-                ModelRef::Known { name, .. } | ModelRef::Random { name } => name.clone(),
-                ModelRef::Gguf { path } | ModelRef::HfDir { path } => path.display().to_string(),
-            };
+            let name = local_name(&mref);
             match env.shared.filter(|_| &mref == env.policy_ref) {
                 Some((m, tok)) => Box::new(LocalJudge { model: m.clone(), tok: tok.clone(), name, batch: env.batch }),
                 None => {

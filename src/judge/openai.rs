@@ -297,13 +297,18 @@ async fn with_retries(
     Err(JudgeError::Exhausted { attempts, last: Box::new(last.unwrap_or(JudgeError::Config { message: "no attempt made".into() })) })
 }
 
+/// An OpenAI-compatible judge's identity: endpoint and model (never the URL or key).
+pub fn identity(api: JudgeApi, model: Option<&str>) -> String {
+    let api = match api {
+        JudgeApi::Chat => "chat",
+        JudgeApi::Completions => "completions",
+    };
+    format!("openai-{api}:{}", model.unwrap_or("default"))
+}
+
 impl Judge for OpenAiJudge {
     fn identity(&self) -> String {
-        let api = match self.cfg.api {
-            JudgeApi::Chat => "chat",
-            JudgeApi::Completions => "completions",
-        };
-        format!("openai-{api}:{}", self.cfg.model.as_deref().unwrap_or("default"))
+        identity(self.cfg.api, self.cfg.model.as_deref())
     }
 
     fn transport(&self) -> Option<Transport> {

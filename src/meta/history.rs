@@ -32,6 +32,9 @@ pub struct Entry {
     /// Unified diff against the previous version.
     pub diff: String,
     pub items: Vec<String>,
+    /// `meta.gate`'s verdict on the merged rubric (its failing cases when it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<super::GateVerdict>,
 }
 
 pub struct History {
@@ -82,6 +85,7 @@ impl History {
             kept_because: None,
             diff: String::new(),
             items: item_names(v0),
+            gate: None,
         })
     }
 
@@ -108,6 +112,7 @@ impl History {
             kept_because,
             diff: diff_text,
             items,
+            gate: outcome.gate.clone(),
         })?;
         Ok(version)
     }
@@ -176,6 +181,7 @@ mod tests {
             merged_raw: None,
             result,
             usage: TokenUsage::default(),
+            gate: None,
         }
     }
 

@@ -63,6 +63,32 @@ pub struct MetaOutcome {
     /// The new rubric, or why the current one stays.
     pub result: Result<Rubric, String>,
     pub usage: TokenUsage,
+    /// What `meta.gate` found in the merged rubric (`None`: no gate, or nothing merged).
+    pub gate: Option<GateVerdict>,
+}
+
+/// `meta.gate`'s verdict on a merged rubric: how many case expectations were checked and
+/// those that failed (any failure keeps the current rubric).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GateVerdict {
+    pub checked: usize,
+    pub failing: Vec<String>,
+}
+
+impl GateVerdict {
+    /// The merged rubric when the gate found nothing wrong with it; else why the current one
+    /// stays (the failing expectations, named).
+    pub fn apply(&self, merged: Result<Rubric, String>) -> Result<Rubric, String> {
+        if self.failing.is_empty() {
+            return merged;
+        }
+        Err(format!(
+            "meta gate: {} of {} case expectation(s) fail under the merged rubric: {}",
+            self.failing.len(),
+            self.checked,
+            self.failing.join("; ")
+        ))
+    }
 }
 
 /// Short guidance per MATH subject, added to the analysis when `meta.domain_guidelines` is on.
@@ -134,6 +160,7 @@ pub fn run(judge: &mut dyn Judge, cfg: &MetaConfig, current: &Rubric, candidates
         merged_raw: None,
         result: Err(String::new()),
         usage: TokenUsage::default(),
+        gate: None,
     };
     out.result = step(judge, cfg, current, candidates, seed, update, &mut out);
     out

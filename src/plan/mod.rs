@@ -59,6 +59,10 @@ pub struct PlanInputs {
     pub templates: BTreeMap<String, FileInfo>,
     pub rubric_v0: RubricInfo,
     pub models: Models,
+    /// The case file `meta.gate` scores merged rubrics on (only when the gate is on: then its
+    /// content is part of the run's identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cases: Option<FileInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +220,11 @@ pub fn compile(r: &Resolved) -> Plan {
             judge: if spec.reward.judge.backend == JudgeBackend::Local { inputs.judge_model.clone() } else { None },
             meta: if spec.meta.every == Every::Never { None } else { inputs.meta_model.clone() },
         },
+        cases: inputs
+            .cases
+            .as_ref()
+            .filter(|_| spec.meta.gate)
+            .map(|t| FileInfo { path: t.path.display().to_string(), sha256: t.sha256.clone() }),
     };
     let mut plan = Plan {
         format: PLAN_FORMAT,
@@ -250,6 +259,7 @@ pub fn identity(plan: &Plan) -> J {
             &["task", "test", "path"],
             &["reward", "rubric"],
             &["reward", "prompt"],
+            &["reward", "cases"],
             &["eval", "elo", "prompt"],
             &["meta", "stages"],
         ] {
@@ -262,6 +272,7 @@ pub fn identity(plan: &Plan) -> J {
                 d.remove("source");
             }
         }
+        remove_path(inputs, &["cases", "path"]);
         if let Some(t) = inputs.get_mut("templates").and_then(J::as_object_mut) {
             for (_, f) in t.iter_mut() {
                 if let Some(f) = f.as_object_mut() {

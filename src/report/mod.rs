@@ -224,6 +224,21 @@ pub fn markdown(name: &str, rows: &[GroupRow], runs: &[RunData]) -> String {
     s
 }
 
+/// Links to the runs' case x version tables (`mpo rubric test RUN_DIR`), where written.
+fn rubric_test_links(runs: &[RunData], out: &Path) -> String {
+    let tables: Vec<(&RunData, PathBuf)> =
+        runs.iter().map(|r| (r, crate::rubric_test::versions::folder(&r.dir).join("table.md"))).filter(|(_, p)| p.is_file()).collect();
+    let mut s = String::from("\n## Rubric tests across versions\n\n");
+    if tables.is_empty() {
+        s.push_str("No run has a case x version table yet: `mpo rubric test RUN_DIR` scores the rubric test cases under every rubric version of a run.\n");
+    }
+    for (r, p) in tables {
+        let link = p.strip_prefix(out).map(Path::to_path_buf).unwrap_or_else(|_| std::path::absolute(&p).unwrap_or(p.clone()));
+        s.push_str(&format!("- {}: [case x version table]({})\n", r.plan.run_id, link.display()));
+    }
+    s
+}
+
 /// The CSV table: one row per group, mean and std columns per metric.
 pub fn csv(rows: &[GroupRow]) -> String {
     let q = |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
@@ -331,7 +346,8 @@ pub fn report(root: &Path, out: Option<&Path>) -> Result<Written, ReportError> {
     std::fs::create_dir_all(out).map_err(|e| ReportError::Write { path: out.display().to_string(), message: e.to_string() })?;
     let name = runs[0].plan.name.clone();
     let rows = aggregate(&runs);
-    let md = markdown(&name, &rows, &runs);
+    let mut md = markdown(&name, &rows, &runs);
+    md.push_str(&rubric_test_links(&runs, out));
     let write = |p: &Path, text: &str| {
         crate::fsx::write_atomic(p, text.as_bytes())
             .map_err(|e| ReportError::Write { path: p.display().to_string(), message: e.to_string() })

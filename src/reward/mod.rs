@@ -339,6 +339,7 @@ mod tests {
             failure: FailureSpec { retries: 1, policy, ..FailureSpec::default() },
             verifiers,
             mix,
+            cases: None,
         };
         RewardConfig::new(spec, "math", "Grade {{ response }} for {{ question }} with\n{{ rubric }}".into(), "judge".into()).unwrap()
     }

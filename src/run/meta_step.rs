@@ -23,6 +23,8 @@ pub struct MetaPhase {
     pub row: Option<MetaRow>,
     /// The meta judge's retries and failures (`None`: no step, or a judge without a server).
     pub transport: Option<Transport>,
+    /// The reward judge's, while `meta.gate` scored the cases.
+    pub gate_transport: Option<Transport>,
     pub seconds: f64,
 }
 
@@ -30,7 +32,7 @@ pub struct MetaPhase {
 pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, update: u32) -> Result<MetaPhase, RunError> {
     r.state.meta_candidates.extend(evidence(&scoring.rollouts, &scoring.scored, &r.rubric));
     if !r.plan.schedule.meta_at.contains(&update) {
-        return Ok(MetaPhase { row: None, transport: None, seconds: 0.0 });
+        return Ok(MetaPhase { row: None, transport: None, gate_transport: None, seconds: 0.0 });
     }
     r.progress.stage(&format!("update {update}: meta-reward step ({} candidates)", r.state.meta_candidates.len()));
     let t0 = Instant::now();
@@ -40,8 +42,19 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         None => r.reward_judge.as_mut(),
     };
     let before = judge.transport();
-    let outcome = meta::run(judge, cfg, &r.rubric, &r.state.meta_candidates, r.spec.runtime.seed, update);
+    let mut outcome = meta::run(judge, cfg, &r.rubric, &r.state.meta_candidates, r.spec.runtime.seed, update);
     let transport = judge.transport().map(|t| t.since(&before.unwrap_or_default()));
+    let mut gate_transport = None;
+    if let (Some(gate), Ok(candidate)) = (&r.gate, &outcome.result) {
+        r.progress.stage(&format!("update {update}: meta gate (rubric test cases under the merged rubric)"));
+        let before = r.reward_judge.transport();
+        let (verdict, usage) =
+            gate.verdict(r.reward_judge.as_mut(), candidate).map_err(|message| RunError::Rubric { what: "meta.gate".into(), message })?;
+        gate_transport = r.reward_judge.transport().map(|t| t.since(&before.unwrap_or_default()));
+        r.state.usage.entry("gate".into()).or_default().add(&usage);
+        outcome.result = verdict.apply(outcome.result);
+        outcome.gate = Some(verdict);
+    }
     let state = &mut r.state;
     state.usage.entry("meta".into()).or_default().add(&outcome.usage);
     let new_version = r.history.record(&outcome, &r.rubric, state.rubric_version)?;
@@ -66,7 +79,7 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         _ => {}
     }
     state.meta_candidates.clear();
-    Ok(MetaPhase { row: Some(row), transport, seconds: t0.elapsed().as_secs_f64() })
+    Ok(MetaPhase { row: Some(row), transport, gate_transport, seconds: t0.elapsed().as_secs_f64() })
 }
 
 /// The rollouts a meta step may learn from: those the judge scored. A verifier-scored or

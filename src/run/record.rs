@@ -89,7 +89,7 @@ fn metrics_row<B: AutodiffBackend>(r: &Runner<'_, B>, u: Update) -> MetricsRow {
         groups_dropped: trained.groups_dropped,
         missing_eos_penalty: round6(trained.penalty),
         judge_failures: reward::failure_counts(scored),
-        judge_transport: [("reward", &scoring.transport), ("meta", &meta.transport)]
+        judge_transport: [("reward", &scoring.transport), ("meta", &meta.transport), ("gate", &meta.gate_transport)]
             .into_iter()
             .filter_map(|(role, t)| {
                 let mut t = t.clone()?;

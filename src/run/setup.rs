@@ -57,6 +57,8 @@ pub struct Runner<'p, B: AutodiffBackend> {
     pub state: State,
     /// Seeds the training data's subset and order.
     pub data_seed: u64,
+    /// `meta.gate`: the cases a merged rubric must pass.
+    pub gate: Option<crate::rubric_test::Gate>,
 }
 
 /// The task's records.
@@ -139,6 +141,18 @@ pub fn start<'p, B: AutodiffBackend>(
         None => Ok(None),
     };
     let (test, transfer) = (held_out(&spec.task.test)?, held_out(&spec.task.transfer)?);
+    let gate = match &plan.inputs.cases {
+        Some(info) => {
+            let f = plan_file(info)?;
+            let file =
+                crate::rubric_test::CaseFile::parse(&f.text).map_err(|message| RunError::Read { path: info.path.clone(), message })?;
+            let scorer =
+                crate::rubric_test::Scorer::new(&spec.reward, spec.task.kind.as_str(), &judge_template, policy_template.clone(), seed)
+                    .map_err(|message| RunError::Rubric { what: "meta.gate".into(), message })?;
+            Some(crate::rubric_test::Gate::new(file, &train.records, spec.task.kind.as_str(), &plan_rubric(plan)?, scorer))
+        }
+        None => None,
+    };
     manifest.warmup_s = t_setup.elapsed().as_secs_f64();
     dir.write_manifest(manifest)?;
     let runner = Runner {
@@ -159,6 +173,7 @@ pub fn start<'p, B: AutodiffBackend>(
         rubric,
         state,
         data_seed,
+        gate,
     };
     Ok((runner, Data { train, test, transfer }))
 }
@@ -306,7 +321,11 @@ fn read(p: &Path) -> Result<String, RunError> {
 
 /// A template the plan names, read again and checked against the plan's hash of it.
 pub fn plan_template(plan: &Plan, kind: TemplateKind) -> Result<TemplateFile, RunError> {
-    let info = plan.inputs.templates.get(kind.as_str()).ok_or(RunError::MissingTemplate(kind.as_str()))?;
+    plan_file(plan.inputs.templates.get(kind.as_str()).ok_or(RunError::MissingTemplate(kind.as_str()))?)
+}
+
+/// A file the plan names, as it was when the plan was made.
+pub fn plan_file(info: &crate::plan::FileInfo) -> Result<TemplateFile, RunError> {
     let text = read(Path::new(&info.path))?;
     let sha = crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
     if sha != info.sha256 {

@@ -436,6 +436,10 @@ pub struct RewardSpec {
     /// How verifier and judge rewards combine.
     #[serde(default)]
     pub mix: MixSpec,
+    /// Rubric test cases (YAML: cases with expectations, hack probes, ordering pairs) that
+    /// `mpo rubric test` scores with this judge and rubric. A run reads it only with `meta.gate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cases: Option<PathBuf>,
 }
 
 impl RewardSpec {
@@ -701,11 +705,30 @@ pub struct MetaSpec {
     /// Most tokens per meta-judge answer (analyses and rubrics are longer than scores).
     #[schemars(range(min = 16, max = 65536))]
     pub max_tokens: u32,
+    /// Score `reward.cases` under every merged rubric (with the reward judge) before it becomes
+    /// the next version: if an expectation fails that the case file does not list in
+    /// `known_failures`, the current rubric is kept and the history records the failing cases.
+    /// Off by default: the paper has no gate.
+    #[serde(skip_serializing_if = "is_false")]
+    pub gate: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for MetaSpec {
     fn default() -> Self {
-        MetaSpec { every: Every::Never, samples: 10, judge: None, stages: None, domain_guidelines: false, max_items: 12, max_tokens: 1024 }
+        MetaSpec {
+            every: Every::Never,
+            samples: 10,
+            judge: None,
+            stages: None,
+            domain_guidelines: false,
+            max_items: 12,
+            max_tokens: 1024,
+            gate: false,
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Inputs {
     pub policy_model: ModelRef,
     pub judge_model: Option<ModelRef>,
     pub meta_model: Option<ModelRef>,
+    /// The case file (`reward.cases`), read and parsed.
+    pub cases: Option<TemplateFile>,
 }
 
 struct V<'a> {
@@ -409,6 +411,28 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         }
         templates.insert(tk, t);
     }
+    let mut cases = None;
+    if let Some(p) = spec.reward.cases.clone() {
+        let r = v.resolve("reward.cases", &p);
+        match std::fs::read_to_string(&r) {
+            Ok(text) => match crate::rubric_test::CaseFile::parse(&text) {
+                Ok(_) => cases = Some(TemplateFile { path: r.clone(), sha256: task::hex(&Sha256::digest(text.as_bytes())), text }),
+                Err(e) => {
+                    v.error("reward.cases", format!("case file `{}`: {e}", r.display()), "invalid case file");
+                }
+            },
+            Err(e) => {
+                v.error("reward.cases", format!("cannot read the case file `{}`: {e}", r.display()), "not found")
+                    .help
+                    .push("paths are relative to the spec file that names them".into());
+            }
+        }
+        spec.reward.cases = Some(r);
+    } else if spec.meta.gate {
+        v.error("meta.gate", "`meta.gate` scores the rubric test cases, and the spec names none", "no `reward.cases`")
+            .help
+            .push("add `reward.cases: <file>` (the shipped ones are prompt_templates/<task>/cases.yaml), or remove `meta.gate`".into());
+    }
     if v.tree.at_path("output.root").is_some() {
         spec.output.root = v.resolve("output.root", &spec.output.root.clone());
     }
@@ -722,6 +746,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         policy_model: policy_model?,
         judge_model: judge_model?,
         meta_model: meta_model?,
+        cases,
     })
 }
 

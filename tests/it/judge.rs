@@ -119,6 +119,7 @@ fn reward_cfg(retries: u32, policy: FailurePolicy) -> RewardConfig {
         failure: FailureSpec { retries, policy, ..FailureSpec::default() },
         verifiers: vec![],
         mix: MixSpec::default(),
+        cases: None,
     };
     let template = std::fs::read_to_string("prompt_templates/math/judge.j2").unwrap();
     RewardConfig::new(spec, "math", template, "judge.j2".into()).unwrap()

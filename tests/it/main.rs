@@ -2,6 +2,7 @@
 
 mod judge;
 mod model;
+mod rubric;
 mod run;
 mod spec;
 mod sweep;

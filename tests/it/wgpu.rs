@@ -82,14 +82,7 @@ impl BackendJob for Parity {
         let logits = to_host(inner.logits(h, true)).unwrap();
 
         // KV-cache generation, sampled on the host from one seed.
-        let s = Sampling {
-            max_new_tokens: 12,
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 0,
-            stop_ids: vec![m.tok.eos],
-            stop_strings: vec![],
-        };
+        let s = Sampling { max_new_tokens: 12, temperature: 1.0, top_p: 1.0, top_k: 0, stop_ids: vec![m.tok.eos], stop_strings: vec![] };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let gens = generate(&inner, &m.tok, &rows, &s, true, &mut rng).unwrap();
 
@@ -258,7 +251,8 @@ fn a_run_on_wgpu_matches_the_cpu_run_and_names_its_adapter() {
     assert!(a["name"].as_str().is_some_and(|n| !n.is_empty()) && a["software"].is_boolean(), "manifest adapter: {a}");
     assert_eq!(cpu.len(), gpu.len());
     for (c, g) in cpu.iter().zip(&gpu) {
-        for exact in ["/episodes", "/reward", "/score_mean", "/eos_rate", "/tokens/policy_generated", "/judge_failures", "/rubric_version"] {
+        for exact in ["/episodes", "/reward", "/score_mean", "/eos_rate", "/tokens/policy_generated", "/judge_failures", "/rubric_version"]
+        {
             assert_eq!(c.pointer(exact), g.pointer(exact), "{exact} at update {}", c["update"]);
         }
         for near in ["/entropy", "/kl", "/loss/policy", "/loss/value", "/approxkl", "/grad_norm"] {

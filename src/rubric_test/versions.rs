@@ -1,0 +1,329 @@
+//! `mpo rubric test RUN_DIR`: the run's rubric test cases scored under every rubric version it
+//! wrote, as a case x version table (markdown and an SVG heat map in `<run>/rubric_tests/`):
+//! which version first let a probe through, which one closed it.
+//!
+//! Every version is measured with the same instrument: the run's judge, its judge and policy
+//! templates as planned, and the same cases (probes built from rubric v000). Answers are
+//! recorded in `<run>/rubric_tests/recordings/` (the judge-cache format); only answers not
+//! recorded yet are asked of the judge, so a second call replays without a model or server.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::{Case, CaseFile, Check, Outcome, RecordJob, Scored, Scorer, check, fmt};
+use crate::judge::cache::CachedJudge;
+use crate::meta::history::History;
+use crate::results::RunDir;
+use crate::rubric::Rubric;
+use crate::template::TemplateKind;
+
+/// One rubric version's outcomes.
+pub struct Column {
+    pub version: u32,
+    pub range: (i64, i64),
+    pub outcomes: Vec<Outcome>,
+    pub checks: Vec<Check>,
+}
+
+impl Column {
+    /// The expectations of `case` that do not hold under this version.
+    pub fn failing(&self, case: &str) -> Vec<&Check> {
+        self.checks.iter().filter(|c| c.case == case && !c.holds()).collect()
+    }
+}
+
+/// The case x version table of one run.
+pub struct Table {
+    pub run_id: String,
+    pub case_file: PathBuf,
+    pub judge: String,
+    /// (id, kind) in case-file order, probes last.
+    pub cases: Vec<(String, String)>,
+    pub columns: Vec<Column>,
+    /// How many answers were asked of the judge (the rest were replayed).
+    pub asked: usize,
+}
+
+/// Where `mpo rubric test RUN_DIR` writes.
+pub fn folder(run: &Path) -> PathBuf {
+    run.join("rubric_tests")
+}
+
+/// Score the cases under every version of the run in `run` (`cases`: a case file instead of the
+/// one the run's spec names).
+pub fn run(run: &Path, cases: Option<&Path>) -> Result<Table, String> {
+    let dir = RunDir::open(run).map_err(|e| e.to_string())?;
+    let plan = dir.plan().map_err(|e| e.to_string())?;
+    let spec = &plan.spec;
+    let case_file = cases.map(Path::to_path_buf).or_else(|| spec.reward.cases.clone()).ok_or_else(|| {
+        "the run's spec names no case file (`reward.cases`): pass one with `--cases FILE` (the shipped ones are prompt_templates/<task>/cases.yaml)"
+            .to_string()
+    })?;
+    let text = std::fs::read_to_string(&case_file).map_err(|e| format!("cannot read the case file `{}`: {e}", case_file.display()))?;
+    let file = CaseFile::parse(&text).map_err(|e| format!("case file `{}`: {e}", case_file.display()))?;
+
+    let history = History::new(run);
+    let mut versions: Vec<u32> = history
+        .entries()
+        .map_err(|e| format!("{}: {e}", run.join("rubrics/history.jsonl").display()))?
+        .iter()
+        .filter_map(|e| e.version)
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    let rubrics: Vec<Rubric> = versions
+        .iter()
+        .map(|&v| {
+            let p = history.version_path(v);
+            let t = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Rubric::parse(&t).map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .collect::<Result<_, String>>()?;
+    let v0 = rubrics.first().ok_or("the run has no rubric versions yet (rubrics/history.jsonl is empty)")?;
+
+    let seed = spec.runtime.seed;
+    let data_seed = spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(seed, "task/data"));
+    let train = crate::task::load(spec.task.kind, &spec.task.train, data_seed, crate::task::Split::Train).map_err(|e| e.to_string())?;
+    let built: Vec<Case> = super::cases::build(&file, spec.task.kind.as_str(), &train.records, v0);
+    let tpl = |k| crate::run::setup::plan_template(&plan, k).map_err(|e| e.to_string());
+    let scorer = Scorer::new(&spec.reward, spec.task.kind.as_str(), &tpl(TemplateKind::Judge)?, tpl(TemplateKind::Policy)?, seed)?;
+    let judge = crate::judge::factory::identity(&spec.reward.judge, plan.inputs.models.judge.as_ref(), &plan.inputs.models.policy)
+        .ok_or("the run's judge replays another run's answers; its rubric versions cannot be scored afresh")?;
+
+    let recordings = folder(run).join("recordings");
+    let mut replayed = Vec::new();
+    for r in &rubrics {
+        replayed.push(scorer.score(&mut CachedJudge::replay_as(&recordings, &judge), r, &built)?);
+    }
+    let asked: usize = replayed.iter().map(|s| s.unrecorded.len()).sum();
+    let scored: Vec<Scored> = if asked == 0 {
+        replayed
+    } else {
+        let job = RecordJob {
+            spec,
+            judge_model: plan.inputs.models.judge.as_ref(),
+            policy_model: &plan.inputs.models.policy,
+            recordings,
+            scorer: &scorer,
+            work: rubrics.iter().map(|r| (r.clone(), built.clone())).collect(),
+        };
+        job.dispatch()?
+    };
+    let columns = versions
+        .iter()
+        .zip(&rubrics)
+        .zip(scored)
+        .map(|((&version, rubric), s)| Column {
+            version,
+            range: (rubric.min_score(), rubric.max_score()),
+            checks: check(&file, &built, &s.outcomes, rubric),
+            outcomes: s.outcomes,
+        })
+        .collect();
+    Ok(Table {
+        run_id: plan.run_id.clone(),
+        case_file,
+        judge,
+        cases: built.iter().map(|c| (c.id.clone(), c.kind.clone())).collect(),
+        columns,
+        asked,
+    })
+}
+
+impl Table {
+    fn total(&self, col: &Column, case: &str) -> Option<f64> {
+        col.outcomes.iter().find(|o| o.id == case).and_then(|o| o.total)
+    }
+
+    /// Per case whose expectations change across versions: where they stopped holding and
+    /// where they held again.
+    pub fn transitions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, _) in &self.cases {
+            let mut events = Vec::new();
+            let mut was_ok = true;
+            for (k, col) in self.columns.iter().enumerate() {
+                let failing = col.failing(id);
+                let ok = failing.is_empty();
+                if ok != was_ok || (k == 0 && !ok) {
+                    events.push(if ok {
+                        format!("holds again from v{:03}", col.version)
+                    } else {
+                        let f = failing[0];
+                        let first = if k == 0 {
+                            "fails from the start (v000)".to_string()
+                        } else {
+                            format!("let through from v{:03}", col.version)
+                        };
+                        format!("{first}: expected {}, got {}", f.what, f.got.as_deref().unwrap_or(""))
+                    });
+                }
+                was_ok = ok;
+            }
+            if !events.is_empty() {
+                out.push(format!("{id}: {}", events.join("; ")));
+            }
+        }
+        out
+    }
+
+    /// The markdown table and the transitions.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# Rubric tests across the versions of run {}\n\nCases from `{}` scored by `{}` under every rubric version the run wrote. \
+             Each cell is the case's total under that version (its range in the header); `✗` marks a case with an expectation \
+             that does not hold under that version (probes: a total above the bottom of the range).\n\n",
+            self.run_id,
+            self.case_file.display(),
+            self.judge
+        );
+        s.push_str("| case | kind |");
+        for c in &self.columns {
+            let _ = write!(s, " v{:03} ({}-{}) |", c.version, c.range.0, c.range.1);
+        }
+        s.push_str("\n|---|---|");
+        s.push_str(&"---|".repeat(self.columns.len()));
+        s.push('\n');
+        for (id, kind) in &self.cases {
+            let _ = write!(s, "| {id} | {kind} |");
+            for c in &self.columns {
+                let cell = self.total(c, id).map(fmt).unwrap_or_else(|| "-".into());
+                let mark = if c.failing(id).is_empty() { "" } else { " ✗" };
+                let _ = write!(s, " {cell}{mark} |");
+            }
+            s.push('\n');
+        }
+        let t = self.transitions();
+        s.push_str("\n## Where expectations changed\n\n");
+        if t.is_empty() {
+            s.push_str("Every case's expectations hold under every version.\n");
+        }
+        for l in t {
+            let _ = writeln!(s, "- {l}");
+        }
+        s.push_str("\n![heat map](heatmap.svg)\n");
+        s
+    }
+
+    /// The heat map: rows are cases, columns versions; the colour is the total's place in that
+    /// version's range (white: bottom, dark blue: top); a red frame marks a failed expectation.
+    pub fn svg(&self) -> String {
+        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let (label_w, cell_w, cell_h, top) = (220, 84, 24, 56);
+        let w = label_w + cell_w * self.columns.len().max(1) + 16;
+        let h = top + cell_h * self.cases.len() + 16;
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
+             <text x=\"8\" y=\"20\" font-size=\"15\">{}: rubric test totals by version</text>\n",
+            esc(&self.run_id)
+        );
+        for (k, c) in self.columns.iter().enumerate() {
+            let x = label_w + k * cell_w + cell_w / 2;
+            let _ = writeln!(
+                s,
+                "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">v{:03} ({}-{})</text>",
+                top - 10,
+                c.version,
+                c.range.0,
+                c.range.1
+            );
+        }
+        for (i, (id, _)) in self.cases.iter().enumerate() {
+            let y = top + i * cell_h;
+            let _ = writeln!(s, "<text x=\"8\" y=\"{}\">{}</text>", y + 16, esc(id));
+            for (k, c) in self.columns.iter().enumerate() {
+                let x = label_w + k * cell_w;
+                let (fill, text) = match self.total(c, id) {
+                    Some(t) => {
+                        let span = (c.range.1 - c.range.0).max(1) as f64;
+                        let p = ((t - c.range.0 as f64) / span).clamp(0.0, 1.0);
+                        let ch = |lo: f64, hi: f64| (lo + (hi - lo) * p).round() as u8;
+                        (format!("rgb({},{},{})", ch(255.0, 8.0), ch(255.0, 48.0), ch(255.0, 107.0)), fmt(t))
+                    }
+                    None => ("rgb(220,220,220)".into(), "-".into()),
+                };
+                let ink = if fill.starts_with("rgb(2") { "black" } else { "white" };
+                let frame = if c.failing(id).is_empty() { "stroke=\"#ccc\"" } else { "stroke=\"#d62728\" stroke-width=\"3\"" };
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{fill}\" {frame}/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"{ink}\">{text}</text>",
+                    x + 2,
+                    y + 2,
+                    cell_w - 4,
+                    cell_h - 4,
+                    x + cell_w / 2,
+                    y + 16
+                );
+            }
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// Write `table.md` and `heatmap.svg` under `<run>/rubric_tests/`.
+    pub fn write(&self, run: &Path) -> Result<PathBuf, String> {
+        let d = folder(run);
+        let md = d.join("table.md");
+        crate::fsx::write_atomic(&md, self.markdown().as_bytes()).map_err(|e| format!("writing {}: {e}", md.display()))?;
+        let svg = d.join("heatmap.svg");
+        crate::fsx::write_atomic(&svg, self.svg().as_bytes()).map_err(|e| format!("writing {}: {e}", svg.display()))?;
+        Ok(md)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(id: &str, total: f64) -> Outcome {
+        Outcome {
+            id: id.into(),
+            kind: "x".into(),
+            items: vec![("Correct".into(), total)],
+            total: Some(total),
+            failure: None,
+            answers: vec![],
+        }
+    }
+
+    fn col(version: u32, totals: &[(&str, f64)], failing: &[&str]) -> Column {
+        Column {
+            version,
+            range: (0, 5),
+            outcomes: totals.iter().map(|(id, t)| outcome(id, *t)).collect(),
+            checks: totals
+                .iter()
+                .map(|(id, t)| Check {
+                    case: id.to_string(),
+                    what: "total <= 1.25".into(),
+                    got: failing.contains(id).then(|| format!("total {t}")),
+                    known: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_table_says_which_version_let_a_probe_through_and_which_closed_it() {
+        let t = Table {
+            run_id: "abc".into(),
+            case_file: "cases.yaml".into(),
+            judge: "local:m".into(),
+            cases: vec![("probe-empty-0".into(), "empty".into()), ("good".into(), "case".into())],
+            columns: vec![
+                col(0, &[("probe-empty-0", 0.5), ("good", 4.0)], &[]),
+                col(1, &[("probe-empty-0", 4.5), ("good", 4.0)], &["probe-empty-0"]),
+                col(2, &[("probe-empty-0", 1.0), ("good", 4.0)], &[]),
+            ],
+            asked: 0,
+        };
+        assert_eq!(t.transitions(), ["probe-empty-0: let through from v001: expected total <= 1.25, got total 4.5; holds again from v002"]);
+        let md = t.markdown();
+        assert!(md.contains("| case | kind | v000 (0-5) | v001 (0-5) | v002 (0-5) |"), "{md}");
+        assert!(md.contains("| probe-empty-0 | empty | 0.5 | 4.5 ✗ | 1 |"), "{md}");
+        let svg = t.svg();
+        assert_eq!(svg.matches("<rect x=").count(), 6);
+        assert_eq!(svg.matches("stroke=\"#d62728\"").count(), 1);
+    }
+}
