@@ -25,13 +25,7 @@ pub fn canned_response(task: &str) -> &'static str {
 /// run's own context types.
 pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, String> {
     let task = r.spec.task.kind.as_str();
-    let data = crate::task::load(
-        r.spec.task.kind,
-        &r.spec.task.train,
-        r.spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(r.spec.runtime.seed, "task/data")),
-        crate::task::Split::Train,
-    )
-    .map_err(|e| e.to_string())?;
+    let data = r.spec.train_data().map_err(|e| e.to_string())?;
     let has = |k: TemplateKind| r.inputs.templates.contains_key(&k);
     let render = |k: TemplateKind, ctx: J| -> Result<String, String> {
         let f = r.inputs.templates.get(&k).ok_or_else(|| format!("no {} template", k.as_str()))?;

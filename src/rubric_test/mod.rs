@@ -95,13 +95,7 @@ pub fn load_cases(r: &Resolved) -> Result<(PathBuf, CaseFile, Vec<Case>), String
     })?;
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read the case file `{}`: {e}", path.display()))?;
     let file = CaseFile::parse(&text).map_err(|e| format!("case file `{}`: {e}", path.display()))?;
-    let data = crate::task::load(
-        r.spec.task.kind,
-        &r.spec.task.train,
-        r.spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(r.spec.runtime.seed, "task/data")),
-        crate::task::Split::Train,
-    )
-    .map_err(|e| e.to_string())?;
+    let data = r.spec.train_data().map_err(|e| e.to_string())?;
     let built = cases::build(&file, r.spec.task.kind.as_str(), &data.records, &r.inputs.rubric);
     Ok((path, file, built))
 }

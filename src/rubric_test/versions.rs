@@ -82,8 +82,7 @@ pub fn run(run: &Path, cases: Option<&Path>) -> Result<Table, String> {
     let v0 = rubrics.first().ok_or("the run has no rubric versions yet (rubrics/history.jsonl is empty)")?;
 
     let seed = spec.runtime.seed;
-    let data_seed = spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(seed, "task/data"));
-    let train = crate::task::load(spec.task.kind, &spec.task.train, data_seed, crate::task::Split::Train).map_err(|e| e.to_string())?;
+    let train = spec.train_data().map_err(|e| e.to_string())?;
     let built: Vec<Case> = super::cases::build(&file, spec.task.kind.as_str(), &train.records, v0);
     let tpl = |k| crate::run::setup::plan_template(&plan, k).map_err(|e| e.to_string());
     let scorer = Scorer::new(&spec.reward, spec.task.kind.as_str(), &tpl(TemplateKind::Judge)?, tpl(TemplateKind::Policy)?, seed)?;

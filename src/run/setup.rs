@@ -134,8 +134,8 @@ pub fn start<'p, B: AutodiffBackend>(
     let meta_cfg = super::meta_step::config(plan)?;
     let policy_template = plan_template(plan, TemplateKind::Policy)?;
 
-    let data_seed = spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(seed, "task/data"));
-    let train = crate::task::load(spec.task.kind, &spec.task.train, data_seed, Split::Train)?;
+    let data_seed = spec.data_seed();
+    let train = spec.train_data()?;
     let held_out = |src: &Option<crate::spec::DataSource>| match src {
         Some(t) => crate::task::load(spec.task.kind, t, spec.test_seed(), Split::Test).map(Some),
         None => Ok(None),

@@ -64,6 +64,16 @@ impl Spec {
     pub fn test_seed(&self) -> u64 {
         crate::rng::sub_seed(self.eval.seed, "task/test")
     }
+
+    /// Seed of the training data's subset and order: `task.seed`, else from `runtime.seed`.
+    pub fn data_seed(&self) -> u64 {
+        self.task.seed.unwrap_or_else(|| crate::rng::sub_seed(self.runtime.seed, "task/data"))
+    }
+
+    /// The training split as a run loads it.
+    pub fn train_data(&self) -> Result<crate::task::Dataset, crate::task::DataError> {
+        crate::task::load(self.task.kind, &self.task.train, self.data_seed(), crate::task::Split::Train)
+    }
 }
 
 /// One base spec path or a list of them.

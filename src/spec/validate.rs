@@ -283,7 +283,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     let errors_before = diags.iter().filter(|d| d.is_error()).count();
     let mut v = V { tree, sources, diags };
     let kind = spec.task.kind;
-    let data_seed = spec.task.seed.unwrap_or_else(|| crate::rng::sub_seed(spec.runtime.seed, "task/data"));
+    let data_seed = spec.data_seed();
 
     // --- runtime ---------------------------------------------------------------------------
     if !spec.runtime.backend.compiled_in() {
