@@ -294,6 +294,9 @@ fn structured_run(tag: &str, overrides: &[&str]) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&root);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mpo"))
         .args(["run", "tests/specs/valid/structured_judge.yaml", &format!("output.root={}", root.display()), "--quiet"])
+        // 768-token meta answers from a server that shares 2 cores with the rest of the suite
+        // (the wgpu tests among it): the default 120 s per request timed out under that load.
+        .arg("reward.judge.timeout_s=600")
         .args(overrides)
         .env("MPO_TEST_JUDGE_URL", llama_server())
         .output()
