@@ -141,6 +141,7 @@ pub struct Tokens {
     pub reward_judge: Calls,
     /// Totals since the run started.
     pub reward_judge_total: TokenCount,
+    /// The meta step's, `meta.gate`'s scoring of merged rubrics included.
     pub meta_judge_total: TokenCount,
 }
 

@@ -51,7 +51,8 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         let (verdict, usage) =
             gate.verdict(r.reward_judge.as_mut(), candidate).map_err(|message| RunError::Rubric { what: "meta.gate".into(), message })?;
         gate_transport = r.reward_judge.transport().map(|t| t.since(&before.unwrap_or_default()));
-        r.state.usage.entry("gate".into()).or_default().add(&usage);
+        // Part of the meta step's cost: counted in its totals (`tokens.meta_judge_total`).
+        r.state.usage.entry("meta".into()).or_default().add(&usage);
         outcome.result = verdict.apply(outcome.result);
         outcome.gate = Some(verdict);
     }
