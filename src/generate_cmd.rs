@@ -21,7 +21,8 @@ pub struct Args {
     pub logprobs: bool,
 }
 
-struct Job(Args);
+/// The arguments, and the backend they run on (to name its adapter).
+struct Job(Args, crate::spec::BackendKind);
 
 impl BackendJob for Job {
     type Output = anyhow::Result<()>;
@@ -38,9 +39,7 @@ impl BackendJob for Job {
             loaded.config.num_layers,
             t0.elapsed().as_secs_f64()
         );
-        if let Ok(kind) = serde_json::from_value(serde_json::Value::String(backend_name.into()))
-            && let Some(a) = model::adapter(kind, 0)
-        {
+        if let Some(a) = model::adapter(self.1, 0) {
             eprintln!("{backend_name} adapter: {a}");
         }
         let prompts: Vec<Vec<u32>> = a
@@ -81,5 +80,5 @@ impl BackendJob for Job {
 pub fn run(backend: &str, args: Args) -> anyhow::Result<()> {
     let b: crate::spec::BackendKind = serde_json::from_value(serde_json::Value::String(backend.into()))
         .map_err(|_| anyhow::anyhow!("unknown backend `{backend}` (cpu, wgpu, cuda)"))?;
-    model::dispatch(b, 0, Job(args)).map_err(|e| anyhow::anyhow!(e))?
+    model::dispatch(b, 0, Job(args, b)).map_err(|e| anyhow::anyhow!(e))?
 }

@@ -23,7 +23,7 @@ use crate::model::adapter;
 use crate::results::RunDir;
 
 /// What a resumed run needs besides the weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// The last completed update.
     pub update: u32,

@@ -52,7 +52,7 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
             gate.verdict(r.reward_judge.as_mut(), candidate).map_err(|message| RunError::Rubric { what: "meta.gate".into(), message })?;
         gate_transport = r.reward_judge.transport().map(|t| t.since(&before.unwrap_or_default()));
         // Part of the meta step's cost: counted in its totals (`tokens.meta_judge_total`).
-        r.state.usage.entry("meta".into()).or_default().add(&usage);
+        outcome.usage.add(&usage);
         outcome.result = verdict.apply(outcome.result);
         outcome.gate = Some(verdict);
     }

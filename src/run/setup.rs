@@ -6,7 +6,6 @@
 //! Everything the update phases share lives in one [`Runner`]; the task data is returned beside
 //! it, so the rollouts of an update can borrow their records while the phases change the runner.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -260,16 +259,7 @@ fn resume_or_start<B: AutodiffBackend>(
     }
     manifest.updates_done = 0;
     history.init(&rubric)?;
-    let state = State {
-        update: 0,
-        rubric_version: 0,
-        meta_candidates: vec![],
-        first_response_tokens: None,
-        usage: HashMap::new(),
-        meta_steps: 0,
-        meta_accepted: 0,
-    };
-    Ok((tr, rubric, state))
+    Ok((tr, rubric, State::default()))
 }
 
 fn file_names(d: &Path) -> Vec<String> {

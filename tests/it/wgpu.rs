@@ -11,7 +11,6 @@
 //! are the same (host-side sampling from the same seed; a flip needs a draw within rounding of a
 //! CDF boundary). A checkpoint moves bit for bit.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
@@ -111,15 +110,7 @@ impl BackendJob for Parity {
         let stats = train::update(&mut tr, &seqs, &spec, 1e-2, m.tok.pad, 4, 3, update);
         let after = trained(&tr);
 
-        let state = State {
-            update,
-            rubric_version: 0,
-            meta_candidates: vec![],
-            first_response_tokens: None,
-            usage: HashMap::new(),
-            meta_steps: 0,
-            meta_accepted: 0,
-        };
+        let state = State { update, ..State::default() };
         std::fs::create_dir_all(&self.out).unwrap();
         let run = RunDir { root: self.out.clone() };
         let checkpoint = checkpoint::save(&run, &tr, &state, 0).unwrap();
