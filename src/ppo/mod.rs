@@ -9,7 +9,6 @@
 //! training loop around them lives in `run/`.
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 use crate::spec::KlEstimator;
 
@@ -100,13 +99,31 @@ pub fn masked_mean<B: Backend>(x: Tensor<B, 2>, mask: Tensor<B, 2>) -> Tensor<B,
     (x * mask.clone()).sum().div(mask.sum().clamp_min(1.0))
 }
 
-/// Log-probs `[M, R]` of `targets` under `logits` `[M, R, V]` divided by `temperature`, and the
-/// per-position entropy `[M, R]`.
-pub fn token_logprobs<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>, temperature: f64) -> (Tensor<B, 2>, Tensor<B, 2>) {
+/// Log-probs `[M, R]` of `targets` under `logits` `[M, R, V]` divided by `temperature`, and
+/// with `entropy` the per-position entropy `[M, R]` (a statistic: computed off the autodiff graph).
+///
+/// `log p(y) = z_y - logsumexp(z)`: the taken token's logit minus one log-sum-exp per position,
+/// so no full-vocabulary log-softmax is materialised (or differentiated) beside the logits.
+pub fn token_logprobs<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+    temperature: f64,
+    entropy: bool,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
     let t = if temperature > 0.0 { temperature } else { 1.0 };
-    let lp = log_softmax(logits.div_scalar(t + 1e-7), 2);
-    let entropy = (lp.clone().exp() * lp.clone()).sum_dim(2).neg().squeeze_dim::<2>(2);
-    (lp.gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2), entropy)
+    let z = logits.div_scalar(t + 1e-7);
+    let max = z.clone().detach().max_dim(2);
+    let shifted = z.clone() - max.clone();
+    let e = shifted.clone().exp();
+    let sum = e.clone().sum_dim(2);
+    let lse = sum.clone().log() + max;
+    let lp = (z.gather(2, targets.unsqueeze_dim::<3>(2)) - lse).squeeze_dim::<2>(2);
+    // H = -sum p log p = log s - sum(e * shifted) / s, with e = exp(z - max), s = sum e.
+    let ent = entropy.then(|| {
+        let (sum, e, shifted) = (sum.detach(), e.detach(), shifted.detach());
+        (sum.clone().log() - (e * shifted).sum_dim(2).div(sum)).squeeze_dim::<2>(2)
+    });
+    (lp, ent)
 }
 
 /// The tensors of one PPO mini-batch (`[M, R]` unless noted).
@@ -327,11 +344,39 @@ mod tests {
         assert!((scalar(g.loss) - 0.8).abs() < 1e-5, "k3 is 0 when ref = new");
     }
 
+    /// The log-sum-exp form has log_softmax's values and gradients (to float rounding).
+    #[test]
+    fn token_logprobs_gradients_match_log_softmax() {
+        type AB = burn::backend::Autodiff<TB>;
+        let dev = Default::default();
+        let data: Vec<f32> = (0..2 * 3 * 50).map(|i| ((i * 7919) % 97) as f32 / 9.0 - 5.0).collect();
+        let tg: Vec<i64> = vec![3, 49, 0, 17, 25, 8];
+        let run = |fused: bool| {
+            let z: Tensor<AB, 3> = Tensor::from_data(TensorData::new(data.clone(), [2, 3, 50]), &dev).require_grad();
+            let t: Tensor<AB, 2, Int> = Tensor::from_data(TensorData::new(tg.clone(), [2, 3]), &dev);
+            let lp = if fused {
+                token_logprobs(z.clone(), t, 0.7, false).0
+            } else {
+                burn::tensor::activation::log_softmax(z.clone().div_scalar(0.7 + 1e-7), 2)
+                    .gather(2, t.unsqueeze_dim::<3>(2))
+                    .squeeze_dim::<2>(2)
+            };
+            let w: Tensor<AB, 2> = Tensor::from_data(TensorData::new(vec![1.0f32, -2.0, 0.5, 3.0, 1.5, -1.0], [2, 3]), &dev);
+            let g = (lp.clone() * w).sum().backward();
+            let grad = z.grad(&g).unwrap().into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            (lp.into_data().convert::<f32>().to_vec::<f32>().unwrap(), grad)
+        };
+        let ((a, ga), (b, gb)) = (run(true), run(false));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "{a:?} vs {b:?}");
+        assert!(ga.iter().zip(&gb).all(|(x, y)| (x - y).abs() < 1e-5));
+    }
+
     #[test]
     fn token_logprobs_match_log_softmax() {
         let logits: Tensor<TB, 3> = Tensor::from_data(TensorData::new(vec![0.0f32, 1.0, 2.0], [1, 1, 3]), &Default::default());
         let tg: Tensor<TB, 2, Int> = Tensor::from_data(TensorData::new(vec![2i64], [1, 1]), &Default::default());
-        let (lp, ent) = token_logprobs(logits, tg, 1.0);
+        let (lp, ent) = token_logprobs(logits, tg, 1.0, true);
+        let ent = ent.unwrap();
         let z = (0f64.exp() + 1f64.exp() + 2f64.exp()).ln();
         let lp = lp.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0];
         assert!((lp - (2.0 - z)).abs() < 1e-5);

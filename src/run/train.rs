@@ -164,7 +164,9 @@ fn rows<T: Clone>(v: &[T], width: usize, idx: &[usize]) -> Vec<T> {
     idx.iter().flat_map(|&i| v[i * width..(i + 1) * width].iter().cloned()).collect()
 }
 
-/// Log-probs of the response tokens and the hidden states' values for rows `idx` (`[m, r]`).
+/// Log-probs of the response tokens, their entropy (when asked) and the hidden states' values
+/// for rows `idx` (`[m, r]`).
+#[allow(clippy::too_many_arguments)]
 fn score_rows<B: Backend>(
     model: &Llama<B>,
     critic: Option<&Llama<B>>,
@@ -173,7 +175,8 @@ fn score_rows<B: Backend>(
     adapter: bool,
     temperature: f64,
     want_values: bool,
-) -> (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    want_entropy: bool,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>, Option<Tensor<B, 2>>) {
     let device = model.embed.val().device();
     let m = idx.len();
     let w = l.q + l.r;
@@ -185,7 +188,7 @@ fn score_rows<B: Backend>(
     let h = model.forward(tokens.clone(), positions.clone(), mask.clone(), None, adapter);
     let d = h.dims()[2];
     let hs = h.slice([0..m, l.q - 1..l.q + l.r - 1, 0..d]);
-    let (lp, ent) = ppo::token_logprobs(model.logits(hs.clone(), adapter), targets, temperature);
+    let (lp, ent) = ppo::token_logprobs(model.logits(hs.clone(), adapter), targets, temperature, want_entropy);
     let values = if !want_values {
         None
     } else {
@@ -299,8 +302,8 @@ pub fn update<B: AutodiffBackend>(
     let (mut old_lp, mut ref_lp, mut old_v) = (vec![0f64; n * r], vec![0f64; n * r], vec![0f64; n * r]);
     let all: Vec<usize> = (0..n).collect();
     for c in all.chunks(chunk.max(1)) {
-        let (lp, _, v) = score_rows(&policy_inner, critic_inner.as_ref(), &l, c, true, temp, !grpo);
-        let (rl, _, _) = score_rows(&policy_inner, None, &l, c, false, temp, false);
+        let (lp, _, v) = score_rows(&policy_inner, critic_inner.as_ref(), &l, c, true, temp, !grpo, false);
+        let (rl, _, _) = score_rows(&policy_inner, None, &l, c, false, temp, false, false);
         let (lp, rl) = (to_host(lp).unwrap_or_default(), to_host(rl).unwrap_or_default());
         let v = v.map(|v| to_host(v).unwrap_or_default());
         for (k, &i) in c.iter().enumerate() {
@@ -381,7 +384,7 @@ pub fn update<B: AutodiffBackend>(
             let mut acc_c = GradientsAccumulator::<Llama<B>>::new();
             for idx in micros {
                 let critic = tr.critic.as_ref().map(|(c, _)| c);
-                let (new_lp, ent, v) = score_rows(&tr.policy, critic, &l, idx, true, temp, !grpo);
+                let (new_lp, ent, v) = score_rows(&tr.policy, critic, &l, idx, true, temp, !grpo, true);
                 let batch = PpoBatch {
                     new_logprobs: new_lp,
                     old_logprobs: t2(&old_lp, idx),
@@ -399,7 +402,7 @@ pub fn update<B: AutodiffBackend>(
                 sum_vl += parts.value_loss.clone().map(scalar).unwrap_or(0.0);
                 sum_cf += scalar(parts.clipfrac.clone());
                 sum_kl += scalar(parts.approxkl.clone());
-                sum_ent += scalar(ppo::masked_mean(ent, mask));
+                sum_ent += ent.map(|e| scalar(ppo::masked_mean(e, mask))).unwrap_or(0.0);
                 count += 1.0;
                 let mut grads = parts.loss.div_scalar(k).backward();
                 acc_p.accumulate(&tr.policy, GradientsParams::from_module(&mut grads, &tr.policy));
@@ -522,7 +525,7 @@ mod tests {
         let tr = trainer(false);
         let l = layout(&seqs(), 0);
         let all = [0usize, 1];
-        let (lp, _, v) = score_rows(&tr.policy, tr.critic.as_ref().map(|(c, _)| c), &l, &all, true, 1.0, true);
+        let (lp, _, v) = score_rows(&tr.policy, tr.critic.as_ref().map(|(c, _)| c), &l, &all, true, 1.0, true, false);
         let loss = lp.sum().neg() + v.unwrap().powi_scalar(2).sum();
         let mut grads = loss.backward();
         let critic = &tr.critic.as_ref().unwrap().0;
