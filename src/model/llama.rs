@@ -392,11 +392,19 @@ impl<B: Backend> Llama<B> {
         let mut x = self.embed.val().select(0, tokens.reshape([b * t])).reshape([b, t, d]);
         let pos = positions.reshape([b * t]);
         let hd = self.head_dim;
-        let cos = self.rope_cos.clone().select(0, pos.clone()).reshape([b, 1, t, hd]);
-        let sin = self.rope_sin.clone().select(0, pos).reshape([b, 1, t, hd]);
+        let rope = Rope::new(
+            self.rope_cos.clone().select(0, pos.clone()).reshape([b, t, 1, hd]),
+            self.rope_sin.clone().select(0, pos).reshape([b, t, 1, hd]),
+            self.n_heads,
+            self.n_kv_heads,
+        );
+        // The mask in the scores' own shape `[B, kv, rep*T, T_all]`, built once for all layers:
+        // adding a broadcast operand costs the CPU backend a strided walk per element.
+        let rep = self.n_heads / self.n_kv_heads;
+        let mask = if rep > 1 { mask.repeat_dim(2, rep) } else { mask }.repeat_dim(1, self.n_kv_heads);
         for (i, blk) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = self.block(blk, x, &cos, &sin, &mask, layer_cache, adapter);
+            x = self.block(blk, x, &rope, &mask, layer_cache, adapter);
         }
         self.norm.forward(x)
     }
@@ -406,8 +414,7 @@ impl<B: Backend> Llama<B> {
         &self,
         blk: &Block<B>,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope: &Rope<B>,
         mask: &Tensor<B, 4>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
         adapter: bool,
@@ -415,12 +422,10 @@ impl<B: Backend> Llama<B> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let xn = blk.attn_norm.forward(x.clone());
-        let q = blk.q.forward(xn.clone(), adapter).reshape([b, t, h, hd]).swap_dims(1, 2);
-        let k = blk.k.forward(xn.clone(), adapter).reshape([b, t, kvh, hd]).swap_dims(1, 2);
-        let v = blk.v.forward(xn, adapter).reshape([b, t, kvh, hd]).swap_dims(1, 2);
-        let q = rope(q, cos, sin);
-        let mut k = rope(k, cos, sin);
-        let mut v = v;
+        // RoPE in the projections' own `[B, T, heads, hd]` layout (contiguous), then heads first.
+        let q = rope.apply(blk.q.forward(xn.clone(), adapter).reshape([b, t, h, hd]), &rope.q).swap_dims(1, 2);
+        let mut k = rope.apply(blk.k.forward(xn.clone(), adapter).reshape([b, t, kvh, hd]), &rope.k).swap_dims(1, 2);
+        let mut v = blk.v.forward(xn, adapter).reshape([b, t, kvh, hd]).swap_dims(1, 2);
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.take() {
                 k = Tensor::cat(vec![pk, k], 2);
@@ -454,24 +459,58 @@ fn normal(rng: &mut impl Rng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
-/// Rotary embedding, HF's rotate-half form: `x cos + rotate_half(x) sin`.
-pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, t, hd] = x.dims();
-    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..hd / 2]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..t, hd / 2..hd]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+/// Rotary embedding tables of one forward pass, HF's rotate-half form: `x cos + rotate_half(x) sin`.
+/// The tables are repeated to the query and key shapes `[B, T, heads, hd]` once per pass, for
+/// all layers: multiplying by a broadcast operand costs the CPU backend a strided walk.
+struct Rope<B: Backend> {
+    /// (cos, sin) for the query heads and for the key heads.
+    q: (Tensor<B, 4>, Tensor<B, 4>),
+    k: (Tensor<B, 4>, Tensor<B, 4>),
+    rotate_half: Tensor<B, 2>,
+}
+
+impl<B: Backend> Rope<B> {
+    /// `cos`, `sin`: `[B, T, 1, hd]`.
+    fn new(cos: Tensor<B, 4>, sin: Tensor<B, 4>, n_heads: usize, n_kv: usize) -> Self {
+        let hd = cos.dims()[3];
+        let rotate_half = rotate_half_matrix(hd, &cos.device());
+        Rope {
+            q: (cos.clone().repeat_dim(2, n_heads), sin.clone().repeat_dim(2, n_heads)),
+            k: (cos.repeat_dim(2, n_kv), sin.repeat_dim(2, n_kv)),
+            rotate_half,
+        }
+    }
+
+    /// `x` `[B, T, heads, hd]` with `table` of the same shape.
+    fn apply(&self, x: Tensor<B, 4>, table: &(Tensor<B, 4>, Tensor<B, 4>)) -> Tensor<B, 4> {
+        let [b, t, h, hd] = x.dims();
+        let rotated = x.clone().reshape([b * t * h, hd]).matmul(self.rotate_half.clone()).reshape([b, t, h, hd]);
+        x * table.0.clone() + rotated * table.1.clone()
+    }
+}
+
+/// `rotate_half` as a matrix `R` with `x R = [-x2, x1]` for `x = [x1, x2]`. One nonzero (+-1) per
+/// column, so the product is exact; it replaces two slices and a concatenation, which the CPU
+/// backend copies element by element through strided views (10% of a training step's time).
+fn rotate_half_matrix<B: Backend>(hd: usize, device: &B::Device) -> Tensor<B, 2> {
+    let half = hd / 2;
+    let mut r = vec![0f32; hd * hd];
+    for j in 0..half {
+        r[(j + half) * hd + j] = -1.0;
+        r[j * hd + j + half] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(r, [hd, hd]), device)
 }
 
 /// Grouped-query attention without materialising repeated keys: the query heads sharing a
-/// key/value head are stacked along the time axis (`[B, kv, rep*T, hd]`).
+/// key/value head are stacked along the time axis (`[B, kv, rep*T, hd]`). `mask` is additive,
+/// `[B, kv, rep*T, T_all]` (or broadcastable to it).
 pub fn gqa<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 4>, n_kv: usize) -> Tensor<B, 4> {
     let [b, h, t, hd] = q.dims();
     let rep = h / n_kv;
     let q = q.reshape([b, n_kv, rep * t, hd]);
     let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
-    let mask = if rep > 1 { mask.clone().repeat_dim(2, rep) } else { mask.clone() };
-    let att = softmax(scores + mask, 3);
+    let att = softmax(scores + mask.clone(), 3);
     att.matmul(v).reshape([b, h, t, hd])
 }
 
@@ -531,6 +570,54 @@ pub(crate) mod tests {
         assert!(!close(&on, &off, 1e-4));
         // the base is untouched: adapter off still gives the old logits
         assert!(close(&full_logits(&m, &rows, false), &off, 1e-6));
+    }
+
+    #[test]
+    fn rope_by_rotation_matrix_equals_rotate_half_exactly() {
+        let dev = Default::default();
+        let (b, t, h, hd) = (2, 5, 3, 8);
+        let x: Tensor<TB, 4> = Tensor::random([b, t, h, hd], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let cos: Tensor<TB, 4> = Tensor::random([b, t, 1, hd], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let sin: Tensor<TB, 4> = Tensor::random([b, t, 1, hd], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let rope = Rope::new(cos.clone(), sin.clone(), h, 1);
+        let got = rope.apply(x.clone(), &rope.q);
+        // HF's rotate_half: [-x2, x1]
+        let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..hd / 2]);
+        let x2 = x.clone().slice([0..b, 0..t, 0..h, hd / 2..hd]);
+        let want = x * cos + Tensor::cat(vec![x2.neg(), x1], 3) * sin;
+        assert_eq!(to_host(got).unwrap(), to_host(want).unwrap());
+    }
+
+    /// The CPU backend's exp, sigmoid and softmax (mpo's vendored burn-flex) against f64.
+    #[test]
+    fn cpu_backend_exp_sigmoid_softmax_match_f64() {
+        let dev = Default::default();
+        let xs: Vec<f32> = (0..200_000).map(|i| -88.0 + 176.0 * i as f32 / 200_000.0).chain([0.0, -0.0, 1e-30, -1e-30]).collect();
+        let n = xs.len();
+        let t: Tensor<TB, 1> = Tensor::from_data(TensorData::new(xs.clone(), [n]), &dev);
+        let exp = to_host(t.clone().exp()).unwrap();
+        let sig = to_host(burn::tensor::activation::sigmoid(t)).unwrap();
+        for (i, &x) in xs.iter().enumerate() {
+            let e = (x as f64).exp();
+            if e > f32::MIN_POSITIVE as f64 && e < f32::MAX as f64 {
+                assert!(((exp[i] as f64 - e) / e).abs() < 3e-7, "exp({x}) = {} vs {e}", exp[i]);
+            }
+            let s = 1.0 / (1.0 + (-x as f64).exp());
+            assert!((sig[i] as f64 - s).abs() <= 3e-7 * s.max(1e-30) + 1e-38, "sigmoid({x}) = {} vs {s}", sig[i]);
+        }
+        let edge: Tensor<TB, 1> =
+            Tensor::from_data(TensorData::new(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 100.0, -100.0], [5]), &dev);
+        let e = to_host(edge.exp()).unwrap();
+        assert!(e[0].is_nan());
+        assert_eq!(&e[1..], &[f32::INFINITY, 0.0, f32::INFINITY, 0.0]);
+        let row: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 * 0.3 - 15.0).collect();
+        let sm = to_host(softmax(Tensor::<TB, 2>::from_data(TensorData::new(row.clone(), [1, 1000]), &dev), 1)).unwrap();
+        let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+        for (p, &x) in sm.iter().zip(&row) {
+            let want = (x as f64 - max).exp() / z;
+            assert!((*p as f64 - want).abs() <= 1e-6 * want + 1e-12, "{p} vs {want}");
+        }
     }
 
     #[test]
