@@ -282,7 +282,8 @@ pub enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         backend: String,
     },
-    /// Training-step tokens/s (forward + backward + AdamW on LoRA) against a forward pass.
+    /// Training-step tokens/s (forward + backward + AdamW on LoRA) against a forward pass;
+    /// with --torch, against PyTorch eager on the same weights and tokens, generation included.
     Train {
         #[arg(long, default_value_t = 8, value_parser = positive)]
         batch: usize,
@@ -292,6 +293,19 @@ pub enum BenchCommand {
         steps: usize,
         #[arg(long, default_value = "cpu")]
         backend: String,
+        /// Also measure PyTorch + transformers + peft (installed into a venv under
+        /// ~/.cache/mpo by scripts/setup_torch.sh on first use, ~3 GB) and print the ratios.
+        #[arg(long)]
+        torch: bool,
+        /// With --torch: generation against llama-server too (built by
+        /// scripts/setup_llama_server.sh, or the one at --server).
+        #[arg(long, requires = "torch")]
+        llama_server: bool,
+        #[arg(long, requires = "torch")]
+        server: Option<String>,
+        /// With --torch: new tokens per prompt in the generation rows.
+        #[arg(long, default_value_t = 32, value_parser = positive)]
+        new_tokens: usize,
     },
     /// Next-token log-probs of mpo against llama-server on the same GGUF.
     Parity {
@@ -448,8 +462,10 @@ fn dispatch(command: Command) -> Outcome {
                         crate::bench::on_backend(&backend, crate::bench::generation::GenerateBench { new_tokens, server: url })
                     })
                 }
-                BenchCommand::Train { batch, seq, steps, backend } => {
-                    crate::bench::on_backend(&backend, crate::bench::generation::TrainBench { batch, seq, steps })
+                BenchCommand::Train { batch, seq, steps, backend, torch, llama_server, server, new_tokens } => {
+                    crate::bench::with_server(server, llama_server, 8, |server| {
+                        crate::bench::on_backend(&backend, crate::bench::train::TrainBench { batch, seq, steps, torch, server, new_tokens })
+                    })
                 }
                 BenchCommand::Parity { server, steps } => crate::bench::parity(server, steps),
             };

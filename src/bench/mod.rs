@@ -7,6 +7,7 @@ pub mod generation;
 pub mod parity;
 pub mod server;
 pub mod stub;
+pub mod train;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -80,6 +81,41 @@ pub fn spec_bench(iterations: usize) -> anyhow::Result<String> {
         ms(b),
         f.as_secs_f64() / b.as_secs_f64().max(1e-9)
     ))
+}
+
+/// Wall time and cores busy (process CPU time over wall time, all threads) of a stretch of work:
+/// a CPU trainer that keeps one of two cores idle shows it here.
+pub struct CpuClock {
+    wall: Instant,
+    cpu: Option<f64>,
+}
+
+impl CpuClock {
+    pub fn start() -> Self {
+        CpuClock { cpu: process_cpu_seconds(), wall: Instant::now() }
+    }
+
+    /// (wall seconds, cores busy; 0 where the process CPU time cannot be read).
+    pub fn stop(&self) -> (f64, f64) {
+        let wall = self.wall.elapsed().as_secs_f64();
+        let busy = match (self.cpu, process_cpu_seconds()) {
+            (Some(a), Some(b)) if wall > 0.0 => (b - a) / wall,
+            _ => 0.0,
+        };
+        (wall, busy)
+    }
+}
+
+/// User + system CPU seconds of this process, all threads (Linux: /proc/self/stat, in the
+/// kernel's fixed 100 Hz USER_HZ units); None elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start with the state (field 3);
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Run a benchmark job on the named backend.

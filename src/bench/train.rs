@@ -1,0 +1,300 @@
+//! `mpo bench train`: the LoRA training step of the demo model (forward + backward + AdamW)
+//! against a forward pass, and with `--torch` against PyTorch eager on the same shapes, the
+//! same weights and the same tokens (`scripts/bench_torch.py` in the venv that
+//! `scripts/setup_torch.sh` installs), with generation at batch 1 and 8 against transformers'
+//! `generate` (and llama-server when one is given or built).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+
+use super::CpuClock;
+use super::generation::{GenRate, encoded_prompts, measure, server_generate};
+use crate::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
+use crate::model::{self, BackendJob, LoraConfig, registry};
+use crate::spec::LoraTarget;
+
+pub struct TrainBench {
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+    /// Measure PyTorch too (installs its venv on first use).
+    pub torch: bool,
+    /// A llama-server serving the demo GGUF, for the generation rows.
+    pub server: Option<String>,
+    pub new_tokens: usize,
+}
+
+/// One configuration's figures: mean seconds and cores busy of a forward pass (no autodiff)
+/// and of a train step, and the loss before any update.
+struct Train {
+    fwd_s: f64,
+    fwd_busy: f64,
+    step_s: f64,
+    step_busy: f64,
+    first_loss: f32,
+}
+
+fn train_rows(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
+    let mut rng = crate::rng::stream(1, "bench/train");
+    (0..batch).map(|_| (0..seq).map(|_| rand::Rng::random_range(&mut rng, 100..vocab as u32)).collect()).collect()
+}
+
+/// Forward (no grad) and train-step timings of `model` on `rows`, each the mean of `steps`
+/// calls after one warm-up call. The loss is the mean negative log-prob of every next token
+/// under the full-vocabulary softmax, computed by PPO's own function.
+fn measure_train<B: AutodiffBackend>(model: crate::model::Llama<B>, rows: &[Vec<u32>], steps: usize) -> anyhow::Result<Train> {
+    let device = model.embed.val().device();
+    let lay = left_pad(rows, 0);
+    let (b, t) = (lay.b, lay.t);
+    let tokens = int_tensor::<B>(lay.tokens.clone(), [b, t], &device);
+    let positions = int_tensor::<B>(lay.positions.clone(), [b, t], &device);
+    let mask = mask_tensor::<B>(causal_mask(&lay.pads, 0, t), b, t, t, &device);
+    let targets = tokens.clone().slice([0..b, 1..t]);
+    let inner = model.valid();
+    let fwd = || -> anyhow::Result<()> {
+        let h = inner.forward(tokens.clone().inner(), positions.clone().inner(), mask.clone().inner(), None, true);
+        to_host(inner.logits(h, true).slice([0..1, 0..1, 0..1]))?;
+        Ok(())
+    };
+    fwd()?;
+    let clock = CpuClock::start();
+    for _ in 0..steps {
+        fwd()?;
+    }
+    let (fwd_wall, fwd_busy) = clock.stop();
+
+    let mut optim = AdamWConfig::new().init::<B, crate::model::Llama<B>>();
+    let mut step = |model: crate::model::Llama<B>| -> anyhow::Result<(crate::model::Llama<B>, f32)> {
+        let h = model.forward(tokens.clone(), positions.clone(), mask.clone(), None, true);
+        let d = h.dims()[2];
+        let logits = model.logits(h.slice([0..b, 0..t - 1, 0..d]), true);
+        let lp = crate::ppo::token_logprobs(logits, targets.clone(), 1.0, false).0;
+        let loss = lp.mean().neg();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(1e-4, model, grads);
+        let l: f32 = to_host(loss)?.first().copied().unwrap_or(f32::NAN);
+        Ok((model, l))
+    };
+    let (mut model, first_loss) = step(model)?;
+    let clock = CpuClock::start();
+    for _ in 0..steps {
+        model = step(model)?.0;
+    }
+    let (step_wall, step_busy) = clock.stop();
+    Ok(Train { fwd_s: fwd_wall / steps as f64, fwd_busy, step_s: step_wall / steps as f64, step_busy, first_loss })
+}
+
+impl BackendJob for TrainBench {
+    type Output = anyhow::Result<String>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &'static str) -> anyhow::Result<String> {
+        let mref = registry::resolve("smollm2-135m-instruct", Path::new("."))?;
+        let mut out = format!(
+            "train bench: SmolLM2-135M-Instruct (GGUF dequantized to f32) on burn {backend_name}, batch {} x {} tokens, \
+             forward + backward + AdamW on the LoRA parameters, full-vocabulary log-softmax on every position\n",
+            self.batch, self.seq
+        );
+        let demo = LoraConfig { rank: 8, alpha: 16.0, targets: vec![LoraTarget::Q, LoraTarget::V] };
+        let all = LoraConfig {
+            targets: vec![
+                LoraTarget::Q,
+                LoraTarget::K,
+                LoraTarget::V,
+                LoraTarget::O,
+                LoraTarget::Gate,
+                LoraTarget::Up,
+                LoraTarget::Down,
+                LoraTarget::LmHead,
+            ],
+            ..demo.clone()
+        };
+        let configs: Vec<(&str, LoraConfig)> = if self.torch {
+            vec![("LoRA r=8 on q,v (demo)", demo.clone())]
+        } else {
+            vec![("LoRA r=8 on q,v (demo)", demo.clone()), ("LoRA r=8 on all 7 projections + lm_head", all)]
+        };
+        let mut ours = None;
+        let mut rows = vec![];
+        for (label, lora) in configs {
+            let m = model::load::<B>(&mref, Some(&lora), 0, &device, &mut |l| eprintln!("{l}"))?;
+            rows = train_rows(self.batch, self.seq, m.config.vocab_size);
+            let r = measure_train(m.model, &rows, self.steps)?;
+            let toks = (self.batch * self.seq) as f64;
+            out += &format!(
+                "  {label}: train step {:.2}s = {:.0} tok/s ({:.2} cores busy); forward-only baseline {:.2}s = {:.0} tok/s ({:.2} cores busy); \
+                 step / forward = {:.2}x (loss before the first step {:.4})\n",
+                r.step_s,
+                toks / r.step_s,
+                r.step_busy,
+                r.fwd_s,
+                toks / r.fwd_s,
+                r.fwd_busy,
+                r.step_s / r.fwd_s,
+                r.first_loss
+            );
+            ours.get_or_insert(r);
+        }
+        if !self.torch {
+            return Ok(out);
+        }
+        let ours = ours.expect("one configuration measured");
+        let m = model::load::<B::InnerBackend>(&mref, None, 0, &device, &mut |l| eprintln!("{l}"))?;
+        let prompts = encoded_prompts(&m.tok)?;
+        let rates = measure(&m, &prompts, self.new_tokens, &[1, 8], &mut out)?;
+        let pad = m.tok.pad;
+        drop(m);
+        let torch = run_torch(&TorchRequest {
+            gguf: crate::model::fetch::fetch("smollm2-135m-instruct", &mut |l| eprintln!("{l}"))?.display().to_string(),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            train_rows: rows,
+            steps: self.steps,
+            lora: TorchLora { rank: demo.rank, alpha: demo.alpha, targets: vec!["q_proj".into(), "v_proj".into()] },
+            prompts: prompts.clone(),
+            generate_batches: rates.iter().map(|g| g.batch).collect(),
+            new_tokens: self.new_tokens,
+            pad_id: pad,
+        })?;
+        let server: Vec<(usize, f64)> = match &self.server {
+            Some(url) => rates
+                .iter()
+                .map(|g| server_generate(url, &prompts[..g.batch], self.new_tokens).map(|(n, s)| (g.batch, n as f64 / s)))
+                .collect::<anyhow::Result<_>>()?,
+            None => vec![],
+        };
+        out += &compare(&ours, &rates, &torch, &server);
+        Ok(out)
+    }
+}
+
+#[derive(serde::Serialize)]
+struct TorchLora {
+    rank: usize,
+    alpha: f64,
+    targets: Vec<String>,
+}
+
+/// What scripts/bench_torch.py reads on stdin.
+#[derive(serde::Serialize)]
+struct TorchRequest {
+    gguf: String,
+    threads: usize,
+    train_rows: Vec<Vec<u32>>,
+    steps: usize,
+    lora: TorchLora,
+    prompts: Vec<Vec<u32>>,
+    generate_batches: Vec<usize>,
+    new_tokens: usize,
+    pad_id: u32,
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct TorchPhase {
+    secs: f64,
+    cores_busy: f64,
+    #[serde(default)]
+    losses: Vec<f64>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct TorchGen {
+    batch: usize,
+    tokens: usize,
+    secs: f64,
+    cores_busy: f64,
+}
+
+/// What scripts/bench_torch.py prints.
+#[derive(serde::Deserialize, Debug)]
+struct TorchResult {
+    versions: std::collections::BTreeMap<String, String>,
+    threads: usize,
+    forward: TorchPhase,
+    train_step: TorchPhase,
+    generate: Vec<TorchGen>,
+}
+
+/// Install (once) and run the PyTorch baseline.
+fn run_torch(req: &TorchRequest) -> anyhow::Result<TorchResult> {
+    let setup = Command::new("bash")
+        .arg("scripts/setup_torch.sh")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| anyhow::anyhow!("could not run scripts/setup_torch.sh ({e}): run mpo bench from the repository root"))?;
+    anyhow::ensure!(setup.status.success(), "scripts/setup_torch.sh failed (its messages are above); --torch needs its venv");
+    let python = String::from_utf8_lossy(&setup.stdout).lines().last().unwrap_or_default().trim().to_string();
+    eprintln!("running the PyTorch baseline ({python} scripts/bench_torch.py) ...");
+    let mut child = Command::new(&python)
+        .arg("scripts/bench_torch.py")
+        // Local weights only; no progress bars or deprecation notices in the figures.
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .env("PYTHONWARNINGS", "ignore::FutureWarning")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("could not start {python}: {e}"))?;
+    let body = serde_json::to_vec(req)?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(&body)?;
+    }
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(output.status.success(), "scripts/bench_torch.py failed ({}); its messages are above", output.status);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).map_err(|e| anyhow::anyhow!("scripts/bench_torch.py printed no result ({e}): {last:.200}"))
+}
+
+/// The side-by-side table; speed ratios are PyTorch's time over mpo's (above 1: mpo is faster).
+fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usize, f64)]) -> String {
+    let versions: Vec<String> = torch.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let mut s = format!(
+        "\n  against PyTorch eager ({}; {} threads), same weights and tokens; speed = PyTorch time / mpo time (cores busy in parentheses)\n",
+        versions.join(", "),
+        torch.threads
+    );
+    s += &format!("  {:<22} {:>16} {:>16} {:>8}\n", "", "mpo", "PyTorch", "speed");
+    let row = |name: &str, a: f64, ab: f64, b: f64, bb: f64| {
+        format!("  {name:<22} {:>9.2}s ({ab:.2}) {:>9.2}s ({bb:.2}) {:>7.2}x\n", a, b, b / a)
+    };
+    s += &row("train step", ours.step_s, ours.step_busy, torch.train_step.secs, torch.train_step.cores_busy);
+    s += &row("forward, no grad", ours.fwd_s, ours.fwd_busy, torch.forward.secs, torch.forward.cores_busy);
+    for g in rates {
+        if let Some(t) = torch.generate.iter().find(|t| t.batch == g.batch) {
+            let (ours_rate, theirs) = (g.tokens as f64 / g.secs, t.tokens as f64 / t.secs);
+            s += &format!(
+                "  {:<22} {:>7.1} tok/s ({:.2}) {:>7.1} tok/s ({:.2}) {:>7.2}x\n",
+                format!("generate, batch {}", g.batch),
+                ours_rate,
+                g.cores_busy,
+                theirs,
+                t.cores_busy,
+                ours_rate / theirs
+            );
+        }
+        if let Some((_, rate)) = server.iter().find(|(b, _)| *b == g.batch) {
+            s += &format!(
+                "  {:<22} {:>7.1} tok/s {:>20} {:>7.2}x  (llama-server, same GGUF quantized)\n",
+                format!("  vs llama-server, b{}", g.batch),
+                g.tokens as f64 / g.secs,
+                format!("{rate:.1} tok/s"),
+                g.tokens as f64 / g.secs / rate
+            );
+        }
+    }
+    if let Some(first) = torch.train_step.losses.first() {
+        s += &format!(
+            "  loss before the first step: mpo {:.5}, PyTorch {:.5} (|diff| {:.1e}: the same model on the same tokens)\n",
+            ours.first_loss,
+            first,
+            (ours.first_loss as f64 - first).abs()
+        );
+    }
+    s
+}
