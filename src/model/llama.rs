@@ -616,7 +616,8 @@ pub(crate) mod tests {
         let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
         for (p, &x) in sm.iter().zip(&row) {
             let want = (x as f64 - max).exp() / z;
-            assert!((*p as f64 - want).abs() <= 1e-6 * want + 1e-12, "{p} vs {want}");
+            // f32 row sums of 1000 terms round at ~1e-6 relative: the bound is on the sum, not the exp.
+            assert!((*p as f64 - want).abs() <= 1e-5 * want + 1e-12, "{p} vs {want}");
         }
     }
 
