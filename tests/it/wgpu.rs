@@ -166,7 +166,10 @@ fn same_update(cpu: &Computed, gpu: &Computed) {
     let names = |c: &Computed| c.before.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(names(cpu), names(gpu));
     let errs = delta_errors(cpu, gpu);
-    eprintln!("largest relative L2 difference of an update's change: {:.2e}", errs.iter().map(|e| e.1).fold(0.0, f64::max));
+    let mut worst = errs.clone();
+    worst.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let top: Vec<String> = worst.iter().take(3).map(|(n, e)| format!("{n} {e:.2e}")).collect();
+    eprintln!("largest relative L2 differences of an update's change: {}", top.join(", "));
     for (name, err) in errs {
         assert!(err < 0.02, "`{name}` moved differently on {} and {}: relative L2 difference {err:.4}", cpu.backend, gpu.backend);
     }
@@ -215,7 +218,19 @@ fn run_tiny(backend: &str) -> (PathBuf, Vec<serde_json::Value>) {
     let root = std::env::temp_dir().join(format!("mpo-wgpu-run-{backend}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mpo"))
-        .args(["run", "tests/specs/valid/tiny.yaml", "ppo.total_episodes=8", &format!("runtime.backend={backend}")])
+        // Learning rate 1e-3, not the spec's 1e-2: Adam moves an entry whose gradient is rounding
+        // noise by a full step either way, and which entries those are depends on the kernels
+        // autotune picks (one tensor's change differed by 1.6e-3 or 7.2e-3 relative L2 on two
+        // cache states). At 1e-2 that once moved update 1's approx. KL by 2% and the second
+        // update's rollouts apart; at 1e-3 the run stays within rounding of the CPU's (KL to the
+        // reference 0.0106 at update 2, so the comparison is not of zeros).
+        .args([
+            "run",
+            "tests/specs/valid/tiny.yaml",
+            "ppo.total_episodes=8",
+            "ppo.learning_rate=1e-3",
+            &format!("runtime.backend={backend}"),
+        ])
         .arg(format!("output.root={}", root.display()))
         .output()
         .unwrap();
