@@ -273,6 +273,10 @@ pub enum BenchCommand {
     Generate {
         #[arg(long, default_value_t = 64, value_parser = positive)]
         new_tokens: usize,
+        /// Batch sizes to measure, comma-separated (the eight bench prompts repeat to fill a
+        /// batch above eight).
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 8], value_parser = positive)]
+        batch: Vec<usize>,
         /// A running llama-server serving the same GGUF.
         #[arg(long)]
         server: Option<String>,
@@ -457,9 +461,13 @@ fn dispatch(command: Command) -> Outcome {
                 BenchCommand::Judge { calls, concurrency, latency_ms } => {
                     crate::bench::stub::judge_bench(calls, concurrency, std::time::Duration::from_millis(latency_ms))
                 }
-                BenchCommand::Generate { new_tokens, server, llama_server, backend } => {
-                    crate::bench::with_server(server, llama_server, 8, |url| {
-                        crate::bench::on_backend(&backend, crate::bench::generation::GenerateBench { new_tokens, server: url })
+                BenchCommand::Generate { new_tokens, batch, server, llama_server, backend } => {
+                    let slots = batch.iter().copied().max().unwrap_or(8);
+                    crate::bench::with_server(server, llama_server, slots, |url| {
+                        crate::bench::on_backend(
+                            &backend,
+                            crate::bench::generation::GenerateBench { new_tokens, batches: batch, server: url },
+                        )
                     })
                 }
                 BenchCommand::Train { batch, seq, steps, backend, torch, llama_server, server, new_tokens } => {

@@ -34,6 +34,7 @@ pub fn encoded_prompts(tok: &crate::model::tokenizer::Tok) -> anyhow::Result<Vec
 
 pub struct GenerateBench {
     pub new_tokens: usize,
+    pub batches: Vec<usize>,
     pub server: Option<String>,
 }
 
@@ -48,17 +49,20 @@ impl BackendJob for GenerateBench {
         let t0 = Instant::now();
         let m = model::load::<B::InnerBackend>(&mref, None, 0, &device, &mut |l| eprintln!("{l}"))?;
         let load_s = t0.elapsed().as_secs_f64();
-        let prompts = encoded_prompts(&m.tok)?;
+        let eight = encoded_prompts(&m.tok)?;
+        let widest = self.batches.iter().copied().max().unwrap_or(1);
+        let prompts: Vec<Vec<u32>> = eight.iter().cycle().take(widest.max(eight.len())).cloned().collect();
         let mut out = format!(
             "generate bench: SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32) on burn {backend_name}, greedy, {} new tokens per prompt, EOS ignored\n  load {load_s:.2}s\n",
             self.new_tokens
         );
-        let rates = measure(&m, &prompts, self.new_tokens, &[1, 8], &mut out)?;
+        let rates = measure(&m, &prompts, self.new_tokens, &self.batches, &mut out)?;
         for r in &rates {
             out += &format!(
-                "  mpo          batch {}: {}   prefill {} prompt tokens in {:.2}s ({:.0} tok/s)\n",
+                "  mpo          batch {}: {}, {:.2} cores busy   prefill {} prompt tokens in {:.2}s ({:.0} tok/s)\n",
                 r.batch,
                 fmt_rate(r.tokens, r.secs),
+                r.cores_busy,
                 r.prefill_tokens,
                 r.prefill_s,
                 r.prefill_tokens as f64 / r.prefill_s
