@@ -8,7 +8,7 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use rand::Rng;
 
 use super::weights::{LlamaConfig, RopeScaling, WeightSource, WeightsError};
@@ -338,6 +338,16 @@ impl<B: Backend> Llama<B> {
         self
     }
 
+    /// Whether every adapter's `B` is exactly zero (a fresh adapter): its update `scale * x A B`
+    /// is then exact zeros, and the model with the adapter on computes the reference's numbers.
+    pub fn adapter_is_zero(&self) -> bool {
+        let lins = self.blocks.iter().flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down]).chain([&self.lm_head]);
+        lins.filter_map(|l| l.lora.as_ref()).all(|l| {
+            let b = l.b.val().into_data();
+            b.as_slice::<f32>().map(|v| v.iter().all(|&x| x == 0.0)).unwrap_or(false)
+        })
+    }
+
     /// The same frozen base (shared, not copied) with fresh adapters of `cfg` whose
     /// parameter ids live under `namespace`, and no value head: a separate critic starts here.
     pub fn with_fresh_adapters(&self, cfg: &LoraConfig, namespace: &str, seed: u64) -> Self {
@@ -510,8 +520,19 @@ pub fn gqa<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: 
     let rep = h / n_kv;
     let q = q.reshape([b, n_kv, rep * t, hd]);
     let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
-    let att = softmax(scores + mask.clone(), 3);
+    let att = softmax_exact(scores + mask.clone(), 3);
     att.matmul(v).reshape([b, h, t, hd])
+}
+
+/// Softmax from primitive operations (max, subtract, exp, sum, divide), as burn's autodiff
+/// backend computes it: the CPU backend's fused softmax sums in another order, so a no-grad pass
+/// would differ from the training pass in the last bit, and the PPO ratio of an unchanged policy
+/// would not be exactly 1.
+fn softmax_exact<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    let max = x.clone().detach().max_dim(dim);
+    let e = (x - max).exp();
+    let sum = e.clone().sum_dim(dim);
+    e / sum
 }
 
 #[cfg(all(test, feature = "cpu"))]
@@ -611,7 +632,8 @@ pub(crate) mod tests {
         assert!(e[0].is_nan());
         assert_eq!(&e[1..], &[f32::INFINITY, 0.0, f32::INFINITY, 0.0]);
         let row: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32 * 0.3 - 15.0).collect();
-        let sm = to_host(softmax(Tensor::<TB, 2>::from_data(TensorData::new(row.clone(), [1, 1000]), &dev), 1)).unwrap();
+        let sm = to_host(burn::tensor::activation::softmax(Tensor::<TB, 2>::from_data(TensorData::new(row.clone(), [1, 1000]), &dev), 1))
+            .unwrap();
         let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
         let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
         for (p, &x) in sm.iter().zip(&row) {

@@ -287,6 +287,23 @@ pub fn update<B: AutodiffBackend>(
     seed: u64,
     update: u32,
 ) -> TrainStats {
+    update_with(tr, seqs, spec, lr, pad, chunk, seed, update, true)
+}
+
+/// [`update`]; with `share` false, every rollout-time quantity comes from its own no-grad pass
+/// (what the shared passes must equal).
+#[allow(clippy::too_many_arguments)]
+fn update_with<B: AutodiffBackend>(
+    tr: &mut Trainer<B>,
+    seqs: &[Seq],
+    spec: &PpoSpec,
+    lr: f64,
+    pad: u32,
+    chunk: usize,
+    seed: u64,
+    update: u32,
+    share: bool,
+) -> TrainStats {
     let mut stats = TrainStats { sequences: seqs.len(), lr, ..Default::default() };
     if seqs.is_empty() {
         return stats;
@@ -296,24 +313,64 @@ pub fn update<B: AutodiffBackend>(
     let grpo = spec.algorithm == Algorithm::Grpo;
     let temp = spec.temperature;
 
-    // --- rollout-time quantities, no grad -------------------------------------------------------
+    // --- rollout-time quantities ---------------------------------------------------------------
+    // Until the first optimizer step the policy is the one that generated the rollouts, so the
+    // first micro-batch's training forward pass *is* its rows' old log-probs and values: it runs
+    // first, keeps its graph for the loss, and the no-grad pass covers only the other rows.
+    // While every adapter is still zero (a fresh run's first update) the policy is also the
+    // reference, and the reference pass is skipped. Both give the same numbers as separate
+    // passes (`sharing_passes_changes_no_number`).
+    let perms: Vec<Vec<usize>> = (0..spec.num_ppo_epochs)
+        .map(|epoch| {
+            let mut perm: Vec<usize> = (0..n).collect();
+            perm.shuffle(&mut crate::rng::stream(seed, &format!("ppo/u{update:06}/epoch{epoch}")));
+            perm
+        })
+        .collect();
+    let first: Vec<usize> = if share && spec.num_ppo_epochs > 0 {
+        let mini = split_even(&perms[0], spec.num_mini_batches)[0];
+        split_even(mini, spec.gradient_accumulation_steps)[0].to_vec()
+    } else {
+        vec![]
+    };
+    let mut first_pass = (!first.is_empty()).then(|| {
+        let critic = tr.critic.as_ref().map(|(c, _)| c);
+        score_rows(&tr.policy, critic, &l, &first, true, temp, !grpo, true)
+    });
     let policy_inner = tr.policy.valid();
     let critic_inner = tr.critic.as_ref().map(|(c, _)| c.valid());
+    let reference_is_policy = share && policy_inner.adapter_is_zero();
     let (mut old_lp, mut ref_lp, mut old_v) = (vec![0f64; n * r], vec![0f64; n * r], vec![0f64; n * r]);
-    let all: Vec<usize> = (0..n).collect();
-    for c in all.chunks(chunk.max(1)) {
-        let (lp, _, v) = score_rows(&policy_inner, critic_inner.as_ref(), &l, c, true, temp, !grpo, false);
-        let (rl, _, _) = score_rows(&policy_inner, None, &l, c, false, temp, false, false);
-        let (lp, rl) = (to_host(lp).unwrap_or_default(), to_host(rl).unwrap_or_default());
-        let v = v.map(|v| to_host(v).unwrap_or_default());
-        for (k, &i) in c.iter().enumerate() {
+    let mut put = |rows: &[usize], lp: Option<Vec<f32>>, rl: Option<Vec<f32>>, v: Option<Vec<f32>>| {
+        for (k, &i) in rows.iter().enumerate() {
             for j in 0..r {
-                old_lp[i * r + j] = lp[k * r + j] as f64;
-                ref_lp[i * r + j] = rl[k * r + j] as f64;
+                if let Some(lp) = &lp {
+                    old_lp[i * r + j] = lp[k * r + j] as f64;
+                }
+                if let Some(rl) = &rl {
+                    ref_lp[i * r + j] = rl[k * r + j] as f64;
+                }
                 if let Some(v) = &v {
                     old_v[i * r + j] = v[k * r + j] as f64;
                 }
             }
+        }
+    };
+    if let Some((lp, _, v)) = &first_pass {
+        put(&first, Some(to_host(lp.clone()).unwrap_or_default()), None, v.clone().map(|v| to_host(v).unwrap_or_default()));
+    }
+    let rest: Vec<usize> = (0..n).filter(|i| !first.contains(i)).collect();
+    for c in rest.chunks(chunk.max(1)) {
+        let (lp, _, v) = score_rows(&policy_inner, critic_inner.as_ref(), &l, c, true, temp, !grpo, false);
+        put(c, Some(to_host(lp).unwrap_or_default()), None, v.map(|v| to_host(v).unwrap_or_default()));
+    }
+    if reference_is_policy {
+        ref_lp.clone_from(&old_lp);
+    } else {
+        let all: Vec<usize> = (0..n).collect();
+        for c in all.chunks(chunk.max(1)) {
+            let (rl, _, _) = score_rows(&policy_inner, None, &l, c, false, temp, false, false);
+            put(c, None, Some(to_host(rl).unwrap_or_default()), None);
         }
     }
 
@@ -374,17 +431,21 @@ pub fn update<B: AutodiffBackend>(
     };
     let maskf: Vec<f64> = l.mask.iter().map(|&x| x as f64).collect();
     let (mut sum_pl, mut sum_vl, mut sum_cf, mut sum_kl, mut sum_ent, mut count) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for epoch in 0..spec.num_ppo_epochs {
-        let mut perm: Vec<usize> = (0..n).collect();
-        perm.shuffle(&mut crate::rng::stream(seed, &format!("ppo/u{update:06}/epoch{epoch}")));
-        for mini in split_even(&perm, spec.num_mini_batches) {
+    for perm in &perms {
+        for mini in split_even(perm, spec.num_mini_batches) {
             let micros = split_even(mini, spec.gradient_accumulation_steps);
             let k = micros.len() as f64;
             let mut acc_p = GradientsAccumulator::<Llama<B>>::new();
             let mut acc_c = GradientsAccumulator::<Llama<B>>::new();
             for idx in micros {
                 let critic = tr.critic.as_ref().map(|(c, _)| c);
-                let (new_lp, ent, v) = score_rows(&tr.policy, critic, &l, idx, true, temp, !grpo, true);
+                let (new_lp, ent, v) = match first_pass.take() {
+                    Some(pass) => {
+                        debug_assert_eq!(idx, &first[..]);
+                        pass
+                    }
+                    None => score_rows(&tr.policy, critic, &l, idx, true, temp, !grpo, true),
+                };
                 let batch = PpoBatch {
                     new_logprobs: new_lp,
                     old_logprobs: t2(&old_lp, idx),
@@ -489,6 +550,42 @@ mod tests {
             if let Some((c, _)) = &tr.critic {
                 assert!(crate::model::adapter::trained_tensors(&c.valid()).iter().any(|(n, _, _)| n == "value_head"));
             }
+        }
+    }
+
+    #[test]
+    fn sharing_passes_changes_no_number() {
+        // Two updates in a row (the first from zero adapters: the reference pass is skipped;
+        // the second from trained ones), every layout of passes: the shared first forward pass
+        // and the skipped reference pass give exactly the numbers of separate passes.
+        let mut four = seqs();
+        four.push(Seq { query: vec![8, 8], response: vec![9, 10, 11], score: 0.5, group: 1 });
+        four.push(Seq { query: vec![2, 3, 4, 5], response: vec![6], score: -0.5, group: 1 });
+        for (shared, algorithm, micro) in
+            [(true, Algorithm::Ppo, 1), (false, Algorithm::Ppo, 2), (true, Algorithm::Grpo, 1), (true, Algorithm::Ppo, 2)]
+        {
+            let spec = PpoSpec {
+                algorithm,
+                group_size: 2,
+                num_ppo_epochs: 2,
+                num_mini_batches: 2,
+                gradient_accumulation_steps: micro,
+                learning_rate: 1e-2,
+                ..PpoSpec::default()
+            };
+            let run = |share: bool| {
+                let mut tr = trainer(shared);
+                assert!(tr.policy.valid().adapter_is_zero());
+                let s1 = update_with(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 1, share);
+                assert!(!tr.policy.valid().adapter_is_zero());
+                let s2 = update_with(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 2, share);
+                let critic = tr.critic.as_ref().map(|(c, _)| crate::model::adapter::trained_tensors(&c.valid()));
+                (s1, s2, crate::model::adapter::trained_tensors(&tr.policy.valid()), critic)
+            };
+            let (shared_passes, separate) = (run(true), run(false));
+            assert_eq!(shared_passes, separate, "shared={shared} {algorithm:?} micro={micro}");
+            // the second update starts from trained adapters: a real KL to the reference
+            assert!(separate.1.kl != 0.0 || algorithm == Algorithm::Grpo);
         }
     }
 
