@@ -1048,7 +1048,9 @@ pub struct RuntimeSpec {
     pub threads: Option<usize>,
     /// Write a checkpoint every N updates (and after the last).
     pub checkpoint_every: Every,
-    /// Rollouts generated per forward batch.
+    /// Most sequences per forward batch: rollouts, evaluation prompts, the in-process judge's
+    /// prompts and PPO's no-grad passes. Larger batches generate faster on the CPU (decoding
+    /// is bound by reading the weights) and take more memory.
     #[schemars(range(min = 1, max = 4096))]
     pub rollout_batch: usize,
 }
