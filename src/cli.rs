@@ -311,6 +311,14 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 32, value_parser = positive)]
         new_tokens: usize,
     },
+    /// One PPO update at the demo's shapes with the rollout-time passes shared (as a run does
+    /// them) against separate no-grad passes, alternating in one process.
+    Ppo {
+        #[arg(long, default_value_t = 3, value_parser = positive)]
+        reps: usize,
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+    },
     /// Next-token log-probs of mpo against llama-server on the same GGUF.
     Parity {
         /// A running llama-server serving the demo GGUF (else one is started).
@@ -475,6 +483,7 @@ fn dispatch(command: Command) -> Outcome {
                         crate::bench::on_backend(&backend, crate::bench::train::TrainBench { batch, seq, steps, torch, server, new_tokens })
                     })
                 }
+                BenchCommand::Ppo { reps, backend } => crate::bench::on_backend(&backend, crate::bench::ppo::PpoBench { reps }),
                 BenchCommand::Parity { server, steps } => crate::bench::parity(server, steps),
             };
             print!("{}", r.map_err(|e| Failure::error(format!("{e:#}")))?);

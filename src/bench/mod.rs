@@ -5,6 +5,7 @@
 
 pub mod generation;
 pub mod parity;
+pub mod ppo;
 pub mod server;
 pub mod stub;
 pub mod train;

@@ -291,9 +291,9 @@ pub fn update<B: AutodiffBackend>(
 }
 
 /// [`update`]; with `share` false, every rollout-time quantity comes from its own no-grad pass
-/// (what the shared passes must equal).
+/// (what the shared passes must equal, and `mpo bench ppo`'s baseline).
 #[allow(clippy::too_many_arguments)]
-fn update_with<B: AutodiffBackend>(
+pub fn update_with<B: AutodiffBackend>(
     tr: &mut Trainer<B>,
     seqs: &[Seq],
     spec: &PpoSpec,
