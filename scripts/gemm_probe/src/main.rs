@@ -7,6 +7,9 @@
 //!    538 MB, all cold in cache) at 1 and 8 rows: gemm against a hand-written AVX-512 kernel
 //!    that streams each weight row once.
 //!
+//! 3. `quant`: the same step with the weights kept as the GGUF stores them (Q4_1 layers, Q8_0 LM
+//!    head) and dequantized block by block inside the product, against gemm on the f32 copy.
+//!
 //! Medians of alternating repetitions: this is a shared VM and timings move by 20%.
 use rayon::prelude::*;
 use std::time::Instant;
@@ -178,17 +181,200 @@ fn decode() {
     one::<8>(&ws, avx512);
 }
 
+/// Weights as GGUF blocks of 32 along the input axis, one row per output feature, with each
+/// block's f16 scale (and Q4_1's minimum) widened to f32 once at load.
+struct QRows {
+    n: usize,
+    k: usize,
+    /// Q4_1: 16 bytes of nibbles per block; Q8_0: 32 signed bytes per block.
+    q: Vec<u8>,
+    d: Vec<f32>,
+    /// Q4_1's minimum per block; empty for Q8_0.
+    m: Vec<f32>,
+}
+
+impl QRows {
+    /// Random blocks and the f32 matrix they dequantize to, `[k, n]` (gemm's layout).
+    fn random(k: usize, n: usize, q8: bool, seed: u32) -> (QRows, Vec<f32>) {
+        let nb = k / 32;
+        let bytes = filled(n * k, seed);
+        let scales = filled(n * nb * 2, seed + 1000);
+        let per = if q8 { 32 } else { 16 };
+        let q: Vec<u8> = (0..n * nb * per).map(|i| ((bytes[i] + 1.0) * 127.9) as u8).collect();
+        let d: Vec<f32> = (0..n * nb).map(|i| half::f16::from_f32(scales[i] * 0.01).to_f32()).collect();
+        let m: Vec<f32> = if q8 { vec![] } else { (0..n * nb).map(|i| half::f16::from_f32(scales[n * nb + i] * 0.05).to_f32()).collect() };
+        let mut w = vec![0f32; k * n];
+        for j in 0..n {
+            for b in 0..nb {
+                for i in 0..32 {
+                    let v = if q8 {
+                        q[(j * nb + b) * 32 + i] as i8 as f32 * d[j * nb + b]
+                    } else {
+                        let byte = q[(j * nb + b) * 16 + i % 16];
+                        let nib = if i < 16 { byte & 15 } else { byte >> 4 };
+                        nib as f32 * d[j * nb + b] + m[j * nb + b]
+                    };
+                    w[(b * 32 + i) * n + j] = v;
+                }
+            }
+        }
+        (QRows { n, k, q, d, m }, w)
+    }
+}
+
+/// `y [M, n] = x [M, k] W`, rows `j0..j1` of W dequantized block by block (the same f32 weights
+/// as the dequantized copy: `q * d + m` rounded twice, as the GGUF reader computes them).
+/// `y` points at row 0 of the output, `[M, n]`; callers give each thread its own columns.
+///
+/// # Safety
+/// `y` must be valid for writes at `r * n + j` for `r < M`, `j0 <= j < j1`.
+#[inline(always)]
+unsafe fn q_rows<const M: usize>(w: &QRows, x: &[f32], j0: usize, j1: usize, y: *mut f32) {
+    let (k, n, nb) = (w.k, w.n, w.k / 32);
+    let q8 = w.m.is_empty();
+    for j in j0..j1 {
+        let mut acc = [[0f32; 16]; M];
+        for b in 0..nb {
+            let d = w.d[j * nb + b];
+            let mut wv = [0f32; 32];
+            if q8 {
+                let q = &w.q[(j * nb + b) * 32..][..32];
+                for i in 0..32 {
+                    wv[i] = q[i] as i8 as f32 * d;
+                }
+            } else {
+                let mn = w.m[j * nb + b];
+                let q = &w.q[(j * nb + b) * 16..][..16];
+                for i in 0..16 {
+                    wv[i] = (q[i] & 15) as f32 * d + mn;
+                    wv[i + 16] = (q[i] >> 4) as f32 * d + mn;
+                }
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xr = &x[r * k + b * 32..][..32];
+                for i in 0..16 {
+                    a[i] = wv[i].mul_add(xr[i], a[i]);
+                    a[i] = wv[i + 16].mul_add(xr[i + 16], a[i]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            unsafe { *y.add(r * n + j) = a.iter().sum() };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,avx2")]
+unsafe fn q_rows_avx512<const M: usize>(w: &QRows, x: &[f32], j0: usize, j1: usize, y: *mut f32) {
+    unsafe { q_rows::<M>(w, x, j0, j1, y) }
+}
+
+/// Rows of `x` in groups of (up to) 8 per 64-feature chunk of W: the chunk stays in cache
+/// while each group reads it; chunks run on rayon's pool.
+fn q_product<const M: usize>(w: &QRows, x: &[f32], y: &mut [f32], avx512: bool) {
+    const CHUNK: usize = 64;
+    let chunks = w.n.div_ceil(CHUNK);
+    let (k, n) = (w.k, w.n);
+    let yp = y.as_mut_ptr() as usize;
+    let run = |c: usize| {
+        let (j0, j1) = (c * CHUNK, ((c + 1) * CHUNK).min(n));
+        for g in (0..M).step_by(8) {
+            let rows = (M - g).min(8);
+            // chunks write disjoint columns of y
+            let y = unsafe { (yp as *mut f32).add(g * n) };
+            let x = &x[g * k..(g + rows) * k];
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                unsafe {
+                    match rows {
+                        8 => q_rows_avx512::<8>(w, x, j0, j1, y),
+                        1 => q_rows_avx512::<1>(w, x, j0, j1, y),
+                        _ => unreachable!("the probe measures 1, 8 and 32 rows"),
+                    }
+                }
+                continue;
+            }
+            let _ = avx512;
+            unsafe {
+                match rows {
+                    8 => q_rows::<8>(w, x, j0, j1, y),
+                    1 => q_rows::<1>(w, x, j0, j1, y),
+                    _ => unreachable!("the probe measures 1, 8 and 32 rows"),
+                }
+            }
+        }
+    };
+    (0..chunks).into_par_iter().for_each(run);
+}
+
+fn quant() {
+    let mut ws = vec![];
+    let mut seed = 3;
+    for _ in 0..30 {
+        for &(k, n) in &[(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)] {
+            seed += 1;
+            ws.push((k, n, QRows::random(k, n, false, seed)));
+        }
+    }
+    ws.push((576, 49152, QRows::random(576, 49152, true, 99)));
+    let f32_mb = ws.iter().map(|w| w.2.1.len() * 4).sum::<usize>() as f64 / 1e6;
+    let q_mb = ws.iter().map(|w| w.2.0.q.len() + 4 * (w.2.0.d.len() + w.2.0.m.len())).sum::<usize>() as f64 / 1e6;
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
+    println!(
+        "quant: one step's weight products, f32 copy ({f32_mb:.0} MB) through gemm vs GGUF blocks ({q_mb:.0} MB) dequantized in the product (avx512: {avx512})"
+    );
+    type Layer = (usize, usize, (QRows, Vec<f32>));
+    fn one<const M: usize>(ws: &[Layer], avx512: bool) {
+        let x = filled(M * 1536, 7);
+        let mut y1 = vec![0f32; M * 49152];
+        let mut y2 = vec![0f32; M * 49152];
+        let (mut a, mut b, mut worst) = (vec![], vec![], 0f32);
+        for rep in 0..6 {
+            let t = Instant::now();
+            for (k, n, (_, w)) in ws {
+                unsafe { gemm(M, *n, *k, y1.as_mut_ptr(), (x.as_ptr(), 1, *k as isize), (w.as_ptr(), 1, *n as isize)) };
+            }
+            let ta = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            for (k, n, (q, _)) in ws {
+                q_product::<M>(q, &x[..M * k], &mut y2[..M * n], avx512);
+            }
+            let tb = t.elapsed().as_secs_f64() * 1e3;
+            if rep > 0 {
+                a.push(ta);
+                b.push(tb);
+            }
+            if rep == 5 {
+                // the last product (LM head) is in both buffers
+                let scale = y1.iter().fold(0f32, |s, v| s.max(v.abs()));
+                worst = y1.iter().zip(&y2).map(|(p, q)| (p - q).abs() / scale).fold(0.0, f32::max);
+            }
+        }
+        let (a, b) = (median(a), median(b));
+        println!("  {M:>2} row(s): gemm {a:.1} ms, blocks {b:.1} ms ({:.2}x); LM head max diff {worst:.1e} of its largest value", a / b);
+    }
+    one::<1>(&ws, avx512);
+    one::<8>(&ws, avx512);
+    one::<32>(&ws, avx512);
+}
+
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     match which.as_str() {
         "backward" => backward(),
         "decode" => decode(),
+        "quant" => quant(),
         "" => {
             backward();
             decode();
+            quant();
         }
         other => {
-            eprintln!("unknown probe `{other}`: use `backward`, `decode` or nothing for both");
+            eprintln!("unknown probe `{other}`: use `backward`, `decode`, `quant` or nothing for all");
             std::process::exit(2);
         }
     }
