@@ -129,15 +129,14 @@ fn streamed<const M: usize>(x: &[f32], w: &[f32], k: usize, n: usize, y: &mut [f
     if k * n >= 1 << 17 { (0..chunks).into_par_iter().for_each(run) } else { (0..chunks).for_each(run) }
 }
 
+/// One decode step's layer products `(k, n, seed)`: 30 layers x q, k, v, o, gate, up, down.
+fn layer_shapes() -> Vec<(usize, usize, u32)> {
+    let one = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)];
+    (0..30).flat_map(|_| one).zip(4..).map(|((k, n), seed)| (k, n, seed)).collect()
+}
+
 fn decode() {
-    let mut ws = vec![];
-    let mut seed = 3;
-    for _ in 0..30 {
-        for &(k, n) in &[(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)] {
-            seed += 1;
-            ws.push((k, n, filled(k * n, seed)));
-        }
-    }
+    let mut ws: Vec<(usize, usize, Vec<f32>)> = layer_shapes().into_iter().map(|(k, n, seed)| (k, n, filled(k * n, seed))).collect();
     ws.push((576, 49152, filled(576 * 49152, 99)));
     let mb = ws.iter().map(|w| w.2.len() * 4).sum::<usize>() as f64 / 1e6;
     #[cfg(target_arch = "x86_64")]
@@ -309,14 +308,8 @@ fn q_product<const M: usize>(w: &QRows, x: &[f32], y: &mut [f32], avx512: bool) 
 }
 
 fn quant() {
-    let mut ws = vec![];
-    let mut seed = 3;
-    for _ in 0..30 {
-        for &(k, n) in &[(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)] {
-            seed += 1;
-            ws.push((k, n, QRows::random(k, n, false, seed)));
-        }
-    }
+    let mut ws: Vec<(usize, usize, (QRows, Vec<f32>))> =
+        layer_shapes().into_iter().map(|(k, n, seed)| (k, n, QRows::random(k, n, false, seed))).collect();
     ws.push((576, 49152, QRows::random(576, 49152, true, 99)));
     let f32_mb = ws.iter().map(|w| w.2.1.len() * 4).sum::<usize>() as f64 / 1e6;
     let q_mb = ws.iter().map(|w| w.2.0.q.len() + 4 * (w.2.0.d.len() + w.2.0.m.len())).sum::<usize>() as f64 / 1e6;
