@@ -13,7 +13,7 @@ use rand::Rng;
 use super::CpuClock;
 use super::generation::encoded_prompts;
 use crate::model::{self, BackendJob, LoraConfig, registry};
-use crate::run::train::{Seq, Trainer, update_with};
+use crate::run::train::{Passes, Seq, Trainer, update};
 use crate::spec::{LoraTarget, PpoSpec};
 
 pub struct PpoBench {
@@ -42,13 +42,13 @@ impl BackendJob for PpoBench {
         let adam = || burn::optim::AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init::<B, model::Llama<B>>();
         let mut times: [[Vec<f64>; 2]; 2] = Default::default();
         for rep in 0..self.reps.max(1) {
-            for (k, share) in [(0, false), (1, true)] {
+            for (k, passes) in [(0, Passes::Separate), (1, Passes::Shared)] {
                 let mut tr = Trainer { policy: m.model.clone().with_value_head(3, &device), optim: adam(), critic: None };
                 for (u, t) in times[k].iter_mut().enumerate() {
                     let clock = CpuClock::start();
-                    update_with(&mut tr, &seqs, &spec, 1e-4, m.tok.pad, 8, 0, u as u32 + 1, share);
+                    update(&mut tr, &seqs, &spec, 1e-4, m.tok.pad, 8, 0, u as u32 + 1, passes);
                     let secs = clock.stop().0;
-                    eprintln!("  rep {rep} update {} {}: {secs:.2}s", u + 1, if share { "shared" } else { "separate" });
+                    eprintln!("  rep {rep} update {} {}: {secs:.2}s", u + 1, if passes == Passes::Shared { "shared" } else { "separate" });
                     t.push(secs);
                 }
             }

@@ -49,7 +49,8 @@ pub fn train<B: AutodiffBackend>(r: &mut Runner<'_, B>, batch: &Batch, scoring: 
         LrSchedule::Constant => 1.0,
     };
     let lr = spec.ppo.learning_rate * frac;
-    let stats = self::update(&mut r.tr, &seqs, &spec.ppo, lr, r.tok.pad, spec.runtime.rollout_batch, spec.runtime.seed, update);
+    let stats =
+        self::update(&mut r.tr, &seqs, &spec.ppo, lr, r.tok.pad, spec.runtime.rollout_batch, spec.runtime.seed, update, Passes::Shared);
     Trained { stats, penalty, groups_dropped, seconds: t0.elapsed().as_secs_f64() }
 }
 
@@ -164,6 +165,15 @@ fn rows<T: Clone>(v: &[T], width: usize, idx: &[usize]) -> Vec<T> {
     idx.iter().flat_map(|&i| v[i * width..(i + 1) * width].iter().cloned()).collect()
 }
 
+/// The inverse of [`rows`]: `src`'s k-th row of `width` into row `idx[k]` of `dst`.
+fn scatter(dst: &mut [f64], width: usize, idx: &[usize], src: &[f32]) {
+    for (k, &i) in idx.iter().enumerate() {
+        for (d, &x) in dst[i * width..(i + 1) * width].iter_mut().zip(&src[k * width..(k + 1) * width]) {
+            *d = x as f64;
+        }
+    }
+}
+
 /// Log-probs of the response tokens, their entropy (when asked) and the hidden states' values
 /// for rows `idx` (`[m, r]`).
 #[allow(clippy::too_many_arguments)]
@@ -275,6 +285,18 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     to_host(t).ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN) as f64
 }
 
+/// Where an update's rollout-time quantities (old log-probs and values, reference log-probs)
+/// come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passes {
+    /// What runs do: the first micro-batch's training pass doubles as its rows' old quantities,
+    /// and a zero adapter skips the reference pass.
+    Shared,
+    /// Every quantity from its own no-grad pass: the numbers `Shared` must equal bit for bit, and
+    /// `mpo bench ppo`'s baseline.
+    Separate,
+}
+
 /// One update. `chunk` bounds the rows of a no-grad forward pass.
 #[allow(clippy::too_many_arguments)]
 pub fn update<B: AutodiffBackend>(
@@ -286,23 +308,7 @@ pub fn update<B: AutodiffBackend>(
     chunk: usize,
     seed: u64,
     update: u32,
-) -> TrainStats {
-    update_with(tr, seqs, spec, lr, pad, chunk, seed, update, true)
-}
-
-/// [`update`]; with `share` false, every rollout-time quantity comes from its own no-grad pass
-/// (what the shared passes must equal, and `mpo bench ppo`'s baseline).
-#[allow(clippy::too_many_arguments)]
-pub fn update_with<B: AutodiffBackend>(
-    tr: &mut Trainer<B>,
-    seqs: &[Seq],
-    spec: &PpoSpec,
-    lr: f64,
-    pad: u32,
-    chunk: usize,
-    seed: u64,
-    update: u32,
-    share: bool,
+    passes: Passes,
 ) -> TrainStats {
     let mut stats = TrainStats { sequences: seqs.len(), lr, ..Default::default() };
     if seqs.is_empty() {
@@ -327,6 +333,7 @@ pub fn update_with<B: AutodiffBackend>(
             perm
         })
         .collect();
+    let share = passes == Passes::Shared;
     let first: Vec<usize> = if share && spec.num_ppo_epochs > 0 {
         let mini = split_even(&perms[0], spec.num_mini_batches)[0];
         split_even(mini, spec.gradient_accumulation_steps)[0].to_vec()
@@ -341,36 +348,27 @@ pub fn update_with<B: AutodiffBackend>(
     let critic_inner = tr.critic.as_ref().map(|(c, _)| c.valid());
     let reference_is_policy = share && policy_inner.adapter_is_zero();
     let (mut old_lp, mut ref_lp, mut old_v) = (vec![0f64; n * r], vec![0f64; n * r], vec![0f64; n * r]);
-    let mut put = |rows: &[usize], lp: Option<Vec<f32>>, rl: Option<Vec<f32>>, v: Option<Vec<f32>>| {
-        for (k, &i) in rows.iter().enumerate() {
-            for j in 0..r {
-                if let Some(lp) = &lp {
-                    old_lp[i * r + j] = lp[k * r + j] as f64;
-                }
-                if let Some(rl) = &rl {
-                    ref_lp[i * r + j] = rl[k * r + j] as f64;
-                }
-                if let Some(v) = &v {
-                    old_v[i * r + j] = v[k * r + j] as f64;
-                }
-            }
-        }
-    };
+    let host = |t: Tensor<B::InnerBackend, 2>| to_host(t).unwrap_or_default();
     if let Some((lp, _, v)) = &first_pass {
-        put(&first, Some(to_host(lp.clone()).unwrap_or_default()), None, v.clone().map(|v| to_host(v).unwrap_or_default()));
+        scatter(&mut old_lp, r, &first, &to_host(lp.clone()).unwrap_or_default());
+        if let Some(v) = v {
+            scatter(&mut old_v, r, &first, &to_host(v.clone()).unwrap_or_default());
+        }
     }
     let rest: Vec<usize> = (0..n).filter(|i| !first.contains(i)).collect();
     for c in rest.chunks(chunk.max(1)) {
         let (lp, _, v) = score_rows(&policy_inner, critic_inner.as_ref(), &l, c, true, temp, !grpo, false);
-        put(c, Some(to_host(lp).unwrap_or_default()), None, v.map(|v| to_host(v).unwrap_or_default()));
+        scatter(&mut old_lp, r, c, &host(lp));
+        if let Some(v) = v {
+            scatter(&mut old_v, r, c, &host(v));
+        }
     }
     if reference_is_policy {
         ref_lp.clone_from(&old_lp);
     } else {
         let all: Vec<usize> = (0..n).collect();
         for c in all.chunks(chunk.max(1)) {
-            let (rl, _, _) = score_rows(&policy_inner, None, &l, c, false, temp, false, false);
-            put(c, None, Some(to_host(rl).unwrap_or_default()), None);
+            scatter(&mut ref_lp, r, c, &host(score_rows(&policy_inner, None, &l, c, false, temp, false, false).0));
         }
     }
 
@@ -536,7 +534,7 @@ mod tests {
                 learning_rate: 1e-2,
                 ..PpoSpec::default()
             };
-            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1);
+            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared);
             assert_eq!(s.optimizer_steps, 2);
             assert!(s.value_loss.is_some() && s.entropy > 0.0);
             // fresh adapters: the policy equals the reference, so the KL is ~0
@@ -573,16 +571,16 @@ mod tests {
                 learning_rate: 1e-2,
                 ..PpoSpec::default()
             };
-            let run = |share: bool| {
+            let run = |passes: Passes| {
                 let mut tr = trainer(shared);
                 assert!(tr.policy.valid().adapter_is_zero());
-                let s1 = update_with(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 1, share);
+                let s1 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 1, passes);
                 assert!(!tr.policy.valid().adapter_is_zero());
-                let s2 = update_with(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 2, share);
+                let s2 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 2, passes);
                 let critic = tr.critic.as_ref().map(|(c, _)| crate::model::adapter::trained_tensors(&c.valid()));
                 (s1, s2, crate::model::adapter::trained_tensors(&tr.policy.valid()), critic)
             };
-            let (shared_passes, separate) = (run(true), run(false));
+            let (shared_passes, separate) = (run(Passes::Shared), run(Passes::Separate));
             assert_eq!(shared_passes, separate, "shared={shared} {algorithm:?} micro={micro}");
             // the second update starts from trained adapters: a real KL to the reference
             assert!(separate.1.kl != 0.0 || algorithm == Algorithm::Grpo);
@@ -594,7 +592,7 @@ mod tests {
         let spec = PpoSpec { num_ppo_epochs: 1, learning_rate: 1e-2, ..PpoSpec::default() };
         let run = || {
             let mut tr = trainer(true);
-            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 5, 1);
+            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 5, 1, Passes::Shared);
             (s, crate::model::adapter::trained_tensors(&tr.policy.valid()))
         };
         assert_eq!(run(), run());
@@ -614,7 +612,7 @@ mod tests {
         let mut three = seqs();
         three.push(Seq { query: vec![8, 8], response: vec![9], score: 0.5, group: 0 });
         let spec = PpoSpec { num_ppo_epochs: 1, num_mini_batches: 2, ..PpoSpec::default() };
-        assert_eq!(update(&mut tr, &three, &spec, 1e-2, 0, 8, 0, 1).optimizer_steps, 2);
+        assert_eq!(update(&mut tr, &three, &spec, 1e-2, 0, 8, 0, 1, Passes::Shared).optimizer_steps, 2);
     }
 
     #[test]
@@ -653,7 +651,7 @@ mod tests {
             .map(|score_at| {
                 let mut tr = trainer(true);
                 let spec = PpoSpec { num_ppo_epochs: 1, score_at, ..PpoSpec::default() };
-                let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1);
+                let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared);
                 assert!(s.policy_loss.is_finite(), "{score_at:?}");
                 s.value_loss.expect("PPO has a critic")
             })
@@ -666,7 +664,7 @@ mod tests {
         let mut tr = trainer(true);
         tr.policy.value_head = None;
         let spec = PpoSpec { algorithm: Algorithm::Grpo, group_size: 2, num_ppo_epochs: 1, ..PpoSpec::default() };
-        let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1);
+        let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared);
         assert_eq!(s.value_loss, None);
         assert_eq!(s.optimizer_steps, 1);
     }
