@@ -177,7 +177,8 @@ impl BackendJob for EvalJob {
             &device,
             &mut log,
         )
-        .map_err(RunError::from)?;
+        .map_err(RunError::from)?
+        .quantized_decode(spec.runtime.quantized_decode);
         let (policy, update, label) = match &self.checkpoint {
             Some((u, d)) => {
                 let m = crate::model::adapter::load(loaded.model, &d.join("policy.safetensors"))
@@ -317,6 +318,7 @@ impl BackendJob for EloJob {
             seed: spec.runtime.seed,
             device: &device,
             cache: &cache,
+            quantized_decode: spec.runtime.quantized_decode,
         };
         let mut judge = factory::build::<B::InnerBackend>("elo", &spec.reward.judge, self.plan.inputs.models.judge.as_ref(), &env)
             .map_err(RunError::from)?;

@@ -53,6 +53,8 @@ pub struct JudgeEnv<'m, B: Backend> {
     pub seed: u64,
     pub device: &'m B::Device,
     pub cache: &'m Path,
+    /// `runtime.quantized_decode`, for a judge model loaded here.
+    pub quantized_decode: bool,
 }
 
 /// The identity the judge `js` answers under (what [`build`] would report), without building
@@ -92,7 +94,8 @@ pub fn build<'a, B: Backend + 'a>(
                 Some((m, tok)) => Box::new(LocalJudge { model: m.clone(), tok: tok.clone(), name, batch: env.batch }),
                 None => {
                     let l = model::load::<B>(&mref, None, env.seed, env.device, &mut |m| eprintln!("{m}"))
-                        .map_err(|source| BuildError::Model { role: role_s(), source })?;
+                        .map_err(|source| BuildError::Model { role: role_s(), source })?
+                        .quantized_decode(env.quantized_decode);
                     Box::new(LocalJudge { model: l.model, tok: l.tok, name, batch: env.batch })
                 }
             }

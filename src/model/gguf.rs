@@ -268,9 +268,9 @@ impl Gguf {
         self.meta(key).and_then(MetaValue::as_str).ok_or_else(|| GgufError::Metadata(key.into()))
     }
 
-    /// The tensor dequantized to f32, in row-major order with `dims[0]` fastest (so a ggml
-    /// `[in, out]` matrix comes out as PyTorch's `[out, in]`).
-    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), GgufError> {
+    /// The tensor's stored bytes as `(ggml type, bytes, shape)`, the shape row-major with
+    /// `dims[0]` fastest (so a ggml `[in, out]` matrix is PyTorch's `[out, in]`).
+    pub fn tensor_raw(&self, name: &str) -> Result<(u32, &[u8], Vec<usize>), GgufError> {
         let info = self.tensors.get(name).ok_or_else(|| GgufError::MissingTensor(name.into()))?;
         let bad = |m: String| GgufError::Truncated(format!("tensor `{name}`: {m}"));
         let n = info.numel().ok_or_else(|| bad(format!("dims {:?} are impossibly large", info.dims)))?;
@@ -288,9 +288,16 @@ impl Gguf {
             .data
             .get(range)
             .ok_or_else(|| bad(format!("its data (offset {}, {len} bytes) is past the end of the file", info.offset)))?;
-        let mut out = vec![0f32; n];
-        dequantize(info.ty, raw, &mut out);
         let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        Ok((info.ty, raw, shape))
+    }
+
+    /// The tensor dequantized to f32, in row-major order with `dims[0]` fastest (so a ggml
+    /// `[in, out]` matrix comes out as PyTorch's `[out, in]`).
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), GgufError> {
+        let (ty, raw, shape) = self.tensor_raw(name)?;
+        let mut out = vec![0f32; shape.iter().product()];
+        dequantize(ty, raw, &mut out);
         Ok((out, shape))
     }
 }
@@ -315,6 +322,14 @@ impl Gguf {
 
 /// A GGUF v3 file of `metadata` and F32 `tensors` (name, ggml dims, data), 32-byte aligned.
 pub fn encode_f32(metadata: &BTreeMap<String, MetaValue>, tensors: &[(String, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
+    let typed: Vec<_> =
+        tensors.iter().map(|(n, d, v)| (n.clone(), d.clone(), 0, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    encode(metadata, &typed)
+}
+
+/// A GGUF v3 file of `metadata` and `tensors` (name, ggml dims, ggml type, stored bytes),
+/// 32-byte aligned.
+pub fn encode(metadata: &BTreeMap<String, MetaValue>, tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::new();
     let s = |out: &mut Vec<u8>, x: &str| {
         out.extend((x.len() as u64).to_le_bytes());
@@ -329,22 +344,22 @@ pub fn encode_f32(metadata: &BTreeMap<String, MetaValue>, tensors: &[(String, Ve
         write_value(&mut out, v);
     }
     let mut offset = 0u64;
-    for (name, dims, v) in tensors {
+    for (name, dims, ty, v) in tensors {
         s(&mut out, name);
         out.extend((dims.len() as u32).to_le_bytes());
         for d in dims {
             out.extend(d.to_le_bytes());
         }
-        out.extend(0u32.to_le_bytes());
+        out.extend(ty.to_le_bytes());
         out.extend(offset.to_le_bytes());
-        offset += (v.len() * 4).div_ceil(32) as u64 * 32;
+        offset += v.len().div_ceil(32) as u64 * 32;
     }
     while !out.len().is_multiple_of(32) {
         out.push(0);
     }
-    for (_, _, v) in tensors {
+    for (_, _, _, v) in tensors {
         let start = out.len();
-        out.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        out.extend(v);
         while !(out.len() - start).is_multiple_of(32) {
             out.push(0);
         }

@@ -6,11 +6,14 @@
 //! q/k/v biases. Every projection is a [`LoraLinear`]: a frozen base weight plus an optional
 //! low-rank adapter, switched off per call to get the reference policy from the same weights.
 
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use rand::Rng;
 
+use super::quant::QuantMatrix;
 use super::weights::{LlamaConfig, RopeScaling, WeightSource, WeightsError};
 use crate::spec::LoraTarget;
 
@@ -45,7 +48,15 @@ pub struct LoraLinear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
     pub lora: Option<Lora<B>>,
+    /// The same weight as the GGUF's blocks, attached on the CPU backend ([`Llama::attach_quant`]):
+    /// products of a few rows that need no gradient (decode steps) read these instead.
+    #[module(skip)]
+    pub quant: Option<Arc<QuantMatrix>>,
 }
+
+/// Rows up to which a product without gradient reads the quantized blocks: a decode step's
+/// rows (one per sequence). Above it gemm on the f32 copy is as fast (`mpo bench generate`).
+pub const QUANT_MAX_ROWS: usize = 32;
 
 impl<B: Backend> LoraLinear<B> {
     /// `x [..., in] -> [..., out]`. Leading dimensions are flattened so each product is one
@@ -55,7 +66,7 @@ impl<B: Backend> LoraLinear<B> {
         let d_in = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
         let x2: Tensor<B, 2> = x.reshape([rows, d_in]);
-        let mut y = x2.clone().matmul(self.weight.val());
+        let mut y = self.quant_product(&x2, rows).unwrap_or_else(|| x2.clone().matmul(self.weight.val()));
         if let Some(b) = &self.bias {
             y = y + b.val().unsqueeze::<2>();
         }
@@ -65,6 +76,20 @@ impl<B: Backend> LoraLinear<B> {
         let mut out = dims;
         out[D - 1] = y.dims()[1];
         y.reshape(out)
+    }
+}
+
+impl<B: Backend> LoraLinear<B> {
+    /// `x W` from the quantized blocks, when they are attached, `x` is a few rows and nothing
+    /// asks for its gradient (the frozen weight needs none either).
+    fn quant_product(&self, x: &Tensor<B, 2>, rows: usize) -> Option<Tensor<B, 2>> {
+        let q = self.quant.as_ref()?;
+        if rows > QUANT_MAX_ROWS || x.is_require_grad() {
+            return None;
+        }
+        let host = x.clone().into_data().into_vec::<f32>().ok()?;
+        let y = q.matmul(&host, rows);
+        Some(Tensor::from_data(TensorData::new(y, [rows, q.rows()]), &x.device()))
     }
 }
 
@@ -279,7 +304,7 @@ impl<B: Backend> Llama<B> {
             let lora = lora
                 .filter(|l| l.targets.contains(&target))
                 .map(|l| new_lora(d_in, d_out, l, rng, device, &format!("policy/{}", adapter_name(name))));
-            Ok(LoraLinear { weight: frozen2(transpose_host(&w, d_out, d_in), [d_in, d_out], device), bias, lora })
+            Ok(LoraLinear { weight: frozen2(transpose_host(&w, d_out, d_in), [d_in, d_out], device), bias, lora, quant: None })
         };
         let norm = |name: &str| -> Result<RmsNorm<B>, WeightsError> {
             let (w, shape) = src.require(name)?;
@@ -319,7 +344,7 @@ impl<B: Backend> Llama<B> {
             embed: frozen2(emb, [cfg.vocab_size, d], device),
             blocks,
             norm: norm("model.norm.weight")?,
-            lm_head: LoraLinear { weight: frozen2(head_w, [d, cfg.vocab_size], device), bias: None, lora: head_lora },
+            lm_head: LoraLinear { weight: frozen2(head_w, [d, cfg.vocab_size], device), bias: None, lora: head_lora, quant: None },
             value_head: None,
             rope_cos,
             rope_sin,
@@ -327,6 +352,59 @@ impl<B: Backend> Llama<B> {
             n_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
         })
+    }
+
+    /// Attach the GGUF's blocks to every projection stored in a format [`QuantMatrix`] reads
+    /// (decode steps on the CPU then read a fifth of the bytes); others keep the f32 path.
+    /// Returns how many were attached.
+    pub fn attach_quant(&mut self, cfg: &LlamaConfig, src: &super::weights::GgufWeights<'_>) -> Result<usize, WeightsError> {
+        let mut attached = 0;
+        let mut attach = |l: &mut LoraLinear<B>, hf: &str| -> Result<(), WeightsError> {
+            let [d_in, d_out] = l.weight.val().dims();
+            l.quant = src.quant(hf)?.filter(|q| q.rows() == d_out && q.cols() == d_in).map(Arc::new);
+            attached += l.quant.is_some() as usize;
+            Ok(())
+        };
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            for (l, name) in [
+                (&mut b.q, "self_attn.q_proj"),
+                (&mut b.k, "self_attn.k_proj"),
+                (&mut b.v, "self_attn.v_proj"),
+                (&mut b.o, "self_attn.o_proj"),
+                (&mut b.gate, "mlp.gate_proj"),
+                (&mut b.up, "mlp.up_proj"),
+                (&mut b.down, "mlp.down_proj"),
+            ] {
+                attach(l, &format!("{p}.{name}.weight"))?;
+            }
+        }
+        // The head `load` built: the embedding when tied or when the file has no head.
+        let own_head = !cfg.tie_word_embeddings && src.has("lm_head.weight");
+        let head = if own_head { "lm_head.weight" } else { "model.embed_tokens.weight" };
+        attach(&mut self.lm_head, head)?;
+        Ok(attached)
+    }
+
+    /// How many projections read quantized blocks in decode steps.
+    pub fn quant_attached(&self) -> usize {
+        self.linears().filter(|l| l.quant.is_some()).count()
+    }
+
+    /// The same model with every product on the f32 weights (a benchmark's baseline).
+    pub fn without_quant(&self) -> Self {
+        let mut m = self.clone();
+        for b in &mut m.blocks {
+            for l in [&mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.gate, &mut b.up, &mut b.down] {
+                l.quant = None;
+            }
+        }
+        m.lm_head.quant = None;
+        m
+    }
+
+    fn linears(&self) -> impl Iterator<Item = &LoraLinear<B>> {
+        self.blocks.iter().flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down]).chain([&self.lm_head])
     }
 
     /// Add a value head `[hidden, 1]` ~ N(0, 0.02) (trained; the critic's output).
@@ -341,8 +419,7 @@ impl<B: Backend> Llama<B> {
     /// Whether every adapter's `B` is exactly zero (a fresh adapter): its update `scale * x A B`
     /// is then exact zeros, and the model with the adapter on computes the reference's numbers.
     pub fn adapter_is_zero(&self) -> bool {
-        let lins = self.blocks.iter().flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down]).chain([&self.lm_head]);
-        lins.filter_map(|l| l.lora.as_ref()).all(|l| {
+        self.linears().filter_map(|l| l.lora.as_ref()).all(|l| {
             let b = l.b.val().into_data();
             b.as_slice::<f32>().map(|v| v.iter().all(|&x| x == 0.0)).unwrap_or(false)
         })

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod quant;
 pub mod registry;
 pub mod tokenizer;
 pub mod weights;
@@ -42,8 +43,19 @@ pub struct LoadedModel<B: Backend> {
     pub config: LlamaConfig,
 }
 
+impl<B: Backend> LoadedModel<B> {
+    /// Keep the quantized blocks for decode steps only if `quantized` (`runtime.quantized_decode`).
+    pub fn quantized_decode(mut self, quantized: bool) -> Self {
+        if !quantized {
+            self.model = self.model.without_quant();
+        }
+        self
+    }
+}
+
 /// Load `mref` onto `device`, fetching a known model into the cache if it is missing. `lora`
-/// adds fresh adapters drawn from `seed`. The model takes prompts up to its own context length
+/// adds fresh adapters drawn from `seed`. On the CPU backend a GGUF's Q4_1 / Q8_0 blocks are
+/// kept for decode steps ([`quant`]; [`LoadedModel::quantized_decode`] drops them). The model takes prompts up to its own context length
 /// (`max_position_embeddings`); `mpo check` verifies that a spec's prompts fit.
 pub fn load<B: Backend>(
     mref: &ModelRef,
@@ -92,8 +104,24 @@ fn load_gguf<B: Backend>(
     let tok = Tok::from_gguf(&g)?;
     fits(&tok, &config, &path.display().to_string())?;
     let src = GgufWeights::new(&g, config.clone());
-    let model = Llama::load(&config, &src, lora, config.max_position_embeddings, seed, device)?;
+    let mut model = Llama::load(&config, &src, lora, config.max_position_embeddings, seed, device)?;
+    if on_host::<B>() {
+        model.attach_quant(&config, &src)?;
+    }
     Ok(LoadedModel { model, tok, config })
+}
+
+/// Whether `B` computes on the host (burn-flex, with or without autodiff): the one backend
+/// whose decode steps read GGUF blocks ([`quant`]); a GPU keeps its f32 weights resident.
+pub fn on_host<B: Backend>() -> bool {
+    #[cfg(feature = "cpu")]
+    {
+        use std::any::TypeId;
+        let t = TypeId::of::<B>();
+        t == TypeId::of::<burn::backend::Flex>() || t == TypeId::of::<burn::backend::Autodiff<burn::backend::Flex>>()
+    }
+    #[cfg(not(feature = "cpu"))]
+    false
 }
 
 /// The positions a model takes (prompt + response), read as cheaply as possible: the registry

@@ -12,6 +12,7 @@ use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
 use super::gguf::{Gguf, GgufError};
+use super::quant::{BlockKind, QuantMatrix};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -287,22 +288,64 @@ impl<'a> GgufWeights<'a> {
 
 /// Undo llama.cpp's `permute(w, n_head)`: GGUF row `h*hd + 2j + t` is HF row `h*hd + t*hd/2 + j`.
 pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>, String> {
-    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) || w.len() != rows * cols {
-        return Err(format!("{rows} x {cols} rows cannot be {n_head} heads of pairs"));
+    if w.len() != rows * cols {
+        return Err(format!("{} values are not {rows} x {cols}", w.len()));
+    }
+    let order = unpermute_order(rows, n_head)?;
+    Ok(order.iter().flat_map(|&gg| &w[gg * cols..(gg + 1) * cols]).copied().collect())
+}
+
+/// For each HF row, the GGUF row it is stored as (see [`unpermute_rows`]).
+pub fn unpermute_order(rows: usize, n_head: usize) -> Result<Vec<usize>, String> {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
+        return Err(format!("{rows} rows cannot be {n_head} heads of pairs"));
     }
     let hd = rows / n_head;
     let half = hd / 2;
-    let mut out = vec![0f32; w.len()];
-    for h in 0..n_head {
-        for t in 0..2 {
-            for j in 0..half {
-                let hf = h * hd + t * half + j;
-                let gg = h * hd + 2 * j + t;
-                out[hf * cols..(hf + 1) * cols].copy_from_slice(&w[gg * cols..(gg + 1) * cols]);
-            }
+    Ok((0..rows)
+        .map(|hf| {
+            let (h, r) = (hf / hd, hf % hd);
+            let (t, j) = (r / half, r % half);
+            h * hd + 2 * j + t
+        })
+        .collect())
+}
+
+impl GgufWeights<'_> {
+    /// The heads whose rows llama.cpp permuted in this tensor (q and k of a `llama` GGUF).
+    fn permuted_heads(&self, hf_name: &str) -> Option<usize> {
+        if !self.permuted_qk {
+            return None;
+        }
+        match hf_name {
+            n if n.ends_with("q_proj.weight") => Some(self.config.num_heads),
+            n if n.ends_with("k_proj.weight") => Some(self.config.num_kv_heads),
+            _ => None,
         }
     }
-    Ok(out)
+
+    /// Whether the file has this tensor.
+    pub fn has(&self, hf_name: &str) -> bool {
+        Self::gguf_name(hf_name).is_some_and(|n| self.gguf.tensors.contains_key(&n))
+    }
+
+    /// A 2-D weight as its stored blocks, rows in HF order, when its format is one
+    /// [`QuantMatrix`] reads (`None` otherwise: the f32 copy serves every product).
+    pub fn quant(&self, hf_name: &str) -> Result<Option<QuantMatrix>, WeightsError> {
+        let Some(name) = Self::gguf_name(hf_name) else { return Ok(None) };
+        if !self.gguf.tensors.contains_key(&name) {
+            return Ok(None);
+        }
+        let (ty, raw, shape) = self.gguf.tensor_raw(&name)?;
+        let Some(kind) = BlockKind::from_ggml(ty) else { return Ok(None) };
+        let [n, k] = shape[..] else { return Ok(None) };
+        if !k.is_multiple_of(32) {
+            return Ok(None); // not rows of whole blocks: ggml would not write it; leave it to f32
+        }
+        let format = |message: String| WeightsError::Format { path: name.clone(), message };
+        let order = self.permuted_heads(hf_name).map(|h| unpermute_order(n, h)).transpose().map_err(format)?;
+        QuantMatrix::from_gguf(kind, raw, n, k, order.as_deref()).map(Some).map_err(format)
+    }
 }
 
 impl WeightSource for GgufWeights<'_> {
@@ -312,16 +355,11 @@ impl WeightSource for GgufWeights<'_> {
             return Ok(None);
         }
         let (w, shape) = self.gguf.tensor_f32(&name)?;
-        if self.permuted_qk && shape.len() == 2 {
-            let heads = match hf_name {
-                n if n.ends_with("q_proj.weight") => Some(self.config.num_heads),
-                n if n.ends_with("k_proj.weight") => Some(self.config.num_kv_heads),
-                _ => None,
-            };
-            if let Some(h) = heads {
-                let w = unpermute_rows(&w, shape[0], shape[1], h).map_err(|m| WeightsError::Format { path: name.clone(), message: m })?;
-                return Ok(Some((w, shape)));
-            }
+        if shape.len() == 2
+            && let Some(h) = self.permuted_heads(hf_name)
+        {
+            let w = unpermute_rows(&w, shape[0], shape[1], h).map_err(|m| WeightsError::Format { path: name.clone(), message: m })?;
+            return Ok(Some((w, shape)));
         }
         Ok(Some((w, shape)))
     }

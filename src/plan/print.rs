@@ -226,7 +226,9 @@ pub fn render_summary(plan: &Plan) -> String {
         }
     );
     let r = &s.runtime;
-    let _ = writeln!(o, "  runtime   {} (device {}), seed {}, rollout batch {}", r.backend.as_str(), r.device, r.seed, r.rollout_batch);
+    let decode = if r.quantized_decode { "" } else { ", decode products on the f32 weights (quantized_decode: false)" };
+    let _ =
+        writeln!(o, "  runtime   {} (device {}), seed {}, rollout batch {}{decode}", r.backend.as_str(), r.device, r.seed, r.rollout_batch);
     let sc = &plan.schedule;
     let _ = writeln!(o, "  schedule  meta after update {}", list(&sc.meta_at));
     let _ = writeln!(

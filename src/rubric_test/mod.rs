@@ -563,6 +563,7 @@ impl crate::model::BackendJob for RecordJob<'_> {
             seed: spec.runtime.seed,
             device: &device,
             cache: &self.recordings,
+            quantized_decode: spec.runtime.quantized_decode,
         };
         let inner = crate::judge::factory::build::<B::InnerBackend>("reward", &spec.reward.judge, self.judge_model, &env)
             .map_err(|e| e.to_string())?;

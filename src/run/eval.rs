@@ -205,6 +205,8 @@ pub fn base_cache(plan: &Plan, split: &str) -> RunDir {
         "temperature": s.eval.temperature,
         "rollout_batch": s.runtime.rollout_batch,
         "backend": s.runtime.backend.as_str(),
+        // the decode arithmetic: a cache measured with the other one is another instrument
+        "quantized_decode": s.runtime.quantized_decode,
         "verifiers": s.reward.verifiers,
     });
     let hash = crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(crate::plan::canonical_json(&key).as_bytes()));

@@ -1053,11 +1053,31 @@ pub struct RuntimeSpec {
     /// is bound by reading the weights) and take more memory.
     #[schemars(range(min = 1, max = 4096))]
     pub rollout_batch: usize,
+    /// On the CPU backend with a GGUF model stored in Q4_1 / Q8_0 blocks: products of up to 32
+    /// rows that need no gradient (the decode steps of rollouts, evaluation and in-process
+    /// judges) read the file's blocks instead of the f32 copy: the same weights, summed in
+    /// another order, so a token can differ where two were within float rounding; ~1.5-1.9x
+    /// faster generation. `false`: every product on the f32 copy (mpo's arithmetic before
+    /// 2026-12-04). Part of the run id only when `false`.
+    #[serde(skip_serializing_if = "is_true")]
+    pub quantized_decode: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for RuntimeSpec {
     fn default() -> Self {
-        RuntimeSpec { backend: BackendKind::Cpu, device: 0, seed: 0, threads: None, checkpoint_every: Every::N(20), rollout_batch: 8 }
+        RuntimeSpec {
+            backend: BackendKind::Cpu,
+            device: 0,
+            seed: 0,
+            threads: None,
+            checkpoint_every: Every::N(20),
+            rollout_batch: 8,
+            quantized_decode: true,
+        }
     }
 }
 
