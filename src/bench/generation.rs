@@ -8,6 +8,8 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
 use crate::model::generate::{Sampling, generate};
+use crate::model::llama::QUANT_MAX_ROWS;
+use crate::model::quant;
 use crate::model::tokenizer::Message;
 use crate::model::{self, BackendJob, registry};
 
@@ -52,12 +54,26 @@ impl BackendJob for GenerateBench {
         let eight = encoded_prompts(&m.tok)?;
         let widest = self.batches.iter().copied().max().unwrap_or(1);
         let prompts: Vec<Vec<u32>> = eight.iter().cycle().take(widest.max(eight.len())).cloned().collect();
+        let blocks = m.model.quant_attached();
+        let how = if blocks > 0 {
+            format!(
+                "decode products on the GGUF's blocks ({blocks} matrices, {} kernel; up to {QUANT_MAX_ROWS} rows), prefill on the f32 copy",
+                quant::kernel()
+            )
+        } else {
+            "GGUF dequantized to f32".to_string()
+        };
         let mut out = format!(
-            "generate bench: SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32) on burn {backend_name}, greedy, {} new tokens per prompt, EOS ignored\n  load {load_s:.2}s\n",
+            "generate bench: SmolLM2-135M-Instruct ({how}) on burn {backend_name}, greedy, {} new tokens per prompt, EOS ignored\n  load {load_s:.2}s\n",
             self.new_tokens
         );
-        let rates = measure(&m, &prompts, self.new_tokens, &self.batches, &mut out)?;
-        for r in &rates {
+        // Baseline in the same process, batch by batch: every product on the f32 weights.
+        let plain =
+            (blocks > 0).then(|| model::LoadedModel { model: m.model.without_quant(), tok: m.tok.clone(), config: m.config.clone() });
+        let mut rates = Vec::new();
+        for &b in &self.batches {
+            let r = measure(&m, &prompts, self.new_tokens, &[b], &mut out)?.remove(0);
+            let base = plain.as_ref().map(|p| measure(p, &prompts, self.new_tokens, &[b], &mut out)).transpose()?.map(|mut v| v.remove(0));
             out += &format!(
                 "  mpo          batch {}: {}, {:.2} cores busy   prefill {} prompt tokens in {:.2}s ({:.0} tok/s)\n",
                 r.batch,
@@ -67,6 +83,16 @@ impl BackendJob for GenerateBench {
                 r.prefill_s,
                 r.prefill_tokens as f64 / r.prefill_s
             );
+            if let Some(f) = base {
+                let same = if f.texts == r.texts { "same tokens" } else { "different tokens" };
+                out += &format!(
+                    "    f32 weights batch {}: {}   blocks / f32 = {:.2}x ({same})\n",
+                    f.batch,
+                    fmt_rate(f.tokens, f.secs),
+                    (r.tokens as f64 / r.secs) / (f.tokens as f64 / f.secs)
+                );
+            }
+            rates.push(r);
         }
         let ours: Vec<(usize, f64, Vec<Vec<u32>>)> =
             rates.iter().map(|r| (r.batch, r.tokens as f64 / r.secs, prompts[..r.batch].to_vec())).collect();
@@ -90,6 +116,8 @@ pub struct GenRate {
     pub cores_busy: f64,
     pub prefill_tokens: usize,
     pub prefill_s: f64,
+    /// The generated tokens, per prompt.
+    pub texts: Vec<Vec<u32>>,
 }
 
 /// Greedy generation of `new_tokens` per prompt (EOS ignored) for the first `b` prompts, for
@@ -126,7 +154,8 @@ pub fn measure<B: Backend>(
         let g = generate(&m.model, &m.tok, p, &s, false, &mut crate::rng::stream(0, "bench"))?;
         let (secs, cores_busy) = clock.stop();
         let tokens: usize = g.iter().map(|x| x.tokens.len()).sum();
-        rates.push(GenRate { batch: p.len(), tokens, secs, cores_busy, prefill_tokens: lay.b * lay.t, prefill_s });
+        let texts = g.into_iter().map(|x| x.tokens).collect();
+        rates.push(GenRate { batch: p.len(), tokens, secs, cores_busy, prefill_tokens: lay.b * lay.t, prefill_s, texts });
     }
     Ok(rates)
 }
