@@ -686,6 +686,42 @@ pub(crate) mod tests {
         assert_eq!(to_host(got).unwrap(), to_host(want).unwrap());
     }
 
+    /// The vendored burn-flex copies a permuted tensor whose last axis is contiguous run by run
+    /// (attention's `swap_dims` + `reshape`): the same elements as the index arithmetic says.
+    #[test]
+    fn cpu_backend_permuted_copies_match_the_host() {
+        let dev = Default::default();
+        for dims in [[2usize, 3, 4, 8], [1, 5, 2, 16], [3, 1, 7, 9]] {
+            let n: usize = dims.iter().product();
+            let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let t = Tensor::<TB, 4>::from_data(TensorData::new(v.clone(), dims), &dev);
+            let [a, b, c, d] = dims;
+            // [a, b, c, d] -> [a, c, b, d]
+            let got: Vec<f32> = t.clone().swap_dims(1, 2).reshape([a * c * b * d]).into_data().into_vec().unwrap();
+            let mut want = Vec::with_capacity(n);
+            for i in 0..a {
+                for k in 0..c {
+                    for j in 0..b {
+                        want.extend_from_slice(&v[((i * b + j) * c + k) * d..][..d]);
+                    }
+                }
+            }
+            assert_eq!(got, want, "{dims:?}");
+            // a narrowed view (offset start, strided rows) through the same path
+            let got: Vec<f32> =
+                t.slice([0..a, 0..b, 1..c, 0..d]).swap_dims(1, 2).reshape([a * (c - 1) * b * d]).into_data().into_vec().unwrap();
+            let mut want = Vec::with_capacity(a * (c - 1) * b * d);
+            for i in 0..a {
+                for k in 1..c {
+                    for j in 0..b {
+                        want.extend_from_slice(&v[((i * b + j) * c + k) * d..][..d]);
+                    }
+                }
+            }
+            assert_eq!(got, want, "{dims:?} sliced");
+        }
+    }
+
     /// The CPU backend's exp, sigmoid and softmax (mpo's vendored burn-flex) against f64.
     #[test]
     fn cpu_backend_exp_sigmoid_softmax_match_f64() {

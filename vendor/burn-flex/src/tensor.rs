@@ -377,6 +377,26 @@ impl FlexTensor {
             copy_2d_tiled(
                 &mut dst, src, offset, shape[0], shape[1], strides[0], strides[1],
             );
+        } else if all_positive && strides.last() == Some(&1) && shape.last().is_some_and(|&r| r >= 8) {
+            // mpo patch: an ND layout whose innermost dim is contiguous (attention's head axis
+            // swapped with time, `[B, H, T, D]` as `[B, T, H, D]`) is copied run by run, not
+            // element by element through the strided iterator.
+            let run = shape[shape.len() - 1];
+            let (outer, ostr) = (&shape[..shape.len() - 1], &strides[..strides.len() - 1]);
+            let mut idx = vec![0usize; outer.len()];
+            let mut base = offset;
+            for _ in 0..n / run {
+                dst.extend_from_slice(&src[base as usize..base as usize + run]);
+                for d in (0..outer.len()).rev() {
+                    idx[d] += 1;
+                    base += ostr[d];
+                    if idx[d] < outer[d] {
+                        break;
+                    }
+                    base -= ostr[d] * outer[d] as isize;
+                    idx[d] = 0;
+                }
+            }
         } else {
             // General fallback: covers negative strides (flipped
             // tensors) and ND layouts that can't collapse to ≤2D.
