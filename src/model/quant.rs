@@ -193,6 +193,9 @@ impl QuantMatrix {
     pub fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
         assert_eq!(x.len(), rows * self.k, "x must be [rows, k]");
         let (n, k) = (self.n, self.k);
+        if rows == 0 || n == 0 {
+            return vec![0f32; rows * n];
+        }
         // Output features per task: a few tasks per thread, whole tiles.
         let per = n.div_ceil(4 * rayon::current_num_threads()).next_multiple_of(TILE).max(4 * TILE);
         // Computed feature-major (`[n, rows]`) so tasks own contiguous slices; transposed after.
@@ -401,6 +404,7 @@ mod tests {
             crate::model::gguf::dequantize(ty(kind), &raw, &mut w);
             let qm = QuantMatrix::from_gguf(kind, &raw, n, k, None).unwrap();
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            assert!(qm.matmul(&[], 0).is_empty());
             for rows in [1, 3, 4, 7, 9] {
                 let x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let y = qm.matmul(&x, rows);
