@@ -316,6 +316,7 @@ unsafe fn dot_rows_avx512<const R: usize>(x: &[f32], r0: usize, rows: usize, k: 
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Simd {
     Avx512,
     Avx2,
@@ -367,21 +368,24 @@ mod tests {
         raw
     }
 
-    fn ty(kind: BlockKind) -> u32 {
-        match kind {
+    /// Random blocks of an `[n, k]` matrix, the f32 weights the loader reads from them, and the
+    /// matrix built from them.
+    fn fixture(kind: BlockKind, n: usize, k: usize, seed: u64) -> (Vec<f32>, QuantMatrix) {
+        let raw = random_blocks(kind, n, k, seed);
+        let mut w = vec![0f32; n * k];
+        let ty = match kind {
             BlockKind::Q4_1 => 3,
             BlockKind::Q8_0 => 8,
-        }
+        };
+        crate::model::gguf::dequantize(ty, &raw, &mut w);
+        (w, QuantMatrix::from_gguf(kind, &raw, n, k, None).unwrap())
     }
 
     #[test]
     fn tiles_are_the_loaders_weights_bit_for_bit() {
         for kind in [BlockKind::Q4_1, BlockKind::Q8_0] {
             let (n, k) = (7, 96);
-            let raw = random_blocks(kind, n, k, 1);
-            let mut want = vec![0f32; n * k];
-            crate::model::gguf::dequantize(ty(kind), &raw, &mut want);
-            let qm = QuantMatrix::from_gguf(kind, &raw, n, k, None).unwrap();
+            let (want, qm) = fixture(kind, n, k, 1);
             for j0 in (0..n).step_by(TILE) {
                 let width = TILE.min(n - j0);
                 let (mut fast, mut portable) = (vec![0f32; TILE * k], vec![0f32; TILE * k]);
@@ -399,10 +403,7 @@ mod tests {
         for kind in [BlockKind::Q4_1, BlockKind::Q8_0] {
             // odd sizes: a partial last tile, row groups of 4 plus a remainder
             let (n, k) = (37, 160);
-            let raw = random_blocks(kind, n, k, 2);
-            let mut w = vec![0f32; n * k];
-            crate::model::gguf::dequantize(ty(kind), &raw, &mut w);
-            let qm = QuantMatrix::from_gguf(kind, &raw, n, k, None).unwrap();
+            let (w, qm) = fixture(kind, n, k, 2);
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
             assert!(qm.matmul(&[], 0).is_empty());
             for rows in [1, 3, 4, 7, 9] {
@@ -432,135 +433,5 @@ mod tests {
         assert!(QuantMatrix::from_gguf(BlockKind::Q8_0, &raw, n, 48, None).unwrap_err().contains("blocks of 32"));
         assert!(QuantMatrix::from_gguf(BlockKind::Q8_0, &raw[1..], n, k, None).is_err());
         assert!(QuantMatrix::from_gguf(BlockKind::Q8_0, &raw, n, k, Some(&[0, 1])).is_err());
-    }
-}
-
-/// The tiny model of the real architecture as a GGUF with quantized projections, loaded both
-/// ways: decode steps through the blocks give the f32 path's logits and tokens.
-#[cfg(all(test, feature = "cpu"))]
-mod model_tests {
-    use std::collections::BTreeMap;
-
-    use crate::model::generate::{Sampling, generate};
-    use crate::model::gguf::{Gguf, MetaValue, encode};
-    use crate::model::llama::{Llama, QUANT_MAX_ROWS};
-    use crate::model::tokenizer::Tok;
-    use crate::model::weights::{GgufWeights, LlamaConfig, RandomWeights, WeightSource, unpermute_order};
-
-    type TB = burn::backend::Flex;
-
-    /// Round-to-nearest Q4_1 (ggml's reference quantizer) of rows of whole blocks.
-    fn q4_1(w: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for b in w.chunks_exact(32) {
-            let (lo, hi) = b.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
-            let d = (hi - lo) / 15.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            out.extend(half::f16::from_f32(d).to_le_bytes());
-            out.extend(half::f16::from_f32(lo).to_le_bytes());
-            let q = |x: f32| (((x - lo) * id + 0.5) as u8).min(15);
-            out.extend((0..16).map(|i| q(b[i]) | (q(b[i + 16]) << 4)));
-        }
-        out
-    }
-
-    fn q8_0(w: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for b in w.chunks_exact(32) {
-            let amax = b.iter().fold(0f32, |m, &x| m.max(x.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            out.extend(half::f16::from_f32(d).to_le_bytes());
-            out.extend(b.iter().map(|&x| (x * id).round() as i8 as u8));
-        }
-        out
-    }
-
-    /// The tiny random model as a `llama` GGUF: Q4_1 projections (q/k rows permuted as
-    /// llama.cpp stores them), a Q8_0 embedding (the tied head), F32 norms.
-    fn quantized_tiny() -> (Vec<u8>, LlamaConfig) {
-        let tok = Tok::tiny();
-        let cfg = LlamaConfig::tiny(tok.vocab_size());
-        let src = RandomWeights { config: cfg.clone(), seed: 7 };
-        let u = MetaValue::U64;
-        let mut meta = BTreeMap::new();
-        for (k, v) in [
-            ("general.architecture", MetaValue::Str("llama".into())),
-            ("llama.embedding_length", u(cfg.hidden_size as u64)),
-            ("llama.feed_forward_length", u(cfg.intermediate_size as u64)),
-            ("llama.block_count", u(cfg.num_layers as u64)),
-            ("llama.attention.head_count", u(cfg.num_heads as u64)),
-            ("llama.attention.head_count_kv", u(cfg.num_kv_heads as u64)),
-            ("llama.context_length", u(128)),
-            ("llama.rope.freq_base", MetaValue::F64(10000.0)),
-            ("llama.attention.layer_norm_rms_epsilon", MetaValue::F64(1e-5)),
-        ] {
-            meta.insert(k.to_string(), v);
-        }
-        let mut tensors = Vec::new();
-        let mut put = |gguf: &str, hf: &str, ty: u32, heads: Option<usize>| {
-            let (mut w, shape) = src.require(hf).unwrap();
-            if let Some(h) = heads {
-                // stored row order[i] holds HF row i
-                let cols = shape[1];
-                let mut stored = vec![0f32; w.len()];
-                for (i, &s) in unpermute_order(shape[0], h).unwrap().iter().enumerate() {
-                    stored[s * cols..(s + 1) * cols].copy_from_slice(&w[i * cols..(i + 1) * cols]);
-                }
-                w = stored;
-            }
-            let bytes = match ty {
-                3 => q4_1(&w),
-                8 => q8_0(&w),
-                _ => w.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            };
-            tensors.push((gguf.to_string(), shape.iter().rev().map(|&d| d as u64).collect(), ty, bytes));
-        };
-        put("token_embd.weight", "model.embed_tokens.weight", 8, None);
-        put("output_norm.weight", "model.norm.weight", 0, None);
-        for i in 0..cfg.num_layers {
-            let (p, g) = (format!("model.layers.{i}"), format!("blk.{i}"));
-            put(&format!("{g}.attn_norm.weight"), &format!("{p}.input_layernorm.weight"), 0, None);
-            put(&format!("{g}.ffn_norm.weight"), &format!("{p}.post_attention_layernorm.weight"), 0, None);
-            put(&format!("{g}.attn_q.weight"), &format!("{p}.self_attn.q_proj.weight"), 3, Some(cfg.num_heads));
-            put(&format!("{g}.attn_k.weight"), &format!("{p}.self_attn.k_proj.weight"), 3, Some(cfg.num_kv_heads));
-            put(&format!("{g}.attn_v.weight"), &format!("{p}.self_attn.v_proj.weight"), 3, None);
-            put(&format!("{g}.attn_output.weight"), &format!("{p}.self_attn.o_proj.weight"), 3, None);
-            put(&format!("{g}.ffn_gate.weight"), &format!("{p}.mlp.gate_proj.weight"), 3, None);
-            put(&format!("{g}.ffn_up.weight"), &format!("{p}.mlp.up_proj.weight"), 3, None);
-            put(&format!("{g}.ffn_down.weight"), &format!("{p}.mlp.down_proj.weight"), 3, None);
-        }
-        (encode(&meta, &tensors), cfg)
-    }
-
-    #[test]
-    fn decode_through_blocks_matches_the_f32_weights() {
-        let (bytes, cfg) = quantized_tiny();
-        let g = Gguf::parse(bytes).unwrap();
-        let src = GgufWeights::new(&g, cfg.clone());
-        let plain = Llama::<TB>::load(&cfg, &src, None, 128, 1, &Default::default()).unwrap();
-        let mut quant = plain.clone();
-        assert_eq!(quant.attach_quant(&cfg, &src).unwrap(), cfg.num_layers * 7 + 1);
-        // the training backend's model hands its blocks to the inference copy
-        let mut trained = Llama::<burn::backend::Autodiff<TB>>::load(&cfg, &src, None, 128, 1, &Default::default()).unwrap();
-        trained.attach_quant(&cfg, &src).unwrap();
-        use burn::module::AutodiffModule;
-        assert!(trained.valid().blocks[1].down.quant.is_some() && trained.valid().lm_head.quant.is_some());
-        // Greedy decoding at 1, 3 and the most rows the blocks serve: the same tokens, and
-        // log-probabilities equal up to the order the products were summed in.
-        let tok = Tok::tiny();
-        let s = Sampling { max_new_tokens: 6, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
-        for rows in [1, 3, QUANT_MAX_ROWS] {
-            let prompts: Vec<Vec<u32>> = (0..rows).map(|r| (0..3 + r % 4).map(|i| ((r * 11 + i * 7) % 250 + 3) as u32).collect()).collect();
-            let mut rng = crate::rng::stream(0, "test");
-            let want = generate(&plain, &tok, &prompts, &s, true, &mut rng).unwrap();
-            // a clone (as `valid()` makes for generation) keeps the blocks
-            let got = generate(&quant.clone(), &tok, &prompts, &s, true, &mut rng).unwrap();
-            for (w, g) in want.iter().zip(&got) {
-                assert_eq!(w.tokens, g.tokens, "rows {rows}");
-                let worst = w.logprobs.iter().zip(&g.logprobs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(worst < 1e-5, "rows {rows}: log-probabilities differ by {worst}");
-            }
-        }
     }
 }

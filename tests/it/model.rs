@@ -69,6 +69,26 @@ fn tensor_names(cfg: &LlamaConfig) -> Vec<(String, String)> {
     v
 }
 
+/// The tiny model's `llama` architecture metadata.
+fn tiny_meta(cfg: &LlamaConfig) -> BTreeMap<String, MetaValue> {
+    let u = MetaValue::U64;
+    let mut meta = BTreeMap::new();
+    for (k, v) in [
+        ("general.architecture", MetaValue::Str("llama".into())),
+        ("llama.embedding_length", u(cfg.hidden_size as u64)),
+        ("llama.feed_forward_length", u(cfg.intermediate_size as u64)),
+        ("llama.block_count", u(cfg.num_layers as u64)),
+        ("llama.attention.head_count", u(cfg.num_heads as u64)),
+        ("llama.attention.head_count_kv", u(cfg.num_kv_heads as u64)),
+        ("llama.context_length", u(128)),
+        ("llama.rope.freq_base", MetaValue::F64(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", MetaValue::F64(1e-5)),
+    ] {
+        meta.insert(k.to_string(), v);
+    }
+    meta
+}
+
 /// The tiny random model of the real architecture as a complete GGUF file (tokenizer included).
 fn tiny_gguf() -> Vec<u8> {
     let tok = Tok::tiny();
@@ -81,17 +101,8 @@ fn tiny_gguf() -> Vec<u8> {
     }
     let s = |x: &str| MetaValue::Str(x.into());
     let u = MetaValue::U64;
-    let mut meta: BTreeMap<String, MetaValue> = BTreeMap::new();
+    let mut meta = tiny_meta(&cfg);
     for (k, v) in [
-        ("general.architecture", s("llama")),
-        ("llama.embedding_length", u(cfg.hidden_size as u64)),
-        ("llama.feed_forward_length", u(cfg.intermediate_size as u64)),
-        ("llama.block_count", u(cfg.num_layers as u64)),
-        ("llama.attention.head_count", u(cfg.num_heads as u64)),
-        ("llama.attention.head_count_kv", u(cfg.num_kv_heads as u64)),
-        ("llama.context_length", u(128)),
-        ("llama.rope.freq_base", MetaValue::F64(10000.0)),
-        ("llama.attention.layer_norm_rms_epsilon", MetaValue::F64(1e-5)),
         ("tokenizer.ggml.model", s("gpt2")),
         ("tokenizer.ggml.pre", s("default")),
         ("tokenizer.ggml.tokens", MetaValue::Array(tokens.iter().map(|t| s(t)).collect())),
@@ -270,5 +281,104 @@ proptest! {
             b[i.min(last)] = byte;
         }
         safetensors_case(&b)?;
+    }
+}
+
+// ---- decode steps on the GGUF's quantized blocks ----------------------------------------------
+
+/// Round-to-nearest Q4_1 (ggml's reference quantizer) of rows of whole blocks.
+fn q4_1(w: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in w.chunks_exact(32) {
+        let (lo, hi) = b.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+        let d = (hi - lo) / 15.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(half::f16::from_f32(d).to_le_bytes());
+        out.extend(half::f16::from_f32(lo).to_le_bytes());
+        let q = |x: f32| (((x - lo) * id + 0.5) as u8).min(15);
+        out.extend((0..16).map(|i| q(b[i]) | (q(b[i + 16]) << 4)));
+    }
+    out
+}
+
+fn q8_0(w: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in w.chunks_exact(32) {
+        let amax = b.iter().fold(0f32, |m, &x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(half::f16::from_f32(d).to_le_bytes());
+        out.extend(b.iter().map(|&x| (x * id).round() as i8 as u8));
+    }
+    out
+}
+
+/// The tiny random model as a `llama` GGUF stored like llama.cpp stores SmolLM2: Q4_1
+/// projections (q/k rows permuted), a Q8_0 embedding (the tied head), F32 norms.
+fn quantized_tiny() -> (Vec<u8>, LlamaConfig) {
+    let cfg = LlamaConfig::tiny(Tok::tiny().vocab_size());
+    let src = RandomWeights { config: cfg.clone(), seed: 7 };
+    let tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)> = tensor_names(&cfg)
+        .into_iter()
+        .map(|(hf, gg)| {
+            let (mut w, shape) = src.require(&hf).unwrap();
+            let heads = match hf.as_str() {
+                n if n.ends_with("q_proj.weight") => Some(cfg.num_heads),
+                n if n.ends_with("k_proj.weight") => Some(cfg.num_kv_heads),
+                _ => None,
+            };
+            if let Some(h) = heads {
+                // stored row order[i] holds HF row i
+                let cols = shape[1];
+                let mut stored = vec![0f32; w.len()];
+                for (i, &s) in mpo::model::weights::unpermute_order(shape[0], h).unwrap().iter().enumerate() {
+                    stored[s * cols..(s + 1) * cols].copy_from_slice(&w[i * cols..(i + 1) * cols]);
+                }
+                w = stored;
+            }
+            let (ty, bytes) = match gg.as_str() {
+                "token_embd.weight" => (8, q8_0(&w)),
+                n if n.ends_with("norm.weight") => (0, w.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                _ => (3, q4_1(&w)),
+            };
+            (gg, shape.iter().rev().map(|&d| d as u64).collect(), ty, bytes)
+        })
+        .collect();
+    (mpo::model::gguf::encode(&tiny_meta(&cfg), &tensors), cfg)
+}
+
+/// Decode steps through the blocks give the f32 path's tokens, and log-probabilities equal up
+/// to the order the products were summed in.
+#[test]
+fn decode_through_quantized_blocks_matches_the_f32_weights() {
+    use burn::module::AutodiffModule;
+    use mpo::model::generate::{Sampling, generate};
+    use mpo::model::llama::{Llama, QUANT_MAX_ROWS};
+    use mpo::model::weights::GgufWeights;
+
+    let (bytes, cfg) = quantized_tiny();
+    let g = mpo::model::gguf::Gguf::parse(bytes).unwrap();
+    let src = GgufWeights::new(&g, cfg.clone());
+    let plain = Llama::<Cpu>::load(&cfg, &src, None, 128, 1, &Default::default()).unwrap();
+    let mut quant = plain.clone();
+    assert_eq!(quant.attach_quant(&cfg, &src).unwrap(), cfg.num_layers * 7 + 1);
+    // the training backend's model hands its blocks to the inference copy
+    let mut trained = Llama::<burn::backend::Autodiff<Cpu>>::load(&cfg, &src, None, 128, 1, &Default::default()).unwrap();
+    trained.attach_quant(&cfg, &src).unwrap();
+    assert_eq!(trained.valid().quant_attached(), cfg.num_layers * 7 + 1);
+    assert_eq!(quant.without_quant().quant_attached(), 0);
+    // greedy decoding at 1, 3 and the most rows the blocks serve
+    let tok = Tok::tiny();
+    let s = Sampling { max_new_tokens: 6, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
+    for rows in [1, 3, QUANT_MAX_ROWS] {
+        let prompts: Vec<Vec<u32>> = (0..rows).map(|r| (0..3 + r % 4).map(|i| ((r * 11 + i * 7) % 250 + 3) as u32).collect()).collect();
+        let mut rng = mpo::rng::stream(0, "test");
+        let want = generate(&plain, &tok, &prompts, &s, true, &mut rng).unwrap();
+        let got = generate(&quant, &tok, &prompts, &s, true, &mut rng).unwrap();
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(w.tokens, g.tokens, "rows {rows}");
+            let worst = w.logprobs.iter().zip(&g.logprobs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "rows {rows}: log-probabilities differ by {worst}");
+        }
     }
 }
