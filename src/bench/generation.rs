@@ -148,7 +148,7 @@ pub fn measure<B: Backend>(
             false,
         );
         let d = h.dims()[2];
-        let _ = to_host(m.model.logits(h.slice([0..lay.b, lay.t - 1..lay.t, 0..d]), false))?;
+        let _ = to_host(m.model.decode_logits(h.slice([0..lay.b, lay.t - 1..lay.t, 0..d]), false))?;
         let prefill_s = tp.elapsed().as_secs_f64();
         let clock = super::CpuClock::start();
         let g = generate(&m.model, &m.tok, p, &s, false, &mut crate::rng::stream(0, "bench"))?;

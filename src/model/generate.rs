@@ -147,7 +147,7 @@ pub fn generate<B: Backend>(
     let mut scratch = Vec::new();
     let vocab = model.lm_head.weight.val().dims()[1];
     for step in 0..s.max_new_tokens {
-        let logits = to_host(model.logits(last, adapter))?;
+        let logits = to_host(model.decode_logits(last, adapter))?;
         let mut next = vec![tok.pad as i64; b];
         for r in 0..b {
             if done[r] {
@@ -405,7 +405,7 @@ pub fn fill_fields<B: Backend>(
         let mut last = h.slice([0..b, m - 1..m, 0..d]);
         let mut live = vec![true; b];
         for step in 0..value_tokens {
-            let logits = to_host(model.logits(last.clone(), false))?;
+            let logits = to_host(model.decode_logits(last.clone(), false))?;
             let mut next = vec![tok.pad; b];
             for r in 0..b {
                 if !live[r] {

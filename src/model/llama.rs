@@ -62,11 +62,20 @@ impl<B: Backend> LoraLinear<B> {
     /// `x [..., in] -> [..., out]`. Leading dimensions are flattened so each product is one
     /// large matrix multiply (a batched product would re-read the weight once per row group).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, adapter: bool) -> Tensor<B, D> {
+        self.forward_with(x, adapter, false)
+    }
+
+    /// [`Self::forward`]; with `decode` (generation's passes, which carry a KV cache) a product
+    /// of at most [`QUANT_MAX_ROWS`] rows reads the quantized blocks when they are attached.
+    /// Training, reference and old-log-prob passes never set it, so they compute the same bits
+    /// with and without gradient.
+    pub fn forward_with<const D: usize>(&self, x: Tensor<B, D>, adapter: bool, decode: bool) -> Tensor<B, D> {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
         let x2: Tensor<B, 2> = x.reshape([rows, d_in]);
-        let mut y = self.quant_product(&x2, rows).unwrap_or_else(|| x2.clone().matmul(self.weight.val()));
+        let quant = if decode { self.quant_product(&x2, rows) } else { None };
+        let mut y = quant.unwrap_or_else(|| x2.clone().matmul(self.weight.val()));
         if let Some(b) = &self.bias {
             y = y + b.val().unsqueeze::<2>();
         }
@@ -77,9 +86,7 @@ impl<B: Backend> LoraLinear<B> {
         out[D - 1] = y.dims()[1];
         y.reshape(out)
     }
-}
 
-impl<B: Backend> LoraLinear<B> {
     /// `x W` from the quantized blocks, when they are attached, `x` is a few rows and nothing
     /// asks for its gradient (the frozen weight needs none either).
     fn quant_product(&self, x: &Tensor<B, 2>, rows: usize) -> Option<Tensor<B, 2>> {
@@ -391,7 +398,8 @@ impl<B: Backend> Llama<B> {
         self.linears().filter(|l| l.quant.is_some()).count()
     }
 
-    /// The same model with every product on the f32 weights (a benchmark's baseline).
+    /// The same model with every product on the f32 weights (`runtime.quantized_decode: false`,
+    /// and the baseline of `mpo bench generate`).
     pub fn without_quant(&self) -> Self {
         let mut m = self.clone();
         for b in &mut m.blocks {
@@ -508,11 +516,13 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        // Generation's passes carry a cache; only they may read the quantized blocks.
+        let decode = cache.is_some();
         let xn = blk.attn_norm.forward(x.clone());
         // RoPE in the projections' own `[B, T, heads, hd]` layout (contiguous), then heads first.
-        let q = rope.apply(blk.q.forward(xn.clone(), adapter).reshape([b, t, h, hd]), &rope.q).swap_dims(1, 2);
-        let mut k = rope.apply(blk.k.forward(xn.clone(), adapter).reshape([b, t, kvh, hd]), &rope.k).swap_dims(1, 2);
-        let mut v = blk.v.forward(xn, adapter).reshape([b, t, kvh, hd]).swap_dims(1, 2);
+        let q = rope.apply(blk.q.forward_with(xn.clone(), adapter, decode).reshape([b, t, h, hd]), &rope.q).swap_dims(1, 2);
+        let mut k = rope.apply(blk.k.forward_with(xn.clone(), adapter, decode).reshape([b, t, kvh, hd]), &rope.k).swap_dims(1, 2);
+        let mut v = blk.v.forward_with(xn, adapter, decode).reshape([b, t, kvh, hd]).swap_dims(1, 2);
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.take() {
                 k = Tensor::cat(vec![pk, k], 2);
@@ -521,15 +531,21 @@ impl<B: Backend> Llama<B> {
             *slot = Some((k.clone(), v.clone()));
         }
         let attn = gqa(q, k, v, mask, kvh).swap_dims(1, 2).reshape([b, t, h * hd]);
-        let x = x + blk.o.forward(attn, adapter);
+        let x = x + blk.o.forward_with(attn, adapter, decode);
         let xn = blk.mlp_norm.forward(x.clone());
-        let mlp = silu(blk.gate.forward(xn.clone(), adapter)) * blk.up.forward(xn, adapter);
-        x + blk.down.forward(mlp, adapter)
+        let mlp = silu(blk.gate.forward_with(xn.clone(), adapter, decode)) * blk.up.forward_with(xn, adapter, decode);
+        x + blk.down.forward_with(mlp, adapter, decode)
     }
 
     /// Logits `[B, T, vocab]` of hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>, adapter: bool) -> Tensor<B, 3> {
         self.lm_head.forward(hidden, adapter)
+    }
+
+    /// [`Self::logits`] for generation: a few rows may read the quantized blocks
+    /// ([`LoraLinear::forward_with`]).
+    pub fn decode_logits(&self, hidden: Tensor<B, 3>, adapter: bool) -> Tensor<B, 3> {
+        self.lm_head.forward_with(hidden, adapter, true)
     }
 
     /// Values `[B, T]` of hidden states (requires a value head).

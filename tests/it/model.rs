@@ -367,6 +367,21 @@ fn decode_through_quantized_blocks_matches_the_f32_weights() {
     trained.attach_quant(&cfg, &src).unwrap();
     assert_eq!(trained.valid().quant_attached(), cfg.num_layers * 7 + 1);
     assert_eq!(quant.without_quant().quant_attached(), 0);
+    // a pass without a KV cache (PPO's passes) never reads the blocks, however few its rows:
+    // bit for bit the f32 path, so a no-grad pass still equals the training pass
+    let pass = |m: &Llama<Cpu>| -> Vec<f32> {
+        let lay = mpo::model::batch::left_pad(&[vec![5u32, 9, 12, 40]], 0);
+        let dev = Default::default();
+        let h = m.forward(
+            mpo::model::batch::int_tensor(lay.tokens.clone(), [1, lay.t], &dev),
+            mpo::model::batch::int_tensor(lay.positions.clone(), [1, lay.t], &dev),
+            mpo::model::batch::mask_tensor(mpo::model::batch::causal_mask(&lay.pads, 0, lay.t), 1, lay.t, lay.t, &dev),
+            None,
+            true,
+        );
+        m.logits(h, true).into_data().into_vec().unwrap()
+    };
+    assert_eq!(pass(&plain), pass(&quant));
     // greedy decoding at 1, 3 and the most rows the blocks serve
     let tok = Tok::tiny();
     let s = Sampling { max_new_tokens: 6, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
