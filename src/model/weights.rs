@@ -40,6 +40,11 @@ pub enum RopeScaling {
     Factors { factors: Vec<f64> },
 }
 
+/// Above any released llama-architecture model (the longest declare ~1M positions).
+pub const MAX_CONTEXT: usize = 1 << 22;
+/// Entries of one RoPE table (context length x head dimension): 1 GiB of f32.
+pub const MAX_ROPE_ELEMENTS: usize = 1 << 28;
+
 /// The shape of a Llama-family transformer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
@@ -122,6 +127,17 @@ impl LlamaConfig {
             return Err(format!(
                 "implausible shape (vocab {}, hidden {}, intermediate {}, {} layers, {} heads x {}): a corrupt header?",
                 self.vocab_size, self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.head_dim
+            ));
+        }
+        // The RoPE tables hold context length x head dimension f32 values twice, built at load:
+        // a corrupt context length must be refused here, not met as a failed allocation.
+        if self.max_position_embeddings > MAX_CONTEXT || self.max_position_embeddings * self.head_dim > MAX_ROPE_ELEMENTS {
+            return Err(format!(
+                "implausible context length {} (head dimension {}): the rotary tables would need {} MB; \
+                 mpo loads models of at most {MAX_CONTEXT} positions and {MAX_ROPE_ELEMENTS} table entries. A corrupt header?",
+                self.max_position_embeddings,
+                self.head_dim,
+                (self.max_position_embeddings as u128 * self.head_dim as u128 * 8) >> 20
             ));
         }
         Ok(())
@@ -503,5 +519,19 @@ mod tests {
             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}});
         assert!(matches!(LlamaConfig::from_hf(&v).unwrap().rope_scaling, Some(RopeScaling::Llama3 { .. })));
         assert!(LlamaConfig::from_hf(&serde_json::json!({"model_type": "gpt_neox"})).is_err());
+    }
+
+    #[test]
+    fn context_length_is_bounded_by_positions_and_by_the_rope_tables() {
+        let ok = LlamaConfig { head_dim: 64, max_position_embeddings: MAX_ROPE_ELEMENTS / 64, ..LlamaConfig::tiny(10) };
+        ok.validate().unwrap();
+        let e = LlamaConfig { max_position_embeddings: MAX_ROPE_ELEMENTS / 64 + 1, ..ok.clone() }.validate().unwrap_err();
+        assert!(e.contains("implausible context length 4194305 (head dimension 64)"), "{e}");
+        let e = LlamaConfig { head_dim: 2, max_position_embeddings: MAX_CONTEXT + 1, ..ok.clone() }.validate().unwrap_err();
+        assert!(e.contains("implausible context length"), "{e}");
+        // the HF path validates the same way
+        let v = serde_json::json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 1u64 << 40});
+        assert!(LlamaConfig::from_hf(&v).unwrap_err().to_string().contains("implausible context length"));
     }
 }

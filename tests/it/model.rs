@@ -163,6 +163,11 @@ fn the_tiny_gguf_loads() {
     assert!(edit("llama.attention.head_count_kv", 0).contains("0 key/value heads"));
     assert!(edit("llama.attention.head_count_kv", 3).contains("not a multiple of 3 key/value heads"));
     assert!(edit("tokenizer.ggml.eos_token_id", 99_999).contains("outside the vocabulary"));
+    // a corrupt context length (a fuzz case once asked the RoPE tables for 87 GB and aborted)
+    let e = edit("llama.context_length", 3_000_000_000);
+    assert!(e.contains("implausible context length 3000000000"), "{e}");
+    let e = edit("llama.context_length", (mpo::model::weights::MAX_CONTEXT + 1) as u64);
+    assert!(e.contains("implausible context length"), "{e}");
     // the last tensor's offset (8 bytes before its type-0 data section) pointed far away
     let mut b = tiny_gguf();
     let g = mpo::model::gguf::Gguf::parse(b.clone()).unwrap();
