@@ -131,7 +131,7 @@ impl LlamaConfig {
         }
         // The RoPE tables hold context length x head dimension f32 values twice, built at load:
         // a corrupt context length must be refused here, not met as a failed allocation.
-        if self.max_position_embeddings > MAX_CONTEXT || self.max_position_embeddings * self.head_dim > MAX_ROPE_ELEMENTS {
+        if self.max_position_embeddings > MAX_CONTEXT || self.max_position_embeddings.saturating_mul(self.head_dim) > MAX_ROPE_ELEMENTS {
             return Err(format!(
                 "implausible context length {} (head dimension {}): the rotary tables would need {} MB; \
                  mpo loads models of at most {MAX_CONTEXT} positions and {MAX_ROPE_ELEMENTS} table entries. A corrupt header?",
