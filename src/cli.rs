@@ -210,6 +210,16 @@ pub enum Command {
         #[arg(long, default_value_t = 2, value_parser = positive)]
         samples: usize,
     },
+    /// Check every matmul kernel a GPU backend's autotune can pick, each forced in turn, against
+    /// the host at the shapes that broke them (k an odd multiple of the stage size, mat-vec);
+    /// exit 1 when any kernel computes a wrong product.
+    Kernels {
+        #[arg(long, default_value = "wgpu", value_parser = ["wgpu", "cuda"])]
+        backend: String,
+        /// Device index.
+        #[arg(long, default_value_t = 0)]
+        device: usize,
+    },
     /// Run a benchmark and print its figures (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -463,6 +473,7 @@ fn dispatch(command: Command) -> Outcome {
             crate::generate_cmd::run(&backend, args).map_err(|e| Failure::error(format!("{e:#}")))?;
             Ok(Done::Ok)
         }
+        Command::Kernels { backend, device } => kernels_cmd(&backend, device),
         Command::Bench { which } => {
             let r = match which {
                 BenchCommand::Spec { iterations } => crate::bench::spec_bench(iterations),
@@ -494,6 +505,37 @@ fn dispatch(command: Command) -> Outcome {
             println!("{s}");
             Ok(Done::Ok)
         }
+    }
+}
+
+/// `mpo kernels`: one line per candidate kernel as it finishes, then the summary.
+fn kernels_cmd(backend: &str, device: usize) -> Outcome {
+    let b: spec::BackendKind = serde_json::from_value(serde_json::Value::String(backend.into()))
+        .map_err(|_| Failure::Usage(format!("unknown backend `{backend}`")))?;
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use crate::model::kernels::{self, Verdict};
+        let mut last = String::new();
+        let outcomes = kernels::check_backend(b, device, |o| {
+            if o.candidate != last {
+                eprintln!("checking {}", o.candidate);
+                last = o.candidate.clone();
+            }
+            if let Verdict::Wrong { rel_err, .. } = o.verdict {
+                eprintln!("  WRONG at {}: rel. error {rel_err:.2e}", o.problem);
+            }
+        })
+        .map_err(Failure::error)?;
+        print!("{}", kernels::summarize(&outcomes));
+        let wrong = outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Wrong { .. })).count();
+        let ran = outcomes.iter().filter(|o| !matches!(o.verdict, Verdict::Unavailable(_))).count();
+        println!("{ran} of {} (candidate, problem) pairs ran on {backend}: {wrong} wrong", outcomes.len());
+        Ok(if wrong == 0 { Done::Ok } else { Done::No })
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        let _ = device;
+        Err(Failure::error(format!("backend `{}` is not compiled into this mpo; rebuild with `--features {}`", b.as_str(), b.feature())))
     }
 }
 

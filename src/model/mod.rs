@@ -9,6 +9,8 @@ pub mod batch;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod kernels;
 pub mod llama;
 pub mod quant;
 pub mod registry;
@@ -210,36 +212,42 @@ pub fn configure_kernel_cache() {
 pub fn dispatch<J: BackendJob>(backend: crate::spec::BackendKind, index: usize, job: J) -> Result<J::Output, String> {
     use crate::spec::BackendKind as Bk;
     let _ = index;
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    if backend != Bk::Cpu {
-        configure_kernel_cache();
-    }
     match backend {
         #[cfg(feature = "cpu")]
         Bk::Cpu => Ok(job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default(), "cpu")),
         #[cfg(feature = "wgpu")]
-        Bk::Wgpu => {
-            use burn::backend::wgpu::WgpuDevice;
-            // Device 0 is the adapter wgpu ranks best (a discrete GPU where there is one).
-            let device = if index == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(index) };
-            wgpu_adapter(&device, index)?;
-            probe::<burn::backend::Wgpu>(
-                &device,
-                "wgpu",
-                index,
-                "a GPU with Vulkan, Metal or DirectX 12 drivers (on Linux: the Vulkan loader libvulkan1 and the vendor's ICD)",
-            )?;
-            Ok(job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(device, "wgpu"))
-        }
+        Bk::Wgpu => Ok(job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(open_wgpu(index)?, "wgpu")),
         #[cfg(feature = "cuda")]
-        Bk::Cuda => {
-            let device = burn::backend::cuda::CudaDevice::new(index);
-            probe::<burn::backend::Cuda>(&device, "cuda", index, "an NVIDIA GPU with its driver (libcuda) and NVRTC on the library path")?;
-            Ok(job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(device, "cuda"))
-        }
+        Bk::Cuda => Ok(job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(open_cuda(index)?, "cuda")),
         #[allow(unreachable_patterns)]
         other => Err(format!("backend `{}` is not compiled into this mpo; rebuild with `--features {}`", other.as_str(), other.feature())),
     }
+}
+
+/// Open wgpu device `index` (0: the adapter wgpu ranks best, a discrete GPU where there is
+/// one) and check that it computes.
+#[cfg(feature = "wgpu")]
+pub(crate) fn open_wgpu(index: usize) -> Result<burn::backend::wgpu::WgpuDevice, String> {
+    use burn::backend::wgpu::WgpuDevice;
+    configure_kernel_cache();
+    let device = if index == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(index) };
+    wgpu_adapter(&device, index)?;
+    probe::<burn::backend::Wgpu>(
+        &device,
+        "wgpu",
+        index,
+        "a GPU with Vulkan, Metal or DirectX 12 drivers (on Linux: the Vulkan loader libvulkan1 and the vendor's ICD)",
+    )?;
+    Ok(device)
+}
+
+/// Open CUDA device `index` and check that it computes.
+#[cfg(feature = "cuda")]
+pub(crate) fn open_cuda(index: usize) -> Result<burn::backend::cuda::CudaDevice, String> {
+    configure_kernel_cache();
+    let device = burn::backend::cuda::CudaDevice::new(index);
+    probe::<burn::backend::Cuda>(&device, "cuda", index, "an NVIDIA GPU with its driver (libcuda) and NVRTC on the library path")?;
+    Ok(device)
 }
 
 /// The device a GPU backend computes on, as its driver names it: written to `manifest.json`
