@@ -11,7 +11,10 @@
 #   run carry=[.devbin/gguf.b]  timeout_s=600              command="scripts/gpu_check.sh measure"
 #
 # `measure` runs, most important first, each under a timeout capped by a deadline
-# (GPU_CHECK_BUDGET_S, default 540 s): the generation and training benchmarks on cuda, the
+# (GPU_CHECK_BUDGET_S, default 540 s): correctness first (`mpo kernels` on each backend: every
+# matmul kernel autotune can pick, forced; the tiny spec with adapters on every projection
+# against the CPU, cold and warm autotune cache; GPU_CHECK_ONLY_CORRECTNESS=1 stops there, and
+# needs no GGUF), then the generation and training benchmarks on cuda, the
 # demo spec on cuda (6 updates), the same on wgpu, and a CPU baseline of the demo on the
 # device's own cores (2 updates) so the step-time ratio comes from one machine. Everything is
 # tee'd to $OUT/gpu_check.log; $OUT/summary.txt has the figures for BENCHMARKS.md. burn
@@ -72,7 +75,7 @@ measure() {
     if [ -f "$DEV/gguf.b" ] && [ -f "$GGUF.a" ]; then
         cat "$GGUF.a" "$DEV/gguf.b" > "$GGUF.part" && rm -f "$GGUF.a" && mv "$GGUF.part" "$GGUF"
     fi
-    [ -f "$GGUF" ] || "$bin" fetch smollm2-135m-instruct || exit 1
+    [ -f "$GGUF" ] || [ "${GPU_CHECK_ONLY_CORRECTNESS:-0}" = 1 ] || "$bin" fetch smollm2-135m-instruct || exit 1
     if [ -d /usr/local/nvidia/share/vulkan/icd.d ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
         export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     fi
@@ -103,6 +106,14 @@ measure() {
         cat "$out/$name.txt"
         { echo "== $name: exit $rc, $(( $(date +%s) - s )) s"; grep -E 'bench|tok/s|step|load|warm|finished|stopped|error' "$out/$name.txt" | tail -n 12; } >> "$out/summary.txt"
     }
+    # Correctness first (issue 31): every matmul kernel autotune can pick, forced, at the shapes
+    # that broke cubek-matmul 0.2.0; then the tiny spec with adapters on every projection on
+    # each GPU backend against the CPU (the parity `tests/it/wgpu.rs` runs on lavapipe).
+    for b in $backends; do
+        step "kernels-$b" 240 "$bin" kernels --backend "$b"
+    done
+    tiny_parity "$bin" "$out"
+    [ "${GPU_CHECK_ONLY_CORRECTNESS:-0}" = 1 ] && { echo "== done at +$(( $(date +%s) - t0 ))s"; return; }
     local demo=(run specs/math.yaml)
     for b in $backends; do
         step "generate-$b" 200 "$bin" bench generate --backend "$b" --new-tokens 32
@@ -125,6 +136,54 @@ print(f"{man['backend']} ({man['device']}): {len(rows)} updates, warm-up {man.ge
 PY
     done
     echo "== done at +$(( $(date +%s) - t0 ))s"
+}
+
+# The tiny spec (random weights: nothing to carry) with LoRA on q,k,v,o,gate,up,down,lm_head,
+# on the CPU and on each GPU backend (cold autotune cache, then warm), compared as the wgpu
+# run test compares them: exact rollouts and scores, training numbers within 1e-4.
+tiny_parity() {
+    local bin=$1 out=$2 b tag
+    local args=(run tests/specs/valid/tiny.yaml ppo.total_episodes=8 ppo.learning_rate=1e-3
+        "policy.lora.targets=[q, k, v, o, gate, up, down, lm_head]" eval.every=never)
+    for tag in cpu $backends; do
+        b=${tag%%-*}
+        step "tiny-$tag" 200 "$bin" "${args[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-$tag"
+    done
+    for b in $backends; do
+        step "tiny-$b-warm" 200 "$bin" "${args[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-$b-warm"
+    done
+    python3 - "$STAGE" $backends <<'PY' | tee -a "$out/summary.txt"
+import glob, json, sys
+stage, backends = sys.argv[1], sys.argv[2:]
+def rows(tag):
+    m = glob.glob(f"{stage}/tiny-{tag}/tiny/*/metrics.jsonl")
+    return [json.loads(l) for l in open(m[0])] if m else None
+def get(r, path):
+    for k in path.strip("/").split("/"):
+        r = r[k]
+    return r
+cpu = rows("cpu")
+exact = ["/episodes", "/reward", "/score_mean", "/eos_rate", "/tokens/policy_generated", "/judge_failures", "/rubric_version"]
+near = ["/entropy", "/kl", "/loss/policy", "/loss/value", "/approxkl", "/grad_norm"]
+for tag in [t for b in backends for t in (b, b + "-warm")]:
+    gpu = rows(tag)
+    if cpu is None or gpu is None:
+        print(f"tiny parity {tag}: missing run (cpu {cpu is not None}, {tag} {gpu is not None})")
+        continue
+    worst, bad = 0.0, []
+    for c, g in zip(cpu, gpu):
+        bad += [f"{p} at update {c['update']}" for p in exact if get(c, p) != get(g, p)]
+        for p in near:
+            x, y = get(c, p), get(g, p)
+            d = abs(x - y) / max(abs(x), 1.0)
+            worst = max(worst, d)
+            if d > 1e-4:
+                bad.append(f"{p} at update {c['update']}: cpu {x} vs {tag} {y}")
+    print(f"tiny parity {tag} vs cpu ({len(cpu)} updates, all LoRA targets): "
+          + ("AGREE" if not bad and len(cpu) == len(gpu) else "DIFFER") + f", worst training-number difference {worst:.2e}")
+    for b in bad[:6]:
+        print("   ", b)
+PY
 }
 
 case "${1:-}" in
