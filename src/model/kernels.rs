@@ -133,8 +133,10 @@ fn operand(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
+/// The backend without fusion or autodiff: tensors here are only uploads and read-backs.
+type B<R, BT> = CubeBackend<R, f32, i32, BT>;
+
 fn upload<R: CubeRuntime, BT: BoolElement>(x: &[f32], rows: usize, cols: usize, col_major: bool, device: &R::Device) -> CubeTensor<R> {
-    type B<R, BT> = CubeBackend<R, f32, i32, BT>;
     let t = if col_major {
         // Column-major storage of [rows, cols] is the row-major [cols, rows] transposed.
         let mut xt = vec![0.0f32; x.len()];
@@ -151,7 +153,6 @@ fn upload<R: CubeRuntime, BT: BoolElement>(x: &[f32], rows: usize, cols: usize, 
 }
 
 fn check_one<R: CubeRuntime, BT: BoolElement>(strategy: &Strategy, p: Problem, device: &R::Device) -> Verdict {
-    type B<R, BT> = CubeBackend<R, f32, i32, BT>;
     let (a, b) = (operand(p.m, p.k, 7 + p.k as u64), operand(p.k, p.n, 11 + p.k as u64));
     let lhs = upload::<R, BT>(&a, p.m, p.k, p.lhs_col_major, device);
     let rhs = upload::<R, BT>(&b, p.k, p.n, p.rhs_col_major, device);
@@ -222,7 +223,6 @@ pub fn check_all<R: CubeRuntime, BT: BoolElement>(device: &R::Device, mut progre
 /// Check every candidate on `backend`'s device `index` (opened as a run opens it).
 pub fn check_backend(backend: crate::spec::BackendKind, index: usize, progress: impl FnMut(&Outcome)) -> Result<Vec<Outcome>, String> {
     use crate::spec::BackendKind as Bk;
-    let _ = (&progress, index);
     match backend {
         #[cfg(feature = "wgpu")]
         Bk::Wgpu => {
