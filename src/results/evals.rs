@@ -3,14 +3,15 @@
 //! split's under `eval/transfer/`. Labels: `base` (the policy before training), `update-N`
 //! (during a run), `checkpoint-N` (`mpo eval`).
 //!
-//! [`compare`] pairs two evaluations of the same prompts (base and trained) into the before /
-//! after numbers a run ends with: each with its 95% interval, and the change with a paired
-//! bootstrap interval.
+//! [`Comparison`] pairs evaluations of the same prompts (by question, never by position) into
+//! the numbers a run ends with and `mpo eval compare` prints: each side with its 95% interval,
+//! the paired change with its interval, and the exact test of no change with its p.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
+use sha2::Digest;
 
 use super::RunDir;
 use crate::stats;
@@ -74,116 +75,263 @@ impl RunDir {
     }
 }
 
-/// A value with its 95% interval.
+/// The significance level verdicts are read at.
+pub const ALPHA: f64 = 0.05;
+
+/// A mean with its 95% interval and how the interval was computed; `ci` is `None` when no
+/// interval can be drawn (every value equal and not a proportion), never a zero width.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Estimate {
     pub value: f64,
-    pub lo: f64,
-    pub hi: f64,
+    pub ci: Option<(f64, f64)>,
+    pub how: &'static str,
 }
 
-/// Base against trained on the same prompts.
+impl Estimate {
+    fn show(&self, signed: bool) -> String {
+        let v = |x: f64| if signed { format!("{x:+.3}") } else { format!("{x:.3}") };
+        match self.ci {
+            Some((lo, hi)) => format!("{}  [{}, {}]  {}", v(self.value), v(lo), v(hi), self.how),
+            None => format!("{}  ({})", v(self.value), self.how),
+        }
+    }
+}
+
+/// The interval of one evaluation's headline scores: Wilson for 0/1 outcomes, else BCa.
+pub fn estimate(scores: &[f64], seed: u64) -> Estimate {
+    let n = scores.len();
+    let value = scores.iter().sum::<f64>() / n.max(1) as f64;
+    if crate::task::metrics::is_proportion(scores) {
+        return Estimate { value, ci: Some(stats::wilson(scores.iter().filter(|&&x| x == 1.0).count(), n)), how: "95% Wilson" };
+    }
+    match stats::bca_mean(scores, seed, 4000) {
+        Some(ci) => Estimate { value, ci: Some(ci), how: "95% BCa bootstrap" },
+        None => Estimate { value, ci: None, how: "every score equal: no interval" },
+    }
+}
+
+/// The key a prompt is paired by: the sha256 of the question as the policy saw it, with its
+/// occurrence number (a test split may hold one question twice). Record indices are not
+/// trusted across runs: two runs pair only where they asked the same question.
+pub fn prompt_keys(lines: &[EvalLine]) -> Vec<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    lines
+        .iter()
+        .map(|l| {
+            let h = crate::task::hex(&sha2::Sha256::digest(l.question.as_bytes()));
+            let k = seen.entry(h.clone()).or_default();
+            *k += 1;
+            format!("{h}#{k}")
+        })
+        .collect()
+}
+
+/// Pair the headline scores of two evaluations by prompt: `(key, a, b)` per prompt. Refused
+/// (with why) when a line has no score or the two asked different questions: a comparison on
+/// different prompts is not a paired comparison.
+pub fn pair(a: &[EvalLine], b: &[EvalLine]) -> Result<Vec<(String, f64, f64)>, String> {
+    let score = |l: &EvalLine| l.score.ok_or_else(|| format!("record {} has no headline score", l.record_index));
+    let bs: BTreeMap<String, f64> = prompt_keys(b).into_iter().zip(b).map(|(k, l)| Ok((k, score(l)?))).collect::<Result<_, String>>()?;
+    let ka = prompt_keys(a);
+    let common = ka.iter().filter(|k| bs.contains_key(*k)).count();
+    if common != ka.len() || common != bs.len() {
+        return Err(format!(
+            "the evaluations asked different questions ({common} in common of {} and {}): compare evaluations of the same test split \
+             (same task data, prompt template, eval.samples and eval.seed)",
+            ka.len(),
+            bs.len()
+        ));
+    }
+    ka.into_iter().zip(a).map(|(k, l)| Ok((k.clone(), score(l)?, bs[&k]))).collect()
+}
+
+/// Two sides measured on the same prompts: values with intervals, the paired change (B - A)
+/// with its interval, and the exact test of no change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
     pub split: String,
     pub metric: String,
     pub note: Option<String>,
-    /// Prompts both evaluations answered.
+    /// What A and B are (`base`, `trained`; or arm names).
+    pub labels: (String, String),
+    /// Distinct prompts.
     pub n: usize,
-    /// Proportions get Wilson intervals; other means a bootstrap.
+    /// Independent pairs of evaluations (seeds) the prompts were answered in.
+    pub strata: usize,
+    /// Every score 0 or 1.
     pub proportion: bool,
-    pub base: Estimate,
-    pub trained: Estimate,
-    /// Trained minus base, with a paired-bootstrap interval.
+    pub a: Estimate,
+    pub b: Estimate,
+    /// Mean of B - A over prompts (and strata).
     pub change: Estimate,
-    /// Prompts whose score went up, and down.
+    /// (prompt, stratum) pairs where B scored higher, and lower.
     pub better: usize,
     pub worse: usize,
-}
-
-/// The interval of one evaluation's headline scores.
-pub fn estimate(scores: &[f64], seed: u64) -> Estimate {
-    let n = scores.len();
-    let value = scores.iter().sum::<f64>() / n.max(1) as f64;
-    let (lo, hi) = if crate::task::metrics::is_proportion(scores) {
-        stats::wilson(scores.iter().filter(|&&x| x == 1.0).count(), n)
-    } else {
-        stats::bootstrap_mean(scores, seed, 2000)
-    };
-    Estimate { value, lo, hi }
-}
-
-/// Pair `base_label` and `trained_label` of `split` by prompt.
-pub fn compare(dir: &RunDir, split: &str, base_label: &str, trained_label: &str) -> Option<Comparison> {
-    let (bs, bl) = dir.read_eval(split, base_label)?;
-    let (ts, tl) = dir.read_eval(split, trained_label)?;
-    let base: BTreeMap<usize, f64> = bl.iter().filter_map(|l| Some((l.record_index, l.score?))).collect();
-    let pairs: Vec<(f64, f64)> = tl.iter().filter_map(|l| Some((*base.get(&l.record_index)?, l.score?))).collect();
-    if pairs.is_empty() || bs.headline != ts.headline {
-        return None;
-    }
-    let better = pairs.iter().filter(|(b, t)| t > b).count();
-    let worse = pairs.iter().filter(|(b, t)| t < b).count();
-    let (b, t): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
-    let (value, lo, hi) = stats::paired_difference(&b, &t, 0, 2000);
-    Some(Comparison {
-        split: split.to_string(),
-        metric: ts.headline.clone().unwrap_or_default(),
-        note: ts.note.clone(),
-        n: b.len(),
-        proportion: crate::task::metrics::is_proportion(&b) && crate::task::metrics::is_proportion(&t),
-        base: estimate(&b, 0),
-        trained: estimate(&t, 0),
-        change: Estimate { value, lo, hi },
-        better,
-        worse,
-    })
+    /// The test of no change and its two-sided p.
+    pub test: String,
+    pub p: f64,
 }
 
 impl Comparison {
-    /// What a reader needs: both values with intervals, the change, and whether the change is
-    /// distinguishable from none.
-    pub fn lines(&self) -> Vec<String> {
-        let f = |e: &Estimate| format!("{:.3}  [{:.3}, {:.3}]", e.value, e.lo, e.hi);
-        let how = if self.proportion { "95% Wilson" } else { "95% bootstrap" };
-        let verdict = if self.change.lo > 0.0 {
-            "training raised it"
-        } else if self.change.hi < 0.0 {
-            "training lowered it"
-        } else {
-            "no change distinguishable from none at this sample size"
+    /// Compare A and B from one or more strata of paired scores (`pair`'s output, one per
+    /// seed; every stratum must hold the same prompts). 0/1 outcomes: the exact McNemar test on
+    /// the discordant pairs (summed over strata: the stratified exact test), Newcombe's paired
+    /// interval for one stratum. Other scores: the sign-flip permutation test on per-prompt
+    /// differences and BCa intervals. With several strata each prompt's scores are averaged
+    /// over them first, so a prompt counts once in every interval.
+    pub fn new(
+        split: &str,
+        metric: &str,
+        labels: (&str, &str),
+        strata: &[Vec<(String, f64, f64)>],
+        seed: u64,
+    ) -> Result<Comparison, String> {
+        let first = strata.first().filter(|s| !s.is_empty()).ok_or("no paired prompts to compare")?;
+        let keys: Vec<&String> = first.iter().map(|p| &p.0).collect();
+        let mut per_prompt: BTreeMap<&String, (f64, f64)> = keys.iter().map(|k| (*k, (0.0, 0.0))).collect();
+        for s in strata {
+            if s.len() != keys.len() || s.iter().any(|p| !per_prompt.contains_key(&p.0)) {
+                return Err("the evaluations of different seeds asked different questions: compare runs of one test split".into());
+            }
+            for (k, a, b) in s {
+                let e = per_prompt.get_mut(k).expect("checked above");
+                e.0 += a / strata.len() as f64;
+                e.1 += b / strata.len() as f64;
+            }
+        }
+        let all: Vec<(f64, f64)> = strata.iter().flatten().map(|p| (p.1, p.2)).collect();
+        let proportion = all.iter().all(|(a, b)| [0.0, 1.0].contains(a) && [0.0, 1.0].contains(b));
+        let better = all.iter().filter(|(a, b)| b > a).count();
+        let worse = all.iter().filter(|(a, b)| b < a).count();
+        let (a, b): (Vec<f64>, Vec<f64>) = per_prompt.values().cloned().unzip();
+        let d: Vec<f64> = per_prompt.values().map(|(a, b)| b - a).collect();
+        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+        let side = |xs: &[f64], stream: u64| {
+            if strata.len() == 1 {
+                estimate(xs, seed ^ stream)
+            } else {
+                match stats::bca_mean(xs, seed ^ stream, 4000) {
+                    Some(ci) => Estimate { value: mean(xs), ci: Some(ci), how: "95% BCa bootstrap over prompts" },
+                    // every prompt's mean alike: a proportion still has Wilson's interval on
+                    // the prompts, which is wider than the truth; anything else has none
+                    None if proportion => Estimate {
+                        value: mean(xs),
+                        ci: Some(stats::wilson((mean(xs) * xs.len() as f64).round() as usize, xs.len())),
+                        how: "95% Wilson over prompts",
+                    },
+                    None => Estimate { value: mean(xs), ci: None, how: "every prompt alike: no interval" },
+                }
+            }
         };
+        let (ea, eb) = (side(&a, 1), side(&b, 2));
+        let (test, p) = if proportion {
+            let name = if strata.len() == 1 {
+                "exact McNemar test".to_string()
+            } else {
+                format!("stratified exact McNemar test ({} seeds)", strata.len())
+            };
+            (name, stats::mcnemar_exact(better, worse))
+        } else {
+            let how = if d.len() <= 16 { "exact sign-flip permutation test" } else { "sign-flip permutation test (20000 draws)" };
+            (how.to_string(), stats::sign_flip_test(&d, seed ^ 3, 20_000))
+        };
+        let change = if proportion && better + worse == 0 {
+            Estimate { value: 0.0, ci: None, how: "no discordant pairs: no interval" }
+        } else if proportion && strata.len() == 1 {
+            let both = all.iter().filter(|(a, b)| *a == 1.0 && *b == 1.0).count();
+            let neither = all.len() - both - better - worse;
+            Estimate { value: mean(&d), ci: Some(stats::newcombe_paired(both, worse, better, neither)), how: "95% Newcombe paired" }
+        } else {
+            match stats::bca_mean(&d, seed ^ 4, 4000) {
+                Some(ci) => Estimate { value: mean(&d), ci: Some(ci), how: "95% paired BCa bootstrap over prompts" },
+                None => Estimate { value: mean(&d), ci: None, how: "every prompt changed alike: no interval" },
+            }
+        };
+        Ok(Comparison {
+            split: split.to_string(),
+            metric: metric.to_string(),
+            note: None,
+            labels: (labels.0.to_string(), labels.1.to_string()),
+            n: per_prompt.len(),
+            strata: strata.len(),
+            proportion,
+            a: ea,
+            b: eb,
+            change,
+            better,
+            worse,
+            test,
+            p,
+        })
+    }
+
+    /// Whether the test rejects "no change" at [`ALPHA`].
+    pub fn significant(&self) -> bool {
+        self.p < ALPHA
+    }
+
+    /// What a reader needs: both values with intervals, the change with its interval and the
+    /// discordant counts, and the test with its p and alpha.
+    pub fn lines(&self) -> Vec<String> {
+        let (la, lb) = &self.labels;
+        let w = la.len().max(lb.len()).max(6);
+        let seeds = if self.strata > 1 { format!(", {} seeds each", self.strata) } else { String::new() };
         let mut v = vec![format!(
-            "{} on {} held-out {} prompts{}:",
+            "{} on {} held-out {} prompts{seeds}{}:",
             self.metric,
             self.n,
             self.split,
             self.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
         )];
-        v.push(format!("  base     {}  {how}", f(&self.base)));
-        v.push(format!("  trained  {}", f(&self.trained)));
-        v.push(format!(
-            "  change   {:+.3}  [{:+.3}, {:+.3}]  paired bootstrap ({} better, {} worse): {verdict}",
-            self.change.value,
-            self.change.lo,
-            self.change.hi,
-            if self.better == 1 { "1 prompt".to_string() } else { format!("{} prompts", self.better) },
-            self.worse
-        ));
+        v.push(format!("  {la:<w$}  {}", self.a.show(false)));
+        v.push(format!("  {lb:<w$}  {}", self.b.show(false)));
+        let unit = if self.strata > 1 { "prompt-seed pairs" } else { "prompts" };
+        v.push(format!("  {:<w$}  {}; {} {unit} better, {} worse", "change", self.change.show(true), self.better, self.worse));
+        let verdict = if self.proportion && self.better + self.worse == 0 {
+            "no discordant pairs: both answered every prompt alike".to_string()
+        } else if self.significant() {
+            let dir = if self.change.value > 0.0 { "higher" } else { "lower" };
+            format!("p = {} < alpha = {ALPHA}: {lb} is {dir} than {la}", fmt_p(self.p))
+        } else {
+            format!("p = {} >= alpha = {ALPHA}: not distinguishable from chance at this sample size", fmt_p(self.p))
+        };
+        v.push(format!("  {}: {verdict}", self.test));
         v
     }
+}
+
+/// A p-value as a reader wants it: three significant digits, never rounded to 0.
+pub fn fmt_p(p: f64) -> String {
+    if p >= 0.001 { format!("{p:.3}") } else { format!("{p:.2e}") }
+}
+
+/// Pair `base_label` and `trained_label` of `split` by prompt (`None` when either is missing,
+/// they measure different headlines, or were asked different questions).
+pub fn compare(dir: &RunDir, split: &str, base_label: &str, trained_label: &str) -> Option<Comparison> {
+    let (bs, bl) = dir.read_eval(split, base_label)?;
+    let (ts, tl) = dir.read_eval(split, trained_label)?;
+    if bs.headline != ts.headline {
+        return None;
+    }
+    let pairs = pair(&bl, &tl).ok()?;
+    let mut c = Comparison::new(split, ts.headline.as_deref().unwrap_or_default(), ("base", "trained"), &[pairs], 0).ok()?;
+    c.note = ts.note.clone();
+    Some(c)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn write(dir: &RunDir, split: &str, label: &str, scores: &[f64]) {
-        let lines: Vec<EvalLine> = scores
+    fn lines(scores: &[f64]) -> Vec<EvalLine> {
+        scores
             .iter()
             .enumerate()
-            .map(|(i, s)| EvalLine { record_index: i, record_id: None, question: "q".into(), response: "r".into(), score: Some(*s) })
-            .collect();
+            .map(|(i, s)| EvalLine { record_index: i, record_id: None, question: format!("q{i}"), response: "r".into(), score: Some(*s) })
+            .collect()
+    }
+
+    fn write(dir: &RunDir, split: &str, label: &str, scores: &[f64]) {
         let summary = EvalSummary {
             run_id: "x".into(),
             weights: label.into(),
@@ -193,7 +341,23 @@ mod tests {
             headline: Some("accuracy".into()),
             note: None,
         };
-        dir.write_eval(&summary, &lines).unwrap();
+        dir.write_eval(&summary, &lines(scores)).unwrap();
+    }
+
+    /// `up` prompts 0 -> 1, `down` 1 -> 0, `same1` 1 -> 1, the rest of `n` 0 -> 0.
+    fn flips(n: usize, up: usize, down: usize, same1: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut a = vec![0.0; n];
+        let mut b = vec![0.0; n];
+        b[..up].fill(1.0);
+        a[up..up + down].fill(1.0);
+        for i in up + down..up + down + same1 {
+            (a[i], b[i]) = (1.0, 1.0);
+        }
+        (a, b)
+    }
+
+    fn compared(a: &[f64], b: &[f64]) -> Comparison {
+        Comparison::new("test", "accuracy", ("base", "trained"), &[pair(&lines(a), &lines(b)).unwrap()], 0).unwrap()
     }
 
     #[test]
@@ -204,14 +368,105 @@ mod tests {
         write(&dir, "transfer", "base", &[0.0; 4]);
         assert!(dir.path("eval/transfer/base.jsonl").is_file());
         let c = compare(&dir, "test", "base", "update-000006").unwrap();
-        assert_eq!((c.n, c.proportion), (8, true));
-        assert_eq!((c.base.value, c.trained.value, c.change.value), (0.25, 0.875, 0.625));
-        assert!(c.change.lo > 0.0, "{c:?}");
+        assert_eq!((c.n, c.proportion, c.better, c.worse), (8, true, 5, 0));
+        assert_eq!((c.a.value, c.b.value, c.change.value), (0.25, 0.875, 0.625));
+        // 5 better, 0 worse of 8: the exact test says p = 0.0625, not a change at alpha 0.05
+        assert_eq!(c.p, 0.0625);
         let text = c.lines().join("\n");
-        assert!(text.contains("accuracy on 8 held-out test prompts") && text.contains("training raised it"), "{text}");
-        assert!(text.contains("(5 prompts better, 0 worse)"), "{text}");
+        assert!(text.contains("accuracy on 8 held-out test prompts"), "{text}");
+        assert!(text.contains("5 prompts better, 0 worse"), "{text}");
+        assert!(text.contains("exact McNemar test: p = 0.062 >= alpha = 0.05: not distinguishable from chance"), "{text}");
+        assert!(text.contains("95% Newcombe paired"), "{text}");
         // no trained transfer evaluation: nothing to compare
         assert!(compare(&dir, "transfer", "base", "update-000006").is_none());
         let _ = std::fs::remove_dir_all(&dir.root);
+    }
+
+    #[test]
+    fn the_verdict_follows_the_exact_test() {
+        // 4 better / 0 worse of 32: a percentile bootstrap called this a change in every seed
+        let (a, b) = flips(32, 4, 0, 5);
+        let c = compared(&a, &b);
+        assert_eq!(c.p, 0.125);
+        assert!(!c.significant());
+        let text = c.lines().join("\n");
+        assert!(text.contains("p = 0.125 >= alpha = 0.05: not distinguishable from chance at this sample size"), "{text}");
+        let (lo, hi) = c.change.ci.unwrap();
+        assert!(lo < 0.0 && hi > 0.125, "Newcombe's interval holds 0: {lo} {hi}");
+        // 10 better / 0 worse of 32: p = 2^-9
+        let (a, b) = flips(32, 10, 0, 5);
+        let c = compared(&a, &b);
+        assert!((c.p - 0.001953125).abs() < 1e-12 && c.significant(), "{}", c.p);
+        let text = c.lines().join("\n");
+        assert!(text.contains("exact McNemar test: p = 0.002 < alpha = 0.05: trained is higher than base"), "{text}");
+        assert!(c.change.ci.unwrap().0 > 0.0);
+        // and downwards
+        let (a, b) = flips(32, 0, 10, 5);
+        assert!(compared(&a, &b).lines().join("\n").contains("trained is lower than base"));
+    }
+
+    #[test]
+    fn no_discordant_pairs_is_said_not_drawn_as_a_zero_width_interval() {
+        let (a, b) = flips(8, 0, 0, 3);
+        let c = compared(&a, &b);
+        assert_eq!((c.change.value, c.change.ci, c.p), (0.0, None, 1.0));
+        let text = c.lines().join("\n");
+        assert!(text.contains("no discordant pairs") && !text.contains("[+0.000, +0.000]"), "{text}");
+        // the sides still have their Wilson intervals
+        assert!(c.a.ci.unwrap().1 > c.a.value);
+    }
+
+    #[test]
+    fn continuous_scores_get_a_permutation_test_and_bca_intervals() {
+        let a: Vec<f64> = (0..12).map(|i| 0.1 * (i % 4) as f64).collect();
+        let b: Vec<f64> = a.iter().enumerate().map(|(i, x)| x + 0.05 + 0.01 * (i % 3) as f64).collect();
+        let c = compared(&a, &b);
+        assert!(!c.proportion && c.better == 12);
+        // every difference positive, 12 pairs: exactly 2 of the 4096 sign flips are as extreme
+        assert_eq!(c.p, 2.0 / 4096.0);
+        assert!(c.lines().join("\n").contains("exact sign-flip permutation test: p = 4.88e-4 < alpha"), "{:?}", c.lines());
+        assert_eq!(c.change.how, "95% paired BCa bootstrap over prompts");
+        let (lo, hi) = c.change.ci.unwrap();
+        assert!(lo > 0.0 && lo < c.change.value && c.change.value < hi);
+        // an equal shift on every prompt: no interval, and the reason
+        let shifted: Vec<f64> = a.iter().map(|x| x + 0.1).collect();
+        assert_eq!(compared(&a, &shifted).change.ci, None);
+    }
+
+    #[test]
+    fn pairing_is_by_question_and_refuses_different_prompts() {
+        let (a, b) = (lines(&[1.0, 0.0, 1.0]), lines(&[0.0, 1.0, 1.0]));
+        // B's lines in another order still pair by question
+        let mut rev = b.clone();
+        rev.reverse();
+        assert_eq!(pair(&a, &rev).unwrap(), pair(&a, &b).unwrap());
+        // a question B never saw: refused, with the counts
+        let mut other = b.clone();
+        other[1].question = "another".into();
+        let e = pair(&a, &other).unwrap_err();
+        assert!(e.contains("asked different questions (2 in common of 3 and 3)"), "{e}");
+        // an unscored line is refused too
+        let mut unscored = b.clone();
+        unscored[0].score = None;
+        assert!(pair(&a, &unscored).unwrap_err().contains("no headline score"));
+    }
+
+    #[test]
+    fn seeds_combine_as_strata() {
+        // 3 seeds, each 3 better / 0 worse of 16: no seed alone is a change (p = 0.25), the
+        // stratified test over the 9 discordant pairs is (p = 2^-8)
+        let (a, b) = flips(16, 3, 0, 4);
+        let one = pair(&lines(&a), &lines(&b)).unwrap();
+        let c = Comparison::new("test", "accuracy", ("ppo", "mpo"), &[one.clone(), one.clone(), one], 0).unwrap();
+        assert_eq!((c.n, c.strata, c.better, c.worse), (16, 3, 9, 0));
+        assert!((c.p - 2.0 / 512.0).abs() < 1e-12, "{}", c.p);
+        let text = c.lines().join("\n");
+        assert!(text.contains("16 held-out test prompts, 3 seeds each"), "{text}");
+        assert!(text.contains("stratified exact McNemar test (3 seeds): p = 0.004 < alpha = 0.05: mpo is higher than ppo"), "{text}");
+        assert!(text.contains("9 prompt-seed pairs better"), "{text}");
+        // strata on different prompts are refused
+        let other = pair(&lines(&a[..8]), &lines(&b[..8])).unwrap();
+        let two = [pair(&lines(&a), &lines(&b)).unwrap(), other];
+        assert!(Comparison::new("test", "accuracy", ("a", "b"), &two, 0).is_err());
     }
 }
