@@ -15,39 +15,71 @@ use sha2::{Digest, Sha256};
 use super::Split;
 use crate::rng;
 
-/// Bumped whenever the generator's output for a given seed changes (it is part of the plan).
-pub const GENERATOR_VERSION: u32 = 2;
+/// Bumped whenever the generator's output of a split for a given seed changes (it is part of
+/// the plan's data hash). v3: test splits draw without replacement; training splits are v2's.
+pub fn version(split: Split) -> u32 {
+    match split {
+        Split::Train => 2,
+        Split::Test => 3,
+    }
+}
 
 /// Whether `problem` belongs to the held-out (test) part of the problem space.
 pub fn held_out(problem: &str) -> bool {
     Sha256::digest(problem.as_bytes())[0] < 52
 }
 
-/// `count` problems of `split`'s part, drawn round-robin from `levels`, reproducible from `seed`.
+/// Consecutive draws of a level that find no new held-out problem before the level counts as
+/// exhausted. The smallest level holds 81 problems; with one unused held-out problem left, 2000
+/// misses in a row happen with probability (80/81)^2000 ~ 1e-11.
+const EXHAUSTED_AFTER: usize = 2000;
+
+/// Up to `count` problems of `split`'s part, drawn round-robin from `levels`, reproducible from
+/// `seed`. A training split draws with replacement (a problem may recur, as an epoch would
+/// repeat it). A test split draws without: every problem at most once, so intervals over it
+/// count distinct prompts; a level whose held-out problems are used up drops out of the
+/// rotation, and the split can hold fewer than `count` records (`mpo check` says so).
 pub fn arithmetic(seed: u64, count: usize, levels: &[u8], split: Split) -> Vec<J> {
     let mut r = rng::stream(seed, "task/generate/arithmetic");
-    let levels: Vec<u8> = if levels.is_empty() { vec![1] } else { levels.to_vec() };
+    let mut levels: Vec<u8> = if levels.is_empty() { vec![1] } else { levels.iter().map(|l| (*l).clamp(1, 5)).collect() };
     let want_held_out = split == Split::Test;
-    (0..count)
-        .map(|i| {
-            let level = levels[i % levels.len()].clamp(1, 5);
-            // Every level has problems in both parts (a test checks), so this ends quickly.
-            let (problem, steps, answer) = loop {
-                let p = problem(&mut r, level);
-                if held_out(&p.0) == want_held_out {
-                    break p;
-                }
-            };
-            json!({
-                "id": format!("gen/arithmetic/{}/{i:06}", split.as_str()),
-                "problem": problem,
-                "solution": format!("{steps} The answer is $\\boxed{{{answer}}}$."),
-                "answer": answer.to_string(),
-                "level": format!("Level {level}"),
-                "type": "Arithmetic",
-            })
-        })
-        .collect()
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(count);
+    let mut turn = 0;
+    while out.len() < count && !levels.is_empty() {
+        let at = turn % levels.len();
+        let level = levels[at];
+        let mut misses = 0;
+        // Every level has problems in both parts (a test checks), so this ends quickly.
+        let drawn = loop {
+            let p = problem(&mut r, level);
+            if held_out(&p.0) == want_held_out && (!want_held_out || !seen.contains(&p.0)) {
+                break Some(p);
+            }
+            misses += 1;
+            if want_held_out && misses >= EXHAUSTED_AFTER {
+                break None;
+            }
+        };
+        let Some((problem, steps, answer)) = drawn else {
+            levels.remove(at);
+            continue;
+        };
+        if want_held_out {
+            seen.insert(problem.clone());
+        }
+        let i = out.len();
+        out.push(json!({
+            "id": format!("gen/arithmetic/{}/{i:06}", split.as_str()),
+            "problem": problem,
+            "solution": format!("{steps} The answer is $\\boxed{{{answer}}}$."),
+            "answer": answer.to_string(),
+            "level": format!("Level {level}"),
+            "type": "Arithmetic",
+        }));
+        turn = at + 1;
+    }
+    out
 }
 
 const NAMES: [&str; 8] = ["Ada", "Ben", "Chloe", "Dev", "Ema", "Farid", "Gus", "Hana"];
@@ -155,5 +187,32 @@ mod tests {
         let (train, test) = (distinct(Split::Train), distinct(Split::Test));
         assert_eq!(train + test, 81, "level 1 has 81 problems");
         assert!((8..=30).contains(&test), "{test} of 81 held out");
+    }
+
+    #[test]
+    fn a_test_split_never_repeats_a_problem_and_stops_when_the_levels_run_out() {
+        let problems = |recs: &[J]| recs.iter().map(|r| r["problem"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+        let distinct = |recs: &[J]| problems(recs).into_iter().collect::<std::collections::HashSet<_>>().len();
+        // level 1 alone: every held-out problem once, then no more (asked for 200)
+        let l1 = arithmetic(0, 200, &[1], Split::Test);
+        assert_eq!(distinct(&l1), l1.len());
+        assert!((8..=30).contains(&l1.len()), "{}", l1.len());
+        // the same problems whatever the seed: the whole held-out part of level 1
+        let mut a = problems(&l1);
+        let mut b = problems(&arithmetic(9, 200, &[1], Split::Test));
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        // mixed levels: an exhausted level drops out, the rest fill the count, no repeats
+        let mixed = arithmetic(0, 200, &[1, 2, 3], Split::Test);
+        assert_eq!((mixed.len(), distinct(&mixed)), (200, 200));
+        let level = |n: &str| mixed.iter().filter(|r| r["level"] == n).count();
+        assert_eq!(level("Level 1"), l1.len());
+        assert_eq!(level("Level 3"), arithmetic(0, 500, &[3], Split::Test).len());
+        // ids stay dense and records reproducible
+        assert_eq!(mixed[199]["id"], "gen/arithmetic/test/000199");
+        assert_eq!(mixed, arithmetic(0, 200, &[1, 2, 3], Split::Test));
+        // training draws with replacement, as before: 512 of level 1's ~67 training problems
+        assert_eq!(arithmetic(0, 512, &[1], Split::Train).len(), 512);
     }
 }

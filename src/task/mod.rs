@@ -118,10 +118,13 @@ pub struct DataSummary {
     pub first: J,
 }
 
-/// Summarize a split. Files are read (and cached); the generator makes only the first record,
-/// since its hash is that of its parameters.
+/// Summarize a split. Files are read (and cached); the generator makes only the first record
+/// of a training split, since its hash is that of its parameters, and a whole test split (it
+/// draws without replacement, so its length is known only once drawn).
 pub fn summarize(kind: TaskKind, src: &DataSource, seed: u64, split: Split) -> Result<DataSummary, DataError> {
-    if let (None, Some(g)) = (&src.path, &src.generate) {
+    if let (None, Some(g)) = (&src.path, &src.generate)
+        && split == Split::Train
+    {
         let first = generate::arithmetic(seed, 1, &g.levels, split).remove(0);
         return Ok(DataSummary { len: g.count, sha256: hex(&Sha256::digest(generator_id(seed, g, split).as_bytes())), dropped: 0, first });
     }
@@ -130,7 +133,7 @@ pub fn summarize(kind: TaskKind, src: &DataSource, seed: u64, split: Split) -> R
 }
 
 fn generator_id(seed: u64, g: &crate::spec::GeneratorSpec, split: Split) -> String {
-    format!("arithmetic v{} {} seed={seed} count={} levels={:?}", generate::GENERATOR_VERSION, split.as_str(), g.count, g.levels)
+    format!("arithmetic v{} {} seed={seed} count={} levels={:?}", generate::version(split), split.as_str(), g.count, g.levels)
 }
 
 /// Forget every file read so far (benchmarks measure cold loads with it).
