@@ -32,7 +32,8 @@ pub struct Entry {
     /// Unified diff against the previous version.
     pub diff: String,
     pub items: Vec<String>,
-    /// `meta.gate`'s verdict on the merged rubric (its failing cases when it was kept).
+    /// `meta.gate`'s verdict on the merged rubric against the rubric in force: the checks that
+    /// regressed (any keeps the rubric), those failing under both, those it fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<super::GateVerdict>,
 }

@@ -67,26 +67,37 @@ pub struct MetaOutcome {
     pub gate: Option<GateVerdict>,
 }
 
-/// `meta.gate`'s verdict on a merged rubric: how many case expectations were checked and
-/// those that failed (any failure keeps the current rubric).
+/// `meta.gate`'s verdict on a merged rubric, against the rubric in force on the same cases:
+/// how many case expectations were checked, those that hold under the rubric in force and fail
+/// under the merged one (any keeps the current rubric), and, for reading, those that fail under
+/// both and those the merged rubric fixes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GateVerdict {
     pub checked: usize,
-    pub failing: Vec<String>,
+    /// Regressions: each one refuses the merged rubric (`failing`: rows written before the
+    /// gate compared with the rubric in force, when every failure refused).
+    #[serde(alias = "failing")]
+    pub regressed: Vec<String>,
+    /// Expectations that fail under the rubric in force and the merged one alike.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing_both: Vec<String>,
+    /// Expectations that fail under the rubric in force and hold under the merged one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fixed: Vec<String>,
 }
 
 impl GateVerdict {
-    /// The merged rubric when the gate found nothing wrong with it; else why the current one
-    /// stays (the failing expectations, named).
+    /// The merged rubric when it does no worse than the rubric in force on any case; else why
+    /// the current one stays (the regressions, named).
     pub fn apply(&self, merged: Result<Rubric, String>) -> Result<Rubric, String> {
-        if self.failing.is_empty() {
+        if self.regressed.is_empty() {
             return merged;
         }
         Err(format!(
-            "meta gate: {} of {} case expectation(s) fail under the merged rubric: {}",
-            self.failing.len(),
+            "meta gate: {} of {} case expectation(s) hold under the rubric in force and fail under the merged rubric: {}",
+            self.regressed.len(),
             self.checked,
-            self.failing.join("; ")
+            self.regressed.join("; ")
         ))
     }
 }

@@ -6,12 +6,14 @@
 //!   spec.yaml  resolved.yaml  plan.json  manifest.json  metrics.jsonl  events.out.tfevents.mpo
 //!   samples/update-000001.jsonl   eval/update-000010.jsonl   rubrics/   judge-cache/
 //!   checkpoints/update-000002/ ... LATEST
+//!   inputs/   copies of the templates, case file and data the plan names (`inputs.rs`)
 //! ```
 //!
 //! Every write is atomic (temp file + rename), jsonl files included (rewritten whole), so a
 //! crash at any moment leaves every file either old or new.
 
 pub mod evals;
+pub mod inputs;
 pub mod metrics;
 
 use std::collections::BTreeMap;
@@ -126,6 +128,12 @@ impl RunDir {
             path: p.display().to_string(),
             message: format!("not a plan of this mpo version ({e}); re-plan the spec"),
         })
+    }
+
+    /// The plan with its paths pointing at the run's copies of its inputs where they are
+    /// intact (`inputs::localize`): what reading a run's inputs from anywhere starts from.
+    pub fn local_plan(&self) -> Result<inputs::Local, ResultsError> {
+        Ok(inputs::localize(self, self.plan()?))
     }
 
     /// The rows of `metrics.jsonl` (none when the run has not finished an update).

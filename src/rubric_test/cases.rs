@@ -1,5 +1,14 @@
 //! Rubric test cases: a YAML file of (record, response, expectations), plus hack probes built
 //! from the task's own training records. Pure: parsing and building, no judge.
+//!
+//! The raw numbers of a case file (`expect.total`, `expect.items`) are written for one rubric:
+//! the spec's own (`reward.rubric`), which is a run's initial rubric (v0). `mpo rubric test
+//! SPEC` checks them as written. Under any other rubric (`meta.gate`, which compares a merged
+//! rubric with the one in force, and `mpo rubric test RUN_DIR`'s versions) they are read as
+//! shares of v0's ranges (a total of the whole min..max, an item of its own min..max) and
+//! checked at the same shares of that rubric's ranges; an item expectation applies only while
+//! the rubric keeps the item (matched by normalised name). Probes (`at_most`) are shares
+//! already and `order` compares totals, so both read the same under every rubric.
 
 use std::collections::BTreeMap;
 
@@ -60,7 +69,8 @@ pub struct CaseSpec {
     pub expect: Expect,
 }
 
-/// Expected score ranges (inclusive).
+/// Expected score ranges (inclusive), in the numbers of the rubric the file was written for
+/// (the spec's; a run's v0): other rubrics read them as shares of its ranges (module docs).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {

@@ -61,8 +61,13 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
     pub case: String,
-    /// What was expected, as the report and `known_failures` name it.
+    /// What was expected, as the report and `known_failures` name it: in the numbers of the
+    /// rubric the case file was written for, so the same expectation has the same name under
+    /// every rubric it is checked against.
     pub what: String,
+    /// The same expectation in the numbers of the rubric checked, when its range differs from
+    /// the one the case file was written for (`None`: `what` says it).
+    pub means: Option<String>,
     /// What was measured, when it did not hold.
     pub got: Option<String>,
     /// Why a failure is accepted: the reason given in the case file's `known_failures`, or
@@ -77,6 +82,17 @@ impl Check {
     /// The key `known_failures` lists it under.
     pub fn key(&self) -> String {
         format!("{}: {}", self.case, self.what)
+    }
+    /// What was expected, in the numbers of the rubric checked.
+    pub fn expected(&self) -> &str {
+        self.means.as_deref().unwrap_or(&self.what)
+    }
+    /// `case: expected ..., got ...`.
+    pub fn line(&self) -> String {
+        match &self.got {
+            Some(got) => format!("{}: expected {}, got {got}", self.case, self.expected()),
+            None => format!("{}: {} holds", self.case, self.expected()),
+        }
     }
 }
 
@@ -117,6 +133,32 @@ impl Judge for Watched<'_> {
             self.asked.insert(cache::key(q));
             if matches!(a, Err(JudgeError::CacheMiss { .. })) {
                 self.missing.insert(q.prompt.clone());
+            }
+        }
+        out
+    }
+}
+
+/// A judge that answers from `first` and asks `then` only what `first` has not recorded.
+pub(crate) struct Fallback<'a> {
+    pub first: CachedJudge<'a>,
+    pub then: Box<dyn Judge + 'a>,
+}
+
+impl Judge for Fallback<'_> {
+    fn identity(&self) -> String {
+        self.then.identity()
+    }
+    fn transport(&self) -> Option<crate::judge::Transport> {
+        self.then.transport()
+    }
+    fn complete(&mut self, requests: &[JudgeRequest]) -> Vec<Result<JudgeResponse, JudgeError>> {
+        let mut out = self.first.complete(requests);
+        let missing: Vec<usize> = (0..out.len()).filter(|&i| matches!(out[i], Err(JudgeError::CacheMiss { .. }))).collect();
+        if !missing.is_empty() {
+            let batch: Vec<JudgeRequest> = missing.iter().map(|&i| requests[i].clone()).collect();
+            for (&i, a) in missing.iter().zip(self.then.complete(&batch)) {
+                out[i] = a;
             }
         }
         out
@@ -219,35 +261,86 @@ impl Scorer {
     }
 }
 
-/// `meta.gate`: a merged rubric is scored on the cases (with the run's judge) before it may
-/// become the next version; an expectation that fails, and is not listed in the case file's
-/// `known_failures`, keeps the current rubric.
+/// `meta.gate`: a merged rubric is scored on the cases (with the run's judge) beside the rubric
+/// in force, and may become the next version unless it does worse on some case: an
+/// expectation that holds under the rubric in force and fails under the merged one (and is not
+/// listed in the case file's `known_failures`) keeps the current rubric.
+///
+/// Every expectation is read on scale-free terms (see [`Reading`]): the case file's numbers
+/// were written for the run's initial rubric (v0), and are checked at the same shares of each
+/// rubric's range, so a rubric that rescales or renames its items is compared on what it
+/// ranks, not on its numbers.
 pub struct Gate {
     file: CaseFile,
     /// Built once from rubric v0, as `mpo rubric test` builds them: every candidate is
     /// measured on the same cases.
     cases: Vec<Case>,
     scorer: Scorer,
+    /// The rubric the case file's numbers are read against.
+    v0: Rubric,
+    /// Checks of the rubrics scored last (the one in force and the last candidate), by the
+    /// sha256 of their markdown, when every case was scored: the rubric in force is scored once
+    /// while it stays in force, and an accepted candidate is not scored again as the next
+    /// step's rubric in force.
+    scored: Vec<(String, Vec<Check>)>,
+}
+
+fn rubric_sha(r: &Rubric) -> String {
+    crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(r.to_markdown().as_bytes()))
 }
 
 impl Gate {
     /// `records`: the task's training records the probes are built from; `v0`: the run's
-    /// initial rubric (the keyword-stuffing probe stuffs its words).
+    /// initial rubric (the keyword-stuffing probe stuffs its words, and the case file's numbers
+    /// are read against its ranges).
     pub fn new(file: CaseFile, records: &[serde_json::Value], task: &str, v0: &Rubric, scorer: Scorer) -> Self {
         let cases = cases::build(&file, task, records, v0);
-        Gate { file, cases, scorer }
+        Gate { file, cases, scorer, v0: v0.clone(), scored: Vec::new() }
     }
 
-    /// The expectations `candidate` fails with `judge`, and the judge's token usage.
-    pub fn verdict(&self, judge: &mut dyn Judge, candidate: &Rubric) -> Result<(crate::meta::GateVerdict, TokenUsage), String> {
-        let scored = self.scorer.score(judge, candidate, &self.cases)?;
-        let checks = check(&self.file, &self.cases, &scored.outcomes, candidate);
-        let failing = checks
-            .iter()
-            .filter(|c| !c.holds() && c.known.is_none())
-            .map(|c| format!("{}: expected {}, got {}", c.case, c.what, c.got.as_deref().unwrap_or("")))
-            .collect();
-        Ok((crate::meta::GateVerdict { checked: checks.len(), failing }, scored.usage))
+    /// The expectations of `rubric`, scored with `judge` unless it was scored last time.
+    fn checks(&mut self, judge: &mut dyn Judge, rubric: &Rubric, usage: &mut TokenUsage) -> Result<Vec<Check>, String> {
+        let key = rubric_sha(rubric);
+        if let Some((_, c)) = self.scored.iter().find(|(k, _)| *k == key) {
+            return Ok(c.clone());
+        }
+        let s = self.scorer.score(judge, rubric, &self.cases)?;
+        usage.add(&s.usage);
+        let reading = Reading { written_for: &self.v0, items_required: false };
+        let c = check_read(&self.file, &self.cases, &s.outcomes, rubric, reading);
+        // A case the judge failed on may have met a passing fault (a timeout): asked again next
+        // time (the judge cache answers what the judge did answer).
+        if s.outcomes.iter().all(|o| o.failure.is_none()) {
+            self.scored.push((key, c.clone()));
+        }
+        Ok(c)
+    }
+
+    /// `candidate` against `in_force` on the cases, and the judge's token usage (nothing is
+    /// asked for a rubric scored by the previous call).
+    pub fn verdict(
+        &mut self,
+        judge: &mut dyn Judge,
+        in_force: &Rubric,
+        candidate: &Rubric,
+    ) -> Result<(crate::meta::GateVerdict, TokenUsage), String> {
+        let mut usage = TokenUsage::default();
+        let before = self.checks(judge, in_force, &mut usage)?;
+        let now = self.checks(judge, candidate, &mut usage)?;
+        // Keep only these two: the next step's rubric in force is one of them.
+        let keep = [rubric_sha(in_force), rubric_sha(candidate)];
+        self.scored.retain(|(k, _)| keep.contains(k));
+        let held: BTreeMap<String, bool> = before.iter().map(|c| (c.key(), c.holds())).collect();
+        let mut v = crate::meta::GateVerdict { checked: now.len(), regressed: vec![], failing_both: vec![], fixed: vec![] };
+        for c in &now {
+            match (held.get(&c.key()), c.holds()) {
+                (Some(true), false) if c.known.is_none() => v.regressed.push(c.line()),
+                (Some(false), false) => v.failing_both.push(c.line()),
+                (Some(false), true) => v.fixed.push(c.line()),
+                _ => {}
+            }
+        }
+        Ok((v, usage))
     }
 }
 
@@ -257,51 +350,112 @@ pub(crate) fn fmt(x: f64) -> String {
     if s == "-0" { "0".into() } else { s.into() }
 }
 
-/// Every expectation of `cases` against `outcomes` under `rubric`.
+/// How a case file's numbers are read against the rubric being checked.
+///
+/// A case file's raw numbers (`expect.total`, `expect.items`) are written for one rubric:
+/// `written_for` (a spec's own rubric; in a run, its initial rubric v0). Under another rubric
+/// they are read as shares of that rubric's ranges and checked at the same shares of the
+/// rubric under test: a total as a share of the whole range (min..max summed over items), an
+/// item as a share of its own min..max. Probes are a share of the range already, and `order`
+/// pairs compare totals, which no rescaling changes. Under `written_for` itself every number
+/// is read as written.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading<'a> {
+    /// The rubric the case file's numbers were written for.
+    pub written_for: &'a Rubric,
+    /// An item expectation on an item the rubric under test lacks fails (`mpo rubric test`:
+    /// the spec's own rubric must have the items its case file names); when false it does not
+    /// apply (a meta step may drop or rename items: expectations follow the items a rubric
+    /// keeps, matched by normalised name).
+    pub items_required: bool,
+}
+
+/// `v` at the same share of `to` as it is of `from` (as is when the ranges are the same).
+fn rescale(v: f64, from: (f64, f64), to: (f64, f64)) -> f64 {
+    if from == to || from.1 <= from.0 {
+        return v;
+    }
+    to.0 + (v - from.0) / (from.1 - from.0) * (to.1 - to.0)
+}
+
+/// Every expectation of `cases` against `outcomes` under `rubric`, the case file's numbers
+/// read as written (`rubric` is the one they were written for).
 pub fn check(file: &CaseFile, cases: &[Case], outcomes: &[Outcome], rubric: &Rubric) -> Vec<Check> {
-    let (lo, hi) = (rubric.min_score() as f64, rubric.max_score() as f64);
+    check_read(file, cases, outcomes, rubric, Reading { written_for: rubric, items_required: true })
+}
+
+/// Every expectation of `cases` against `outcomes` under `rubric`, the case file's numbers
+/// read as `reading` says.
+pub fn check_read(file: &CaseFile, cases: &[Case], outcomes: &[Outcome], rubric: &Rubric, reading: Reading) -> Vec<Check> {
+    let range = |r: &Rubric| (r.min_score() as f64, r.max_score() as f64);
+    let (here, there) = (range(rubric), range(reading.written_for));
+    let item = |r: &Rubric, name: &str| {
+        let key = crate::rubric::normalize_name(name);
+        r.items.iter().find(|i| crate::rubric::normalize_name(&i.name) == key).map(|i| (i.min as f64, i.max as f64))
+    };
     let by_id: BTreeMap<&str, &Outcome> = outcomes.iter().map(|o| (o.id.as_str(), o)).collect();
     let unscored = |o: &Outcome| format!("no score ({})", o.failure.as_deref().unwrap_or("no answer"));
     let mut out = Vec::new();
-    let mut push = |case: &str, what: String, got: Option<String>| {
-        let mut c = Check { case: case.into(), what, got, known: None };
+    let mut push = |case: &str, what: String, means: Option<String>, got: Option<String>| {
+        let mut c = Check { case: case.into(), what, means, got, known: None };
         c.known = file.known_failures.get(&c.key()).or_else(|| file.known_failures.get(case)).cloned();
         out.push(c);
     };
+    let span = |(a, b): (f64, f64)| format!("{}..={}", fmt(a), fmt(b));
     for c in cases {
         let Some(o) = by_id.get(c.id.as_str()) else { continue };
-        let range = |what: &str, v: Option<f64>, [a, b]: [f64; 2]| {
-            let want = format!("{what} in {}..={}", fmt(a), fmt(b));
+        // `name in a..=b` as written, and what it means in `to` when that differs from `from`.
+        let within = |name: &str, v: Option<f64>, [a, b]: [f64; 2], from: (f64, f64), to: (f64, f64)| {
+            let what = format!("{name} in {}", span((a, b)));
+            let (lo, hi) = (rescale(a, from, to), rescale(b, from, to));
+            let means = (from != to)
+                .then(|| format!("{name} in {} of {} (the case file's {} of {})", span((lo, hi)), span(to), span((a, b)), span(from)));
             let got = match v {
                 None => Some(unscored(o)),
-                Some(v) if v < a - 1e-9 || v > b + 1e-9 => Some(format!("{what} {}", fmt(v))),
+                Some(v) if v < lo - 1e-9 || v > hi + 1e-9 => Some(format!("{name} {}", fmt(v))),
                 Some(_) => None,
             };
-            (want, got)
+            (what, means, got)
         };
         if let Some(t) = c.expect.total {
-            let (w, g) = range("total", o.total, t);
-            push(&c.id, w, g);
+            let (w, m, g) = within("total", o.total, t, there, here);
+            push(&c.id, w, m, g);
         }
         for (name, r) in &c.expect.items {
-            let v = if o.total.is_some() { Some(o.items.iter().find(|(n, _)| n == name).map(|(_, s)| *s)) } else { None };
-            match v {
-                Some(None) => push(&c.id, format!("item `{name}`"), Some("the rubric in force has no such item".into())),
-                v => {
-                    let (w, g) = range(&format!("`{name}`"), v.flatten(), *r);
-                    push(&c.id, w, g);
+            let label = format!("`{name}`");
+            match (item(reading.written_for, name), item(rubric, name)) {
+                (Some(from), Some(to)) => {
+                    let key = crate::rubric::normalize_name(name);
+                    let v = o.total.map(|_| o.items.iter().find(|(n, _)| crate::rubric::normalize_name(n) == key).map(|(_, s)| *s));
+                    match v {
+                        Some(None) => {
+                            push(&c.id, format!("{label} in {}", span((r[0], r[1]))), None, Some(format!("no score for {label}")))
+                        }
+                        v => {
+                            let (w, m, g) = within(&label, v.flatten(), *r, from, to);
+                            push(&c.id, w, m, g);
+                        }
+                    }
                 }
+                (_, None) if reading.items_required => {
+                    push(&c.id, format!("item {label}"), None, Some("the rubric in force has no such item".into()))
+                }
+                // An item the rubric under test (or the one the file was written for) does not
+                // have: the expectation does not apply.
+                _ => {}
             }
         }
         if let Some(share) = c.at_most {
-            let limit = lo + share * (hi - lo);
-            let want = format!("total <= {} (the bottom {:.0}% of {}..={})", fmt(limit), share * 100.0, fmt(lo), fmt(hi));
+            let bound = |(lo, hi): (f64, f64)| {
+                format!("total <= {} (the bottom {:.0}% of {})", fmt(lo + share * (hi - lo)), share * 100.0, span((lo, hi)))
+            };
+            let limit = here.0 + share * (here.1 - here.0);
             let got = match o.total {
                 None => Some(unscored(o)),
                 Some(t) if t > limit + 1e-9 => Some(format!("total {}", fmt(t))),
                 Some(_) => None,
             };
-            push(&c.id, want, got);
+            push(&c.id, bound(there), (there != here).then(|| bound(here)), got);
         }
     }
     for [a, b] in &file.order {
@@ -309,7 +463,7 @@ pub fn check(file: &CaseFile, cases: &[Case], outcomes: &[Outcome], rubric: &Rub
             // A case without an outcome (no recorded answer) is reported as such, not here.
             let exists = |id: &String| cases.iter().any(|c| &c.id == id);
             if !(exists(a) && exists(b)) {
-                push(a, format!("above `{b}`"), Some("the case file's `order` names a case that does not exist".into()));
+                push(a, format!("above `{b}`"), None, Some("the case file's `order` names a case that does not exist".into()));
             }
             continue;
         };
@@ -318,7 +472,7 @@ pub fn check(file: &CaseFile, cases: &[Case], outcomes: &[Outcome], rubric: &Rub
             (Some(p), Some(q)) => Some(format!("{} vs {}", fmt(p), fmt(q))),
             _ => Some(format!("{} vs {}", x.total.map_or_else(|| unscored(x), fmt), y.total.map_or_else(|| unscored(y), fmt))),
         };
-        push(a, format!("above `{b}`"), got);
+        push(a, format!("above `{b}`"), None, got);
     }
     out
 }
@@ -542,6 +696,8 @@ pub(crate) struct RecordJob<'a> {
     pub judge_model: Option<&'a crate::model::registry::ModelRef>,
     pub policy_model: &'a crate::model::registry::ModelRef,
     pub recordings: PathBuf,
+    /// Another judge-cache folder read (never written) before the judge is asked: a run's own.
+    pub also: Option<PathBuf>,
     pub scorer: &'a Scorer,
     pub work: Vec<(Rubric, Vec<Case>)>,
 }
@@ -565,8 +721,12 @@ impl crate::model::BackendJob for RecordJob<'_> {
             cache: &self.recordings,
             quantized_decode: spec.runtime.quantized_decode,
         };
-        let inner = crate::judge::factory::build::<B::InnerBackend>("reward", &spec.reward.judge, self.judge_model, &env)
+        let mut inner = crate::judge::factory::build::<B::InnerBackend>("reward", &spec.reward.judge, self.judge_model, &env)
             .map_err(|e| e.to_string())?;
+        if let Some(also) = &self.also {
+            let first = CachedJudge::replay_as(also, &inner.identity());
+            inner = Box::new(Fallback { first, then: inner });
+        }
         let mut judge = CachedJudge::new(inner, &self.recordings);
         self.work.iter().map(|(rubric, cases)| self.scorer.score(&mut judge, rubric, cases)).collect()
     }
@@ -588,6 +748,7 @@ pub fn run(r: &Resolved, opts: &Options) -> Result<Report, String> {
             judge_model: r.inputs.judge_model.as_ref(),
             policy_model: &r.inputs.policy_model,
             recordings: recordings.clone(),
+            also: None,
             scorer: &scorer,
             work: vec![(rubric.clone(), cases.clone())],
         };
@@ -731,8 +892,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_meta_gate_rejects_a_rubric_that_lets_a_probe_through() {
+    /// A gate on one good case (with an item expectation) and two probes, written for `v0`, and a
+    /// judge that follows whatever rubric it is shown: full marks on every item for a right
+    /// answer (or under a rubric that awards every answer), the bottom of every item otherwise.
+    fn gate_and_judge() -> (Gate, Rubric, impl Judge) {
         use crate::judge::scripted::ScriptedJudge;
         use crate::spec::{AnswerMode, Extraction, FailureSpec, JudgeSpec};
         let spec = RewardSpec {
@@ -751,33 +914,123 @@ mod tests {
         let judge_t = tf("judge", "Rubric:\n{{ rubric }}\nQ: {{ question }}\nA: {{ response }}");
         let scorer = Scorer::new(&spec, "math", &judge_t, tf("policy", "{{ problem }}"), 7).unwrap();
         let file = CaseFile::parse(
-            "probes: {records: 1, kinds: [empty, one-line]}\ncases:\n  - {id: good, record: {problem: '2+2?', answer: '4'}, response: 'So \\boxed{4}.', expect: {total: [3, 5]}}\n",
+            "probes: {records: 1, kinds: [empty, one-line]}\ncases:\n  - {id: good, record: {problem: '2+2?', answer: '4'}, response: 'So \\boxed{4}.', expect: {total: [3, 5], items: {Work: [1, 1]}}}\n",
         )
         .unwrap();
         let v0 =
             Rubric::parse("## Correct (0-4)\n- Award 4 when the answer is right.\n\n## Work (0-1)\n- Award 1 when the steps are shown.\n")
                 .unwrap();
-        let lenient = Rubric::parse("## Correct (0-4)\n- Award 4 to every answer.\n\n## Work (0-1)\n- Award 1 always.\n").unwrap();
         let gate = Gate::new(file, &[serde_json::json!({"problem": "3+4?", "answer": "7"})], "math", &v0, scorer);
-        // A judge that follows its rubric: a lenient one lets every answer through.
-        let mut judge = ScriptedJudge::new("test:follows-the-rubric", |q: &JudgeRequest, _| {
+        let judge = ScriptedJudge::new("test:follows-the-rubric", |q: &JudgeRequest, _| {
             let full = q.prompt.contains("every answer") || q.prompt.contains("\\boxed{4}");
-            Ok(JudgeResponse::answer(if full { "Correct: 4\nWork: 1" } else { "Correct: 0\nWork: 0" }))
+            let rubric = q.prompt.split("\nQ: ").next().unwrap_or_default().trim_start_matches("Rubric:\n");
+            let r = Rubric::parse(rubric).expect("the prompt shows the rubric");
+            let lines: Vec<String> = r.items.iter().map(|i| format!("{}: {}", i.name, if full { i.max } else { i.min })).collect();
+            Ok(JudgeResponse::answer(lines.join("\n")))
         });
-        // Every case goes to the judge, even under a mix that gives every rollout to the verifier.
-        let (v, usage) = gate.verdict(&mut judge, &v0).unwrap();
-        assert_eq!((v.checked, v.failing.len(), usage.calls), (3, 0, 3), "{v:?}");
+        (gate, v0, judge)
+    }
+
+    /// `r` with every item's range (and its award lines' points) doubled.
+    fn doubled(r: &Rubric) -> Rubric {
+        let mut d = r.clone();
+        for it in &mut d.items {
+            (it.min, it.max) = (2 * it.min, 2 * it.max);
+        }
+        Rubric::parse(&d.to_markdown().replace("Award 4", "Award 8").replace("Award 1", "Award 2")).unwrap()
+    }
+
+    #[test]
+    fn the_meta_gate_rejects_a_rubric_that_lets_a_probe_through() {
+        let (mut gate, v0, mut judge) = gate_and_judge();
+        let lenient = Rubric::parse("## Correct (0-4)\n- Award 4 to every answer.\n\n## Work (0-1)\n- Award 1 always.\n").unwrap();
+        // Every case goes to the judge, even under a mix that gives every rollout to the verifier;
+        // the rubric in force is scored once, not again as the candidate.
+        let (v, usage) = gate.verdict(&mut judge, &v0, &v0).unwrap();
+        assert_eq!((v.checked, v.regressed.len(), v.failing_both.len(), usage.calls), (4, 0, 0, 3), "{v:?}");
         assert!(v.apply(Ok(v0.clone())).is_ok());
 
-        let (v, _) = gate.verdict(&mut judge, &lenient).unwrap();
+        // The rubric in force is not asked about again while it stays in force.
+        let (v, usage) = gate.verdict(&mut judge, &v0, &lenient).unwrap();
+        assert_eq!(usage.calls, 3, "only the candidate is scored");
         assert_eq!(
-            v.failing,
+            v.regressed,
             [
                 "probe-empty-0: expected total <= 1.25 (the bottom 25% of 0..=5), got total 5",
                 "probe-one-line-0: expected total <= 1.25 (the bottom 25% of 0..=5), got total 5"
             ]
         );
-        let kept = v.apply(Ok(lenient)).unwrap_err();
-        assert!(kept.starts_with("meta gate: 2 of 3 case expectation(s) fail under the merged rubric: probe-empty-0: "), "{kept}");
+        let kept = v.apply(Ok(lenient.clone())).unwrap_err();
+        assert!(
+            kept.starts_with(
+                "meta gate: 2 of 4 case expectation(s) hold under the rubric in force and fail under the merged rubric: probe-empty-0: "
+            ),
+            "{kept}"
+        );
+
+        // Doubled, the lenient rubric is refused all the same (the bottom quarter of 0..=10).
+        let (v, _) = gate.verdict(&mut judge, &v0, &doubled(&lenient)).unwrap();
+        assert_eq!(v.regressed[0], "probe-empty-0: expected total <= 2.5 (the bottom 25% of 0..=10), got total 10");
+        assert!(v.apply(Ok(lenient.clone())).is_err());
+
+        // Under a lenient rubric in force, the same probes fail under both: nothing regresses,
+        // and going back to v0 fixes them.
+        let (v, _) = gate.verdict(&mut judge, &lenient, &lenient).unwrap();
+        assert!(v.regressed.is_empty() && v.failing_both.len() == 2, "{v:?}");
+        let (v, _) = gate.verdict(&mut judge, &lenient, &v0).unwrap();
+        assert!(v.regressed.is_empty() && v.fixed.len() == 2, "{v:?}");
+    }
+
+    #[test]
+    fn a_rubric_with_every_range_doubled_passes_the_gate_whenever_the_original_does() {
+        let (mut gate, v0, mut judge) = gate_and_judge();
+        let lenient = Rubric::parse("## Correct (0-4)\n- Award 4 to every answer.\n\n## Work (0-1)\n- Award 1 always.\n").unwrap();
+        for in_force in [v0.clone(), doubled(&v0), lenient.clone()] {
+            for candidate in [v0.clone(), lenient.clone()] {
+                let (plain, _) = gate.verdict(&mut judge, &in_force, &candidate).unwrap();
+                let (twice, _) = gate.verdict(&mut judge, &in_force, &doubled(&candidate)).unwrap();
+                assert_eq!(plain.regressed.is_empty(), twice.regressed.is_empty(), "{plain:?}\n{twice:?}");
+                assert_eq!(plain.regressed.len(), twice.regressed.len());
+            }
+        }
+        // The doubled v0 passes, where the absolute expectations of the case file fail it.
+        let (v, _) = gate.verdict(&mut judge, &v0, &doubled(&v0)).unwrap();
+        assert!(v.regressed.is_empty() && v.failing_both.is_empty(), "{v:?}");
+        let scored = gate.scorer.score(&mut judge, &doubled(&v0), &gate.cases).unwrap();
+        let absolute = check(&gate.file, &gate.cases, &scored.outcomes, &doubled(&v0));
+        let failing: Vec<String> = absolute.iter().filter(|c| !c.holds()).map(Check::line).collect();
+        assert_eq!(failing, ["good: expected total in 3..=5, got total 10", "good: expected `Work` in 1..=1, got `Work` 2"]);
+        // Read against v0, the same outcomes hold, at the same shares of the doubled ranges.
+        let scaled =
+            check_read(&gate.file, &gate.cases, &scored.outcomes, &doubled(&v0), Reading { written_for: &v0, items_required: false });
+        assert!(scaled.iter().all(Check::holds), "{scaled:?}");
+        assert_eq!(scaled[0].expected(), "total in 6..=10 of 0..=10 (the case file's 3..=5 of 0..=5)");
+        assert_eq!(scaled[0].key(), "good: total in 3..=5", "keys (and known_failures) keep the case file's numbers");
+    }
+
+    #[test]
+    fn item_expectations_follow_the_items_a_rubric_keeps() {
+        let (mut gate, v0, mut judge) = gate_and_judge();
+        // `Work` renamed: its expectation no longer applies, which is no regression.
+        let renamed =
+            Rubric::parse("## Correct (0-4)\n- Award 4 when the answer is right.\n\n## Steps shown (0-1)\n- Award 1 when shown.\n")
+                .unwrap();
+        let (v, _) = gate.verdict(&mut judge, &v0, &renamed).unwrap();
+        assert!(v.regressed.is_empty(), "{v:?}");
+        assert_eq!(v.checked, 3, "the item expectation is not checked under a rubric without the item");
+        // Kept under another spelling (normalised names match) with a wider range, and scored
+        // at its bottom: a regression, named on the item's own range.
+        let stingy =
+            Rubric::parse("## Correct (0-4)\n- Award 4 when the answer is right.\n\n## WORK (0-3)\n- Award 3 when the steps are shown.\n")
+                .unwrap();
+        let mut stingy_judge = crate::judge::scripted::ScriptedJudge::new("test:stingy", |q: &JudgeRequest, _| {
+            let right = q.prompt.contains("\\boxed{4}");
+            Ok(JudgeResponse::answer(if right { "Correct: 4\nWORK: 0" } else { "Correct: 0\nWORK: 0" }))
+        });
+        let (v, _) = gate.verdict(&mut stingy_judge, &v0, &stingy).unwrap();
+        assert!(
+            v.regressed.contains(&"good: expected `Work` in 3..=3 of 0..=3 (the case file's 1..=1 of 0..=1), got `Work` 0".to_string()),
+            "{v:?}"
+        );
     }
 }

@@ -45,11 +45,12 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
     let mut outcome = meta::run(judge, cfg, &r.rubric, &r.state.meta_candidates, r.spec.runtime.seed, update);
     let transport = judge.transport().map(|t| t.since(&before.unwrap_or_default()));
     let mut gate_transport = None;
-    if let (Some(gate), Ok(candidate)) = (&r.gate, &outcome.result) {
-        r.progress.stage(&format!("update {update}: meta gate (rubric test cases under the merged rubric)"));
+    if let (Some(gate), Ok(candidate)) = (r.gate.as_mut(), &outcome.result) {
+        r.progress.stage(&format!("update {update}: meta gate (rubric test cases under the rubric in force and the merged one)"));
         let before = r.reward_judge.transport();
-        let (verdict, usage) =
-            gate.verdict(r.reward_judge.as_mut(), candidate).map_err(|message| RunError::Rubric { what: "meta.gate".into(), message })?;
+        let (verdict, usage) = gate
+            .verdict(r.reward_judge.as_mut(), &r.rubric, candidate)
+            .map_err(|message| RunError::Rubric { what: "meta.gate".into(), message })?;
         gate_transport = r.reward_judge.transport().map(|t| t.since(&before.unwrap_or_default()));
         // Part of the meta step's cost: counted in its totals (`tokens.meta_judge_total`).
         outcome.usage.add(&usage);

@@ -160,6 +160,12 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, RunError> {
     {
         eprintln!("restarting: the earlier attempt's files are kept in {}", folder.display());
     }
+    // What the run reads, copied into its folder once: its analysis needs nothing else.
+    for why in crate::results::inputs::store(&dir, plan)? {
+        if !opts.quiet {
+            eprintln!("warning: not copied into {}/inputs: {why}", dir.root.display());
+        }
+    }
     if let Some(t) = plan.spec.runtime.threads {
         // Only the first pool request of a process takes effect; later runs share it.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();

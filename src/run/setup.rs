@@ -56,7 +56,7 @@ pub struct Runner<'p, B: AutodiffBackend> {
     pub state: State,
     /// Seeds the training data's subset and order.
     pub data_seed: u64,
-    /// `meta.gate`: the cases a merged rubric must pass.
+    /// `meta.gate`: the cases a merged rubric must do no worse on than the rubric in force.
     pub gate: Option<crate::rubric_test::Gate>,
 }
 

@@ -98,7 +98,15 @@ fn a_run_directory_gets_a_case_by_version_table() {
     let plan = std::fs::read_to_string(run.join("plan.json")).unwrap();
     assert!(plan.contains("\"cases\"") && plan.contains("\"gate\": true"), "{plan}");
 
-    let (code, first, err) = mpo(&["rubric", "test", run.to_str().unwrap()]);
+    // Replaying asks nothing: what no recording holds is named, with the command that asks.
+    let (code, replayed, err) = mpo(&["rubric", "test", run.to_str().unwrap()]);
+    assert_eq!(code, 1, "{replayed}\n{err}");
+    assert!(replayed.contains("| probe-empty-0 | empty | ? |"), "{replayed}");
+    assert!(replayed.contains("no recorded judge answer for 13 (version, case) pair(s)"), "{replayed}");
+    assert!(replayed.contains(&format!("`mpo rubric test {} --record`", run.display())), "{replayed}");
+    assert!(!replayed.contains("asked of the judge and recorded"), "{replayed}");
+
+    let (code, first, err) = mpo(&["rubric", "test", run.to_str().unwrap(), "--record"]);
     assert_eq!(code, 0, "{first}\n{err}");
     assert!(first.contains("| case | kind | v000 (0-7) |"), "{first}");
     assert!(first.contains("| probe-empty-0 | empty |"), "{first}");
@@ -116,5 +124,98 @@ fn a_run_directory_gets_a_case_by_version_table() {
     assert_eq!(code, 0, "{err}");
     let report = std::fs::read_to_string(root.join("tiny/report.md")).unwrap();
     assert!(report.contains("rubric_tests/table.md"), "{report}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() { copy_dir(&src, &dst) } else { std::fs::copy(&src, &dst).map(|_| ()).unwrap() }
+    }
+}
+
+fn files(d: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+/// A run folder copied elsewhere (as off a cluster) and read from a directory where none of
+/// the plan's relative paths resolve: the rubric test replays, the checkpoint is evaluated and
+/// the report is written, from the folder's own copies of its inputs.
+#[test]
+fn a_run_folder_copied_elsewhere_is_replayed_evaluated_and_reported_from_anywhere() {
+    let root = std::env::temp_dir().join(format!("mpo-copied-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let out = Command::new(env!("CARGO_BIN_EXE_mpo"))
+        .args([
+            "run",
+            "tests/specs/valid/tiny.yaml",
+            "ppo.total_episodes=8",
+            // relative, as a spec's own paths usually are: it resolves only from here
+            "reward.cases=prompt_templates/math/cases.yaml",
+            "meta.gate=true",
+            &format!("output.root={}", root.join("cluster").display()),
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = std::fs::read_dir(root.join("cluster/tiny")).unwrap().next().unwrap().unwrap().path();
+    let id = run.file_name().unwrap().to_owned();
+    let index = std::fs::read_to_string(run.join("inputs/index.json")).unwrap();
+    assert!(index.contains("\"cases\"") && index.contains("inputs/templates/judge/judge.j2"), "{index}");
+    assert!(run.join("inputs/cases/cases.yaml").is_file());
+    let before = files(&run);
+
+    let copy = root.join("laptop/tiny").join(&id);
+    copy_dir(&run, &copy);
+    let away = root.join("elsewhere");
+    std::fs::create_dir_all(&away).unwrap();
+    let mpo_away = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mpo"))
+            .current_dir(&away)
+            .env("MPO_CACHE_DIR", root.join("empty-cache"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let c = copy.to_str().unwrap();
+    let (code, o, e) = mpo_away(&["rubric", "test", c, "--record"]);
+    assert_eq!(code, 0, "{o}\n{e}");
+    assert!(o.contains("Cases from `prompt_templates/math/cases.yaml`"), "{o}");
+    let (code, o, e) = mpo_away(&["rubric", "test", c]);
+    assert_eq!(code, 0, "{o}\n{e}");
+    assert!(!o.contains("asked of the judge"), "{o}");
+    let (code, o, e) = mpo_away(&["eval", c]);
+    assert_eq!(code, 0, "{o}\n{e}");
+    assert!(copy.join("eval/checkpoint-000002.json").is_file(), "{o}");
+    let (code, o, e) = mpo_away(&["report", root.join("laptop/tiny").to_str().unwrap()]);
+    assert_eq!(code, 0, "{o}\n{e}");
+    assert!(root.join("laptop/tiny/report.md").is_file());
+
+    // The copy's plan and run id are the run's; the original folder is untouched.
+    assert_eq!(std::fs::read(copy.join("plan.json")).unwrap(), std::fs::read(run.join("plan.json")).unwrap());
+    assert_eq!(files(&run), before);
+
+    // A folder without the copy (made before copies were) names the file and what to do.
+    std::fs::remove_file(copy.join("inputs/cases/cases.yaml")).unwrap();
+    let (code, o, e) = mpo_away(&["rubric", "test", c]);
+    assert_eq!(code, 1, "{o}\n{e}");
+    assert!(e.contains("cases `prompt_templates/math/cases.yaml`") && e.contains("put a copy"), "{e}");
+    assert!(e.contains(&copy.join("inputs/cases/cases.yaml").display().to_string()), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }

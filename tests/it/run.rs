@@ -77,6 +77,8 @@ fn results_layout_and_finished_runs_are_skipped() {
         "samples/update-000001.jsonl",
         "eval/update-000003.jsonl",
         "checkpoints/LATEST",
+        "inputs/index.json",
+        "inputs/templates/policy/policy.j2",
     ] {
         assert!(d.join(f).exists(), "missing {f}");
     }
