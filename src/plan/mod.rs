@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
 use sha2::{Digest, Sha256};
 
-pub use print::{render_summary, render_sweep_table};
+pub use print::{judge as describe_judge, render_summary, render_sweep_table};
 
 use crate::model::registry::ModelRef;
 use crate::spec::{Every, JudgeBackend, MixSpec, Resolved, Spec};
@@ -107,6 +107,9 @@ pub struct Models {
     pub judge: Option<ModelRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<ModelRef>,
+    /// The in-process model of `eval.elo.judge` (not part of the run's identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elo: Option<ModelRef>,
 }
 
 /// What happens when. Updates are numbered from 1; an event "at" update u happens after it.
@@ -219,6 +222,11 @@ pub fn compile(r: &Resolved) -> Plan {
             policy: inputs.policy_model.clone(),
             judge: if spec.reward.judge.backend == JudgeBackend::Local { inputs.judge_model.clone() } else { None },
             meta: if spec.meta.every == Every::Never { None } else { inputs.meta_model.clone() },
+            elo: if spec.eval.elo.judge.as_ref().is_some_and(|j| j.backend == JudgeBackend::Local) {
+                inputs.elo_model.clone()
+            } else {
+                None
+            },
         },
         cases: inputs
             .cases
@@ -261,6 +269,8 @@ pub fn identity(plan: &Plan) -> J {
             &["reward", "prompt"],
             &["reward", "cases"],
             &["eval", "elo", "prompt"],
+            // a tournament's judge rates runs after the fact: it decides nothing in them
+            &["eval", "elo", "judge"],
             &["meta", "stages"],
         ] {
             remove_path(spec, p);
@@ -273,6 +283,7 @@ pub fn identity(plan: &Plan) -> J {
             }
         }
         remove_path(inputs, &["cases", "path"]);
+        remove_path(inputs, &["models", "elo"]);
         if let Some(t) = inputs.get_mut("templates").and_then(J::as_object_mut) {
             for (_, f) in t.iter_mut() {
                 if let Some(f) = f.as_object_mut() {
@@ -295,6 +306,40 @@ fn remove_path(o: &mut serde_json::Map<String, J>, path: &[&str]) {
                 remove_path(c, rest);
             }
         }
+    }
+}
+
+impl Plan {
+    /// The arm a run belongs to: its sweep cell's factors other than `runtime.seed`
+    /// (`(base)` outside a sweep). `mpo report` groups runs by it.
+    pub fn arm(&self) -> String {
+        let f: Vec<String> = self
+            .cell
+            .iter()
+            .flat_map(|c| c.factors.iter())
+            .filter(|(k, _)| k != "runtime.seed")
+            .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect();
+        if f.is_empty() { "(base)".into() } else { f.join(" ") }
+    }
+
+    /// What the runs of one arm share, hashed (12 hex digits): the plan's identity without
+    /// `runtime.seed` and what that seed alone decides (the generated training split, when
+    /// `task.seed` is unset). Runs with the same `arm_id` differ only by their seed.
+    pub fn arm_id(&self) -> String {
+        let mut v = identity(self);
+        if let Some(o) = v.as_object_mut() {
+            if let Some(spec) = o.get_mut("spec").and_then(J::as_object_mut) {
+                remove_path(spec, &["runtime", "seed"]);
+            }
+            if self.spec.task.seed.is_none()
+                && self.spec.task.train.generate.is_some()
+                && let Some(inputs) = o.get_mut("inputs").and_then(J::as_object_mut)
+            {
+                remove_path(inputs, &["train", "sha256"]);
+            }
+        }
+        hex(&Sha256::digest(canonical_json(&v).as_bytes()))[..12].to_string()
     }
 }
 

@@ -31,7 +31,8 @@ fn every(e: Every) -> String {
     }
 }
 
-fn judge(j: &JudgeSpec, model: Option<&ModelRef>) -> String {
+/// A judge in one phrase: backend, model, endpoint.
+pub fn judge(j: &JudgeSpec, model: Option<&ModelRef>) -> String {
     match j.backend {
         JudgeBackend::Local => format!("local {}", model.map(model_name).unwrap_or_default()),
         JudgeBackend::Openai => format!(
@@ -238,6 +239,9 @@ pub fn render_summary(plan: &Plan) -> String {
         if sc.eval_at.is_empty() { "" } else { " (and the base policy before update 1)" }
     );
     let _ = writeln!(o, "            checkpoint after update {}", list(&sc.checkpoint_at));
+    if let Some(j) = &s.eval.elo.judge {
+        let _ = writeln!(o, "            tournament judge (mpo eval --elo) {}", judge(j, i.models.elo.as_ref()));
+    }
     let e = &plan.estimates;
     let _ = writeln!(
         o,
