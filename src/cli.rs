@@ -21,6 +21,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `mpo eval compare`.
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Two policies on the same held-out prompts: each side's headline metric with its 95%
+    /// interval, the paired change with its interval, the better / worse prompt counts and the
+    /// exact test (McNemar for 0/1 outcomes, sign-flip permutation otherwise). Prompts pair by
+    /// question text; evaluations of different questions are refused. A side is a run
+    /// directory (its newest evaluation of each split) or an evaluation file
+    /// (RUN/eval/LABEL.jsonl). Seeds of one arm: `mpo eval compare A1 A2 --vs B1 B2`, paired
+    /// seed with seed and tested as strata.
+    Compare {
+        /// A and B; or, with --vs, every run of side A.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The runs of side B (one per seed, the seeds of side A).
+        #[arg(long, num_args = 1..)]
+        vs: Vec<PathBuf>,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Validate a spec: every error with file:line:col, a snippet and a suggestion.
@@ -103,9 +123,17 @@ pub enum Command {
         /// Write the report here instead of into DIR.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The arm every other arm is compared with, as the report names arms (`meta.every=never`);
+        /// default: the one fixed-rubric arm, else the first.
+        #[arg(long)]
+        baseline: Option<String>,
     },
-    /// Evaluate a run's checkpoint on its test split, or rank runs in an Elo tournament.
+    /// Evaluate a run's checkpoint on its test split, rank runs in an Elo tournament, or compare
+    /// two runs on the same prompts (`mpo eval compare A B`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Eval {
+        #[command(subcommand)]
+        sub: Option<EvalCommand>,
         /// Run directories (results/NAME/RUN_ID); with --elo also RUN/eval/FILE.jsonl files.
         /// A spec file (then overrides) evaluates its base model before any training.
         #[arg(required = true)]
@@ -113,29 +141,57 @@ pub enum Command {
         /// Which weights: an update number, `latest` or `base` (the policy without adapters).
         #[arg(long, default_value = "latest")]
         checkpoint: String,
-        /// Pairwise-judge the runs' newest evaluation responses and rate them.
+        /// Pairwise tournament: a judge compares the runs' newest evaluation responses to the
+        /// same test questions (matched by question text), each match in both presentation
+        /// orders, and the players are rated. The seeds of one sweep arm are pooled into one
+        /// player (`--per-run` keeps one per run). Arguments that are not runs (`slurm/`,
+        /// `elo/`, `report.md`) are skipped with a note, so `results/NAME/*` works. The judge
+        /// must be named: `--judge FILE`, `eval.elo.judge` in the spec, or `--training-judge`.
         #[arg(long)]
         elo: bool,
-        /// Elo K-factor (default: the first run's `eval.elo.k`).
-        #[arg(long)]
+        /// The tournament's judge: a YAML file with the keys of a judge spec (as under
+        /// `reward.judge`: backend, model, base_url_env, api_key_env, ...), e.g. `backend:
+        /// openai` + `model: gpt-4o` + `base_url_env: JUDGE_URL`. Overrides `eval.elo.judge`.
+        #[arg(long, requires = "elo", value_name = "FILE")]
+        judge: Option<PathBuf>,
+        /// Judge with the runs' own reward judge: the model the policies were optimised
+        /// against, which favours them (recorded as such in elo.json).
+        #[arg(long, requires = "elo")]
+        training_judge: bool,
+        /// One player per run instead of one per arm (the runs of a sweep cell that differ only
+        /// in `runtime.seed`).
+        #[arg(long, requires = "elo")]
+        per_run: bool,
+        /// `bt`: Bradley–Terry maximum likelihood (order-free; mean 1000 on the Elo scale).
+        /// `elo`: sequential Elo, the paper's method (order-dependent; K and repeats apply).
+        #[arg(long, default_value = "bt", requires = "elo")]
+        rating: crate::eval::elo::Rating,
+        /// Bradley–Terry: virtual tied games per player against the mean, which keep an
+        /// undefeated player finite (default 1); 0 is the plain maximum likelihood.
+        #[arg(long, requires = "elo", value_name = "GAMES")]
+        bt_prior: Option<f64>,
+        /// Sequential Elo: the K-factor (default: the first run's `eval.elo.k`).
+        #[arg(long, requires = "elo")]
         k: Option<f64>,
-        /// Matches judged per pair of players (default: `eval.elo.matches`).
-        #[arg(long, value_parser = positive)]
+        /// Matches per pair of players, each judged in both orders (default: `eval.elo.matches`).
+        #[arg(long, value_parser = positive, requires = "elo")]
         matches: Option<usize>,
-        /// Match orders replayed; ratings are mean +- std over them (default: `eval.elo.repeats`).
-        #[arg(long, value_parser = positive)]
+        /// Sequential Elo: match orders replayed, mean +- std over them (default:
+        /// `eval.elo.repeats`).
+        #[arg(long, value_parser = positive, requires = "elo")]
         repeats: Option<usize>,
-        /// Bootstrap resamples of the matches for the 95% interval.
-        #[arg(long, default_value_t = 1000, value_parser = positive)]
+        /// Bootstrap resamples of the prompts for the 95% interval.
+        #[arg(long, default_value_t = 1000, value_parser = positive, requires = "elo")]
         bootstrap: usize,
-        #[arg(long, default_value_t = 0)]
+        /// Seed of the matches drawn and of the bootstrap.
+        #[arg(long, default_value_t = 0, requires = "elo")]
         seed: u64,
         /// Pairwise prompt template (default: `eval.elo.prompt`, else the built-in
         /// prompt_templates/elo/pairwise.j2).
-        #[arg(long)]
+        #[arg(long, requires = "elo")]
         template: Option<PathBuf>,
         /// Where the tournament is written (default: the first run's results/NAME/elo).
-        #[arg(long)]
+        #[arg(long, requires = "elo")]
         out: Option<PathBuf>,
     },
     /// Print the JSON Schema of the spec language (for editors).
@@ -253,7 +309,8 @@ pub enum RubricCommand {
         #[arg(long)]
         update: bool,
         /// Ask the real judge (local model or server) for answers not recorded yet, and record
-        /// them; without it answers are replayed and nothing is loaded or contacted.
+        /// them; without it answers are replayed and nothing is loaded or contacted (spec files
+        /// and run directories alike).
         #[arg(long)]
         record: bool,
         /// `text`, or `junit` (XML on stdout, for CI systems that show test results).
@@ -446,21 +503,63 @@ fn dispatch(command: Command) -> Outcome {
             let opts = crate::sweep::slurm::SlurmOptions { partition, account, time, cpus_per_task, gpus_per_task, mem, max_parallel };
             sweep_cmd(&spec, &overrides, jobs, emit.is_some(), out.as_deref(), &opts)
         }
-        Command::Report { dir, out } => {
-            let w = crate::report::report(&dir, out.as_deref()).map_err(Failure::error)?;
+        Command::Report { dir, out, baseline } => {
+            let w = crate::report::report(&dir, out.as_deref(), baseline.as_deref()).map_err(Failure::error)?;
             print!("{}", w.table);
             let plots: Vec<String> = w.plots.iter().map(|p| p.display().to_string()).collect();
             println!("wrote {}, {}, {}", w.markdown.display(), w.csv.display(), plots.join(", "));
             Ok(Done::Ok)
         }
-        Command::Eval { runs, checkpoint, elo, k, matches, repeats, bootstrap, seed, template, out } => {
+        Command::Eval { sub: Some(EvalCommand::Compare { runs, vs }), .. } => {
+            let (a, b) = if vs.is_empty() {
+                match runs.as_slice() {
+                    [a, b] => (vec![a.clone()], vec![b.clone()]),
+                    _ => {
+                        return Err(Failure::Usage(format!(
+                            "compare takes two sides: `mpo eval compare A B`, or `mpo eval compare A1 A2 --vs B1 B2` (got {} paths and no --vs)",
+                            runs.len()
+                        )));
+                    }
+                }
+            } else {
+                (runs, vs)
+            };
+            print!("{}", crate::eval::compare::compare(&a, &b)?);
+            Ok(Done::Ok)
+        }
+        Command::Eval {
+            sub: None,
+            runs,
+            checkpoint,
+            elo,
+            judge,
+            training_judge,
+            per_run,
+            rating,
+            bt_prior,
+            k,
+            matches,
+            repeats,
+            bootstrap,
+            seed,
+            template,
+            out,
+        } => {
             if elo {
-                let flags = crate::eval::EloFlags { k, matches_per_pair: matches, repeats, bootstrap, seed, template };
-                let (t, out) = crate::eval::elo_cmd(&runs, &flags, out.as_deref())?;
-                println!("{} matches on {} prompts ({} unreadable answers not rated)", t.matches.len(), t.prompts, t.unreadable);
-                print!("{}", crate::eval::elo::table(&t));
-                println!("wrote {}/elo.json and matches.jsonl", out.display());
-                return Ok(Done::Ok);
+                let flags = crate::eval::EloFlags {
+                    rating,
+                    k,
+                    matches_per_pair: matches,
+                    repeats,
+                    bootstrap,
+                    seed,
+                    prior: bt_prior,
+                    template,
+                    judge,
+                    training_judge,
+                    per_run,
+                };
+                return elo_cmd(&runs, &flags, out.as_deref());
             }
             eval_cmd(&runs, &checkpoint)
         }
@@ -671,6 +770,35 @@ fn sweep_cmd(
     }
 }
 
+fn elo_cmd(args: &[PathBuf], flags: &crate::eval::EloFlags, out: Option<&std::path::Path>) -> Outcome {
+    use crate::eval::elo;
+    let (setup, t, file) = crate::eval::elo_cmd(args, flags, out)?;
+    if !setup.skipped.is_empty() {
+        eprintln!("note: skipped {} argument(s) that are not runs: {}", setup.skipped.len(), setup.skipped.join("; "));
+    }
+    for n in &setup.notes {
+        eprintln!("note: {n}");
+    }
+    let j = &file.judge;
+    println!(
+        "judge: {} ({}){}",
+        crate::plan::describe_judge(&setup.judge.spec, setup.judge.model.as_ref()),
+        j.source,
+        if j.training_judge { " -- the runs' own training judge: the policies were optimised against it, so it favours them" } else { "" }
+    );
+    for n in elo::notes(&t.summary) {
+        println!("{n}");
+    }
+    print!("{}", elo::table(&t));
+    match t.summary.players.len() {
+        3..=8 => print!("{}", elo::head_to_head_table(&t.summary)),
+        n if n > 8 => println!("head-to-head records of the {} pairs: `head_to_head` in elo.json", n * (n - 1) / 2),
+        _ => {}
+    }
+    println!("wrote {}/elo.json and matches.jsonl", setup.out.display());
+    Ok(Done::Ok)
+}
+
 fn run_cmd(path: &std::path::Path, overrides: &[String], cell: Option<usize>, how: crate::run::RunOptions) -> Outcome {
     let loaded = load(path, overrides)?;
     let sweep = format!("mpo sweep {}", path.display());
@@ -777,18 +905,28 @@ fn rubric_test_cmd(specs: &[PathBuf], cases: Option<&Path>, opts: &crate::rubric
                     s.display()
                 )));
             }
-            if opts.update || opts.record || junit {
+            if opts.update || junit {
                 return Err(Failure::Usage(
-                    "--update, --record and --format junit are for spec files; a run directory's table records missing answers itself"
-                        .into(),
+                    "--update and --format junit are for spec files; a run directory's table has no snapshot".into(),
                 ));
             }
-            let table = crate::rubric_test::versions::run(s, cases).map_err(|e| Failure::error(format!("{}: {e}", s.display())))?;
+            let table =
+                crate::rubric_test::versions::run(s, cases, opts.record).map_err(|e| Failure::error(format!("{}: {e}", s.display())))?;
             let md = table.write(s).map_err(Failure::error)?;
             print!("{}", table.markdown());
             let asked =
                 if table.asked > 0 { format!(" ({} answer(s) asked of the judge and recorded)", table.asked) } else { String::new() };
             println!("\nwritten to {} and heatmap.svg{asked}", md.display());
+            if !table.unrecorded.is_empty() {
+                let more = if table.unrecorded.len() > 8 { format!(" and {} more", table.unrecorded.len() - 8) } else { String::new() };
+                println!(
+                    "no recorded judge answer for {} (version, case) pair(s): {}{more} (shown as `?`, not checked)\n  = help: ask the run's judge for them and record them: `mpo rubric test {} --record` (loads the judge's model or contacts its server); replaying never does",
+                    table.unrecorded.len(),
+                    table.unrecorded.iter().take(8).cloned().collect::<Vec<_>>().join(", "),
+                    s.display()
+                );
+                all = false;
+            }
             continue;
         }
         if cases.is_some() {

@@ -1,19 +1,23 @@
 //! `mpo eval`: the task metrics of a run's saved checkpoint (or of the base model) on the test
-//! split, and Elo tournaments between runs (`elo.rs`).
+//! split, and pairwise tournaments between runs (`mpo eval --elo`: `elo.rs` draws, judges and
+//! rates; `rating.rs` is the Bradley–Terry and sequential-Elo math; this file reads the runs,
+//! pools the seeds of an arm into one player and chooses the judge).
 //!
 //! A checkpoint's evaluation writes `eval/checkpoint-NNNNNN.jsonl` (responses) and
 //! `eval/checkpoint-NNNNNN.json` (metrics) into the run; `--checkpoint base` evaluates the
 //! policy with its adapter switched off (`eval/base.*`). Tournaments read those response files.
 
+pub mod compare;
 pub mod elo;
+pub mod rating;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
-use serde_json::{Value as J, json};
 
 use crate::judge::factory::{self, JudgeEnv};
+use crate::model::registry::ModelRef;
 use crate::model::{self, BackendJob, LoraConfig};
 use crate::plan::Plan;
 use crate::results::evals::EvalSummary;
@@ -21,6 +25,7 @@ use crate::results::{ResultsError, RunDir};
 use crate::run::RunError;
 use crate::run::eval::{Evaluator, base_cached};
 use crate::run::setup::plan_template;
+use crate::spec::{JudgeBackend, JudgeSpec};
 use crate::task::Split;
 use crate::template::TemplateKind;
 
@@ -123,12 +128,11 @@ pub fn summary(subject: &Subject, res: &EvalResult) -> String {
         if let (Some(h), Some((_, lines))) = (&s.headline, RunDir { root: subject.dir() }.read_eval(&s.split, &res.label)) {
             let scores: Vec<f64> = lines.iter().filter_map(|l| l.score).collect();
             let e = crate::results::evals::estimate(&scores, 0);
-            out.push_str(&format!(
-                "  {h} 95% interval       [{:.4}, {:.4}]{}\n",
-                e.lo,
-                e.hi,
-                s.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
-            ));
+            let interval = match e.ci {
+                Some((lo, hi)) => format!("[{lo:.4}, {hi:.4}] {} on {} prompts", e.how, scores.len()),
+                None => format!("{} ({} prompts)", e.how, scores.len()),
+            };
+            out.push_str(&format!("  {h:<24} {interval}{}\n", s.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()));
         }
         out.push_str(&format!(
             "  responses: {}\n",
@@ -230,13 +234,17 @@ pub fn eval_base_of_plan(plan: &Plan) -> Result<EvalResult, EvalError> {
     if existing.is_none() {
         dir.write_json("plan.json", plan).map_err(RunError::from)?;
     }
+    crate::results::inputs::store(&dir, plan).map_err(RunError::from)?;
     eval_run(&dir.root, Which::Base)
 }
 
 /// Evaluate a run's checkpoint (or the base model) on its test split.
 pub fn eval_run(run: &Path, which: Which) -> Result<EvalResult, EvalError> {
     let dir = RunDir::open(run)?;
-    let plan = dir.plan()?;
+    // The run's own copies of what it read: a run folder is evaluated from anywhere.
+    let local = dir.local_plan()?;
+    local.require(&["templates/policy", "chat_template", "data/test", "data/transfer"])?;
+    let plan = local.plan;
     let cks = dir.checkpoints();
     let checkpoint =
         match which {
@@ -257,42 +265,234 @@ pub fn eval_run(run: &Path, which: Which) -> Result<EvalResult, EvalError> {
     model::dispatch(plan.spec.runtime.backend, plan.spec.runtime.device, job).map_err(|e| EvalError::Run(RunError::Backend(e)))?
 }
 
-/// One player of a tournament: a run directory (its newest evaluation) or an evaluation file.
-pub fn load_player(arg: &Path) -> Result<(elo::Player, Plan), EvalError> {
-    let (file, run) = if arg.is_file() {
-        let run = arg.parent().and_then(Path::parent).ok_or_else(|| input(format!("{}: expected RUN/eval/FILE.jsonl", arg.display())))?;
-        (arg.to_path_buf(), run.to_path_buf())
-    } else {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(arg.join("eval"))
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect())
-            .unwrap_or_default();
-        // newest weights: the highest update among update-N / checkpoint-N; base last
-        files.sort_by_key(|p| {
-            let n = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-            n.rsplit('-').next().and_then(|u| u.parse::<u32>().ok()).map(|u| (1, u)).unwrap_or((0, 0))
+/// How an argument of `mpo eval --elo` reads.
+#[derive(Debug, Clone, PartialEq)]
+enum EloArg {
+    /// A run directory: its newest evaluation plays.
+    Run(PathBuf),
+    /// An evaluation file and the run it belongs to.
+    File { file: PathBuf, run: PathBuf },
+    /// Not a run (`results/NAME/slurm`, `elo/`, `report.md`): skipped, with why.
+    Skip(String),
+}
+
+fn classify(arg: &Path) -> Result<EloArg, EvalError> {
+    if arg.is_dir() {
+        return Ok(if arg.join("plan.json").is_file() {
+            EloArg::Run(arg.to_path_buf())
+        } else {
+            EloArg::Skip(format!("{}: not a run directory (no plan.json)", arg.display()))
         });
-        let f = files.pop().ok_or_else(|| {
-            input(format!(
-                "{} has no evaluation responses: run `mpo eval {}` first (or set `eval.every` in the spec)",
-                arg.display(),
-                arg.display()
-            ))
-        })?;
-        (f, arg.to_path_buf())
-    };
-    let plan = RunDir::open(&run)?.plan()?;
-    let text = std::fs::read_to_string(&file).map_err(|e| input(format!("{}: {e}", file.display())))?;
-    let mut responses = BTreeMap::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: J = serde_json::from_str(line).map_err(|e| input(format!("{}:{}: {e}", file.display(), n + 1)))?;
-        let key = v["record_index"].to_string();
-        let q = v["question"].as_str().unwrap_or_default().to_string();
-        let r = v["response"].as_str().unwrap_or_default().to_string();
-        responses.insert(key, (q, r));
     }
-    let stem = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let label = plan.cell.as_ref().map(|c| format!(" {}", c.label)).unwrap_or_default();
-    Ok((elo::Player { name: format!("{}/{}{label} @{stem}", plan.name, plan.run_id), responses }, plan))
+    if arg.is_file() {
+        if arg.extension().is_some_and(|x| x == "jsonl") {
+            let run = arg.ancestors().skip(1).find(|d| d.join("plan.json").is_file()).ok_or_else(|| {
+                input(format!("{}: an evaluation file lies in a run directory (RUN/eval/FILE.jsonl); this one does not", arg.display()))
+            })?;
+            return Ok(EloArg::File { file: arg.to_path_buf(), run: run.to_path_buf() });
+        }
+        return Ok(EloArg::Skip(format!("{}: not a run directory or an evaluation file (RUN/eval/FILE.jsonl)", arg.display())));
+    }
+    Err(input(format!("{}: no such run directory or evaluation file", arg.display())))
+}
+
+/// A run's newest evaluation responses: the highest update among update-N / checkpoint-N, the
+/// base model's last.
+fn newest_eval(run: &Path) -> Result<PathBuf, EvalError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(run.join("eval"))
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect())
+        .unwrap_or_default();
+    files.sort_by_key(|p| {
+        let n = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        (n.rsplit('-').next().and_then(|u| u.parse::<u32>().ok()).map(|u| (1, u)).unwrap_or((0, 0)), n)
+    });
+    files.pop().ok_or_else(|| {
+        input(format!(
+            "{} has no evaluation responses: run `mpo eval {}` first (or set `eval.every` in the spec)",
+            run.display(),
+            run.display()
+        ))
+    })
+}
+
+/// One source of responses, read: the member, its run's plan, and its weights (`update-000010`,
+/// `checkpoint-000004`, `base`).
+pub struct Source {
+    pub member: elo::Member,
+    pub plan: Plan,
+    pub weights: String,
+    pub file: PathBuf,
+    pub run: PathBuf,
+}
+
+fn read_source(file: &Path, run: &Path) -> Result<Source, EvalError> {
+    // Paths at the run's own copies (the pairwise template), wherever the folder is.
+    let plan = RunDir::open(run)?.local_plan()?.plan;
+    let text = std::fs::read_to_string(file).map_err(|e| input(format!("{}: {e}", file.display())))?;
+    let mut lines = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let l: crate::results::evals::EvalLine =
+            serde_json::from_str(line).map_err(|e| input(format!("{}:{}: not an evaluation line: {e}", file.display(), n + 1)))?;
+        lines.push((l.question, l.response));
+    }
+    let weights = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let member = elo::Member::new(format!("{} @{weights}", plan.run_id), lines);
+    Ok(Source { member, plan, weights, file: file.to_path_buf(), run: run.to_path_buf() })
+}
+
+/// The players of a tournament from its sources: one per arm (runs that differ only by
+/// `runtime.seed`, [`Plan::arm_id`]; a base-model evaluation is its own arm), or one per source
+/// with `per_run`. Also the notes worth printing (an arm pooling different weights).
+pub fn players(sources: &[Source], per_run: bool) -> (Vec<elo::Player>, Vec<String>) {
+    let mut notes = Vec::new();
+    if per_run {
+        let ps = sources
+            .iter()
+            .map(|s| {
+                let label = s.plan.cell.as_ref().map(|c| format!(" {}", c.label)).unwrap_or_default();
+                elo::Player { name: format!("{}/{}{label} @{}", s.plan.name, s.plan.run_id, s.weights), members: vec![s.member.clone()] }
+            })
+            .collect();
+        return (ps, notes);
+    }
+    let several_specs = sources.iter().any(|s| s.plan.name != sources[0].plan.name);
+    // (arm id, base?) -> (label, sources), in order of first appearance
+    let mut arms: Vec<((String, bool), String, Vec<&Source>)> = Vec::new();
+    for s in sources {
+        let key = (s.plan.arm_id(), s.weights == "base");
+        match arms.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, _, v)) => v.push(s),
+            None => {
+                let mut label = match &s.plan.cell {
+                    Some(_) if several_specs => format!("{}: {}", s.plan.name, s.plan.arm()),
+                    Some(_) => s.plan.arm(),
+                    None => s.plan.name.clone(),
+                };
+                if key.1 {
+                    label.push_str(" @base");
+                }
+                arms.push((key, label, vec![s]));
+            }
+        }
+    }
+    // in sweep order, as the report lists its groups (a base-model player after its arm)
+    arms.sort_by_key(|(key, _, ss)| (ss.iter().map(|s| s.plan.cell.as_ref().map_or(usize::MAX, |c| c.index)).min(), key.1));
+    // arms whose labels coincide (plain runs of one spec with other overrides) get their id
+    let labels: Vec<String> = arms.iter().map(|a| a.1.clone()).collect();
+    for (key, label, _) in arms.iter_mut() {
+        if labels.iter().filter(|l| *l == label).count() > 1 {
+            label.push_str(&format!(" [{}]", key.0));
+        }
+    }
+    let ps = arms
+        .into_iter()
+        .map(|(_, name, ss)| {
+            let weights: BTreeSet<&str> = ss.iter().map(|s| s.weights.as_str()).collect();
+            if weights.len() > 1 {
+                let each: Vec<String> = ss.iter().map(|s| s.member.name.clone()).collect();
+                notes.push(format!("{name} pools responses of different weights: {} (unfinished runs?)", each.join(", ")));
+            }
+            elo::Player { name, members: ss.iter().map(|s| s.member.clone()).collect() }
+        })
+        .collect();
+    (ps, notes)
+}
+
+/// The tournament's judge: its spec, its in-process model, and how it was chosen.
+#[derive(Debug, Clone)]
+pub struct TournamentJudge {
+    pub spec: JudgeSpec,
+    pub model: Option<ModelRef>,
+    pub info: elo::JudgeInfo,
+}
+
+/// A judge spec from a YAML file (the keys of `reward.judge`); paths in it (`model`,
+/// `replay_from`) resolve against the file's directory.
+pub fn read_judge_file(path: &Path) -> Result<(JudgeSpec, Option<ModelRef>), EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|e| input(format!("--judge {}: {e}", path.display())))?;
+    let mut js: JudgeSpec = serde_saphyr::from_str(&text).map_err(|e| {
+        input(format!(
+            "--judge {}: not a judge spec: {e}\n  (the file holds the keys of `reward.judge`, e.g. `backend: openai`, `model: NAME`, `base_url_env: JUDGE_URL`)",
+            path.display()
+        ))
+    })?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let model = match js.backend {
+        JudgeBackend::Local => {
+            let name = js
+                .model
+                .clone()
+                .ok_or_else(|| input(format!("--judge {}: a local judge names its model (`model: NAME` or a path)", path.display())))?;
+            Some(crate::model::registry::resolve(&name, &dir).map_err(|e| input(format!("--judge {}: `model`: {e}", path.display())))?)
+        }
+        JudgeBackend::Replay => {
+            let from = js.replay_from.clone().ok_or_else(|| {
+                input(format!("--judge {}: `backend: replay` needs `replay_from` (a judge cache directory)", path.display()))
+            })?;
+            let from = if from.is_absolute() { from } else { dir.join(from) };
+            if !from.is_dir() {
+                return Err(input(format!("--judge {}: judge cache `{}` does not exist", path.display(), from.display())));
+            }
+            js.replay_from = Some(from);
+            None
+        }
+        JudgeBackend::Openai => None,
+    };
+    Ok((js, model))
+}
+
+/// Choose the tournament's judge: `--judge FILE`, else the runs' `eval.elo.judge`, else (only
+/// when asked with `--training-judge`) the runs' own reward judge.
+pub fn tournament_judge(flags: &EloFlags, plans: &[&Plan]) -> Result<TournamentJudge, EvalError> {
+    let policy = &plans[0].inputs.models.policy;
+    let make = |spec: JudgeSpec, model: Option<ModelRef>, source: String, training_judge: bool| {
+        let identity = factory::identity(&spec, model.as_ref(), policy);
+        TournamentJudge { info: elo::JudgeInfo { source, identity, training_judge, spec: spec.clone() }, spec, model }
+    };
+    if flags.judge.is_some() && flags.training_judge {
+        return Err(usage("`--judge` and `--training-judge` name two judges: pass one"));
+    }
+    if let Some(path) = &flags.judge {
+        let (spec, model) = read_judge_file(path)?;
+        return Ok(make(spec, model, format!("--judge {}", path.display()), false));
+    }
+    if flags.training_judge {
+        let first = (&plans[0].spec.reward.judge, &plans[0].inputs.models.judge);
+        if let Some(other) = plans.iter().find(|p| (&p.spec.reward.judge, &p.inputs.models.judge) != first) {
+            return Err(input(format!(
+                "--training-judge: the runs were trained against different reward judges ({} in {}, {} in {}): name one tournament judge with `--judge FILE`",
+                crate::plan::describe_judge(first.0, first.1.as_ref()),
+                plans[0].run_id,
+                crate::plan::describe_judge(&other.spec.reward.judge, other.inputs.models.judge.as_ref()),
+                other.run_id
+            )));
+        }
+        return Ok(make(first.0.clone(), first.1.clone(), "--training-judge (the runs' reward.judge)".into(), true));
+    }
+    let mut named: Vec<(&JudgeSpec, &Option<ModelRef>, &str)> = Vec::new();
+    for p in plans {
+        if let Some(j) = &p.spec.eval.elo.judge
+            && !named.iter().any(|(s, m, _)| *s == j && *m == &p.inputs.models.elo)
+        {
+            named.push((j, &p.inputs.models.elo, &p.run_id));
+        }
+    }
+    match named.as_slice() {
+        [] => Err(input(
+            "no tournament judge named: pass `--judge FILE` (a YAML judge spec, the keys of `reward.judge`, e.g. \
+             `backend: openai`, `model: NAME`, `base_url_env: JUDGE_URL`), or set `eval.elo.judge` in the spec; \
+             `--training-judge` reuses the runs' own reward judge, which the policies were optimised against and which favours them",
+        )),
+        [(spec, model, _)] => Ok(make((*spec).clone(), (*model).clone(), "eval.elo.judge".into(), false)),
+        more => {
+            let each: Vec<String> =
+                more.iter().map(|(s, m, run)| format!("{} in {run}", crate::plan::describe_judge(s, m.as_ref()))).collect();
+            Err(input(format!(
+                "the runs' specs name different `eval.elo.judge`s ({}): one tournament has one judge; choose it with `--judge FILE`",
+                each.join("; ")
+            )))
+        }
+    }
 }
 
 /// The built-in pairwise template (`--template` overrides it).
@@ -300,6 +500,7 @@ pub const PAIRWISE_TEMPLATE: &str = include_str!("../../prompt_templates/elo/pai
 
 struct EloJob {
     plan: Plan,
+    judge: TournamentJudge,
     players: Vec<elo::Player>,
     cfg: elo::EloConfig,
     template: (String, String),
@@ -320,8 +521,8 @@ impl BackendJob for EloJob {
             cache: &cache,
             quantized_decode: spec.runtime.quantized_decode,
         };
-        let mut judge = factory::build::<B::InnerBackend>("elo", &spec.reward.judge, self.plan.inputs.models.judge.as_ref(), &env)
-            .map_err(RunError::from)?;
+        let mut judge =
+            factory::build::<B::InnerBackend>("tournament", &self.judge.spec, self.judge.model.as_ref(), &env).map_err(RunError::from)?;
         let t = elo::tournament(judge.as_mut(), &self.players, (&self.template.0, &self.template.1), spec.task.kind.as_str(), &self.cfg)
             .map_err(input)?;
         Ok(t)
@@ -329,61 +530,400 @@ impl BackendJob for EloJob {
 }
 
 /// Command-line choices of a tournament; unset ones come from the first run's `eval.elo`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EloFlags {
+    pub rating: elo::Rating,
     pub k: Option<f64>,
     pub matches_per_pair: Option<usize>,
     pub repeats: Option<usize>,
     pub bootstrap: usize,
     pub seed: u64,
+    /// Bradley–Terry: virtual tied games per player (default 1).
+    pub prior: Option<f64>,
     pub template: Option<PathBuf>,
+    /// A YAML judge spec.
+    pub judge: Option<PathBuf>,
+    /// Reuse the runs' reward judge.
+    pub training_judge: bool,
+    /// One player per run instead of per arm.
+    pub per_run: bool,
 }
 
-/// Run an Elo tournament between `runs` (run directories or evaluation files), judged by the
-/// first run's reward judge; writes `elo.json` and `matches.jsonl` into `out`.
-pub fn elo_cmd(runs: &[PathBuf], flags: &EloFlags, out: Option<&Path>) -> Result<(elo::Tournament, PathBuf), EvalError> {
-    let mut players = Vec::new();
-    let mut plans = Vec::new();
-    for r in runs {
-        let (p, plan) = load_player(r)?;
-        players.push(p);
-        plans.push(plan);
+impl Default for EloFlags {
+    fn default() -> Self {
+        EloFlags {
+            rating: elo::Rating::BradleyTerry,
+            k: None,
+            matches_per_pair: None,
+            repeats: None,
+            bootstrap: 1000,
+            seed: 0,
+            prior: None,
+            template: None,
+            judge: None,
+            training_judge: false,
+            per_run: false,
+        }
     }
-    if let Some(other) = plans.iter().find(|p| p.spec.task.kind != plans[0].spec.task.kind) {
+}
+
+/// A tournament ready to be judged: everything read and checked.
+pub struct EloSetup {
+    pub players: Vec<elo::Player>,
+    /// The first source's plan: task, policy model, runtime for an in-process judge.
+    pub plan: Plan,
+    pub judge: TournamentJudge,
+    pub cfg: elo::EloConfig,
+    pub template: (String, String),
+    pub out: PathBuf,
+    /// Arguments that are not runs, with why.
+    pub skipped: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl EloSetup {
+    /// Where the tournament runs: nowhere but the CPU when its judge is a server (or a cache),
+    /// whatever the runs trained on; an in-process judge on the first run's backend.
+    pub fn backend(&self) -> (crate::spec::BackendKind, usize) {
+        let rt = &self.plan.spec.runtime;
+        if self.judge.spec.backend != JudgeBackend::Local && cfg!(feature = "cpu") {
+            (crate::spec::BackendKind::Cpu, 0)
+        } else {
+            (rt.backend, rt.device)
+        }
+    }
+}
+
+/// Read the arguments of `mpo eval --elo` (run directories, evaluation files; anything else is
+/// skipped with a note), pool players, choose the judge and the settings.
+pub fn elo_setup(args: &[PathBuf], flags: &EloFlags, out: Option<&Path>) -> Result<EloSetup, EvalError> {
+    let mut skipped = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
+    for a in args {
+        let (file, run) = match classify(a)? {
+            EloArg::Skip(why) => {
+                skipped.push(why);
+                continue;
+            }
+            EloArg::Run(run) => (newest_eval(&run)?, run),
+            EloArg::File { file, run } => (file, run),
+        };
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if let Some(s) = sources.iter().find(|s| canon(&s.file) == canon(&file)) {
+            return Err(usage(format!("{} plays twice ({} is the same responses)", file.display(), s.file.display())));
+        }
+        sources.push(read_source(&file, &run)?);
+    }
+    let skipped_note = if skipped.is_empty() { String::new() } else { format!(" ({} argument(s) skipped as not runs)", skipped.len()) };
+    if sources.len() < 2 {
+        return Err(input(format!("a tournament needs at least 2 runs or evaluation files, got {}{skipped_note}", sources.len())));
+    }
+    if let Some(other) = sources.iter().find(|s| s.plan.spec.task.kind != sources[0].plan.spec.task.kind) {
         return Err(input(format!(
             "players come from different tasks ({} and {}): a tournament compares one task",
-            plans[0].spec.task.kind.as_str(),
-            other.spec.task.kind.as_str()
+            sources[0].plan.spec.task.kind.as_str(),
+            other.plan.spec.task.kind.as_str()
         )));
     }
-    let spec_elo = &plans[0].spec.eval.elo;
+    let (players, notes) = players(&sources, flags.per_run);
+    if players.len() < 2 {
+        return Err(input(format!(
+            "all {} runs are seeds of one arm ({}): there is nothing to compare; pass `--per-run` to rate the runs themselves",
+            sources.len(),
+            players[0].name
+        )));
+    }
+    let plans: Vec<&Plan> = sources.iter().map(|s| &s.plan).collect();
+    let judge = tournament_judge(flags, &plans)?;
+    let spec_elo = &sources[0].plan.spec.eval.elo;
+    if flags.rating == elo::Rating::BradleyTerry && (flags.k.is_some() || flags.repeats.is_some()) {
+        return Err(usage("`--k` and `--repeats` are settings of sequential Elo: add `--rating elo`, or drop them"));
+    }
+    if flags.rating == elo::Rating::SequentialElo && flags.prior.is_some() {
+        return Err(usage("`--bt-prior` is a setting of the Bradley–Terry fit, not of `--rating elo`"));
+    }
     let cfg = elo::EloConfig {
+        rating: flags.rating,
         k: flags.k.unwrap_or(spec_elo.k),
         initial: spec_elo.start,
         matches_per_pair: flags.matches_per_pair.unwrap_or(spec_elo.matches),
         repeats: flags.repeats.unwrap_or(spec_elo.repeats),
         bootstrap: flags.bootstrap,
         seed: flags.seed,
+        prior: flags.prior.unwrap_or(1.0),
     };
+    if !(cfg.prior >= 0.0 && cfg.prior.is_finite()) {
+        return Err(usage(format!("`--bt-prior {}`: expected a number of games >= 0", cfg.prior)));
+    }
     let template = match flags.template.as_deref().or(spec_elo.prompt.as_deref()) {
         Some(p) => (p.display().to_string(), std::fs::read_to_string(p).map_err(|e| input(format!("{}: {e}", p.display())))?),
         None => ("prompt_templates/elo/pairwise.j2 (built in)".into(), PAIRWISE_TEMPLATE.to_string()),
     };
     let out = match out {
         Some(o) => o.to_path_buf(),
-        None => runs[0].parent().filter(|_| runs[0].is_dir()).map(|p| p.join("elo")).unwrap_or_else(|| PathBuf::from("elo")),
+        None => sources[0].run.parent().map(|p| p.join("elo")).unwrap_or_else(|| PathBuf::from("elo")),
     };
-    std::fs::create_dir_all(&out).map_err(|e| input(format!("{}: {e}", out.display())))?;
-    let plan = plans.swap_remove(0);
-    let (backend, device) = (plan.spec.runtime.backend, plan.spec.runtime.device);
-    let job = EloJob { plan, players, cfg, template, out: out.clone() };
-    let t = model::dispatch(backend, device, job).map_err(|e| EvalError::Run(RunError::Backend(e)))??;
+    let plan = sources.swap_remove(0).plan;
+    Ok(EloSetup { players, plan, judge, cfg, template, out, skipped, notes })
+}
+
+/// Write `elo.json` and `matches.jsonl` into the setup's output directory.
+pub fn write_elo(setup: &EloSetup, t: &elo::Tournament) -> Result<elo::EloFile, EvalError> {
+    let out = &setup.out;
+    std::fs::create_dir_all(out).map_err(|e| input(format!("{}: {e}", out.display())))?;
     let w = |name: &str, text: String| {
         crate::fsx::write_atomic(&out.join(name), text.as_bytes()).map_err(|e| input(format!("{}: {e}", out.join(name).display())))
     };
-    let summary =
-        json!({"config": t.config, "prompts": t.prompts, "matches": t.matches.len(), "unreadable": t.unreadable, "standings": t.standings});
-    w("elo.json", serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n")?;
+    let file = elo::EloFile {
+        format: elo::FORMAT,
+        created: crate::results::now(),
+        judge: setup.judge.info.clone(),
+        skipped: setup.skipped.clone(),
+        summary: t.summary.clone(),
+    };
+    w("elo.json", serde_json::to_string_pretty(&file).unwrap_or_default() + "\n")?;
     w("matches.jsonl", t.matches.iter().map(|m| serde_json::to_string(m).unwrap_or_default() + "\n").collect())?;
-    Ok((t, out))
+    Ok(file)
+}
+
+/// Run a tournament between `args` (run directories or evaluation files), judged by the judge
+/// [`tournament_judge`] names; writes `elo.json` and `matches.jsonl` into `out` (default:
+/// `results/NAME/elo`).
+pub fn elo_cmd(args: &[PathBuf], flags: &EloFlags, out: Option<&Path>) -> Result<(EloSetup, elo::Tournament, elo::EloFile), EvalError> {
+    let setup = elo_setup(args, flags, out)?;
+    std::fs::create_dir_all(&setup.out).map_err(|e| input(format!("{}: {e}", setup.out.display())))?;
+    let (backend, device) = setup.backend();
+    let job = EloJob {
+        plan: setup.plan.clone(),
+        judge: setup.judge.clone(),
+        players: setup.players.clone(),
+        cfg: setup.cfg.clone(),
+        template: setup.template.clone(),
+        out: setup.out.clone(),
+    };
+    let t = model::dispatch(backend, device, job).map_err(|e| EvalError::Run(RunError::Backend(e)))??;
+    let file = write_elo(&setup, &t)?;
+    Ok((setup, t, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::judge::JudgeResponse;
+    use crate::judge::scripted::ScriptedJudge;
+    use crate::results::evals::EvalLine;
+
+    /// 2 arms (meta.every) x 2 seeds of the tiny spec, compiled (not run).
+    fn sweep_plans(extra: &str) -> Vec<Plan> {
+        let text =
+            format!("extends: tiny.yaml\nname: elo-pool\n{extra}sweep:\n  grid:\n    meta.every: [never, 2]\n    runtime.seed: [0, 1]\n");
+        let loaded = crate::spec::load_str(Path::new("tests/specs/valid/elo_pool.yaml"), &text, &[]);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diags);
+        loaded.runs.iter().map(crate::plan::compile).collect()
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("mpo-elo-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    /// Write `plans` as run directories under `root`, each with an evaluation whose responses
+    /// carry `quality N` (N: 1 for `meta.every=never`, 2 otherwise); and what `results/NAME/*`
+    /// also matches: `slurm/`, `elo/`, `report.md`.
+    fn results(root: &Path, plans: &[Plan]) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for p in plans {
+            let dir = RunDir { root: root.join(&p.run_id) };
+            dir.write_json("plan.json", p).unwrap();
+            let q = if p.spec.meta.every == crate::spec::Every::Never { 1 } else { 2 };
+            let lines: Vec<EvalLine> = (0..6)
+                .map(|k| EvalLine {
+                    // positions differ between runs: pairing is by question text
+                    record_index: (k + q as usize) % 6,
+                    record_id: None,
+                    question: format!("question {k}"),
+                    response: format!("answer with quality {q} to question {k}"),
+                    score: None,
+                })
+                .collect();
+            dir.write_jsonl("eval/update-000002.jsonl", &lines).unwrap();
+            dir.write_jsonl("eval/base.jsonl", &lines[..3]).unwrap();
+            dirs.push(dir.root);
+        }
+        std::fs::create_dir_all(root.join("slurm/logs")).unwrap();
+        std::fs::create_dir_all(root.join("elo")).unwrap();
+        std::fs::write(root.join("report.md"), "# Report\n").unwrap();
+        let mut all: Vec<PathBuf> = std::fs::read_dir(root).unwrap().flatten().map(|e| e.path()).collect();
+        all.sort();
+        all
+    }
+
+    fn judge_file(dir: &Path, yaml: &str) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let p = dir.join("judge.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        p
+    }
+
+    const OPENAI: &str = "backend: openai\nmodel: gpt-4o\nbase_url_env: TOURNAMENT_JUDGE_URL\n";
+
+    #[test]
+    fn seeds_share_an_arm_and_arms_differ() {
+        let plans = sweep_plans("");
+        let ids: Vec<String> = plans.iter().map(Plan::arm_id).collect();
+        assert_eq!(plans[0].arm(), "meta.every=never");
+        assert_ne!(plans[0].run_id, plans[1].run_id, "two seeds, two runs");
+        assert_eq!(ids[0], ids[1]);
+        assert_eq!(ids[2], ids[3]);
+        assert_ne!(ids[0], ids[2]);
+        // the generated training split depends on the seed, unless `task.seed` pins it
+        assert_ne!(plans[0].inputs.train.sha256, plans[1].inputs.train.sha256);
+    }
+
+    #[test]
+    fn results_star_skips_what_is_not_a_run_and_pools_arms() {
+        let root = scratch("star");
+        let all = results(&root.join("elo-pool"), &sweep_plans(""));
+        let judge = judge_file(&root, OPENAI);
+        let flags = EloFlags { judge: Some(judge.clone()), ..EloFlags::default() };
+        let setup = elo_setup(&all, &flags, None).unwrap();
+        assert_eq!(setup.skipped.len(), 3, "{:?}", setup.skipped);
+        assert!(setup.skipped.iter().any(|s| s.contains("slurm: not a run directory (no plan.json)")), "{:?}", setup.skipped);
+        assert!(setup.skipped.iter().any(|s| s.contains("report.md: not a run directory or an evaluation file")));
+        let names: Vec<&str> = setup.players.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["meta.every=never", "meta.every=2"]);
+        assert!(setup.players.iter().all(|p| p.members.len() == 2 && p.members[0].name.ends_with("@update-000002")));
+        assert_eq!(setup.out, root.join("elo-pool/elo"));
+        assert_eq!(setup.cfg.rating, elo::Rating::BradleyTerry);
+        assert!(setup.notes.is_empty());
+        // one player per run on request
+        let per_run = elo_setup(&all, &EloFlags { per_run: true, ..flags.clone() }, None).unwrap();
+        assert_eq!(per_run.players.len(), 4);
+        // a base-model evaluation is a player of its own, beside the trained arm
+        let runs: Vec<PathBuf> = all.iter().filter(|p| p.join("plan.json").exists()).cloned().collect();
+        let arm_of = |r: &PathBuf| RunDir::open(r).unwrap().plan().unwrap().arm();
+        let never: Vec<PathBuf> = runs.iter().filter(|r| arm_of(r) == "meta.every=never").cloned().collect();
+        assert_eq!(never.len(), 2);
+        let with_base = [never[0].clone(), never[1].clone(), never[0].join("eval/base.jsonl")];
+        let s = elo_setup(&with_base, &flags, None).unwrap();
+        let names: Vec<&str> = s.players.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["meta.every=never", "meta.every=never @base"]);
+        // the seeds of one arm alone: nothing to compare
+        let e = elo_setup(&never, &flags, None).err().unwrap().to_string();
+        assert!(e.contains("seeds of one arm") && e.contains("--per-run"), "{e}");
+        // nothing but non-runs: at least 2 real players are needed
+        let e = elo_setup(&[root.join("elo-pool/slurm"), root.join("elo-pool/elo")], &flags, None).err().unwrap().to_string();
+        assert!(e.contains("at least 2 runs") && e.contains("2 argument(s) skipped"), "{e}");
+        // the same responses twice is a usage error
+        let twice = [runs[0].clone(), runs[0].join("eval/update-000002.jsonl")];
+        assert!(matches!(elo_setup(&twice, &flags, None), Err(EvalError::Usage(_))));
+        // a missing path is not skipped: it is a typo
+        assert!(elo_setup(&[runs[0].clone(), root.join("nope")], &flags, None).err().unwrap().to_string().contains("no such run"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_judge_is_named_explicitly() {
+        let root = scratch("judge");
+        let all = results(&root.join("elo-pool"), &sweep_plans(""));
+        let none = elo_setup(&all, &EloFlags::default(), None).err().unwrap().to_string();
+        assert!(none.contains("no tournament judge named") && none.contains("--judge FILE") && none.contains("--training-judge"), "{none}");
+        // --training-judge: the runs' reward judge, recorded as such
+        let t = elo_setup(&all, &EloFlags { training_judge: true, ..EloFlags::default() }, None).unwrap();
+        assert!(t.judge.info.training_judge);
+        assert_eq!(t.judge.info.identity.as_deref(), Some("local:tiny-random-llama"));
+        assert!(t.judge.info.source.contains("--training-judge"));
+        // --judge FILE: a server judge, which runs on the CPU whatever the runs trained on
+        let file = judge_file(&root, OPENAI);
+        let mut s = elo_setup(&all, &EloFlags { judge: Some(file.clone()), ..EloFlags::default() }, None).unwrap();
+        assert!(!s.judge.info.training_judge);
+        assert_eq!(s.judge.info.identity.as_deref(), Some("openai-chat:gpt-4o"));
+        assert_eq!(s.judge.spec.base_url_env, "TOURNAMENT_JUDGE_URL");
+        s.plan.spec.runtime.backend = crate::spec::BackendKind::Cuda;
+        assert_eq!(s.backend(), (crate::spec::BackendKind::Cpu, 0));
+        // an in-process judge runs where the runs ran; its model resolves against the file
+        let local = judge_file(&root.join("l"), "backend: local\nmodel: tiny-random-llama\n");
+        let mut s = elo_setup(&all, &EloFlags { judge: Some(local), ..EloFlags::default() }, None).unwrap();
+        assert_eq!(s.judge.model, Some(ModelRef::Random { name: "tiny-random-llama".into() }));
+        s.plan.spec.runtime.backend = crate::spec::BackendKind::Cuda;
+        assert_eq!(s.backend().0, crate::spec::BackendKind::Cuda);
+        // both flags, a misspelt key, a local judge without a model: clear errors
+        let both = EloFlags { judge: Some(file), training_judge: true, ..EloFlags::default() };
+        assert!(matches!(elo_setup(&all, &both, None), Err(EvalError::Usage(_))));
+        let bad = judge_file(&root.join("b"), "backend: openai\nmodle: gpt-4o\n");
+        let e = elo_setup(&all, &EloFlags { judge: Some(bad), ..EloFlags::default() }, None).err().unwrap().to_string();
+        assert!(e.contains("not a judge spec") && e.contains("modle"), "{e}");
+        let nomodel = judge_file(&root.join("n"), "backend: local\n");
+        let e = elo_setup(&all, &EloFlags { judge: Some(nomodel), ..EloFlags::default() }, None).err().unwrap().to_string();
+        assert!(e.contains("names its model"), "{e}");
+        // Bradley–Terry refuses sequential Elo's knobs
+        let f = judge_file(&root, OPENAI);
+        let k = EloFlags { judge: Some(f.clone()), k: Some(16.0), ..EloFlags::default() };
+        assert!(matches!(elo_setup(&all, &k, None), Err(EvalError::Usage(_))));
+        let k = EloFlags { judge: Some(f), k: Some(16.0), rating: elo::Rating::SequentialElo, ..EloFlags::default() };
+        assert_eq!(elo_setup(&all, &k, None).unwrap().cfg.k, 16.0);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_specs_tournament_judge_is_used_and_must_agree() {
+        let extra = "eval:\n  elo:\n    judge: {backend: local, model: tiny-random-llama}\n";
+        let plans = sweep_plans(extra);
+        // the tournament judge is not part of a run's identity
+        assert_eq!(plans.iter().map(|p| &p.run_id).collect::<Vec<_>>(), sweep_plans("").iter().map(|p| &p.run_id).collect::<Vec<_>>());
+        assert_eq!(plans[0].inputs.models.elo, Some(ModelRef::Random { name: "tiny-random-llama".into() }));
+        let root = scratch("spec-judge");
+        let all = results(&root.join("elo-pool"), &plans);
+        let s = elo_setup(&all, &EloFlags::default(), None).unwrap();
+        assert_eq!(s.judge.info.source, "eval.elo.judge");
+        assert_eq!(s.judge.model, plans[0].inputs.models.elo);
+        assert!(!s.judge.info.training_judge);
+        // two runs whose specs name different tournament judges
+        let mut other = plans[3].clone();
+        other.spec.eval.elo.judge = Some(JudgeSpec { backend: JudgeBackend::Openai, model: Some("gpt-4o".into()), ..JudgeSpec::default() });
+        other.inputs.models.elo = None;
+        RunDir { root: root.join("elo-pool").join(&other.run_id) }.write_json("plan.json", &other).unwrap();
+        let e = elo_setup(&all, &EloFlags::default(), None).err().unwrap().to_string();
+        assert!(e.contains("different `eval.elo.judge`s") && e.contains("gpt-4o") && e.contains("--judge FILE"), "{e}");
+        // --judge settles it
+        let f = judge_file(&root, OPENAI);
+        assert!(elo_setup(&all, &EloFlags { judge: Some(f), ..EloFlags::default() }, None).is_ok());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_tournament_end_to_end_is_written_and_reported() {
+        let root = scratch("e2e");
+        let all = results(&root.join("elo-pool"), &sweep_plans(""));
+        let f = judge_file(&root, OPENAI);
+        let setup = elo_setup(&all, &EloFlags { judge: Some(f), bootstrap: 50, ..EloFlags::default() }, None).unwrap();
+        let quality = |s: &str| s.split("quality ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("0").to_string();
+        let mut judge = ScriptedJudge::new("q", |r, _| {
+            let a = quality(r.prompt.split("Response A:").nth(1).unwrap_or(""));
+            let b = quality(r.prompt.split("Response B:").nth(1).unwrap_or(""));
+            // both responses answer the question shown
+            let q = r.prompt.lines().find_map(|l| l.strip_prefix("question ")).map(str::to_string);
+            assert!(r.prompt.matches(&format!("to question {}", q.unwrap_or_default())).count() == 2, "{}", r.prompt);
+            Ok(JudgeResponse::answer(format!("Winner: {}", if a > b { "A" } else { "B" })))
+        });
+        let t = elo::tournament(&mut judge, &setup.players, (&setup.template.0, &setup.template.1), "math", &setup.cfg).unwrap();
+        assert_eq!(judge.calls, 2 * 32);
+        assert_eq!(t.summary.prompts, 6);
+        assert_eq!(t.summary.standings[0].player, "meta.every=2");
+        let file = write_elo(&setup, &t).unwrap();
+        let back: elo::EloFile = serde_json::from_str(&std::fs::read_to_string(setup.out.join("elo.json")).unwrap()).unwrap();
+        assert_eq!(back, file);
+        assert_eq!(back.skipped.len(), 3);
+        assert_eq!(std::fs::read_to_string(setup.out.join("matches.jsonl")).unwrap().lines().count(), 32);
+        let md = crate::report::elo_section(&root.join("elo-pool"));
+        assert!(md.contains("`elo/elo.json`, written") && md.contains("| 1 | meta.every=2 |") && md.contains("openai-chat:gpt-4o"), "{md}");
+        assert!(md.contains("Bradley–Terry") && md.contains("position consistency 100.0%"), "{md}");
+        // a tournament of an older format is named, not shown
+        std::fs::create_dir_all(root.join("elo-pool/elo-old")).unwrap();
+        std::fs::write(root.join("elo-pool/elo-old/elo.json"), r#"{"config": {}, "standings": []}"#).unwrap();
+        let md = crate::report::elo_section(&root.join("elo-pool"));
+        assert!(md.contains("| 1 | meta.every=2 |") && md.contains("older: `elo-old/elo.json`"), "{md}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -30,15 +30,7 @@ type Field = fn(&MetricsRow) -> Option<f64>;
 impl RunData {
     /// The group key: the cell's factors without the seed (`(base)` for a plain run).
     pub fn group(&self) -> String {
-        let f: Vec<String> = self
-            .plan
-            .cell
-            .iter()
-            .flat_map(|c| c.factors.iter())
-            .filter(|(k, _)| k != "runtime.seed")
-            .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-            .collect();
-        if f.is_empty() { "(base)".into() } else { f.join(" ") }
+        self.plan.arm()
     }
 
     fn series(&self, field: Field) -> Vec<(f64, f64)> {
@@ -104,7 +96,13 @@ pub fn collect(root: &Path) -> Result<Vec<RunData>, ReportError> {
     Ok(runs)
 }
 
+/// Mean ± std over a group's seeds; a count (every value whole) as the value when all agree,
+/// else its range, so `6` never reads `6.000 ± 0.000`.
 fn pm(xs: &[f64]) -> String {
+    if !xs.is_empty() && xs.iter().all(|x| x.fract() == 0.0) {
+        let (lo, hi) = (xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
+        return if lo == hi { format!("{lo}") } else { format!("{lo}–{hi}") };
+    }
     mean_std(xs).map(|(m, s)| format!("{m:.3} ± {s:.3}")).unwrap_or_else(|| "-".into())
 }
 
@@ -239,6 +237,118 @@ fn rubric_test_links(runs: &[RunData], out: &Path) -> String {
     s
 }
 
+/// The newest pairwise tournament under `root` (`mpo eval --elo` writes `root/elo/elo.json`;
+/// one written with `--out root/OTHER` is found too) as a markdown section; a note when none.
+pub fn elo_section(root: &Path) -> String {
+    use crate::eval::elo::{EloFile, FORMAT, markdown};
+    let mut s = String::from("\n## Pairwise tournament\n\n");
+    let mut found: Vec<(String, PathBuf, Result<EloFile, String>)> = Vec::new();
+    let dirs = std::fs::read_dir(root).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default();
+    for d in dirs.into_iter().filter(|d| d.is_dir() && !d.join("plan.json").exists()) {
+        let p = d.join("elo.json");
+        let Ok(text) = std::fs::read_to_string(&p) else { continue };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+        let parsed = match v.get("format").and_then(serde_json::Value::as_u64) {
+            Some(f) if f == FORMAT as u64 => serde_json::from_value::<EloFile>(v).map_err(|e| e.to_string()),
+            _ => Err("written by an older mpo (one presentation order, sequential Elo only)".into()),
+        };
+        let created = parsed.as_ref().map(|f| f.created.clone()).unwrap_or_default();
+        found.push((created, rel, parsed));
+    }
+    // newest first (RFC 3339 UTC sorts as text); unreadable files last
+    found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    match found.first() {
+        None => s.push_str(
+            "No tournament yet: `mpo eval --elo results/NAME/* --judge JUDGE.yaml` rates the runs' newest evaluations \
+             with a pairwise judge (the seeds of an arm pooled into one player).\n",
+        ),
+        Some((created, rel, Ok(f))) => {
+            s.push_str(&format!("`{}`, written {created} ({} players):\n\n", rel.display(), f.summary.players.len()));
+            s.push_str(&markdown(f));
+        }
+        Some((_, rel, Err(e))) => s.push_str(&format!("`{}` cannot be shown: {e}; run `mpo eval --elo` again.\n", rel.display())),
+    }
+    for (created, rel, _) in found.iter().skip(1) {
+        let when = if created.is_empty() { String::new() } else { format!(" (written {created})") };
+        s.push_str(&format!("- older: `{}`{when}\n", rel.display()));
+    }
+    s
+}
+
+/// The arm the others are compared with: `--baseline` when given (an arm's factors as the
+/// table prints them), else the one fixed-rubric arm (`meta.every: never`) when there is exactly
+/// one, else the first.
+fn baseline_arm<'a>(arms: &'a [(String, Vec<&RunData>)], named: Option<&str>) -> Result<&'a (String, Vec<&'a RunData>), ReportError> {
+    if let Some(n) = named {
+        return arms.iter().find(|(g, _)| g == n).ok_or_else(|| {
+            let have: Vec<&str> = arms.iter().map(|(g, _)| g.as_str()).collect();
+            ReportError::Read { path: "--baseline".into(), message: format!("no arm `{n}`; the arms are: {}", have.join("; ")) }
+        });
+    }
+    let fixed: Vec<&(String, Vec<&RunData>)> =
+        arms.iter().filter(|(_, rs)| rs.iter().all(|r| r.plan.spec.meta.every == crate::spec::Every::Never)).collect();
+    Ok(if fixed.len() == 1 { fixed[0] } else { &arms[0] })
+}
+
+/// Every arm against the baseline arm on the held-out prompts, with the paired test
+/// (`mpo eval compare`'s engine: seeds paired as strata). Arms whose runs have no evaluation,
+/// or whose evaluations cannot pair, say why.
+pub fn arm_section(runs: &[RunData], baseline: Option<&str>) -> Result<String, ReportError> {
+    let arms = groups(runs);
+    let mut s = String::from("\n## Arms against the baseline\n\n");
+    if arms.len() < 2 {
+        s.push_str("One arm only: nothing to compare.\n");
+        return Ok(s);
+    }
+    let (base_name, base_runs) = baseline_arm(&arms, baseline)?;
+    s.push_str(&format!(
+        "Baseline: `{base_name}` ({}). Each arm's newest evaluation against the baseline's on the same held-out prompts \
+         (paired by question; seeds paired as strata); `mpo eval compare` prints the same.\n",
+        if baseline.is_some() { "named with --baseline" } else { "the fixed-rubric arm, else the first" }
+    ));
+    let measured = |rs: &[&RunData]| rs.iter().map(|r| crate::eval::compare::measured(&r.dir).ok()).collect::<Option<Vec<_>>>();
+    let Some(mb) = measured(base_runs) else {
+        s.push_str("\nThe baseline's runs have no evaluation yet (`mpo eval RUN`, or `eval.every` in the spec).\n");
+        return Ok(s);
+    };
+    for (name, rs) in arms.iter().filter(|(g, _)| g != base_name) {
+        s.push_str(&format!("\n### `{name}` against `{base_name}`\n\n"));
+        let Some(ma) = measured(rs) else {
+            s.push_str("No evaluation in every run of this arm yet.\n");
+            continue;
+        };
+        let mut any = false;
+        for split in crate::results::evals::SPLITS {
+            let (Some(b), Some(a)) = (
+                mb.iter().map(|m| m.get(split).cloned()).collect::<Option<Vec<_>>>(),
+                ma.iter().map(|m| m.get(split).cloned()).collect::<Option<Vec<_>>>(),
+            ) else {
+                continue;
+            };
+            any = true;
+            match crate::eval::compare::compare_split(split, &b, &a, ("baseline", "arm")) {
+                Ok((c, note)) => {
+                    s.push_str("```\n");
+                    for l in c.lines() {
+                        s.push_str(&l);
+                        s.push('\n');
+                    }
+                    if let Some(n) = note {
+                        s.push_str(&format!("  note: {n}\n"));
+                    }
+                    s.push_str("```\n");
+                }
+                Err(e) => s.push_str(&format!("{split}: cannot pair: {e}\n")),
+            }
+        }
+        if !any {
+            s.push_str("The arm and the baseline share no evaluated split.\n");
+        }
+    }
+    Ok(s)
+}
+
 /// The CSV table: one row per group, mean and std columns per metric.
 pub fn csv(rows: &[GroupRow]) -> String {
     let q = |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
@@ -340,7 +450,7 @@ pub struct Written {
 }
 
 /// Build the whole report for `root` into `out` (default: `root`).
-pub fn report(root: &Path, out: Option<&Path>) -> Result<Written, ReportError> {
+pub fn report(root: &Path, out: Option<&Path>, baseline: Option<&str>) -> Result<Written, ReportError> {
     let runs = collect(root)?;
     let out = out.unwrap_or(root);
     std::fs::create_dir_all(out).map_err(|e| ReportError::Write { path: out.display().to_string(), message: e.to_string() })?;
@@ -348,6 +458,8 @@ pub fn report(root: &Path, out: Option<&Path>) -> Result<Written, ReportError> {
     let rows = aggregate(&runs);
     let mut md = markdown(&name, &rows, &runs);
     md.push_str(&rubric_test_links(&runs, out));
+    md.push_str(&arm_section(&runs, baseline)?);
+    md.push_str(&elo_section(root));
     let write = |p: &Path, text: &str| {
         crate::fsx::write_atomic(p, text.as_bytes())
             .map_err(|e| ReportError::Write { path: p.display().to_string(), message: e.to_string() })
@@ -383,5 +495,8 @@ mod tests {
         assert_eq!(mean_std(&[1.0, 3.0]), Some((2.0, 1.0)));
         assert_eq!(mean_std(&[]), None);
         assert_eq!(pm(&[0.5]), "0.500 ± 0.000");
+        // counts: the value, or the range, never 6.000 ± 0.000
+        assert_eq!(pm(&[6.0, 6.0, 6.0]), "6");
+        assert_eq!(pm(&[0.0, 2.0]), "0–2");
     }
 }

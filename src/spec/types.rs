@@ -715,10 +715,14 @@ pub struct MetaSpec {
     /// Most tokens per meta-judge answer (analyses and rubrics are longer than scores).
     #[schemars(range(min = 16, max = 65536))]
     pub max_tokens: u32,
-    /// Score `reward.cases` under every merged rubric (with the reward judge) before it becomes
-    /// the next version: if an expectation fails that the case file does not list in
-    /// `known_failures`, the current rubric is kept and the history records the failing cases.
-    /// Off by default: the paper has no gate.
+    /// Score `reward.cases` under every merged rubric and under the rubric in force (with the
+    /// reward judge) before the merged one becomes the next version: if an expectation holds
+    /// under the rubric in force and fails under the merged one (a regression; one listed in
+    /// the case file's `known_failures` does not count), the current rubric is kept. Checks are
+    /// scale-free: the case file's numbers are read against the run's initial rubric and
+    /// checked as shares of each rubric's ranges, item expectations only on the items a rubric
+    /// keeps, so a rubric that rescales or renames items is not refused for it. The history
+    /// records what regressed and what fails under both. Off by default: the paper has no gate.
     #[serde(skip_serializing_if = "is_false")]
     pub gate: bool,
 }
@@ -961,7 +965,7 @@ pub struct EvalSpec {
     /// Seed of the test prompts and of evaluation sampling. Independent of `runtime.seed`, so
     /// every run of a seed sweep is measured on the same prompts.
     pub seed: u64,
-    /// Elo tournament settings (`mpo eval --elo`).
+    /// Pairwise tournaments between runs (`mpo eval --elo`): judge, matches, rating.
     pub elo: EloSpec,
 }
 
@@ -971,29 +975,37 @@ impl Default for EvalSpec {
     }
 }
 
-/// Elo tournament: pairwise LLM judging of responses from several runs or checkpoints.
+/// Pairwise tournaments (`mpo eval --elo`): a judge compares the responses of several runs or
+/// checkpoints to the same test questions, each match in both presentation orders; players are
+/// rated by a Bradley–Terry fit (default) or by the paper's sequential Elo (`--rating elo`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EloSpec {
-    /// K-factor (rating change per game).
+    /// Sequential Elo (`--rating elo`): the K-factor (rating change per game).
     #[schemars(range(min = 0.0, max = 1000.0))]
     pub k: f64,
-    /// Rating every player starts with.
+    /// The players' mean rating (Bradley–Terry), or every player's start (sequential Elo).
     pub start: f64,
-    /// Tournament repeats with reshuffled match order (mean +- std over repeats).
+    /// Sequential Elo (`--rating elo`): match orders replayed (mean +- std over them).
     #[schemars(range(min = 1, max = 1000))]
     pub repeats: usize,
-    /// Matches per pair of players per repeat.
+    /// Matches per pair of players; each is judged in both presentation orders.
     #[schemars(range(min = 1))]
     pub matches: usize,
     /// Pairwise judge template (default: built in).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<PathBuf>,
+    /// The tournament's judge, best a stronger model distinct from `reward.judge` (which the
+    /// policies were optimised against, and so favours them). Not part of the run's identity:
+    /// adding it changes no run id. Unset: `mpo eval --elo` needs `--judge FILE`, or
+    /// `--training-judge` to reuse `reward.judge` knowingly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeSpec>,
 }
 
 impl Default for EloSpec {
     fn default() -> Self {
-        EloSpec { k: 4.0, start: 1000.0, repeats: 5, matches: 32, prompt: None }
+        EloSpec { k: 4.0, start: 1000.0, repeats: 5, matches: 32, prompt: None, judge: None }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Inputs {
     pub policy_model: ModelRef,
     pub judge_model: Option<ModelRef>,
     pub meta_model: Option<ModelRef>,
+    /// The in-process model of `eval.elo.judge`, when it has one.
+    pub elo_model: Option<ModelRef>,
     /// The case file (`reward.cases`), read and parsed.
     pub cases: Option<TemplateFile>,
 }
@@ -221,7 +223,11 @@ impl V<'_> {
                 if is_var(&j.base_url_env) && std::env::var_os(&j.base_url_env).is_none() {
                     self.warn(
                         &format!("{field}.base_url_env"),
-                        format!("environment variable `{}` is not set; `mpo run` will need it", j.base_url_env),
+                        format!(
+                            "environment variable `{}` is not set; `{}` will need it",
+                            j.base_url_env,
+                            if field.starts_with("eval.elo") { "mpo eval --elo" } else { "mpo run" }
+                        ),
                         "not set in this shell",
                     )
                     .help
@@ -305,6 +311,21 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         None => None,
     };
     for (field, held_out, summary) in [("task.test", &spec.task.test, &test), ("task.transfer", &spec.task.transfer, &transfer)] {
+        if let (Some(src), Some(d)) = (held_out, summary)
+            && let Some(g) = &src.generate
+            && d.len < g.count
+        {
+            v.warn(
+                &format!("{field}.generate.count"),
+                format!(
+                    "the held-out part of levels {:?} holds {} distinct problems: the split has {}, not {} (a test split never repeats a problem)",
+                    g.levels, d.len, d.len, g.count
+                ),
+                "fewer distinct problems",
+            )
+            .help
+            .push(format!("set `count: {}`, or add levels with more problems (levels 2, 4 and 5 hold thousands)", d.len));
+        }
         if let (Some(_), Some(_), Some(t)) = (&train, summary, held_out)
             && let (Ok(a), Ok(b)) =
                 (task::load(kind, &spec.task.train, data_seed, Split::Train), task::load(kind, t, test_seed, Split::Test))
@@ -334,8 +355,8 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
             .help
             .push("add `task.test: {path: ...}` or set `eval.every: never`".into());
     }
-    if let (Some(t), Some(limit)) = (&test, spec.task.test.as_ref().and_then(|t| t.limit)) {
-        let n = t.len.min(limit);
+    if let Some(t) = &test {
+        let n = spec.task.test.as_ref().and_then(|t| t.limit).map_or(t.len, |limit| t.len.min(limit));
         if spec.eval.samples > n {
             v.warn(
                 "eval.samples",
@@ -451,6 +472,10 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     let meta_model = match spec.meta.judge.as_mut() {
         Some(j) => v.judge("meta.judge", j, &policy_name),
         None => Some(judge_model.clone().flatten()),
+    };
+    let elo_model = match spec.eval.elo.judge.as_mut() {
+        Some(j) => v.judge("eval.elo.judge", j, &policy_name),
+        None => Some(None),
     };
     let mut seen = std::collections::BTreeSet::new();
     for t in &spec.policy.lora.targets {
@@ -746,6 +771,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         policy_model: policy_model?,
         judge_model: judge_model?,
         meta_model: meta_model?,
+        elo_model: elo_model?,
         cases,
     })
 }

@@ -78,23 +78,86 @@ fn sweep_report_eval_and_elo() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no checkpoint of update 7; saved: 2"));
 
-    // Elo between the two cells and the base model's responses
+    // A tournament between the two arms and the base model's responses, as `mpo eval --elo
+    // results/NAME/*` calls it (slurm/ and the report's files are skipped with a note), judged
+    // by a server judge named in a file: a stub that prefers the longer response, whichever
+    // side it is shown on.
+    let stub = mpo::bench::stub::Stub::start(|r| {
+        let prompt = r.body["messages"][0]["content"].as_str().unwrap_or("").to_string();
+        let part = |from: &str, to: &str| prompt.split(from).nth(1).and_then(|s| s.split(to).next()).unwrap_or("").trim().len();
+        let (a, b) = (part("Response A:", "Response B:"), part("Response B:", "Reply with one line"));
+        mpo::bench::stub::Reply::Text(
+            if a > b {
+                " A"
+            } else if b > a {
+                " B"
+            } else {
+                " tie"
+            }
+            .into(),
+        )
+    })
+    .unwrap();
+    let judge = r.join("judge.yaml");
+    std::fs::write(&judge, "backend: openai\nmodel: stub\nbase_url_env: MPO_TEST_TOURNAMENT_URL\nmax_retries: 0\n").unwrap();
+    std::fs::create_dir_all(results.join("slurm/logs")).unwrap();
+    let mut star: Vec<String> = std::fs::read_dir(&results).unwrap().flatten().map(|e| e.path().display().to_string()).collect();
+    star.sort();
     let base = dirs[0].join("eval/base.jsonl");
-    let elo = ok(&mpo(&[
-        "eval",
-        "--elo",
-        dirs[0].to_str().unwrap(),
-        dirs[1].to_str().unwrap(),
-        base.to_str().unwrap(),
-        "--matches",
-        "4",
-        "--bootstrap",
-        "20",
-    ]));
-    assert!(elo.contains("rank"), "{elo}");
+    star.push(base.display().to_string());
+    let elo_args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["eval", "--elo"].iter().map(|s| s.to_string()).collect();
+        a.extend(star.iter().cloned());
+        a.extend(["--matches", "4", "--bootstrap", "20"].iter().map(|s| s.to_string()));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let tournament = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mpo")).args(elo_args(extra)).env("MPO_TEST_TOURNAMENT_URL", &stub.url).output().unwrap()
+    };
+    // no judge named: a clear error, nothing judged
+    let none = tournament(&[]);
+    assert_eq!(none.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&none.stderr);
+    assert!(e.contains("no tournament judge named") && e.contains("--judge FILE") && e.contains("--training-judge"), "{e}");
+    assert_eq!(stub.count(), 0);
+    let out = tournament(&["--judge", judge.to_str().unwrap()]);
+    let elo = ok(&out);
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(notes.contains("note: skipped") && notes.contains("slurm: not a run directory (no plan.json)"), "{notes}");
+    assert!(notes.contains("report.md: not a run directory"), "{notes}");
+    assert!(elo.contains("rank") && elo.contains("BT rating") && elo.contains("judge: openai stub"), "{elo}");
+    assert!(elo.contains("position consistency 100.0%") && !elo.contains("training judge"), "{elo}");
+    // 3 players, 3 pairs x 4 matches, each judged in both orders
+    assert_eq!(stub.count(), 24);
     let t = json(&results.join("elo/elo.json"));
+    assert_eq!(t["format"], 2);
+    assert_eq!(t["judge"]["training_judge"], false);
+    assert_eq!(t["judge"]["identity"], "openai-chat:stub");
+    let players: Vec<&str> = t["players"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(players.len(), 3);
+    assert!(players.contains(&"meta.every=never") && players.contains(&"meta.every=1"), "{players:?}");
+    assert!(players.iter().any(|p| p.ends_with(" @base")), "{players:?}");
     assert_eq!(t["standings"].as_array().unwrap().len(), 3);
-    assert_eq!(t["matches"].as_u64().unwrap() + t["unreadable"].as_u64().unwrap(), 12);
+    assert_eq!((t["matches"].as_u64(), t["incomplete_matches"].as_u64()), (Some(12), Some(0)));
+    assert_eq!(t["position"]["consistency"], 1.0);
+    let mean: f64 = t["standings"].as_array().unwrap().iter().map(|s| s["rating"].as_f64().unwrap()).sum::<f64>() / 3.0;
+    assert!((mean - 1000.0).abs() < 1e-6, "{mean}");
+    assert_eq!(std::fs::read_to_string(results.join("elo/matches.jsonl")).unwrap().lines().count(), 12);
+    // the report shows it
+    ok(&mpo(&["report", results.to_str().unwrap()]));
+    let md = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(md.contains("## Pairwise tournament") && md.contains("`elo/elo.json`") && md.contains("| 1 |"), "{md}");
+    // and every arm against the fixed-rubric arm on the same held-out prompts, with the exact test
+    assert!(md.contains("## Arms against the baseline") && md.contains("Baseline: `meta.every=never`"), "{md}");
+    assert!(md.contains("### `meta.every=1` against `meta.every=never`"), "{md}");
+    assert!(md.contains("accuracy on 4 held-out test prompts") && md.contains("exact McNemar test: "), "{md}");
+    // counts read as counts
+    assert!(md.contains("| meta.every=never | 1 (1) | 2 |"), "{md}");
+    // a baseline that is not an arm is refused, naming the arms
+    let bad = mpo(&["report", results.to_str().unwrap(), "--baseline", "meta.every=3"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no arm `meta.every=3`; the arms are: meta.every=never; meta.every=1"));
     let _ = std::fs::remove_dir_all(&r);
 }
 
@@ -214,7 +277,7 @@ fn a_run_measures_before_and_after_and_mpo_eval_agrees() {
     let spec = "tests/specs/valid/tiny.yaml";
     let out = mpo(&["run", spec, &root_arg]);
     let stdout = ok(&out);
-    for want in ["accuracy on 4 held-out test prompts", "base ", "trained ", "change ", "95% Wilson", "paired bootstrap ("] {
+    for want in ["accuracy on 4 held-out test prompts", "base ", "trained ", "change ", "95% Wilson", "exact McNemar test: "] {
         assert!(stdout.contains(want), "missing `{want}` in:\n{stdout}");
     }
     let dir = std::fs::read_dir(r.join("tiny")).unwrap().flatten().map(|e| e.path()).find(|p| p.join("plan.json").exists()).unwrap();
@@ -225,7 +288,18 @@ fn a_run_measures_before_and_after_and_mpo_eval_agrees() {
     let e = ok(&mpo(&["eval", dir.to_str().unwrap()]));
     assert!(e.contains("checkpoint-000006 on 4 test prompts"), "{e}");
     assert!(e.contains(&format!("accuracy                 {in_run:.4}")), "{e}\n(in-run accuracy {in_run})");
-    assert!(e.contains("change "), "{e}");
+    assert!(e.contains("change ") && e.contains("exact McNemar test: "), "{e}");
+    // `mpo eval compare` on two evaluation files of the run: the same pairing and test as the
+    // run's own summary printed
+    let file = |f: &str| dir.join("eval").join(f).display().to_string();
+    let c = ok(&mpo(&["eval", "compare", &file("base.jsonl"), &file("update-000006.jsonl")]));
+    assert!(c.contains("accuracy on 4 held-out test prompts") && c.contains("exact McNemar test: "), "{c}");
+    let summary_test = stdout.lines().find(|l| l.contains("exact McNemar test: ")).unwrap().trim();
+    assert!(c.lines().any(|l| l.trim() == summary_test), "{summary_test}\nnot in\n{c}");
+    // one side only: a usage error (exit 2) that says how to call it
+    let bad = mpo(&["eval", "compare", &file("base.jsonl")]);
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("mpo eval compare A B"));
     let responses = |f: &str| -> Vec<String> {
         std::fs::read_to_string(dir.join("eval").join(f))
             .unwrap()
