@@ -30,7 +30,7 @@ pub enum EvalCommand {
     /// question text; evaluations of different questions are refused. A side is a run
     /// directory (its newest evaluation of each split) or an evaluation file
     /// (RUN/eval/LABEL.jsonl). Seeds of one arm: `mpo eval compare A1 A2 --vs B1 B2`, paired
-    /// seed with seed and tested as strata.
+    /// seed with seed; the test takes each prompt's change averaged over the seeds.
     Compare {
         /// A and B; or, with --vs, every run of side A.
         #[arg(required = true)]

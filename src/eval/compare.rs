@@ -1,7 +1,7 @@
 //! `mpo eval compare A B`: two policies measured on the same held-out prompts — the newest
 //! evaluation of two runs, or two evaluation files. Several runs per side (seeds of one arm,
-//! `mpo eval compare A1 A2 --vs B1 B2`) are paired seed with seed and combined as strata, never
-//! pooled as if independent. `mpo report` draws the same comparison for every sweep arm
+//! `mpo eval compare A1 A2 --vs B1 B2`) are paired seed with seed, and each prompt's change is
+//! averaged over the seeds before the test: the prompt is the unit, never a (prompt, seed) pair. `mpo report` draws the same comparison for every sweep arm
 //! against its baseline arm.
 
 use std::collections::BTreeMap;

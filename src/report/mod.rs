@@ -96,10 +96,13 @@ pub fn collect(root: &Path) -> Result<Vec<RunData>, ReportError> {
     Ok(runs)
 }
 
-/// Mean ± std over a group's seeds; a count (every value whole) as the value when all agree,
-/// else its range, so `6` never reads `6.000 ± 0.000`.
-fn pm(xs: &[f64]) -> String {
-    if !xs.is_empty() && xs.iter().all(|x| x.fract() == 0.0) {
+/// Columns that count things: shown as the count when every seed agrees, else its range, so
+/// `6` never reads `6.000 ± 0.000`.
+const COUNTS: [&str; 3] = ["updates", "judge failures", "rubric versions"];
+
+/// A column's cell: mean ± std over a group's seeds, or a count.
+fn pm(column: &str, xs: &[f64]) -> String {
+    if COUNTS.contains(&column) && !xs.is_empty() {
         let (lo, hi) = (xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max));
         return if lo == hi { format!("{lo}") } else { format!("{lo}–{hi}") };
     }
@@ -198,8 +201,8 @@ pub fn markdown(name: &str, rows: &[GroupRow], runs: &[RunData]) -> String {
     }
     for r in rows {
         s.push_str(&format!("| {} | {} ({}) |", r.group, r.runs, r.finished));
-        for (_, xs) in &r.columns {
-            s.push_str(&format!(" {} |", pm(xs)));
+        for (c, xs) in &r.columns {
+            s.push_str(&format!(" {} |", pm(c, xs)));
         }
         s.push('\n');
     }
@@ -292,7 +295,7 @@ fn baseline_arm<'a>(arms: &'a [(String, Vec<&RunData>)], named: Option<&str>) ->
 }
 
 /// Every arm against the baseline arm on the held-out prompts, with the paired test
-/// (`mpo eval compare`'s engine: seeds paired as strata). Arms whose runs have no evaluation,
+/// (`mpo eval compare`'s engine: seeds paired seed with seed). Arms whose runs have no evaluation,
 /// or whose evaluations cannot pair, say why.
 pub fn arm_section(runs: &[RunData], baseline: Option<&str>) -> Result<String, ReportError> {
     let arms = groups(runs);
@@ -304,7 +307,7 @@ pub fn arm_section(runs: &[RunData], baseline: Option<&str>) -> Result<String, R
     let (base_name, base_runs) = baseline_arm(&arms, baseline)?;
     s.push_str(&format!(
         "Baseline: `{base_name}` ({}). Each arm's newest evaluation against the baseline's on the same held-out prompts \
-         (paired by question; seeds paired as strata); `mpo eval compare` prints the same.\n",
+         (paired by question; seeds paired seed with seed, each prompt one unit of the test); `mpo eval compare` prints the same.\n",
         if baseline.is_some() { "named with --baseline" } else { "the fixed-rubric arm, else the first" }
     ));
     let measured = |rs: &[&RunData]| rs.iter().map(|r| crate::eval::compare::measured(&r.dir).ok()).collect::<Option<Vec<_>>>();
@@ -473,7 +476,7 @@ pub fn report(root: &Path, out: Option<&Path>, baseline: Option<&str>) -> Result
     let mut table =
         vec![vec!["factor".to_string(), "runs".into(), VERIFIER.into(), TRAINING_REWARD.into(), "kl".into(), "rubric versions".into()]];
     for r in &rows {
-        let get = |n: &str| r.columns.iter().find(|(c, _)| c == n).map(|(_, xs)| pm(xs)).unwrap_or_default();
+        let get = |n: &str| r.columns.iter().find(|(c, _)| c == n).map(|(c, xs)| pm(c, xs)).unwrap_or_default();
         table.push(vec![
             r.group.clone(),
             format!("{} ({} finished)", r.runs, r.finished),
@@ -494,9 +497,11 @@ mod tests {
     fn mean_and_population_std() {
         assert_eq!(mean_std(&[1.0, 3.0]), Some((2.0, 1.0)));
         assert_eq!(mean_std(&[]), None);
-        assert_eq!(pm(&[0.5]), "0.500 ± 0.000");
+        assert_eq!(pm("kl", &[0.5]), "0.500 ± 0.000");
         // counts: the value, or the range, never 6.000 ± 0.000
-        assert_eq!(pm(&[6.0, 6.0, 6.0]), "6");
-        assert_eq!(pm(&[0.0, 2.0]), "0–2");
+        assert_eq!(pm("updates", &[6.0, 6.0, 6.0]), "6");
+        assert_eq!(pm("rubric versions", &[0.0, 2.0]), "0–2");
+        // a proportion whose seeds happen to be whole stays a mean ± std
+        assert_eq!(pm("eval accuracy", &[0.0, 1.0]), "0.500 ± 0.500");
     }
 }

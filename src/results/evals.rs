@@ -174,11 +174,12 @@ pub struct Comparison {
 
 impl Comparison {
     /// Compare A and B from one or more strata of paired scores (`pair`'s output, one per
-    /// seed; every stratum must hold the same prompts). 0/1 outcomes: the exact McNemar test on
-    /// the discordant pairs (summed over strata: the stratified exact test), Newcombe's paired
-    /// interval for one stratum. Other scores: the sign-flip permutation test on per-prompt
-    /// differences and BCa intervals. With several strata each prompt's scores are averaged
-    /// over them first, so a prompt counts once in every interval.
+    /// seed; every stratum must hold the same prompts). One stratum of 0/1 outcomes: the exact
+    /// McNemar test on the discordant pairs and Newcombe's paired interval. Otherwise each
+    /// prompt's scores are averaged over the strata first, so a prompt counts once in the test
+    /// (the sign-flip permutation test on per-prompt changes) and in every BCa interval: seeds
+    /// answer the same prompts, and (prompt, seed) pairs counted as independent would overstate
+    /// the evidence.
     pub fn new(
         split: &str,
         metric: &str,
@@ -224,16 +225,14 @@ impl Comparison {
             }
         };
         let (ea, eb) = (side(&a, 1), side(&b, 2));
-        let (test, p) = if proportion {
-            let name = if strata.len() == 1 {
-                "exact McNemar test".to_string()
-            } else {
-                format!("stratified exact McNemar test ({} seeds)", strata.len())
-            };
-            (name, stats::mcnemar_exact(better, worse))
+        // Seeds answer the same prompts, so (prompt, seed) pairs are not independent: with
+        // several seeds the unit is the prompt, and the test is on its seed-averaged change.
+        let (test, p) = if proportion && strata.len() == 1 {
+            ("exact McNemar test".to_string(), stats::mcnemar_exact(better, worse))
         } else {
             let how = if d.len() <= 16 { "exact sign-flip permutation test" } else { "sign-flip permutation test (20000 draws)" };
-            (how.to_string(), stats::sign_flip_test(&d, seed ^ 3, 20_000))
+            let on = if strata.len() > 1 { format!(" on per-prompt changes averaged over {} seeds", strata.len()) } else { String::new() };
+            (format!("{how}{on}"), stats::sign_flip_test(&d, seed ^ 3, 20_000))
         };
         let change = if proportion && better + worse == 0 {
             Estimate { value: 0.0, ci: None, how: "no discordant pairs: no interval" }
@@ -452,18 +451,27 @@ mod tests {
     }
 
     #[test]
-    fn seeds_combine_as_strata() {
-        // 3 seeds, each 3 better / 0 worse of 16: no seed alone is a change (p = 0.25), the
-        // stratified test over the 9 discordant pairs is (p = 2^-8)
+    fn seeds_combine_with_the_prompt_as_the_unit() {
+        // 3 seeds, each 3 better / 0 worse of 16 on the same 3 prompts: 9 discordant
+        // (prompt, seed) pairs, but 3 prompts: p = 0.25, not the 2^-8 of pooled pairs
         let (a, b) = flips(16, 3, 0, 4);
         let one = pair(&lines(&a), &lines(&b)).unwrap();
         let c = Comparison::new("test", "accuracy", ("ppo", "mpo"), &[one.clone(), one.clone(), one], 0).unwrap();
         assert_eq!((c.n, c.strata, c.better, c.worse), (16, 3, 9, 0));
-        assert!((c.p - 2.0 / 512.0).abs() < 1e-12, "{}", c.p);
+        assert_eq!(c.p, 0.25);
         let text = c.lines().join("\n");
         assert!(text.contains("16 held-out test prompts, 3 seeds each"), "{text}");
-        assert!(text.contains("stratified exact McNemar test (3 seeds): p = 0.004 < alpha = 0.05: mpo is higher than ppo"), "{text}");
+        assert!(
+            text.contains("exact sign-flip permutation test on per-prompt changes averaged over 3 seeds: p = 0.250 >= alpha"),
+            "{text}"
+        );
         assert!(text.contains("9 prompt-seed pairs better"), "{text}");
+        // 10 prompts up in every seed: p = 2/2^10 over the 16 prompts
+        let (a10, b10) = flips(16, 10, 0, 2);
+        let ten = pair(&lines(&a10), &lines(&b10)).unwrap();
+        let c = Comparison::new("test", "accuracy", ("ppo", "mpo"), &[ten.clone(), ten.clone(), ten], 0).unwrap();
+        assert_eq!(c.p, 2.0 / 1024.0);
+        assert!(c.lines().join("\n").contains("< alpha = 0.05: mpo is higher than ppo"), "{:?}", c.lines());
         // strata on different prompts are refused
         let other = pair(&lines(&a[..8]), &lines(&b[..8])).unwrap();
         let two = [pair(&lines(&a), &lines(&b)).unwrap(), other];
