@@ -199,12 +199,15 @@ pub struct Position {
     /// Matches whose two orders gave the same verdict.
     pub consistent: usize,
     /// `consistent / matches` (1 for a judge that ignores positions).
+    #[serde(with = "nan_as_null")]
     pub consistency: f64,
     /// Verdicts (two per match) that named a winner.
     pub decisive: usize,
     /// Of those, the ones won by the response shown first.
     pub first_shown_won: usize,
-    /// `first_shown_won / decisive` (0.5 for a judge without position bias).
+    /// `first_shown_won / decisive` (0.5 for a judge without position bias; undefined, null in
+    /// the file, when no verdict was decisive).
+    #[serde(with = "nan_as_null")]
     pub first_shown_rate: f64,
 }
 
@@ -217,10 +220,12 @@ pub struct Standing {
     /// Sequential Elo: the std over match orders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub std: Option<f64>,
-    /// 2.5% and 97.5% percentiles of the bootstrap over prompts.
+    /// 2.5% and 97.5% percentiles of the bootstrap over prompts (null when no refit succeeded).
+    #[serde(with = "nan_as_null::pair")]
     pub ci95: (f64, f64),
     pub games: usize,
-    /// Mean score per match (a tie half).
+    /// Mean score per match (a tie half; null without games).
+    #[serde(with = "nan_as_null")]
     pub score: f64,
     pub wins: usize,
     pub losses: usize,
@@ -233,7 +238,8 @@ pub struct HeadToHead {
     pub a: String,
     pub b: String,
     pub matches: usize,
-    /// `a`'s mean score against `b`.
+    /// `a`'s mean score against `b` (null when they never met).
+    #[serde(with = "nan_as_null")]
     pub score_a: f64,
     pub a_wins: usize,
     pub b_wins: usize,
@@ -306,6 +312,34 @@ pub struct EloFile {
     pub skipped: Vec<String>,
     #[serde(flatten)]
     pub summary: Summary,
+}
+
+/// Undefined statistics (a rate of nothing, an interval no refit produced) are NaN in memory;
+/// JSON has no NaN, so they are written as null and read back as NaN: `elo.json` always reads.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() { s.serialize_f64(*x) } else { s.serialize_none() }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+
+    pub mod pair {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(x: &(f64, f64), s: S) -> Result<S::Ok, S::Error> {
+            let f = |v: f64| v.is_finite().then_some(v);
+            (f(x.0), f(x.1)).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(f64, f64), D::Error> {
+            let (a, b) = <(Option<f64>, Option<f64>)>::deserialize(d)?;
+            Ok((a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN)))
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -996,5 +1030,15 @@ mod tests {
         assert_eq!(serde_json::from_str::<EloFile>(&text).unwrap(), f);
         let md = markdown(&f);
         assert!(md.contains("| 1 | p1 |") && md.contains("own training judge") && md.contains("position consistency 100.0%"), "{md}");
+        // a judge that always says tie: no decisive verdict, so the first-shown rate is
+        // undefined; the file says null and reads back (NaN is not JSON)
+        let t = tournament(&mut quality_judge(0.0), &players(&[3, 3]), ("t", TEMPLATE), "math", &cfg).unwrap();
+        assert!(t.summary.position.first_shown_rate.is_nan());
+        let tied = EloFile { summary: t.summary, ..f };
+        let text = serde_json::to_string_pretty(&tied).unwrap();
+        assert!(text.contains("\"first_shown_rate\": null"), "{text}");
+        let back: EloFile = serde_json::from_str(&text).unwrap();
+        assert!(back.summary.position.first_shown_rate.is_nan());
+        assert_eq!(serde_json::to_string_pretty(&back).unwrap(), text);
     }
 }

@@ -71,7 +71,7 @@ pub struct MetaOutcome {
 /// how many case expectations were checked, those that hold under the rubric in force and fail
 /// under the merged one (any keeps the current rubric), and, for reading, those that fail under
 /// both and those the merged rubric fixes.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GateVerdict {
     pub checked: usize,
     /// Regressions: each one refuses the merged rubric (`failing`: rows written before the
@@ -84,14 +84,30 @@ pub struct GateVerdict {
     /// Expectations that fail under the rubric in force and hold under the merged one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fixed: Vec<String>,
+    /// Expectations a rubric could not be measured on (the judge gave a case no score): the
+    /// gate cannot show the merged rubric does no worse there, so each one refuses it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmeasured: Vec<String>,
+    /// Expectations that held under the rubric in force on items the merged rubric no longer
+    /// has: they no longer apply (item expectations follow the items a rubric keeps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
 }
 
 impl GateVerdict {
     /// The merged rubric when it does no worse than the rubric in force on any case; else why
     /// the current one stays (the regressions, named).
     pub fn apply(&self, merged: Result<Rubric, String>) -> Result<Rubric, String> {
-        if self.regressed.is_empty() {
+        if self.regressed.is_empty() && self.unmeasured.is_empty() {
             return merged;
+        }
+        if self.regressed.is_empty() {
+            return Err(format!(
+                "meta gate: {} of {} case expectation(s) could not be measured (the judge gave a case no score), so the merged rubric cannot be shown to do no worse: {}",
+                self.unmeasured.len(),
+                self.checked,
+                self.unmeasured.join("; ")
+            ));
         }
         Err(format!(
             "meta gate: {} of {} case expectation(s) hold under the rubric in force and fail under the merged rubric: {}",

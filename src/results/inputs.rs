@@ -117,7 +117,12 @@ pub fn store(dir: &RunDir, plan: &Plan) -> std::io::Result<Vec<String>> {
                 skipped.push(format!("{}: another file is already at {}", n.path.display(), target.display()));
                 continue;
             }
-            Err(_) => crate::fsx::write_atomic(&target, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => crate::fsx::write_atomic(&target, &bytes)?,
+            // Something is there that cannot be read: never write over it.
+            Err(e) => {
+                skipped.push(format!("{}: {} cannot be read ({e}), so it is not replaced", n.path.display(), target.display()));
+                continue;
+            }
         }
         entries.push(Entry { name: n.name, path: n.path.display().to_string(), sha256: sha, copy });
     }

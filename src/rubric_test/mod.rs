@@ -73,6 +73,9 @@ pub struct Check {
     /// Why a failure is accepted: the reason given in the case file's `known_failures`, or
     /// that the committed snapshot records it.
     pub known: Option<String>,
+    /// It failed because a case it reads has no score (the judge failed, or no recording):
+    /// not measured, rather than measured wrong.
+    pub unmeasured: bool,
 }
 
 impl Check {
@@ -300,7 +303,8 @@ impl Gate {
 
     /// The expectations of `rubric`, scored with `judge` unless it was scored last time.
     fn checks(&mut self, judge: &mut dyn Judge, rubric: &Rubric, usage: &mut TokenUsage) -> Result<Vec<Check>, String> {
-        let key = rubric_sha(rubric);
+        // Another judge scores another way: the cache holds a judge's own scorings only.
+        let key = format!("{}\n{}", judge.identity(), rubric_sha(rubric));
         if let Some((_, c)) = self.scored.iter().find(|(k, _)| *k == key) {
             return Ok(c.clone());
         }
@@ -329,17 +333,30 @@ impl Gate {
         let now = self.checks(judge, candidate, &mut usage)?;
         // Keep only these two: the next step's rubric in force is one of them.
         let keep = [rubric_sha(in_force), rubric_sha(candidate)];
-        self.scored.retain(|(k, _)| keep.contains(k));
-        let held: BTreeMap<String, bool> = before.iter().map(|c| (c.key(), c.holds())).collect();
-        let mut v = crate::meta::GateVerdict { checked: now.len(), regressed: vec![], failing_both: vec![], fixed: vec![] };
+        self.scored.retain(|(k, _)| keep.iter().any(|s| k.ends_with(s.as_str())));
+        let held: BTreeMap<String, &Check> = before.iter().map(|c| (c.key(), c)).collect();
+        let mut v = crate::meta::GateVerdict { checked: now.len(), ..Default::default() };
         for c in &now {
-            match (held.get(&c.key()), c.holds()) {
+            let was = held.get(&c.key());
+            // A check either side could not measure cannot show the candidate does no worse:
+            // it refuses (unless known to fail) rather than pass or blame as a regression.
+            if c.unmeasured || (was.is_some_and(|b| b.unmeasured) && !c.holds()) {
+                if c.known.is_none() {
+                    v.unmeasured.push(c.line());
+                }
+                continue;
+            }
+            match (was.map(|b| b.holds()), c.holds()) {
                 (Some(true), false) if c.known.is_none() => v.regressed.push(c.line()),
                 (Some(false), false) => v.failing_both.push(c.line()),
                 (Some(false), true) => v.fixed.push(c.line()),
                 _ => {}
             }
         }
+        // Expectations of items the candidate dropped no longer apply; said, not hidden.
+        let kept: BTreeSet<String> = now.iter().map(Check::key).collect();
+        v.dropped =
+            before.iter().filter(|b| b.holds() && !kept.contains(&b.key())).map(|b| format!("{}: {}", b.case, b.expected())).collect();
         Ok((v, usage))
     }
 }
@@ -397,7 +414,9 @@ pub fn check_read(file: &CaseFile, cases: &[Case], outcomes: &[Outcome], rubric:
     let unscored = |o: &Outcome| format!("no score ({})", o.failure.as_deref().unwrap_or("no answer"));
     let mut out = Vec::new();
     let mut push = |case: &str, what: String, means: Option<String>, got: Option<String>| {
-        let mut c = Check { case: case.into(), what, means, got, known: None };
+        // `unscored` below is the only source of "no score (": a failure it wrote is unmeasured.
+        let unmeasured = got.as_deref().is_some_and(|g| g.contains("no score ("));
+        let mut c = Check { case: case.into(), what, means, got, known: None, unmeasured };
         c.known = file.known_failures.get(&c.key()).or_else(|| file.known_failures.get(case)).cloned();
         out.push(c);
     };
@@ -1009,6 +1028,27 @@ mod tests {
     }
 
     #[test]
+    fn a_case_the_judge_could_not_score_refuses_rather_than_passes_or_blames() {
+        let (mut gate, v0, _) = gate_and_judge();
+        let candidate = doubled(&v0);
+        // Scores v0 fully on every case; under the candidate it answers nothing usable.
+        let mut flaky = crate::judge::scripted::ScriptedJudge::new("test:flaky", |q: &JudgeRequest, _| {
+            if q.prompt.contains("(0-8)") {
+                return Ok(JudgeResponse::answer("I would rather not say."));
+            }
+            Ok(JudgeResponse::answer("Correct: 4\nWork: 1"))
+        });
+        let (v, _) = gate.verdict(&mut flaky, &v0, &candidate).unwrap();
+        assert!(v.regressed.is_empty() && !v.unmeasured.is_empty(), "{v:?}");
+        let e = v.apply(Ok(candidate.clone())).unwrap_err();
+        assert!(e.contains("could not be measured"), "{e}");
+        // and an unmeasured rubric in force does not wave a failing candidate through as
+        // `failing_both`
+        let (v, _) = gate.verdict(&mut flaky, &candidate, &v0).unwrap();
+        assert!(v.failing_both.is_empty(), "{v:?}");
+    }
+
+    #[test]
     fn item_expectations_follow_the_items_a_rubric_keeps() {
         let (mut gate, v0, mut judge) = gate_and_judge();
         // `Work` renamed: its expectation no longer applies, which is no regression.
@@ -1018,16 +1058,26 @@ mod tests {
         let (v, _) = gate.verdict(&mut judge, &v0, &renamed).unwrap();
         assert!(v.regressed.is_empty(), "{v:?}");
         assert_eq!(v.checked, 3, "the item expectation is not checked under a rubric without the item");
+        assert_eq!(v.dropped, vec!["good: `Work` in 1..=1".to_string()], "the dropped expectation is said");
         // Kept under another spelling (normalised names match) with a wider range, and scored
         // at its bottom: a regression, named on the item's own range.
         let stingy =
             Rubric::parse("## Correct (0-4)\n- Award 4 when the answer is right.\n\n## WORK (0-3)\n- Award 3 when the steps are shown.\n")
                 .unwrap();
+        // The same judge scores v0 as before (Work full on the good case) and gives WORK 0
+        // under the stingy rubric: a regression of the candidate, not of the judge.
         let mut stingy_judge = crate::judge::scripted::ScriptedJudge::new("test:stingy", |q: &JudgeRequest, _| {
             let right = q.prompt.contains("\\boxed{4}");
-            Ok(JudgeResponse::answer(if right { "Correct: 4\nWORK: 0" } else { "Correct: 0\nWORK: 0" }))
+            let stingy = q.prompt.contains("## WORK (0-3)");
+            Ok(JudgeResponse::answer(match (right, stingy) {
+                (true, true) => "Correct: 4\nWORK: 0",
+                (true, false) => "Correct: 4\nWork: 1",
+                (false, true) => "Correct: 0\nWORK: 0",
+                (false, false) => "Correct: 0\nWork: 0",
+            }))
         });
         let (v, _) = gate.verdict(&mut stingy_judge, &v0, &stingy).unwrap();
+        assert!(v.failing_both.is_empty() && v.unmeasured.is_empty(), "v0 was rescored by this judge: {v:?}");
         assert!(
             v.regressed.contains(&"good: expected `Work` in 3..=3 of 0..=3 (the case file's 1..=1 of 0..=1), got `Work` 0".to_string()),
             "{v:?}"

@@ -338,6 +338,7 @@ mod tests {
                     means: None,
                     got: failing.contains(id).then(|| format!("total {t}")),
                     known: None,
+                    unmeasured: false,
                 })
                 .collect(),
         }
