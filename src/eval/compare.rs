@@ -145,7 +145,8 @@ pub fn compare(a: &[PathBuf], b: &[PathBuf]) -> Result<String, EvalError> {
         };
         let c = compare_split(split, &sa, &sb, ("A", "B"))?;
         out.push('\n');
-        for m in sa.iter().chain(&sb) {
+        // A directory stands for its newest evaluation of each split: name the files used.
+        for m in sa.iter().chain(&sb).filter(|_| a.iter().chain(b).any(|p| p.is_dir())) {
             out.push_str(&format!("  {} {}\n", if sa.iter().any(|x| x.source == m.source) { "A" } else { "B" }, m.source.display()));
         }
         for l in c.0.lines() {

@@ -284,7 +284,12 @@ impl Comparison {
         )];
         v.push(format!("  {la:<w$}  {}", self.a.show(false)));
         v.push(format!("  {lb:<w$}  {}", self.b.show(false)));
-        let unit = if self.strata > 1 { "prompt-seed pairs" } else { "prompts" };
+        let unit = match (self.strata > 1, self.better == 1) {
+            (true, true) => "prompt-seed pair",
+            (true, false) => "prompt-seed pairs",
+            (false, true) => "prompt",
+            (false, false) => "prompts",
+        };
         v.push(format!("  {:<w$}  {}; {} {unit} better, {} worse", "change", self.change.show(true), self.better, self.worse));
         let verdict = if self.proportion && self.better + self.worse == 0 {
             "no discordant pairs: both answered every prompt alike".to_string()
