@@ -59,7 +59,7 @@ pub fn measured(arg: &Path) -> Result<BTreeMap<String, Measured>, EvalError> {
             std::fs::read_to_string(base.with_extension("json")).ok().and_then(|t| serde_json::from_str(&t).ok()).ok_or_else(|| {
                 input(format!("{}: no readable evaluation summary beside it ({})", arg.display(), base.with_extension("json").display()))
             })?;
-        let lines = read_lines(&base.with_extension("jsonl"))?;
+        let lines = evals::read_lines(&base.with_extension("jsonl")).map_err(input)?;
         // RUN/eval/LABEL.jsonl or RUN/eval/transfer/LABEL.jsonl
         let run = arg.ancestors().find(|a| a.join("plan.json").is_file());
         let m = Measured { source: arg.to_path_buf(), seed: run.and_then(seed_of), summary: summary.clone(), lines };
@@ -86,15 +86,6 @@ pub fn measured(arg: &Path) -> Result<BTreeMap<String, Measured>, EvalError> {
         )));
     }
     Ok(out)
-}
-
-fn read_lines(path: &Path) -> Result<Vec<EvalLine>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|e| input(format!("{}: {e}", path.display())))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| serde_json::from_str(l).map_err(|e| input(format!("{}:{}: {e}", path.display(), n + 1))))
-        .collect()
 }
 
 /// Pair the two sides' evaluations stratum by stratum: by seed when both sides' runs have the

@@ -328,13 +328,8 @@ pub struct Source {
 fn read_source(file: &Path, run: &Path) -> Result<Source, EvalError> {
     // Paths at the run's own copies (the pairwise template), wherever the folder is.
     let plan = RunDir::open(run)?.local_plan()?.plan;
-    let text = std::fs::read_to_string(file).map_err(|e| input(format!("{}: {e}", file.display())))?;
-    let mut lines = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let l: crate::results::evals::EvalLine =
-            serde_json::from_str(line).map_err(|e| input(format!("{}:{}: not an evaluation line: {e}", file.display(), n + 1)))?;
-        lines.push((l.question, l.response));
-    }
+    let lines: Vec<(String, String)> =
+        crate::results::evals::read_lines(file).map_err(input)?.into_iter().map(|l| (l.question, l.response)).collect();
     let weights = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let member = elo::Member::new(format!("{} @{weights}", plan.run_id), lines);
     Ok(Source { member, plan, weights, file: file.to_path_buf(), run: run.to_path_buf() })

@@ -69,10 +69,18 @@ impl RunDir {
     pub fn read_eval(&self, split: &str, label: &str) -> Option<(EvalSummary, Vec<EvalLine>)> {
         let base = self.path(&format!("{}/{label}", folder(split)));
         let summary: EvalSummary = serde_json::from_str(&std::fs::read_to_string(base.with_extension("json")).ok()?).ok()?;
-        let text = std::fs::read_to_string(base.with_extension("jsonl")).ok()?;
-        let lines = text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<Vec<EvalLine>, _>>().ok()?;
-        Some((summary, lines))
+        Some((summary, read_lines(&base.with_extension("jsonl")).ok()?))
     }
+}
+
+/// The lines of an evaluation file (`eval/<label>.jsonl`); an error names the file and line.
+pub fn read_lines(path: &std::path::Path) -> Result<Vec<EvalLine>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| serde_json::from_str(l).map_err(|e| format!("{}:{}: not an evaluation line: {e}", path.display(), n + 1)))
+        .collect()
 }
 
 /// The significance level verdicts are read at.
