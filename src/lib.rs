@@ -9,6 +9,7 @@ pub mod diag;
 pub mod eval;
 pub mod fsx;
 mod generate_cmd;
+pub mod grammar;
 pub mod judge;
 pub mod meta;
 pub mod model;

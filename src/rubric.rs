@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::grammar::Shape;
+
 /// One scored criterion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
@@ -45,6 +47,8 @@ pub enum RubricError {
     BadRange { line: usize, name: String, min: i64, max: i64 },
     #[error("the rubric has {count} items, more than the allowed {max}")]
     TooMany { count: usize, max: usize },
+    #[error("line {line}: item name `{name}` has a colon: a judge's `{name}: 4` could never be read as its score; name it without one")]
+    NameColon { line: usize, name: String },
 }
 
 fn heading_re() -> &'static Regex {
@@ -104,6 +108,9 @@ impl Rubric {
                 };
                 flush(&mut items, &mut body);
                 let name = c["name"].trim().trim_matches(['*', '_', ':']).trim().to_string();
+                if name.contains(':') {
+                    return Err(RubricError::NameColon { line: i + 1, name });
+                }
                 let (min, max) = (parse_int(&c["min"]), parse_int(&c["max"]));
                 if max <= min {
                     return Err(RubricError::BadRange { line: i + 1, name, min, max });
@@ -155,6 +162,89 @@ impl Rubric {
         Ok(Rubric { preamble: preamble.trim().to_string(), items: out })
     }
 
+    /// Item headings that repeat an earlier item's name (`(line, heading)`): [`Rubric::parse`]
+    /// merges them into the first, so a hand-written rubric that repeats a name loses the second
+    /// range without saying so.
+    pub fn duplicate_headings(text: &str) -> Vec<(usize, String)> {
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        let mut in_fence = false;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                in_fence = !in_fence;
+            }
+            if let Some(c) = heading_re().captures(line.trim_end()).filter(|_| !in_fence) {
+                let key = normalize_name(c["name"].trim().trim_matches(['*', '_', ':']));
+                if seen.contains(&key) {
+                    out.push((i + 1, line.trim_end().to_string()));
+                } else {
+                    seen.push(key);
+                }
+            }
+        }
+        out
+    }
+
+    /// What keeps a written rubric from being accepted as a new version, beyond parsing: names
+    /// that are not names (a title, a date, numbers), ranges wider than [`MAX_POINTS`], award
+    /// or deduction amounts outside the item's range, and lines cut off mid-sentence. Empty
+    /// when the rubric is sound. Judges' rubrics are untrusted; this is what "accepted" claims.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for it in &self.items {
+            let n = &it.name;
+            let words = n.split_whitespace().count();
+            if !n.chars().all(|c| c.is_alphabetic() || " -'&,".contains(c))
+                || !n.starts_with(|c: char| c.is_alphabetic())
+                || words > 6
+                || n.to_lowercase().starts_with("rubric")
+            {
+                out.push(format!("`{n}` is not an item name (one to six words of letters, not a title, date or number)"));
+            }
+            let span = it.max - it.min;
+            if span > MAX_POINTS {
+                out.push(format!("`{n}` ranges over {span} points, more than {MAX_POINTS}"));
+            }
+            for line in it.awards.iter().chain(&it.deductions) {
+                if let Some(k) = amount(line)
+                    && (k < 1 || k > span)
+                {
+                    out.push(format!("`{n} ({}-{})`: `{line}` gives {k} points, outside 1-{span}", it.min, it.max));
+                }
+                if !line.trim_end().ends_with(['.', '!', '?', ')']) {
+                    out.push(format!("`{n}`: `{line}` stops mid-sentence"));
+                }
+            }
+        }
+        out
+    }
+
+    /// What this rubric changed against `prev`, item by item (matched by name): items dropped,
+    /// added and re-ranged, the heaviest item of `prev` (the one that carries the most points,
+    /// on math the correctness item) marked, so that losing it shows in the history.
+    pub fn changes_from(&self, prev: &Rubric) -> Vec<String> {
+        let heaviest = prev.items.iter().max_by_key(|i| i.max - i.min).map(|i| normalize_name(&i.name));
+        let find = |r: &'_ Rubric, name: &str| r.items.iter().find(|i| normalize_name(&i.name) == normalize_name(name)).cloned();
+        let mark = |name: &str| if heaviest.as_deref() == Some(normalize_name(name).as_str()) { " (the heaviest item)" } else { "" };
+        let mut out = Vec::new();
+        for p in &prev.items {
+            match find(self, &p.name) {
+                None => out.push(format!("dropped `{} ({}-{})`{}", p.name, p.min, p.max, mark(&p.name))),
+                Some(n) if (n.min, n.max) != (p.min, p.max) => {
+                    out.push(format!("`{}` {}-{} -> {}-{}{}", p.name, p.min, p.max, n.min, n.max, mark(&p.name)))
+                }
+                Some(n) if n.description != p.description => out.push(format!("`{}` reworded{}", p.name, mark(&p.name))),
+                Some(_) => {}
+            }
+        }
+        for n in &self.items {
+            if find(prev, &n.name).is_none() {
+                out.push(format!("added `{} ({}-{})`", n.name, n.min, n.max));
+            }
+        }
+        out
+    }
+
     /// Reject rubrics with more than `max_items` items.
     pub fn validate(&self, max_items: usize) -> Result<(), RubricError> {
         if self.items.len() > max_items {
@@ -191,11 +281,14 @@ impl Rubric {
     }
 }
 
-/// The shape a grammar holds a meta judge's rubric to, on servers that take grammars
-/// (`reward.judge.dialect` other than `openai`): at most `items` items, each a
-/// `## Name (0-N)` heading (N at most 10) and one to `lines` award or deduction lines of at most
-/// `line_chars` characters. Sized so that the longest rubric it allows fits the token budget:
-/// every answer it admits is complete and parses.
+/// The shape a meta judge's rubric is held to (on servers that take grammars, and always in
+/// process): at most `items` items, each a `## Name (0-N)` heading with N at most
+/// [`MAX_POINTS`], then one to `lines` lines `- Award k when <criterion>.` or `- Deduct k when
+/// <criterion>.` with k within the item's range, a criterion of [`CRITERION_MIN_CHARS`] to
+/// `line_chars` characters that starts in lower case and ends at its first full stop (a line
+/// ends where its sentence does, never cut mid-word by a length limit it could not see), and
+/// a name of one to four words of letters. Sized so that the longest rubric it admits fits the
+/// token budget: every answer it admits is complete and parses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RubricShape {
     pub items: usize,
@@ -203,62 +296,92 @@ pub struct RubricShape {
     pub line_chars: usize,
 }
 
-/// Longest item name a grammar allows (characters, all ASCII).
-const SHAPE_NAME_CHARS: usize = 40;
-/// Bytes of the longest heading: `## ` + name + ` (0-10)` + newline.
-const SHAPE_HEADING_BYTES: usize = 3 + SHAPE_NAME_CHARS + 7 + 1;
-/// Bytes of a line besides its criterion: `- Deduct 10 when ` + newline.
-const SHAPE_LINE_BYTES: usize = 17 + 1;
-/// A criterion shorter than this cannot say what is observed.
-const SHAPE_MIN_LINE_CHARS: usize = 24;
+/// The widest item range a written rubric may use: no single item can swamp the rest.
+pub const MAX_POINTS: i64 = 10;
+/// The shortest criterion a rubric line may have (characters between `when ` and the stop).
+pub const CRITERION_MIN_CHARS: usize = 12;
+/// Below this longest criterion a line cannot say what is observed and under which condition:
+/// the shape gives up lines, then items, before going under it, and `mpo check` refuses a
+/// budget that cannot hold one item with it.
+pub const MIN_USEFUL_LINE_CHARS: usize = 40;
 /// Room for a criterion with its condition; below it, fewer but longer lines.
-const SHAPE_GOOD_LINE_CHARS: usize = 40;
-const SHAPE_MAX_LINE_CHARS: usize = 160;
+const GOOD_LINE_CHARS: usize = 50;
+const MAX_LINE_CHARS: usize = 160;
+/// A name: a capitalised word and up to three more, each of at most ten letters.
+const NAME_WORDS: u32 = 4;
+const WORD_CHARS: u32 = 10;
+/// Bytes of the longest heading: `## ` + name + ` (0-10)` + newline.
+const HEADING_BYTES: usize = 3 + (WORD_CHARS as usize + 1) * NAME_WORDS as usize - 1 + 7 + 1;
+/// Bytes of a line besides its criterion: `- Deduct 10 when ` + `.` + newline.
+const LINE_BYTES: usize = 17 + 2;
 
 impl RubricShape {
     /// The richest shape of at most `max_items` items whose longest rubric fits `max_tokens`
-    /// (one token per byte, the bound for byte-level tokenizers; one more for the end token).
-    /// Fewer lines per item first, then fewer items, when the budget is small.
-    pub fn fit(max_items: usize, max_tokens: u32) -> RubricShape {
+    /// (one token per byte, the bound for byte-level tokenizers; one more for the end token):
+    /// fewer lines per item first, then fewer items, never lines shorter than
+    /// [`MIN_USEFUL_LINE_CHARS`]. `None` when not even one such item fits.
+    pub fn fit(max_items: usize, max_tokens: u32) -> Option<RubricShape> {
         let budget = (max_tokens as usize).saturating_sub(1);
-        let line_chars = |items: usize, lines: usize| {
-            ((budget / items.max(1)).saturating_sub(SHAPE_HEADING_BYTES) / lines).saturating_sub(SHAPE_LINE_BYTES)
-        };
-        for (lines, least) in [(3, SHAPE_GOOD_LINE_CHARS), (2, SHAPE_GOOD_LINE_CHARS), (1, SHAPE_MIN_LINE_CHARS)] {
+        let line_chars =
+            |items: usize, lines: usize| ((budget / items.max(1)).saturating_sub(HEADING_BYTES) / lines).saturating_sub(LINE_BYTES);
+        for (lines, least) in [(3, GOOD_LINE_CHARS), (2, GOOD_LINE_CHARS), (1, MIN_USEFUL_LINE_CHARS)] {
             let c = line_chars(max_items, lines);
             if c >= least {
-                return RubricShape { items: max_items, lines, line_chars: c.min(SHAPE_MAX_LINE_CHARS) };
+                return Some(RubricShape { items: max_items.max(1), lines, line_chars: c.min(MAX_LINE_CHARS) });
             }
         }
-        let least_item = SHAPE_HEADING_BYTES + SHAPE_LINE_BYTES + SHAPE_MIN_LINE_CHARS;
-        let items = (budget / least_item).clamp(1, max_items.max(1));
-        RubricShape { items, lines: 1, line_chars: line_chars(items, 1).clamp(1, SHAPE_MAX_LINE_CHARS) }
+        let items = budget / Self::item_bytes(1, MIN_USEFUL_LINE_CHARS);
+        (items >= 1).then(|| RubricShape { items, lines: 1, line_chars: line_chars(items, 1).min(MAX_LINE_CHARS) })
     }
 
-    /// Tokens `items` items need at the least: one shortest criterion line each.
+    fn item_bytes(lines: usize, line_chars: usize) -> usize {
+        HEADING_BYTES + lines * (LINE_BYTES + line_chars)
+    }
+
+    /// Tokens `items` items need at the least: one line of [`MIN_USEFUL_LINE_CHARS`] each.
     pub fn least_tokens(items: usize) -> u32 {
-        RubricShape { items, lines: 1, line_chars: SHAPE_MIN_LINE_CHARS }.most_tokens()
+        (items * Self::item_bytes(1, MIN_USEFUL_LINE_CHARS) + 1) as u32
     }
 
     /// Tokens the longest rubric of this shape can take (its bytes, plus the end token).
     pub fn most_tokens(&self) -> u32 {
-        (self.items * (SHAPE_HEADING_BYTES + self.lines * (SHAPE_LINE_BYTES + self.line_chars)) + 1) as u32
+        self.shape().longest_bytes() as u32 + 1
+    }
+
+    /// The shape itself: what servers get as GBNF and the local judge as a regex.
+    pub fn shape(&self) -> Shape {
+        let word = Shape::class("a-z").repeat(1, WORD_CHARS - 1);
+        let name = Shape::seq([
+            Shape::class("A-Z"),
+            word.clone(),
+            Shape::seq([Shape::lit(" "), Shape::class("A-Za-z"), Shape::class("a-z").repeat(0, WORD_CHARS - 1)]).repeat(0, NAME_WORDS - 1),
+        ])
+        .named("name");
+        let criterion = Shape::seq([
+            Shape::class("a-z"),
+            Shape::text_except(".").repeat(CRITERION_MIN_CHARS as u32 - 1, self.line_chars.max(CRITERION_MIN_CHARS) as u32 - 1),
+        ])
+        .named("criterion");
+        let verb = Shape::alt([Shape::lit("- Award "), Shape::lit("- Deduct ")]).named("verb");
+        let item = |n: i64| {
+            let line = Shape::seq([verb.clone(), Shape::integers(1, n), Shape::lit(" when "), criterion.clone(), Shape::lit(".\n")]);
+            Shape::seq([Shape::lit("## "), name.clone(), Shape::lit(format!(" (0-{n})\n")), line.repeat(1, self.lines as u32)])
+                .named(&format!("item{n}"))
+        };
+        Shape::alt((1..=MAX_POINTS).map(item)).named("item").repeat(1, self.items as u32)
     }
 
     /// The grammar in GBNF (llama.cpp; also read by vLLM's and SGLang's xgrammar backends).
     pub fn gbnf(&self) -> String {
-        format!(
-            "root ::= item{{1,{items}}}\n\
-             item ::= \"## \" name \" (0-\" points \")\\n\" line{{1,{lines}}}\n\
-             name ::= [A-Z] [A-Za-z0-9 ,'/&-]{{1,{name_rest}}}\n\
-             points ::= [1-9] | \"10\"\n\
-             line ::= \"- \" (\"Award\" | \"Deduct\") \" \" points \" when \" [^\\n]{{1,{line_chars}}} \"\\n\"\n",
-            items = self.items,
-            lines = self.lines,
-            name_rest = SHAPE_NAME_CHARS - 1,
-            line_chars = self.line_chars,
-        )
+        self.shape().gbnf()
     }
+}
+
+/// The points an award or deduction line names (`Award 4 when`, `Deduct 2 if`, `+1 for`).
+fn amount(line: &str) -> Option<i64> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| Regex::new(r"(?i)^(?:award|deduct|penali[sz]e)?\s*[+−-]?\s*(\d+)\b").expect("static regex"));
+    re.captures(line.trim()).and_then(|c| c[1].parse().ok())
 }
 
 /// Item names compare without case, punctuation or repeated spaces.
@@ -279,32 +402,49 @@ mod tests {
     #[test]
     fn the_meta_grammar_fits_its_budget_and_what_it_admits_parses() {
         // a roomy budget keeps every item and three lines
-        let roomy = RubricShape::fit(6, 2048);
+        let roomy = RubricShape::fit(6, 2048).unwrap();
         assert_eq!((roomy.items, roomy.lines), (6, 3));
         assert!(roomy.most_tokens() <= 2048, "{roomy:?}");
-        // a tight one gives up lines, then items, never the fit
-        for (items, tokens) in [(6, 192), (12, 1024), (3, 64), (1, 16)] {
-            let s = RubricShape::fit(items, tokens);
+        // a tight one gives up lines, then items, never the fit nor a useful line length
+        for (items, tokens) in [(6, 192), (12, 1024), (3, 640), (1, 120)] {
+            let s = RubricShape::fit(items, tokens).unwrap();
             assert!(s.items >= 1 && s.items <= items && s.lines >= 1, "{s:?}");
-            if s.line_chars >= SHAPE_MIN_LINE_CHARS {
-                assert!(s.most_tokens() <= tokens, "{items} items in {tokens}: {s:?} takes {}", s.most_tokens());
-            }
+            assert!(s.line_chars >= MIN_USEFUL_LINE_CHARS, "{items} items in {tokens}: {s:?}");
+            assert!(s.most_tokens() <= tokens, "{items} items in {tokens}: {s:?} takes {}", s.most_tokens());
         }
-        assert_eq!(RubricShape::fit(6, 192).items, 2);
-        // the longest rubric the shape admits, written out, parses to that many items
-        let s = RubricShape::fit(4, 1024);
-        let name = format!("A{}", "b".repeat(SHAPE_NAME_CHARS - 1));
+        // 12 items in 1024 tokens: fewer items with lines that can say something (the old
+        // shape cut every line to 24 characters to keep 11 items)
+        assert_eq!(RubricShape::fit(12, 1024).unwrap().items, 1023 / RubricShape::item_bytes(1, MIN_USEFUL_LINE_CHARS));
+        assert_eq!(RubricShape::fit(3, 640).unwrap().lines, 2);
+        assert_eq!(RubricShape::fit(6, 40), None);
+        assert!(RubricShape::least_tokens(1) > 40);
+        // the longest rubric the shape admits, written out, is admitted, fits and parses
+        let s = RubricShape::fit(2, 512).unwrap();
         let text: String = (0..s.items)
             .map(|k| {
-                let lines = format!("- Deduct 10 when {}\n", "x".repeat(s.line_chars)).repeat(s.lines);
-                format!("## {}{k} (0-10)\n{lines}", &name[..SHAPE_NAME_CHARS - 1])
+                let lines = format!("- Deduct 10 when a{}.\n", "x".repeat(s.line_chars - 1)).repeat(s.lines);
+                // distinct names, or the parse would merge the items
+                format!("## Abcdefghij Abcdefghij Abcdefghij Abcdefghi{} (0-10)\n{lines}", (b'a' + k as u8) as char)
             })
             .collect();
-        assert!(text.len() < s.most_tokens() as usize, "{} bytes > {}", text.len(), s.most_tokens());
+        let shape = s.shape();
+        assert!(shape.matches(&text), "{text}");
+        assert_eq!(text.len() + 1, s.most_tokens() as usize);
         let r = Rubric::parse(&text).unwrap();
         assert_eq!(r.items.len(), s.items);
         assert_eq!(r.items[0].deductions.len(), s.lines);
-        insta::assert_snapshot!(RubricShape::fit(6, 1024).gbnf());
+        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        // what it refuses: points beyond the item's range, a line cut mid-sentence, a date as
+        // a name, a second range in a name
+        for bad in [
+            "## Correct answer (0-1)\n- Award 2 when the final answer is right.\n",
+            "## Correct answer (0-2)\n- Award 1 when the final answer is written in\n",
+            "## Rubric for math solutions 10/01/2023 12/ (0-1)\n- Award 1 when the final answer is right.\n",
+            "## Correct (0-4) answer (0-2)\n- Award 1 when the final answer is right.\n",
+        ] {
+            assert!(!shape.matches(bad), "{bad}");
+        }
+        insta::assert_snapshot!(RubricShape::fit(6, 1024).unwrap().gbnf());
     }
 
     const R: &str = "# Math rubric\nScore each item.\n\n## Final answer (0-4)\n- Award 4 if the boxed answer is right.\n- Deduct 2 if there is no box.\n\n## Reasoning (0 - 3 points)\nShows steps.\n";
@@ -343,6 +483,44 @@ mod tests {
         assert_eq!((r.preamble.as_str(), r.items.len()), ("## Improved rubric", 1));
         // after an item it is still an error: it would swallow the item's criteria
         assert!(matches!(Rubric::parse("## A (0-1)\n## Notes\n"), Err(RubricError::NoRange { line: 2, .. })));
+    }
+
+    #[test]
+    fn a_written_rubric_is_sound_or_says_why_not() {
+        // the rubric a 135M meta judge wrote under the old grammar (issue 28): every problem named
+        let v001 = "## Rubric for math solutions 10/01/2023 12/ (0-1)\n- Award 1 when the final answer is written in\n\n## Answer in a box (0-2)\n- Award 4 when the answer is boxed.\n- Deduct 3 when there is no box.\n";
+        let r = Rubric::parse(v001).unwrap();
+        let p = r.problems();
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p[0].contains("not an item name"), "{}", p[0]);
+        assert!(p[1].contains("stops mid-sentence"), "{}", p[1]);
+        assert!(p[2].contains("gives 4 points, outside 1-2") && p[3].contains("gives 3 points"), "{p:?}");
+        // the shipped initial rubric is sound
+        let v0 = Rubric::parse(&std::fs::read_to_string("prompt_templates/math/rubric_v0.md").unwrap()).unwrap();
+        assert_eq!(v0.problems(), Vec::<String>::new());
+        assert!(Rubric::parse("## Style (0-20)\n").unwrap().problems()[0].contains("20 points"));
+    }
+
+    #[test]
+    fn changes_name_items_dropped_added_and_reranged() {
+        let v0 = Rubric::parse(R).unwrap();
+        let v1 = Rubric::parse("## Reasoning (0-5)\nShows steps.\n## Units (0-1)\n").unwrap();
+        assert_eq!(
+            v1.changes_from(&v0),
+            vec!["dropped `Final answer (0-4)` (the heaviest item)", "`Reasoning` 0-3 -> 0-5", "added `Units (0-1)`"]
+        );
+        assert!(v0.changes_from(&v0).is_empty());
+    }
+
+    #[test]
+    fn names_a_judge_cannot_answer_and_repeated_headings_are_found() {
+        assert_eq!(
+            Rubric::parse("## Thesis: clarity (0-5)\n"),
+            Err(RubricError::NameColon { line: 1, name: "Thesis: clarity".into() })
+        );
+        let text = "## Clarity (0-2)\n- Award 2 if clear.\n## clarity (0-4)\n";
+        assert_eq!(Rubric::duplicate_headings(text), vec![(3, "## clarity (0-4)".to_string())]);
+        assert!(Rubric::duplicate_headings(R).is_empty());
     }
 
     #[test]

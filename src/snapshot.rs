@@ -32,7 +32,7 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
         template::render(&f.path.display().to_string(), &f.text, &ctx).map_err(|e| e.to_string())
     };
     let rubric = &r.inputs.rubric;
-    let max_items = r.spec.meta.max_items;
+    let limits = crate::meta::MetaShapes::fit(r.spec.meta.max_items, r.spec.meta.max_tokens)?.limits();
     let mut out = vec![("rubric-v0.md".to_string(), rubric.to_markdown())];
     for (i, rec) in data.records.iter().take(n).enumerate() {
         let question = render(TemplateKind::Policy, rec.clone())?;
@@ -45,7 +45,7 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
         let id = format!("sample-{i}");
         let rationale = "The answer is right but the steps are terse.";
         let sample = SampleContext::new(&id, &question, response, Some(3.0), rubric.max_score() as f64, rationale, Some(1.0), rec);
-        let meta = |stage| to_json(&MetaContext::new(task, rubric, max_items, stage));
+        let meta = |stage| to_json(&MetaContext::new(task, rubric, limits, stage));
         if has(TemplateKind::Analyze) {
             let guidelines = crate::meta::analyze_guidelines(r.spec.meta.domain_guidelines, rec);
             out.push((

@@ -94,6 +94,7 @@ impl BackendJob for GenerateBench {
             }
             rates.push(r);
         }
+        out += &guided_cost(&m, &prompts[..self.batches.first().copied().unwrap_or(1).min(prompts.len())], self.new_tokens)?;
         let ours: Vec<(usize, f64, Vec<Vec<u32>>)> =
             rates.iter().map(|r| (r.batch, r.tokens as f64 / r.secs, prompts[..r.batch].to_vec())).collect();
         if let Some(url) = &self.server {
@@ -105,6 +106,48 @@ impl BackendJob for GenerateBench {
         }
         Ok(out)
     }
+}
+
+/// What holding answers to a shape costs (the demo's meta rubric shape): generation with and
+/// without guides on the same prompts, and the mask's own time per token, replayed over the
+/// guided answers' tokens.
+fn guided_cost<B: Backend>(m: &model::LoadedModel<B>, prompts: &[Vec<u32>], new_tokens: usize) -> anyhow::Result<String> {
+    use crate::model::constrain::{Constraint, Engine};
+    let vocab = m.model.lm_head.weight.val().dims()[1];
+    let te = Instant::now();
+    let engine = Engine::new(&m.tok, vocab)?;
+    let engine_s = te.elapsed().as_secs_f64();
+    let shape = crate::rubric::RubricShape::fit(4, 800).ok_or_else(|| anyhow::anyhow!("the demo's meta budget fits no rubric"))?.shape();
+    let c = Constraint::Shape(shape.clone());
+    let s = Sampling { max_new_tokens: new_tokens, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: m.tok.stop_ids.clone(), stop_strings: vec![] };
+    let t0 = Instant::now();
+    let free = generate(&m.model, &m.tok, prompts, &s, false, &mut crate::rng::stream(0, "bench"))?;
+    let free_s = t0.elapsed().as_secs_f64();
+    let mut guides = prompts.iter().map(|_| engine.guide(&c).map(Some)).collect::<Result<Vec<_>, _>>()?;
+    let t1 = Instant::now();
+    let held = crate::model::generate::generate_guided(&m.model, &m.tok, prompts, &s, false, &mut crate::rng::stream(0, "bench"), &mut guides)?;
+    let held_s = t1.elapsed().as_secs_f64();
+    // the mask alone, replayed over the tokens the guided rows drew
+    let (mut masks, mut logits) = (0usize, vec![0f32; vocab]);
+    let tm = Instant::now();
+    for g in &held {
+        let mut guide = engine.guide(&c)?;
+        for &t in &g.tokens {
+            guide.mask(&mut logits)?;
+            guide.advance(t)?;
+            masks += 1;
+        }
+    }
+    let mask_ms = tm.elapsed().as_secs_f64() * 1e3 / masks.max(1) as f64;
+    let n = |v: &[crate::model::generate::Generated]| v.iter().map(|g| g.tokens.len()).sum::<usize>();
+    let whole = held.iter().filter(|g| shape.matches(g.text.trim_end())).count();
+    Ok(format!(
+        "  held to the demo's meta rubric shape (batch {}): engine built in {engine_s:.2}s; free {}, held {}; the mask costs {mask_ms:.2} ms per token ({masks} tokens replayed); {whole} of {} held answers complete rubrics\n",
+        prompts.len(),
+        fmt_rate(n(&free), free_s),
+        fmt_rate(n(&held), held_s),
+        held.len()
+    ))
 }
 
 /// One batch size's generation figures.

@@ -91,12 +91,12 @@ pub fn build<'a, B: Backend + 'a>(
             let mref = mref.cloned().unwrap_or_else(|| env.policy_ref.clone());
             let name = local_name(&mref);
             match env.shared.filter(|_| &mref == env.policy_ref) {
-                Some((m, tok)) => Box::new(LocalJudge { model: m.clone(), tok: tok.clone(), name, batch: env.batch }),
+                Some((m, tok)) => Box::new(LocalJudge::new(m.clone(), tok.clone(), name, env.batch)),
                 None => {
                     let l = model::load::<B>(&mref, None, env.seed, env.device, &mut |m| eprintln!("{m}"))
                         .map_err(|source| BuildError::Model { role: role_s(), source })?
                         .quantized_decode(env.quantized_decode);
-                    Box::new(LocalJudge { model: l.model, tok: l.tok, name, batch: env.batch })
+                    Box::new(LocalJudge::new(l.model, l.tok, name, env.batch))
                 }
             }
         }

@@ -4,14 +4,22 @@
 //! weights and runs with the adapter switched off, so judging costs no extra memory. Requests
 //! are answered in batches through the model's chat template. Sampling draws from a stream
 //! derived from the batch's seeds, so a run is reproducible; at temperature 0 (the default for
-//! judges) answers are greedy.
+//! judges) answers are greedy. Answers are held to the shapes servers are held to (a
+//! request's `shape`, else its JSON schema; guided values to their ranges) by constrained
+//! decoding (`model::constrain`): an answer can be cut off by `max_tokens` only when its shape
+//! was not sized to it.
+
+use std::cell::OnceCell;
 
 use burn::prelude::*;
 
 use super::{Judge, JudgeError, JudgeRequest, JudgeResponse, TokenLogprob};
+use crate::grammar::Shape;
 use crate::model::Llama;
-use crate::model::generate::{Sampling, fill_fields, generate};
+use crate::model::constrain::{ConstrainError, Constraint, Engine, Guide};
+use crate::model::generate::{Sampling, fill_fields, generate_guided};
 use crate::model::tokenizer::{Message, Tok};
+use crate::reward::score::value_shape;
 
 pub struct LocalJudge<B: Backend> {
     pub model: Llama<B>,
@@ -20,15 +28,40 @@ pub struct LocalJudge<B: Backend> {
     pub name: String,
     /// Most prompts per forward batch.
     pub batch: usize,
+    /// The constraint engine for this tokenizer, built at the first shaped request.
+    engine: OnceCell<Result<Engine, ConstrainError>>,
 }
 
 impl<B: Backend> LocalJudge<B> {
-    /// Guided requests: one prompt pass, then each label forced and its value decoded.
+    pub fn new(model: Llama<B>, tok: Tok, name: String, batch: usize) -> Self {
+        LocalJudge { model, tok, name, batch, engine: OnceCell::new() }
+    }
+
+    fn engine(&self) -> Result<&Engine, JudgeError> {
+        let vocab = self.model.lm_head.weight.val().dims()[1];
+        self.engine
+            .get_or_init(|| Engine::new(&self.tok, vocab))
+            .as_ref()
+            .map_err(|e| JudgeError::Local { message: e.to_string() })
+    }
+
+    /// Guided requests: one prompt pass, then each label forced and its value decoded, held to
+    /// an integer in the label's range when the request gives ranges.
     fn answer_guided(&self, reqs: &[(usize, &JudgeRequest)], prompts: &[Vec<u32>]) -> Result<Vec<JudgeResponse>, JudgeError> {
         let r0 = reqs[0].1;
         let value_tokens = (r0.max_tokens as usize).clamp(1, 6);
-        let filled = fill_fields(&self.model, &self.tok, prompts, &r0.guided, value_tokens, r0.top_logprobs.unwrap_or(10) as usize)
-            .map_err(|e| JudgeError::Local { message: e.to_string() })?;
+        let values: Vec<Shape> = r0.guided_ranges.iter().map(|&(lo, hi)| value_shape(lo, hi)).collect();
+        let engine = if values.is_empty() { None } else { Some(self.engine()?) };
+        let filled = fill_fields(
+            &self.model,
+            &self.tok,
+            prompts,
+            &r0.guided,
+            value_tokens,
+            r0.top_logprobs.unwrap_or(10) as usize,
+            engine.map(|e| (e, values.as_slice())),
+        )
+        .map_err(|e| JudgeError::Local { message: e.to_string() })?;
         Ok(filled
             .into_iter()
             .zip(prompts)
@@ -70,7 +103,21 @@ impl<B: Backend> LocalJudge<B> {
         // One stream per group, derived from the members' seeds and attempts: reproducible.
         let seed = reqs.iter().fold(0u64, |a, (_, r)| a.wrapping_mul(31).wrapping_add(r.seed ^ ((r.attempt as u64) << 48)));
         let mut rng = crate::rng::stream(seed, "judge/local");
-        let gens = generate(&self.model, &self.tok, &prompts, &s, false, &mut rng).map_err(|e| local(e.to_string()))?;
+        // Each answer held to its request's shape, or its JSON schema.
+        let mut guides: Vec<Option<Guide>> = Vec::with_capacity(reqs.len());
+        for (_, r) in reqs {
+            let c = match (&r.shape, &r.json_schema) {
+                (Some(shape), _) => Some(Constraint::Shape(shape.clone())),
+                (None, Some(schema)) => Some(Constraint::Json(schema.clone())),
+                (None, None) => None,
+            };
+            guides.push(match c {
+                Some(c) => Some(self.engine()?.guide(&c).map_err(|e| local(e.to_string()))?),
+                None => None,
+            });
+        }
+        let gens =
+            generate_guided(&self.model, &self.tok, &prompts, &s, false, &mut rng, &mut guides).map_err(|e| local(e.to_string()))?;
         Ok(gens
             .into_iter()
             .zip(&prompts)
@@ -146,11 +193,35 @@ mod tests {
         let model =
             Llama::load(&cfg, &crate::model::weights::RandomWeights { config: cfg.clone(), seed: 7 }, None, 512, 1, &Default::default())
                 .unwrap();
-        LocalJudge { model, tok: crate::model::tokenizer::tests::tiny_tok(), name: "tiny".into(), batch: 4 }
+        LocalJudge::new(model, crate::model::tokenizer::tests::tiny_tok(), "tiny".into(), 4)
     }
 
     fn request(max_tokens: u32, guided: Vec<String>) -> JudgeRequest {
         JudgeRequest { prompt: "Grade: 2+2=4".into(), max_tokens, temperature: 0.0, seed: 1, guided, ..Default::default() }
+    }
+
+    #[test]
+    fn answers_held_to_a_shape_are_complete_and_of_the_shape() {
+        let mut j = judge();
+        // a meta rubric sized to its budget, and a free answer: a random-weight model writes
+        // neither on its own, and held to them it writes both, whole, at any seed
+        let rubric = crate::rubric::RubricShape::fit(1, 200).unwrap();
+        let r = crate::rubric::Rubric::parse("## Correct (0-2)\n## Clear (0-1)\n").unwrap();
+        let free = crate::reward::score::free_shape(&r, 20);
+        for (shape, budget) in [(rubric.shape(), rubric.most_tokens()), (free.clone(), free.longest_bytes() as u32 + 1)] {
+            let reqs: Vec<JudgeRequest> = (0..3)
+                .map(|seed| JudgeRequest { seed, temperature: 1.0, ..request(budget, vec![]) }.held_to(Some(shape.clone())))
+                .collect();
+            for a in j.complete(&reqs) {
+                let a = a.unwrap();
+                assert!(!a.truncated && shape.matches(&a.text), "{:?}", a.text);
+            }
+        }
+        // guided values stay in their ranges
+        let guided = JudgeRequest { guided_ranges: vec![(0, 2), (0, 1)], ..request(3, vec!["Correct".into(), "Clear".into()]) };
+        let a = j.complete(&[guided]).remove(0).unwrap();
+        let s = crate::reward::score::by_regex(&r, &regex::Regex::new(&crate::spec::default_score_regex()).unwrap(), &a.text);
+        assert!(s.is_ok(), "{:?}: {s:?}", a.text);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::grammar::Shape;
+
 /// One prompt to answer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JudgeRequest {
@@ -33,9 +35,14 @@ pub struct JudgeRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_schema: Option<serde_json::Value>,
     /// Constrain the answer to this grammar (GBNF) where the server supports it
-    /// ([`crate::spec::Dialect::grammars`]); only attached for judges that can send it.
+    /// ([`crate::spec::Dialect::grammars`]): the printing of `shape`, attached with it by
+    /// [`JudgeRequest::held_to`] for judges that hold answers to shapes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grammar: Option<String>,
+    /// The shape `grammar` prints: what the in-process judge's decoder holds the answer to.
+    /// Not serialized: `grammar` stands for it in cache keys.
+    #[serde(skip)]
+    pub shape: Option<Shape>,
     /// 0 for the first ask; retries of an unusable answer count up (and change the cache key).
     #[serde(default)]
     pub attempt: u32,
@@ -48,6 +55,16 @@ pub struct JudgeRequest {
     /// that takes grammars is held to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guided_ranges: Vec<(i64, i64)>,
+}
+
+impl JudgeRequest {
+    /// This request with its answer held to `shape` (as GBNF for servers, as the shape itself
+    /// for the in-process judge).
+    pub fn held_to(mut self, shape: Option<Shape>) -> Self {
+        self.grammar = shape.as_ref().map(Shape::gbnf);
+        self.shape = shape;
+        self
+    }
 }
 
 /// One generated token with its log-probability and the top alternatives.

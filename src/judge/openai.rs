@@ -143,9 +143,9 @@ fn constrain(o: &mut serde_json::Map<String, J>, dialect: Dialect, api: JudgeApi
     }
 }
 
-/// A grammar (GBNF) for one guided value: an integer in `min..=max`, after an optional space.
+/// A grammar (GBNF) for one guided value ([`crate::reward::score::value_shape`]).
 pub fn value_grammar(min: i64, max: i64) -> String {
-    format!("root ::= \" \"? {}\n", crate::reward::score::gbnf_range(min, max))
+    crate::reward::score::value_shape(min, max).gbnf()
 }
 
 /// Parse a chat or completions response body.

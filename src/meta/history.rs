@@ -31,6 +31,10 @@ pub struct Entry {
     pub kept_because: Option<String>,
     /// Unified diff against the previous version.
     pub diff: String,
+    /// The new version's changes item by item (`Rubric::changes_from`): dropped, added and
+    /// re-ranged items, the heaviest one marked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
     pub items: Vec<String>,
     /// `meta.gate`'s verdict on the merged rubric against the rubric in force: the checks that
     /// regressed (any keeps the rubric), those failing under both, those it fixed.
@@ -85,6 +89,7 @@ impl History {
             merged_raw: None,
             kept_because: None,
             diff: String::new(),
+            changes: vec![],
             items: item_names(v0),
             gate: None,
         })
@@ -92,14 +97,14 @@ impl History {
 
     /// Record a meta step; returns the new version number when the rubric changed.
     pub fn record(&self, outcome: &MetaOutcome, current: &Rubric, current_version: u32) -> std::io::Result<Option<u32>> {
-        let (version, kept_because, diff_text, items) = match &outcome.result {
+        let (version, kept_because, diff_text, changes, items) = match &outcome.result {
             Ok(new) => {
                 let v = current_version + 1;
                 crate::fsx::write_atomic(&self.version_path(v), new.to_markdown().as_bytes())?;
                 let d = diff(&current.to_markdown(), &new.to_markdown(), &format!("v{current_version:03}.md"), &format!("v{v:03}.md"));
-                (Some(v), None, d, item_names(new))
+                (Some(v), None, d, new.changes_from(current), item_names(new))
             }
-            Err(why) => (None, Some(why.clone()), String::new(), item_names(current)),
+            Err(why) => (None, Some(why.clone()), String::new(), vec![], item_names(current)),
         };
         self.append(&Entry {
             version,
@@ -112,6 +117,7 @@ impl History {
             merged_raw: outcome.merged_raw.clone(),
             kept_because,
             diff: diff_text,
+            changes,
             items,
             gate: outcome.gate.clone(),
         })?;
@@ -158,6 +164,9 @@ pub fn render_log(entries: &[Entry]) -> String {
                     e.evidence.len(),
                     e.items.join("; ")
                 );
+                if !e.changes.is_empty() {
+                    o += &format!("      changes: {}\n", e.changes.join("; "));
+                }
             }
             (None, why) => {
                 o += &format!("      after update {}: kept v{:03} ({})\n", e.trigger_update, e.previous, why.clone().unwrap_or_default())

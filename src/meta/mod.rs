@@ -13,9 +13,10 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
 
+use crate::grammar::Shape;
 use crate::judge::{Judge, JudgeRequest, TokenUsage};
-use crate::rubric::Rubric;
-use crate::template::context::{MetaContext, SampleContext, Stage};
+use crate::rubric::{Rubric, RubricShape};
+use crate::template::context::{MetaContext, MetaLimits, SampleContext, Stage};
 
 /// Templates and settings of the pipeline.
 #[derive(Debug, Clone)]
@@ -26,13 +27,88 @@ pub struct MetaConfig {
     pub refine: (String, String),
     pub merge: (String, String),
     pub samples: usize,
-    pub max_items: usize,
     pub domain_guidelines: bool,
     pub max_tokens: u32,
     pub temperature: f64,
-    /// A grammar for the stages that answer with a rubric (refine, merge), sent where the
-    /// meta judge's server takes grammars ([`crate::rubric::RubricShape`]).
-    pub rubric_grammar: Option<String>,
+    /// What the stages' answers may be, sized to `max_tokens` (the prompts state these limits).
+    pub shapes: MetaShapes,
+    /// Whether the meta judge is held to `shapes` (the in-process judge; a server whose dialect
+    /// sends grammars). Otherwise the limits are only asked for.
+    pub held: bool,
+}
+
+/// The shape of an analysis: exactly `findings` numbered findings (one per question the analyze
+/// template asks), each one sentence that starts with a capital and ends at its first full
+/// stop, of at most `chars` characters. A bounded, numbered answer is evidence the refine stage
+/// can use; a free one from a small model is often one sentence repeated until the budget ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnalysisShape {
+    pub findings: usize,
+    pub chars: usize,
+}
+
+/// Findings an analysis gives: the analyze template's three questions.
+const FINDINGS: usize = 3;
+/// A finding shorter than this cannot name what was missed and why.
+const MIN_FINDING_CHARS: usize = 40;
+const MAX_FINDING_CHARS: usize = 240;
+
+impl AnalysisShape {
+    /// The longest findings that fit `max_tokens` (one token per byte, plus the end token).
+    pub fn fit(max_tokens: u32) -> Option<AnalysisShape> {
+        let per = (max_tokens as usize).saturating_sub(1) / FINDINGS;
+        // `1. ` and `.\n` around each finding
+        let chars = per.saturating_sub(5).min(MAX_FINDING_CHARS);
+        (chars >= MIN_FINDING_CHARS).then_some(AnalysisShape { findings: FINDINGS, chars })
+    }
+
+    pub fn least_tokens() -> u32 {
+        (FINDINGS * (MIN_FINDING_CHARS + 5) + 1) as u32
+    }
+
+    pub fn shape(&self) -> Shape {
+        Shape::seq((1..=self.findings).map(|k| {
+            Shape::seq([
+                Shape::lit(format!("{k}. ")),
+                Shape::class("A-Z"),
+                Shape::text_except(".").repeat(11, self.chars as u32 - 1),
+                Shape::lit(".\n"),
+            ])
+        }))
+    }
+}
+
+/// The shapes of the meta stages' answers for one token budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaShapes {
+    pub rubric: RubricShape,
+    pub analysis: AnalysisShape,
+}
+
+impl MetaShapes {
+    /// The shapes for rubrics of at most `max_items` items in `max_tokens`, or what the budget
+    /// must be (a check error names it).
+    pub fn fit(max_items: usize, max_tokens: u32) -> Result<MetaShapes, String> {
+        let least = RubricShape::least_tokens(1).max(AnalysisShape::least_tokens());
+        match (RubricShape::fit(max_items, max_tokens), AnalysisShape::fit(max_tokens)) {
+            (Some(rubric), Some(analysis)) => Ok(MetaShapes { rubric, analysis }),
+            _ => Err(format!(
+                "`meta.max_tokens` ({max_tokens}) cannot hold a complete answer of the meta stages (a one-item rubric with a {}-character line, or {FINDINGS} findings of {MIN_FINDING_CHARS} characters): it must be at least {least}",
+                crate::rubric::MIN_USEFUL_LINE_CHARS
+            )),
+        }
+    }
+
+    pub fn limits(&self) -> MetaLimits {
+        MetaLimits {
+            items: self.rubric.items,
+            lines: self.rubric.lines,
+            line_chars: self.rubric.line_chars,
+            max_points: crate::rubric::MAX_POINTS,
+            findings: self.analysis.findings,
+            finding_chars: self.analysis.chars,
+        }
+    }
 }
 
 /// A rollout offered to the meta judge.
@@ -212,14 +288,22 @@ fn step(
     picked.truncate(cfg.samples.max(1));
     // Deterministic order for prompts: by id.
     picked.sort_by(|a, b| a.id.cmp(&b.id));
-    let ctx = |stage| MetaContext::new(&cfg.task, current, cfg.max_items, stage);
-    let req = |prompt: String, k: usize, stage: &str| JudgeRequest {
-        prompt,
-        max_tokens: cfg.max_tokens,
-        temperature: cfg.temperature,
-        seed: crate::rng::sub_seed(seed, &format!("meta/{stage}/u{update:06}/{k}")),
-        grammar: if matches!(stage, "refine" | "merge") { cfg.rubric_grammar.clone() } else { None },
-        ..Default::default()
+    let limits = cfg.shapes.limits();
+    let ctx = |stage| MetaContext::new(&cfg.task, current, limits, stage);
+    let req = |prompt: String, k: usize, stage: &str| {
+        let shape = match stage {
+            "refine" | "merge" => Some(cfg.shapes.rubric.shape()),
+            "analyze" => Some(cfg.shapes.analysis.shape()),
+            _ => None,
+        };
+        JudgeRequest {
+            prompt,
+            max_tokens: cfg.max_tokens,
+            temperature: cfg.temperature,
+            seed: crate::rng::sub_seed(seed, &format!("meta/{stage}/u{update:06}/{k}")),
+            ..Default::default()
+        }
+        .held_to(shape.filter(|_| cfg.held))
     };
     if let Some(t) = &cfg.prescreen {
         let prompt = render(t, &ctx(Stage::Prescreen { samples: picked.iter().map(|s| s.context()).collect() }))?;
@@ -266,20 +350,38 @@ fn step(
         })
         .collect::<Result<_, _>>()?;
     let refined = ask(judge, prompts, &mut out.usage, true);
+    let asked = refined.len();
     let cut = refined.iter().filter(|r| r.as_ref().is_err_and(|e| e.contains("cut off"))).count();
+    let failed: Vec<String> = refined.iter().filter_map(|r| r.as_ref().err()).filter(|e| !e.contains("cut off")).cloned().collect();
     out.refined = refined.into_iter().filter_map(Result::ok).collect();
-    let usable: Vec<String> = out.refined.iter().filter(|r| Rubric::parse(r).is_ok()).cloned().collect();
+    let parsed: Vec<(String, Result<Rubric, String>)> =
+        out.refined.iter().map(|r| (r.clone(), Rubric::parse(r).map_err(|e| e.to_string()))).collect();
+    let usable: Vec<String> = parsed.iter().filter(|(_, p)| p.is_ok()).map(|(r, _)| r.clone()).collect();
     if usable.is_empty() {
-        let why =
-            if cut > 0 { format!(" ({cut} cut off at max_tokens = {}; raise meta.max_tokens)", cfg.max_tokens) } else { String::new() };
-        return Err(format!("none of the {} refined rubrics parses as a rubric{why}", out.refined.len()));
+        // Say what happened to each of the rubrics asked for.
+        let mut why = Vec::new();
+        if cut > 0 {
+            why.push(format!("{cut} cut off at max_tokens = {} (raise meta.max_tokens)", cfg.max_tokens));
+        }
+        if !failed.is_empty() {
+            why.push(format!("{} not answered ({})", failed.len(), failed[0]));
+        }
+        let unparsed: Vec<&String> = parsed.iter().filter_map(|(_, p)| p.as_ref().err()).collect();
+        if let Some(first) = unparsed.first() {
+            why.push(format!("{} not a rubric ({first})", unparsed.len()));
+        }
+        return Err(format!("no usable refined rubric: of {asked} asked for, {}", why.join(", ")));
     }
     // merge
     let prompt = render(&cfg.merge, &ctx(Stage::Merge { refined: &usable }))?;
     let merged = ask(judge, vec![req(prompt, 0, "merge")], &mut out.usage, true).remove(0).map_err(|e| format!("merge failed: {e}"))?;
     out.merged_raw = Some(merged.clone());
     let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
-    rubric.validate(cfg.max_items).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
+    rubric.validate(limits.items).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
+    let problems = rubric.problems();
+    if !problems.is_empty() {
+        return Err(format!("the merged rubric is not sound: {}", problems.join("; ")));
+    }
     // The meta stages rewrite the items; the rubric's title and grading instructions stay.
     // Text a meta judge writes before the first item is chatter ("Here is the improved
     // rubric:") more often than instructions; it stays in the history's raw output.
@@ -322,11 +424,11 @@ mod tests {
             refine: ("refine".into(), "REFINE {{ analysis }}".into()),
             merge: ("merge".into(), "MERGE {% for r in refined %}{{ r }}{% endfor %} max {{ max_items }}".into()),
             samples: 2,
-            max_items: 3,
             domain_guidelines: true,
             max_tokens: 64,
             temperature: 0.0,
-            rubric_grammar: None,
+            shapes: MetaShapes { rubric: RubricShape { items: 3, lines: 2, line_chars: 60 }, analysis: AnalysisShape { findings: 3, chars: 60 } },
+            held: false,
         }
     }
 
@@ -389,6 +491,42 @@ mod tests {
         let mut j = stage_judge("## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award", true);
         let e = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
         assert!(e.contains("cut off at max_tokens = 64"), "{e}");
+    }
+
+    #[test]
+    fn every_refined_rubric_lost_is_named_by_what_happened() {
+        let current = Rubric::parse("## Correct (0-4)\n").unwrap();
+        let cut_refines = ScriptedJudge::new("test:cut", |r, _| {
+            let text = if r.prompt.starts_with("REFINE") { "## Correct (0-4)\n- Award" } else { "The rubric ignores units." };
+            Ok(JudgeResponse { truncated: r.prompt.starts_with("REFINE"), ..JudgeResponse::answer(text) })
+        });
+        let mut j = cut_refines;
+        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
+        assert_eq!(e, "no usable refined rubric: of 2 asked for, 2 cut off at max_tokens = 64 (raise meta.max_tokens)");
+        let mut prose = ScriptedJudge::new("test:prose", |_, _| Ok(JudgeResponse::answer("I would improve it.")));
+        let e = run(&mut prose, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
+        assert!(e.starts_with("no usable refined rubric: of 2 asked for, 2 not a rubric (the rubric has no items"), "{e}");
+    }
+
+    #[test]
+    fn a_merged_rubric_that_is_not_sound_is_refused_with_its_problems() {
+        let current = Rubric::parse("## Correct (0-4)\n").unwrap();
+        let mut j = stage_judge("## Correct (0-1)\n- Award 2 when the final answer is right.\n", false);
+        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
+        assert!(e.contains("not sound") && e.contains("gives 2 points, outside 1-1"), "{e}");
+    }
+
+    #[test]
+    fn the_shapes_fit_their_budget_or_name_the_least_one() {
+        let s = MetaShapes::fit(6, 640).unwrap();
+        assert!(s.rubric.most_tokens() <= 640 && s.analysis.shape().longest_bytes() < 640, "{s:?}");
+        assert_eq!(s.limits().findings, 3);
+        let e = MetaShapes::fit(6, 100).unwrap_err();
+        assert!(e.contains(&format!("at least {}", RubricShape::least_tokens(1).max(AnalysisShape::least_tokens()))), "{e}");
+        // what an analysis may be: three numbered sentences
+        let a = AnalysisShape::fit(640).unwrap().shape();
+        assert!(a.matches("1. The rubric ignores units entirely here.\n2. No reward hacking is visible in it.\n3. Item two is vague about the box.\n"));
+        assert!(!a.matches("1. The rubric ignores units. The rubric ignores units.\n"));
     }
 
     #[test]

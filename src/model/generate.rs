@@ -1,14 +1,18 @@
 //! Batched generation with a KV cache (the batch layout is `batch.rs`).
 //!
 //! Sampling happens on the host from a seeded generator, so a run's samples depend only on
-//! its seed. Each sampled token's log-probability is returned under the tempered full
-//! distribution (`log_softmax(logits / T)`), which is what PPO recomputes.
+//! its seed. Each sampled token's log-probability is returned under the tempered distribution
+//! it was drawn from (`log_softmax(logits / T)`), which is what PPO recomputes for rollouts;
+//! a judge's answer held to a shape (`constrain::Guide`) is drawn from, and reported under,
+//! the masked distribution.
 
 use burn::prelude::*;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::batch::{NEG, causal_mask, int_tensor, left_pad, mask_tensor, to_host};
+use super::constrain::{Constraint, Engine, Guide};
+use crate::grammar::Shape;
 use super::llama::{KvCache, Llama};
 use super::tokenizer::Tok;
 
@@ -61,6 +65,8 @@ pub enum GenerateError {
     Tokenizer(#[from] super::tokenizer::TokenizerError),
     #[error(transparent)]
     Data(#[from] super::batch::TensorReadError),
+    #[error(transparent)]
+    Constraint(#[from] super::constrain::ConstrainError),
 }
 
 /// `log_softmax` of one row (in place into `out`).
@@ -122,6 +128,21 @@ pub fn generate<B: Backend>(
     adapter: bool,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<Generated>, GenerateError> {
+    generate_guided(model, tok, prompts, s, adapter, rng, &mut [])
+}
+
+/// [`generate`], each row with a `guides[r]` (when given) holding it to a shape: the logits of
+/// tokens the shape does not admit are masked before the seeded draw, and log-probabilities are
+/// under that masked distribution.
+pub fn generate_guided<B: Backend>(
+    model: &Llama<B>,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    s: &Sampling,
+    adapter: bool,
+    rng: &mut ChaCha8Rng,
+    guides: &mut [Option<Guide>],
+) -> Result<Vec<Generated>, GenerateError> {
     if prompts.iter().any(Vec::is_empty) {
         return Err(GenerateError::EmptyPrompt);
     }
@@ -147,13 +168,20 @@ pub fn generate<B: Backend>(
     let mut scratch = Vec::new();
     let vocab = model.lm_head.weight.val().dims()[1];
     for step in 0..s.max_new_tokens {
-        let logits = to_host(model.decode_logits(last, adapter))?;
+        let mut logits = to_host(model.decode_logits(last, adapter))?;
         let mut next = vec![tok.pad as i64; b];
         for r in 0..b {
             if done[r] {
                 continue;
             }
-            let (id, lp) = sample_row(&logits[r * vocab..(r + 1) * vocab], s, rng, &mut scratch);
+            let row = &mut logits[r * vocab..(r + 1) * vocab];
+            if let Some(Some(g)) = guides.get_mut(r) {
+                g.mask(row)?;
+            }
+            let (id, lp) = sample_row(row, s, rng, &mut scratch);
+            if let Some(Some(g)) = guides.get_mut(r) {
+                g.advance(id)?;
+            }
             let g = &mut out[r];
             g.tokens.push(id);
             g.logprobs.push(lp);
@@ -318,7 +346,8 @@ pub struct Filled {
 /// produce a short value after it (at most `value_tokens`, ending at a newline or end token).
 /// All rows share the labels, so forced segments run in lockstep; rows whose value ended early
 /// wait on masked padding. One prompt pass serves every field, which is what makes a small
-/// local judge affordable.
+/// local judge affordable. With `values` (a shape per label), each value is held to its shape
+/// and then a newline, and its log-prob and alternatives are under the masked distribution.
 pub fn fill_fields<B: Backend>(
     model: &Llama<B>,
     tok: &Tok,
@@ -326,6 +355,7 @@ pub fn fill_fields<B: Backend>(
     labels: &[String],
     value_tokens: usize,
     top_k: usize,
+    values: Option<(&Engine, &[Shape])>,
 ) -> Result<Vec<Filled>, GenerateError> {
     if prompts.iter().any(Vec::is_empty) {
         return Err(GenerateError::EmptyPrompt);
@@ -392,7 +422,14 @@ pub fn fill_fields<B: Backend>(
         };
     let text_of = |id: u32| tok.inner.decode(&[id], false).unwrap_or_default();
     let all_live = vec![true; b];
-    for lab in &label_ids {
+    for (k, lab) in label_ids.iter().enumerate() {
+        let mut guides: Vec<Option<Guide>> = match values.and_then(|(e, v)| v.get(k).map(|v| (e, v))) {
+            Some((engine, value)) => {
+                let c = Constraint::Shape(Shape::seq([value.clone(), Shape::lit("\n")]));
+                (0..b).map(|_| engine.guide(&c).map(Some)).collect::<Result<_, _>>()?
+            }
+            None => (0..b).map(|_| None).collect(),
+        };
         let h = feed(&mut cache, &mut valid, &mut pos, vec![lab.clone(); b], &all_live);
         let m = lab.len();
         for r in out.iter_mut() {
@@ -405,19 +442,28 @@ pub fn fill_fields<B: Backend>(
         let mut last = h.slice([0..b, m - 1..m, 0..d]);
         let mut live = vec![true; b];
         for step in 0..value_tokens {
-            let logits = to_host(model.decode_logits(last.clone(), false))?;
+            let mut logits = to_host(model.decode_logits(last.clone(), false))?;
             let mut next = vec![tok.pad; b];
             for r in 0..b {
                 if !live[r] {
                     continue;
                 }
-                log_softmax_row(&logits[r * vocab..(r + 1) * vocab], 1.0, &mut lp);
+                let row = &mut logits[r * vocab..(r + 1) * vocab];
+                if let Some(g) = &mut guides[r] {
+                    g.mask(row)?;
+                }
+                log_softmax_row(row, 1.0, &mut lp);
                 let mut idx: Vec<usize> = (0..vocab).collect();
                 let k = top_k.clamp(1, vocab);
                 idx.select_nth_unstable_by(k - 1, |&a, &c| lp[c].total_cmp(&lp[a]));
                 idx.truncate(k);
                 idx.sort_by(|&a, &c| lp[c].total_cmp(&lp[a]));
+                // alternatives the shape rules out are not alternatives
+                idx.retain(|&i| lp[i].is_finite());
                 let best = idx[0] as u32;
+                if let Some(g) = &mut guides[r] {
+                    g.advance(best)?;
+                }
                 let s = text_of(best);
                 if tok.stop_ids.contains(&best) || (step > 0 && (s.contains('\n') || s.trim().is_empty())) {
                     live[r] = false;

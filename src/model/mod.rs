@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod batch;
+pub mod constrain;
 pub mod fetch;
 pub mod generate;
 pub mod gguf;

@@ -167,15 +167,19 @@ pub fn render_summary(plan: &Plan) -> String {
             let mj = s.meta.judge.as_ref().unwrap_or(&s.reward.judge);
             let _ =
                 writeln!(o, "  meta      {}, {} samples, {stages}; judge {}", every(e), s.meta.samples, judge(mj, i.models.meta.as_ref()));
-            if mj.sends_grammars() {
-                let shape = crate::rubric::RubricShape::fit(s.meta.max_items, s.meta.max_tokens);
+            if let Ok(shapes) = crate::meta::MetaShapes::fit(s.meta.max_items, s.meta.max_tokens) {
+                let (r, a) = (shapes.rubric, shapes.analysis);
+                let held = if mj.holds_shapes() { "held to" } else { "asked for (this judge takes no grammar)" };
                 let _ = writeln!(
                     o,
-                    "            rubrics held to a grammar: <= {} items of 1-{} award/deduction lines <= {} chars (at most {} of {} tokens)",
-                    shape.items,
-                    shape.lines,
-                    shape.line_chars,
-                    shape.most_tokens(),
+                    "            answers {held}: analyses of {} findings <= {} chars; rubrics of <= {} items (0-N, N <= {}), 1-{} award/deduction lines <= {} chars each (at most {} of {} tokens)",
+                    a.findings,
+                    a.chars,
+                    r.items,
+                    crate::rubric::MAX_POINTS,
+                    r.lines,
+                    r.line_chars,
+                    r.most_tokens(),
                     s.meta.max_tokens
                 );
             }

@@ -186,9 +186,9 @@ pub fn score_batch(
     let names = || rubric.items.iter().map(|i| i.name.as_str());
     let schema = matches!(spec.extraction, Extraction::Json)
         .then(|| score::json_schema(rubric, score::answer_budget(AnswerShape::Json, names(), spec.judge.max_tokens).rationale_chars));
-    let grammar = spec
+    let shape = spec
         .holds_free_answers()
-        .then(|| score::free_grammar(rubric, score::answer_budget(AnswerShape::Free, names(), spec.judge.max_tokens).rationale_chars));
+        .then(|| score::free_shape(rubric, score::answer_budget(AnswerShape::Free, names(), spec.judge.max_tokens).rationale_chars));
     let top_logprobs = match spec.extraction {
         Extraction::Logprobs { top_logprobs } => Some(top_logprobs),
         _ => None,
@@ -215,8 +215,9 @@ pub fn score_batch(
                 attempt,
                 guided: if guided { rubric.items.iter().map(|it| it.name.clone()).collect() } else { vec![] },
                 guided_ranges: if guided { rubric.items.iter().map(|it| (it.min, it.max)).collect() } else { vec![] },
-                grammar: grammar.clone(),
-            })
+                ..Default::default()
+            }
+            .held_to(shape.clone()))
             .collect();
         let answers = judge.complete(&reqs);
         let mut still = Vec::new();

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::grammar::Shape;
 use crate::judge::TokenLogprob;
 use crate::rubric::{Rubric, normalize_name};
 
@@ -174,37 +175,30 @@ pub fn answer_budget<'a>(shape: AnswerShape, names: impl IntoIterator<Item = &'a
     AnswerBudget { rationale_chars, least_tokens: structure + n * MIN_RATIONALE_CHARS, most_tokens: structure + n * rationale_chars }
 }
 
-/// A GBNF string literal.
-fn gbnf_literal(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+/// A guided value: an integer in `min..=max` after an optional space (servers get it as a
+/// grammar per label; the local judge holds each value to it, then a newline).
+pub fn value_shape(min: i64, max: i64) -> Shape {
+    Shape::seq([Shape::lit(" ").optional(), Shape::integers(min, max)])
 }
 
-/// A GBNF alternative of the integers in `min..=max` (a sign and digits when the range is wide).
-pub fn gbnf_range(min: i64, max: i64) -> String {
-    if max.saturating_sub(min) > 100 {
-        return "(\"-\"? [0-9] [0-9]{0,5})".into();
-    }
-    let alts: Vec<String> = (min..=max).map(|v| format!("\"{v}\"")).collect();
-    format!("({})", alts.join(" | "))
-}
-
-/// The grammar (GBNF) of a complete free answer, for the default score pattern: per rubric item,
-/// in order, a rationale line of at most `rationale_chars` characters (no colon, so it can never
+/// The shape of a complete free answer, for the default score pattern: per rubric item, in
+/// order, a rationale line of at most `rationale_chars` characters (no colon, so it can never
 /// be read as a score line) and then `Name: score` with the score in the item's range.
+pub fn free_shape(rubric: &Rubric, rationale_chars: u32) -> Shape {
+    Shape::seq(rubric.items.iter().enumerate().map(|(k, it)| {
+        Shape::seq([
+            Shape::text_except(":").repeat(0, rationale_chars),
+            Shape::lit(format!("\n{}: ", it.name)),
+            Shape::integers(it.min, it.max),
+            Shape::lit("\n"),
+        ])
+        .named(&format!("item{k}"))
+    }))
+}
+
+/// [`free_shape`] as GBNF, for servers.
 pub fn free_grammar(rubric: &Rubric, rationale_chars: u32) -> String {
-    let mut g = String::from("root ::=");
-    for k in 0..rubric.items.len() {
-        g += &format!(" item{k}");
-    }
-    g.push('\n');
-    for (k, it) in rubric.items.iter().enumerate() {
-        g += &format!(
-            "item{k} ::= [^\\n:]{{0,{rationale_chars}}} \"\\n\" {} \": \" {} \"\\n\"\n",
-            gbnf_literal(&it.name),
-            gbnf_range(it.min, it.max)
-        );
-    }
-    g
+    free_shape(rubric, rationale_chars).gbnf()
 }
 
 /// The JSON schema of a complete answer: exactly one property per rubric item, in rubric order,
@@ -352,7 +346,10 @@ mod tests {
         assert!(longest.len() as u32 <= b.most_tokens);
         let re = Regex::new(&default_score_regex()).unwrap();
         assert_eq!(by_regex(&r, &re, &longest).unwrap().total(), 6.0);
-        assert_eq!(gbnf_range(-1, 1), "(\"-1\" | \"0\" | \"1\")");
+        // the local judge's reading of the same shape admits it too, and nothing out of range
+        let shape = free_shape(&r, b.rationale_chars);
+        assert!(shape.matches(&longest));
+        assert!(!shape.matches(&longest.replace("name: 2", "name: 3")));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::meta::{self, MetaConfig, MetaSample};
 use crate::plan::Plan;
 use crate::results::metrics::{MetaRow, round6};
 use crate::reward::{Rollout, Scored};
-use crate::rubric::{Rubric, RubricShape};
+use crate::meta::MetaShapes;
+use crate::rubric::Rubric;
 use crate::spec::Every;
 use crate::template::TemplateKind;
 
@@ -73,7 +74,8 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
     };
     match (new_version, outcome.result) {
         (Some(v), Ok(rubric)) => {
-            r.progress.log(&format!("update {update}: rubric v{v:03} ({} items)", rubric.items.len()));
+            let changes = rubric.changes_from(&r.rubric);
+            r.progress.log(&format!("update {update}: rubric v{v:03} ({} items: {})", rubric.items.len(), changes.join("; ")));
             r.rubric = rubric;
             state.rubric_version = v;
         }
@@ -119,11 +121,12 @@ pub fn config(plan: &Plan) -> Result<Option<MetaConfig>, RunError> {
         refine: t(TemplateKind::Refine)?,
         merge: t(TemplateKind::Merge)?,
         samples: spec.meta.samples,
-        max_items: spec.meta.max_items,
         domain_guidelines: spec.meta.domain_guidelines,
         max_tokens: spec.meta.max_tokens,
         temperature: js.temperature,
-        rubric_grammar: js.sends_grammars().then(|| RubricShape::fit(spec.meta.max_items, spec.meta.max_tokens).gbnf()),
+        shapes: MetaShapes::fit(spec.meta.max_items, spec.meta.max_tokens)
+            .map_err(|message| RunError::Rubric { what: "meta stages".into(), message })?,
+        held: js.holds_shapes(),
     }))
 }
 

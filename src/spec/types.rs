@@ -382,6 +382,13 @@ impl JudgeSpec {
         self.backend == JudgeBackend::Openai && self.dialect.grammars()
     }
 
+    /// Whether this judge's answers are held to shapes (meta rubrics, analyses, free answers,
+    /// guided values): the in-process judge always (constrained decoding), a server when its
+    /// dialect sends grammars. A replay judge asks what a judge without shapes asked.
+    pub fn holds_shapes(&self) -> bool {
+        self.backend == JudgeBackend::Local || self.sends_grammars()
+    }
+
     /// Whether a JSON schema can reach this judge (always for in-process and replay judges,
     /// which ignore it).
     pub fn sends_schemas(&self) -> bool {
@@ -453,11 +460,11 @@ pub struct RewardSpec {
 }
 
 impl RewardSpec {
-    /// Whether free answers are held to a grammar (`reward::score::free_grammar`): the judge's
-    /// server takes grammars and answers are read with the default score pattern (a custom
-    /// pattern may expect another shape).
+    /// Whether free answers are held to a shape (`reward::score::free_shape`): the judge holds
+    /// shapes and answers are read with the default score pattern (a custom pattern may expect
+    /// another shape).
     pub fn holds_free_answers(&self) -> bool {
-        self.judge.sends_grammars()
+        self.judge.holds_shapes()
             && self.answer == AnswerMode::Free
             && matches!(&self.extraction, Extraction::Regex { pattern } if *pattern == default_score_regex())
     }

@@ -414,6 +414,15 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
                     if let Err(e) = r.validate(spec.meta.max_items) {
                         v.error("reward.rubric", format!("initial rubric `{}`: {e}", t.path.display()), "invalid rubric");
                     }
+                    for (line, heading) in Rubric::duplicate_headings(&rendered) {
+                        v.error(
+                            "reward.rubric",
+                            format!("initial rubric `{}` line {line}: `{heading}` repeats an earlier item's name; the two would be merged and the second range lost", t.path.display()),
+                            "repeated item",
+                        )
+                        .help
+                        .push("give each item its own name, or merge the two by hand".into());
+                    }
                     if let Some(h) = r.preamble.lines().find(|l| l.starts_with("## ") || l.starts_with("### ")) {
                         v.warn(
                             "reward.rubric",
@@ -603,34 +612,48 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         .help
         .push(format!("raise it to at least {least}"));
     }
-    // A meta judge held to a grammar writes rubrics of a known largest size; otherwise estimate.
-    let meta_grammar = spec.meta.judge.as_ref().unwrap_or(&spec.reward.judge).sends_grammars();
-    let shape = crate::rubric::RubricShape::fit(spec.meta.max_items, spec.meta.max_tokens);
+    // The meta stages' answers are sized to `meta.max_tokens` (held to that shape where the
+    // judge takes shapes, asked for in the prompt everywhere).
     let meta_on = spec.meta.every != Every::Never;
-    if meta_on && meta_grammar && shape.items < spec.meta.max_items {
+    match crate::meta::MetaShapes::fit(spec.meta.max_items, spec.meta.max_tokens) {
+        Err(e) if meta_on => {
+            v.error("meta.max_tokens", e, "too few tokens for a meta answer");
+        }
+        Ok(shapes) if meta_on && shapes.rubric.items < spec.meta.max_items => {
+            let r = shapes.rubric;
+            v.warn(
+                "meta.max_tokens",
+                format!(
+                    "`meta.max_tokens` ({}) holds a complete rubric of only {} item{} with {}-character lines, not `meta.max_items` ({}): refined and merged rubrics are limited to {} (the prompts say so)",
+                    spec.meta.max_tokens,
+                    r.items,
+                    if r.items == 1 { "" } else { "s" },
+                    r.line_chars,
+                    spec.meta.max_items,
+                    r.items
+                ),
+                "too few tokens",
+            )
+            .help
+            .push(format!(
+                "raise `meta.max_tokens` to at least {} for {} items, or lower `meta.max_items`",
+                crate::rubric::RubricShape::least_tokens(spec.meta.max_items),
+                spec.meta.max_items
+            ));
+        }
+        _ => {}
+    }
+    if let Some(mj) = &spec.meta.judge
+        && meta_on
+        && mj.max_tokens != crate::spec::JudgeSpec::default().max_tokens
+    {
         v.warn(
-            "meta.max_tokens",
-            format!(
-                "`meta.max_tokens` ({}) holds a complete rubric of only {} item{} under the meta judge's grammar, not `meta.max_items` ({}): refined and merged rubrics are limited to {}",
-                spec.meta.max_tokens, shape.items, if shape.items == 1 { "" } else { "s" }, spec.meta.max_items, shape.items
-            ),
-            "too few tokens",
+            "meta.judge.max_tokens",
+            format!("`meta.judge.max_tokens` ({}) is not used: every meta stage answers within `meta.max_tokens` ({})", mj.max_tokens, spec.meta.max_tokens),
+            "dead field",
         )
         .help
-        .push(format!(
-            "raise `meta.max_tokens` to at least {} for {} items",
-            crate::rubric::RubricShape::least_tokens(spec.meta.max_items),
-            spec.meta.max_items
-        ));
-    } else if meta_on && !meta_grammar && spec.meta.max_tokens < spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM {
-        let least = spec.meta.max_items as u32 * TOKENS_PER_RUBRIC_ITEM;
-        v.warn(
-            "meta.max_tokens",
-            format!("`meta.max_tokens` ({}) cannot hold a rubric of `meta.max_items` ({}) items (~{least} tokens): long rubrics would be cut off and rejected", spec.meta.max_tokens, spec.meta.max_items),
-            "too few tokens",
-        )
-        .help
-        .push(format!("raise `meta.max_tokens` to at least {least}, or lower `meta.max_items`"));
+        .push("remove it and set `meta.max_tokens`".into());
     }
     if let (Some(EosPenalty::Absolute(x)), Some(r)) = (spec.ppo.missing_eos_penalty, rubric.as_ref()) {
         let range = crate::reward::reward_range(&spec.reward, (r.max_score() - r.min_score()) as f64);
@@ -903,7 +926,6 @@ fn structured_budget(v: &mut V, spec: &Spec, rubric: Option<&Rubric>) {
     }
 }
 /// Tokens a meta judge needs per item of a rubric it writes (its heading and one criterion line).
-const TOKENS_PER_RUBRIC_ITEM: u32 = 24;
 
 /// Compile a user regex once per process (a sweep checks the same pattern in every cell).
 fn compiled(pattern: &str) -> Result<regex::Regex, regex::Error> {

@@ -81,20 +81,41 @@ pub enum Stage<'a> {
     Merge { refined: &'a [String] },
 }
 
-/// `meta.stages.*`: the current rubric and the stage's own variables.
+/// What a meta stage's answer may be: the limits its shape holds it to (`meta::MetaShapes`),
+/// stated in the prompt so that what is asked is what the grammar admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MetaLimits {
+    /// Most items of a written rubric.
+    pub items: usize,
+    /// Most award/deduction lines per item.
+    pub lines: usize,
+    /// Most characters of a line's criterion.
+    pub line_chars: usize,
+    /// Widest item range (`0-N`).
+    pub max_points: i64,
+    /// Numbered findings an analysis gives.
+    pub findings: usize,
+    /// Most characters of a finding.
+    pub finding_chars: usize,
+}
+
+/// `meta.stages.*`: the current rubric, the limits of the stage's answer and the stage's own
+/// variables.
 #[derive(Debug, Serialize)]
 pub struct MetaContext<'a> {
     pub task: &'a str,
     pub rubric: String,
     pub items: &'a [Item],
+    /// `limits.items` (kept under its first name for existing templates).
     pub max_items: usize,
+    pub limits: MetaLimits,
     #[serde(flatten)]
     pub stage: Stage<'a>,
 }
 
 impl<'a> MetaContext<'a> {
-    pub fn new(task: &'a str, rubric: &'a Rubric, max_items: usize, stage: Stage<'a>) -> Self {
-        MetaContext { task, rubric: rubric.to_markdown(), items: &rubric.items, max_items, stage }
+    pub fn new(task: &'a str, rubric: &'a Rubric, limits: MetaLimits, stage: Stage<'a>) -> Self {
+        MetaContext { task, rubric: rubric.to_markdown(), items: &rubric.items, max_items: limits.items, limits, stage }
     }
 }
 

@@ -26,13 +26,13 @@ pub enum TemplateKind {
     Rubric,
     /// `reward.prompt`: `task`, `rubric`, `items`, `question`, `response`, `record`.
     Judge,
-    /// `meta.stages.prescreen`: `task`, `rubric`, `items`, `samples`.
+    /// `meta.stages.prescreen`: `task`, `rubric`, `items`, `limits`, `samples`.
     Prescreen,
-    /// `meta.stages.analyze`: `task`, `rubric`, `items`, `sample`, `guidelines`.
+    /// `meta.stages.analyze`: `task`, `rubric`, `items`, `limits`, `sample`, `guidelines`.
     Analyze,
     /// `meta.stages.refine`: as analyze plus `analysis`.
     Refine,
-    /// `meta.stages.merge`: `task`, `rubric`, `items`, `refined`, `max_items`.
+    /// `meta.stages.merge`: `task`, `rubric`, `items`, `limits`, `refined`, `max_items`.
     Merge,
     /// `eval.elo.prompt`: `task`, `question`, `response_a`, `response_b`.
     Pairwise,
@@ -165,7 +165,8 @@ pub fn sample_context(kind: TemplateKind, task: &str, record: &J) -> J {
     let response = "An example response. The answer is \\boxed{4}.";
     let rationale = "Correctness: the answer is right. Correctness: 3";
     let sample = SampleContext::new("u000001-r000", question, response, Some(3.0), 4.0, rationale, Some(1.0), record);
-    let meta = |stage| context::to_json(&MetaContext::new(task, &rubric, 12, stage));
+    let limits = crate::meta::MetaShapes::fit(12, 4096).expect("a roomy budget fits").limits();
+    let meta = |stage| context::to_json(&MetaContext::new(task, &rubric, limits, stage));
     let refined = [SAMPLE_RUBRIC.to_string(), SAMPLE_RUBRIC.to_string()];
     match kind {
         TemplateKind::Policy => record.clone(),

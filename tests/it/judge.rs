@@ -152,11 +152,11 @@ fn bad_meta_answers_keep_the_rubric() {
         refine: t("refine"),
         merge: t("merge"),
         samples: 2,
-        max_items: 6,
         domain_guidelines: false,
-        max_tokens: 64,
+        max_tokens: 640,
         temperature: 0.0,
-        rubric_grammar: None,
+        shapes: mpo::meta::MetaShapes::fit(6, 640).unwrap(),
+        held: false,
     };
     let samples: Vec<MetaSample> = (0..3)
         .map(|i| MetaSample {
@@ -179,7 +179,8 @@ fn bad_meta_answers_keep_the_rubric() {
     .unwrap();
     let mut j = judge(vec![stub.url.clone()], 0, 2000);
     let o = run(&mut j, &cfg, &current, &samples, 0, 2);
-    assert!(o.result.unwrap_err().contains("parses as a rubric"));
+    let e = o.result.unwrap_err();
+    assert!(e.contains("of 2 asked for, 2 not a rubric"), "{e}");
     // an empty merged rubric
     let stub = Stub::start(|r| {
         let p = r.body["messages"][0]["content"].as_str().unwrap_or("").to_string();

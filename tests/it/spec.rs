@@ -139,11 +139,17 @@ fn structured_judge_budgets_are_warned_about() {
     let d = loaded.render_diagnostics();
     assert!(d.contains("sends no schema") && d.contains("even with empty rationales"), "{d}");
     insta::assert_snapshot!("warnings_structured_judge_budgets", d);
-    // the meta grammar warning needs a dialect that sends grammars
+    // the meta stages' shapes are sized to the budget for every judge (held to them where the
+    // judge takes grammars, asked for in the prompt otherwise)
     let overrides = [o("reward.judge.max_tokens=150"), o("meta.every=1"), o("meta.max_tokens=200")];
     let d = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides).render_diagnostics();
-    assert!(d.contains("holds a complete rubric of only 2 items"), "{d}");
+    assert!(d.contains("holds a complete rubric of only 1 item with 126-character lines"), "{d}");
     insta::assert_snapshot!("warnings_structured_meta_grammar", d);
+    // a budget that holds no useful meta answer is an error naming the least one
+    let overrides = [o("meta.every=1"), o("meta.max_tokens=100")];
+    let loaded = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
+    let d = loaded.render_diagnostics();
+    assert!(loaded.has_errors() && d.contains("it must be at least 136"), "{d}");
 }
 
 #[test]
