@@ -832,10 +832,10 @@ fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> Outcome {
             for line in summary {
                 println!("  {line}");
             }
-            println!(
-                "  metrics.jsonl  samples/  rubrics/ (mpo rubric log {})  checkpoints/  events.out.tfevents.mpo (TensorBoard)",
-                dir.display()
-            );
+            if let Ok(entries) = crate::meta::history::History::new(&dir).entries() {
+                println!("  {}", crate::meta::history::summary_line(&entries, &dir));
+            }
+            println!("  metrics.jsonl  samples/  rubrics/  checkpoints/  events.out.tfevents.mpo (TensorBoard)");
             Ok(Done::Ok)
         }
         crate::run::RunOutcome::Stopped { dir, update } => {

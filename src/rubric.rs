@@ -162,6 +162,25 @@ impl Rubric {
         Ok(Rubric { preamble: preamble.trim().to_string(), items: out })
     }
 
+    /// [`Rubric::problems`] of the rubric `text` parses to, and items written twice with
+    /// different ranges (the parse keeps the first range and merges the second's lines into
+    /// it, which is never what the writer meant).
+    pub fn problems_of_text(text: &str) -> Result<Vec<String>, RubricError> {
+        let r = Rubric::parse(text)?;
+        let mut out = Vec::new();
+        for (line, heading) in Rubric::duplicate_headings(text) {
+            let again = Rubric::parse(&heading).ok().and_then(|d| d.items.into_iter().next());
+            if let Some(d) = again
+                && let Some(first) = r.items.iter().find(|i| normalize_name(&i.name) == normalize_name(&d.name))
+                && (first.min, first.max) != (d.min, d.max)
+            {
+                out.push(format!("line {line}: `{}` is written again as {}-{} after {}-{}", d.name, d.min, d.max, first.min, first.max));
+            }
+        }
+        out.extend(r.problems());
+        Ok(out)
+    }
+
     /// Item headings that repeat an earlier item's name (`(line, heading)`): [`Rubric::parse`]
     /// merges them into the first, so a hand-written rubric that repeats a name loses the second
     /// range without saying so.
@@ -205,14 +224,18 @@ impl Rubric {
             if span > MAX_POINTS {
                 out.push(format!("`{n}` ranges over {span} points, more than {MAX_POINTS}"));
             }
-            for line in it.awards.iter().chain(&it.deductions) {
+            let lines: Vec<&String> = it.awards.iter().chain(&it.deductions).collect();
+            for (k, line) in lines.iter().enumerate() {
                 if let Some(k) = amount(line)
                     && (k < 1 || k > span)
                 {
                     out.push(format!("`{n} ({}-{})`: `{line}` gives {k} points, outside 1-{span}", it.min, it.max));
                 }
-                if !line.trim_end().ends_with(['.', '!', '?', ')']) {
+                if !line.trim_end().ends_with(['.', '!', '?', ')']) || ends_on_a_dangling_word(line) {
                     out.push(format!("`{n}`: `{line}` stops mid-sentence"));
+                }
+                if lines[..k].contains(line) {
+                    out.push(format!("`{n}`: `{line}` is written twice"));
                 }
             }
         }
@@ -377,6 +400,15 @@ impl RubricShape {
     }
 }
 
+/// A sentence whose last word is one that cannot end it (`... the reference answer or.`): the
+/// writer was cut off and a full stop forced.
+fn ends_on_a_dangling_word(line: &str) -> bool {
+    const DANGLING: &[&str] =
+        &["a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "for", "with", "by", "from", "is", "are", "when", "if", "that", "than", "as"];
+    let last = line.trim_end().trim_end_matches(['.', '!', '?']).rsplit(' ').next().unwrap_or("").to_lowercase();
+    DANGLING.contains(&last.as_str())
+}
+
 /// The points an award or deduction line names (`Award 4 when`, `Deduct 2 if`, `+1 for`).
 fn amount(line: &str) -> Option<i64> {
     static RE: OnceLock<Regex> = OnceLock::new();
@@ -499,6 +531,14 @@ mod tests {
         let v0 = Rubric::parse(&std::fs::read_to_string("prompt_templates/math/rubric_v0.md").unwrap()).unwrap();
         assert_eq!(v0.problems(), Vec::<String>::new());
         assert!(Rubric::parse("## Style (0-20)\n").unwrap().problems()[0].contains("20 points"));
+        // what the demo's 135M meta judge wrote under a 53-character line limit: a full stop
+        // forced after `or`, a line twice, an item twice with another range
+        let demo = "## Correct final answer (0-4)\n- Deduct 4 when the final answer differs from the reference answer or.\n## Sound reasoning (0-2)\n- Award 2 when every step follows from the previous one.\n- Award 2 when every step follows from the previous one.\n## Sound reasoning (0-3)\n- Award 3 when every step follows from the previous one.\n";
+        let p = Rubric::problems_of_text(demo).unwrap();
+        assert!(p[0].starts_with("line 6: `Sound reasoning` is written again as 0-3 after 0-2"), "{p:#?}");
+        assert!(p.iter().any(|x| x.contains("answer or.` stops mid-sentence")), "{p:#?}");
+        assert!(p.iter().any(|x| x.contains("is written twice")), "{p:#?}");
+        assert!(p.iter().any(|x| x.contains("gives 3 points, outside 1-2")), "{p:#?}");
     }
 
     #[test]

@@ -142,6 +142,24 @@ impl History {
     }
 }
 
+/// The end of a run's summary: the rubric versions its meta steps wrote, and where to read them.
+pub fn summary_line(entries: &[Entry], run: &Path) -> String {
+    let steps = entries.iter().filter(|e| e.trigger_update > 0).count();
+    let versions: Vec<u32> = entries.iter().filter_map(|e| e.version).collect();
+    let last = versions.last().copied().unwrap_or(0);
+    let log = format!("mpo rubric log {}", run.display());
+    match (steps, last) {
+        (0, _) => format!("rubric v000 (no meta step; {log})"),
+        (_, 0) => format!("rubric v000 kept through {steps} meta step{} ({log} says why)", if steps == 1 { "" } else { "s" }),
+        _ => format!(
+            "rubric {} ({} of {steps} meta steps accepted; {log}; mpo rubric diff {} v000 v{last:03})",
+            versions.iter().map(|v| format!("v{v:03}")).collect::<Vec<_>>().join(" -> "),
+            versions.len() - 1,
+            run.display()
+        ),
+    }
+}
+
 /// `mpo rubric log`: one block per meta step.
 pub fn render_log(entries: &[Entry]) -> String {
     let mut o = String::new();
@@ -211,6 +229,12 @@ mod tests {
         assert_eq!(h.latest().unwrap(), (1, v1));
         let log = render_log(&es);
         assert!(log.contains("v001  after update 2") && log.contains("kept v001 (merge failed)"), "{log}");
+        assert!(log.contains("changes: added `Units (0-1)`"), "{log}");
+        assert_eq!(
+            summary_line(&es, Path::new("r")),
+            "rubric v000 -> v001 (1 of 2 meta steps accepted; mpo rubric log r; mpo rubric diff r v000 v001)"
+        );
+        assert_eq!(summary_line(&es[..1], Path::new("r")), "rubric v000 (no meta step; mpo rubric log r)");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

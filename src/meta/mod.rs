@@ -378,7 +378,7 @@ fn step(
     out.merged_raw = Some(merged.clone());
     let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
     rubric.validate(limits.items).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
-    let problems = rubric.problems();
+    let problems = Rubric::problems_of_text(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
     if !problems.is_empty() {
         return Err(format!("the merged rubric is not sound: {}", problems.join("; ")));
     }

@@ -199,6 +199,49 @@ mod tests {
         }
     }
 
+    /// Draw one answer under `shape` from random logits; the text and whether it ended.
+    fn draw(engine: &Engine, tok: &Tok, shape: &Shape, seed: u64, temperature: f32) -> (String, bool) {
+        let vocab = tok.vocab_size();
+        let budget = shape.longest_bytes() + 1;
+        let mut rng = crate::rng::stream(seed, "constrain/prop");
+        let s = Sampling { max_new_tokens: budget, temperature, top_p: 1.0, top_k: 0, stop_ids: vec![tok.eos], stop_strings: vec![] };
+        let mut g = engine.guide(&Constraint::Shape(shape.clone())).unwrap();
+        let (mut ids, mut scratch) = (Vec::new(), Vec::new());
+        for _ in 0..budget {
+            let mut logits: Vec<f32> = (0..vocab).map(|_| rng.random::<f32>() * 8.0 - 4.0).collect();
+            g.mask(&mut logits).unwrap();
+            let (id, _) = sample_row(&logits, &s, &mut rng, &mut scratch);
+            g.advance(id).unwrap();
+            if id == tok.eos {
+                return (tok.inner.decode(&ids, false).unwrap(), true);
+            }
+            ids.push(id);
+        }
+        (tok.inner.decode(&ids, false).unwrap(), false)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+        /// Every shape mpo ships, random logits, any seed and temperature: the answer is whole
+        /// (it ends within the budget its shape was sized to) and of its shape.
+        #[test]
+        fn every_shipped_shape_is_drawn_whole(seed in 0u64..1_000_000, temperature in 0.3f32..2.5) {
+            let tok = Tok::tiny();
+            let engine = Engine::new(&tok, tok.vocab_size()).unwrap();
+            let v0 = crate::rubric::Rubric::parse("## Correct final answer (0-4)\n## Answer in a box (0-1)\n").unwrap();
+            let shapes = [
+                crate::rubric::RubricShape::fit(2, 400).unwrap().shape(),
+                crate::meta::AnalysisShape::fit(300).unwrap().shape(),
+                crate::reward::score::free_shape(&v0, 24),
+                Shape::seq([crate::reward::score::value_shape(0, 4), Shape::lit("\n")]),
+            ];
+            for shape in &shapes {
+                let (text, ended) = draw(&engine, &tok, shape, seed, temperature);
+                proptest::prop_assert!(ended && shape.matches(&text), "{text:?}");
+            }
+        }
+    }
+
     #[test]
     fn json_answers_are_compact_and_follow_the_schema() {
         let tok = Tok::tiny();

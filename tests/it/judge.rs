@@ -291,17 +291,29 @@ fn real_llama_server_completions_with_logprobs() {
 
 /// `mpo run` of the structured-judge spec against the real llama-server; its run directory.
 fn structured_run(tag: &str, overrides: &[&str]) -> std::path::PathBuf {
+    run_structured(tag, overrides, Some(llama_server()))
+}
+
+/// The same spec with the demo model as the in-process judge (constrained decoding, no server).
+fn local_structured_run(tag: &str, overrides: &[&str]) -> std::path::PathBuf {
+    let local = ["reward.judge.backend=local", "reward.judge.model=smollm2-135m-instruct", "reward.judge.dialect=openai"];
+    let all: Vec<&str> = local.iter().copied().chain(overrides.iter().copied()).collect();
+    run_structured(&format!("local-{tag}"), &all, None)
+}
+
+fn run_structured(tag: &str, overrides: &[&str], server: Option<&str>) -> std::path::PathBuf {
     let root = std::env::temp_dir().join(format!("mpo-structured-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mpo"))
-        .args(["run", "tests/specs/valid/structured_judge.yaml", &format!("output.root={}", root.display()), "--quiet"])
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mpo"));
+    cmd.args(["run", "tests/specs/valid/structured_judge.yaml", &format!("output.root={}", root.display()), "--quiet"])
         // 768-token meta answers from a server that shares 2 cores with the rest of the suite
         // (the wgpu tests among it): the default 120 s per request timed out under that load.
         .arg("reward.judge.timeout_s=600")
-        .args(overrides)
-        .env("MPO_TEST_JUDGE_URL", llama_server())
-        .output()
-        .unwrap();
+        .args(overrides);
+    if let Some(url) = server {
+        cmd.env("MPO_TEST_JUDGE_URL", url);
+    }
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::read_dir(root.join("structured")).unwrap().next().unwrap().unwrap().path()
 }
@@ -333,10 +345,47 @@ fn rubric_version(dir: &std::path::Path, v: u64) -> Rubric {
 
 #[test]
 fn real_llama_server_structured_answers_always_parse_and_stay_in_range() {
-    let dir = structured_run("reward", &[]);
-    let judged = judged(&dir);
+    structured_answers_parse_and_stay_in_range(&structured_run("reward", &[]));
+}
+
+#[test]
+fn the_in_process_judge_holds_structured_answers_as_the_server_does() {
+    structured_answers_parse_and_stay_in_range(&local_structured_run("reward", &[]));
+}
+
+#[test]
+fn the_in_process_meta_judge_writes_sound_rubrics_and_loses_no_step_to_shape() {
+    let dir = local_structured_run("meta", &["meta.every=1"]);
+    let history = jsonl(&dir.join("rubrics/history.jsonl"));
+    let steps: Vec<&serde_json::Value> = history.iter().filter(|e| e["trigger_update"].as_u64() > Some(0)).collect();
+    assert_eq!(steps.len(), 2, "a meta step after each update: {history:?}");
+    for step in steps {
+        let analyses: Vec<String> = serde_json::from_value(step["analyses"].clone()).unwrap();
+        let shape = mpo::meta::MetaShapes::fit(4, 768).unwrap();
+        for a in &analyses {
+            assert!(shape.analysis.shape().matches(a), "an analysis outside its shape:\n{a}");
+        }
+        let refined: Vec<String> = serde_json::from_value(step["refined"].clone()).unwrap();
+        assert_eq!(refined.len(), 2, "{step}");
+        for r in &refined {
+            let parsed = Rubric::parse(r).unwrap_or_else(|e| panic!("a refined rubric does not parse ({e}):\n{r}"));
+            assert!(parsed.items.len() <= 4 && shape.rubric.shape().matches(r), "{r}");
+        }
+        let merged = step["merged_raw"].as_str().expect("a merge answer");
+        Rubric::parse(merged).unwrap_or_else(|e| panic!("the merged rubric does not parse ({e}):\n{merged}"));
+        // kept only for a reason that is not the judge's shape or budget
+        if let Some(why) = step["kept_because"].as_str() {
+            for lost in ["cut off", "not a rubric", "invalid", "not an item name", "outside", "mid-sentence"] {
+                assert!(!why.contains(lost), "a meta step lost to its answer's shape: {why}");
+            }
+        }
+    }
+}
+
+fn structured_answers_parse_and_stay_in_range(dir: &std::path::Path) {
+    let judged = judged(dir);
     assert_eq!(judged.len(), 8, "every rollout of both updates scored");
-    let rubric = rubric_version(&dir, 0);
+    let rubric = rubric_version(dir, 0);
     for (_, scores) in &judged {
         assert_eq!(scores.len(), rubric.items.len());
         for ((name, s), item) in scores.iter().zip(&rubric.items) {
