@@ -16,12 +16,22 @@ use std::fmt::Write as _;
 pub enum Shape {
     Lit(String),
     /// One character in the ranges (inclusive) or, `negated`, any character outside them.
-    Class { negated: bool, ranges: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
     Seq(Vec<Shape>),
     Alt(Vec<Shape>),
-    Repeat { of: Box<Shape>, min: u32, max: u32 },
+    Repeat {
+        of: Box<Shape>,
+        min: u32,
+        max: u32,
+    },
     /// A named part: its own GBNF rule (printed once however often it is used).
-    Rule { name: String, of: Box<Shape> },
+    Rule {
+        name: String,
+        of: Box<Shape>,
+    },
 }
 
 impl Shape {

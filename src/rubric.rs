@@ -403,8 +403,10 @@ impl RubricShape {
 /// A sentence whose last word is one that cannot end it (`... the reference answer or.`): the
 /// writer was cut off and a full stop forced.
 fn ends_on_a_dangling_word(line: &str) -> bool {
-    const DANGLING: &[&str] =
-        &["a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "for", "with", "by", "from", "is", "are", "when", "if", "that", "than", "as"];
+    const DANGLING: &[&str] = &[
+        "a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "for", "with", "by", "from", "is", "are", "when", "if", "that",
+        "than", "as",
+    ];
     let last = line.trim_end().trim_end_matches(['.', '!', '?']).rsplit(' ').next().unwrap_or("").to_lowercase();
     DANGLING.contains(&last.as_str())
 }
@@ -454,7 +456,9 @@ mod tests {
         let s = RubricShape::fit(2, 512).unwrap();
         let text: String = (0..s.items)
             .map(|k| {
-                let lines = format!("- Deduct 10 when a{}.\n", "x".repeat(s.line_chars - 1)).repeat(s.lines);
+                let lines: String = (0..s.lines)
+                    .map(|l| format!("- Deduct 10 when a{}{}.\n", "x".repeat(s.line_chars - 2), (b'a' + l as u8) as char))
+                    .collect();
                 // distinct names, or the parse would merge the items
                 format!("## Abcdefghij Abcdefghij Abcdefghij Abcdefghi{} (0-10)\n{lines}", (b'a' + k as u8) as char)
             })
@@ -554,10 +558,7 @@ mod tests {
 
     #[test]
     fn names_a_judge_cannot_answer_and_repeated_headings_are_found() {
-        assert_eq!(
-            Rubric::parse("## Thesis: clarity (0-5)\n"),
-            Err(RubricError::NameColon { line: 1, name: "Thesis: clarity".into() })
-        );
+        assert_eq!(Rubric::parse("## Thesis: clarity (0-5)\n"), Err(RubricError::NameColon { line: 1, name: "Thesis: clarity".into() }));
         let text = "## Clarity (0-2)\n- Award 2 if clear.\n## clarity (0-4)\n";
         assert_eq!(Rubric::duplicate_headings(text), vec![(3, "## clarity (0-4)".to_string())]);
         assert!(Rubric::duplicate_headings(R).is_empty());

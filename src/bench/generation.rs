@@ -119,13 +119,21 @@ fn guided_cost<B: Backend>(m: &model::LoadedModel<B>, prompts: &[Vec<u32>], new_
     let engine_s = te.elapsed().as_secs_f64();
     let shape = crate::rubric::RubricShape::fit(4, 800).ok_or_else(|| anyhow::anyhow!("the demo's meta budget fits no rubric"))?.shape();
     let c = Constraint::Shape(shape.clone());
-    let s = Sampling { max_new_tokens: new_tokens, temperature: 0.0, top_p: 1.0, top_k: 0, stop_ids: m.tok.stop_ids.clone(), stop_strings: vec![] };
+    let s = Sampling {
+        max_new_tokens: new_tokens,
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        stop_ids: m.tok.stop_ids.clone(),
+        stop_strings: vec![],
+    };
     let t0 = Instant::now();
     let free = generate(&m.model, &m.tok, prompts, &s, false, &mut crate::rng::stream(0, "bench"))?;
     let free_s = t0.elapsed().as_secs_f64();
     let mut guides = prompts.iter().map(|_| engine.guide(&c).map(Some)).collect::<Result<Vec<_>, _>>()?;
     let t1 = Instant::now();
-    let held = crate::model::generate::generate_guided(&m.model, &m.tok, prompts, &s, false, &mut crate::rng::stream(0, "bench"), &mut guides)?;
+    let held =
+        crate::model::generate::generate_guided(&m.model, &m.tok, prompts, &s, false, &mut crate::rng::stream(0, "bench"), &mut guides)?;
     let held_s = t1.elapsed().as_secs_f64();
     // the mask alone, replayed over the tokens the guided rows drew
     let (mut masks, mut logits) = (0usize, vec![0f32; vocab]);

@@ -39,10 +39,7 @@ impl<B: Backend> LocalJudge<B> {
 
     fn engine(&self) -> Result<&Engine, JudgeError> {
         let vocab = self.model.lm_head.weight.val().dims()[1];
-        self.engine
-            .get_or_init(|| Engine::new(&self.tok, vocab))
-            .as_ref()
-            .map_err(|e| JudgeError::Local { message: e.to_string() })
+        self.engine.get_or_init(|| Engine::new(&self.tok, vocab)).as_ref().map_err(|e| JudgeError::Local { message: e.to_string() })
     }
 
     /// Guided requests: one prompt pass, then each label forced and its value decoded, held to
@@ -116,8 +113,7 @@ impl<B: Backend> LocalJudge<B> {
                 None => None,
             });
         }
-        let gens =
-            generate_guided(&self.model, &self.tok, &prompts, &s, false, &mut rng, &mut guides).map_err(|e| local(e.to_string()))?;
+        let gens = generate_guided(&self.model, &self.tok, &prompts, &s, false, &mut rng, &mut guides).map_err(|e| local(e.to_string()))?;
         Ok(gens
             .into_iter()
             .zip(&prompts)

@@ -427,7 +427,10 @@ mod tests {
             domain_guidelines: true,
             max_tokens: 64,
             temperature: 0.0,
-            shapes: MetaShapes { rubric: RubricShape { items: 3, lines: 2, line_chars: 60 }, analysis: AnalysisShape { findings: 3, chars: 60 } },
+            shapes: MetaShapes {
+                rubric: RubricShape { items: 3, lines: 2, line_chars: 60 },
+                analysis: AnalysisShape { findings: 3, chars: 60 },
+            },
             held: false,
         }
     }
@@ -525,7 +528,9 @@ mod tests {
         assert!(e.contains(&format!("at least {}", RubricShape::least_tokens(1).max(AnalysisShape::least_tokens()))), "{e}");
         // what an analysis may be: three numbered sentences
         let a = AnalysisShape::fit(640).unwrap().shape();
-        assert!(a.matches("1. The rubric ignores units entirely here.\n2. No reward hacking is visible in it.\n3. Item two is vague about the box.\n"));
+        assert!(a.matches(
+            "1. The rubric ignores units entirely here.\n2. No reward hacking is visible in it.\n3. Item two is vague about the box.\n"
+        ));
         assert!(!a.matches("1. The rubric ignores units. The rubric ignores units.\n"));
     }
 

@@ -66,8 +66,8 @@ impl Engine {
     /// the tokenizer: the extra ids are never admitted).
     pub fn new(tok: &Tok, vocab: usize) -> Result<Engine, ConstrainError> {
         let bad = |e: String| ConstrainError::Vocabulary(e);
-        let json: serde_json::Value = serde_json::from_str(&tok.inner.to_string(false).map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&tok.inner.to_string(false).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
         let mut words = llguidance::token_bytes_from_tokenizer_json(&json).map_err(|e| bad(e.to_string()))?;
         if words.len() > vocab {
             return Err(bad(format!("the tokenizer has {} tokens, more than the model's {vocab} logits", words.len())));
@@ -170,14 +170,22 @@ mod tests {
             Shape::lit(" (0-"),
             Shape::integers(1, 10),
             Shape::lit(")\n"),
-            Shape::seq([Shape::lit("- Award "), Shape::integers(1, 3), Shape::lit(" when "), Shape::not("\n."), Shape::not("\n.").repeat(0, 8), Shape::lit(".\n")])
-                .repeat(1, 2),
+            Shape::seq([
+                Shape::lit("- Award "),
+                Shape::integers(1, 3),
+                Shape::lit(" when "),
+                Shape::not("\n."),
+                Shape::not("\n.").repeat(0, 8),
+                Shape::lit(".\n"),
+            ])
+            .repeat(1, 2),
         ]);
         let budget = shape.longest_bytes() + 1;
         let mut scratch = Vec::new();
         for seed in 0..40u64 {
             let mut rng = crate::rng::stream(seed, "constrain/test");
-            let s = Sampling { max_new_tokens: budget, temperature: 1.5, top_p: 1.0, top_k: 0, stop_ids: vec![tok.eos], stop_strings: vec![] };
+            let s =
+                Sampling { max_new_tokens: budget, temperature: 1.5, top_p: 1.0, top_k: 0, stop_ids: vec![tok.eos], stop_strings: vec![] };
             let mut g = engine.guide(&Constraint::Shape(shape.clone())).unwrap();
             let mut ids = Vec::new();
             let mut ended = false;

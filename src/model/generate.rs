@@ -12,9 +12,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::batch::{NEG, causal_mask, int_tensor, left_pad, mask_tensor, to_host};
 use super::constrain::{Constraint, Engine, Guide};
-use crate::grammar::Shape;
 use super::llama::{KvCache, Llama};
 use super::tokenizer::Tok;
+use crate::grammar::Shape;
 
 /// How to sample.
 #[derive(Debug, Clone, PartialEq)]

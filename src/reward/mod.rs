@@ -205,19 +205,21 @@ pub fn score_batch(
         };
         let reqs: Vec<JudgeRequest> = pending
             .iter()
-            .map(|&i| JudgeRequest {
-                prompt: out[i].judge_prompt.clone().expect("rendered above"),
-                max_tokens: spec.judge.max_tokens,
-                temperature,
-                seed: crate::rng::sub_seed(seed, &format!("reward/judge/{}{suffix}", rollouts[i].id)),
-                top_logprobs,
-                json_schema: schema.clone(),
-                attempt,
-                guided: if guided { rubric.items.iter().map(|it| it.name.clone()).collect() } else { vec![] },
-                guided_ranges: if guided { rubric.items.iter().map(|it| (it.min, it.max)).collect() } else { vec![] },
-                ..Default::default()
-            }
-            .held_to(shape.clone()))
+            .map(|&i| {
+                JudgeRequest {
+                    prompt: out[i].judge_prompt.clone().expect("rendered above"),
+                    max_tokens: spec.judge.max_tokens,
+                    temperature,
+                    seed: crate::rng::sub_seed(seed, &format!("reward/judge/{}{suffix}", rollouts[i].id)),
+                    top_logprobs,
+                    json_schema: schema.clone(),
+                    attempt,
+                    guided: if guided { rubric.items.iter().map(|it| it.name.clone()).collect() } else { vec![] },
+                    guided_ranges: if guided { rubric.items.iter().map(|it| (it.min, it.max)).collect() } else { vec![] },
+                    ..Default::default()
+                }
+                .held_to(shape.clone())
+            })
             .collect();
         let answers = judge.complete(&reqs);
         let mut still = Vec::new();

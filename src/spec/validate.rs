@@ -649,7 +649,10 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     {
         v.warn(
             "meta.judge.max_tokens",
-            format!("`meta.judge.max_tokens` ({}) is not used: every meta stage answers within `meta.max_tokens` ({})", mj.max_tokens, spec.meta.max_tokens),
+            format!(
+                "`meta.judge.max_tokens` ({}) is not used: every meta stage answers within `meta.max_tokens` ({})",
+                mj.max_tokens, spec.meta.max_tokens
+            ),
             "dead field",
         )
         .help
