@@ -719,7 +719,11 @@ pub struct MetaSpec {
     /// Most items a merged rubric may have; a longer one is rejected and the rubric kept.
     #[schemars(range(min = 1, max = 100))]
     pub max_items: usize,
-    /// Most tokens per meta-judge answer (analyses and rubrics are longer than scores).
+    /// Most tokens per meta-judge answer, the one budget of every meta stage (a
+    /// `meta.judge.max_tokens` is not used). Analyses and rubrics are held to (or, on judges that
+    /// take no grammar, asked for in) shapes sized to it: `mpo plan` prints them, and `mpo
+    /// check` refuses a budget that holds no complete answer. 2048 holds 12 items of one
+    /// 97-character line.
     #[schemars(range(min = 16, max = 65536))]
     pub max_tokens: u32,
     /// Score `reward.cases` under every merged rubric and under the rubric in force (with the
@@ -747,7 +751,7 @@ impl Default for MetaSpec {
             stages: None,
             domain_guidelines: false,
             max_items: 12,
-            max_tokens: 1024,
+            max_tokens: 2048,
             gate: false,
         }
     }
