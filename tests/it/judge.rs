@@ -358,7 +358,7 @@ fn the_in_process_meta_judge_writes_sound_rubrics_and_loses_no_step_to_shape() {
     let dir = local_structured_run("meta", &["meta.every=1"]);
     let history = jsonl(&dir.join("rubrics/history.jsonl"));
     let steps: Vec<&serde_json::Value> = history.iter().filter(|e| e["trigger_update"].as_u64() > Some(0)).collect();
-    assert_eq!(steps.len(), 2, "a meta step after each update: {history:?}");
+    assert_eq!(steps.len(), 1, "a meta step after update 1 (the last update has none): {history:?}");
     for step in steps {
         let analyses: Vec<String> = serde_json::from_value(step["analyses"].clone()).unwrap();
         let shape = mpo::meta::MetaShapes::fit(4, 768).unwrap();
@@ -373,9 +373,10 @@ fn the_in_process_meta_judge_writes_sound_rubrics_and_loses_no_step_to_shape() {
         }
         let merged = step["merged_raw"].as_str().expect("a merge answer");
         Rubric::parse(merged).unwrap_or_else(|e| panic!("the merged rubric does not parse ({e}):\n{merged}"));
-        // kept only for a reason that is not the judge's shape or budget
+        // kept only for a reason that is not the judge's shape or budget (the 135M judge does
+        // write an item again with another range: a refusal of what it meant, not of its shape)
         if let Some(why) = step["kept_because"].as_str() {
-            for lost in ["cut off", "not a rubric", "invalid", "not an item name", "outside", "mid-sentence"] {
+            for lost in ["cut off", "not a rubric", "invalid", "not an item name", "mid-sentence"] {
                 assert!(!why.contains(lost), "a meta step lost to its answer's shape: {why}");
             }
         }
@@ -400,22 +401,34 @@ fn real_llama_server_meta_step_writes_a_rubric_that_parses() {
     let dir = structured_run("meta", &["meta.every=1"]);
     let history = jsonl(&dir.join("rubrics/history.jsonl"));
     let step = history.iter().find(|e| e["trigger_update"] == 1).expect("a meta step after update 1");
+    let shape = mpo::meta::MetaShapes::fit(4, 768).unwrap();
     let refined: Vec<String> = serde_json::from_value(step["refined"].clone()).unwrap();
     assert!(!refined.is_empty(), "{step}");
     for r in &refined {
         let parsed = Rubric::parse(r).unwrap_or_else(|e| panic!("a refined rubric does not parse ({e}):\n{r}"));
-        assert!(parsed.items.len() <= 4, "{r}");
+        assert!(parsed.items.len() <= 4 && shape.rubric.shape().matches(r), "outside the grammar:\n{r}");
     }
     let merged = step["merged_raw"].as_str().expect("a merge answer");
     let parsed = Rubric::parse(merged).unwrap_or_else(|e| panic!("the merged rubric does not parse ({e}):\n{merged}"));
     parsed.validate(4).unwrap();
-    assert!(step["version"].as_u64() == Some(1), "the merged rubric becomes v1: {step}");
-    // the next update is judged under it, through its own schema, without a failure
-    let v1 = rubric_version(&dir, 1);
-    for (version, scores) in judged(&dir) {
-        let rubric = if version == 1 { &v1 } else { continue };
-        for ((name, s), item) in scores.iter().zip(&rubric.items) {
-            assert!(*s >= item.min as f64 && *s <= item.max as f64, "{name}: {s}");
+    assert!(shape.rubric.shape().matches(merged), "the server's grammar and mpo's shape disagree:\n{merged}");
+    match step["version"].as_u64() {
+        // the next update is judged under it, through its own schema, without a failure
+        Some(1) => {
+            let v1 = rubric_version(&dir, 1);
+            for (version, scores) in judged(&dir) {
+                let rubric = if version == 1 { &v1 } else { continue };
+                for ((name, s), item) in scores.iter().zip(&rubric.items) {
+                    assert!(*s >= item.min as f64 && *s <= item.max as f64, "{name}: {s}");
+                }
+            }
+        }
+        // kept for what the rubric says, never for its shape or budget
+        _ => {
+            let why = step["kept_because"].as_str().unwrap_or_default();
+            for lost in ["cut off", "not a rubric", "invalid", "not an item name", "mid-sentence"] {
+                assert!(!why.contains(lost), "a meta step lost to its answer's shape: {why}");
+            }
         }
     }
 }
