@@ -928,8 +928,6 @@ fn structured_budget(v: &mut V, spec: &Spec, rubric: Option<&Rubric>) {
         );
     }
 }
-/// Tokens a meta judge needs per item of a rubric it writes (its heading and one criterion line).
-
 /// Compile a user regex once per process (a sweep checks the same pattern in every cell).
 fn compiled(pattern: &str) -> Result<regex::Regex, regex::Error> {
     static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Result<regex::Regex, regex::Error>>>> =
