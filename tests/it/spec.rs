@@ -194,7 +194,7 @@ fn cli_exit_codes() {
     let (c, _, e) = mpo(&["run", "specs/math.yaml", "--cell", "1"]);
     assert_eq!(c, 2, "{e}");
     assert!(e.contains("`--cell` is for sweeps"), "{e}");
-    let (c, _, e) = mpo(&["rubric", "show", "results/math-meta-every-cpu/787cb32a1ae6", "vx"]);
+    let (c, _, e) = mpo(&["rubric", "show", "results/math-meta-every-cpu/d1b9dd9bbe29", "vx"]);
     assert_eq!(c, 2, "{e}");
     for args in [["bench", "judge", "--concurrency", "0"], ["sweep", "specs/math.yaml", "--jobs", "0"]] {
         let (c, _, e) = mpo(&args);
