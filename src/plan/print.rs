@@ -170,14 +170,15 @@ pub fn render_summary(plan: &Plan) -> String {
             if let Ok(shapes) = crate::meta::MetaShapes::fit(s.meta.max_items, s.meta.max_tokens) {
                 let (r, a) = (shapes.rubric, shapes.analysis);
                 let held = if mj.holds_shapes() { "held to" } else { "asked for (this judge takes no grammar)" };
+                let lines =
+                    if r.lines == 1 { "one award/deduction line".to_string() } else { format!("1-{} award/deduction lines", r.lines) };
                 let _ = writeln!(
                     o,
-                    "            answers {held}: analyses of {} findings <= {} chars; rubrics of <= {} items (0-N, N <= {}), 1-{} award/deduction lines <= {} chars each (at most {} of {} tokens)",
+                    "            answers {held}: analyses of {} findings <= {} chars; rubrics of <= {} items (0-N, N <= {}), {lines} <= {} chars each (at most {} of {} tokens)",
                     a.findings,
                     a.chars,
                     r.items,
                     crate::rubric::MAX_POINTS,
-                    r.lines,
                     r.line_chars,
                     r.most_tokens(),
                     s.meta.max_tokens
