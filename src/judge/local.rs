@@ -101,18 +101,17 @@ impl<B: Backend> LocalJudge<B> {
         let seed = reqs.iter().fold(0u64, |a, (_, r)| a.wrapping_mul(31).wrapping_add(r.seed ^ ((r.attempt as u64) << 48)));
         let mut rng = crate::rng::stream(seed, "judge/local");
         // Each answer held to its request's shape, or its JSON schema.
-        let mut guides: Vec<Option<Guide>> = Vec::with_capacity(reqs.len());
-        for (_, r) in reqs {
-            let c = match (&r.shape, &r.json_schema) {
-                (Some(shape), _) => Some(Constraint::Shape(shape.clone())),
-                (None, Some(schema)) => Some(Constraint::Json(schema.clone())),
-                (None, None) => None,
-            };
-            guides.push(match c {
-                Some(c) => Some(self.engine()?.guide(&c).map_err(|e| local(e.to_string()))?),
-                None => None,
-            });
-        }
+        let mut guides: Vec<Option<Guide>> = reqs
+            .iter()
+            .map(|(_, r)| {
+                let c = match (&r.shape, &r.json_schema) {
+                    (Some(shape), _) => Constraint::Shape(shape.clone()),
+                    (None, Some(schema)) => Constraint::Json(schema.clone()),
+                    (None, None) => return Ok(None),
+                };
+                self.engine()?.guide(&c).map(Some).map_err(|e| local(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
         let gens = generate_guided(&self.model, &self.tok, &prompts, &s, false, &mut rng, &mut guides).map_err(|e| local(e.to_string()))?;
         Ok(gens
             .into_iter()
