@@ -244,30 +244,317 @@ impl Tok {
         self.inner.decode(ids, true).map_err(|e| TokenizerError::Tokenizers(e.to_string()))
     }
 
-    /// Render the chat template (or `override_template`) for `messages`.
+    /// Render the chat template (or `override_template`) for `messages` exactly as transformers'
+    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)` does (see
+    /// [`chat_environment`]); `strftime_now` reads the clock (UTC).
     pub fn apply_chat_template(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
         override_template: Option<&str>,
     ) -> Result<String, TokenizerError> {
+        self.render_chat_template(messages, add_generation_prompt, override_template, std::time::SystemTime::now())
+    }
+
+    /// [`Tok::apply_chat_template`] with `strftime_now` reading `now` instead of the clock.
+    fn render_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        override_template: Option<&str>,
+        now: std::time::SystemTime,
+    ) -> Result<String, TokenizerError> {
         let tmpl = override_template
             .or(self.chat_template.as_deref())
             .ok_or_else(|| TokenizerError::Template("the model has no chat template; give one with `policy.chat_template`".into()))?;
-        let mut env = crate::template::environment();
-        // HF templates call raise_exception() to reject bad message orders.
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        let t = env.template_from_str(tmpl).map_err(|e| TokenizerError::Template(e.to_string()))?;
-        t.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_text,
-            eos_token => self.eos_text,
-        })
-        .map_err(|e| TokenizerError::Template(e.to_string()))
+        let unix = match now.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        let env = chat_environment(unix);
+        let tmpl = generation_tags_as_blocks(tmpl);
+        let t = env.template_from_str(&tmpl).map_err(|e| TokenizerError::Template(e.to_string()))?;
+        // transformers passes `tools` and `documents` (None when absent), then the special tokens
+        // the tokenizer has (`special_tokens_map`: unset ones are left out, so undefined).
+        let mut ctx: Vec<(&str, minijinja::Value)> = vec![
+            ("messages", minijinja::Value::from_serialize(messages)),
+            ("tools", minijinja::Value::from(())),
+            ("documents", minijinja::Value::from(())),
+            ("add_generation_prompt", minijinja::Value::from(add_generation_prompt)),
+        ];
+        for (name, text) in [("bos_token", &self.bos_text), ("eos_token", &self.eos_text)] {
+            if !text.is_empty() {
+                ctx.push((name, minijinja::Value::from(text.as_str())));
+            }
+        }
+        let ctx: minijinja::Value = ctx.into_iter().collect();
+        t.render(ctx).map_err(|e| TokenizerError::Template(e.to_string()))
     }
+}
+
+/// A minijinja environment that renders HF chat templates like transformers'
+/// `_compile_jinja_template` (`transformers/utils/chat_template_utils.py`): Jinja2's default
+/// (lenient) undefined, `trim_blocks` and `lstrip_blocks`, no kept trailing newline, loop
+/// controls, Python's `str`/`dict`/`list` methods, `None`/`True`/`False` printed as Python prints
+/// them, and transformers' globals and filter: `raise_exception`, `strftime_now` (the date at
+/// `now`, unix seconds, taken as UTC where transformers takes local time) and `tojson`
+/// (`json.dumps`, no HTML escaping).
+fn chat_environment(now: i64) -> minijinja::Environment<'static> {
+    use minijinja::value::{Kwargs, ValueKind};
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(false);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_formatter(|out, state, value| match value.kind() {
+        ValueKind::None => out.write_str("None").map_err(minijinja::Error::from),
+        ValueKind::Bool => out.write_str(if value.is_true() { "True" } else { "False" }).map_err(minijinja::Error::from),
+        _ => minijinja::escape_formatter(out, state, value),
+    });
+    // HF templates call raise_exception() to reject bad message orders.
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_function("strftime_now", move |format: String| strftime(&format, now));
+    env.add_filter("tojson", |value: minijinja::Value, kwargs: Kwargs| -> Result<String, minijinja::Error> {
+        let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
+        let indent = match kwargs.get::<Option<minijinja::Value>>("indent")? {
+            Some(v) if v.is_integer() => Some(" ".repeat(v.as_usize().unwrap_or(0))),
+            Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_string()),
+            _ => None,
+        };
+        let (item_sep, key_sep) = match kwargs.get::<Option<Vec<String>>>("separators")? {
+            Some(s) if s.len() == 2 => (s[0].clone(), s[1].clone()),
+            Some(_) => {
+                return Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, "tojson: `separators` takes two strings"));
+            }
+            None => ((if indent.is_some() { "," } else { ", " }).to_string(), ": ".to_string()),
+        };
+        let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+        kwargs.assert_all_used()?;
+        let opts = JsonDumps { ensure_ascii, indent, item_sep, key_sep, sort_keys };
+        let mut out = String::new();
+        opts.write(&mut out, &value, 0)?;
+        Ok(out)
+    });
+    env
+}
+
+/// Turn transformers' `{% generation %}…{% endgeneration %}` tags (its `AssistantTracker`
+/// extension, which renders the body unchanged) into an always-true `if` block minijinja knows.
+fn generation_tags_as_blocks(tmpl: &str) -> std::borrow::Cow<'_, str> {
+    static TAG: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\{%([-+]?)\s*(end)?generation\s*([-+]?)%\}").expect("static regex"));
+    TAG.replace_all(tmpl, |c: &regex::Captures| {
+        let what = if c.get(2).is_some() { "endif" } else { "if true" };
+        format!("{{%{} {what} {}%}}", &c[1], &c[3])
+    })
+}
+
+/// Python's `json.dumps` options, as transformers' `tojson` filter passes them.
+struct JsonDumps {
+    ensure_ascii: bool,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+}
+
+impl JsonDumps {
+    fn write(&self, out: &mut String, v: &minijinja::Value, depth: usize) -> Result<(), minijinja::Error> {
+        use minijinja::value::ValueKind;
+        match v.kind() {
+            ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+            ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+            ValueKind::Number if v.is_integer() => out.push_str(&v.to_string()),
+            ValueKind::Number => out.push_str(&py_float_repr(f64::try_from(v.clone())?)),
+            ValueKind::String => self.string(out, v.as_str().unwrap_or_default()),
+            ValueKind::Map => {
+                let mut keys: Vec<minijinja::Value> = v.try_iter()?.collect();
+                if self.sort_keys {
+                    keys.sort_by_key(|k| k.to_string());
+                }
+                let items: Vec<_> = keys.into_iter().map(|k| v.get_item(&k).map(|x| (k, x))).collect::<Result<_, _>>()?;
+                self.container(out, depth, ('{', '}'), &items, |s, out, (k, x)| {
+                    match k.kind() {
+                        ValueKind::String => s.string(out, k.as_str().unwrap_or_default()),
+                        _ => {
+                            let mut key = String::new();
+                            s.write(&mut key, k, depth + 1)?;
+                            s.string(out, &key);
+                        }
+                    }
+                    out.push_str(&s.key_sep);
+                    s.write(out, x, depth + 1)
+                })?;
+            }
+            _ => {
+                let items: Vec<minijinja::Value> = v.try_iter()?.collect();
+                self.container(out, depth, ('[', ']'), &items, |s, out, x| s.write(out, x, depth + 1))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn container<T>(
+        &self,
+        out: &mut String,
+        depth: usize,
+        (open, close): (char, char),
+        items: &[T],
+        mut each: impl FnMut(&Self, &mut String, &T) -> Result<(), minijinja::Error>,
+    ) -> Result<(), minijinja::Error> {
+        out.push(open);
+        if items.is_empty() {
+            out.push(close);
+            return Ok(());
+        }
+        let newline = |out: &mut String, level: usize| {
+            if let Some(ind) = &self.indent {
+                out.push('\n');
+                for _ in 0..level {
+                    out.push_str(ind);
+                }
+            }
+        };
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push_str(&self.item_sep);
+            }
+            newline(out, depth + 1);
+            each(self, out, item)?;
+        }
+        newline(out, depth);
+        out.push(close);
+        Ok(())
+    }
+
+    fn string(&self, out: &mut String, s: &str) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 || (self.ensure_ascii && !(' '..='~').contains(&c)) => {
+                    let mut buf = [0u16; 2];
+                    for unit in c.encode_utf16(&mut buf) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+}
+
+/// Python's `repr` of a float (`1.0`, `1e+16`, `1.5e-07`, `NaN`, `Infinity` as `json.dumps` writes them).
+fn py_float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+    }
+    // Rust's `{:e}` gives the shortest round-tripping digits, as Python's repr does.
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` exponent");
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if (-4..16).contains(&exp) {
+        let point = exp + 1;
+        let s = if point <= 0 {
+            format!("0.{}{digits}", "0".repeat((-point) as usize))
+        } else if point as usize >= digits.len() {
+            format!("{digits}{}.0", "0".repeat(point as usize - digits.len()))
+        } else {
+            format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+        };
+        format!("{sign}{s}")
+    } else {
+        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    }
+}
+
+/// `datetime.fromtimestamp(unix, UTC).replace(tzinfo=None).strftime(format)`, the directives of
+/// C's `strftime` (as Python on glibc renders them for a naive datetime: `%z` and `%Z` empty).
+fn strftime(format: &str, unix: i64) -> String {
+    const DAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
+    const MONTHS: [&str; 12] =
+        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let (hour, minute, second) = (secs / 3600, secs / 60 % 60, secs % 60);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy_march = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy_march + 2) / 153;
+    let day = doy_march - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    const CUMULATIVE: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = CUMULATIVE[month as usize - 1] + day + i64::from(leap && month > 2);
+    let wday = (days + 4).rem_euclid(7) as usize;
+    let hour12 = if hour % 12 == 0 { 12 } else { hour % 12 };
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(d) = chars.next() else {
+            out.push('%');
+            break;
+        };
+        let s = match d {
+            'a' => DAYS[wday][..3].to_string(),
+            'A' => DAYS[wday].to_string(),
+            'b' | 'h' => MONTHS[month as usize - 1][..3].to_string(),
+            'B' => MONTHS[month as usize - 1].to_string(),
+            'd' => format!("{day:02}"),
+            'e' => format!("{day:>2}"),
+            'm' => format!("{month:02}"),
+            'y' => format!("{:02}", year.rem_euclid(100)),
+            'Y' => year.to_string(),
+            'C' => format!("{:02}", year.div_euclid(100)),
+            'H' => format!("{hour:02}"),
+            'I' => format!("{hour12:02}"),
+            'M' => format!("{minute:02}"),
+            'S' => format!("{second:02}"),
+            'p' => (if hour < 12 { "AM" } else { "PM" }).to_string(),
+            'j' => format!("{yday:03}"),
+            'u' => (if wday == 0 { 7 } else { wday }).to_string(),
+            'w' => wday.to_string(),
+            'F' => format!("{year}-{month:02}-{day:02}"),
+            'D' => format!("{month:02}/{day:02}/{:02}", year.rem_euclid(100)),
+            'T' => format!("{hour:02}:{minute:02}:{second:02}"),
+            'R' => format!("{hour:02}:{minute:02}"),
+            'c' => format!("{} {} {day:>2} {hour:02}:{minute:02}:{second:02} {year}", &DAYS[wday][..3], &MONTHS[month as usize - 1][..3]),
+            'x' => format!("{month:02}/{day:02}/{:02}", year.rem_euclid(100)),
+            'X' => format!("{hour:02}:{minute:02}:{second:02}"),
+            'n' => "\n".to_string(),
+            't' => "\t".to_string(),
+            'z' | 'Z' => String::new(),
+            '%' => "%".to_string(),
+            other => format!("%{other}"),
+        };
+        out.push_str(&s);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -301,5 +588,78 @@ pub(crate) mod tests {
             s,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    /// Every case of `tests/fixtures/chat_templates/expected.json` (rendered by transformers with
+    /// `scripts/chat_template_fixtures.py`) renders to the same bytes here.
+    #[test]
+    fn chat_templates_render_like_transformers() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates");
+        let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(fixture["now_unix"].as_u64().unwrap());
+        let cases = fixture["cases"].as_array().unwrap();
+        assert!(cases.len() >= 24, "expected.json has {} cases", cases.len());
+        let mut failures = Vec::new();
+        for case in cases {
+            let name = case["template"].as_str().unwrap();
+            let mut tok = tiny_tok();
+            tok.chat_template = Some(std::fs::read_to_string(dir.join(format!("{name}.jinja"))).unwrap());
+            tok.bos_text = case["bos_token"].as_str().unwrap_or_default().to_string();
+            tok.eos_text = case["eos_token"].as_str().unwrap_or_default().to_string();
+            let messages: Vec<Message> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                .collect();
+            let agp = case["add_generation_prompt"].as_bool().unwrap();
+            let want = case["expected"].as_str().unwrap();
+            let what = format!("{name} / {} / add_generation_prompt={agp}", case["conversation"].as_str().unwrap());
+            match tok.render_chat_template(&messages, agp, None, now) {
+                Ok(got) if got == want => {}
+                Ok(got) => failures.push(format!("{what}:\n  want {want:?}\n  got  {got:?}")),
+                Err(e) => failures.push(format!("{what}: {e}")),
+            }
+        }
+        assert!(failures.is_empty(), "{} of {} cases differ from transformers:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    }
+
+    #[test]
+    fn chat_template_helpers_match_python() {
+        // strftime: 2025-03-09 14:05:30 UTC was a Sunday, day 68 of the year.
+        assert_eq!(
+            strftime("%d %b %Y|%a %A %B %m %y %j %H:%M:%S %I%p %F %u %w %%|%z", 1_741_529_130),
+            "09 Mar 2025|Sun Sunday March 03 25 068 14:05:30 02PM 2025-03-09 7 0 %|"
+        );
+        assert_eq!(strftime("%Y-%m-%d %j", 951_782_400), "2000-02-29 060");
+        assert_eq!(strftime("%F %T %a", 0), "1970-01-01 00:00:00 Thu");
+        // json.dumps
+        for (f, py) in [
+            (1.0, "1.0"),
+            (0.5, "0.5"),
+            (1e16, "1e+16"),
+            (123456.789, "123456.789"),
+            (1.5e-7, "1.5e-07"),
+            (0.0001, "0.0001"),
+            (-2.5, "-2.5"),
+        ] {
+            assert_eq!(py_float_repr(f), py);
+        }
+        let env = chat_environment(0);
+        let r = |src: &str, ctx: minijinja::Value| env.render_str(src, ctx).unwrap();
+        let v = minijinja::Value::from_serialize(serde_json::json!({"b": [1, 2.5, null, true], "a": "é<\"\n"}));
+        assert_eq!(r("{{ v | tojson }}", minijinja::context! { v => v.clone() }), r#"{"b": [1, 2.5, null, true], "a": "é<\"\n"}"#);
+        assert_eq!(
+            r("{{ v | tojson(indent=2, sort_keys=true, ensure_ascii=true) }}", minijinja::context! { v => v.clone() }),
+            "{\n  \"a\": \"\\u00e9<\\\"\\n\",\n  \"b\": [\n    1,\n    2.5,\n    null,\n    true\n  ]\n}"
+        );
+        assert_eq!(r("{{ [] | tojson(indent=2) }}{{ {} | tojson }}", minijinja::context! {}), "[]{}");
+        // Python printing, lenient undefined, Python methods, generation tags
+        assert_eq!(
+            r("{{ none }} {{ true }} [{{ nope }}] {{ ' x '.strip() }} {{ 'ab'.startswith('a') }}", minijinja::context! {}),
+            "None True [] x True"
+        );
+        let t = generation_tags_as_blocks("{%- generation -%} a {% endgeneration %}");
+        assert_eq!(t, "{%- if true -%} a {% endif %}");
     }
 }
