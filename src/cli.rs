@@ -868,14 +868,16 @@ fn grade_cmd(task: &str, response: &str, reference: &str, tolerance: f64) -> Out
             if want != "RIGHT" && want != "WRONG" {
                 return Err(Failure::Usage(format!("the reference must be RIGHT or WRONG, got {reference:?}")));
             }
-            match verify::verdict_tag(response) {
+            match verify::verdict(response) {
                 Some(got) => {
                     let ok = got == want;
                     println!("{}: response verdict {got}, reference {want}", if ok { "correct" } else { "incorrect" });
                     Ok(if ok { Done::Ok } else { Done::No })
                 }
                 None => {
-                    println!("incorrect: no <verdict>RIGHT|WRONG</verdict> tag in the response (reference: {want})");
+                    println!(
+                        "incorrect: no <verdict>RIGHT|WRONG</verdict> tag, nor one of the bare words RIGHT or WRONG alone, in the response (reference: {want})"
+                    );
                     Ok(Done::No)
                 }
             }

@@ -165,7 +165,7 @@ impl Rubric {
     /// [`Rubric::problems`] of the rubric `text` parses to, and items written twice with
     /// different ranges (the parse keeps the first range and merges the second's lines into
     /// it, which is never what the writer meant).
-    pub fn problems_of_text(text: &str) -> Result<Vec<String>, RubricError> {
+    pub fn problems_of_text(text: &str, max_points: i64) -> Result<Vec<String>, RubricError> {
         let r = Rubric::parse(text)?;
         let mut out = Vec::new();
         for (line, heading) in Rubric::duplicate_headings(text) {
@@ -177,7 +177,7 @@ impl Rubric {
                 out.push(format!("line {line}: `{}` is written again as {}-{} after {}-{}", d.name, d.min, d.max, first.min, first.max));
             }
         }
-        out.extend(r.problems());
+        out.extend(r.problems(max_points));
         Ok(out)
     }
 
@@ -205,10 +205,10 @@ impl Rubric {
     }
 
     /// What keeps a written rubric from being accepted as a new version, beyond parsing: names
-    /// that are not names (a title, a date, numbers), ranges wider than [`MAX_POINTS`], award
+    /// that are not names (a title, a date, numbers), ranges wider than `max_points`, award
     /// or deduction amounts outside the item's range, and lines cut off mid-sentence. Empty
     /// when the rubric is sound. Judges' rubrics are untrusted; this is what "accepted" claims.
-    pub fn problems(&self) -> Vec<String> {
+    pub fn problems(&self, max_points: i64) -> Vec<String> {
         let mut out = Vec::new();
         for it in &self.items {
             let n = &it.name;
@@ -221,8 +221,8 @@ impl Rubric {
                 out.push(format!("`{n}` is not an item name (one to six words of letters, not a title, date or number)"));
             }
             let span = it.max - it.min;
-            if span > MAX_POINTS {
-                out.push(format!("`{n}` ranges over {span} points, more than {MAX_POINTS}"));
+            if span > max_points {
+                out.push(format!("`{n}` ranges over {span} points, more than {max_points}"));
             }
             let lines: Vec<&String> = it.awards.iter().chain(&it.deductions).collect();
             for (k, line) in lines.iter().enumerate() {
@@ -317,9 +317,12 @@ pub struct RubricShape {
     pub items: usize,
     pub lines: usize,
     pub line_chars: usize,
+    /// The widest item range (`meta.max_points`, at most [`MAX_POINTS`]).
+    pub max_points: i64,
 }
 
-/// The widest item range a written rubric may use: no single item can swamp the rest.
+/// The widest item range a written rubric may use (`meta.max_points` may lower it): under
+/// `reward.aggregate: sum` or `range_share` no single item can swamp the rest.
 pub const MAX_POINTS: i64 = 10;
 /// The shortest criterion a rubric line may have (characters between `when ` and the stop).
 pub const CRITERION_MIN_CHARS: usize = 12;
@@ -350,11 +353,16 @@ impl RubricShape {
         for (lines, least) in [(3, GOOD_LINE_CHARS), (2, GOOD_LINE_CHARS), (1, MIN_USEFUL_LINE_CHARS)] {
             let c = line_chars(max_items, lines);
             if c >= least {
-                return Some(RubricShape { items: max_items.max(1), lines, line_chars: c.min(MAX_LINE_CHARS) });
+                return Some(RubricShape { items: max_items.max(1), lines, line_chars: c.min(MAX_LINE_CHARS), max_points: MAX_POINTS });
             }
         }
         let items = budget / Self::item_bytes(1, MIN_USEFUL_LINE_CHARS);
-        (items >= 1).then(|| RubricShape { items, lines: 1, line_chars: line_chars(items, 1).min(MAX_LINE_CHARS) })
+        (items >= 1).then(|| RubricShape { items, lines: 1, line_chars: line_chars(items, 1).min(MAX_LINE_CHARS), max_points: MAX_POINTS })
+    }
+
+    /// The same shape with item ranges of at most `max_points` (clamped to 1..=[`MAX_POINTS`]).
+    pub fn with_max_points(self, max_points: i64) -> RubricShape {
+        RubricShape { max_points: max_points.clamp(1, MAX_POINTS), ..self }
     }
 
     fn item_bytes(lines: usize, line_chars: usize) -> usize {
@@ -391,7 +399,7 @@ impl RubricShape {
             Shape::seq([Shape::lit("## "), name.clone(), Shape::lit(format!(" (0-{n})\n")), line.repeat(1, self.lines as u32)])
                 .named(&format!("item{n}"))
         };
-        Shape::alt((1..=MAX_POINTS).map(item)).named("item").repeat(1, self.items as u32)
+        Shape::alt((1..=self.max_points).map(item)).named("item").repeat(1, self.items as u32)
     }
 
     /// The grammar in GBNF (llama.cpp; also read by vLLM's and SGLang's xgrammar backends).
@@ -469,7 +477,7 @@ mod tests {
         let r = Rubric::parse(&text).unwrap();
         assert_eq!(r.items.len(), s.items);
         assert_eq!(r.items[0].deductions.len(), s.lines);
-        assert!(r.problems().is_empty(), "{:?}", r.problems());
+        assert!(r.problems(MAX_POINTS).is_empty(), "{:?}", r.problems(MAX_POINTS));
         // what it refuses: points beyond the item's range, a line cut mid-sentence, a date as
         // a name, a second range in a name
         for bad in [
@@ -526,19 +534,25 @@ mod tests {
         // the rubric a 135M meta judge wrote under the old grammar (issue 28): every problem named
         let v001 = "## Rubric for math solutions 10/01/2023 12/ (0-1)\n- Award 1 when the final answer is written in\n\n## Answer in a box (0-2)\n- Award 4 when the answer is boxed.\n- Deduct 3 when there is no box.\n";
         let r = Rubric::parse(v001).unwrap();
-        let p = r.problems();
+        let p = r.problems(MAX_POINTS);
         assert_eq!(p.len(), 4, "{p:#?}");
         assert!(p[0].contains("not an item name"), "{}", p[0]);
         assert!(p[1].contains("stops mid-sentence"), "{}", p[1]);
         assert!(p[2].contains("gives 4 points, outside 1-2") && p[3].contains("gives 3 points"), "{p:?}");
         // the shipped initial rubric is sound
         let v0 = Rubric::parse(&std::fs::read_to_string("prompt_templates/math/rubric_v0.md").unwrap()).unwrap();
-        assert_eq!(v0.problems(), Vec::<String>::new());
-        assert!(Rubric::parse("## Style (0-20)\n").unwrap().problems()[0].contains("20 points"));
+        assert_eq!(v0.problems(MAX_POINTS), Vec::<String>::new());
+        assert!(Rubric::parse("## Style (0-20)\n").unwrap().problems(MAX_POINTS)[0].contains("20 points"));
+        // `meta.max_points` lowers the bound, in the check and in the shape
+        let wide = "## Style (0-6)\n- Award 6 when every paragraph has one clear topic sentence.\n";
+        assert!(Rubric::problems_of_text(wide, MAX_POINTS).unwrap().is_empty());
+        assert!(Rubric::problems_of_text(wide, 5).unwrap()[0].contains("ranges over 6 points, more than 5"));
+        let shape = RubricShape::fit(2, 600).unwrap();
+        assert!(shape.shape().matches(wide) && !shape.with_max_points(5).shape().matches(wide));
         // what the demo's 135M meta judge wrote under a 53-character line limit: a full stop
         // forced after `or`, a line twice, an item twice with another range
         let demo = "## Correct final answer (0-4)\n- Deduct 4 when the final answer differs from the reference answer or.\n## Sound reasoning (0-2)\n- Award 2 when every step follows from the previous one.\n- Award 2 when every step follows from the previous one.\n## Sound reasoning (0-3)\n- Award 3 when every step follows from the previous one.\n";
-        let p = Rubric::problems_of_text(demo).unwrap();
+        let p = Rubric::problems_of_text(demo, MAX_POINTS).unwrap();
         assert!(p[0].starts_with("line 6: `Sound reasoning` is written again as 0-3 after 0-2"), "{p:#?}");
         assert!(p.iter().any(|x| x.contains("answer or.` stops mid-sentence")), "{p:#?}");
         assert!(p.iter().any(|x| x.contains("is written twice")), "{p:#?}");

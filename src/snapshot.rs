@@ -32,7 +32,8 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
         template::render(&f.path.display().to_string(), &f.text, &ctx).map_err(|e| e.to_string())
     };
     let rubric = &r.inputs.rubric;
-    let limits = crate::meta::MetaShapes::fit(r.spec.meta.max_items, r.spec.meta.max_tokens)?.limits();
+    let limits =
+        crate::meta::MetaShapes::fit(r.spec.meta.max_items, r.spec.meta.max_tokens)?.with_max_points(r.spec.meta.max_points).limits();
     let mut out = vec![("rubric-v0.md".to_string(), rubric.to_markdown())];
     for (i, rec) in data.records.iter().take(n).enumerate() {
         let question = render(TemplateKind::Policy, rec.clone())?;

@@ -46,7 +46,7 @@ impl BackendJob for PpoBench {
                 let mut tr = Trainer { policy: m.model.clone().with_value_head(3, &device), optim: adam(), critic: None };
                 for (u, t) in times[k].iter_mut().enumerate() {
                     let clock = CpuClock::start();
-                    update(&mut tr, &seqs, &spec, 1e-4, m.tok.pad, 8, 0, u as u32 + 1, passes);
+                    update(&mut tr, &seqs, &spec, 1e-4, m.tok.pad, 8, 0, u as u32 + 1, passes, false);
                     let secs = clock.stop().0;
                     eprintln!("  rep {rep} update {} {}: {secs:.2}s", u + 1, if passes == Passes::Shared { "shared" } else { "separate" });
                     t.push(secs);

@@ -86,6 +86,11 @@ pub struct MetaShapes {
 }
 
 impl MetaShapes {
+    /// The same shapes with rubric item ranges of at most `max_points` (`meta.max_points`).
+    pub fn with_max_points(self, max_points: i64) -> MetaShapes {
+        MetaShapes { rubric: self.rubric.with_max_points(max_points), ..self }
+    }
+
     /// The shapes for rubrics of at most `max_items` items in `max_tokens`, or what the budget
     /// must be (a check error names it).
     pub fn fit(max_items: usize, max_tokens: u32) -> Result<MetaShapes, String> {
@@ -104,7 +109,7 @@ impl MetaShapes {
             items: self.rubric.items,
             lines: self.rubric.lines,
             line_chars: self.rubric.line_chars,
-            max_points: crate::rubric::MAX_POINTS,
+            max_points: self.rubric.max_points,
             findings: self.analysis.findings,
             finding_chars: self.analysis.chars,
         }
@@ -346,7 +351,10 @@ fn step(
         .iter()
         .enumerate()
         .map(|(k, (s, a))| {
-            render(&cfg.refine, &ctx(Stage::Refine { sample: s.context(), guidelines: "", analysis: a })).map(|p| req(p, k, "refine"))
+            // The refinement continues the review: the sample, its score, the guidelines the
+            // analysis had, and the analysis itself.
+            let guidelines = analyze_guidelines(cfg.domain_guidelines, &s.record);
+            render(&cfg.refine, &ctx(Stage::Refine { sample: s.context(), guidelines, analysis: a })).map(|p| req(p, k, "refine"))
         })
         .collect::<Result<_, _>>()?;
     let refined = ask(judge, prompts, &mut out.usage, true);
@@ -378,7 +386,7 @@ fn step(
     out.merged_raw = Some(merged.clone());
     let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
     rubric.validate(limits.items).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
-    let problems = Rubric::problems_of_text(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
+    let problems = Rubric::problems_of_text(&merged, limits.max_points).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
     if !problems.is_empty() {
         return Err(format!("the merged rubric is not sound: {}", problems.join("; ")));
     }
@@ -428,7 +436,7 @@ mod tests {
             max_tokens: 64,
             temperature: 0.0,
             shapes: MetaShapes {
-                rubric: RubricShape { items: 3, lines: 2, line_chars: 60 },
+                rubric: RubricShape { items: 3, lines: 2, line_chars: 60, max_points: crate::rubric::MAX_POINTS },
                 analysis: AnalysisShape { findings: 3, chars: 60 },
             },
             held: false,

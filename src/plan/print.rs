@@ -100,7 +100,11 @@ pub fn render_summary(plan: &Plan) -> String {
         if i.rubric_v0.items.len() == 1 { "" } else { "s" },
         i.rubric_v0.min_score,
         i.rubric_v0.max_score,
-        if s.reward.normalize { " (normalized to 0..1)" } else { "" }
+        match s.reward.aggregate {
+            crate::spec::Aggregate::ItemMean => ", reward = mean of item shares (0..1)",
+            crate::spec::Aggregate::RangeShare => ", reward = share of the total range (0..1)",
+            crate::spec::Aggregate::Sum => ", reward = summed points",
+        }
     );
     let j = &s.reward.judge;
     let extraction = match &s.reward.extraction {
@@ -167,7 +171,9 @@ pub fn render_summary(plan: &Plan) -> String {
             let mj = s.meta.judge.as_ref().unwrap_or(&s.reward.judge);
             let _ =
                 writeln!(o, "  meta      {}, {} samples, {stages}; judge {}", every(e), s.meta.samples, judge(mj, i.models.meta.as_ref()));
-            if let Ok(shapes) = crate::meta::MetaShapes::fit(s.meta.max_items, s.meta.max_tokens) {
+            if let Ok(shapes) =
+                crate::meta::MetaShapes::fit(s.meta.max_items, s.meta.max_tokens).map(|m| m.with_max_points(s.meta.max_points))
+            {
                 let (r, a) = (shapes.rubric, shapes.analysis);
                 let held = if mj.holds_shapes() { "held to" } else { "asked for (this judge takes no grammar)" };
                 let lines =
@@ -178,7 +184,7 @@ pub fn render_summary(plan: &Plan) -> String {
                     a.findings,
                     a.chars,
                     r.items,
-                    crate::rubric::MAX_POINTS,
+                    r.max_points,
                     r.line_chars,
                     r.most_tokens(),
                     s.meta.max_tokens

@@ -10,7 +10,7 @@
 
 use burn::prelude::*;
 
-use crate::spec::KlEstimator;
+use crate::spec::{GrpoLoss, KlEstimator};
 
 /// Per-token KL estimate of the policy against the reference from log-probs.
 /// k1: `logp - ref`; k3: `(r - 1) - log r` with `r = exp(ref - logp)` (TRL's definitions).
@@ -180,16 +180,45 @@ pub fn ppo_loss<B: Backend>(b: PpoBatch<B>, cliprange: f64, cliprange_value: f64
     LossParts { loss, policy_loss, value_loss, clipfrac, approxkl }
 }
 
-/// GRPO: the clipped surrogate with group advantages plus `kl_coef` times the k3 KL to the
-/// reference inside the loss.
-pub fn grpo_loss<B: Backend>(b: PpoBatch<B>, ref_logprobs: Tensor<B, 2>, cliprange: f64, kl_coef: f64) -> LossParts<B> {
+/// A per-token loss `[M, R]` reduced to one number as `how` says (TRL's GRPO `loss_type`s):
+/// `bnpo` the mean over every unmasked token of the micro-batch, `grpo` each sequence's token
+/// mean then the mean over sequences, `dr_grpo` the masked sum over `M x max_len` (a constant
+/// denominator, so long responses are not down-weighted).
+pub fn aggregate<B: Backend>(x: Tensor<B, 2>, mask: Tensor<B, 2>, how: GrpoLoss, max_len: usize) -> Tensor<B, 1> {
+    match how {
+        GrpoLoss::Bnpo => masked_mean(x, mask),
+        GrpoLoss::Grpo => (x * mask.clone()).sum_dim(1).div(mask.sum_dim(1).clamp_min(1.0)).mean(),
+        GrpoLoss::DrGrpo => {
+            let rows = x.dims()[0];
+            (x * mask).sum().div_scalar((rows * max_len.max(1)) as f64)
+        }
+    }
+}
+
+/// GRPO: per token the clipped surrogate with group advantages plus `kl_coef` times the k3 KL to
+/// the reference (the KL is in the loss, not the reward), reduced by [`aggregate`] with `how`
+/// (`max_len`: `ppo.response_length`, `dr_grpo`'s denominator).
+pub fn grpo_loss<B: Backend>(
+    b: PpoBatch<B>,
+    ref_logprobs: Tensor<B, 2>,
+    cliprange: f64,
+    kl_coef: f64,
+    how: GrpoLoss,
+    max_len: usize,
+) -> LossParts<B> {
     let logr = ref_logprobs - b.new_logprobs.clone();
     let k3 = logr.clone().exp() - logr - 1.0;
-    let mask = b.mask.clone();
-    let mut parts = ppo_loss(PpoBatch { values: None, ..b }, cliprange, 0.0, 0.0);
-    let kl_term = masked_mean(k3, mask).mul_scalar(kl_coef);
-    parts.loss = parts.loss + kl_term;
-    parts
+    let diff = b.new_logprobs - b.old_logprobs;
+    let ratio = diff.clone().exp();
+    let pg1 = b.advantages.clone().neg() * ratio.clone();
+    let pg2 = b.advantages.neg() * ratio.clamp(1.0 - cliprange, 1.0 + cliprange);
+    let clipped = pg2.clone().greater(pg1.clone()).float();
+    let pg = pg1.max_pair(pg2);
+    let loss = aggregate(pg.clone() + k3.mul_scalar(kl_coef), b.mask.clone(), how, max_len);
+    let policy_loss = aggregate(pg, b.mask.clone(), how, max_len);
+    let clipfrac = masked_mean(clipped, b.mask.clone());
+    let approxkl = masked_mean(diff.powi_scalar(2), b.mask).mul_scalar(0.5);
+    LossParts { loss, policy_loss, value_loss: None, clipfrac, approxkl }
 }
 
 #[cfg(all(test, feature = "cpu"))]
@@ -339,9 +368,38 @@ mod tests {
             t2(&[(0.5f32).ln()], 1, 1),
             0.2,
             0.5,
+            GrpoLoss::Bnpo,
+            1,
         );
         assert!((scalar(g.policy_loss) - 0.8).abs() < 1e-5);
         assert!((scalar(g.loss) - 0.8).abs() < 1e-5, "k3 is 0 when ref = new");
+    }
+
+    #[test]
+    fn grpo_loss_types_by_hand() {
+        // Two sequences: the first has 1 unmasked token of loss 1, the second 3 of loss 3.
+        // ratio 1 (new = old = ref), so the per-token loss is -A and k3 is 0.
+        let adv = t2(&[-1.0, 0.0, 0.0, 0.0, -3.0, -3.0, -3.0, 0.0], 2, 4);
+        let mask = t2(&[1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0], 2, 4);
+        let zeros = || t2(&[0.0; 8], 2, 4);
+        let run = |how, max_len| {
+            let b = PpoBatch { new_logprobs: zeros(), old_logprobs: zeros(), advantages: adv.clone(), mask: mask.clone(), values: None };
+            let p = grpo_loss(b, zeros(), 0.2, 0.1, how, max_len);
+            (scalar(p.loss), scalar(p.policy_loss))
+        };
+        // bnpo: (1 + 3 + 3 + 3) / 4 tokens = 2.5
+        let (l, p) = run(GrpoLoss::Bnpo, 4);
+        assert!((l - 2.5).abs() < 1e-6 && (p - 2.5).abs() < 1e-6);
+        // grpo: mean(1/1, 9/3) = 2
+        assert!((run(GrpoLoss::Grpo, 4).0 - 2.0).abs() < 1e-6);
+        // dr_grpo: 10 / (2 sequences x response_length 5) = 1
+        assert!((run(GrpoLoss::DrGrpo, 5).0 - 1.0).abs() < 1e-6);
+        // the KL term is aggregated the same way: new = ln 0.5 against ref 0 on the masked
+        // tokens only gives k3 = 2 - ln 2 - 1 per token; sequence means keep it per token
+        let new = t2(&[(0.5f32).ln(); 8], 2, 4);
+        let b = PpoBatch { new_logprobs: new.clone(), old_logprobs: new, advantages: zeros(), mask: mask.clone(), values: None };
+        let g = grpo_loss(b, zeros(), 0.2, 0.1, GrpoLoss::Grpo, 4);
+        assert!((scalar(g.loss) - 0.1 * (1.0 - 2f64.ln())).abs() < 1e-5);
     }
 
     /// The log-sum-exp form has log_softmax's values and gradients (to float rounding).

@@ -42,9 +42,9 @@ impl RunData {
         let mut last = 0;
         let mut out = Vec::new();
         for r in &self.rows {
-            if r.rubric_version != last {
+            if r.rubric_after() != last {
                 out.push(r.update as f64);
-                last = r.rubric_version;
+                last = r.rubric_after();
             }
         }
         out
@@ -174,7 +174,7 @@ pub fn aggregate(runs: &[RunData]) -> Vec<GroupRow> {
                 (TRAINING_REWARD.to_string(), col(&|r| r.last(|m| m.reward.mean))),
                 ("kl".to_string(), col(&|r| r.last(|m| m.kl))),
                 ("judge failures".to_string(), col(&|r| Some(r.judge_failures()))),
-                ("rubric versions".to_string(), col(&|r| r.last(|m| Some(m.rubric_version as f64)))),
+                ("rubric versions".to_string(), col(&|r| r.last(|m| Some(m.rubric_after() as f64)))),
             ]);
             let finished = rs.iter().filter(|r| r.manifest.as_ref().is_some_and(|m| m.status == Status::Finished)).count();
             GroupRow { group: g, runs: rs.len(), finished, columns }

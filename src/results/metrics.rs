@@ -21,7 +21,8 @@ pub fn round6(x: f64) -> Option<f64> {
 pub struct MetricsRow {
     /// The update this row describes (1-based).
     pub update: u32,
-    /// The rubric version the update's rollouts were scored under.
+    /// The rubric version the update's rollouts were scored under (a meta step at this update
+    /// writes the next one: `meta.new_version`, in force from the next row).
     pub rubric_version: u32,
     /// Rollouts generated so far (updates x `ppo.batch_size`).
     pub episodes: u64,
@@ -47,6 +48,10 @@ pub struct MetricsRow {
     pub optimizer_steps: usize,
     /// Mean global gradient norm before clipping.
     pub grad_norm: Option<f64>,
+    /// `ppo.recenter_critic`: the shift added to the rollout-time values at the first update
+    /// under a new rubric (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critic_shift: Option<f64>,
     /// GRPO groups left with fewer than two scored members.
     pub groups_dropped: usize,
     /// The amount subtracted from a response cut off by `ppo.response_length`.
@@ -72,6 +77,14 @@ pub struct MetricsRow {
     pub time_s: Times,
     /// Seconds since the Unix epoch when the row was written.
     pub wall_time: f64,
+}
+
+impl MetricsRow {
+    /// The rubric in force after this update: the one its meta step wrote, else the one it was
+    /// scored under.
+    pub fn rubric_after(&self) -> u32 {
+        self.meta.as_ref().and_then(|m| m.new_version).unwrap_or(self.rubric_version)
+    }
 }
 
 /// Mean, standard deviation (population), minimum and maximum.

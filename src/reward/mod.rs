@@ -19,7 +19,7 @@ use serde_json::Value as J;
 
 use crate::judge::{Judge, JudgeRequest, TokenUsage};
 use crate::rubric::Rubric;
-use crate::spec::{AnswerMode, Extraction, FailurePolicy, MixSpec, RewardSpec};
+use crate::spec::{Aggregate, AnswerMode, Extraction, FailurePolicy, MixSpec, RewardSpec};
 use score::{AnswerShape, ItemScores, ScoreFailure};
 use verify::Verdict;
 
@@ -45,7 +45,7 @@ pub struct Scored {
     pub verdicts: Vec<Verdict>,
     /// Mean of the verifier scores, in [0, 1].
     pub verifier_score: Option<f64>,
-    /// The judge's (normalized, if asked) reward.
+    /// The judge's reward: its item scores aggregated by `reward.aggregate`.
     pub judge_reward: Option<f64>,
     pub item_scores: Option<ItemScores>,
     /// The judge prompt and every raw answer (one per attempt).
@@ -111,10 +111,11 @@ impl RewardConfig {
 }
 
 /// Width of the reward's range when the rubric's totals span `rubric_span` (`max - min`): the
-/// judge's (1 when normalised, the span otherwise) times its weight, plus the verifier's weight
-/// (verifiers score 0..1). The scale a relative missing-EOS penalty is measured on.
+/// judge's (1 when aggregated into [0, 1], the span for `sum`) times its weight, plus the
+/// verifier's weight (verifiers score 0..1). The scale a relative missing-EOS penalty is
+/// measured on.
 pub fn reward_range(spec: &RewardSpec, rubric_span: f64) -> f64 {
-    let judge = if spec.normalize { 1.0 } else { rubric_span };
+    let judge = if spec.aggregate.is_normalized() { 1.0 } else { rubric_span };
     let verifier = if spec.verifiers.is_empty() { 0.0 } else { 1.0 };
     match &spec.mix {
         MixSpec::Weighted { judge_weight, verifier_weight } => judge_weight.abs() * judge + verifier_weight.abs() * verifier,
@@ -122,13 +123,28 @@ pub fn reward_range(spec: &RewardSpec, rubric_span: f64) -> f64 {
     }
 }
 
-/// Map a rubric total to the reward scale.
-pub fn judge_value(total: f64, rubric: &Rubric, normalize: bool) -> f64 {
-    if !normalize {
-        return total;
+/// The judge's reward for `scores` (in the rubric's item order) under `aggregate`.
+pub fn judge_value(scores: &ItemScores, rubric: &Rubric, aggregate: Aggregate) -> f64 {
+    let total = scores.total();
+    match aggregate {
+        Aggregate::Sum => total,
+        Aggregate::RangeShare => {
+            let (lo, hi) = (rubric.min_score() as f64, rubric.max_score() as f64);
+            if hi > lo { (total - lo) / (hi - lo) } else { 0.0 }
+        }
+        Aggregate::ItemMean => {
+            let shares: Vec<f64> = rubric
+                .items
+                .iter()
+                .map(|it| {
+                    let s = scores.scores.iter().find(|(n, _)| *n == it.name).map_or(it.min as f64, |(_, s)| *s);
+                    let span = (it.max - it.min) as f64;
+                    if span > 0.0 { ((s - it.min as f64) / span).clamp(0.0, 1.0) } else { 0.0 }
+                })
+                .collect();
+            if shares.is_empty() { 0.0 } else { shares.iter().sum::<f64>() / shares.len() as f64 }
+        }
     }
-    let (lo, hi) = (rubric.min_score() as f64, rubric.max_score() as f64);
-    if hi > lo { (total - lo) / (hi - lo) } else { 0.0 }
 }
 
 /// Score a batch. `seed` and `update` fix the coin tosses and judge sampling.
@@ -236,7 +252,7 @@ pub fn score_batch(
                     s.judge_answers.push(resp.text.clone());
                     match cfg.extract(rubric, &resp) {
                         Ok(scores) => {
-                            s.judge_reward = Some(judge_value(scores.total(), rubric, spec.normalize));
+                            s.judge_reward = Some(judge_value(&scores, rubric, spec.aggregate));
                             s.item_scores = Some(scores);
                             s.failure = None;
                         }
@@ -338,7 +354,7 @@ mod tests {
             prompt: "j.j2".into(),
             extraction: Extraction::default(),
             answer: AnswerMode::Free,
-            normalize: true,
+            aggregate: Aggregate::RangeShare,
             failure: FailureSpec { retries: 1, policy, ..FailureSpec::default() },
             verifiers,
             mix,
@@ -372,6 +388,28 @@ mod tests {
         assert_eq!(s[0].source, "mixed");
         assert_eq!((u.calls, u.prompt_tokens), (1, 10));
         assert!(s[0].judge_prompt.as_ref().unwrap().contains("## Correct (0-4)"));
+    }
+
+    #[test]
+    fn aggregates_weigh_items_as_documented() {
+        // The issue's example: a meta judge widened one item to 0-10; a response earns 10/0/0.
+        let r = Rubric::parse("## Correct (0-10)\n## Clear (0-2)\n## Brief (0-2)\n").unwrap();
+        let s = ItemScores { scores: vec![("Correct".into(), 10.0), ("Clear".into(), 0.0), ("Brief".into(), 0.0)] };
+        assert_eq!(judge_value(&s, &r, Aggregate::Sum), 10.0);
+        assert!((judge_value(&s, &r, Aggregate::RangeShare) - 10.0 / 14.0).abs() < 1e-12);
+        assert!((judge_value(&s, &r, Aggregate::ItemMean) - 1.0 / 3.0).abs() < 1e-12, "equal item weights");
+        // items with a non-zero minimum are shares of their range, clamped
+        let r = Rubric::parse("## A (2-6)\n## B (0-4)\n").unwrap();
+        let s = ItemScores { scores: vec![("A".into(), 4.0), ("B".into(), 4.0)] };
+        assert!((judge_value(&s, &r, Aggregate::ItemMean) - 0.75).abs() < 1e-12);
+        // through score_batch: the default aggregate is the item mean
+        let rec = json!({});
+        let rs = vec![Rollout { id: "a".into(), question: "q".into(), response: "r".into(), record: &rec }];
+        let mut c = cfg(FailurePolicy::Skip, MixSpec::default(), vec![]);
+        c.spec.aggregate = Aggregate::default();
+        let mut j = scripted(vec![Ok("Correct: 4\nClear: 0".into())]);
+        let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut TokenUsage::default()).unwrap();
+        assert_eq!(s[0].reward, Some(0.5), "4/4 and 0/2 average to 0.5 (range share would say 4/6)");
     }
 
     #[test]
@@ -419,7 +457,8 @@ mod tests {
         // a relative missing-EOS penalty follows the reward's scale
         use crate::spec::EosPenalty;
         assert_eq!(EosPenalty::ShareOfRange { share_of_range: 0.2 }.amount(reward_range(&c.spec, span())), 0.4);
-        let raw = RewardSpec { normalize: false, mix: MixSpec::Weighted { judge_weight: 1.0, verifier_weight: 0.0 }, ..c.spec.clone() };
+        let raw =
+            RewardSpec { aggregate: Aggregate::Sum, mix: MixSpec::Weighted { judge_weight: 1.0, verifier_weight: 0.0 }, ..c.spec.clone() };
         assert_eq!(reward_range(&raw, span()), 6.0, "raw totals span the rubric's 0..6");
         assert_eq!(EosPenalty::Absolute(1.0).amount(6.0), 1.0);
     }

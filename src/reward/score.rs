@@ -226,10 +226,17 @@ pub fn json_schema(rubric: &Rubric, rationale_chars: u32) -> serde_json::Value {
 
 /// Scores as expectations: at the token where an item's score is written (`Item: <score>`),
 /// the probability-weighted mean of the alternatives that are integers in the item's range.
+///
+/// On a tokenizer that writes numbers digit by digit (SmolLM2, Qwen2.5) an item whose range
+/// reaches 10 has no one token per value: the first digit's `1` stands for 1 and for 10-19, and
+/// what follows it is known only on the path the judge took. Such an item is read as the number
+/// the judge wrote (all its digits), not an expectation. Where numbers are single tokens (Llama
+/// 3 writes up to three digits as one) the expectation covers the whole range.
 pub fn by_logprobs(rubric: &Rubric, tokens: &[TokenLogprob]) -> Result<ItemScores, ScoreFailure> {
     let mut text = String::new();
     let mut found = BTreeMap::new();
-    for t in tokens {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    for (k, t) in tokens.iter().enumerate() {
         let line_start = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
         let line = &text[line_start..];
         if let Some((name, rest)) = line.rsplit_once(':')
@@ -238,15 +245,22 @@ pub fn by_logprobs(rubric: &Rubric, tokens: &[TokenLogprob]) -> Result<ItemScore
             && t.token.trim().parse::<i64>().is_ok()
         {
             let it = rubric.items.iter().find(|i| i.name == item).expect("matched item exists");
-            let mut alts: Vec<(i64, f64)> = t
-                .top
-                .iter()
-                .filter_map(|(tok, lp)| {
-                    tok.trim().parse::<i64>().ok().filter(|v| (it.min..=it.max).contains(v)).map(|v| (v, (*lp as f64).exp()))
-                })
-                .collect();
+            // The number as written: this token and the digit tokens right after it.
+            let written: String =
+                std::iter::once(t.token.trim()).chain(tokens[k + 1..].iter().map(|n| n.token.as_str()).take_while(|n| digits(n))).collect();
+            let multi_token_values = it.max >= 10 && !t.top.iter().any(|(tok, _)| tok.trim().len() > 1 && digits(tok.trim()));
+            let mut alts: Vec<(i64, f64)> = if multi_token_values {
+                written.parse::<i64>().ok().map(|v| vec![(v, 1.0)]).unwrap_or_default()
+            } else {
+                t.top
+                    .iter()
+                    .filter_map(|(tok, lp)| {
+                        tok.trim().parse::<i64>().ok().filter(|v| (it.min..=it.max).contains(v)).map(|v| (v, (*lp as f64).exp()))
+                    })
+                    .collect()
+            };
             if alts.is_empty()
-                && let Ok(v) = t.token.trim().parse::<i64>()
+                && let Ok(v) = written.parse::<i64>()
             {
                 alts.push((v, 1.0));
             }
@@ -373,5 +387,53 @@ mod tests {
         let s = by_logprobs(&r, &toks).unwrap();
         assert!((s.scores[0].1 - 3.5).abs() < 1e-6);
         assert!((s.scores[1].1 - 2.0).abs() < 1e-6, "9 is out of range and ignored");
+    }
+
+    #[test]
+    fn logprob_scores_of_two_digit_values_on_digit_tokenizers() {
+        let r = Rubric::parse("## Quality (0-10)\n## Brief (0-2)\n").unwrap();
+        let t = |s: &str, top: &[(&str, f32)]| TokenLogprob {
+            token: s.into(),
+            logprob: 0.0,
+            top: top.iter().map(|(a, b)| (a.to_string(), *b)).collect(),
+        };
+        // "10" written as "1" "0": the first token's "1" is not a 1 (reading it as one gave
+        // 0.9 * 1 + 0.1 * 9 = 1.8); the number written is 10
+        let toks = vec![
+            t("Quality", &[]),
+            t(": ", &[]),
+            t("1", &[("1", 0.9f32.ln()), ("9", 0.1f32.ln())]),
+            t("0", &[("0", 0.8f32.ln()), ("\n", 0.2f32.ln())]),
+            t("\n", &[]),
+            t("Brief", &[]),
+            t(": ", &[]),
+            t("2", &[("2", 0.5f32.ln()), ("0", 0.5f32.ln())]),
+        ];
+        let s = by_logprobs(&r, &toks).unwrap();
+        assert_eq!(s.scores[0], ("Quality".into(), 10.0));
+        assert!((s.scores[1].1 - 1.0).abs() < 1e-6, "a single-digit range keeps the expectation");
+        // where values up to 10 are single tokens, the expectation covers them
+        let toks = vec![
+            t("Quality", &[]),
+            t(": ", &[]),
+            t("10", &[("10", 0.5f32.ln()), ("8", 0.5f32.ln())]),
+            t("\n", &[]),
+            t("Brief", &[]),
+            t(": ", &[]),
+            t("2", &[]),
+        ];
+        assert!((by_logprobs(&r, &toks).unwrap().scores[0].1 - 9.0).abs() < 1e-6);
+        // a number written past the range is out of range, not a near miss
+        let toks = vec![
+            t("Quality", &[]),
+            t(": ", &[]),
+            t("1", &[("1", 0.0)]),
+            t("2", &[]),
+            t("\n", &[]),
+            t("Brief", &[]),
+            t(": ", &[]),
+            t("2", &[]),
+        ];
+        assert!(matches!(by_logprobs(&r, &toks), Err(ScoreFailure::OutOfRange { score: 12.0, .. })));
     }
 }

@@ -51,7 +51,7 @@ pub fn compute(responses: &[(&str, usize)], scored: &[Scored], min_total: f64, m
     let judged: Vec<&Scored> = scored.iter().filter(|s| s.item_scores.is_some()).collect();
     let at_max = judged.iter().filter(|s| s.item_scores.as_ref().is_some_and(|i| (i.total() - max_total).abs() < 1e-9)).count();
     // The judge's verdict as a share of the rubric's range: `judge_reward` is on the reward's
-    // scale (raw totals unless `normalize`), so it cannot be compared with 0.5 directly.
+    // scale (summed points under `aggregate: sum`, equal-weight item shares by default), so it cannot be compared with 0.5 directly.
     let share = |t: f64| if max_total > min_total { (t - min_total) / (max_total - min_total) } else { 0.0 };
     let both: Vec<(f64, f64)> = scored.iter().filter_map(|s| Some((share(s.item_scores.as_ref()?.total()), s.verifier_score?))).collect();
     Signals {

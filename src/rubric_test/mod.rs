@@ -923,7 +923,7 @@ mod tests {
             prompt: "j.j2".into(),
             extraction: Extraction::default(),
             answer: AnswerMode::Free,
-            normalize: true,
+            aggregate: crate::spec::Aggregate::RangeShare,
             failure: FailureSpec::default(),
             verifiers: vec![],
             mix: MixSpec::Coin { verifier_prob: 1.0, chunk: 1 },

@@ -28,6 +28,10 @@ pub struct State {
     /// The last completed update.
     pub update: u32,
     pub rubric_version: u32,
+    /// The update whose meta step wrote the rubric in force (0 for v000): the next update is
+    /// the first scored under it (`ppo.recenter_critic`).
+    #[serde(default)]
+    pub rubric_since: u32,
     /// Rollouts since the last meta step (its evidence pool).
     pub meta_candidates: Vec<MetaSample>,
     /// Mean response tokens of the first update (length-collapse baseline).

@@ -31,7 +31,9 @@ pub struct MetaPhase {
 
 /// Pool the update's evidence; run the meta step when the plan has one at `update`.
 pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, update: u32) -> Result<MetaPhase, RunError> {
-    r.state.meta_candidates.extend(evidence(&scoring.rollouts, &scoring.scored, &r.rubric));
+    if pools_evidence(&r.plan.schedule.meta_at, update) {
+        r.state.meta_candidates.extend(evidence(&scoring.rollouts, &scoring.scored, &r.rubric));
+    }
     if !r.plan.schedule.meta_at.contains(&update) {
         return Ok(MetaPhase { row: None, transport: None, gate_transport: None, seconds: 0.0 });
     }
@@ -74,6 +76,7 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
     };
     match (new_version, outcome.result) {
         (Some(v), Ok(rubric)) => {
+            state.rubric_since = update;
             let changes = rubric.changes_from(&r.rubric);
             r.progress.log(&format!("update {update}: rubric v{v:03} ({} items: {})", rubric.items.len(), changes.join("; ")));
             r.rubric = rubric;
@@ -84,6 +87,13 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
     }
     state.meta_candidates.clear();
     Ok(MetaPhase { row: Some(row), transport, gate_transport, seconds: t0.elapsed().as_secs_f64() })
+}
+
+/// Whether `update`'s rollouts can still reach a meta step: none is planned at or after it
+/// (`meta.every: never`, or past the last step), so pooling them would only grow every
+/// checkpoint.
+pub fn pools_evidence(meta_at: &[u32], update: u32) -> bool {
+    meta_at.iter().any(|&m| m >= update)
 }
 
 /// The rollouts a meta step may learn from: those the judge scored. A verifier-scored or
@@ -125,7 +135,8 @@ pub fn config(plan: &Plan) -> Result<Option<MetaConfig>, RunError> {
         max_tokens: spec.meta.max_tokens,
         temperature: js.temperature,
         shapes: MetaShapes::fit(spec.meta.max_items, spec.meta.max_tokens)
-            .map_err(|message| RunError::Rubric { what: "meta stages".into(), message })?,
+            .map_err(|message| RunError::Rubric { what: "meta stages".into(), message })?
+            .with_max_points(spec.meta.max_points),
         held: js.holds_shapes(),
     }))
 }
@@ -157,5 +168,12 @@ mod tests {
         let ev = evidence(&rollouts, &scored, &rubric);
         assert_eq!(ev.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["r0"]);
         assert_eq!(ev[0].score, Some(3.0));
+    }
+
+    #[test]
+    fn evidence_is_pooled_only_for_a_meta_step_to_come() {
+        assert!(!pools_evidence(&[], 1), "meta.every: never pools nothing");
+        assert!(pools_evidence(&[4, 8], 1) && pools_evidence(&[4, 8], 8));
+        assert!(!pools_evidence(&[4, 8], 9), "after the last step nothing reads the pool");
     }
 }

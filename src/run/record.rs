@@ -66,7 +66,7 @@ fn metrics_row<B: AutodiffBackend>(r: &Runner<'_, B>, u: Update) -> MetricsRow {
     let usage = &scoring.usage;
     MetricsRow {
         update,
-        rubric_version: r.state.rubric_version,
+        rubric_version: scoring.rubric_version,
         episodes: update as u64 * r.spec.ppo.batch_size as u64,
         reward: Spread::of(&rewards),
         judge_reward_mean: round6(mean(&judge_rewards)),
@@ -86,6 +86,7 @@ fn metrics_row<B: AutodiffBackend>(r: &Runner<'_, B>, u: Update) -> MetricsRow {
         trained_sequences: stats.sequences,
         optimizer_steps: stats.optimizer_steps,
         grad_norm: round6(stats.grad_norm),
+        critic_shift: stats.critic_shift.and_then(round6),
         groups_dropped: trained.groups_dropped,
         missing_eos_penalty: round6(trained.penalty),
         judge_failures: reward::failure_counts(scored),

@@ -22,6 +22,8 @@ pub struct Scoring<'d> {
     /// The reward judge's retries and failures this update (`None`: it talks to no server).
     pub transport: Option<Transport>,
     pub signals: Signals,
+    /// The rubric version the rollouts were scored under (the meta step may write the next).
+    pub rubric_version: u32,
     /// Mean response tokens of the run's first update (the length-collapse baseline).
     pub first_response_tokens: f64,
     pub seconds: f64,
@@ -58,5 +60,5 @@ pub fn score<'d, B: AutodiffBackend>(
     let resp_tokens: Vec<(&str, usize)> = batch.gens.iter().map(|g| (g.text.as_str(), g.tokens.len())).collect();
     let signals = reward::signals::compute(&resp_tokens, &scored, r.rubric.min_score() as f64, r.rubric.max_score() as f64);
     let first_response_tokens = *r.state.first_response_tokens.get_or_insert(signals.mean_response_tokens);
-    Ok(Scoring { rollouts, scored, usage, transport, signals, first_response_tokens, seconds })
+    Ok(Scoring { rollouts, scored, usage, transport, signals, rubric_version: r.state.rubric_version, first_response_tokens, seconds })
 }

@@ -49,9 +49,25 @@ pub fn train<B: AutodiffBackend>(r: &mut Runner<'_, B>, batch: &Batch, scoring: 
         LrSchedule::Constant => 1.0,
     };
     let lr = spec.ppo.learning_rate * frac;
-    let stats =
-        self::update(&mut r.tr, &seqs, &spec.ppo, lr, r.tok.pad, spec.runtime.rollout_batch, spec.runtime.seed, update, Passes::Shared);
+    let recenter = spec.ppo.recenter_critic && first_under_new_rubric(&r.state, update);
+    let stats = self::update(
+        &mut r.tr,
+        &seqs,
+        &spec.ppo,
+        lr,
+        r.tok.pad,
+        spec.runtime.rollout_batch,
+        spec.runtime.seed,
+        update,
+        Passes::Shared,
+        recenter,
+    );
     Trained { stats, penalty, groups_dropped, seconds: t0.elapsed().as_secs_f64() }
+}
+
+/// Whether `update` is the first scored under a rubric a meta step wrote (v000 has no switch).
+fn first_under_new_rubric(state: &super::checkpoint::State, update: u32) -> bool {
+    state.rubric_version > 0 && state.rubric_since + 1 == update
 }
 
 /// The sequences one update trains on and (GRPO) the number of groups dropped.
@@ -127,6 +143,24 @@ pub struct TrainStats {
     /// Mean over optimizer steps of the global gradient norm (policy and critic together),
     /// measured before clipping.
     pub grad_norm: f64,
+    /// The shift `recenter` added to the rollout-time values (`None` when not asked).
+    pub critic_shift: Option<f64>,
+}
+
+/// The mean over the critic's positions of the discounted Monte-Carlo return minus the
+/// rollout-time value (`values` rows of width `r`): how far the critic sits from the rewards of
+/// the batch. After a rubric switch it is the new reward level the critic has not learnt yet.
+fn mean_return_error(rewards: &[Vec<f64>], values: &[f64], r: usize, gamma: f64) -> f64 {
+    let (mut sum, mut count) = (0.0, 0usize);
+    for (i, rw) in rewards.iter().enumerate() {
+        let mut ret = 0.0;
+        for j in (0..rw.len()).rev() {
+            ret = rw[j] + gamma * ret;
+            sum += ret - values[i * r + j];
+            count += 1;
+        }
+    }
+    if count == 0 { 0.0 } else { sum / count as f64 }
 }
 
 /// Sequences as rows: the query left-padded, the response right-padded after it.
@@ -309,6 +343,7 @@ pub fn update<B: AutodiffBackend>(
     seed: u64,
     update: u32,
     passes: Passes,
+    recenter: bool,
 ) -> TrainStats {
     let mut stats = TrainStats { sequences: seqs.len(), lr, ..Default::default() };
     if seqs.is_empty() {
@@ -384,7 +419,8 @@ pub fn update<B: AutodiffBackend>(
         let kl_coef = if grpo { 0.0 } else { spec.kl_coef };
         let (rw, kls) = ppo::shape_rewards(lp, rf, seqs[i].score, kl_coef, spec.kl_estimator, vlen(i) > len(i));
         stats.kl += kls.iter().sum::<f64>() / n as f64;
-        stats.non_score_reward += -spec.kl_coef * kls.iter().sum::<f64>() / n as f64;
+        // GRPO's KL is in its loss, not its reward: no reward is lost to it.
+        stats.non_score_reward += -kl_coef * kls.iter().sum::<f64>() / n as f64;
         stats.score += seqs[i].score / n as f64;
         rewards.push(rw);
     }
@@ -402,6 +438,13 @@ pub fn update<B: AutodiffBackend>(
     } else {
         if spec.whiten_rewards {
             ppo::whiten(&mut rewards, false);
+        }
+        if recenter {
+            let shift = mean_return_error(&rewards, &old_v, r, spec.gamma);
+            for (i, rw) in rewards.iter().enumerate() {
+                old_v[i * r..i * r + rw.len()].iter_mut().for_each(|v| *v += shift);
+            }
+            stats.critic_shift = Some(shift);
         }
         let mut advs: Vec<Vec<f64>> = Vec::with_capacity(n);
         let mut rets: Vec<Vec<f64>> = Vec::with_capacity(n);
@@ -453,7 +496,7 @@ pub fn update<B: AutodiffBackend>(
                 };
                 let mask = batch.mask.clone();
                 let parts: LossParts<B> = if grpo {
-                    ppo::grpo_loss(batch, t2(&ref_lp, idx), spec.cliprange, spec.kl_coef)
+                    ppo::grpo_loss(batch, t2(&ref_lp, idx), spec.cliprange, spec.kl_coef, spec.grpo_loss, spec.response_length)
                 } else {
                     ppo::ppo_loss(batch, spec.cliprange, spec.cliprange_value, spec.vf_coef)
                 };
@@ -534,7 +577,7 @@ mod tests {
                 learning_rate: 1e-2,
                 ..PpoSpec::default()
             };
-            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared);
+            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false);
             assert_eq!(s.optimizer_steps, 2);
             assert!(s.value_loss.is_some() && s.entropy > 0.0);
             // fresh adapters: the policy equals the reference, so the KL is ~0
@@ -574,9 +617,9 @@ mod tests {
             let run = |passes: Passes| {
                 let mut tr = trainer(shared);
                 assert!(tr.policy.valid().adapter_is_zero());
-                let s1 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 1, passes);
+                let s1 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 1, passes, false);
                 assert!(!tr.policy.valid().adapter_is_zero());
-                let s2 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 2, passes);
+                let s2 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 2, passes, false);
                 let critic = tr.critic.as_ref().map(|(c, _)| crate::model::adapter::trained_tensors(&c.valid()));
                 (s1, s2, crate::model::adapter::trained_tensors(&tr.policy.valid()), critic)
             };
@@ -592,7 +635,7 @@ mod tests {
         let spec = PpoSpec { num_ppo_epochs: 1, learning_rate: 1e-2, ..PpoSpec::default() };
         let run = || {
             let mut tr = trainer(true);
-            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 5, 1, Passes::Shared);
+            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 5, 1, Passes::Shared, false);
             (s, crate::model::adapter::trained_tensors(&tr.policy.valid()))
         };
         assert_eq!(run(), run());
@@ -612,7 +655,7 @@ mod tests {
         let mut three = seqs();
         three.push(Seq { query: vec![8, 8], response: vec![9], score: 0.5, group: 0 });
         let spec = PpoSpec { num_ppo_epochs: 1, num_mini_batches: 2, ..PpoSpec::default() };
-        assert_eq!(update(&mut tr, &three, &spec, 1e-2, 0, 8, 0, 1, Passes::Shared).optimizer_steps, 2);
+        assert_eq!(update(&mut tr, &three, &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false).optimizer_steps, 2);
     }
 
     #[test]
@@ -651,7 +694,7 @@ mod tests {
             .map(|score_at| {
                 let mut tr = trainer(true);
                 let spec = PpoSpec { num_ppo_epochs: 1, score_at, ..PpoSpec::default() };
-                let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared);
+                let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false);
                 assert!(s.policy_loss.is_finite(), "{score_at:?}");
                 s.value_loss.expect("PPO has a critic")
             })
@@ -660,11 +703,51 @@ mod tests {
     }
 
     #[test]
+    fn recentering_shifts_the_values_by_the_mean_return_error() {
+        // by hand: rewards [0, 1] and [2] against values [0.5, 0.5] and [1]; gamma 1: returns
+        // [1, 1] and [2]; errors 0.5, 0.5, 1 -> 2/3
+        let e = mean_return_error(&[vec![0.0, 1.0], vec![2.0]], &[0.5, 0.5, 1.0, 0.0], 2, 1.0);
+        assert!((e - 2.0 / 3.0).abs() < 1e-12);
+        // In a fresh run's first update the policy is the reference (no KL): every position's
+        // return is the score, so raising every score by 10 (a rescaled rubric) raises the shift
+        // by exactly 10, and without `recenter` nothing is shifted.
+        let spec = PpoSpec { num_ppo_epochs: 1, ..PpoSpec::default() };
+        let shifted = |add: f64| {
+            let s: Vec<Seq> = seqs().into_iter().map(|q| Seq { score: q.score + add, ..q }).collect();
+            update(&mut trainer(false), &s, &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, true).critic_shift.expect("asked")
+        };
+        assert!((shifted(10.0) - shifted(0.0) - 10.0).abs() < 1e-4);
+        assert_eq!(update(&mut trainer(false), &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false).critic_shift, None);
+    }
+
+    #[test]
+    fn recentering_happens_once_per_rubric_switch() {
+        use super::super::checkpoint::State;
+        let at = |rubric_version, rubric_since, update| {
+            first_under_new_rubric(&State { rubric_version, rubric_since, ..State::default() }, update)
+        };
+        assert!(!at(0, 0, 1), "v000 is no switch");
+        assert!(at(1, 4, 5) && !at(1, 4, 6) && !at(1, 4, 4));
+    }
+
+    #[test]
+    fn grpo_reward_loses_nothing_to_kl() {
+        let mut tr = trainer(true);
+        tr.policy.value_head = None;
+        let spec = PpoSpec { algorithm: Algorithm::Grpo, group_size: 2, num_ppo_epochs: 1, kl_coef: 0.5, ..PpoSpec::default() };
+        update(&mut tr, &seqs(), &spec, 1e-1, 0, 8, 0, 1, Passes::Shared, false);
+        // the second update has a real KL to the reference, and GRPO keeps it in the loss
+        let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 2, Passes::Shared, false);
+        assert!(s.kl != 0.0, "trained adapters differ from the reference");
+        assert_eq!(s.non_score_reward, 0.0);
+    }
+
+    #[test]
     fn grpo_needs_no_critic() {
         let mut tr = trainer(true);
         tr.policy.value_head = None;
         let spec = PpoSpec { algorithm: Algorithm::Grpo, group_size: 2, num_ppo_epochs: 1, ..PpoSpec::default() };
-        let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared);
+        let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false);
         assert_eq!(s.value_loss, None);
         assert_eq!(s.optimizer_steps, 1);
     }

@@ -78,6 +78,54 @@ pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Loaded {
     load_inner(path, Some(text), overrides)
 }
 
+/// Keys an earlier mpo read, reported with what replaced them (an unknown-key error would not
+/// say) and taken out of the tree so that only this error is shown.
+fn retired_keys(t: &mut Node, diags: &mut Vec<Diagnostic>) {
+    if let Value::Map(top) = &mut t.value
+        && let Some((_, reward)) = top.iter_mut().find(|(k, _)| k.name == "reward")
+        && let Some((key, was)) = reward.take("normalize")
+    {
+        let old = if matches!(was.value, Value::Bool(true)) { "true" } else { "false" };
+        let new = if old == "true" { "range_share" } else { "sum" };
+        diags.push(
+            Diagnostic::error("`reward.normalize` was replaced by `reward.aggregate`, which names how item scores become the reward")
+                .at(key.origin)
+                .label("no longer read")
+                .help(format!(
+                    "write `aggregate: {new}` for what `normalize: {old}` did, or `aggregate: item_mean` (the default: each item a share of its range, equal weights, as the later reference)"
+                )),
+        );
+    }
+}
+
+/// A `meta.judge` that names no backend, or the reward judge's, takes every field it leaves
+/// unset from `reward.judge` (the values keep their origin, so `mpo check --explain` points at
+/// the reward judge), except `max_tokens`: the meta budget is `meta.max_tokens`. One that names
+/// another backend inherits nothing: the reward judge's fields belong to its own backend.
+fn inherit_meta_judge(t: &mut Node) {
+    let (Some(reward), Some(meta)) = (t.at_path("reward.judge"), t.at_path("meta.judge")) else { return };
+    if !matches!(meta.value, Value::Map(_)) || !matches!(reward.value, Value::Map(_)) {
+        return;
+    }
+    let backend = |n: &Node| match n.get("backend").map(|b| &b.value) {
+        Some(Value::Str(s)) => s.clone(),
+        _ => "local".into(),
+    };
+    if meta.get("backend").is_some() && backend(meta) != backend(reward) {
+        return;
+    }
+    let mut base = reward.clone();
+    base.take("max_tokens");
+    let merged = compose::merge(base, meta.clone());
+    if let Value::Map(top) = &mut t.value
+        && let Some((_, m)) = top.iter_mut().find(|(k, _)| k.name == "meta")
+        && let Value::Map(entries) = &mut m.value
+        && let Some((_, j)) = entries.iter_mut().find(|(k, _)| k.name == "judge")
+    {
+        *j = merged;
+    }
+}
+
 fn load_inner(path: &Path, text: Option<&str>, overrides: &[String]) -> Loaded {
     let mut out = Loaded::default();
     let Some(mut tree) = compose::load_tree(path, text, &mut out.sources, &mut out.diags) else {
@@ -130,6 +178,8 @@ fn load_inner(path: &Path, text: Option<&str>, overrides: &[String]) -> Loaded {
             }
         }
         if diags.is_empty() {
+            retired_keys(&mut t, &mut diags);
+            inherit_meta_judge(&mut t);
             check::check(&t, &schema, &mut diags);
         }
         let mut resolved = None;

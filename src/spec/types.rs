@@ -441,9 +441,12 @@ pub struct RewardSpec {
     /// judge supplies only the score; for small local judges that do not follow formats).
     #[serde(default)]
     pub answer: AnswerMode,
-    /// Divide the summed item scores by the rubric's maximum, giving rewards in [0, 1].
+    /// How the judge's item scores become one reward. `item_mean` (the default): each item as a
+    /// share of its range, averaged with equal weights, in [0, 1] (the later reference). `sum`:
+    /// the summed points (the released reference). `range_share`: the summed points as a share
+    /// of the rubric's total range, so items weigh by their point ranges.
     #[serde(default)]
-    pub normalize: bool,
+    pub aggregate: Aggregate,
     /// What happens when a judge answer has missing, unparseable or out-of-range scores.
     #[serde(default)]
     pub failure: FailureSpec,
@@ -457,6 +460,31 @@ pub struct RewardSpec {
     /// `mpo rubric test` scores with this judge and rubric. A run reads it only with `meta.gate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cases: Option<PathBuf>,
+}
+
+/// How a judge's item scores become one reward (`reward.aggregate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregate {
+    /// Each item's score as a share of its range (`(s - min) / (max - min)`, clamped to [0, 1];
+    /// `s / max` for the usual `(0-N)` items), averaged with equal weights: the later reference.
+    /// Scale-free, so a meta step that rescales an item changes neither its weight nor the
+    /// reward's range, and the critic keeps up.
+    #[default]
+    ItemMean,
+    /// The summed points: the released reference. The reward's scale moves with every rubric
+    /// the meta step writes.
+    Sum,
+    /// `(total - min) / (max - min)` over the whole rubric: in [0, 1], but an item's weight is
+    /// its share of the points, so the meta judge's point ranges set the weights.
+    RangeShare,
+}
+
+impl Aggregate {
+    /// Whether rewards lie in [0, 1] whatever the rubric.
+    pub fn is_normalized(self) -> bool {
+        self != Aggregate::Sum
+    }
 }
 
 impl RewardSpec {
@@ -714,9 +742,18 @@ pub struct MetaSpec {
     /// Stage templates. Required unless `every` is `never`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<MetaStages>,
-    /// Math: add per-domain guidelines (by problem type) to the analysis, as the reference does.
+    /// Math: add a fixed one-line hint for the record's MATH subject (`type`) to the analysis
+    /// and refinement prompts. mpo's own hints, not the reference's: the reference keeps an
+    /// evolving guideline per (subject, difficulty cluster) that its meta step rewrites (see
+    /// ARCHITECTURE.md, "Deviations from the reference").
     pub domain_guidelines: bool,
-    /// Most items a merged rubric may have; a longer one is rejected and the rubric kept.
+    /// The widest range a rubric item the meta judge writes may have (`(0-N)`, N at most 10):
+    /// held in its answers and checked before a rubric is accepted, so under `reward.aggregate:
+    /// sum` or `range_share` no single item swamps the rest. The reference has no bound.
+    #[schemars(range(min = 1, max = 10))]
+    pub max_points: i64,
+    /// Most items a merged rubric may have; a longer one is rejected and the rubric kept. The
+    /// reference has no cap: raise it (with `meta.max_tokens`) to come closer.
     #[schemars(range(min = 1, max = 100))]
     pub max_items: usize,
     /// Most tokens per meta-judge answer, the one budget of every meta stage (a
@@ -750,6 +787,7 @@ impl Default for MetaSpec {
             judge: None,
             stages: None,
             domain_guidelines: false,
+            max_points: 10,
             max_items: 12,
             max_tokens: 2048,
             gate: false,
@@ -833,6 +871,19 @@ pub enum ScoreAt {
     LastToken,
     /// One slot after the response, inside the value mask (the reference implementation).
     AfterEos,
+}
+
+/// How GRPO reduces per-token losses (TRL's GRPO `loss_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrpoLoss {
+    /// Sequence-level: each response's token mean, then the mean over responses (the GRPO
+    /// paper; a long response's tokens weigh less).
+    Grpo,
+    /// Batch-normalised: the mean over every unmasked token of the micro-batch.
+    Bnpo,
+    /// Dr. GRPO: the token sum over (responses x `response_length`), free of length bias.
+    DrGrpo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -922,6 +973,16 @@ pub struct PpoSpec {
     /// GRPO: responses sampled per prompt; must divide `batch_size`.
     #[schemars(range(min = 2, max = 1024))]
     pub group_size: usize,
+    /// GRPO: how per-token losses become a micro-batch's loss (TRL's `loss_type`): `bnpo` the
+    /// mean over its unmasked tokens, `grpo` per-sequence token means averaged, `dr_grpo` the
+    /// token sum over sequences x `response_length`.
+    pub grpo_loss: GrpoLoss,
+    /// PPO: at the first update under a rubric the meta step just wrote, shift the rollout-time
+    /// values by the batch's mean return error (Monte-Carlo return minus value over the critic's
+    /// positions) before GAE, so advantages and the value-clipping window start at the new
+    /// rubric's reward level instead of ramping a scale change onto the last tokens. The shift
+    /// is `critic_shift` in metrics.jsonl.
+    pub recenter_critic: bool,
 }
 
 impl Default for PpoSpec {
@@ -951,6 +1012,8 @@ impl Default for PpoSpec {
             score_at: ScoreAt::LastToken,
             critic: Critic::Separate,
             group_size: 4,
+            grpo_loss: GrpoLoss::Bnpo,
+            recenter_critic: false,
         }
     }
 }

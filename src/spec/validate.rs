@@ -217,7 +217,19 @@ impl V<'_> {
             JudgeBackend::Local => {
                 let m = j.model.clone().unwrap_or_else(|| default_model.to_string());
                 let field_m = if j.model.is_some() { format!("{field}.model") } else { "policy.model".into() };
-                self.model(&field_m, &m).map(Some)
+                let errors = self.diags.len();
+                let r = self.model(&field_m, &m).map(Some);
+                if j.model.is_some()
+                    && self.diags.len() > errors
+                    && let Some(d) = self.diags.last_mut()
+                {
+                    // A server's model name read as an in-process model: say which backend chose it.
+                    let how = if self.tree.at_path(&format!("{field}.backend")).is_some() { "set here" } else { "the default" };
+                    d.help.push(format!(
+                        "`{field}.backend` is `local` ({how}): the model is loaded in process; for a model a server serves, set `{field}.backend: openai`"
+                    ));
+                }
+                r
             }
             JudgeBackend::Openai => {
                 if is_var(&j.base_url_env) && std::env::var_os(&j.base_url_env).is_none() {
@@ -569,15 +581,24 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         .push("add a verifier (e.g. `{kind: math_answer}`) or use `mix: {mode: weighted}`".into());
     }
 
+    if spec.reward.aggregate == Aggregate::Sum && spec.meta.every != Every::Never {
+        v.warn(
+            "reward.aggregate",
+            "`aggregate: sum` with `meta.every` set: each rubric the meta step writes moves the reward's scale, and the critic (value clipping at an absolute `ppo.cliprange_value`) lags behind it for many updates",
+            "reward scale follows the rubric",
+        )
+        .help
+        .push("use `aggregate: item_mean` (scale-free), or `ppo.recenter_critic: true` to re-centre the critic at each rubric switch".into());
+    }
     if let MixSpec::Coin { chunk, .. } = spec.reward.mix {
-        if !spec.reward.normalize {
+        if !spec.reward.aggregate.is_normalized() {
             v.error(
-                "reward.normalize",
-                "`mix: coin` puts verifier rewards (0 or 1) and judge rewards in one batch, but `reward.normalize` is false: judge totals would be on the rubric's scale",
+                "reward.aggregate",
+                "`mix: coin` puts verifier rewards (0 or 1) and judge rewards in one batch, but `reward.aggregate` is `sum`: judge totals would be on the rubric's scale",
                 "verifier and judge on different scales",
             )
             .help
-            .push("set `reward.normalize: true` (judge totals become a share of the rubric's range, like the verifier's)".into());
+            .push("use `aggregate: item_mean` or `range_share` (judge rewards in 0..1, like the verifier's)".into());
         }
         let g = spec.ppo.group_size;
         if spec.ppo.algorithm == Algorithm::Grpo && chunk > 1 && !chunk.is_multiple_of(g) {
@@ -642,6 +663,15 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
             ));
         }
         _ => {}
+    }
+    for (path, js) in [
+        ("reward.judge", Some(&spec.reward.judge)),
+        ("meta.judge", spec.meta.judge.as_ref()),
+        ("eval.elo.judge", spec.eval.elo.judge.as_ref()),
+    ] {
+        if let Some(js) = js {
+            ignored_judge_fields(&mut v, path, js);
+        }
     }
     if let Some(mj) = &spec.meta.judge
         && meta_on
@@ -876,6 +906,35 @@ fn prompts_fit(v: &mut V, spec: &Spec, model: &ModelRef, t: &TemplateFile, split
 const TOKENS_PER_ITEM_LINE: u32 = 12;
 /// Item names meta steps may write are unknown when a spec is checked: assume this many bytes.
 const ASSUMED_ITEM_NAME_BYTES: usize = 32;
+
+/// Fields of a judge spec its backend never reads: written, they would look like settings
+/// that take effect. (Checked on what was written, so a default is never reported.)
+fn ignored_judge_fields(v: &mut V, path: &str, js: &JudgeSpec) {
+    const SERVER: [&str; 7] = ["base_url_env", "api_key_env", "api", "dialect", "concurrency", "timeout_s", "max_retries"];
+    let ignored: &[&str] = match js.backend {
+        JudgeBackend::Local => &[&SERVER[..], &["replay_from"]].concat(),
+        JudgeBackend::Openai => &["replay_from"],
+        JudgeBackend::Replay => &["base_url_env", "api_key_env", "concurrency", "timeout_s", "max_retries"],
+    };
+    let Some(node) = v.tree.at_path(path) else { return };
+    // A field the meta judge inherited is reported once, at the reward judge that wrote it.
+    let inherited = |f: &str| {
+        path == "meta.judge"
+            && v.tree.at_path(&format!("reward.judge.{f}")).is_some_and(|r| Some(r.origin) == node.get(f).map(|n| n.origin))
+    };
+    let written: Vec<String> = ignored.iter().filter(|f| node.get(f).is_some() && !inherited(f)).map(|f| f.to_string()).collect();
+    let backend = serde_json::to_value(js.backend).ok().and_then(|b| b.as_str().map(str::to_string)).unwrap_or_default();
+    for f in written {
+        let what = match js.backend {
+            JudgeBackend::Local => "the in-process judge talks to no server",
+            JudgeBackend::Openai => "`replay_from` is read only by `backend: replay`",
+            JudgeBackend::Replay => "a replay judge answers from its cache and calls no server",
+        };
+        v.error(&format!("{path}.{f}"), format!("`{path}.{f}` is not read by `backend: {backend}`: {what}"), "ignored by this backend")
+            .help
+            .push(format!("remove `{f}`, or set `{path}.backend` to the backend it belongs to (`openai` for a server)"));
+    }
+}
 
 /// `extraction: json`: the schema must reach the server, and `reward.judge.max_tokens` must hold
 /// a complete answer with rationales worth reading, for the initial rubric and for the largest

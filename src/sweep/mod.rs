@@ -129,7 +129,7 @@ pub fn summary_table(outcomes: &[CellOutcome]) -> String {
             num(|m| m.reward.mean),
             num(|m| m.verifier_mean),
             num(|m| m.kl),
-            m.as_ref().map(|m| format!("v{:03}", m.rubric_version)).unwrap_or_else(|| "-".into()),
+            m.as_ref().map(|m| format!("v{:03}", m.rubric_after())).unwrap_or_else(|| "-".into()),
             if o.wall_s > 0.0 { format!("{:.0}s", o.wall_s) } else { "-".into() },
         ]);
     }

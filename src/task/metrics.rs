@@ -65,8 +65,7 @@ pub fn evaluate(kind: TaskKind, records: &[J], responses: &[String], verifiers: 
                 .iter()
                 .zip(responses)
                 .map(|(rec, resp)| {
-                    verify::verdict_tag(resp).is_some_and(|v| Some(v.as_str()) == rec.get("binarized_label").and_then(J::as_str)) as u8
-                        as f64
+                    verify::verdict(resp).is_some_and(|v| Some(v.as_str()) == rec.get("binarized_label").and_then(J::as_str)) as u8 as f64
                 })
                 .collect();
             let tagged = responses.iter().filter(|r| verify::verdict_tag(r).is_some()).count();

@@ -115,7 +115,7 @@ fn reward_cfg(retries: u32, policy: FailurePolicy) -> RewardConfig {
         prompt: "j.j2".into(),
         extraction: Extraction::default(),
         answer: mpo::spec::AnswerMode::Free,
-        normalize: true,
+        aggregate: mpo::spec::Aggregate::RangeShare,
         failure: FailureSpec { retries, policy, ..FailureSpec::default() },
         verifiers: vec![],
         mix: MixSpec::default(),
@@ -174,7 +174,11 @@ fn bad_meta_answers_keep_the_rubric() {
     // the refine stage answers prose that is no rubric at all
     let stub = Stub::start(|r| {
         let p = r.body["messages"][0]["content"].as_str().unwrap_or("").to_string();
-        if p.contains("auditing") { Reply::Text("It misses units.".into()) } else { Reply::Text("I would improve it a lot.".into()) }
+        if p.contains("Your review will be used") {
+            Reply::Text("It misses units.".into())
+        } else {
+            Reply::Text("I would improve it a lot.".into())
+        }
     })
     .unwrap();
     let mut j = judge(vec![stub.url.clone()], 0, 2000);
@@ -184,7 +188,7 @@ fn bad_meta_answers_keep_the_rubric() {
     // an empty merged rubric
     let stub = Stub::start(|r| {
         let p = r.body["messages"][0]["content"].as_str().unwrap_or("").to_string();
-        if p.contains("consolidating") {
+        if p.contains("Combine them into one rubric") {
             Reply::Text(String::new())
         } else {
             Reply::Text("## Correct (0-4)\n- Award 4.\n## Units (0-1)\n- Award 1.".into())
@@ -296,7 +300,8 @@ fn structured_run(tag: &str, overrides: &[&str]) -> std::path::PathBuf {
 
 /// The same spec with the demo model as the in-process judge (constrained decoding, no server).
 fn local_structured_run(tag: &str, overrides: &[&str]) -> std::path::PathBuf {
-    let local = ["reward.judge.backend=local", "reward.judge.model=smollm2-135m-instruct", "reward.judge.dialect=openai"];
+    // The whole judge replaced (a server's fields are an error on the in-process judge).
+    let local = ["reward.judge=null", "reward.judge={backend: local, model: smollm2-135m-instruct, max_tokens: 320}"];
     let all: Vec<&str> = local.iter().copied().chain(overrides.iter().copied()).collect();
     run_structured(&format!("local-{tag}"), &all, None)
 }
@@ -308,10 +313,9 @@ fn run_structured(tag: &str, overrides: &[&str], server: Option<&str>) -> std::p
     cmd.args(["run", "tests/specs/valid/structured_judge.yaml", &format!("output.root={}", root.display()), "--quiet"])
         // 768-token meta answers from a server that shares 2 cores with the rest of the suite
         // (the wgpu tests among it): the default 120 s per request timed out under that load.
-        .arg("reward.judge.timeout_s=600")
         .args(overrides);
     if let Some(url) = server {
-        cmd.env("MPO_TEST_JUDGE_URL", url);
+        cmd.arg("reward.judge.timeout_s=600").env("MPO_TEST_JUDGE_URL", url);
     }
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

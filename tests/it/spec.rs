@@ -153,6 +153,29 @@ fn structured_judge_budgets_are_warned_about() {
 }
 
 #[test]
+fn a_partial_meta_judge_inherits_from_the_reward_judge() {
+    let o = |s: &str| s.to_string();
+    // structured_judge's reward judge is a llama-server; a meta judge naming only its model
+    // talks to the same server (not a silent `backend: local`), its budget still meta.max_tokens
+    let overrides = [o("meta.every=1"), o("meta.judge={model: judge-72b, temperature: 0.5}")];
+    let loaded = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
+    assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
+    let mj = loaded.runs[0].spec.meta.judge.clone().expect("written");
+    let rj = &loaded.runs[0].spec.reward.judge;
+    assert_eq!((mj.backend, mj.base_url_env.as_str(), mj.dialect, mj.concurrency), (rj.backend, "MPO_TEST_JUDGE_URL", rj.dialect, 4));
+    assert_eq!((mj.model.as_deref(), mj.temperature), (Some("judge-72b"), 0.5));
+    assert_eq!(mj.max_tokens, mpo::spec::JudgeSpec::default().max_tokens, "the meta budget is meta.max_tokens, not the reward judge's");
+    let explained = spec::explain(&loaded.runs[0], &loaded.sources);
+    let row = explained.iter().find(|r| r.path == "meta.judge.base_url_env").expect("explained");
+    assert!(row.origin.contains("structured_judge.yaml:16"), "inherited values point at the reward judge: {}", row.origin);
+    // another backend inherits nothing
+    let overrides = [o("meta.every=1"), o("meta.judge={backend: local}")];
+    let loaded = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
+    assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
+    assert_eq!(loaded.runs[0].spec.meta.judge.as_ref().unwrap().base_url_env, mpo::spec::JudgeSpec::default().base_url_env);
+}
+
+#[test]
 fn committed_schema_is_current() {
     let committed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string("mpo.schema.json").unwrap()).unwrap();
     assert_eq!(committed, spec::json_schema(), "run `cargo run -- schema > mpo.schema.json`");

@@ -109,7 +109,7 @@ impl BackendJob for Parity {
         let spec = PpoSpec { num_ppo_epochs: 2, num_mini_batches: 1, ..PpoSpec::default() };
         let before = trained(&tr);
         let update = if self.resume.is_some() { 2 } else { 1 };
-        let stats = train::update(&mut tr, &seqs, &spec, 1e-2, m.tok.pad, 4, 3, update, train::Passes::Shared);
+        let stats = train::update(&mut tr, &seqs, &spec, 1e-2, m.tok.pad, 4, 3, update, train::Passes::Shared, false);
         let after = trained(&tr);
 
         let state = State { update, ..State::default() };
