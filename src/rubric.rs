@@ -204,6 +204,36 @@ impl Rubric {
         out
     }
 
+    /// `text` without the items that repeat an earlier item's name (heading and lines), and
+    /// which were dropped: a merge is asked to combine without repetition, and the first time an
+    /// item is written is the one kept (the reference drops exact repeats).
+    pub fn without_repeats(text: &str) -> (String, Vec<String>) {
+        let repeats = Rubric::duplicate_headings(text);
+        if repeats.is_empty() {
+            return (text.to_string(), Vec::new());
+        }
+        let starts: Vec<usize> = repeats.iter().map(|(line, _)| line - 1).collect();
+        let mut in_fence = false;
+        let mut dropping = false;
+        let mut kept = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                in_fence = !in_fence;
+            }
+            if !in_fence && heading_re().is_match(line.trim_end()) {
+                dropping = starts.contains(&i);
+            }
+            if !dropping {
+                kept.push(line);
+            }
+        }
+        let mut out = kept.join("\n");
+        if text.ends_with('\n') {
+            out.push('\n');
+        }
+        (out, repeats.into_iter().map(|(line, heading)| format!("line {line}: `{}`", heading.trim())).collect())
+    }
+
     /// What keeps a written rubric from being accepted as a new version, beyond parsing: names
     /// that are not names (a title, a date, numbers), ranges wider than `max_points`, award
     /// or deduction amounts outside the item's range, and lines cut off mid-sentence. Empty
@@ -557,6 +587,11 @@ mod tests {
         assert!(p.iter().any(|x| x.contains("answer or.` stops mid-sentence")), "{p:#?}");
         assert!(p.iter().any(|x| x.contains("is written twice")), "{p:#?}");
         assert!(p.iter().any(|x| x.contains("gives 3 points, outside 1-2")), "{p:#?}");
+        // a merge keeps the first time an item is written and drops its repeats whole
+        let (kept, dropped) = Rubric::without_repeats(demo);
+        assert_eq!(dropped, vec!["line 6: `## Sound reasoning (0-3)`".to_string()]);
+        assert!(!kept.contains("(0-3)") && kept.contains("## Sound reasoning (0-2)") && kept.ends_with(".\n"), "{kept}");
+        assert!(!Rubric::problems_of_text(&kept, MAX_POINTS).unwrap().iter().any(|x| x.contains("written again")));
     }
 
     #[test]

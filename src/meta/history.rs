@@ -26,6 +26,9 @@ pub struct Entry {
     pub refined: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_raw: Option<String>,
+    /// Items the merge wrote again, dropped before the rubric was read (the first kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeats_dropped: Vec<String>,
     /// Why the rubric was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_because: Option<String>,
@@ -87,6 +90,7 @@ impl History {
             analyses: vec![],
             refined: vec![],
             merged_raw: None,
+            repeats_dropped: vec![],
             kept_because: None,
             diff: String::new(),
             changes: vec![],
@@ -115,6 +119,7 @@ impl History {
             analyses: outcome.analyses.clone(),
             refined: outcome.refined.clone(),
             merged_raw: outcome.merged_raw.clone(),
+            repeats_dropped: outcome.repeats_dropped.clone(),
             kept_because,
             diff: diff_text,
             changes,
@@ -207,6 +212,7 @@ mod tests {
             analyses: vec!["x".into()],
             refined: vec![],
             merged_raw: None,
+            repeats_dropped: vec![],
             result,
             usage: TokenUsage::default(),
             gate: None,

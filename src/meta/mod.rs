@@ -141,6 +141,8 @@ pub struct MetaOutcome {
     pub analyses: Vec<String>,
     pub refined: Vec<String>,
     pub merged_raw: Option<String>,
+    /// Items the merge wrote again after their first time, dropped (`line N: heading`).
+    pub repeats_dropped: Vec<String>,
     /// The new rubric, or why the current one stays.
     pub result: Result<Rubric, String>,
     pub usage: TokenUsage,
@@ -266,6 +268,7 @@ pub fn run(judge: &mut dyn Judge, cfg: &MetaConfig, current: &Rubric, candidates
         analyses: vec![],
         refined: vec![],
         merged_raw: None,
+        repeats_dropped: vec![],
         result: Err(String::new()),
         usage: TokenUsage::default(),
         gate: None,
@@ -384,6 +387,8 @@ fn step(
     let prompt = render(&cfg.merge, &ctx(Stage::Merge { refined: &usable }))?;
     let merged = ask(judge, vec![req(prompt, 0, "merge")], &mut out.usage, true).remove(0).map_err(|e| format!("merge failed: {e}"))?;
     out.merged_raw = Some(merged.clone());
+    let (merged, dropped) = Rubric::without_repeats(&merged);
+    out.repeats_dropped = dropped;
     let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
     rubric.validate(limits.items).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
     let problems = Rubric::problems_of_text(&merged, limits.max_points).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
@@ -540,6 +545,17 @@ mod tests {
             "1. The rubric ignores units entirely here.\n2. No reward hacking is visible in it.\n3. Item two is vague about the box.\n"
         ));
         assert!(!a.matches("1. The rubric ignores units. The rubric ignores units.\n"));
+    }
+
+    #[test]
+    fn a_merge_that_writes_an_item_twice_keeps_the_first() {
+        let current = Rubric::parse("## Correct (0-4)\n").unwrap();
+        let merged = "## Correct (0-3)\n- Award 3 when the final answer equals the reference.\n## Units (0-1)\n- Award 1 when the answer states its units.\n## Correct (0-4)\n- Award 4 when every step is right.\n";
+        let mut j = stage_judge(merged, false);
+        let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
+        let r = o.result.unwrap();
+        assert_eq!(r.items.iter().map(|i| (i.name.as_str(), i.max)).collect::<Vec<_>>(), vec![("Correct", 3), ("Units", 1)]);
+        assert_eq!(o.repeats_dropped, vec!["line 5: `## Correct (0-4)`".to_string()]);
     }
 
     #[test]

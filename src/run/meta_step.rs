@@ -74,11 +74,15 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         accepted: state.meta_accepted,
         acceptance_rate: round6(state.meta_accepted as f64 / state.meta_steps as f64),
     };
+    if !outcome.repeats_dropped.is_empty() {
+        r.progress.log(&format!("update {update}: the merge wrote an item again; dropped {}", outcome.repeats_dropped.join(", ")));
+    }
     match (new_version, outcome.result) {
         (Some(v), Ok(rubric)) => {
             state.rubric_since = update;
             let changes = rubric.changes_from(&r.rubric);
-            r.progress.log(&format!("update {update}: rubric v{v:03} ({} items: {})", rubric.items.len(), changes.join("; ")));
+            let n = rubric.items.len();
+            r.progress.log(&format!("update {update}: rubric v{v:03} ({n} item{}: {})", if n == 1 { "" } else { "s" }, changes.join("; ")));
             r.rubric = rubric;
             state.rubric_version = v;
         }
