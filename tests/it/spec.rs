@@ -15,6 +15,7 @@ const SHIPPED: &[&str] = &[
     "specs/ethical_reasoning.yaml",
     "specs/ablations/meta_every.yaml",
     "specs/ablations/meta_every_cpu.yaml",
+    "specs/ablations/meta_templates_cpu.yaml",
 ];
 
 fn snapshot_name(path: &str) -> String {
