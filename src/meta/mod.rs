@@ -27,6 +27,7 @@ pub struct MetaConfig {
     pub refine: (String, String),
     pub merge: (String, String),
     pub samples: usize,
+    pub sampling: crate::spec::MetaSampling,
     pub domain_guidelines: bool,
     pub max_tokens: u32,
     pub temperature: f64,
@@ -259,6 +260,38 @@ pub fn analyze_guidelines(domain_guidelines: bool, record: &J) -> &'static str {
     if domain_guidelines { math_guidelines(record.get("type").and_then(J::as_str).unwrap_or("")) } else { "" }
 }
 
+/// `n` samples of `candidates`, drawn with `rng` as `sampling` says. Score tertiles: sorted by
+/// score (ties by id), cut into three contiguous parts whose sizes differ by at most one (the
+/// first parts larger), `n / 3` drawn from each with the remainder going to the top parts; a
+/// part smaller than its share gives all it has (the reference then lowers the share for the
+/// parts after it; mpo does not).
+fn select<'a>(
+    candidates: &'a [MetaSample],
+    n: usize,
+    sampling: crate::spec::MetaSampling,
+    rng: &mut impl rand::Rng,
+) -> Vec<&'a MetaSample> {
+    let mut all: Vec<&MetaSample> = candidates.iter().collect();
+    if sampling.is_uniform() {
+        all.shuffle(rng);
+        all.truncate(n);
+        return all;
+    }
+    all.sort_by(|a, b| a.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&b.score.unwrap_or(f64::NEG_INFINITY)).then(a.id.cmp(&b.id)));
+    let len = all.len();
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    for part in 0..3 {
+        let size = len / 3 + usize::from(part < len % 3);
+        let share = n / 3 + usize::from(2 - part < n % 3);
+        let mut chunk: Vec<&MetaSample> = all[start..start + size].to_vec();
+        chunk.shuffle(rng);
+        out.extend(chunk.into_iter().take(share));
+        start += size;
+    }
+    out
+}
+
 /// Run one meta step on `candidates` (the rollouts since the last step).
 pub fn run(judge: &mut dyn Judge, cfg: &MetaConfig, current: &Rubric, candidates: &[MetaSample], seed: u64, update: u32) -> MetaOutcome {
     let mut out = MetaOutcome {
@@ -291,9 +324,7 @@ fn step(
         return Err("no rollouts to learn from".into());
     }
     let mut rng = crate::rng::stream(seed, &format!("meta/select/u{update:06}"));
-    let mut picked: Vec<&MetaSample> = candidates.iter().collect();
-    picked.shuffle(&mut rng);
-    picked.truncate(cfg.samples.max(1));
+    let mut picked = select(candidates, cfg.samples.max(1), cfg.sampling, &mut rng);
     // Deterministic order for prompts: by id.
     picked.sort_by(|a, b| a.id.cmp(&b.id));
     let limits = cfg.shapes.limits();
@@ -437,6 +468,7 @@ mod tests {
             refine: ("refine".into(), "REFINE {{ analysis }}".into()),
             merge: ("merge".into(), "MERGE {% for r in refined %}{{ r }}{% endfor %} max {{ max_items }}".into()),
             samples: 2,
+            sampling: crate::spec::MetaSampling::Uniform,
             domain_guidelines: true,
             max_tokens: 64,
             temperature: 0.0,
@@ -545,6 +577,42 @@ mod tests {
             "1. The rubric ignores units entirely here.\n2. No reward hacking is visible in it.\n3. Item two is vague about the box.\n"
         ));
         assert!(!a.matches("1. The rubric ignores units. The rubric ignores units.\n"));
+    }
+
+    #[test]
+    fn score_tertiles_draw_from_low_middle_and_high_grades() {
+        let pool: Vec<MetaSample> = (0..9)
+            .map(|i| MetaSample {
+                id: format!("s{i}"),
+                question: "q".into(),
+                response: "r".into(),
+                score: Some(i as f64),
+                max_score: 8.0,
+                rationale: String::new(),
+                verifier: None,
+                record: json!({}),
+            })
+            .collect();
+        let third = |s: &MetaSample| (s.score.unwrap() as usize) / 3;
+        for seed in 0..20 {
+            let mut rng = crate::rng::stream(seed, "t");
+            let mut parts: Vec<usize> =
+                select(&pool, 3, crate::spec::MetaSampling::ScoreTertiles, &mut rng).iter().map(|s| third(s)).collect();
+            parts.sort();
+            assert_eq!(parts, vec![0, 1, 2], "one from each tertile (seed {seed})");
+            // 4 samples: the extra one from the top part; 6: two from each (the reference's k = 2)
+            let mut rng = crate::rng::stream(seed, "t");
+            let mut parts: Vec<usize> =
+                select(&pool, 4, crate::spec::MetaSampling::ScoreTertiles, &mut rng).iter().map(|s| third(s)).collect();
+            parts.sort();
+            assert_eq!(parts, vec![0, 1, 2, 2]);
+            let mut rng = crate::rng::stream(seed, "t");
+            assert_eq!(select(&pool, 6, crate::spec::MetaSampling::ScoreTertiles, &mut rng).len(), 6);
+        }
+        // a pool smaller than the ask gives what it has; uniform draws any
+        let mut rng = crate::rng::stream(0, "t");
+        assert_eq!(select(&pool[..2], 3, crate::spec::MetaSampling::ScoreTertiles, &mut rng).len(), 2);
+        assert_eq!(select(&pool, 3, crate::spec::MetaSampling::Uniform, &mut rng).len(), 3);
     }
 
     #[test]

@@ -135,6 +135,7 @@ pub fn config(plan: &Plan) -> Result<Option<MetaConfig>, RunError> {
         refine: t(TemplateKind::Refine)?,
         merge: t(TemplateKind::Merge)?,
         samples: spec.meta.samples,
+        sampling: spec.meta.sampling,
         domain_guidelines: spec.meta.domain_guidelines,
         max_tokens: spec.meta.max_tokens,
         temperature: js.temperature,

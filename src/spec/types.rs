@@ -736,6 +736,12 @@ pub struct MetaSpec {
     /// Rollouts sampled (seeded) from those since the last meta step.
     #[schemars(range(min = 1, max = 10000))]
     pub samples: usize,
+    /// How they are drawn: `uniform` (the reference, outside math), or `score_tertiles`: the
+    /// pool sorted by the judge's score and cut into three near-equal parts, a third of
+    /// `samples` drawn from each (the reference's math step, 2 per part), so low, middle and
+    /// high grades all reach the meta judge.
+    #[serde(default, skip_serializing_if = "MetaSampling::is_uniform")]
+    pub sampling: MetaSampling,
     /// The meta judge. Default: the reward judge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge: Option<JudgeSpec>,
@@ -784,6 +790,7 @@ impl Default for MetaSpec {
         MetaSpec {
             every: Every::Never,
             samples: 10,
+            sampling: MetaSampling::Uniform,
             judge: None,
             stages: None,
             domain_guidelines: false,
@@ -792,6 +799,23 @@ impl Default for MetaSpec {
             max_tokens: 2048,
             gate: false,
         }
+    }
+}
+
+/// How a meta step draws its samples from the pool (`meta.sampling`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MetaSampling {
+    /// Every pooled rollout equally likely.
+    #[default]
+    Uniform,
+    /// Stratified by the judge's score: a third of the samples from each score tertile.
+    ScoreTertiles,
+}
+
+impl MetaSampling {
+    pub fn is_uniform(&self) -> bool {
+        *self == MetaSampling::Uniform
     }
 }
 

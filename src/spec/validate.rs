@@ -664,6 +664,18 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         }
         _ => {}
     }
+    if spec.meta.sampling == MetaSampling::ScoreTertiles && spec.meta.samples < 3 {
+        v.error(
+            "meta.sampling",
+            format!(
+                "`score_tertiles` draws a third of `meta.samples` from each score tertile, but `meta.samples` is {}",
+                spec.meta.samples
+            ),
+            "a tertile would get no sample",
+        )
+        .help
+        .push("set `meta.samples` to 3 or more (the reference's math step draws 2 per tertile: 6), or use `sampling: uniform`".into());
+    }
     for (path, js) in [
         ("reward.judge", Some(&spec.reward.judge)),
         ("meta.judge", spec.meta.judge.as_ref()),

@@ -152,6 +152,7 @@ fn bad_meta_answers_keep_the_rubric() {
         refine: t("refine"),
         merge: t("merge"),
         samples: 2,
+        sampling: mpo::spec::MetaSampling::Uniform,
         domain_guidelines: false,
         max_tokens: 640,
         temperature: 0.0,
