@@ -366,14 +366,14 @@ mod tests {
         assert!(!shape.matches(&longest.replace("name: 2", "name: 3")));
     }
 
+    /// A generated token with its top alternatives (`(token, logprob)`).
+    fn t(token: &str, top: &[(&str, f32)]) -> TokenLogprob {
+        TokenLogprob { token: token.into(), logprob: 0.0, top: top.iter().map(|(a, b)| (a.to_string(), *b)).collect() }
+    }
+
     #[test]
     fn logprob_expectation() {
         let r = rubric();
-        let t = |s: &str, top: &[(&str, f32)]| TokenLogprob {
-            token: s.into(),
-            logprob: 0.0,
-            top: top.iter().map(|(a, b)| (a.to_string(), *b)).collect(),
-        };
         let toks = vec![
             t("Final", &[]),
             t(" answer", &[]),
@@ -392,11 +392,6 @@ mod tests {
     #[test]
     fn logprob_scores_of_two_digit_values_on_digit_tokenizers() {
         let r = Rubric::parse("## Quality (0-10)\n## Brief (0-2)\n").unwrap();
-        let t = |s: &str, top: &[(&str, f32)]| TokenLogprob {
-            token: s.into(),
-            logprob: 0.0,
-            top: top.iter().map(|(a, b)| (a.to_string(), *b)).collect(),
-        };
         // "10" written as "1" "0": the first token's "1" is not a 1 (reading it as one gave
         // 0.9 * 1 + 0.1 * 9 = 1.8); the number written is 10
         let toks = vec![

@@ -224,7 +224,15 @@ impl V<'_> {
                     && let Some(d) = self.diags.last_mut()
                 {
                     // A server's model name read as an in-process model: say which backend chose it.
-                    let how = if self.tree.at_path(&format!("{field}.backend")).is_some() { "set here" } else { "the default" };
+                    let written = self.tree.at_path(&format!("{field}.backend")).map(|n| n.origin);
+                    let inherited = field == "meta.judge"
+                        && written.is_some()
+                        && written == self.tree.at_path("reward.judge.backend").map(|n| n.origin);
+                    let how = match written {
+                        _ if inherited => "inherited from `reward.judge`".to_string(),
+                        Some(o) => o.span().map(|sp| format!("set at {}", self.sources.location(sp))).unwrap_or_else(|| "set".into()),
+                        None => "the default".to_string(),
+                    };
                     d.help.push(format!(
                         "`{field}.backend` is `local` ({how}): the model is loaded in process; for a model a server serves, set `{field}.backend: openai`"
                     ));
@@ -581,7 +589,8 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         .push("add a verifier (e.g. `{kind: math_answer}`) or use `mix: {mode: weighted}`".into());
     }
 
-    if spec.reward.aggregate == Aggregate::Sum && spec.meta.every != Every::Never {
+    // GRPO's group-normalised advantages follow any scale; PPO's critic does not.
+    if spec.reward.aggregate == Aggregate::Sum && spec.meta.every != Every::Never && spec.ppo.algorithm == Algorithm::Ppo {
         v.warn(
             "reward.aggregate",
             "`aggregate: sum` with `meta.every` set: each rubric the meta step writes moves the reward's scale, and the critic (value clipping at an absolute `ppo.cliprange_value`) lags behind it for many updates",
@@ -589,6 +598,11 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         )
         .help
         .push("use `aggregate: item_mean` (scale-free), or `ppo.recenter_critic: true` to re-centre the critic at each rubric switch".into());
+    }
+    if spec.ppo.recenter_critic && spec.ppo.algorithm == Algorithm::Grpo {
+        v.warn("ppo.recenter_critic", "`ppo.recenter_critic` has no effect under GRPO: there is no critic to re-centre", "no critic")
+            .help
+            .push("remove it (GRPO's advantages are normalised within each group, whatever the rubric's scale)".into());
     }
     if let MixSpec::Coin { chunk, .. } = spec.reward.mix {
         if !spec.reward.aggregate.is_normalized() {

@@ -154,6 +154,20 @@ fn structured_judge_budgets_are_warned_about() {
 }
 
 #[test]
+fn rubric_scale_advice_names_the_critic_only_where_there_is_one() {
+    let warnings = |o: &[&str]| {
+        let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+        let loaded = spec::load(Path::new("specs/math.yaml"), &o);
+        assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
+        loaded.render_diagnostics()
+    };
+    assert!(warnings(&["reward.aggregate=sum"]).contains("the critic (value clipping"));
+    let grpo = warnings(&["reward.aggregate=sum", "ppo.algorithm=grpo", "ppo.recenter_critic=true"]);
+    assert!(!grpo.contains("the critic (value clipping"), "GRPO has no critic to lag: {grpo}");
+    assert!(grpo.contains("no critic to re-centre"), "{grpo}");
+}
+
+#[test]
 fn a_partial_meta_judge_inherits_from_the_reward_judge() {
     let o = |s: &str| s.to_string();
     // structured_judge's reward judge is a llama-server; a meta judge naming only its model
@@ -169,6 +183,10 @@ fn a_partial_meta_judge_inherits_from_the_reward_judge() {
     let explained = spec::explain(&loaded.runs[0], &loaded.sources);
     let row = explained.iter().find(|r| r.path == "meta.judge.base_url_env").expect("explained");
     assert!(row.origin.contains("structured_judge.yaml:16"), "inherited values point at the reward judge: {}", row.origin);
+    // a server's model name on an inherited in-process backend: the error says where `local` came from
+    let overrides = [o("meta.judge=null"), o("meta.judge={model: Qwen/Qwen2.5-72B-Instruct}")];
+    let d = spec::load(Path::new("specs/math.yaml"), &overrides).render_diagnostics();
+    assert!(d.contains("`meta.judge.backend` is `local` (inherited from `reward.judge`)"), "{d}");
     // another backend inherits nothing
     let overrides = [o("meta.every=1"), o("meta.judge={backend: local}")];
     let loaded = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
