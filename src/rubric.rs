@@ -187,18 +187,12 @@ impl Rubric {
     pub fn duplicate_headings(text: &str) -> Vec<(usize, String)> {
         let mut seen = Vec::new();
         let mut out = Vec::new();
-        let mut in_fence = false;
-        for (i, line) in text.lines().enumerate() {
-            if line.trim_start().starts_with("```") {
-                in_fence = !in_fence;
-            }
-            if let Some(c) = heading_re().captures(line.trim_end()).filter(|_| !in_fence) {
-                let key = normalize_name(c["name"].trim().trim_matches(['*', '_', ':']));
-                if seen.contains(&key) {
-                    out.push((i + 1, line.trim_end().to_string()));
-                } else {
-                    seen.push(key);
-                }
+        for (i, line, name) in item_headings(text) {
+            let key = normalize_name(&name);
+            if seen.contains(&key) {
+                out.push((i + 1, line.trim_end().to_string()));
+            } else {
+                seen.push(key);
             }
         }
         out
@@ -213,14 +207,11 @@ impl Rubric {
             return (text.to_string(), Vec::new());
         }
         let starts: Vec<usize> = repeats.iter().map(|(line, _)| line - 1).collect();
-        let mut in_fence = false;
+        let headings: Vec<usize> = item_headings(text).into_iter().map(|(i, _, _)| i).collect();
         let mut dropping = false;
         let mut kept = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            if line.trim_start().starts_with("```") {
-                in_fence = !in_fence;
-            }
-            if !in_fence && heading_re().is_match(line.trim_end()) {
+            if headings.contains(&i) {
                 dropping = starts.contains(&i);
             }
             if !dropping {
@@ -436,6 +427,21 @@ impl RubricShape {
     pub fn gbnf(&self) -> String {
         self.shape().gbnf()
     }
+}
+
+/// The item headings of `text` outside code fences: `(line index, line, name as written)`.
+fn item_headings(text: &str) -> Vec<(usize, &str, String)> {
+    let mut in_fence = false;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+        }
+        if let Some(c) = heading_re().captures(line.trim_end()).filter(|_| !in_fence) {
+            out.push((i, line, c["name"].trim().trim_matches(['*', '_', ':']).to_string()));
+        }
+    }
+    out
 }
 
 /// A sentence whose last word is one that cannot end it (`... the reference answer or.`): the
