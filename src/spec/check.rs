@@ -42,21 +42,22 @@ impl<'a> Checker<'a> {
 
     /// `at` is where the node is named (its key), used for "missing key" errors.
     fn check(&self, node: &Node, schema: &'a J, path: &str, at: Origin, diags: &mut Vec<Diagnostic>) {
+        let def = schema.get("$ref").and_then(J::as_str).map(|r| r.trim_start_matches("#/$defs/"));
         let schema = self.resolve(schema);
         if schema == &J::Bool(true) || schema.as_object().is_some_and(|o| o.is_empty()) {
             return;
         }
-        if let Some(branches) = schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(J::as_array) {
-            self.check_alternatives(node, schema, branches, path, at, diags);
+        if alternatives(schema).is_some() {
+            self.check_alternatives(node, schema, def, path, at, diags);
             return;
         }
         if !type_matches(node, schema) {
-            diags.push(self.mismatch(node, schema, path));
+            diags.push(self.mismatch(node, schema, path, at));
             return;
         }
         if let Some(options) = enum_values(schema) {
             if !options.iter().any(|o| json_eq(node, o)) {
-                diags.push(self.not_in_enum(node, &options, path));
+                diags.push(self.not_in_enum(node, &options, def, path));
             }
             return;
         }
@@ -175,7 +176,8 @@ impl<'a> Checker<'a> {
 
     /// anyOf / oneOf: accept if any branch fits; otherwise report against the branch the user
     /// evidently meant (same tag, same single key, same type), or list the alternatives.
-    fn check_alternatives(&self, node: &Node, schema: &'a J, branches: &'a [J], path: &str, at: Origin, diags: &mut Vec<Diagnostic>) {
+    fn check_alternatives(&self, node: &Node, schema: &'a J, def: Option<&str>, path: &str, at: Origin, diags: &mut Vec<Diagnostic>) {
+        let branches = alternatives(schema).unwrap_or_default();
         let mut per_branch = Vec::new();
         for b in branches {
             let mut d = Vec::new();
@@ -193,13 +195,16 @@ impl<'a> Checker<'a> {
         let consts: Vec<String> =
             branches.iter().filter_map(|b| enum_values(self.resolve(b))).flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
         let what = self.describe(schema);
-        let mut d = Diagnostic::error(format!("`{path}` must be {what}, found {}", node.describe()))
-            .at(node.origin)
-            .label(format!("expected {what}"));
-        if let Value::Str(s) = &node.value
-            && let Some(sug) = did_you_mean(s, consts.iter().map(String::as_str))
-        {
-            d = d.help(format!("did you mean `{sug}`?"));
+        let mut d =
+            Diagnostic::error(format!("`{path}` must be {what}, found {}", found(node))).at(node.origin).label(format!("expected {what}"));
+        if let Some(h) = self.wrong_type_help(node, schema, path) {
+            d = d.help(h);
+        } else if let Value::Str(s) = &node.value {
+            if let Some(h) = def.and_then(|def| other_tools_name(def, s, &consts)) {
+                d = d.help(h);
+            } else if let Some(sug) = did_you_mean(s, consts.iter().map(String::as_str)) {
+                d = d.help(format!("did you mean `{sug}`?"));
+            }
         }
         diags.push(d);
     }
@@ -242,12 +247,15 @@ impl<'a> Checker<'a> {
         if same_type.len() == 1 { Some(same_type[0]) } else { None }
     }
 
-    fn mismatch(&self, node: &Node, schema: &J, path: &str) -> Diagnostic {
+    fn mismatch(&self, node: &Node, schema: &'a J, path: &str, at: Origin) -> Diagnostic {
         let what = self.describe(schema);
-        let mut d = Diagnostic::error(format!("`{path}` must be {what}, found {}", node.describe()))
-            .at(node.origin)
-            .label(format!("expected {what}"));
-        if node.value == Value::Null {
+        // A block mapping starts at its first key, which is not the mistake: the key naming it is.
+        let place = if matches!(node.value, Value::Map(_)) && at.span().is_some() { at } else { node.origin };
+        let mut d =
+            Diagnostic::error(format!("`{path}` must be {what}, found {}", found(node))).at(place).label(format!("expected {what}"));
+        if let Some(h) = self.wrong_type_help(node, schema, path) {
+            d = d.help(h);
+        } else if node.value == Value::Null {
             d = d.help("write a value, or delete the key to use the default");
         } else if let Value::Str(s) = &node.value
             && types(schema).iter().any(|t| t == "number" || t == "integer")
@@ -262,24 +270,63 @@ impl<'a> Checker<'a> {
         d
     }
 
-    fn not_in_enum(&self, node: &Node, options: &[J], path: &str) -> Diagnostic {
+    fn not_in_enum(&self, node: &Node, options: &[J], def: Option<&str>, path: &str) -> Diagnostic {
         let names: Vec<String> = options.iter().map(|o| o.as_str().map(str::to_string).unwrap_or_else(|| o.to_string())).collect();
         let list = names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
-        let mut d = Diagnostic::error(format!("`{path}` must be one of {list}, found {}", node.describe()))
-            .at(node.origin)
-            .label("not a valid choice");
-        if let Value::Str(s) = &node.value
-            && let Some(sug) = did_you_mean(s, names.iter().map(String::as_str))
-        {
-            d = d.help(format!("did you mean `{sug}`?"));
+        let mut d =
+            Diagnostic::error(format!("`{path}` must be one of {list}, found {}", found(node))).at(node.origin).label("not a valid choice");
+        if let Value::Str(s) = &node.value {
+            if let Some(h) = def.and_then(|def| other_tools_name(def, s, &names)) {
+                d = d.help(h);
+            } else if let Some(sug) = did_you_mean(s, names.iter().map(String::as_str)) {
+                d = d.help(format!("did you mean `{sug}`?"));
+            }
         }
         d
+    }
+
+    /// Whether `node` passes `schema` as it stands.
+    fn fits(&self, node: &Node, schema: &'a J, path: &str) -> bool {
+        let mut d = Vec::new();
+        self.check(node, schema, path, node.origin, &mut d);
+        d.is_empty()
+    }
+
+    /// What to write instead of a value of the wrong type, where the value says what was meant:
+    /// `64.0` for an integer, a list of values for one value, a sweep factor nested as sections.
+    fn wrong_type_help(&self, node: &Node, schema: &'a J, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Float(f) => {
+                let whole = Node::new(Value::Int(*f as i64), node.origin);
+                // Only a suggestion that passes: `0.0` for a count >= 1 needs another number.
+                if f.fract() == 0.0 && f.abs() < 1e15 && self.fits(&whole, schema, path) {
+                    Some(format!("write `{}`", *f as i64))
+                } else if types(schema).iter().any(|t| t == "integer") {
+                    Some("write a whole number, without a decimal point".into())
+                } else {
+                    None
+                }
+            }
+            // The list a sweep varies, written in place of one value; a list with an item that
+            // would not do there is some other mistake. Lists of lists are never sweeps, and
+            // checking their items against the same schema again would be exponential in depth.
+            Value::Seq(items)
+                if !path.starts_with("sweep")
+                    && !items.is_empty()
+                    && items.iter().all(|it| !matches!(it.value, Value::Seq(_)))
+                    && items.iter().enumerate().all(|(i, it)| self.fits(it, schema, &format!("{path}[{i}]"))) =>
+            {
+                Some(super::sweep::list_as_factor_help(&path.replace('[', ".").replace(']', ""), node))
+            }
+            Value::Map(_) => super::sweep::nested_factor_help(path, node),
+            _ => None,
+        }
     }
 
     /// A phrase for what a schema accepts: "an integer >= 1", "one of `a`, `b`", "a mapping".
     fn describe(&self, schema: &J) -> String {
         let schema = self.resolve(schema);
-        if let Some(branches) = schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(J::as_array) {
+        if let Some(branches) = alternatives(schema) {
             let consts: Vec<Option<Vec<J>>> = branches.iter().map(|b| enum_values(self.resolve(b))).collect();
             if consts.len() > 1 && consts.iter().all(Option::is_some) {
                 let names: Vec<String> = consts
@@ -325,6 +372,50 @@ impl<'a> Checker<'a> {
         }
         if parts.is_empty() { "a value".into() } else { parts.join(" or ") }
     }
+}
+
+/// A value as the user wrote it, for messages: `64.0` stays a float (`Node::describe` shows `64`).
+fn found(node: &Node) -> String {
+    match node.value {
+        Value::Float(f) => format!("the float `{f:?}`"),
+        _ => node.describe(),
+    }
+}
+
+/// The names other tools give to what mpo spells differently, and what to write instead: a
+/// serving engine is an `openai` judge with that engine's dialect, a PEFT module name is an mpo
+/// target without `_proj`. `def` is the schema definition being checked, `options` its values.
+fn other_tools_name(def: &str, value: &str, options: &[String]) -> Option<String> {
+    use super::types::{Dialect, JudgeBackend, LoraTarget};
+    use schemars::JsonSchema;
+    let norm = value.to_lowercase().replace(['-', '.'], "_");
+    if def == JudgeBackend::schema_name() {
+        let dialect = match norm.as_str() {
+            "vllm" => Some(Dialect::Vllm),
+            "sglang" => Some(Dialect::Sglang),
+            "llama_server" | "llama_cpp" | "llamacpp" => Some(Dialect::LlamaCpp),
+            "tgi" | "ollama" => None,
+            _ => return None,
+        };
+        return Some(match dialect {
+            Some(d) => {
+                let name = serde_json::to_value(d).ok()?.as_str()?.to_string();
+                format!(
+                    "`{value}` is a server mpo reaches through its OpenAI-compatible API: write `backend: openai` with `dialect: {name}`"
+                )
+            }
+            None => format!("`{value}` is a server mpo reaches through its OpenAI-compatible API: write `backend: openai`"),
+        });
+    }
+    if def == LoraTarget::schema_name() {
+        let short = norm.strip_suffix("_proj")?;
+        return options.iter().any(|o| o == short).then(|| format!("mpo names modules without the `_proj` suffix: write `{short}`"));
+    }
+    None
+}
+
+fn alternatives(schema: &J) -> Option<&[J]> {
+    schema.get("anyOf").or_else(|| schema.get("oneOf")).and_then(J::as_array).map(Vec::as_slice)
 }
 
 fn schema_regex(p: &str) -> Result<regex::Regex, regex::Error> {
@@ -453,6 +544,55 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         let e = errors(&format!("{BASE}meta: {{every: nevr}}\n"));
         assert!(e[0].contains("did you mean `never`"), "{e:?}");
+    }
+
+    #[test]
+    fn other_tools_names_say_what_to_write() {
+        let e =
+            errors(&format!("{BASE}meta: {{judge: {{backend: sglang}}}}\npolicy: {{lora: {{targets: [gate_proj, up, embed_tokens]}}}}\n"));
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(e[0].contains("write `backend: openai` with `dialect: sglang`"), "{e:?}");
+        assert!(e[1].contains("write `gate`"), "{e:?}");
+        assert!(!e[2].contains("write"), "no mpo module is `embed`: {e:?}");
+        let e = errors(&format!("{BASE}eval: {{elo: {{judge: {{backend: llama.cpp}}}}}}\n"));
+        assert!(e[0].contains("`dialect: llama_cpp`"), "{e:?}");
+        let e = errors(&format!("{BASE}runtime: {{backend: cdua}}\n"));
+        assert!(e[0].contains("did you mean `cuda`?"), "{e:?}");
+    }
+
+    #[test]
+    fn a_whole_float_for_an_integer_names_the_integer() {
+        let e = errors(&format!("{BASE}ppo: {{batch_size: 64.0}}\nmeta: {{every: 5.0}}\n"));
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e[0].contains("found the float `64.0`") && e[0].ends_with("write `64`"), "{e:?}");
+        assert!(e[1].contains("found the float `5.0`") && e[1].ends_with("write `5`"), "{e:?}");
+        // `0` would fail the range: no suggestion that fails again
+        let e = errors(&format!("{BASE}ppo: {{batch_size: 0.0}}\n"));
+        assert!(e[0].ends_with("write a whole number, without a decimal point"), "{e:?}");
+    }
+
+    #[test]
+    fn a_list_of_valid_values_for_one_value_is_pointed_to_the_sweep() {
+        let e = errors(&format!("{BASE}runtime: {{seed: [0, 1, 2], backend: [cpu, wgpu]}}\n"));
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e[0].contains("write it under `sweep.grid` as `runtime.seed: [0, 1, 2]`"), "{e:?}");
+        assert!(e[1].contains("as `runtime.backend: [cpu, wgpu]`"), "{e:?}");
+        let e = errors(&format!("{BASE}runtime: {{seed: [0, a]}}\n"));
+        assert!(!e[0].contains("sweep"), "{e:?}");
+    }
+
+    #[test]
+    fn deeply_nested_lists_are_checked_in_linear_time() {
+        let deep = format!("{}0{}", "[".repeat(60), "]".repeat(60));
+        let e = errors(&format!("{BASE}meta: {{every: {deep}}}\nruntime: {{seed: {deep}}}\n"));
+        assert_eq!(e.len(), 2, "{e:#?}");
+    }
+
+    #[test]
+    fn nested_sweep_keys_get_their_dotted_paths() {
+        let e = errors(&format!("{BASE}sweep: {{zip: {{meta: {{every: [never, 5], samples: [2, 4]}}, runtime.seed: [0, 1]}}}}\n"));
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].ends_with("write `zip: {meta.every: [never, 5], meta.samples: [2, 4]}`"), "{e:?}");
     }
 
     #[test]

@@ -169,14 +169,48 @@ pub fn parse_overrides(overrides: &[String], sources: &mut Sources, diags: &mut 
     }
     let id = sources.add("<overrides>", None, overrides.join("\n"));
     let mut out = Vec::new();
-    for (i, text) in overrides.iter().enumerate() {
-        let line = i as u32 + 1;
+    let mut i = 0;
+    while i < overrides.len() {
+        let (text, line) = (&overrides[i], i as u32 + 1);
+        i += 1;
+        if let Some((fixed, took_next)) = undashed(text, overrides.get(i).map(String::as_str)) {
+            let written = if took_next { format!("{text} {}", overrides[i]) } else { text.clone() };
+            i += usize::from(took_next);
+            diags.push(
+                Diagnostic::error(format!("override `{written}` is written as a flag"))
+                    .at_span(Span { source: id, line, col: 1, len: text.chars().count() as u32 })
+                    .label("not a flag")
+                    .help(undashed_help(&fixed)),
+            );
+            continue;
+        }
         match parse_override(text, id, line) {
             Ok(a) => out.push(a),
             Err(d) => diags.push(d),
         }
     }
     out
+}
+
+/// The help for an override written as a flag (`--meta.every=5`, or `--ppo.kl_coef 0.1` with
+/// `next` its value), for the command line parser, which meets it first.
+pub fn dashed_override_help(arg: &str, next: Option<&str>) -> Option<String> {
+    undashed(arg, next).map(|(fixed, _)| undashed_help(&fixed))
+}
+
+fn undashed_help(fixed: &str) -> String {
+    format!("overrides are written without dashes: `{fixed}`")
+}
+
+/// `arg` as the override it was meant to be, and whether it took `next` as its value. Only a
+/// key that starts with a spec section counts: a mistyped flag is left to be reported as one.
+fn undashed(arg: &str, next: Option<&str>) -> Option<(String, bool)> {
+    let bare = arg.strip_prefix("--")?;
+    let (key, value) = bare.split_once('=').map_or((bare, None), |(k, v)| (k, Some(v)));
+    let section = key.split('.').next().unwrap_or(key);
+    super::json_schema().get("properties")?.get(section)?;
+    let next = next.filter(|n| value.is_none() && !n.contains('=') && !n.starts_with("--"));
+    Some((format!("{key}={}", value.or(next).unwrap_or("...")), next.is_some()))
 }
 
 fn parse_override(text: &str, source: SourceId, line: u32) -> Result<Assignment, Diagnostic> {
@@ -364,6 +398,27 @@ mod tests {
         let mut t = tree("ppo: {kl_coef: 0.1}\n");
         let e = apply(&mut t, &a[0]).unwrap_err();
         assert!(e.message.contains("`ppo.kl_coef` is a number"), "{}", e.message);
+    }
+
+    #[test]
+    fn overrides_written_as_flags_say_how_to_write_them() {
+        let mut sources = Sources::default();
+        let mut diags = Vec::new();
+        let args = ["--meta.every=5", "--ppo.kl_coef", "0.1", "runtime.seed=1", "--runtime.seed"].map(String::from);
+        let a = parse_overrides(&args, &mut sources, &mut diags);
+        assert_eq!(a.len(), 1);
+        let helps: Vec<&str> = diags.iter().map(|d| d.help[0].as_str()).collect();
+        assert_eq!(
+            helps,
+            [
+                "overrides are written without dashes: `meta.every=5`",
+                "overrides are written without dashes: `ppo.kl_coef=0.1`",
+                "overrides are written without dashes: `runtime.seed=...`"
+            ]
+        );
+        assert_eq!(diags[1].message, "override `--ppo.kl_coef 0.1` is written as a flag");
+        // a mistyped flag is not an override
+        assert_eq!(dashed_override_help("--expalin", None), None);
     }
 
     #[test]

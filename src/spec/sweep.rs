@@ -126,6 +126,63 @@ pub fn expand(sweep: &Node, diags: &mut Vec<Diagnostic>) -> Vec<Cell> {
     cells
 }
 
+/// Help for a list written where one value goes (`runtime.seed: [0, 1, 2]`): the sweep factor
+/// that runs one cell per value. `path` is dotted, as a sweep key is.
+pub fn list_as_factor_help(path: &str, list: &Node) -> String {
+    format!("to run one cell per value, write it under `sweep.grid` as `{path}: {}`", flow(list))
+}
+
+/// Help for a factor written as nested sections (`grid: {meta: {every: [...]}}`), which the
+/// schema reports only as "a mapping where a list goes": the dotted keys it meant. `path` is the
+/// checker's (`sweep.grid.meta`); anything outside a sweep section gets none.
+pub fn nested_factor_help(path: &str, node: &Node) -> Option<String> {
+    let (section, key) = path.strip_prefix("sweep.")?.split_once('.')?;
+    if !matches!(node.value, Value::Map(_)) {
+        return None;
+    }
+    let mut leaves = Vec::new();
+    dotted_leaves(key, node, &mut leaves);
+    let entries: Vec<String> = leaves.iter().map(|(k, v)| format!("{k}: {}", flow(v))).collect();
+    Some(format!("sweep keys are dotted paths: write `{section}: {{{}}}`", entries.join(", ")))
+}
+
+fn dotted_leaves<'n>(prefix: &str, node: &'n Node, out: &mut Vec<(String, &'n Node)>) {
+    match &node.value {
+        Value::Map(entries) if !entries.is_empty() => {
+            for (k, v) in entries {
+                dotted_leaves(&format!("{prefix}.{}", k.name), v, out);
+            }
+        }
+        _ => out.push((prefix.to_string(), node)),
+    }
+}
+
+/// A list of scalars in YAML flow style (`[never, 5]`) for a help line; anything longer or
+/// deeper is `[...]`, which the user has in front of them anyway.
+fn flow(list: &Node) -> String {
+    let Value::Seq(items) = &list.value else { return "[...]".into() };
+    let scalar = |n: &Node| match &n.value {
+        Value::Null => Some("null".to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Float(f) => Some(format!("{f:?}")),
+        // Plain only where YAML reads it back as the same string.
+        Value::Str(s)
+            if s.chars().next().is_some_and(char::is_alphabetic)
+                && s.chars().all(|c| c.is_alphanumeric() || "_-./".contains(c))
+                && !["true", "false", "null"].contains(&s.as_str()) =>
+        {
+            Some(s.clone())
+        }
+        Value::Str(s) => serde_json::to_string(s).ok(),
+        Value::Seq(_) | Value::Map(_) => None,
+    };
+    match items.iter().map(scalar).collect::<Option<Vec<String>>>() {
+        Some(v) if v.iter().map(String::len).sum::<usize>() <= 60 => format!("[{}]", v.join(", ")),
+        _ => "[...]".into(),
+    }
+}
+
 fn short(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
