@@ -14,6 +14,10 @@ use clap::{Parser, Subcommand};
 use crate::plan::{self, Plan};
 use crate::spec;
 
+/// The overrides of every command that takes a spec, documented once.
+const OVERRIDES_HELP: &str = "`key.path=value` pairs (no dashes) applied after the spec's own values, e.g. \
+    `ppo.kl_coef=0.05 meta.every=never`; values are YAML: `meta.judge={model: x}`";
+
 #[derive(Parser, Debug)]
 #[command(name = "mpo", version, about = "Meta Policy Optimization: spec -> plan -> run", long_about = None)]
 pub struct Cli {
@@ -47,7 +51,7 @@ pub enum Command {
     Check {
         /// The spec file.
         spec: PathBuf,
-        /// Overrides `section.key=value` (values are YAML).
+        #[arg(help = OVERRIDES_HELP)]
         overrides: Vec<String>,
         /// Print every resolved value and where it came from.
         #[arg(long)]
@@ -56,6 +60,7 @@ pub enum Command {
     /// Compile a spec into its execution plan and print it (a dry run).
     Plan {
         spec: PathBuf,
+        #[arg(help = OVERRIDES_HELP)]
         overrides: Vec<String>,
         /// Print the machine-readable plan (a sweep prints `{"sweep": ..., "runs": [...]}`).
         #[arg(long)]
@@ -66,6 +71,7 @@ pub enum Command {
         /// The spec file (or `--plan FILE` instead).
         #[arg(required_unless_present = "plan")]
         spec: Option<PathBuf>,
+        #[arg(help = OVERRIDES_HELP)]
         overrides: Vec<String>,
         /// Run a plan written by `mpo plan --json` or `mpo sweep --emit slurm` instead of a spec.
         #[arg(long, conflicts_with = "spec")]
@@ -88,6 +94,7 @@ pub enum Command {
     /// interrupted ones resume), or write a Slurm job array for them (`--emit slurm`).
     Sweep {
         spec: PathBuf,
+        #[arg(help = OVERRIDES_HELP)]
         overrides: Vec<String>,
         /// Cells run at once (each gets an equal share of the cores).
         #[arg(long, default_value_t = 1, value_parser = positive)]
@@ -95,26 +102,61 @@ pub enum Command {
         /// Instead of running: write a job-array script and the cell plans.
         #[arg(long, value_parser = ["slurm"])]
         emit: Option<String>,
-        /// Where `--emit` writes (default: RESULTS_ROOT/NAME/slurm).
+        /// Where `--emit` writes (default: RESULTS_ROOT/NAME/slurm). An existing plans.json there is
+        /// never replaced by a different plan set (a queued array reads it).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Slurm partition (`#SBATCH --partition`).
         #[arg(long)]
         partition: Option<String>,
+        /// Slurm account to charge (`#SBATCH --account`).
         #[arg(long)]
         account: Option<String>,
-        /// Wall-time limit per cell.
+        /// Quality of service (`#SBATCH --qos`).
+        #[arg(long)]
+        qos: Option<String>,
+        /// Node features the task needs, e.g. `h100` (`#SBATCH --constraint`).
+        #[arg(long)]
+        constraint: Option<String>,
+        /// Wall-time limit per cell (`HH:MM:SS`); `mpo plan` prints an estimate where a throughput
+        /// has been measured.
         #[arg(long, default_value = "24:00:00")]
         time: String,
+        /// CPU cores per cell (mpo's thread pool takes them all).
         #[arg(long, default_value_t = 8)]
         cpus_per_task: u32,
-        /// GPUs per cell (0 for CPU cells).
-        #[arg(long, default_value_t = 1)]
-        gpus_per_task: u32,
+        /// GPUs mpo itself uses per cell (default: 1 when the backend is a GPU, else 0); the
+        /// judge servers' GPUs (`--serve`) are added to the request.
+        #[arg(long)]
+        gpus_per_task: Option<u32>,
+        /// Memory per cell (`#SBATCH --mem`, e.g. `200G`).
         #[arg(long)]
         mem: Option<String>,
         /// At most this many cells at once on the cluster.
         #[arg(long)]
         max_parallel: Option<usize>,
+        /// A further `#SBATCH` option, written as given (repeatable), e.g. `--sbatch=--exclusive`.
+        #[arg(long = "sbatch", value_name = "OPTION", allow_hyphen_values = true)]
+        sbatch: Vec<String>,
+        /// A file of shell lines every task runs first (`module load cuda`, `source env/bin/activate`).
+        #[arg(long, value_name = "FILE")]
+        setup: Option<PathBuf>,
+        /// Start the judges' OpenAI-compatible servers inside each task: one per distinct judge
+        /// model, each variable (`base_url_env`) pointed at the server of its model. Without it the
+        /// script expects the variables exported before `sbatch`.
+        #[arg(long, value_enum)]
+        serve: Option<crate::sweep::slurm::Engine>,
+        /// GPUs per judge server (tensor parallel size): one value for all, or one per server in
+        /// the order the script lists them, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        server_gpus: Vec<u32>,
+        /// `NAME=PATH`: serve judge model NAME from PATH (a local folder); repeatable. Default: the
+        /// engine fetches NAME itself.
+        #[arg(long, value_name = "NAME=PATH", value_parser = name_eq_path)]
+        server_model: Vec<(String, String)>,
+        /// Minutes a task waits for its judge servers to answer.
+        #[arg(long, default_value_t = 30)]
+        server_wait: u32,
     },
     /// Aggregate the runs under results/NAME by sweep factor: report.md, report.csv, SVG plots.
     Report {
@@ -398,6 +440,14 @@ pub enum BenchCommand {
 }
 
 /// A count that must be at least 1 (`--jobs 0` would run nothing, `--concurrency 0` deadlock).
+/// `NAME=PATH` (the name may hold `/`, as Hub ids do).
+fn name_eq_path(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), p.to_string())),
+        _ => Err(format!("expected NAME=PATH, e.g. Qwen/Qwen2.5-32B-Instruct=/models/qwen32b, found `{s}`")),
+    }
+}
+
 fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -476,13 +526,31 @@ pub fn exit(o: Outcome) -> ExitCode {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
+        Err(mut e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
+            hint_dashed_override(&mut e);
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
     exit(dispatch(cli.command))
+}
+
+/// clap meets an override written as a flag (`--meta.every=5`) before the spec loader does, and
+/// its tip (`-- --meta.every`) would pass it on unchanged: say how to write it instead.
+fn hint_dashed_override(e: &mut clap::Error) {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let Some(ContextValue::String(flag)) = e.get(ContextKind::InvalidArg).filter(|_| e.kind() == ErrorKind::UnknownArgument) else {
+        return;
+    };
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let Some(at) = args.iter().position(|a| a == flag || a.strip_prefix(flag.as_str()).is_some_and(|r| r.starts_with('='))) else {
+        return;
+    };
+    if let Some(help) = spec::compose::dashed_override_help(&args[at], args.get(at + 1).map(String::as_str)) {
+        e.remove(ContextKind::SuggestedArg);
+        e.insert(ContextKind::Suggested, ContextValue::StyledStrs(vec![help.into()]));
+    }
 }
 
 fn dispatch(command: Command) -> Outcome {
@@ -499,8 +567,49 @@ fn dispatch(command: Command) -> Outcome {
                 }
             }
         }
-        Command::Sweep { spec, overrides, jobs, emit, out, partition, account, time, cpus_per_task, gpus_per_task, mem, max_parallel } => {
-            let opts = crate::sweep::slurm::SlurmOptions { partition, account, time, cpus_per_task, gpus_per_task, mem, max_parallel };
+        Command::Sweep {
+            spec,
+            overrides,
+            jobs,
+            emit,
+            out,
+            partition,
+            account,
+            qos,
+            constraint,
+            time,
+            cpus_per_task,
+            gpus_per_task,
+            mem,
+            max_parallel,
+            sbatch,
+            setup,
+            serve,
+            server_gpus,
+            server_model,
+            server_wait,
+        } => {
+            let setup = match setup {
+                Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| Failure::error(format!("--setup {}: {e}", p.display())))?),
+                None => None,
+            };
+            let opts = crate::sweep::slurm::SlurmOptions {
+                partition,
+                account,
+                qos,
+                constraint,
+                time,
+                cpus_per_task,
+                gpus_per_task,
+                mem,
+                max_parallel,
+                sbatch,
+                setup,
+                serve,
+                server_gpus,
+                server_models: server_model,
+                server_wait_min: server_wait,
+            };
             sweep_cmd(&spec, &overrides, jobs, emit.is_some(), out.as_deref(), &opts)
         }
         Command::Report { dir, out, baseline } => {
@@ -634,7 +743,7 @@ fn kernels_cmd(backend: &str, device: usize) -> Outcome {
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
     {
         let _ = device;
-        Err(Failure::error(format!("backend `{}` is not compiled into this mpo; rebuild with `--features {}`", b.as_str(), b.feature())))
+        Err(Failure::error(format!("backend `{}` is not compiled into this mpo; {}", b.as_str(), b.build_hint())))
     }
 }
 
@@ -734,8 +843,9 @@ fn sweep_cmd(
     if emit {
         let out = out.map(std::path::Path::to_path_buf).unwrap_or_else(|| plans[0].spec.output.root.join(&name).join("slurm"));
         let e = crate::sweep::slurm::emit(&name, &plans, &out, &exe, slurm)
-            .map_err(|e| Failure::error(format!("writing {}: {e}", out.display())))?;
-        println!("wrote {} ({} cells) and {}", e.script.display(), e.cells, e.plans.display());
+            .map_err(|e| Failure::Error { help: e.help(), message: format!("emitting into {}: {e}", out.display()) })?;
+        let plans_note = if e.unchanged { " (unchanged: the same plans were already there)" } else { "" };
+        println!("wrote {} ({} cells) and {}{plans_note}", e.script.display(), e.cells, e.plans.display());
         println!("submit with: sbatch {}", e.script.display());
         return Ok(Done::Ok);
     }

@@ -92,6 +92,8 @@ impl Sources {
 pub enum Severity {
     Error,
     Warning,
+    /// Information that changes nothing now (a backend this build lacks, needed only by `run`).
+    Note,
 }
 
 /// A problem found while loading, validating or compiling a spec.
@@ -123,6 +125,10 @@ impl Diagnostic {
 
     pub fn warning(message: impl Into<String>) -> Self {
         Diagnostic { severity: Severity::Warning, ..Diagnostic::error(message) }
+    }
+
+    pub fn info(message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Note, ..Diagnostic::error(message) }
     }
 
     pub fn at(mut self, origin: Origin) -> Self {
@@ -160,6 +166,7 @@ impl Diagnostic {
         let kind = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
+            Severity::Note => "note",
         };
         let _ = writeln!(out, "{kind}: {}", self.message);
         let mut gutter = 0;
@@ -211,7 +218,7 @@ pub fn render_all(diags: &[Diagnostic], sources: &Sources) -> String {
         out.push('\n');
     }
     let errors = diags.iter().filter(|d| d.is_error()).count();
-    let warnings = diags.len() - errors;
+    let warnings = diags.iter().filter(|d| d.severity == Severity::Warning).count();
     if errors > 0 {
         let _ = writeln!(
             out,

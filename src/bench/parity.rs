@@ -78,7 +78,7 @@ fn server_steps(client: &reqwest::blocking::Client, url: &str, ids: &[u32], step
 impl BackendJob for ParityBench {
     type Output = anyhow::Result<String>;
     fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &'static str) -> anyhow::Result<String> {
-        let mref = registry::ModelRef::Gguf { path: self.model.clone() };
+        let mref = registry::ModelRef::Gguf { path: self.model.clone(), sha256: String::new() };
         let m = model::load::<B::InnerBackend>(&mref, None, 0, &device, &mut |l| eprintln!("{l}"))?;
         let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(300)).build()?;
         let vocab = m.config.vocab_size;

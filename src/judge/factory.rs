@@ -70,7 +70,7 @@ pub fn identity(js: &JudgeSpec, mref: Option<&ModelRef>, policy_ref: &ModelRef) 
 fn local_name(mref: &ModelRef) -> String {
     match mref {
         ModelRef::Known { name, .. } | ModelRef::Random { name } => name.clone(),
-        ModelRef::Gguf { path } | ModelRef::HfDir { path } => path.display().to_string(),
+        ModelRef::Gguf { path, .. } | ModelRef::HfDir { path, .. } => path.display().to_string(),
     }
 }
 

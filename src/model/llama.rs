@@ -857,7 +857,7 @@ mod hf_dir_tests {
         )
         .unwrap();
 
-        let mref = crate::model::registry::ModelRef::HfDir { path: dir.clone() };
+        let mref = crate::model::registry::ModelRef::HfDir { path: dir.clone(), sha256: String::new() };
         let loaded = crate::model::load::<TB>(&mref, None, 1, &Default::default(), &mut |_| {}).unwrap();
         assert_eq!(loaded.config, LlamaConfig { max_position_embeddings: 512, ..cfg });
         assert_eq!(loaded.tok.eos, 2);

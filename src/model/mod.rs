@@ -8,11 +8,13 @@ pub mod adapter;
 pub mod batch;
 pub mod constrain;
 pub mod fetch;
+pub mod folder;
 pub mod generate;
 pub mod gguf;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod kernels;
 pub mod llama;
+pub mod memory;
 pub mod quant;
 pub mod registry;
 pub mod tokenizer;
@@ -72,7 +74,7 @@ pub fn load<B: Backend>(
             let path = fetch::fetch(name, log)?;
             load_gguf(&path, lora, seed, device)
         }
-        ModelRef::Gguf { path } => load_gguf(path, lora, seed, device),
+        ModelRef::Gguf { path, .. } => load_gguf(path, lora, seed, device),
         ModelRef::Random { .. } => {
             let tok = Tok::tiny();
             let config = LlamaConfig::tiny(tok.vocab_size());
@@ -80,7 +82,7 @@ pub fn load<B: Backend>(
             let model = Llama::load(&config, &src, lora, config.max_position_embeddings, seed, device)?;
             Ok(LoadedModel { model, tok, config })
         }
-        ModelRef::HfDir { path } => {
+        ModelRef::HfDir { path, .. } => {
             let cfg_path = path.join("config.json");
             let text = std::fs::read_to_string(&cfg_path)
                 .map_err(|e| ModelError::Config { path: cfg_path.display().to_string(), message: e.to_string() })?;
@@ -135,12 +137,12 @@ pub fn context_length(mref: &ModelRef) -> Result<usize, ModelError> {
             .map(|k| k.context_length)
             .ok_or_else(|| ModelError::Config { path: name.clone(), message: "not a known model".into() }),
         ModelRef::Random { .. } => Ok(LlamaConfig::tiny(Tok::tiny().vocab_size()).max_position_embeddings),
-        ModelRef::Gguf { path } => {
+        ModelRef::Gguf { path, .. } => {
             let g = gguf::Gguf::open_metadata(path)?;
             let arch = g.meta_str("general.architecture")?.to_string();
             Ok(g.meta_u64(&format!("{arch}.context_length")).unwrap_or(4096) as usize)
         }
-        ModelRef::HfDir { path } => {
+        ModelRef::HfDir { path, .. } => {
             let p = path.join("config.json");
             let text =
                 std::fs::read_to_string(&p).map_err(|e| ModelError::Config { path: p.display().to_string(), message: e.to_string() })?;
@@ -149,6 +151,21 @@ pub fn context_length(mref: &ModelRef) -> Result<usize, ModelError> {
             Ok(v.get("max_position_embeddings").and_then(|x| x.as_u64()).unwrap_or(4096) as usize)
         }
     }
+}
+
+/// The model's architecture without its weights: the registry's for a known name, the
+/// GGUF header, or `config.json` (`None`: not readable without the file).
+pub fn config(mref: &ModelRef) -> Result<Option<LlamaConfig>, ModelError> {
+    Ok(match mref {
+        ModelRef::Known { name, .. } => {
+            registry::known(name).and_then(|k| LlamaConfig::from_hf(&serde_json::from_str(k.config).ok()?).ok())
+        }
+        ModelRef::Random { .. } => Some(LlamaConfig::tiny(Tok::tiny().vocab_size())),
+        ModelRef::Gguf { path, .. } => Some(LlamaConfig::from_gguf(&gguf::Gguf::open_metadata(path)?)?),
+        ModelRef::HfDir { path, .. } => {
+            Some(folder::config_of_dir(path).map_err(|e| ModelError::Config { path: path.display().to_string(), message: e.to_string() })?)
+        }
+    })
 }
 
 /// The model's tokenizer without its weights, when it is at hand (a known model not fetched
@@ -164,8 +181,8 @@ pub fn tokenizer(mref: &ModelRef) -> Result<Option<Tok>, ModelError> {
             Some(Tok::from_gguf(&gguf::Gguf::open_metadata(&p)?)?)
         }
         ModelRef::Random { .. } => Some(Tok::tiny()),
-        ModelRef::Gguf { path } => Some(Tok::from_gguf(&gguf::Gguf::open_metadata(path)?)?),
-        ModelRef::HfDir { path } => Some(Tok::from_hf_dir(path)?),
+        ModelRef::Gguf { path, .. } => Some(Tok::from_gguf(&gguf::Gguf::open_metadata(path)?)?),
+        ModelRef::HfDir { path, .. } => Some(Tok::from_hf_dir(path)?),
     })
 }
 
@@ -221,7 +238,7 @@ pub fn dispatch<J: BackendJob>(backend: crate::spec::BackendKind, index: usize, 
         #[cfg(feature = "cuda")]
         Bk::Cuda => Ok(job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(open_cuda(index)?, "cuda")),
         #[allow(unreachable_patterns)]
-        other => Err(format!("backend `{}` is not compiled into this mpo; rebuild with `--features {}`", other.as_str(), other.feature())),
+        other => Err(format!("backend `{}` is not compiled into this mpo; {}", other.as_str(), other.build_hint())),
     }
 }
 

@@ -453,26 +453,69 @@ pub struct RandomWeights {
     pub seed: u64,
 }
 
-impl WeightSource for RandomWeights {
-    fn get(&self, hf_name: &str) -> Result<Option<HostTensor>, WeightsError> {
-        use rand::Rng;
-        let c = &self.config;
-        let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let tail = hf_name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')).map(|(_, t)| t).unwrap_or(hf_name);
-        let shape: Vec<usize> = match tail {
+impl LlamaConfig {
+    /// The shape of a Hugging Face tensor this config reads (`None`: a name it does not read).
+    pub fn tensor_shape(&self, hf_name: &str) -> Option<Vec<usize>> {
+        let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (q, kv) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        let layer = hf_name.strip_prefix("model.layers.").and_then(|r| r.split_once('.'));
+        if let Some((i, _)) = layer
+            && i.parse::<usize>().map_or(true, |i| i >= self.num_layers)
+        {
+            return None;
+        }
+        let tail = layer.map(|(_, t)| t).unwrap_or(hf_name);
+        Some(match tail {
             "model.embed_tokens.weight" => vec![v, d],
-            "lm_head.weight" if !c.tie_word_embeddings => vec![v, d],
+            "lm_head.weight" => vec![v, d],
             "model.norm.weight" | "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![d],
             "self_attn.q_proj.weight" => vec![q, d],
             "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, d],
             "self_attn.o_proj.weight" => vec![d, q],
-            "self_attn.q_proj.bias" if c.attention_bias => vec![q],
-            "self_attn.k_proj.bias" | "self_attn.v_proj.bias" if c.attention_bias => vec![kv],
+            "self_attn.q_proj.bias" if self.attention_bias => vec![q],
+            "self_attn.k_proj.bias" | "self_attn.v_proj.bias" if self.attention_bias => vec![kv],
             "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![f, d],
             "mlp.down_proj.weight" => vec![d, f],
-            _ => return Ok(None),
-        };
+            _ => return None,
+        })
+    }
+
+    /// Every tensor loading this config requires (a tied `lm_head` is the embedding).
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
+        if !self.tie_word_embeddings {
+            names.push("lm_head.weight".into());
+        }
+        for i in 0..self.num_layers {
+            let mut per = vec![
+                "input_layernorm.weight",
+                "post_attention_layernorm.weight",
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+                "self_attn.o_proj.weight",
+                "mlp.gate_proj.weight",
+                "mlp.up_proj.weight",
+                "mlp.down_proj.weight",
+            ];
+            if self.attention_bias {
+                per.extend(["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"]);
+            }
+            names.extend(per.iter().map(|t| format!("model.layers.{i}.{t}")));
+        }
+        names
+    }
+}
+
+impl WeightSource for RandomWeights {
+    fn get(&self, hf_name: &str) -> Result<Option<HostTensor>, WeightsError> {
+        use rand::Rng;
+        let c = &self.config;
+        if hf_name == "lm_head.weight" && c.tie_word_embeddings {
+            return Ok(None);
+        }
+        let Some(shape) = c.tensor_shape(hf_name) else { return Ok(None) };
+        let tail = hf_name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')).map(|(_, t)| t).unwrap_or(hf_name);
         let mut rng = crate::rng::stream(self.seed, hf_name);
         let n: usize = shape.iter().product();
         let data = if tail.ends_with("norm.weight") {

@@ -20,6 +20,7 @@ pub use print::{judge as describe_judge, render_summary, render_sweep_table};
 use crate::model::registry::ModelRef;
 use crate::spec::{Every, JudgeBackend, MixSpec, Resolved, Spec};
 use crate::task::hex;
+use crate::template::TemplateKind;
 
 /// Bumped when the plan's shape or meaning changes.
 pub const PLAN_FORMAT: u32 = 1;
@@ -134,6 +135,21 @@ pub struct Estimates {
     pub judge_tokens: u64,
     pub meta_calls: u64,
     pub eval_episodes: u64,
+    /// Device memory (see `model::memory`), when the policy's architecture is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryPlan>,
+}
+
+/// Device memory at the spec's micro-batch, and without gradient accumulation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryPlan {
+    /// Rows per backward pass at the spec's `gradient_accumulation_steps`.
+    pub micro_rows: usize,
+    /// Longest training prompt (bounded from above) plus `ppo.response_length`.
+    pub seq: usize,
+    pub at_spec: crate::model::memory::Memory,
+    /// With `gradient_accumulation_steps: 1` (the whole mini-batch in one backward pass).
+    pub without_accumulation: crate::model::memory::Memory,
 }
 
 /// Compile a resolved spec into its plan.
@@ -190,6 +206,17 @@ pub fn compile(r: &Resolved) -> Plan {
         judge_tokens: judge_calls * attempts * spec.reward.judge.max_tokens as u64 + meta_calls * meta_judge_tokens,
         meta_calls,
         eval_episodes,
+        memory: inputs.policy_config.as_ref().map(|c| {
+            let prompt = inputs.longest_prompt_tokens.unwrap_or(0);
+            let critic = (p.algorithm == crate::spec::Algorithm::Ppo).then_some(p.critic);
+            let l = &spec.policy.lora;
+            let at = |acc| {
+                let shapes = crate::spec::memory_shapes(spec, prompt, acc);
+                (shapes, crate::model::memory::estimate(c, l.rank, &l.targets, critic, shapes))
+            };
+            let (shapes, at_spec) = at(p.gradient_accumulation_steps);
+            MemoryPlan { micro_rows: shapes.micro_rows, seq: shapes.seq, at_spec, without_accumulation: at(1).1 }
+        }),
     };
 
     let data_info = |d: &crate::task::DataSummary, src: &crate::spec::DataSource| DataInfo {
@@ -261,6 +288,7 @@ pub fn identity(plan: &Plan) -> J {
             spec.remove(k);
         }
         remove_path(spec, &["runtime", "threads"]);
+        remove_path(spec, &["runtime", "device_memory_gib"]);
         for p in [
             &["task", "prompt"][..],
             &["task", "train", "path"],
@@ -276,7 +304,47 @@ pub fn identity(plan: &Plan) -> J {
             remove_path(spec, p);
         }
     }
+    // A model named by path is identified by its content digest: a moved folder keeps the
+    // id, replaced weights change it. The written reference is then only where it was.
+    let by_content = |m: Option<&ModelRef>| matches!(m, Some(ModelRef::HfDir { .. } | ModelRef::Gguf { .. }));
+    let models = &plan.inputs.models;
+    if let Some(spec) = o.get_mut("spec").and_then(J::as_object_mut) {
+        if by_content(Some(&models.policy)) {
+            remove_path(spec, &["policy", "model"]);
+        }
+        if by_content(models.judge.as_ref()) {
+            remove_path(spec, &["reward", "judge", "model"]);
+        }
+        if by_content(models.meta.as_ref()) {
+            remove_path(spec, &["meta", "judge", "model"]);
+        }
+        // A fixed-rubric run never reads its meta settings (nor re-centres its critic, which
+        // happens only at a rubric switch): arms of two sweeps that differ in them share it.
+        if plan.spec.meta.every == Every::Never {
+            spec.remove("meta");
+            remove_path(spec, &["ppo", "recenter_critic"]);
+        }
+    }
     if let Some(inputs) = o.get_mut("inputs").and_then(J::as_object_mut) {
+        if let Some(m) = inputs.get_mut("models").and_then(J::as_object_mut) {
+            for (_, r) in m.iter_mut() {
+                if let Some(r) = r.as_object_mut()
+                    && r.get("kind").and_then(J::as_str).is_some_and(|k| k == "hf_dir" || k == "gguf")
+                {
+                    r.remove("path");
+                }
+            }
+        }
+        if plan.spec.meta.every == Every::Never
+            && let Some(t) = inputs.get_mut("templates").and_then(J::as_object_mut)
+        {
+            for k in [TemplateKind::Prescreen, TemplateKind::Analyze, TemplateKind::Refine, TemplateKind::Merge] {
+                t.remove(k.as_str());
+            }
+        }
+        if plan.spec.meta.every == Every::Never {
+            inputs.remove("cases");
+        }
         for split in ["train", "test"] {
             if let Some(d) = inputs.get_mut(split).and_then(J::as_object_mut) {
                 d.remove("source");

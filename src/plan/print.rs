@@ -10,7 +10,7 @@ use crate::spec::{Algorithm, Every, Extraction, FailurePolicy, JudgeBackend, Jud
 fn model_name(m: &ModelRef) -> String {
     match m {
         ModelRef::Known { name, .. } => name.clone(),
-        ModelRef::Gguf { path } | ModelRef::HfDir { path } => path.display().to_string(),
+        ModelRef::Gguf { path, .. } | ModelRef::HfDir { path, .. } => path.display().to_string(),
         ModelRef::Random { name } => name.clone(),
     }
 }
@@ -264,6 +264,25 @@ pub fn render_summary(plan: &Plan) -> String {
         thousands(e.judge_tokens),
         if e.eval_episodes > 0 { format!(", {} eval episodes", thousands(e.eval_episodes)) } else { String::new() }
     );
+    if let Some(m) = &e.memory {
+        use crate::model::memory::gib;
+        let a = &m.at_spec;
+        let _ = writeln!(
+            o,
+            "  memory    ~{} per device ({} rows x {} positions at the longest training prompt, per backward pass): weights {}, trained + AdamW {}, activations {}, logits {}, generation {}",
+            gib(a.peak()),
+            m.micro_rows,
+            m.seq,
+            gib(a.base_weights),
+            gib(a.trained),
+            gib(a.activations),
+            gib(a.logits),
+            gib(a.generation)
+        );
+        if s.ppo.gradient_accumulation_steps > 1 {
+            let _ = writeln!(o, "            ~{} without gradient accumulation", gib(m.without_accumulation.peak()));
+        }
+    }
     let _ = writeln!(o, "  output    {}/{}/{}/", s.output.root.display(), plan.name, plan.run_id);
     o
 }

@@ -183,7 +183,7 @@ pub fn base_cache(plan: &Plan, split: &str) -> RunDir {
     let s = &plan.spec;
     let model_file = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok().map(|t| format!("{t:?}"))));
     let model_identity = match &plan.inputs.models.policy {
-        crate::model::registry::ModelRef::Gguf { path } | crate::model::registry::ModelRef::HfDir { path } => {
+        crate::model::registry::ModelRef::Gguf { path, .. } | crate::model::registry::ModelRef::HfDir { path, .. } => {
             json!(model_file(path).map(|(len, t)| json!([len, t])))
         }
         _ => J::Null,

@@ -146,6 +146,11 @@ fn interrupted() -> Arc<AtomicBool> {
 /// Run `plan`.
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, RunError> {
     let dir = RunDir::for_plan(plan);
+    let backend = plan.spec.runtime.backend;
+    if !backend.compiled_in() {
+        // before the run folder exists: a plan emitted on a login node fails here, not half-way
+        return Err(RunError::Backend(format!("backend `{}` is not compiled into this mpo; {}", backend.as_str(), backend.build_hint())));
+    }
     if !opts.restart
         && let Some(m) = dir.manifest()
         && m.status == Status::Finished

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 pub use types::*;
-pub use validate::Inputs;
+pub use validate::{Inputs, memory_shapes};
 
 use crate::diag::{Diagnostic, Origin, Sources};
 use node::{Node, Value};

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 /// An mpo experiment: task, policy, reward, meta-reward schedule, PPO settings and where to
 /// write results. Relative paths resolve against the directory of the file that wrote them.
+/// Every field is part of the run id (the hash of what determines results) unless its doc says
+/// otherwise; files enter it by content, not by path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
@@ -28,7 +30,8 @@ pub struct Spec {
     /// `-` and `.` only.
     #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]+$"), length(min = 1, max = 100))]
     pub name: String,
-    /// Free text describing the experiment (kept in the plan and the manifest).
+    /// Free text describing the experiment (kept in the plan and the manifest). Not part of the
+    /// run id.
     #[serde(default)]
     pub description: String,
     /// The task: which of the paper's four, its data and the policy prompt.
@@ -38,7 +41,8 @@ pub struct Spec {
     pub policy: PolicySpec,
     /// How a rollout is scored: the judge, the rubric, verifiers and failure handling.
     pub reward: RewardSpec,
-    /// The meta-reward model: when and how the rubric is rewritten.
+    /// The meta-reward model: when and how the rubric is rewritten. With `every: never` no meta
+    /// setting is part of the run id (a fixed-rubric arm is the same run in any sweep).
     #[serde(default)]
     pub meta: MetaSpec,
     /// PPO / GRPO hyperparameters (TRL names).
@@ -50,7 +54,7 @@ pub struct Spec {
     /// Where and how the run executes.
     #[serde(default)]
     pub runtime: RuntimeSpec,
-    /// Where results are written.
+    /// Where results are written. Not part of the run id.
     #[serde(default)]
     pub output: OutputSpec,
     /// Expand this spec into many runs (an ablation grid).
@@ -201,7 +205,10 @@ fn default_levels() -> Vec<u8> {
 #[serde(deny_unknown_fields, default)]
 pub struct PolicySpec {
     /// A known model name (`mpo fetch --list`) or a path to a `.gguf` file or a Hugging Face
-    /// model directory (config.json + safetensors + tokenizer.json).
+    /// model directory (config.json + safetensors + tokenizer.json); `${VAR}` is replaced by the
+    /// environment variable's value. A path enters the run id by its files' content: a moved
+    /// folder keeps the id, replaced weights change it. `mpo check` checks a folder's config,
+    /// weight headers (tensor names, shapes, lengths) and tokenizer without loading it.
     pub model: String,
     /// Chat template file overriding the model's own (Jinja).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1133,6 +1140,13 @@ impl BackendKind {
         self.as_str()
     }
 
+    /// How to build an mpo with this backend. CUDA builds need no toolkit when
+    /// `CUDARC_CUDA_VERSION` names the driver API to bind (the node's driver is loaded at run time).
+    pub fn build_hint(self) -> String {
+        let env = if self == BackendKind::Cuda { "CUDARC_CUDA_VERSION=13000 " } else { "" };
+        format!("build with `{env}cargo build --release --features {}` (see the README's \"Backends\")", self.feature())
+    }
+
     pub fn compiled_in(self) -> bool {
         match self {
             BackendKind::Cpu => cfg!(feature = "cpu"),
@@ -1160,9 +1174,16 @@ pub struct RuntimeSpec {
     pub checkpoint_every: Every,
     /// Most sequences per forward batch: rollouts, evaluation prompts, the in-process judge's
     /// prompts and PPO's no-grad passes. Larger batches generate faster on the CPU (decoding
-    /// is bound by reading the weights) and take more memory.
+    /// is bound by reading the weights) and take more memory. Part of the run id: rows padded
+    /// to another batch's length can be summed in another order, so the floats can differ.
     #[schemars(range(min = 1, max = 4096))]
     pub rollout_batch: usize,
+    /// Memory of the device a run is meant for, in GiB (e.g. 80 for an H100): `mpo check` warns
+    /// when the plan's estimate exceeds it and names the gradient accumulation that fits. Not
+    /// part of the run id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.1))]
+    pub device_memory_gib: Option<f64>,
     /// On the CPU backend with a GGUF model stored in Q4_1 / Q8_0 blocks: products of up to 32
     /// rows that need no gradient (the decode steps of rollouts, evaluation and in-process
     /// judges) read the file's blocks instead of the f32 copy: the same weights, summed in
@@ -1186,6 +1207,7 @@ impl Default for RuntimeSpec {
             threads: None,
             checkpoint_every: Every::N(20),
             rollout_batch: 8,
+            device_memory_gib: None,
             quantized_decode: true,
         }
     }

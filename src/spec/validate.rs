@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::node::Node;
 use super::types::*;
 use crate::diag::{Diagnostic, Origin, Sources};
-use crate::model::registry::{self, ModelRef, ResolveError};
+use crate::model::registry::{self, ModelRef};
 use crate::rubric::Rubric;
 use crate::task::{self, DataError, DataSummary, Split};
 use crate::template::{self, TemplateKind};
@@ -45,6 +45,10 @@ pub struct Inputs {
     pub elo_model: Option<ModelRef>,
     /// The case file (`reward.cases`), read and parsed.
     pub cases: Option<TemplateFile>,
+    /// The policy model's architecture, when it could be read (for memory estimates).
+    pub policy_config: Option<crate::model::weights::LlamaConfig>,
+    /// Tokens of the longest training prompt, bounded from above (see `prompt_tokens`).
+    pub longest_prompt_tokens: Option<usize>,
 }
 
 struct V<'a> {
@@ -67,6 +71,12 @@ impl V<'_> {
     fn warn(&mut self, path: &str, msg: impl Into<String>, label: impl Into<String>) -> &mut Diagnostic {
         let o = self.origin(path);
         self.diags.push(Diagnostic::warning(msg).at(o).label(label));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn note(&mut self, path: &str, msg: impl Into<String>, label: impl Into<String>) -> &mut Diagnostic {
+        let o = self.origin(path);
+        self.diags.push(Diagnostic::info(msg).at(o).label(label));
         self.diags.last_mut().expect("just pushed")
     }
 
@@ -172,23 +182,33 @@ impl V<'_> {
         }
     }
 
+    /// Resolve a model reference (`${VAR}` expanded) and identify it by content: a Hugging Face
+    /// folder is checked as loading it would check it (headers only), so a broken folder fails
+    /// here and not after a job has queued.
     fn model(&mut self, field: &str, reference: &str) -> Option<ModelRef> {
         let base = self.sources.base_dir(self.tree.origin_near(field));
-        match registry::resolve(reference, &base) {
-            Ok(m) => Some(m),
+        let expanded = match expand_env(reference) {
+            Ok(e) => e,
+            Err(var) => {
+                self.error(field, format!("`{field}` names `${{{var}}}`, which is not set in this shell"), "variable not set")
+                    .help
+                    .push(format!("export {var}=/path/to/the/model/folder (it is read when the spec is checked, planned or run)"));
+                return None;
+            }
+        };
+        let resolved = match registry::resolve(&expanded, &base) {
+            Ok(m) => m,
             Err(e) => {
-                let d = self.error(field, format!("`{field}`: {e}"), "cannot resolve this model");
-                match e {
-                    ResolveError::Unknown { suggestion: Some(s), .. } => d.help.push(format!("did you mean `{s}`?")),
-                    ResolveError::Unknown { .. } => {
-                        let names: Vec<&str> = registry::KNOWN.iter().map(|k| k.name).collect();
-                        d.help.push(format!(
-                            "use a known model ({}) or a path to a .gguf file or a Hugging Face directory",
-                            names.join(", ")
-                        ));
-                    }
-                    _ => {}
-                }
+                let help = e.help();
+                self.error(field, format!("`{field}`: {e}"), "cannot resolve this model").help.push(help);
+                return None;
+            }
+        };
+        match crate::model::folder::identify(resolved) {
+            Ok((m, _)) => Some(m),
+            Err(e) => {
+                let help = e.help();
+                self.error(field, format!("`{field}`: {e}"), "not a model mpo can load").help.push(help);
                 None
             }
         }
@@ -284,6 +304,21 @@ impl V<'_> {
     }
 }
 
+/// `${NAME}` replaced by the variable's value; `Err(NAME)` for the first one not set.
+fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        let Some(j) = rest[i..].find('}') else { break };
+        let name = &rest[i + 2..i + j];
+        out.push_str(&rest[..i]);
+        out.push_str(&std::env::var(name).map_err(|_| name.to_string())?);
+        rest = &rest[i + j + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Lexically normalise a path (`a/b/../c` -> `a/c`), keeping it relative when it was.
 pub fn normalize(p: &Path) -> PathBuf {
     let mut out: Vec<Component> = Vec::new();
@@ -312,11 +347,19 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     let data_seed = spec.data_seed();
 
     // --- runtime ---------------------------------------------------------------------------
+    // A login node plans and emits jobs for a GPU it lacks: only `mpo run` needs the backend.
     if !spec.runtime.backend.compiled_in() {
         let b = spec.runtime.backend;
-        v.error("runtime.backend", format!("backend `{}` is not compiled into this mpo", b.as_str()), "not compiled in")
-            .help
-            .push(format!("rebuild with `cargo build --release --features {}`, or use `runtime.backend: cpu`", b.feature()));
+        v.note(
+            "runtime.backend",
+            format!(
+                "backend `{}` is not compiled into this mpo: it checks, plans and emits jobs, but `mpo run` needs a build with it",
+                b.as_str()
+            ),
+            "not compiled in",
+        )
+        .help
+        .push(b.build_hint());
     }
 
     // --- data ------------------------------------------------------------------------------
@@ -729,6 +772,24 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
 
     // --- ppo ---------------------------------------------------------------------------------
     let p = &spec.ppo;
+    // A run that draws each training prompt many times measures memorisation as much as the
+    // method (the paper's essay setup cycles its 160 prompts 40 times).
+    if let Some(t) = &train {
+        let n = spec.task.train.limit.map_or(t.len, |limit| t.len.min(limit)).max(1);
+        let passes = p.total_episodes as f64 / n as f64;
+        if passes > MAX_PASSES {
+            v.warn(
+                "ppo.total_episodes",
+                format!("`ppo.total_episodes` ({}) draws each of the {n} training prompts about {passes:.0} times", p.total_episodes),
+                "many passes over the prompts",
+            )
+            .help
+            .push(format!(
+                "more prompts (a larger `task.train`), or fewer episodes (at most {} for {MAX_PASSES} passes); expect held-out gains to lag training reward",
+                (MAX_PASSES * n as f64) as usize
+            ));
+        }
+    }
     // Both algorithms take the ratio against the full tempered softmax.
     let mut off = Vec::new();
     if spec.policy.top_p < 1.0 {
@@ -832,12 +893,18 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         );
     }
 
+    let mut longest_prompt = None;
     if let (Some(m), Some(t)) = (&policy_model, templates.get(&TemplateKind::Policy)) {
         let splits: Vec<(&str, &DataSource, u64, Split)> = std::iter::once(("task.train", &spec.task.train, data_seed, Split::Train))
             .chain(spec.task.test.as_ref().map(|t| ("task.test", t, spec.test_seed(), Split::Test)))
             .chain(spec.task.transfer.as_ref().map(|t| ("task.transfer", t, spec.test_seed(), Split::Test)))
             .collect();
-        prompts_fit(&mut v, spec, m, t, &splits);
+        longest_prompt = prompts_fit(&mut v, spec, m, t, &splits);
+    }
+    // The policy's config, for memory estimates (a known model's is in the registry).
+    let policy_config = policy_model.as_ref().and_then(|m| crate::model::config(m).ok().flatten());
+    if let Some(c) = &policy_config {
+        device_memory(&mut v, spec, c, longest_prompt);
     }
 
     let errors_after = diags.iter().filter(|d| d.is_error()).count();
@@ -855,8 +922,71 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         meta_model: meta_model?,
         elo_model: elo_model?,
         cases,
+        policy_config,
+        longest_prompt_tokens: longest_prompt.map(prompt_tokens),
     })
 }
+
+/// Tokens of a prompt of `bytes`, bounded from above: byte-level BPE averages 3.5-4.5 bytes a
+/// token on English, so a third of the bytes, plus the chat template's markers.
+fn prompt_tokens(bytes: usize) -> usize {
+    bytes.div_ceil(3) + 32
+}
+
+/// The shapes memory is estimated at; `None` for the prompt length when no prompt was rendered.
+pub fn memory_shapes(spec: &Spec, longest_prompt_tokens: usize, accumulation: usize) -> crate::model::memory::Shapes {
+    let p = &spec.ppo;
+    let mini = (p.batch_size / p.num_mini_batches.max(1)).max(1);
+    crate::model::memory::Shapes {
+        micro_rows: (mini / accumulation.max(1)).max(1),
+        seq: longest_prompt_tokens + p.response_length,
+        rollout_rows: spec.runtime.rollout_batch.min(p.batch_size.max(spec.eval.samples)),
+    }
+}
+
+/// The run's memory estimate against `runtime.device_memory_gib`, when one is stated.
+fn device_memory(v: &mut V, spec: &Spec, c: &crate::model::weights::LlamaConfig, longest_prompt: Option<usize>) {
+    use crate::model::memory::{estimate, gib};
+    let Some(limit) = spec.runtime.device_memory_gib else { return };
+    let limit_bytes = (limit * (1u64 << 30) as f64) as u64;
+    let prompt = longest_prompt.map(prompt_tokens).unwrap_or(0);
+    let l = &spec.policy.lora;
+    let critic = (spec.ppo.algorithm == crate::spec::Algorithm::Ppo).then_some(spec.ppo.critic);
+    let at = |acc: usize| estimate(c, l.rank, &l.targets, critic, memory_shapes(spec, prompt, acc));
+    // The estimate counts tensors, not the allocator: a measured CPU step took 22% more
+    // (`mpo bench train --batch 4 --seq 512`: 8.2 GB peak RSS against 6.7 GB estimated).
+    let needed = |acc: usize| {
+        let p = at(acc).peak();
+        p + p / 4
+    };
+    let peak = needed(spec.ppo.gradient_accumulation_steps);
+    if peak <= limit_bytes {
+        return;
+    }
+    let mini = (spec.ppo.batch_size / spec.ppo.num_mini_batches.max(1)).max(1);
+    let fits = (1..=mini).filter(|&a| mini.is_multiple_of(a)).find(|&a| needed(a) <= limit_bytes);
+    let d = v.warn(
+        "runtime.device_memory_gib",
+        format!(
+            "the run needs about {} of device memory at its micro-batch (with 25% headroom), more than the {limit} GiB stated here",
+            gib(peak)
+        ),
+        "does not fit",
+    );
+    d.help.push(match fits {
+        Some(a) => format!(
+            "set `ppo.gradient_accumulation_steps: {a}` (about {} at that micro-batch); `mpo plan` shows the breakdown",
+            gib(needed(a))
+        ),
+        None => format!(
+            "even one row per micro-batch needs about {}: shorten `ppo.response_length`, lower the LoRA rank, or use a larger device",
+            gib(needed(mini))
+        ),
+    });
+}
+
+/// Passes over the training prompts beyond which `check` warns.
+const MAX_PASSES: f64 = 4.0;
 
 /// Bytes a chat template adds around a user message (role markers, a default system prompt).
 const CHAT_OVERHEAD_BYTES: usize = 512;
@@ -867,10 +997,11 @@ const LONGEST_RECORDS: usize = 8;
 /// byte-level BPE token is at least one byte, so a prompt's bytes (plus the chat template's)
 /// bound its tokens; only when that bound is over the context are the longest prompts
 /// tokenized with the model's own tokenizer and chat template, and an error is certain.
-fn prompts_fit(v: &mut V, spec: &Spec, model: &ModelRef, t: &TemplateFile, splits: &[(&str, &DataSource, u64, Split)]) {
-    let Ok(context) = crate::model::context_length(model) else { return };
+/// Returns the longest training prompt's bytes (with the system message).
+fn prompts_fit(v: &mut V, spec: &Spec, model: &ModelRef, t: &TemplateFile, splits: &[(&str, &DataSource, u64, Split)]) -> Option<usize> {
     let response = spec.ppo.response_length;
     let system = spec.policy.system.as_deref().unwrap_or("");
+    let mut longest_train = 0;
     let mut worst: Option<(usize, String, &str, usize)> = None; // (bytes, prompt, split, record)
     for &(field, src, seed, split) in splits {
         let Ok(data) = task::load(spec.task.kind, src, seed, split) else { continue };
@@ -878,16 +1009,21 @@ fn prompts_fit(v: &mut V, spec: &Spec, model: &ModelRef, t: &TemplateFile, split
         let mut idx: Vec<usize> = (0..data.records.len()).collect();
         idx.sort_by_key(|&i| std::cmp::Reverse(text_len(&data.records[i])));
         for &i in idx.iter().take(LONGEST_RECORDS) {
-            if let Ok(p) = template::render(&t.path.display().to_string(), &t.text, &data.records[i])
-                && worst.as_ref().is_none_or(|w| p.len() > w.0)
-            {
+            let Ok(p) = template::render(&t.path.display().to_string(), &t.text, &data.records[i]) else { continue };
+            if split == Split::Train {
+                longest_train = longest_train.max(p.len());
+            }
+            if worst.as_ref().is_none_or(|w| p.len() > w.0) {
                 worst = Some((p.len(), p, field, i));
             }
         }
     }
-    let Some((bytes, prompt, field, record)) = worst else { return };
+    let (bytes, prompt, field, record) = worst?;
+    // training's backward passes see training prompts only
+    let longest = Some(longest_train + system.len());
+    let Ok(context) = crate::model::context_length(model) else { return longest };
     if bytes + system.len() + CHAT_OVERHEAD_BYTES + response <= context {
-        return;
+        return longest;
     }
     let tokens = crate::model::tokenizer(model).ok().flatten().and_then(|tok| {
         let chat_override = spec.policy.chat_template.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
@@ -926,6 +1062,7 @@ fn prompts_fit(v: &mut V, spec: &Spec, model: &ModelRef, t: &TemplateFile, split
             .push(help.into());
         }
     }
+    longest
 }
 
 /// Tokens a judge needs per rubric item for its score line (`Item name: 3`, with a little slack).

@@ -14,13 +14,59 @@ use crate::plan::Plan;
 pub struct SlurmOptions {
     pub partition: Option<String>,
     pub account: Option<String>,
+    pub qos: Option<String>,
+    pub constraint: Option<String>,
     /// Wall-time limit per task (`HH:MM:SS`).
     pub time: String,
     pub cpus_per_task: u32,
-    pub gpus_per_task: u32,
+    /// GPUs mpo itself uses (`None`: 1 when a cell's backend is a GPU, else 0).
+    pub gpus_per_task: Option<u32>,
     pub mem: Option<String>,
     /// At most this many tasks at once (`--array=0-N%M`).
     pub max_parallel: Option<usize>,
+    /// Further `#SBATCH` options, written as given (`--exclusive`, `--nodelist=a`).
+    pub sbatch: Vec<String>,
+    /// Lines run first in every task (`module load ...`, `source venv/bin/activate`).
+    pub setup: Option<String>,
+    /// Start the judges' servers inside each task with this engine.
+    pub serve: Option<Engine>,
+    /// GPUs per judge server, in the order the script lists them (one value: every server).
+    pub server_gpus: Vec<u32>,
+    /// `NAME=PATH`: serve the judge model NAME from PATH (default: the engine resolves NAME).
+    pub server_models: Vec<(String, String)>,
+    /// Minutes a task waits for its servers to answer before it gives up.
+    pub server_wait_min: u32,
+}
+
+/// An inference engine that serves a judge model over the OpenAI API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Vllm,
+    Sglang,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(
+        "`{}` holds a different plan set, which a queued array may be reading (plans are frozen at emission)",
+        path.display()
+    )]
+    Frozen { path: PathBuf },
+    #[error("{0}")]
+    Judges(String),
+}
+
+impl EmitError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            EmitError::Frozen { .. } => {
+                Some("emit into a new folder (`--out DIR`), or delete that folder once no queued task reads it".into())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What `emit` wrote.
@@ -29,6 +75,8 @@ pub struct Emitted {
     pub script: PathBuf,
     pub plans: PathBuf,
     pub cells: usize,
+    /// True when an identical `plans.json` was already there (an emission repeated).
+    pub unchanged: bool,
 }
 
 /// Quote for POSIX sh: single quotes, with embedded single quotes closed and escaped.
@@ -39,30 +87,76 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The environment variables the cells' OpenAI-compatible judges read their URLs and keys from.
-fn judge_envs(plans: &[Plan]) -> Vec<(String, String, String)> {
-    let mut out: Vec<(String, String, String)> = Vec::new();
+/// One judge model the cells talk to over HTTP, and the variables that must point at it.
+#[derive(Debug, Clone, PartialEq)]
+struct Server {
+    model: String,
+    /// (role, variable), e.g. ("reward", "MPO_JUDGE_URL").
+    readers: Vec<(String, String)>,
+}
+
+/// The servers the cells' OpenAI-compatible judges need: one per distinct model. A variable
+/// may point at only one server, so two models read through one variable are an error when
+/// mpo is to start the servers.
+fn servers(plans: &[Plan], serving: bool) -> Result<Vec<Server>, EmitError> {
+    let mut out: Vec<Server> = Vec::new();
     for p in plans {
-        let mut roles = vec![("reward", &p.spec.reward.judge)];
-        if let Some(m) = &p.spec.meta.judge {
-            roles.push(("meta", m));
+        let mut roles = vec![("reward.judge", &p.spec.reward.judge)];
+        if p.spec.meta.every != crate::spec::Every::Never
+            && let Some(m) = &p.spec.meta.judge
+        {
+            roles.push(("meta.judge", m));
         }
         for (role, j) in roles {
-            if j.backend == crate::spec::JudgeBackend::Openai {
-                let row = (role.to_string(), j.base_url_env.clone(), j.model.clone().unwrap_or_default());
-                if !out.contains(&row) {
-                    out.push(row);
-                }
+            if j.backend != crate::spec::JudgeBackend::Openai {
+                continue;
+            }
+            let model = j.model.clone().unwrap_or_default();
+            if serving && model.is_empty() {
+                return Err(EmitError::Judges(format!(
+                    "`{role}` names no model, so no server can be started for it: set `{role}.model` to the model the server should serve"
+                )));
+            }
+            let reader = (role.to_string(), j.base_url_env.clone());
+            if let Some(other) = out.iter().find(|s| s.model != model && s.readers.iter().any(|(_, v)| *v == j.base_url_env))
+                && serving
+            {
+                return Err(EmitError::Judges(format!(
+                    "`{role}` ({model}) and `{}` ({}) read their URL from the same variable `{}`, but a server serves one model: give `{role}.base_url_env` a variable of its own",
+                    other.readers[0].0, other.model, j.base_url_env
+                )));
+            }
+            match out.iter_mut().find(|s| s.model == model) {
+                Some(s) if !s.readers.contains(&reader) => s.readers.push(reader),
+                Some(_) => {}
+                None => out.push(Server { model, readers: vec![reader] }),
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Render the sbatch script.
-pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe: &Path, opts: &SlurmOptions) -> String {
+pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe: &Path, opts: &SlurmOptions) -> Result<String, EmitError> {
     let n = plans.len();
     let logs = plans_file.parent().unwrap_or(Path::new(".")).join("logs");
+    let servers = servers(plans, opts.serve.is_some())?;
+    let on_gpu = plans.iter().any(|p| p.spec.runtime.backend != crate::spec::BackendKind::Cpu);
+    let mpo_gpus = opts.gpus_per_task.unwrap_or(on_gpu as u32);
+    let server_gpus: Vec<u32> = match opts.serve {
+        None => Vec::new(),
+        Some(_) => (0..servers.len()).map(|i| opts.server_gpus.get(i).or(opts.server_gpus.last()).copied().unwrap_or(1).max(1)).collect(),
+    };
+    if opts.serve.is_some() && opts.server_gpus.len() > 1 && opts.server_gpus.len() != servers.len() {
+        return Err(EmitError::Judges(format!(
+            "--server-gpus lists {} values for {} servers ({}): give one value, or one per server",
+            opts.server_gpus.len(),
+            servers.len(),
+            servers.iter().map(|s| s.model.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let total_gpus = mpo_gpus + server_gpus.iter().sum::<u32>();
+
     let mut s = String::new();
     s.push_str("#!/usr/bin/env bash\n");
     s.push_str(&format!("# mpo sweep `{name}`: {n} cells as a Slurm job array. Written by `mpo sweep --emit slurm`.\n"));
@@ -78,53 +172,120 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
     s.push_str(&format!("#SBATCH --output={}\n", logs.join("%A_%a.out").display()));
     s.push_str(&format!("#SBATCH --time={}\n", opts.time));
     s.push_str(&format!("#SBATCH --cpus-per-task={}\n", opts.cpus_per_task.max(1)));
-    if opts.gpus_per_task > 0 {
-        s.push_str(&format!("#SBATCH --gres=gpu:{}\n", opts.gpus_per_task));
+    if total_gpus > 0 {
+        s.push_str(&format!("#SBATCH --gres=gpu:{total_gpus}\n"));
     }
-    if let Some(m) = &opts.mem {
-        s.push_str(&format!("#SBATCH --mem={m}\n"));
+    for (flag, v) in [
+        ("mem", &opts.mem),
+        ("partition", &opts.partition),
+        ("account", &opts.account),
+        ("qos", &opts.qos),
+        ("constraint", &opts.constraint),
+    ] {
+        if let Some(v) = v {
+            s.push_str(&format!("#SBATCH --{flag}={v}\n"));
+        }
     }
-    if let Some(p) = &opts.partition {
-        s.push_str(&format!("#SBATCH --partition={p}\n"));
-    }
-    if let Some(a) = &opts.account {
-        s.push_str(&format!("#SBATCH --account={a}\n"));
+    for extra in &opts.sbatch {
+        s.push_str(&format!("#SBATCH {extra}\n"));
     }
     s.push_str("#SBATCH --requeue\n");
     // SIGINT to the batch shell 5 minutes before the time limit; the shell forwards it to mpo,
     // which finishes its update, checkpoints and exits (a re-submitted task resumes).
     s.push_str("#SBATCH --signal=B:INT@300\n\n");
     s.push_str("set -euo pipefail\n");
-    s.push_str(&format!("MPO=\"${{MPO:-{}}}\"\n", exe.display()));
+    if let Some(setup) = &opts.setup {
+        s.push_str("# --- site set-up (--setup) -----------------------------------------------------------------\n");
+        s.push_str(setup.trim_end());
+        s.push_str("\n# ------------------------------------------------------------------------------------------\n");
+    }
     s.push_str(&format!("PLANS={}\n", sh_quote(&plans_file.display().to_string())));
+    s.push_str(&format!("LOGS={}\n", sh_quote(&logs.display().to_string())));
     s.push_str("# Relative paths in the plans (data, templates, results) resolve against this directory.\n");
     s.push_str(&format!("cd {}\n", sh_quote(&workdir.display().to_string())));
     s.push_str(": \"${SLURM_ARRAY_TASK_ID:?submit with sbatch, or set SLURM_ARRAY_TASK_ID to a cell index to run one cell here}\"\n");
+    s.push_str("# The binary: $MPO, else `mpo` on the node's PATH (after the set-up lines), else the one that\n");
+    s.push_str("# emitted this script, if the node sees the same path.\n");
+    s.push_str("if [ -z \"${MPO:-}\" ]; then\n");
+    s.push_str("  if command -v mpo >/dev/null 2>&1; then MPO=\"$(command -v mpo)\"\n");
+    s.push_str(&format!("  elif [ -x {q} ]; then MPO={q}\n", q = sh_quote(&exe.display().to_string())));
+    s.push_str("  else echo \"no mpo on this node: put it on PATH (e.g. in --setup lines) or export MPO=/path/to/mpo before sbatch\" >&2; exit 1\n");
+    s.push_str("  fi\nfi\n");
     s.push_str(&format!("export RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\n\n", opts.cpus_per_task.max(1)));
 
     s.push_str("# --- Judge servers ------------------------------------------------------------------------\n");
-    let envs = judge_envs(plans);
-    if envs.is_empty() {
-        s.push_str("# These cells judge with the in-process model: no server needed. To judge with a large model\n");
-        s.push_str("# instead, set `reward.judge.backend: openai` in the spec and start a server as below.\n");
-    } else {
-        s.push_str("# These cells' judges are OpenAI-compatible servers; mpo reads their URLs from:\n");
-        for (role, env, model) in &envs {
-            s.push_str(&format!("#   {role:<6} ${env}  (model {})\n", if model.is_empty() { "as served" } else { model }));
+    match opts.serve {
+        _ if servers.is_empty() => {
+            s.push_str("# These cells judge with the in-process model: no server needed.\n");
         }
-        s.push_str("# Export them before `sbatch` (a shared server; Slurm passes the environment on), or start\n");
-        s.push_str("# a server inside each task by uncommenting one of the templates below.\n");
+        None => {
+            s.push_str("# These cells' judges are OpenAI-compatible servers started elsewhere; export their URLs\n");
+            s.push_str("# before `sbatch` (Slurm passes the environment on; several URLs, comma-separated, are\n");
+            s.push_str("# load-balanced), or emit with `--serve vllm|sglang` to start them inside each task.\n");
+            for sv in &servers {
+                for (role, var) in &sv.readers {
+                    let model = if sv.model.is_empty() { "as served" } else { sv.model.as_str() };
+                    s.push_str(&format!(": \"${{{var}:?export {var}=http://HOST:PORT/v1, the server of {model} ({role})}}\"\n"));
+                }
+            }
+        }
+        Some(engine) => {
+            s.push_str("# One server per judge model, started here. Slurm lists this task's GPUs in\n");
+            s.push_str("# CUDA_VISIBLE_DEVICES: the servers take theirs first, mpo the rest.\n");
+            s.push_str(&format!(
+                "IFS=, read -r -a GPUS <<< \"${{CUDA_VISIBLE_DEVICES:-{}}}\"\n",
+                (0..total_gpus).map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+            ));
+            s.push_str(&format!(
+                "if [ \"${{#GPUS[@]}}\" -lt {total_gpus} ]; then echo \"this task needs {total_gpus} GPUs (servers {}, mpo {mpo_gpus}) and has ${{#GPUS[@]}}\" >&2; exit 1; fi\n",
+                server_gpus.iter().map(u32::to_string).collect::<Vec<_>>().join("+")
+            ));
+            s.push_str("gpus() { local IFS=,; echo \"${GPUS[*]:$1:$2}\"; }\n");
+            s.push_str("# Ports from the job id: tasks sharing a node do not collide.\n");
+            s.push_str("PORT_BASE=\"${MPO_PORT_BASE:-$((20000 + (${SLURM_JOB_ID:-$$} % 10000) * 4))}\"\n");
+            s.push_str("SERVER_PIDS=()\n");
+            s.push_str("stop_servers() { for p in \"${SERVER_PIDS[@]}\"; do kill \"$p\" 2>/dev/null || true; done; }\n");
+            s.push_str("trap stop_servers EXIT\n");
+            s.push_str(&format!(
+                "wait_ready() {{ # URL PID LOG\n  local deadline=$((SECONDS + {}))\n  until curl -sf \"$1/models\" >/dev/null 2>&1; do\n    kill -0 \"$2\" 2>/dev/null || {{ echo \"judge server at $1 exited before it answered: see $3\" >&2; exit 1; }}\n    [ \"$SECONDS\" -lt \"$deadline\" ] || {{ echo \"judge server at $1 did not answer within {} minutes: see $3\" >&2; exit 1; }}\n    sleep 5\n  done\n}}\n",
+                opts.server_wait_min.max(1) * 60,
+                opts.server_wait_min.max(1)
+            ));
+            let mut offset = 0;
+            for (i, (sv, g)) in servers.iter().zip(&server_gpus).enumerate() {
+                let path = opts.server_models.iter().find(|(n, _)| *n == sv.model).map(|(_, p)| p.as_str()).unwrap_or(&sv.model);
+                let readers: Vec<String> = sv.readers.iter().map(|(r, v)| format!("{r} via ${v}")).collect();
+                s.push_str(&format!("# server {i}: {} for {}\n", sv.model, readers.join(", ")));
+                let log = format!("\"$LOGS/server{i}_${{SLURM_JOB_ID:-$$}}.log\"");
+                let port = format!("\"$((PORT_BASE + {i}))\"");
+                let cmd = match engine {
+                    Engine::Vllm => format!(
+                        "vllm serve {} --served-model-name {} --host 127.0.0.1 --port {port} --tensor-parallel-size {g}",
+                        sh_quote(path),
+                        sh_quote(&sv.model)
+                    ),
+                    Engine::Sglang => format!(
+                        "\"${{PYTHON:-python}}\" -m sglang.launch_server --model-path {} --served-model-name {} --host 127.0.0.1 --port {port} --tp {g}",
+                        sh_quote(path),
+                        sh_quote(&sv.model)
+                    ),
+                };
+                s.push_str(&format!("CUDA_VISIBLE_DEVICES=\"$(gpus {offset} {g})\" {cmd} > {log} 2>&1 &\n"));
+                s.push_str("SERVER_PIDS+=($!)\n");
+                s.push_str(&format!("SERVER{i}=\"http://127.0.0.1:$((PORT_BASE + {i}))/v1\"\n"));
+                for (_, var) in &sv.readers {
+                    s.push_str(&format!("export {var}=\"$SERVER{i}\"\n"));
+                }
+                offset += g;
+            }
+            for i in 0..servers.len() {
+                s.push_str(&format!("wait_ready \"$SERVER{i}\" \"${{SERVER_PIDS[{i}]}}\" \"$LOGS/server{i}_${{SLURM_JOB_ID:-$$}}.log\"\n"));
+            }
+            if mpo_gpus > 0 {
+                s.push_str(&format!("export CUDA_VISIBLE_DEVICES=\"$(gpus {offset} {mpo_gpus})\"\n"));
+            }
+        }
     }
-    s.push_str("# vLLM (one node, 4 GPUs: add --gres=gpu:4 above):\n");
-    s.push_str("#   vllm serve Qwen/Qwen2.5-72B-Instruct --port 8000 --tensor-parallel-size 4 &\n");
-    s.push_str("# SGLang:\n");
-    s.push_str("#   python -m sglang.launch_server --model-path Qwen/Qwen2.5-72B-Instruct --port 8000 --tp 4 &\n");
-    s.push_str("# then wait for it and point the judges at it (several URLs, comma-separated, are load-balanced):\n");
-    s.push_str("#   JUDGE_PID=$!; trap 'kill $JUDGE_PID' EXIT\n");
-    s.push_str("#   until curl -sf http://localhost:8000/v1/models >/dev/null; do sleep 10; done\n");
-    let env_names: Vec<&str> = envs.iter().map(|(_, e, _)| e.as_str()).collect();
-    let first = env_names.first().copied().unwrap_or("OPENAI_BASE_URL");
-    s.push_str(&format!("#   export {first}=http://localhost:8000/v1\n"));
     s.push_str("# ------------------------------------------------------------------------------------------\n\n");
     s.push_str("# mpo runs in the background so this shell can forward Slurm's INT (sent before the time\n");
     s.push_str("# limit): mpo then checkpoints and stops; re-submitting resumes from that checkpoint.\n");
@@ -139,25 +300,36 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
     s.push_str("# a trapped signal ends the first wait early: wait again for mpo's own exit status\n");
     s.push_str("if kill -0 \"$MPO_PID\" 2>/dev/null; then status=0; wait \"$MPO_PID\" || status=$?; fi\n");
     s.push_str("exit \"$status\"\n");
-    s
+    Ok(s)
 }
 
-/// Write `plans.json`, `sweep.sbatch` and `logs/` under `out`.
-pub fn emit(name: &str, plans: &[Plan], out: &Path, exe: &Path, opts: &SlurmOptions) -> std::io::Result<Emitted> {
-    std::fs::create_dir_all(out.join("logs"))?;
+/// Write `plans.json`, `sweep.sbatch` and `logs/` under `out`. A `plans.json` already there
+/// is never replaced by a different one: a queued array reads it.
+pub fn emit(name: &str, plans: &[Plan], out: &Path, exe: &Path, opts: &SlurmOptions) -> Result<Emitted, EmitError> {
     let out = std::path::absolute(out)?;
     let workdir = std::env::current_dir()?;
     let plans_file = out.join("plans.json");
     let v = serde_json::json!({ "sweep": name, "runs": plans });
-    crate::fsx::write_atomic(&plans_file, (serde_json::to_string_pretty(&v).map_err(std::io::Error::other)? + "\n").as_bytes())?;
+    let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)? + "\n";
+    let script_text = script(name, plans, &plans_file, &workdir, exe, opts)?;
+    let unchanged = match std::fs::read_to_string(&plans_file) {
+        Ok(old) if old == text => true,
+        Ok(_) => return Err(EmitError::Frozen { path: plans_file }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.into()),
+    };
+    std::fs::create_dir_all(out.join("logs"))?;
+    if !unchanged {
+        crate::fsx::write_atomic(&plans_file, text.as_bytes())?;
+    }
     let script_path = out.join("sweep.sbatch");
-    crate::fsx::write_atomic(&script_path, script(name, plans, &plans_file, &workdir, exe, opts).as_bytes())?;
+    crate::fsx::write_atomic(&script_path, script_text.as_bytes())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script_path, std::fs::Permissions::from_mode(0o755))?;
     }
-    Ok(Emitted { script: script_path, plans: plans_file, cells: plans.len() })
+    Ok(Emitted { script: script_path, plans: plans_file, cells: plans.len(), unchanged })
 }
 
 #[cfg(test)]

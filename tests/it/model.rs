@@ -140,7 +140,7 @@ fn gguf_case(bytes: Vec<u8>) -> Result<(), TestCaseError> {
     thread_local!(static DIR: std::path::PathBuf = scratch("gguf"));
     let path = DIR.with(|d| d.join("m.gguf"));
     std::fs::write(&path, &bytes).unwrap();
-    let _ = load(&ModelRef::Gguf { path: path.clone() });
+    let _ = load(&ModelRef::Gguf { path: path.clone(), sha256: String::new() });
     Ok(())
 }
 
@@ -149,7 +149,7 @@ fn the_tiny_gguf_loads() {
     let d = scratch("gguf-ok");
     let p = d.join("m.gguf");
     std::fs::write(&p, tiny_gguf()).unwrap();
-    load(&ModelRef::Gguf { path: p.clone() }).unwrap();
+    load(&ModelRef::Gguf { path: p.clone(), sha256: String::new() }).unwrap();
     // named failures: no heads, heads not divisible by KV heads, a tensor offset past the end
     let edit = |key: &str, v: u64| {
         let g = mpo::model::gguf::Gguf::parse(tiny_gguf()).unwrap();
@@ -157,7 +157,7 @@ fn the_tiny_gguf_loads() {
         meta.insert(key.into(), MetaValue::U64(v));
         let tensors: Vec<_> = g.tensors.iter().map(|(n, t)| (n.clone(), t.dims.clone(), g.tensor_f32(n).unwrap().0)).collect();
         std::fs::write(&p, encode_f32(&meta, &tensors)).unwrap();
-        load(&ModelRef::Gguf { path: p.clone() }).unwrap_err()
+        load(&ModelRef::Gguf { path: p.clone(), sha256: String::new() }).unwrap_err()
     };
     assert!(edit("llama.attention.head_count", 0).contains("head_count` is 0"));
     assert!(edit("llama.attention.head_count_kv", 0).contains("0 key/value heads"));
@@ -175,7 +175,7 @@ fn the_tiny_gguf_loads() {
     let at = b.windows(name.len()).position(|w| w == name.as_bytes()).unwrap() + name.len() + 4 + 8 * info.dims.len() + 4;
     b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
     std::fs::write(&p, b).unwrap();
-    let e = load(&ModelRef::Gguf { path: p.clone() }).unwrap_err();
+    let e = load(&ModelRef::Gguf { path: p.clone(), sha256: String::new() }).unwrap_err();
     assert!(e.contains("offset"), "{e}");
 }
 
@@ -202,7 +202,7 @@ proptest! {
 }
 
 /// The tiny model as a Hugging Face directory; returns the safetensors bytes to mutate.
-fn tiny_hf_dir(d: &std::path::Path) -> Vec<u8> {
+pub(crate) fn tiny_hf_dir(d: &std::path::Path) -> Vec<u8> {
     let tok = Tok::tiny();
     let cfg = LlamaConfig::tiny(tok.vocab_size());
     let src = RandomWeights { config: cfg.clone(), seed: 7 };
@@ -239,7 +239,7 @@ fn safetensors_case(bytes: &[u8]) -> Result<(), TestCaseError> {
     });
     let d = DIR.with(|(d, _)| d.clone());
     std::fs::write(d.join("model.safetensors"), bytes).unwrap();
-    let _ = load(&ModelRef::HfDir { path: d.clone() });
+    let _ = load(&ModelRef::HfDir { path: d.clone(), sha256: String::new() });
     Ok(())
 }
 
@@ -252,13 +252,13 @@ fn tiny_safetensors() -> Vec<u8> {
 fn the_tiny_hf_dir_loads_and_bad_configs_are_named() {
     let d = scratch("hf-ok");
     std::fs::write(d.join("model.safetensors"), tiny_hf_dir(&d)).unwrap();
-    load(&ModelRef::HfDir { path: d.clone() }).unwrap();
+    load(&ModelRef::HfDir { path: d.clone(), sha256: String::new() }).unwrap();
     let set = |k: &str, v: u64| {
         let p = d.join("config.json");
         let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         c[k] = v.into();
         std::fs::write(&p, c.to_string()).unwrap();
-        let e = load(&ModelRef::HfDir { path: d.clone() }).unwrap_err();
+        let e = load(&ModelRef::HfDir { path: d.clone(), sha256: String::new() }).unwrap_err();
         c[k] = if k == "num_attention_heads" { 4.into() } else { 2.into() };
         std::fs::write(&p, c.to_string()).unwrap();
         e

@@ -184,7 +184,7 @@ fn slurm_script_passes_bash_n_and_runs_one_cell() {
     let script = out_dir.join("sweep.sbatch");
     let text = std::fs::read_to_string(&script).unwrap();
     for want in
-        ["#SBATCH --array=0-1%4", "#SBATCH --partition=gpu", "#SBATCH --requeue", "run --plan", "vllm serve", "sglang.launch_server"]
+        ["#SBATCH --array=0-1%4", "#SBATCH --partition=gpu", "#SBATCH --requeue", "run --plan", "in-process model: no server needed"]
     {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
@@ -312,5 +312,143 @@ fn a_run_measures_before_and_after_and_mpo_eval_agrees() {
     let again = mpo(&["run", spec, &root_arg, "runtime.seed=4"]);
     ok(&again);
     assert!(String::from_utf8_lossy(&again.stderr).contains("from the cache"), "{}", String::from_utf8_lossy(&again.stderr));
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+/// Two judge models (reward and meta) on servers the task starts: one server per model, each
+/// variable set to the server of its model, the task's GPUs split between the servers and mpo,
+/// the servers waited for and stopped at the end. The servers and mpo are stubs that record how
+/// they were started; the stub server answers `/v1/models` over real HTTP.
+#[test]
+fn the_slurm_script_starts_one_server_per_judge_model_and_splits_the_gpus() {
+    let r = root("servers");
+    let root_arg = format!("output.root={}", r.display());
+    let out_dir = r.join("slurm");
+    let spec = "tests/specs/valid/two_judges.yaml";
+    std::fs::create_dir_all(&r).unwrap();
+    let setup = r.join("site.sh");
+    std::fs::write(&setup, "# site set-up\nexport SITE_SETUP_RAN=1\n").unwrap();
+    let emit = |extra: &[&str], out: &Path| {
+        let mut args = vec!["sweep", spec, root_arg.as_str(), "--emit", "slurm", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        mpo(&args)
+    };
+    let serve = [
+        "--serve",
+        "vllm",
+        "--server-gpus",
+        "2,3",
+        "--gpus-per-task",
+        "1",
+        "--qos",
+        "high",
+        "--constraint",
+        "h100",
+        "--sbatch=--exclusive",
+    ];
+    let setup_arg = format!("--setup={}", setup.display());
+    let mut with_setup = serve.to_vec();
+    with_setup.push(&setup_arg);
+    ok(&emit(&with_setup, &out_dir));
+    let script = out_dir.join("sweep.sbatch");
+    let text = std::fs::read_to_string(&script).unwrap();
+    for want in
+        ["#SBATCH --gres=gpu:6", "#SBATCH --qos=high", "#SBATCH --constraint=h100", "#SBATCH --exclusive", "export SITE_SETUP_RAN=1"]
+    {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let syntax = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
+
+    let stubs = r.join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let log = r.join("stub.log");
+    let write_exe = |name: &str, body: &str| {
+        let p = stubs.join(name);
+        std::fs::write(&p, body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    write_exe(
+        "vllm",
+        "#!/usr/bin/env bash\nport=; model=; tp=\nwhile [ $# -gt 0 ]; do case \"$1\" in --port) port=$2; shift;; --served-model-name) model=$2; shift;; --tensor-parallel-size) tp=$2; shift;; esac; shift; done\n\
+         echo \"server $model port=$port tp=$tp gpus=$CUDA_VISIBLE_DEVICES\" >> \"$STUB_LOG\"\n\
+         mkdir -p \"$STUB_DIR/www-$port/v1\" && echo '{\"data\": []}' > \"$STUB_DIR/www-$port/v1/models\"\n\
+         exec python3 -m http.server \"$port\" --bind 127.0.0.1 --directory \"$STUB_DIR/www-$port\"\n",
+    );
+    let fake_mpo = write_exe(
+        "mpo-stub",
+        "#!/usr/bin/env bash\necho \"mpo $* reward=$MPO_T_REWARD_URL meta=$MPO_T_META_URL gpus=$CUDA_VISIBLE_DEVICES setup=${SITE_SETUP_RAN:-no}\" >> \"$STUB_LOG\"\n",
+    );
+    let port_base = 30000 + (std::process::id() % 5000) * 4;
+    let path = format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap());
+    let run = Command::new("bash")
+        .arg(&script)
+        .env("PATH", &path)
+        .env("MPO", &fake_mpo)
+        .env("STUB_LOG", &log)
+        .env("STUB_DIR", &stubs)
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_JOB_ID", "77")
+        .env("CUDA_VISIBLE_DEVICES", "3,4,5,6,7,8")
+        .env("MPO_PORT_BASE", port_base.to_string())
+        .output()
+        .unwrap();
+    ok(&run);
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let (p0, p1) = (port_base, port_base + 1);
+    assert!(lines.contains(&format!("server judge-32b port={p0} tp=2 gpus=3,4")), "{lines}");
+    assert!(lines.contains(&format!("server judge-72b port={p1} tp=3 gpus=5,6,7")), "{lines}");
+    assert!(
+        lines.contains(&format!("--cell 1 --quiet reward=http://127.0.0.1:{p0}/v1 meta=http://127.0.0.1:{p1}/v1 gpus=8 setup=1")),
+        "{lines}"
+    );
+    // the servers stop with the task
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for p in [p0, p1] {
+        let up = std::net::TcpStream::connect(("127.0.0.1", p as u16)).is_ok();
+        assert!(!up, "server on port {p} outlived its task");
+    }
+
+    // a repeated emission is fine; a different plan set never replaces the frozen one
+    let again = ok(&emit(&serve, &out_dir));
+    assert!(again.contains("unchanged"), "{again}");
+    let frozen = std::fs::read_to_string(out_dir.join("plans.json")).unwrap();
+    let changed = mpo(&["sweep", spec, &root_arg, "ppo.kl_coef=0.5", "--emit", "slurm", "--out", out_dir.to_str().unwrap()]);
+    assert_eq!(changed.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&changed.stderr);
+    assert!(e.contains("holds a different plan set") && e.contains("--out DIR"), "{e}");
+    assert_eq!(std::fs::read_to_string(out_dir.join("plans.json")).unwrap(), frozen);
+
+    // servers started elsewhere: the task says which variable is missing before mpo starts
+    let external = r.join("slurm-external");
+    ok(&emit(&[], &external));
+    let run = Command::new("bash")
+        .arg(external.join("sweep.sbatch"))
+        .env("MPO", &fake_mpo)
+        .env("STUB_LOG", &log)
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env_remove("MPO_T_REWARD_URL")
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("export MPO_T_REWARD_URL=http://HOST:PORT/v1, the server of judge-32b"));
+
+    // two models behind one variable cannot be served
+    let shared = mpo(&[
+        "sweep",
+        spec,
+        &root_arg,
+        "meta.judge.base_url_env=MPO_T_REWARD_URL",
+        "--emit",
+        "slurm",
+        "--serve",
+        "vllm",
+        "--out",
+        r.join("slurm-shared").to_str().unwrap(),
+    ]);
+    assert_eq!(shared.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&shared.stderr).contains("read their URL from the same variable `MPO_T_REWARD_URL`"));
     let _ = std::fs::remove_dir_all(&r);
 }

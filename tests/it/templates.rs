@@ -105,5 +105,5 @@ fn every_shipped_template_renders_through_the_context_builders() {
             rendered += 1;
         }
     }
-    assert_eq!(rendered, 27, "every file under prompt_templates/");
+    assert_eq!(rendered, 34, "every file under prompt_templates/");
 }
