@@ -146,8 +146,8 @@ pub enum Command {
         /// script expects the variables exported before `sbatch`.
         #[arg(long, value_enum)]
         serve: Option<crate::sweep::slurm::Engine>,
-        /// GPUs per judge server (tensor parallel size): one value for all, or one per server in
-        /// the order the script lists them, comma-separated.
+        /// GPUs per judge server (tensor parallel size): one value for all, or one per judge model
+        /// in the order the sweep first uses them (reward judge, then meta judge), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1")]
         server_gpus: Vec<u32>,
         /// `NAME=PATH`: serve judge model NAME from PATH (a local folder); repeatable. Default: the
@@ -845,8 +845,12 @@ fn sweep_cmd(
         let e = crate::sweep::slurm::emit(&name, &plans, &out, &exe, slurm)
             .map_err(|e| Failure::Error { help: e.help(), message: format!("emitting into {}: {e}", out.display()) })?;
         let plans_note = if e.unchanged { " (unchanged: the same plans were already there)" } else { "" };
-        println!("wrote {} ({} cells) and {}{plans_note}", e.script.display(), e.cells, e.plans.display());
-        println!("submit with: sbatch {}", e.script.display());
+        let scripts: Vec<String> = e.scripts.iter().map(|p| p.display().to_string()).collect();
+        println!("wrote {} ({} cells) and {}{plans_note}", scripts.join(", "), e.cells, e.plans.display());
+        if scripts.len() > 1 {
+            println!("one job array per set of judge servers its cells need (a fixed-rubric arm starts no meta judge)");
+        }
+        println!("submit with: {}", scripts.iter().map(|s| format!("sbatch {s}")).collect::<Vec<_>>().join(" && "));
         return Ok(Done::Ok);
     }
     if !loaded.is_sweep {

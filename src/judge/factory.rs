@@ -70,6 +70,8 @@ pub fn identity(js: &JudgeSpec, mref: Option<&ModelRef>, policy_ref: &ModelRef) 
 fn local_name(mref: &ModelRef) -> String {
     match mref {
         ModelRef::Known { name, .. } | ModelRef::Random { name } => name.clone(),
+        // by content where it is known: a moved folder keeps its cached answers
+        ModelRef::Gguf { sha256, .. } | ModelRef::HfDir { sha256, .. } if !sha256.is_empty() => format!("sha256:{sha256}"),
         ModelRef::Gguf { path, .. } | ModelRef::HfDir { path, .. } => path.display().to_string(),
     }
 }

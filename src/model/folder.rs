@@ -199,8 +199,8 @@ pub fn safetensors_header(path: &Path) -> Result<(Header, u64), FolderError> {
         end = end.max(*b);
         out.insert(name, (dtype.to_string(), shape));
     }
-    if 8 + n + end != len {
-        return Err(bad(format!("the header describes {} bytes, the file has {len}: cut off or damaged", 8 + n + end)));
+    if end.checked_add(8 + n) != Some(len) {
+        return Err(bad(format!("the header describes {} bytes, the file has {len}: cut off or damaged", end.saturating_add(8 + n))));
     }
     Ok((out, len))
 }
@@ -209,8 +209,14 @@ pub fn safetensors_header(path: &Path) -> Result<(Header, u64), FolderError> {
 /// mpo reads from it (config, tokenizer files, weights and their index), sorted by name. Where
 /// the folder lives, and files mpo never reads (README, .git), do not enter it.
 pub fn hf_dir_digest(dir: &Path) -> Result<String, FolderError> {
-    const READ: [&str; 5] =
-        ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors.index.json"];
+    const READ: [&str; 6] = [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+        "model.safetensors.index.json",
+    ];
     let mut files: Vec<PathBuf> = READ.iter().map(|n| dir.join(n)).filter(|p| p.is_file()).collect();
     match weight_files(dir) {
         Ok(w) => files.extend(w),
@@ -243,6 +249,17 @@ pub fn identify(m: ModelRef) -> Result<(ModelRef, Option<Inspected>), FolderErro
     })
 }
 
+/// For a model identified by content: `(path, planned, now)` when its files no longer have
+/// the digest the plan recorded.
+pub fn changed(m: &ModelRef) -> Result<Option<(PathBuf, String, String)>, FolderError> {
+    let (path, planned, now) = match m {
+        ModelRef::HfDir { path, sha256 } if !sha256.is_empty() => (path, sha256, hf_dir_digest(path)?),
+        ModelRef::Gguf { path, sha256 } if !sha256.is_empty() => (path, sha256, file_sha256(path)?),
+        _ => return Ok(None),
+    };
+    Ok((now != *planned).then(|| (path.clone(), planned.clone(), now)))
+}
+
 /// The sha256 of a file, from the digest cache when the file is unchanged since it was hashed.
 pub fn file_sha256(path: &Path) -> Result<String, FolderError> {
     static MEMO: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
@@ -269,8 +286,10 @@ pub fn file_sha256(path: &Path) -> Result<String, FolderError> {
                 h.update(&buf[..n]);
             }
             let d = hex(&h.finalize());
+            // A file that changed while it was hashed is not cached under its old key.
+            let unchanged = std::fs::metadata(path).is_ok_and(|m| cache_key(&abs, &m) == key);
             // A cache: a failure to write it costs the next check a re-read, nothing else.
-            if std::fs::create_dir_all(cached.parent().expect("has a parent")).is_ok() {
+            if unchanged && std::fs::create_dir_all(cached.parent().expect("has a parent")).is_ok() {
                 let _ = crate::fsx::write_atomic(&cached, d.as_bytes());
             }
             d
@@ -280,14 +299,18 @@ pub fn file_sha256(path: &Path) -> Result<String, FolderError> {
     Ok(digest)
 }
 
-/// What makes a cached digest valid: the file's path, length, modification time and inode.
+/// What makes a cached digest valid: the file's path, length, modification time, inode and
+/// change time (a rewrite that keeps the mtime, `cp -p` or `rsync -t`, still moves the ctime).
 fn cache_key(abs: &Path, meta: &std::fs::Metadata) -> String {
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(meta);
+    let (inode, ctime) = {
+        use std::os::unix::fs::MetadataExt;
+        (meta.ino(), (meta.ctime(), meta.ctime_nsec()))
+    };
     #[cfg(not(unix))]
-    let inode = 0u64;
-    let key = format!("{}\n{}\n{mtime}\n{inode}", abs.display(), meta.len());
+    let (inode, ctime) = (0u64, (0i64, 0i64));
+    let key = format!("{}\n{}\n{mtime}\n{inode}\n{ctime:?}", abs.display(), meta.len());
     hex(&Sha256::digest(key.as_bytes()))
 }
 

@@ -45,7 +45,7 @@ pub struct Memory {
 
 impl Memory {
     pub fn peak(&self) -> u64 {
-        self.base_weights + self.trained + (self.activations + self.logits).max(self.generation)
+        self.base_weights.saturating_add(self.trained).saturating_add(self.activations.saturating_add(self.logits).max(self.generation))
     }
 }
 
@@ -87,14 +87,17 @@ pub fn estimate(c: &LlamaConfig, rank: usize, targets: &[LoraTarget], critic: Op
         Some(Critic::Shared) => (d + 1, 1),
         None => (0, 1),
     };
+    // in f64: sizes come from untrusted configs and data, and `as u64` saturates
+    let [d, f, v, kv, layers, heads, rows, seq, roll, graphs] = [d, f, v, kv, layers, heads, rows, seq, roll, graphs].map(|x| x as f64);
     let tokens = rows * seq;
-    let per_token_layer = 10 * d + 2 * kv + 3 * f + 2 * heads * seq;
+    let per_token_layer = 10.0 * d + 2.0 * kv + 3.0 * f + 2.0 * heads * seq;
+    let bytes = |x: f64| (x * F32 as f64) as u64;
     Memory {
-        base_weights: base_parameters(c) * F32,
-        trained: (lora + critic_params) * 4 * F32,
-        activations: graphs * tokens * layers * per_token_layer * F32,
-        logits: 3 * tokens * v * F32,
-        generation: (roll * seq * layers * 2 * kv + 2 * roll * v) * F32,
+        base_weights: base_parameters(c).saturating_mul(F32),
+        trained: (lora + critic_params).saturating_mul(4 * F32),
+        activations: bytes(graphs * tokens * layers * per_token_layer),
+        logits: bytes(3.0 * tokens * v),
+        generation: bytes(roll * seq * layers * 2.0 * kv + 2.0 * roll * v),
     }
 }
 

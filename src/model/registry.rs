@@ -130,7 +130,8 @@ pub fn resolve(reference: &str, base_dir: &Path) -> Result<ModelRef, ResolveErro
             Err(ResolveError::NotGguf { path: p })
         };
     }
-    if looks_like_hub_id(reference) {
+    // `models/qwen` under an existing `models/` is a missing folder, not a Hub id
+    if looks_like_hub_id(reference) && !reference.split_once('/').is_some_and(|(org, _)| base_dir.join(org).is_dir()) {
         return Err(ResolveError::HubId { id: reference.to_string(), path: p });
     }
     if reference.contains(['/', '\\']) || reference.starts_with(['.', '~']) || reference.ends_with(".gguf") {
@@ -163,6 +164,8 @@ mod tests {
         assert!(matches!(resolve("Cargo.toml", Path::new(env!("CARGO_MANIFEST_DIR"))), Err(ResolveError::NotGguf { .. })));
         assert!(matches!(resolve("Qwen/Qwen2.5-1.5B-Instruct", Path::new(".")), Err(ResolveError::HubId { .. })));
         assert!(matches!(resolve("./models/qwen", Path::new(".")), Err(ResolveError::NoSuchPath { .. })));
+        // under an existing folder, `org/name` is a missing path, not a Hub id
+        assert!(matches!(resolve("src/qwen", Path::new(env!("CARGO_MANIFEST_DIR"))), Err(ResolveError::NoSuchPath { .. })));
         assert!(matches!(resolve("/no/such/model.gguf", Path::new(".")), Err(ResolveError::NoSuchPath { .. })));
     }
 }

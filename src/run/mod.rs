@@ -75,6 +75,10 @@ pub enum RunError {
     Rubric { what: String, message: String },
     #[error("{0}")]
     Backend(String),
+    #[error("model: {0}")]
+    Folder(#[from] model::folder::FolderError),
+    #[error("model {path} changed since the plan was made (content sha256 {now}, the plan's {planned})")]
+    ModelChanged { path: String, now: String, planned: String },
 }
 
 impl RunError {
@@ -85,6 +89,10 @@ impl RunError {
             RunError::Lock(e) => e.help(),
             RunError::Checkpoint(e) => e.help(),
             RunError::TemplateChanged { .. } => Some("re-plan from the spec: `mpo run SPEC` (or `mpo plan SPEC --json` again)".into()),
+            RunError::ModelChanged { .. } => Some(
+                "the files at that path are not the ones the plan (and its run id) were made with: restore them, or re-plan from the spec for a run of its own".into(),
+            ),
+            RunError::Folder(e) => Some(e.help()),
             RunError::Read { path, .. } if std::path::Path::new(path).is_relative() => {
                 Some("a plan's relative paths resolve against the directory it was made in: run from there".into())
             }
@@ -150,6 +158,13 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, RunError> {
     if !backend.compiled_in() {
         // before the run folder exists: a plan emitted on a login node fails here, not half-way
         return Err(RunError::Backend(format!("backend `{}` is not compiled into this mpo; {}", backend.as_str(), backend.build_hint())));
+    }
+    // A frozen plan (a queued Slurm array, a resume) must not continue on other weights.
+    let models = &plan.inputs.models;
+    for m in std::iter::once(&models.policy).chain(models.judge.as_ref()).chain(models.meta.as_ref()) {
+        if let Some((path, planned, now)) = model::folder::changed(m)? {
+            return Err(RunError::ModelChanged { path: path.display().to_string(), now, planned });
+        }
     }
     if !opts.restart
         && let Some(m) = dir.manifest()

@@ -957,7 +957,7 @@ fn device_memory(v: &mut V, spec: &Spec, c: &crate::model::weights::LlamaConfig,
     // (`mpo bench train --batch 4 --seq 512`: 8.2 GB peak RSS against 6.7 GB estimated).
     let needed = |acc: usize| {
         let p = at(acc).peak();
-        p + p / 4
+        p.saturating_add(p / 4)
     };
     let peak = needed(spec.ppo.gradient_accumulation_steps);
     if peak <= limit_bytes {

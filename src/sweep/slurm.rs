@@ -1,6 +1,7 @@
-//! `mpo sweep SPEC --emit slurm`: an sbatch job-array script plus the compiled cell plans.
+//! `mpo sweep SPEC --emit slurm`: sbatch job-array scripts plus the compiled cell plans.
 //!
-//! Array task i runs `mpo run --plan plans.json --cell i`. The plans are frozen at emission
+//! Array task i runs `mpo run --plan plans.json --cell CELLS[i]`; cells that need different
+//! judge servers go into separate arrays (see [`emit`]). The plans are frozen at emission
 //! (templates are re-checked against their hashes when a task starts), so editing the spec
 //! after submitting cannot silently change a queued cell. A requeued or re-submitted task
 //! lands in the same run directory (the run id) and resumes from its last checkpoint.
@@ -30,7 +31,7 @@ pub struct SlurmOptions {
     pub setup: Option<String>,
     /// Start the judges' servers inside each task with this engine.
     pub serve: Option<Engine>,
-    /// GPUs per judge server, in the order the script lists them (one value: every server).
+    /// GPUs per judge server, in the order the sweep first uses the models (one value: every server).
     pub server_gpus: Vec<u32>,
     /// `NAME=PATH`: serve the judge model NAME from PATH (default: the engine resolves NAME).
     pub server_models: Vec<(String, String)>,
@@ -72,7 +73,8 @@ impl EmitError {
 /// What `emit` wrote.
 #[derive(Debug, Clone)]
 pub struct Emitted {
-    pub script: PathBuf,
+    /// One job array per set of judge servers its cells need.
+    pub scripts: Vec<PathBuf>,
     pub plans: PathBuf,
     pub cells: usize,
     /// True when an identical `plans.json` was already there (an emission repeated).
@@ -137,34 +139,65 @@ fn servers(plans: &[Plan], serving: bool) -> Result<Vec<Server>, EmitError> {
 }
 
 /// Render the sbatch script.
-pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe: &Path, opts: &SlurmOptions) -> Result<String, EmitError> {
-    let n = plans.len();
-    let logs = plans_file.parent().unwrap_or(Path::new(".")).join("logs");
-    let servers = servers(plans, opts.serve.is_some())?;
-    let on_gpu = plans.iter().any(|p| p.spec.runtime.backend != crate::spec::BackendKind::Cpu);
-    let mpo_gpus = opts.gpus_per_task.unwrap_or(on_gpu as u32);
-    let server_gpus: Vec<u32> = match opts.serve {
-        None => Vec::new(),
-        Some(_) => (0..servers.len()).map(|i| opts.server_gpus.get(i).or(opts.server_gpus.last()).copied().unwrap_or(1).max(1)).collect(),
-    };
-    if opts.serve.is_some() && opts.server_gpus.len() > 1 && opts.server_gpus.len() != servers.len() {
+/// GPUs per judge model (`--server-gpus` in the order of the whole sweep's servers), after
+/// checking the options against the servers the sweep needs.
+fn server_gpus(all: &[Server], opts: &SlurmOptions) -> Result<Vec<(String, u32)>, EmitError> {
+    let models = || all.iter().map(|s| s.model.as_str()).collect::<Vec<_>>().join(", ");
+    if opts.serve.is_some() && opts.server_gpus.len() > 1 && opts.server_gpus.len() != all.len() {
         return Err(EmitError::Judges(format!(
             "--server-gpus lists {} values for {} servers ({}): give one value, or one per server",
             opts.server_gpus.len(),
-            servers.len(),
-            servers.iter().map(|s| s.model.as_str()).collect::<Vec<_>>().join(", ")
+            all.len(),
+            models()
         )));
     }
+    if let Some((name, _)) = opts.server_models.iter().find(|(n, _)| !all.iter().any(|s| s.model == *n)) {
+        return Err(EmitError::Judges(format!(
+            "--server-model names `{name}`, which no judge of these cells uses (they use: {})",
+            models()
+        )));
+    }
+    Ok(all
+        .iter()
+        .enumerate()
+        .map(|(i, sv)| (sv.model.clone(), opts.server_gpus.get(i).or(opts.server_gpus.last()).copied().unwrap_or(1).max(1)))
+        .collect())
+}
+
+/// Render the sbatch script of `cells` (indices into `plans`, all needing the same servers):
+/// array task i runs cell `cells[i]`.
+#[allow(clippy::too_many_arguments)]
+pub fn script(
+    name: &str,
+    plans: &[Plan],
+    cells: &[usize],
+    gpus_of: &[(String, u32)],
+    plans_file: &Path,
+    workdir: &Path,
+    exe: &Path,
+    opts: &SlurmOptions,
+) -> Result<String, EmitError> {
+    let n = cells.len();
+    let logs = plans_file.parent().unwrap_or(Path::new(".")).join("logs");
+    let mine: Vec<Plan> = cells.iter().map(|&i| plans[i].clone()).collect();
+    let servers = servers(&mine, opts.serve.is_some())?;
+    let on_gpu = mine.iter().any(|p| p.spec.runtime.backend != crate::spec::BackendKind::Cpu);
+    let mpo_gpus = opts.gpus_per_task.unwrap_or(on_gpu as u32);
+    let server_gpus: Vec<u32> = match opts.serve {
+        None => Vec::new(),
+        Some(_) => servers.iter().map(|sv| gpus_of.iter().find(|(m, _)| *m == sv.model).map_or(1, |(_, g)| *g)).collect(),
+    };
     let total_gpus = mpo_gpus + server_gpus.iter().sum::<u32>();
 
     let mut s = String::new();
     s.push_str("#!/usr/bin/env bash\n");
     s.push_str(&format!("# mpo sweep `{name}`: {n} cells as a Slurm job array. Written by `mpo sweep --emit slurm`.\n"));
-    s.push_str("# Submit: sbatch THIS_FILE. Task i runs cell i of plans.json; a requeued task resumes its\n");
-    s.push_str("# run from the last checkpoint (results are keyed by run id). Cells:\n");
-    for (i, p) in plans.iter().enumerate() {
+    s.push_str("# Submit: sbatch THIS_FILE. Array task i runs cell CELLS[i] of plans.json; a requeued task\n");
+    s.push_str("# resumes its run from the last checkpoint (results are keyed by run id). Cells:\n");
+    for (i, &c) in cells.iter().enumerate() {
+        let p = &plans[c];
         let label = p.cell.as_ref().map(|c| c.label.as_str()).unwrap_or("");
-        s.push_str(&format!("#   {i:>3}  {}  {label}\n", p.run_id));
+        s.push_str(&format!("#   task {i:>3}: cell {c:>3}  {}  {label}\n", p.run_id));
     }
     s.push_str(&format!("#SBATCH --job-name={}\n", sh_quote(&format!("mpo-{name}"))));
     let throttle = opts.max_parallel.map(|m| format!("%{m}")).unwrap_or_default();
@@ -194,16 +227,20 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
     // which finishes its update, checkpoints and exits (a re-submitted task resumes).
     s.push_str("#SBATCH --signal=B:INT@300\n\n");
     s.push_str("set -euo pipefail\n");
-    if let Some(setup) = &opts.setup {
-        s.push_str("# --- site set-up (--setup) -----------------------------------------------------------------\n");
-        s.push_str(setup.trim_end());
-        s.push_str("\n# ------------------------------------------------------------------------------------------\n");
-    }
     s.push_str(&format!("PLANS={}\n", sh_quote(&plans_file.display().to_string())));
     s.push_str(&format!("LOGS={}\n", sh_quote(&logs.display().to_string())));
     s.push_str("# Relative paths in the plans (data, templates, results) resolve against this directory.\n");
     s.push_str(&format!("cd {}\n", sh_quote(&workdir.display().to_string())));
-    s.push_str(": \"${SLURM_ARRAY_TASK_ID:?submit with sbatch, or set SLURM_ARRAY_TASK_ID to a cell index to run one cell here}\"\n");
+    if let Some(setup) = &opts.setup {
+        // site scripts (conda, modules) often read unset variables
+        s.push_str("# --- site set-up (--setup) -----------------------------------------------------------------\n");
+        s.push_str("set +u\n");
+        s.push_str(setup.trim_end());
+        s.push_str("\nset -u\n# ------------------------------------------------------------------------------------------\n");
+    }
+    s.push_str(": \"${SLURM_ARRAY_TASK_ID:?submit with sbatch, or set SLURM_ARRAY_TASK_ID to a task index to run one cell here}\"\n");
+    s.push_str(&format!("CELLS=({})\n", cells.iter().map(usize::to_string).collect::<Vec<_>>().join(" ")));
+    s.push_str("CELL=\"${CELLS[$SLURM_ARRAY_TASK_ID]:?no such task in this array}\"\n");
     s.push_str("# The binary: $MPO, else `mpo` on the node's PATH (after the set-up lines), else the one that\n");
     s.push_str("# emitted this script, if the node sees the same path.\n");
     s.push_str("if [ -z \"${MPO:-}\" ]; then\n");
@@ -242,12 +279,17 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
             ));
             s.push_str("gpus() { local IFS=,; echo \"${GPUS[*]:$1:$2}\"; }\n");
             s.push_str("# Ports from the job id: tasks sharing a node do not collide.\n");
-            s.push_str("PORT_BASE=\"${MPO_PORT_BASE:-$((20000 + (${SLURM_JOB_ID:-$$} % 10000) * 4))}\"\n");
+            let spacing = servers.len().max(4);
+            s.push_str(&format!(
+                "PORT_BASE=\"${{MPO_PORT_BASE:-$((20000 + (${{SLURM_JOB_ID:-$$}} % {}) * {spacing}))}}\"\n",
+                40000 / spacing
+            ));
             s.push_str("SERVER_PIDS=()\n");
-            s.push_str("stop_servers() { for p in \"${SERVER_PIDS[@]}\"; do kill \"$p\" 2>/dev/null || true; done; }\n");
+            s.push_str("stop_servers() { for p in ${SERVER_PIDS[@]+\"${SERVER_PIDS[@]}\"}; do kill \"$p\" 2>/dev/null || true; done; }\n");
             s.push_str("trap stop_servers EXIT\n");
             s.push_str(&format!(
-                "wait_ready() {{ # URL PID LOG\n  local deadline=$((SECONDS + {}))\n  until curl -sf \"$1/models\" >/dev/null 2>&1; do\n    kill -0 \"$2\" 2>/dev/null || {{ echo \"judge server at $1 exited before it answered: see $3\" >&2; exit 1; }}\n    [ \"$SECONDS\" -lt \"$deadline\" ] || {{ echo \"judge server at $1 did not answer within {} minutes: see $3\" >&2; exit 1; }}\n    sleep 5\n  done\n}}\n",
+                "command -v curl >/dev/null || {{ echo \"the judge servers' readiness check needs curl on this node\" >&2; exit 1; }}\n\
+                 wait_ready() {{ # URL PID LOG MODEL: answers, and with the model (not another job's server on the port)\n  local deadline=$((SECONDS + {}))\n  until curl -sf \"$1/models\" 2>/dev/null | grep -qF \"\\\"$4\\\"\"; do\n    kill -0 \"$2\" 2>/dev/null || {{ echo \"judge server at $1 exited before it answered: see $3\" >&2; exit 1; }}\n    [ \"$SECONDS\" -lt \"$deadline\" ] || {{ echo \"judge server at $1 did not answer within {} minutes: see $3\" >&2; exit 1; }}\n    sleep 5\n  done\n}}\n",
                 opts.server_wait_min.max(1) * 60,
                 opts.server_wait_min.max(1)
             ));
@@ -278,8 +320,11 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
                 }
                 offset += g;
             }
-            for i in 0..servers.len() {
-                s.push_str(&format!("wait_ready \"$SERVER{i}\" \"${{SERVER_PIDS[{i}]}}\" \"$LOGS/server{i}_${{SLURM_JOB_ID:-$$}}.log\"\n"));
+            for (i, sv) in servers.iter().enumerate() {
+                s.push_str(&format!(
+                    "wait_ready \"$SERVER{i}\" \"${{SERVER_PIDS[{i}]}}\" \"$LOGS/server{i}_${{SLURM_JOB_ID:-$$}}.log\" {}\n",
+                    sh_quote(&sv.model)
+                ));
             }
             if mpo_gpus > 0 {
                 s.push_str(&format!("export CUDA_VISIBLE_DEVICES=\"$(gpus {offset} {mpo_gpus})\"\n"));
@@ -293,7 +338,7 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
     s.push_str("# this shell gets back to its next line) is held and forwarded once it is.\n");
     s.push_str("MPO_PID=; pending=\n");
     s.push_str("trap 'if [ -n \"$MPO_PID\" ]; then kill -INT \"$MPO_PID\" 2>/dev/null; else pending=1; fi' INT TERM\n");
-    s.push_str("\"$MPO\" run --plan \"$PLANS\" --cell \"$SLURM_ARRAY_TASK_ID\" --quiet &\n");
+    s.push_str("\"$MPO\" run --plan \"$PLANS\" --cell \"$CELL\" --quiet &\n");
     s.push_str("MPO_PID=$!\n");
     s.push_str("if [ -n \"$pending\" ]; then kill -INT \"$MPO_PID\" 2>/dev/null; fi\n");
     s.push_str("status=0; wait \"$MPO_PID\" || status=$?\n");
@@ -303,17 +348,39 @@ pub fn script(name: &str, plans: &[Plan], plans_file: &Path, workdir: &Path, exe
     Ok(s)
 }
 
-/// Write `plans.json`, `sweep.sbatch` and `logs/` under `out`. A `plans.json` already there
-/// is never replaced by a different one: a queued array reads it.
+/// Write `plans.json`, the job-array scripts and `logs/` under `out`: `sweep.sbatch`, or, when
+/// cells need different judge servers (a fixed-rubric arm has no meta judge), one script per
+/// set of servers (`sweep-1.sbatch`, ...), so no task holds GPUs for a server it never asks.
+/// A `plans.json` already there is never replaced by a different one: a queued array reads it.
 pub fn emit(name: &str, plans: &[Plan], out: &Path, exe: &Path, opts: &SlurmOptions) -> Result<Emitted, EmitError> {
     let out = std::path::absolute(out)?;
     let workdir = std::env::current_dir()?;
     let plans_file = out.join("plans.json");
     let v = serde_json::json!({ "sweep": name, "runs": plans });
     let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)? + "\n";
-    let script_text = script(name, plans, &plans_file, &workdir, exe, opts)?;
+    let serving = opts.serve.is_some();
+    let gpus_of = server_gpus(&servers(plans, serving)?, opts)?;
+    let mut groups: Vec<(Vec<String>, Vec<usize>)> = Vec::new();
+    for (i, p) in plans.iter().enumerate() {
+        let models: Vec<String> = servers(std::slice::from_ref(p), serving)?.into_iter().map(|s| s.model).collect();
+        match groups.iter_mut().find(|(m, _)| *m == models) {
+            Some((_, cells)) => cells.push(i),
+            None => groups.push((models, vec![i])),
+        }
+    }
+    let mut scripts = Vec::new();
+    for (k, (_, cells)) in groups.iter().enumerate() {
+        let file = if groups.len() == 1 { "sweep.sbatch".to_string() } else { format!("sweep-{}.sbatch", k + 1) };
+        scripts.push((out.join(file), script(name, plans, cells, &gpus_of, &plans_file, &workdir, exe, opts)?));
+    }
+    // the same run ids are the same runs (paths and plan fields a newer mpo adds aside): the
+    // frozen file stays as it is
+    let run_ids = |t: &str| -> Option<Vec<String>> {
+        let v: serde_json::Value = serde_json::from_str(t).ok()?;
+        v["runs"].as_array()?.iter().map(|r| r["run_id"].as_str().map(str::to_string)).collect()
+    };
     let unchanged = match std::fs::read_to_string(&plans_file) {
-        Ok(old) if old == text => true,
+        Ok(old) if run_ids(&old).is_some() && run_ids(&old) == run_ids(&text) => true,
         Ok(_) => return Err(EmitError::Frozen { path: plans_file }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e.into()),
@@ -322,14 +389,15 @@ pub fn emit(name: &str, plans: &[Plan], out: &Path, exe: &Path, opts: &SlurmOpti
     if !unchanged {
         crate::fsx::write_atomic(&plans_file, text.as_bytes())?;
     }
-    let script_path = out.join("sweep.sbatch");
-    crate::fsx::write_atomic(&script_path, script_text.as_bytes())?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script_path, std::fs::Permissions::from_mode(0o755))?;
+    for (path, text) in &scripts {
+        crate::fsx::write_atomic(path, text.as_bytes())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        }
     }
-    Ok(Emitted { script: script_path, plans: plans_file, cells: plans.len(), unchanged })
+    Ok(Emitted { scripts: scripts.into_iter().map(|(p, _)| p).collect(), plans: plans_file, cells: plans.len(), unchanged })
 }
 
 #[cfg(test)]

@@ -378,13 +378,25 @@ fn a_model_folder_is_checked_before_a_job_is_queued_and_identified_by_its_conten
     let _ = std::fs::remove_dir_all(&moved);
     std::fs::rename(&d, &moved).unwrap();
     assert_eq!(plan::compile(&tiny_with_model(&moved.display().to_string(), &[]).runs[0]).run_id, id, "moving a folder keeps its id");
-    // replaced weights at the same path: a new id
+    // replaced weights at the same path: a new id, and a frozen plan refuses to run on them
+    let frozen = plan::compile(
+        &tiny_with_model(
+            &moved.display().to_string(),
+            &["output.root=/nonexistent/mpo-frozen".to_string()].iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .runs[0],
+    );
     let w = moved.join("model.safetensors");
     let mut bytes = std::fs::read(&w).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&w, &bytes).unwrap();
     assert_ne!(plan::compile(&tiny_with_model(&moved.display().to_string(), &[]).runs[0]).run_id, id, "new weights, new id");
+    match mpo::run::run(&frozen, &mpo::run::RunOptions { quiet: true, ..Default::default() }) {
+        Err(e @ mpo::run::RunError::ModelChanged { .. }) => assert!(e.to_string().contains("changed since the plan was made"), "{e}"),
+        other => panic!("a frozen plan ran on replaced weights: {:?}", other.map(|_| ())),
+    }
+    assert!(!Path::new("/nonexistent/mpo-frozen").exists());
 
     // each broken folder is a check error naming the file and the fix
     let error = |dir: &Path| {
@@ -557,8 +569,11 @@ fn the_papers_experiments_check_plan_and_emit_here() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{path}: {}", String::from_utf8_lossy(&o.stderr));
-        let script = std::fs::read_to_string(out.join("sweep.sbatch")).unwrap();
-        assert!(script.contains("#SBATCH --gres=gpu:7") && script.contains("--served-model-name Qwen/Qwen2.5-72B-Instruct"), "{script}");
+        // the fixed-rubric arms need the reward judge only; MPO's cells both servers
+        let fixed = std::fs::read_to_string(out.join("sweep-1.sbatch")).unwrap();
+        assert!(fixed.contains("#SBATCH --gres=gpu:3") && fixed.contains("CELLS=(0 1 2 3 4 5)") && !fixed.contains("72B"), "{fixed}");
+        let mpo_arm = std::fs::read_to_string(out.join("sweep-2.sbatch")).unwrap();
+        assert!(mpo_arm.contains("#SBATCH --gres=gpu:7") && mpo_arm.contains("--served-model-name Qwen/Qwen2.5-72B-Instruct"), "{mpo_arm}");
         std::fs::remove_dir_all(&out).unwrap();
     }
 }

@@ -340,6 +340,10 @@ fn the_slurm_script_starts_one_server_per_judge_model_and_splits_the_gpus() {
         "2,3",
         "--gpus-per-task",
         "1",
+        "--server-model",
+        "judge-72b=/models/q72",
+        "--server-wait",
+        "1",
         "--qos",
         "high",
         "--constraint",
@@ -349,9 +353,14 @@ fn the_slurm_script_starts_one_server_per_judge_model_and_splits_the_gpus() {
     let setup_arg = format!("--setup={}", setup.display());
     let mut with_setup = serve.to_vec();
     with_setup.push(&setup_arg);
-    ok(&emit(&with_setup, &out_dir));
-    let script = out_dir.join("sweep.sbatch");
+    let emitted = ok(&emit(&with_setup, &out_dir));
+    // the fixed-rubric cell asks no meta judge: its array starts (and holds GPUs for) one server
+    assert!(emitted.contains("sweep-1.sbatch") && emitted.contains("sweep-2.sbatch"), "{emitted}");
+    let fixed = std::fs::read_to_string(out_dir.join("sweep-1.sbatch")).unwrap();
+    assert!(fixed.contains("#SBATCH --gres=gpu:3") && fixed.contains("CELLS=(0)") && !fixed.contains("judge-72b"), "{fixed}");
+    let script = out_dir.join("sweep-2.sbatch");
     let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("CELLS=(1)"), "{text}");
     for want in
         ["#SBATCH --gres=gpu:6", "#SBATCH --qos=high", "#SBATCH --constraint=h100", "#SBATCH --exclusive", "export SITE_SETUP_RAN=1"]
     {
@@ -374,7 +383,7 @@ fn the_slurm_script_starts_one_server_per_judge_model_and_splits_the_gpus() {
         "vllm",
         "#!/usr/bin/env bash\nport=; model=; tp=\nwhile [ $# -gt 0 ]; do case \"$1\" in --port) port=$2; shift;; --served-model-name) model=$2; shift;; --tensor-parallel-size) tp=$2; shift;; esac; shift; done\n\
          echo \"server $model port=$port tp=$tp gpus=$CUDA_VISIBLE_DEVICES\" >> \"$STUB_LOG\"\n\
-         mkdir -p \"$STUB_DIR/www-$port/v1\" && echo '{\"data\": []}' > \"$STUB_DIR/www-$port/v1/models\"\n\
+         mkdir -p \"$STUB_DIR/www-$port/v1\" && echo \"{\\\"data\\\": [{\\\"id\\\": \\\"$model\\\"}]}\" > \"$STUB_DIR/www-$port/v1/models\"\n\
          exec python3 -m http.server \"$port\" --bind 127.0.0.1 --directory \"$STUB_DIR/www-$port\"\n",
     );
     let fake_mpo = write_exe(
@@ -389,7 +398,7 @@ fn the_slurm_script_starts_one_server_per_judge_model_and_splits_the_gpus() {
         .env("MPO", &fake_mpo)
         .env("STUB_LOG", &log)
         .env("STUB_DIR", &stubs)
-        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_ID", "0")
         .env("SLURM_JOB_ID", "77")
         .env("CUDA_VISIBLE_DEVICES", "3,4,5,6,7,8")
         .env("MPO_PORT_BASE", port_base.to_string())
@@ -400,6 +409,7 @@ fn the_slurm_script_starts_one_server_per_judge_model_and_splits_the_gpus() {
     let (p0, p1) = (port_base, port_base + 1);
     assert!(lines.contains(&format!("server judge-32b port={p0} tp=2 gpus=3,4")), "{lines}");
     assert!(lines.contains(&format!("server judge-72b port={p1} tp=3 gpus=5,6,7")), "{lines}");
+    assert!(text.contains("vllm serve /models/q72 --served-model-name judge-72b"), "{text}");
     assert!(
         lines.contains(&format!("--cell 1 --quiet reward=http://127.0.0.1:{p0}/v1 meta=http://127.0.0.1:{p1}/v1 gpus=8 setup=1")),
         "{lines}"
@@ -425,16 +435,32 @@ fn the_slurm_script_starts_one_server_per_judge_model_and_splits_the_gpus() {
     let external = r.join("slurm-external");
     ok(&emit(&[], &external));
     let run = Command::new("bash")
-        .arg(external.join("sweep.sbatch"))
+        .arg(external.join("sweep-2.sbatch"))
         .env("MPO", &fake_mpo)
         .env("STUB_LOG", &log)
-        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_ID", "0")
         .env_remove("MPO_T_REWARD_URL")
         .output()
         .unwrap();
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("export MPO_T_REWARD_URL=http://HOST:PORT/v1, the server of judge-32b"));
 
+    // a served model no judge uses is a mistake, not a silent no-op
+    let unused = mpo(&[
+        "sweep",
+        spec,
+        &root_arg,
+        "--emit",
+        "slurm",
+        "--serve",
+        "vllm",
+        "--server-model",
+        "judge-7b=/m",
+        "--out",
+        r.join("slurm-unused").to_str().unwrap(),
+    ]);
+    assert_eq!(unused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unused.stderr).contains("`judge-7b`, which no judge of these cells uses"));
     // two models behind one variable cannot be served
     let shared = mpo(&[
         "sweep",
