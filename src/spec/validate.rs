@@ -564,6 +564,15 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     }
 
     // --- reward ------------------------------------------------------------------------------
+    if spec.reward.answer == AnswerMode::Guided && matches!(spec.reward.extraction, Extraction::Json) {
+        v.error(
+            "reward.answer",
+            "`reward.answer: guided` makes the judge write `Item: score` lines, which `reward.extraction: {method: json}` cannot read",
+            "guided lines, not JSON",
+        )
+        .help
+        .push("with JSON answers write `answer: free` (the schema holds the judge to the rubric); guided answers go with `extraction: {method: regex}`".into());
+    }
     match &spec.reward.extraction {
         Extraction::Regex { pattern } => match compiled(pattern) {
             Ok(re) => {
