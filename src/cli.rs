@@ -106,57 +106,8 @@ pub enum Command {
         /// never replaced by a different plan set (a queued array reads it).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Slurm partition (`#SBATCH --partition`).
-        #[arg(long)]
-        partition: Option<String>,
-        /// Slurm account to charge (`#SBATCH --account`).
-        #[arg(long)]
-        account: Option<String>,
-        /// Quality of service (`#SBATCH --qos`).
-        #[arg(long)]
-        qos: Option<String>,
-        /// Node features the task needs, e.g. `h100` (`#SBATCH --constraint`).
-        #[arg(long)]
-        constraint: Option<String>,
-        /// Wall-time limit per cell (`HH:MM:SS`); `mpo plan` prints an estimate where a throughput
-        /// has been measured.
-        #[arg(long, default_value = "24:00:00")]
-        time: String,
-        /// CPU cores per cell (mpo's thread pool takes them all).
-        #[arg(long, default_value_t = 8)]
-        cpus_per_task: u32,
-        /// GPUs mpo itself uses per cell (default: 1 when the backend is a GPU, else 0); the
-        /// judge servers' GPUs (`--serve`) are added to the request.
-        #[arg(long)]
-        gpus_per_task: Option<u32>,
-        /// Memory per cell (`#SBATCH --mem`, e.g. `200G`).
-        #[arg(long)]
-        mem: Option<String>,
-        /// At most this many cells at once on the cluster.
-        #[arg(long)]
-        max_parallel: Option<usize>,
-        /// A further `#SBATCH` option, written as given (repeatable), e.g. `--sbatch=--exclusive`.
-        #[arg(long = "sbatch", value_name = "OPTION", allow_hyphen_values = true)]
-        sbatch: Vec<String>,
-        /// A file of shell lines every task runs first (`module load cuda`, `source env/bin/activate`).
-        #[arg(long, value_name = "FILE")]
-        setup: Option<PathBuf>,
-        /// Start the judges' OpenAI-compatible servers inside each task: one per distinct judge
-        /// model, each variable (`base_url_env`) pointed at the server of its model. Without it the
-        /// script expects the variables exported before `sbatch`.
-        #[arg(long, value_enum)]
-        serve: Option<crate::sweep::slurm::Engine>,
-        /// GPUs per judge server (tensor parallel size): one value for all, or one per judge model
-        /// in the order the sweep first uses them (reward judge, then meta judge), comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1")]
-        server_gpus: Vec<u32>,
-        /// `NAME=PATH`: serve judge model NAME from PATH (a local folder); repeatable. Default: the
-        /// engine fetches NAME itself.
-        #[arg(long, value_name = "NAME=PATH", value_parser = name_eq_path)]
-        server_model: Vec<(String, String)>,
-        /// Minutes a task waits for its judge servers to answer.
-        #[arg(long, default_value_t = 30)]
-        server_wait: u32,
+        #[command(flatten)]
+        slurm: crate::sweep::slurm::SlurmOptions,
     },
     /// Aggregate the runs under results/NAME by sweep factor: report.md, report.csv, SVG plots.
     Report {
@@ -440,14 +391,6 @@ pub enum BenchCommand {
 }
 
 /// A count that must be at least 1 (`--jobs 0` would run nothing, `--concurrency 0` deadlock).
-/// `NAME=PATH` (the name may hold `/`, as Hub ids do).
-fn name_eq_path(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), p.to_string())),
-        _ => Err(format!("expected NAME=PATH, e.g. Qwen/Qwen2.5-32B-Instruct=/models/qwen32b, found `{s}`")),
-    }
-}
-
 fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -567,50 +510,8 @@ fn dispatch(command: Command) -> Outcome {
                 }
             }
         }
-        Command::Sweep {
-            spec,
-            overrides,
-            jobs,
-            emit,
-            out,
-            partition,
-            account,
-            qos,
-            constraint,
-            time,
-            cpus_per_task,
-            gpus_per_task,
-            mem,
-            max_parallel,
-            sbatch,
-            setup,
-            serve,
-            server_gpus,
-            server_model,
-            server_wait,
-        } => {
-            let setup = match setup {
-                Some(p) => Some(std::fs::read_to_string(&p).map_err(|e| Failure::error(format!("--setup {}: {e}", p.display())))?),
-                None => None,
-            };
-            let opts = crate::sweep::slurm::SlurmOptions {
-                partition,
-                account,
-                qos,
-                constraint,
-                time,
-                cpus_per_task,
-                gpus_per_task,
-                mem,
-                max_parallel,
-                sbatch,
-                setup,
-                serve,
-                server_gpus,
-                server_models: server_model,
-                server_wait_min: server_wait,
-            };
-            sweep_cmd(&spec, &overrides, jobs, emit.is_some(), out.as_deref(), &opts)
+        Command::Sweep { spec, overrides, jobs, emit, out, slurm } => {
+            sweep_cmd(&spec, &overrides, jobs, emit.is_some(), out.as_deref(), &slurm)
         }
         Command::Report { dir, out, baseline } => {
             let w = crate::report::report(&dir, out.as_deref(), baseline.as_deref()).map_err(Failure::error)?;

@@ -98,19 +98,7 @@ impl BackendJob for TrainBench {
             self.batch, self.seq
         );
         let demo = LoraConfig { rank: 8, alpha: 16.0, targets: vec![LoraTarget::Q, LoraTarget::V] };
-        let all = LoraConfig {
-            targets: vec![
-                LoraTarget::Q,
-                LoraTarget::K,
-                LoraTarget::V,
-                LoraTarget::O,
-                LoraTarget::Gate,
-                LoraTarget::Up,
-                LoraTarget::Down,
-                LoraTarget::LmHead,
-            ],
-            ..demo.clone()
-        };
+        let all = LoraConfig { targets: LoraTarget::ALL.to_vec(), ..demo.clone() };
         let configs: Vec<(&str, LoraConfig)> = if self.torch {
             vec![("LoRA r=8 on q,v (demo)", demo.clone())]
         } else {

@@ -803,22 +803,7 @@ mod hf_dir_tests {
         let src = RandomWeights { config: cfg.clone(), seed: 7 };
         let dir = std::env::temp_dir().join(format!("mpo-hf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
-        for i in 0..cfg.num_layers {
-            for t in [
-                "input_layernorm.weight",
-                "post_attention_layernorm.weight",
-                "self_attn.q_proj.weight",
-                "self_attn.k_proj.weight",
-                "self_attn.v_proj.weight",
-                "self_attn.o_proj.weight",
-                "mlp.gate_proj.weight",
-                "mlp.up_proj.weight",
-                "mlp.down_proj.weight",
-            ] {
-                names.push(format!("model.layers.{i}.{t}"));
-            }
-        }
+        let names = cfg.tensor_names();
         // shard 1 in f32, shard 2 in bf16 (norm weights are exactly representable: compare loosely)
         let mut weight_map = serde_json::Map::new();
         for (shard, chunk) in names.chunks(names.len() / 2 + 1).enumerate() {

@@ -126,16 +126,7 @@ mod tests {
         let p = base_parameters(&qwen_1_5b());
         assert!((1_540_000_000..1_550_000_000).contains(&p), "{p}");
         // the paper's adapters: r=64 on every projection and lm_head
-        let all = [
-            LoraTarget::Q,
-            LoraTarget::K,
-            LoraTarget::V,
-            LoraTarget::O,
-            LoraTarget::Gate,
-            LoraTarget::Up,
-            LoraTarget::Down,
-            LoraTarget::LmHead,
-        ];
+        let all = LoraTarget::ALL;
         let l = lora_parameters(&qwen_1_5b(), 64, &all);
         // per layer: q 64*(1536+1536), k and v 64*(1536+256), o 64*3072, three MLP 64*(1536+8960)
         let per_layer = 64 * (3072 + 2 * 1792 + 3072 + 3 * 10496);

@@ -90,7 +90,7 @@ impl ResolveError {
                 "check the path: relative paths resolve against the directory of the spec file that names them".into()
             }
             ResolveError::HubId { id, .. } => format!(
-                "download it once (`huggingface-cli download {id} --local-dir /path/to/{}`), then name that folder, e.g. `${{MY_MODEL_DIR}}` with the variable exported",
+                "to load it in process, download it once (`huggingface-cli download {id} --local-dir /path/to/{}`) and name that folder, e.g. `${{MY_MODEL_DIR}}` with the variable exported",
                 id.rsplit('/').next().unwrap_or(id)
             ),
         }

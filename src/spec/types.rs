@@ -255,6 +255,11 @@ pub enum LoraTarget {
     LmHead,
 }
 
+impl LoraTarget {
+    /// Every module an adapter can attach to (the paper's setting).
+    pub const ALL: [LoraTarget; 8] = [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down, Self::LmHead];
+}
+
 /// LoRA settings (paper: r=64, alpha=128 on every projection and the LM head).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -272,8 +277,7 @@ pub struct LoraSpec {
 
 impl Default for LoraSpec {
     fn default() -> Self {
-        use LoraTarget::*;
-        LoraSpec { rank: 64, alpha: 128.0, targets: vec![Q, K, V, O, Gate, Up, Down, LmHead] }
+        LoraSpec { rank: 64, alpha: 128.0, targets: LoraTarget::ALL.to_vec() }
     }
 }
 

@@ -10,33 +10,72 @@ use std::path::{Path, PathBuf};
 
 use crate::plan::Plan;
 
-/// Resources and placement of the array's tasks.
-#[derive(Debug, Clone, Default)]
+/// Resources and placement of the array's tasks: the `mpo sweep --emit slurm` options.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct SlurmOptions {
+    /// Slurm partition (`#SBATCH --partition`).
+    #[arg(long)]
     pub partition: Option<String>,
+    /// Slurm account to charge (`#SBATCH --account`).
+    #[arg(long)]
     pub account: Option<String>,
+    /// Quality of service (`#SBATCH --qos`).
+    #[arg(long)]
     pub qos: Option<String>,
+    /// Node features the task needs, e.g. `h100` (`#SBATCH --constraint`).
+    #[arg(long)]
     pub constraint: Option<String>,
-    /// Wall-time limit per task (`HH:MM:SS`).
+    /// Wall-time limit per cell (`HH:MM:SS`).
+    #[arg(long, default_value = "24:00:00")]
     pub time: String,
+    /// CPU cores per cell (mpo's thread pool takes them all).
+    #[arg(long, default_value_t = 8)]
     pub cpus_per_task: u32,
-    /// GPUs mpo itself uses (`None`: 1 when a cell's backend is a GPU, else 0).
+    /// GPUs mpo itself uses per cell (default: 1 when the backend is a GPU, else 0); the judge
+    /// servers' GPUs (`--serve`) are added to the request.
+    #[arg(long)]
     pub gpus_per_task: Option<u32>,
+    /// Memory per cell (`#SBATCH --mem`, e.g. `200G`).
+    #[arg(long)]
     pub mem: Option<String>,
-    /// At most this many tasks at once (`--array=0-N%M`).
+    /// At most this many cells at once on the cluster (`--array=0-N%M`).
+    #[arg(long)]
     pub max_parallel: Option<usize>,
-    /// Further `#SBATCH` options, written as given (`--exclusive`, `--nodelist=a`).
+    /// A further `#SBATCH` option, written as given (repeatable), e.g. `--sbatch=--exclusive`.
+    #[arg(long = "sbatch", value_name = "OPTION", allow_hyphen_values = true)]
     pub sbatch: Vec<String>,
-    /// Lines run first in every task (`module load ...`, `source venv/bin/activate`).
+    /// A file of shell lines every task runs first (`module load cuda`, `source env/bin/activate`);
+    /// read when the script is written.
+    #[arg(long, value_name = "FILE", value_parser = read_file)]
     pub setup: Option<String>,
-    /// Start the judges' servers inside each task with this engine.
+    /// Start the judges' OpenAI-compatible servers inside each task: one per distinct judge
+    /// model, each variable (`base_url_env`) pointed at the server of its model. Without it the
+    /// script expects the variables exported before `sbatch`.
+    #[arg(long, value_enum)]
     pub serve: Option<Engine>,
-    /// GPUs per judge server, in the order the sweep first uses the models (one value: every server).
+    /// GPUs per judge server (tensor parallel size): one value for all, or one per judge model in
+    /// the order the sweep first uses them (reward judge, then meta judge), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
     pub server_gpus: Vec<u32>,
-    /// `NAME=PATH`: serve the judge model NAME from PATH (default: the engine resolves NAME).
+    /// `NAME=PATH`: serve judge model NAME from PATH (a local folder); repeatable. Default: the
+    /// engine fetches NAME itself.
+    #[arg(long = "server-model", value_name = "NAME=PATH", value_parser = name_eq_path)]
     pub server_models: Vec<(String, String)>,
-    /// Minutes a task waits for its servers to answer before it gives up.
+    /// Minutes a task waits for its judge servers to answer.
+    #[arg(long = "server-wait", default_value_t = 30)]
     pub server_wait_min: u32,
+}
+
+/// `NAME=PATH` (the name may hold `/`, as Hub ids do).
+fn name_eq_path(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), p.to_string())),
+        _ => Err(format!("expected NAME=PATH, e.g. Qwen/Qwen2.5-32B-Instruct=/models/qwen32b, found `{s}`")),
+    }
+}
+
+fn read_file(p: &str) -> Result<String, String> {
+    std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"))
 }
 
 /// An inference engine that serves a judge model over the OpenAI API.

@@ -206,9 +206,10 @@ pub(crate) fn tiny_hf_dir(d: &std::path::Path) -> Vec<u8> {
     let tok = Tok::tiny();
     let cfg = LlamaConfig::tiny(tok.vocab_size());
     let src = RandomWeights { config: cfg.clone(), seed: 7 };
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = tensor_names(&cfg)
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = cfg
+        .tensor_names()
         .into_iter()
-        .map(|(hf, _)| {
+        .map(|hf| {
             let (v, s) = src.require(&hf).unwrap();
             (hf, s, v.iter().flat_map(|x| x.to_le_bytes()).collect())
         })
