@@ -28,7 +28,8 @@ pub struct Cli {
 /// `mpo eval compare`.
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
-    /// Two policies on the same held-out prompts: each side's headline metric with its 95%
+    /// Two policies on the same held-out prompts: each side's headline metric (and the fixed
+    /// instrument's score, `eval.instrument`, where both were scored by one) with its 95%
     /// interval, the paired change with its interval, the better / worse prompt counts and the
     /// exact test (McNemar for 0/1 outcomes, sign-flip permutation otherwise). Prompts pair by
     /// question text; evaluations of different questions are refused. A side is a run
@@ -186,6 +187,27 @@ pub enum Command {
         /// Where the tournament is written (default: the first run's results/NAME/elo).
         #[arg(long, requires = "elo")]
         out: Option<PathBuf>,
+    },
+    /// Write a run's trained policy in a format other tools load: `peft` (adapter_config.json +
+    /// adapter_model.safetensors for `peft.PeftModel.from_pretrained` on the base model, or
+    /// vLLM's `--lora-modules`). The value head stays in the checkpoint (it is the critic's).
+    /// Written whole or not at all; an existing destination is never replaced.
+    Export {
+        /// The run directory (results/NAME/RUN_ID).
+        run: PathBuf,
+        /// Which checkpoint: an update number or `latest`.
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
+        #[arg(long, value_enum)]
+        format: crate::export::Format,
+        /// Destination folder (default: RUN/export/FORMAT-update-N).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write `mpo_logprobs.jsonl`: mpo's per-token log-probs of this many of the run's
+        /// rollouts under the exported weights, as token ids (what `scripts/peft_parity.py`
+        /// reproduces with PyTorch).
+        #[arg(long, default_value_t = 0)]
+        logprobs: usize,
     },
     /// Print the JSON Schema of the spec language (for editors).
     Schema,
@@ -607,6 +629,30 @@ fn dispatch(command: Command) -> Outcome {
                 BenchCommand::Parity { server, steps } => crate::bench::parity(server, steps),
             };
             print!("{}", r.map_err(|e| Failure::error(format!("{e:#}")))?);
+            Ok(Done::Ok)
+        }
+        Command::Export { run, checkpoint, format, out, logprobs } => {
+            let update = match checkpoint.as_str() {
+                "latest" => None,
+                n => Some(
+                    n.parse::<u32>().map_err(|_| Failure::Usage(format!("--checkpoint `{n}`: expected an update number or `latest`")))?,
+                ),
+            };
+            let e = crate::export::export(&run, update, format, out.as_deref(), logprobs)
+                .map_err(|e| Failure::Error { help: e.help(), message: e.to_string() })?;
+            println!(
+                "exported update {} of {} as {}: {} ({} tensors{})",
+                e.update,
+                run.display(),
+                format!("{format:?}").to_lowercase(),
+                e.dir.display(),
+                e.tensors,
+                if e.fixture_rows > 0 {
+                    format!(", mpo's log-probs of {} rollouts in mpo_logprobs.jsonl", e.fixture_rows)
+                } else {
+                    String::new()
+                }
+            );
             Ok(Done::Ok)
         }
         Command::Schema => {

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cli;
 pub mod diag;
 pub mod eval;
+pub mod export;
 pub mod fsx;
 mod generate_cmd;
 pub mod grammar;

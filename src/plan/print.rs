@@ -249,7 +249,23 @@ pub fn render_summary(plan: &Plan) -> String {
         list(&sc.eval_at),
         if sc.eval_at.is_empty() { "" } else { " (and the base policy before update 1)" }
     );
-    let _ = writeln!(o, "            checkpoint after update {}", list(&sc.checkpoint_at));
+    let kept = match s.output.keep_checkpoints {
+        crate::spec::Keep::All => "every one kept".to_string(),
+        crate::spec::Keep::Newest(n) => format!(
+            "the newest {n} kept{}, older ones DELETED (output.keep_checkpoints: {n}; `all` keeps every one)",
+            if sc.eval_at.is_empty() { String::new() } else { " with those at evaluated updates".to_string() }
+        ),
+    };
+    let _ = writeln!(o, "            checkpoint after update {} ({kept})", list(&sc.checkpoint_at));
+    if let Some(inst) = &s.eval.instrument {
+        let _ = writeln!(
+            o,
+            "            instrument (fixed judge and rubric, every evaluation) {}{}, rubric {}",
+            judge(&inst.judge, i.models.instrument.as_ref()),
+            if inst.training_judge { " (the training judge, knowingly)" } else { "" },
+            inst.rubric.display()
+        );
+    }
     if let Some(j) = &s.eval.elo.judge {
         let _ = writeln!(o, "            tournament judge (mpo eval --elo) {}", judge(j, i.models.elo.as_ref()));
     }

@@ -34,7 +34,94 @@ pub struct EvalSummary {
     pub headline: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// How each line's `instrument` score was computed (`eval.instrument`), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instrument: Option<InstrumentInfo>,
 }
+
+/// The fixed instrument an evaluation was scored with: what makes two evaluations' instrument
+/// scores comparable (`same_as`), and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstrumentInfo {
+    /// The judge's identity (`local:sha256:…`, `openai:MODEL`).
+    pub judge: String,
+    /// The instrument's judge is the training judge (`training_judge: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub training_judge: bool,
+    /// sha256 of the rendered rubric and of the judge template.
+    pub rubric_sha256: String,
+    pub prompt_sha256: String,
+    /// `Name (min-max)` per item.
+    pub items: Vec<String>,
+    /// How item scores became a score (`item_mean`, `range_share`).
+    pub aggregate: String,
+    /// Responses with a score; the rest failed after every retry.
+    pub scored: usize,
+    /// Judge answers asked again, and responses left unscored, by cause.
+    pub retries: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl InstrumentInfo {
+    /// Whether `other` measured with the same judge, rubric, template and aggregation.
+    pub fn same_as(&self, other: &InstrumentInfo) -> bool {
+        (&self.judge, &self.rubric_sha256, &self.prompt_sha256, &self.aggregate)
+            == (&other.judge, &other.rubric_sha256, &other.prompt_sha256, &other.aggregate)
+    }
+
+    /// One line saying how the instrument's scores were computed.
+    pub fn describe(&self) -> String {
+        format!(
+            "judge {}{}, fixed rubric sha256 {} ({} items), {}",
+            self.judge,
+            if self.training_judge { " (the training judge)" } else { "" },
+            &self.rubric_sha256[..12.min(self.rubric_sha256.len())],
+            self.items.len(),
+            self.aggregate
+        )
+    }
+}
+
+/// What a comparison pairs: each line's headline score (the task's metric) or its score by the
+/// fixed instrument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    Headline,
+    Instrument,
+}
+
+impl Measure {
+    pub fn score(self, l: &EvalLine) -> Option<f64> {
+        match self {
+            Measure::Headline => l.score,
+            Measure::Instrument => l.instrument,
+        }
+    }
+
+    /// The measures an evaluation has, headline first.
+    pub fn of(s: &EvalSummary) -> Vec<Measure> {
+        let mut v = Vec::new();
+        if s.headline.is_some() {
+            v.push(Measure::Headline);
+        }
+        if s.instrument.is_some() {
+            v.push(Measure::Instrument);
+        }
+        v
+    }
+
+    /// The metric's name in `s`.
+    pub fn name(self, s: &EvalSummary) -> Option<String> {
+        match self {
+            Measure::Headline => s.headline.clone(),
+            Measure::Instrument => s.instrument.as_ref().map(|_| INSTRUMENT_METRIC.to_string()),
+        }
+    }
+}
+
+/// The metric of `eval.instrument`: the mean score of the responses it scored.
+pub const INSTRUMENT_METRIC: &str = "instrument_score";
 
 fn default_split() -> String {
     "test".into()
@@ -50,6 +137,10 @@ pub struct EvalLine {
     /// The headline metric on this response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
+    /// The fixed instrument's score of this response (`eval.instrument`; none when its judge
+    /// failed after every retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instrument: Option<f64>,
 }
 
 /// The folder of `split`'s evaluations, relative to the run.
@@ -134,12 +225,27 @@ pub fn prompt_keys(lines: &[EvalLine]) -> Vec<String> {
         .collect()
 }
 
+/// One prompt's scores on two sides: `(key, a, b)`.
+pub type Pair = (String, f64, f64);
+
 /// Pair the headline scores of two evaluations by prompt: `(key, a, b)` per prompt. Refused
 /// (with why) when a line has no score or the two asked different questions: a comparison on
 /// different prompts is not a paired comparison.
 pub fn pair(a: &[EvalLine], b: &[EvalLine]) -> Result<Vec<(String, f64, f64)>, String> {
-    let score = |l: &EvalLine| l.score.ok_or_else(|| format!("record {} has no headline score", l.record_index));
-    let bs: BTreeMap<String, f64> = prompt_keys(b).into_iter().zip(b).map(|(k, l)| Ok((k, score(l)?))).collect::<Result<_, String>>()?;
+    pair_on(a, b, Measure::Headline).map(|(p, _)| p)
+}
+
+/// Pair two evaluations by prompt on `measure`, with the number of prompts left out. A headline
+/// score is never missing (a missing one refuses the pairing); an instrument score is missing
+/// where its judge failed, and such a prompt is left out of both sides.
+pub fn pair_on(a: &[EvalLine], b: &[EvalLine], measure: Measure) -> Result<(Vec<Pair>, usize), String> {
+    let score = |l: &EvalLine| match (measure, measure.score(l)) {
+        (_, Some(s)) => Ok(Some(s)),
+        (Measure::Instrument, None) => Ok(None),
+        (Measure::Headline, None) => Err(format!("record {} has no headline score", l.record_index)),
+    };
+    let bs: BTreeMap<String, Option<f64>> =
+        prompt_keys(b).into_iter().zip(b).map(|(k, l)| Ok((k, score(l)?))).collect::<Result<_, String>>()?;
     let ka = prompt_keys(a);
     let common = ka.iter().filter(|k| bs.contains_key(*k)).count();
     if common != ka.len() || common != bs.len() {
@@ -150,7 +256,15 @@ pub fn pair(a: &[EvalLine], b: &[EvalLine]) -> Result<Vec<(String, f64, f64)>, S
             bs.len()
         ));
     }
-    ka.into_iter().zip(a).map(|(k, l)| Ok((k.clone(), score(l)?, bs[&k]))).collect()
+    let mut pairs = Vec::new();
+    let mut left_out = 0;
+    for (k, l) in ka.into_iter().zip(a) {
+        match (score(l)?, bs[&k]) {
+            (Some(x), Some(y)) => pairs.push((k, x, y)),
+            _ => left_out += 1,
+        }
+    }
+    Ok((pairs, left_out))
 }
 
 /// Two sides measured on the same prompts: values with intervals, the paired change (B - A)
@@ -317,18 +431,37 @@ pub fn fmt_p(p: f64) -> String {
     if p >= 0.001 { format!("{p:.3}") } else { format!("{p:.2e}") }
 }
 
-/// Pair `base_label` and `trained_label` of `split` by prompt (`None` when either is missing,
-/// they measure different headlines, or were asked different questions).
-pub fn compare(dir: &RunDir, split: &str, base_label: &str, trained_label: &str) -> Option<Comparison> {
-    let (bs, bl) = dir.read_eval(split, base_label)?;
-    let (ts, tl) = dir.read_eval(split, trained_label)?;
-    if bs.headline != ts.headline {
-        return None;
+/// Pair `base_label` and `trained_label` of `split` by prompt, on the headline and on the fixed
+/// instrument (each left out when either side lacks it, they measure different headlines or
+/// instruments, or were asked different questions).
+pub fn compare(dir: &RunDir, split: &str, base_label: &str, trained_label: &str) -> Vec<Comparison> {
+    let (Some((bs, bl)), Some((ts, tl))) = (dir.read_eval(split, base_label), dir.read_eval(split, trained_label)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for m in Measure::of(&ts) {
+        let comparable = match m {
+            Measure::Headline => bs.headline == ts.headline,
+            Measure::Instrument => bs.instrument.as_ref().zip(ts.instrument.as_ref()).is_some_and(|(x, y)| x.same_as(y)),
+        };
+        let Some((pairs, left_out)) = comparable.then(|| pair_on(&bl, &tl, m).ok()).flatten() else { continue };
+        let Ok(mut c) = Comparison::new(split, &m.name(&ts).unwrap_or_default(), ("base", "trained"), &[pairs], 0) else { continue };
+        c.note = match m {
+            Measure::Headline => ts.note.clone(),
+            Measure::Instrument => Some(instrument_note(ts.instrument.as_ref(), left_out)),
+        };
+        out.push(c);
     }
-    let pairs = pair(&bl, &tl).ok()?;
-    let mut c = Comparison::new(split, ts.headline.as_deref().unwrap_or_default(), ("base", "trained"), &[pairs], 0).ok()?;
-    c.note = ts.note.clone();
-    Some(c)
+    out
+}
+
+/// How an instrument comparison was measured, and what it left out.
+pub fn instrument_note(info: Option<&InstrumentInfo>, left_out: usize) -> String {
+    let mut n = info.map(InstrumentInfo::describe).unwrap_or_default();
+    if left_out > 0 {
+        n.push_str(&format!("; {left_out} prompt(s) unscored on a side left out"));
+    }
+    n
 }
 
 #[cfg(test)]
@@ -339,7 +472,14 @@ mod tests {
         scores
             .iter()
             .enumerate()
-            .map(|(i, s)| EvalLine { record_index: i, record_id: None, question: format!("q{i}"), response: "r".into(), score: Some(*s) })
+            .map(|(i, s)| EvalLine {
+                record_index: i,
+                record_id: None,
+                question: format!("q{i}"),
+                response: "r".into(),
+                score: Some(*s),
+                instrument: None,
+            })
             .collect()
     }
 
@@ -352,6 +492,7 @@ mod tests {
             metrics: BTreeMap::from([("accuracy".to_string(), scores.iter().sum::<f64>() / scores.len() as f64)]),
             headline: Some("accuracy".into()),
             note: None,
+            instrument: None,
         };
         dir.write_eval(&summary, &lines(scores)).unwrap();
     }
@@ -379,7 +520,9 @@ mod tests {
         write(&dir, "test", "update-000006", &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
         write(&dir, "transfer", "base", &[0.0; 4]);
         assert!(dir.path("eval/transfer/base.jsonl").is_file());
-        let c = compare(&dir, "test", "base", "update-000006").unwrap();
+        let cs = compare(&dir, "test", "base", "update-000006");
+        assert_eq!(cs.len(), 1, "no instrument: the headline alone");
+        let c = &cs[0];
         assert_eq!((c.n, c.proportion, c.better, c.worse), (8, true, 5, 0));
         assert_eq!((c.a.value, c.b.value, c.change.value), (0.25, 0.875, 0.625));
         // 5 better, 0 worse of 8: the exact test says p = 0.0625, not a change at alpha 0.05
@@ -390,7 +533,7 @@ mod tests {
         assert!(text.contains("exact McNemar test: p = 0.062 >= alpha = 0.05: not distinguishable from chance"), "{text}");
         assert!(text.contains("95% Newcombe paired"), "{text}");
         // no trained transfer evaluation: nothing to compare
-        assert!(compare(&dir, "transfer", "base", "update-000006").is_none());
+        assert!(compare(&dir, "transfer", "base", "update-000006").is_empty());
         let _ = std::fs::remove_dir_all(&dir.root);
     }
 
@@ -489,5 +632,65 @@ mod tests {
         let other = pair(&lines(&a[..8]), &lines(&b[..8])).unwrap();
         let two = [pair(&lines(&a), &lines(&b)).unwrap(), other];
         assert!(Comparison::new("test", "accuracy", ("a", "b"), &two, 0).is_err());
+    }
+
+    fn info(judge: &str) -> InstrumentInfo {
+        InstrumentInfo {
+            judge: judge.into(),
+            training_judge: false,
+            rubric_sha256: "ab".repeat(32),
+            prompt_sha256: "cd".repeat(32),
+            items: vec!["Clarity (0-5)".into()],
+            aggregate: "item_mean".into(),
+            scored: 0,
+            retries: 0,
+            failures: BTreeMap::new(),
+        }
+    }
+
+    /// The instrument's scores pair by prompt; a prompt its judge could not score on either
+    /// side is left out of both and counted, and only evaluations of one instrument pair.
+    #[test]
+    fn instrument_scores_pair_by_prompt_and_only_under_one_instrument() {
+        let with = |xs: &[Option<f64>]| {
+            let mut l = lines(&vec![1.0; xs.len()]);
+            for (l, x) in l.iter_mut().zip(xs) {
+                l.instrument = *x;
+            }
+            l
+        };
+        let a = with(&[Some(0.2), Some(0.4), None, Some(0.5), Some(0.1), Some(0.3)]);
+        let b = with(&[Some(0.6), Some(0.8), Some(0.9), None, Some(0.7), Some(0.9)]);
+        let (p, left_out) = pair_on(&a, &b, Measure::Instrument).unwrap();
+        assert_eq!(left_out, 2);
+        assert_eq!(p.iter().map(|q| (q.1, q.2)).collect::<Vec<_>>(), vec![(0.2, 0.6), (0.4, 0.8), (0.1, 0.7), (0.3, 0.9)]);
+        // the headline never leaves a prompt out
+        assert_eq!(pair_on(&a, &b, Measure::Headline).unwrap().1, 0);
+
+        let tmp = std::env::temp_dir().join(format!("mpo-instrument-{}", std::process::id()));
+        let dir = RunDir { root: tmp.clone() };
+        let summary = |label: &str, judge: &str| EvalSummary {
+            run_id: "x".into(),
+            weights: label.into(),
+            split: "test".into(),
+            samples: 6,
+            metrics: BTreeMap::new(),
+            headline: Some("accuracy".into()),
+            note: None,
+            instrument: Some(info(judge)),
+        };
+        dir.write_eval(&summary("base", "openai:Qwen/Qwen2.5-72B-Instruct"), &a).unwrap();
+        dir.write_eval(&summary("update-000002", "openai:Qwen/Qwen2.5-72B-Instruct"), &b).unwrap();
+        let cs = compare(&dir, "test", "base", "update-000002");
+        assert_eq!(cs.iter().map(|c| c.metric.as_str()).collect::<Vec<_>>(), ["accuracy", INSTRUMENT_METRIC]);
+        let c = &cs[1];
+        assert_eq!((c.n, c.better, c.worse), (4, 4, 0));
+        let note = c.note.as_deref().unwrap();
+        assert!(note.contains("judge openai:Qwen/Qwen2.5-72B-Instruct") && note.contains("2 prompt(s) unscored"), "{note}");
+        // another judge is another instrument: only the headline compares
+        dir.write_eval(&summary("update-000004", "openai:gpt-4o"), &b).unwrap();
+        let cs = compare(&dir, "test", "base", "update-000004");
+        assert_eq!(cs.iter().map(|c| c.metric.as_str()).collect::<Vec<_>>(), ["accuracy"]);
+        let _ = std::fs::remove_dir_all(tmp);
     }
 }

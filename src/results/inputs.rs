@@ -231,6 +231,15 @@ fn set_path(plan: &mut Plan, name: &str, p: PathBuf) {
             "rubric" => s.reward.rubric = p,
             "judge" => s.reward.prompt = p,
             "pairwise" => s.eval.elo.prompt = Some(p),
+            "instrument_rubric" | "instrument_judge" => {
+                if let Some(i) = s.eval.instrument.as_mut() {
+                    if kind == "instrument_rubric" {
+                        i.rubric = p;
+                    } else {
+                        i.prompt = p;
+                    }
+                }
+            }
             stage => {
                 if let Some(st) = s.meta.stages.as_mut() {
                     match stage {

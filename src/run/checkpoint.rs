@@ -21,6 +21,7 @@ use crate::judge::TokenUsage;
 use crate::meta::MetaSample;
 use crate::model::adapter;
 use crate::results::RunDir;
+use crate::spec::Keep;
 
 /// What a resumed run needs besides the weights.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -105,8 +106,15 @@ pub fn dir(run: &RunDir) -> PathBuf {
     run.path("checkpoints")
 }
 
-/// Save `tr` and `state` as the checkpoint of `state.update`; keep the newest `keep`.
-pub fn save<B: AutodiffBackend>(run: &RunDir, tr: &Trainer<B>, state: &State, keep: usize) -> Result<PathBuf, CheckpointError> {
+/// Save `tr` and `state` as the checkpoint of `state.update`; then prune what `keep` does not
+/// keep (never a checkpoint of an update in `evaluated`).
+pub fn save<B: AutodiffBackend>(
+    run: &RunDir,
+    tr: &Trainer<B>,
+    state: &State,
+    keep: Keep,
+    evaluated: &[u32],
+) -> Result<PathBuf, CheckpointError> {
     let root = dir(run);
     let final_dir = root.join(name(state.update));
     let tmp = root.join(format!(".{}.tmp", name(state.update)));
@@ -136,18 +144,24 @@ pub fn save<B: AutodiffBackend>(run: &RunDir, tr: &Trainer<B>, state: &State, ke
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir).map_err(io("moving the checkpoint into place"))?;
     crate::fsx::write_atomic(&root.join("LATEST"), name(state.update).as_bytes()).map_err(io("writing LATEST"))?;
-    prune(&root, keep.max(1));
+    if let Keep::Newest(n) = keep {
+        for old in prunable(&root, n.max(1), evaluated) {
+            let _ = std::fs::remove_dir_all(root.join(old));
+        }
+    }
     Ok(final_dir)
 }
 
-fn prune(root: &Path, keep: usize) {
+/// The checkpoint folders beyond the newest `keep`, except those of `evaluated` updates.
+fn prunable(root: &Path, keep: usize, evaluated: &[u32]) -> Vec<String> {
     let mut all: Vec<String> = std::fs::read_dir(root)
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.starts_with("update-")).collect())
         .unwrap_or_default();
     all.sort();
-    while all.len() > keep {
-        let _ = std::fs::remove_dir_all(root.join(all.remove(0)));
-    }
+    let older = all.len().saturating_sub(keep);
+    all.truncate(older);
+    all.retain(|n| !n.strip_prefix("update-").and_then(|u| u.parse::<u32>().ok()).is_some_and(|u| evaluated.contains(&u)));
+    all
 }
 
 /// The checkpoint a run resumes from.
@@ -243,4 +257,23 @@ pub fn load<B: AutodiffBackend>(d: &Path, mut tr: Trainer<B>, device: &B::Device
         tr.critic = Some((c, o));
     }
     Ok(tr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a number prunes; it keeps the newest N and every checkpoint of an evaluated update.
+    #[test]
+    fn pruning_keeps_the_newest_and_the_evaluated() {
+        let root = std::env::temp_dir().join(format!("mpo-prune-{}", std::process::id()));
+        for u in 1..=8 {
+            std::fs::create_dir_all(root.join(name(u))).unwrap();
+        }
+        std::fs::create_dir_all(root.join(".update-000009.tmp")).unwrap();
+        assert_eq!(prunable(&root, 2, &[3, 6]), ["update-000001", "update-000002", "update-000004", "update-000005"]);
+        assert_eq!(prunable(&root, 8, &[]), Vec::<String>::new());
+        assert_eq!(prunable(&root, 1, &[]).len(), 7);
+        let _ = std::fs::remove_dir_all(root);
+    }
 }

@@ -9,6 +9,7 @@
 //! `mpo eval` uses the same [`Evaluator`]; its generations use the random streams of the in-run
 //! evaluation of the same weights, so both give the same responses.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -19,16 +20,21 @@ use rand::seq::SliceRandom;
 use serde_json::{Value as J, json};
 
 use super::rollout::{policy_prompt, policy_sampling};
-use super::setup::Data;
+use super::setup::{Data, plan_template};
 use super::{RunError, Runner};
+use crate::judge::factory::{self, JudgeEnv};
+use crate::judge::{Judge, TokenUsage};
 use crate::model::Llama;
 use crate::model::generate::generate;
 use crate::model::tokenizer::Tok;
 use crate::plan::Plan;
 use crate::results::RunDir;
-use crate::results::evals::{EvalLine, EvalSummary};
+use crate::results::evals::{EvalLine, EvalSummary, INSTRUMENT_METRIC, InstrumentInfo};
+use crate::reward::{self, RewardConfig, Rollout};
+use crate::rubric::Rubric;
 use crate::spec::Spec;
 use crate::spec::validate::TemplateFile;
+use crate::template::TemplateKind;
 
 /// What the evaluation phase of an update measured (no metrics when none was planned).
 pub struct EvalPhase {
@@ -52,6 +58,81 @@ pub struct Evaluator<'a> {
     pub tok: &'a Tok,
     pub template: &'a TemplateFile,
     pub chat_override: Option<&'a str>,
+    /// `eval.instrument`, when the spec names one.
+    pub instrument: Option<&'a Instrument>,
+}
+
+/// `eval.instrument` ready to score: its judge (behind the run's judge cache), its settings and
+/// its fixed rubric. A response's judge seed depends only on the split and record, so the same
+/// response is asked the same way at every evaluation, in every run.
+pub struct Instrument {
+    judge: RefCell<Box<dyn Judge>>,
+    cfg: RewardConfig,
+    rubric: Rubric,
+    info: InstrumentInfo,
+}
+
+impl Instrument {
+    /// The plan's instrument, built from `env` (`None` when the spec names none).
+    pub fn build<B: Backend>(plan: &Plan, env: &JudgeEnv<'_, B>) -> Result<Option<Instrument>, RunError> {
+        let spec = &plan.spec;
+        let Some(is) = &spec.eval.instrument else { return Ok(None) };
+        let rubric_t = plan_template(plan, TemplateKind::InstrumentRubric)?;
+        let prompt_t = plan_template(plan, TemplateKind::InstrumentJudge)?;
+        let ctx = crate::template::context::RubricContext { task: spec.task.kind.as_str() };
+        let text = crate::template::render(&rubric_t.path.display().to_string(), &rubric_t.text, &ctx)?;
+        let rubric = Rubric::parse(&text).map_err(|e| RunError::Rubric { what: "the instrument rubric".into(), message: e.to_string() })?;
+        let reward = is.as_reward(spec.reward.failure.retry_temperature);
+        let cfg = RewardConfig::new(reward, spec.task.kind.as_str(), prompt_t.text.clone(), prompt_t.path.display().to_string())?;
+        let judge = factory::build::<B>("instrument", &is.judge, plan.inputs.models.instrument.as_ref(), env)?;
+        let info = InstrumentInfo {
+            judge: judge.identity(),
+            training_judge: is.training_judge,
+            rubric_sha256: crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(rubric.to_markdown().as_bytes())),
+            prompt_sha256: prompt_t.sha256.clone(),
+            items: rubric.items.iter().map(|i| format!("{} ({}-{})", i.name, i.min, i.max)).collect(),
+            aggregate: serde_json::to_value(is.aggregate).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            scored: 0,
+            retries: 0,
+            failures: BTreeMap::new(),
+        };
+        Ok(Some(Instrument { judge: RefCell::new(judge), cfg, rubric, info }))
+    }
+
+    /// The judge's identity, for the manifest.
+    pub fn identity(&self) -> String {
+        self.info.judge.clone()
+    }
+
+    /// Score `responses` to the prompts of `records` (by record index `idx`) of `split`: one
+    /// score per response (`None`: unusable after every retry), and how it went.
+    fn score(
+        &self,
+        seed: u64,
+        split: &str,
+        idx: &[usize],
+        questions: &[String],
+        responses: &[String],
+        records: &[J],
+    ) -> Result<(Vec<Option<f64>>, InstrumentInfo), RunError> {
+        let rollouts: Vec<Rollout> = idx
+            .iter()
+            .zip(questions.iter().zip(responses))
+            .map(|(&i, (q, r))| Rollout {
+                id: format!("instrument/{split}/r{i:06}"),
+                question: q.clone(),
+                response: r.clone(),
+                record: &records[i],
+            })
+            .collect();
+        let mut usage = TokenUsage::default();
+        let scored = reward::score_batch(self.judge.borrow_mut().as_mut(), &self.cfg, &self.rubric, &rollouts, seed, 0, &mut usage)?;
+        let mut info = self.info.clone();
+        info.scored = scored.iter().filter(|s| s.judge_reward.is_some() && s.failure.is_none()).count();
+        info.retries = scored.iter().map(|s| s.judge_answers.len().saturating_sub(1) as u64).sum();
+        info.failures = reward::failure_counts(&scored);
+        Ok((scored.iter().map(|s| s.failure.is_none().then_some(s.judge_reward).flatten()).collect(), info))
+    }
 }
 
 impl Evaluator<'_> {
@@ -91,8 +172,21 @@ impl Evaluator<'_> {
             responses.extend(generate(policy, self.tok, &ids, &s, adapter, &mut rng)?.into_iter().map(|g| g.text));
         }
         let recs: Vec<J> = idx.iter().map(|&i| records[i].clone()).collect();
-        let e = crate::task::metrics::evaluate(spec.task.kind, &recs, &responses, &spec.reward.verifiers);
+        let mut e = crate::task::metrics::evaluate(spec.task.kind, &recs, &responses, &spec.reward.verifiers);
         let scores = e.headline.as_ref().map(|(_, s)| s.clone());
+        let questions: Vec<String> = prompts.iter().map(|p| p.0.clone()).collect();
+        let (instrument, instrument_info) = match self.instrument {
+            Some(inst) => {
+                let (v, info) = inst.score(seed, split, &idx, &questions, &responses, records)?;
+                let got: Vec<f64> = v.iter().flatten().copied().collect();
+                if !got.is_empty() {
+                    e.metrics.insert(INSTRUMENT_METRIC.into(), got.iter().sum::<f64>() / got.len() as f64);
+                }
+                e.metrics.insert("instrument_failures".into(), (v.len() - got.len()) as f64);
+                (v, Some(info))
+            }
+            None => (vec![None; idx.len()], None),
+        };
         let lines: Vec<EvalLine> = idx
             .iter()
             .zip(&prompts)
@@ -104,6 +198,7 @@ impl Evaluator<'_> {
                 question: p.0.clone(),
                 response: r.clone(),
                 score: scores.as_ref().map(|s| s[k]),
+                instrument: instrument[k],
             })
             .collect();
         let summary = EvalSummary {
@@ -115,6 +210,7 @@ impl Evaluator<'_> {
             headline: e.headline.map(|(name, _)| name),
             note: (spec.task.kind == crate::spec::TaskKind::Math)
                 .then(|| crate::task::metrics::math_check_note(&spec.reward.verifiers).to_string()),
+            instrument: instrument_info,
         };
         dir.write_eval(&summary, &lines)?;
         Ok(summary)
@@ -147,7 +243,13 @@ pub fn maybe_evaluate<B: AutodiffBackend>(r: &Runner<'_, B>, data: &Data, update
     r.progress.stage(&format!("update {update}: evaluating"));
     let t0 = Instant::now();
     let policy = r.tr.policy.valid();
-    let ev = Evaluator { plan: r.plan, tok: &r.tok, template: &r.policy_template, chat_override: r.chat_template.as_deref() };
+    let ev = Evaluator {
+        plan: r.plan,
+        tok: &r.tok,
+        template: &r.policy_template,
+        chat_override: r.chat_template.as_deref(),
+        instrument: r.instrument.as_ref(),
+    };
     let mut metrics = BTreeMap::new();
     for (split, records) in splits(data) {
         let s = ev.run(&policy, true, split, records, update, &format!("update-{update:06}"), r.dir)?;
@@ -163,7 +265,13 @@ pub fn evaluate_base<B: AutodiffBackend>(r: &Runner<'_, B>, data: &Data) -> Resu
         return Ok(());
     }
     let policy = r.tr.policy.valid();
-    let ev = Evaluator { plan: r.plan, tok: &r.tok, template: &r.policy_template, chat_override: r.chat_template.as_deref() };
+    let ev = Evaluator {
+        plan: r.plan,
+        tok: &r.tok,
+        template: &r.policy_template,
+        chat_override: r.chat_template.as_deref(),
+        instrument: r.instrument.as_ref(),
+    };
     for (split, records) in splits(data) {
         if r.dir.read_eval(split, "base").is_some() {
             continue;
@@ -208,6 +316,15 @@ pub fn base_cache(plan: &Plan, split: &str) -> RunDir {
         // the decode arithmetic: a cache measured with the other one is another instrument
         "quantized_decode": s.runtime.quantized_decode,
         "verifiers": s.reward.verifiers,
+        // the instrument's settings, its files by content, its in-process model
+        "instrument": s.eval.instrument.as_ref().map(|i| json!({
+            "judge": i.judge,
+            "reading": [serde_json::to_value(&i.extraction).ok(), serde_json::to_value(i.answer).ok(), serde_json::to_value(i.aggregate).ok()],
+            "retries": [i.retries, s.reward.failure.retry_temperature.to_bits()],
+            "rubric": plan.inputs.templates.get(TemplateKind::InstrumentRubric.as_str()).map(|t| &t.sha256),
+            "prompt": plan.inputs.templates.get(TemplateKind::InstrumentJudge.as_str()).map(|t| &t.sha256),
+            "model": plan.inputs.models.instrument,
+        })),
     });
     let hash = crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(crate::plan::canonical_json(&key).as_bytes()));
     RunDir { root: s.output.root.join(".base-eval").join(&hash[..16]) }

@@ -288,7 +288,7 @@ fn execute<B: AutodiffBackend>(
         let stopping = stop.load(Ordering::SeqCst) || opts.stop_after.is_some_and(|n| update - first_here + 1 >= n);
         if plan.schedule.checkpoint_at.contains(&update) || (stopping && checkpointed_at != update) {
             r.progress.stage(&format!("update {update}: checkpoint"));
-            checkpoint::save(dir, &r.tr, &r.state, plan.spec.output.keep_checkpoints)?;
+            checkpoint::save(dir, &r.tr, &r.state, plan.spec.output.keep_checkpoints, &plan.schedule.eval_at)?;
             checkpointed_at = update;
         }
         if stopping && update < updates {
@@ -307,7 +307,7 @@ pub fn before_after(plan: &Plan, dir: &RunDir) -> Vec<String> {
     let Some(last) = plan.schedule.eval_at.last() else { return Vec::new() };
     results::evals::SPLITS
         .iter()
-        .filter_map(|split| results::evals::compare(dir, split, "base", &format!("update-{last:06}")))
+        .flat_map(|split| results::evals::compare(dir, split, "base", &format!("update-{last:06}")))
         .flat_map(|c| c.lines())
         .collect()
 }

@@ -58,6 +58,8 @@ pub struct Runner<'p, B: AutodiffBackend> {
     pub data_seed: u64,
     /// `meta.gate`: the cases a merged rubric must do no worse on than the rubric in force.
     pub gate: Option<crate::rubric_test::Gate>,
+    /// `eval.instrument`, built when the run evaluates.
+    pub instrument: Option<super::eval::Instrument>,
 }
 
 /// The task's records.
@@ -118,6 +120,11 @@ pub fn start<'p, B: AutodiffBackend>(
         }
         _ => None,
     };
+    // the instrument's model is loaded only when this run evaluates
+    let instrument = if plan.schedule.eval_at.is_empty() { None } else { super::eval::Instrument::build::<B::InnerBackend>(plan, &env)? };
+    if let Some(i) = &instrument {
+        manifest.judges.insert("instrument".into(), i.identity());
+    }
     manifest.judges.insert("reward".into(), reward_judge.identity());
     if let Some(j) = &meta_judge {
         manifest.judges.insert("meta".into(), j.identity());
@@ -174,6 +181,7 @@ pub fn start<'p, B: AutodiffBackend>(
         state,
         data_seed,
         gate,
+        instrument,
     };
     Ok((runner, Data { train, test, transfer }))
 }

@@ -737,6 +737,56 @@ impl JsonSchema for Every {
     }
 }
 
+/// Which checkpoints a run keeps (`output.keep_checkpoints`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keep {
+    #[default]
+    All,
+    /// The newest N (and those at planned evaluations).
+    Newest(usize),
+}
+
+impl Serialize for Keep {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Keep::All => s.serialize_str("all"),
+            Keep::Newest(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(0) => Err(serde::de::Error::custom("`keep_checkpoints` must be at least 1 (or `all`)")),
+            Raw::N(n) => Ok(Keep::Newest(n as usize)),
+            Raw::S(s) if s == "all" => Ok(Keep::All),
+            Raw::S(s) => Err(serde::de::Error::custom(format!("expected an integer >= 1 or `all`, found `{s}`"))),
+        }
+    }
+}
+
+impl JsonSchema for Keep {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Keep".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`all`, or the newest N checkpoints (an integer >= 1) and those at planned evaluations.",
+            "anyOf": [
+                { "type": "integer", "minimum": 1 },
+                { "const": "all" }
+            ]
+        })
+    }
+}
+
 /// The meta-reward model ("senior instructor"): every `every` updates it reads recent rollouts
 /// with their scores and rationales and rewrites the rubric (analyze -> refine -> merge).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1076,11 +1126,78 @@ pub struct EvalSpec {
     pub seed: u64,
     /// Pairwise tournaments between runs (`mpo eval --elo`): judge, matches, rating.
     pub elo: EloSpec,
+    /// A fixed instrument for tasks without a verifier (essays; summarization beside ROUGE):
+    /// every evaluation's responses are also scored by this judge under this rubric, neither
+    /// of which training ever changes, so the arms of a sweep (MPO and fixed-rubric PPO) are
+    /// measured with one instrument, during training and by `mpo eval`. Its metric is
+    /// `instrument_score`: the mean over prompts of each response's score aggregated by
+    /// `aggregate` (a share in [0, 1]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instrument: Option<InstrumentSpec>,
 }
 
 impl Default for EvalSpec {
     fn default() -> Self {
-        EvalSpec { every: Every::Never, samples: 64, temperature: 0.0, seed: 0, elo: EloSpec::default() }
+        EvalSpec { every: Every::Never, samples: 64, temperature: 0.0, seed: 0, elo: EloSpec::default(), instrument: None }
+    }
+}
+
+/// `eval.instrument`: a judge, rubric and prompt that score held-out responses and are never
+/// rewritten. The judge must not be the training judge (`reward.judge`), which the policies
+/// were optimised against and so favours them, unless `training_judge: true` says it knowingly
+/// (then every summary says so).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstrumentSpec {
+    /// The instrument's judge, best a stronger model than `reward.judge`.
+    pub judge: JudgeSpec,
+    /// The fixed rubric (markdown, as `reward.rubric`); the expert rubrics
+    /// `prompt_templates/<task>/rubric_expert.md` are written for this.
+    pub rubric: PathBuf,
+    /// Judge prompt template (the context of `reward.prompt`).
+    pub prompt: PathBuf,
+    /// How item scores are read from the judge's answer (as `reward.extraction`).
+    #[serde(default)]
+    pub extraction: Extraction,
+    /// How the judge answers (as `reward.answer`).
+    #[serde(default)]
+    pub answer: AnswerMode,
+    /// How item scores become one score (as `reward.aggregate`; `sum` is refused: the score
+    /// must be a share to be compared and averaged).
+    #[serde(default)]
+    pub aggregate: Aggregate,
+    /// Times an unusable answer is asked again (at `reward.failure.retry_temperature`); a
+    /// response still unscored after them has no instrument score and is counted in
+    /// `instrument_failures`.
+    #[serde(default = "default_instrument_retries")]
+    #[schemars(range(max = 10))]
+    pub retries: u32,
+    /// Allow the training judge's model as the instrument (printed beside every score).
+    #[serde(default)]
+    pub training_judge: bool,
+}
+
+fn default_instrument_retries() -> u32 {
+    2
+}
+
+impl InstrumentSpec {
+    /// The reward settings the instrument scores with: its judge, rubric, prompt and reading;
+    /// the judge alone (no verifiers); an answer unusable after `retries` leaves the response
+    /// unscored (`skip`), never a number.
+    pub fn as_reward(&self, retry_temperature: f64) -> RewardSpec {
+        RewardSpec {
+            judge: self.judge.clone(),
+            rubric: self.rubric.clone(),
+            prompt: self.prompt.clone(),
+            extraction: self.extraction.clone(),
+            answer: self.answer,
+            aggregate: self.aggregate,
+            failure: FailureSpec { retries: self.retries, policy: FailurePolicy::Skip, retry_temperature },
+            verifiers: Vec::new(),
+            mix: MixSpec::Weighted { judge_weight: 1.0, verifier_weight: 0.0 },
+            cases: None,
+        }
     }
 }
 
@@ -1224,16 +1341,17 @@ pub struct OutputSpec {
     /// Results root. Written in a spec, relative to that file; by default `results` in the
     /// directory mpo runs in. Does not change the plan's hash.
     pub root: PathBuf,
-    /// Checkpoints kept (older ones are deleted; the last is always kept).
-    #[schemars(range(min = 1))]
-    pub keep_checkpoints: usize,
+    /// Checkpoints kept: `all` (the default: nothing a run writes is deleted, and `mpo eval
+    /// --checkpoint` and `mpo export` reach every one), or N: the newest N and every checkpoint
+    /// at a planned evaluation; older ones are then deleted (`mpo plan` says which survive).
+    pub keep_checkpoints: Keep,
     /// Write every rollout (prompt, response, judge transcript, score) to `samples/`.
     pub samples: bool,
 }
 
 impl Default for OutputSpec {
     fn default() -> Self {
-        OutputSpec { root: PathBuf::from("results"), keep_checkpoints: 2, samples: true }
+        OutputSpec { root: PathBuf::from("results"), keep_checkpoints: Keep::All, samples: true }
     }
 }
 

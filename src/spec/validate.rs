@@ -43,6 +43,8 @@ pub struct Inputs {
     pub meta_model: Option<ModelRef>,
     /// The in-process model of `eval.elo.judge`, when it has one.
     pub elo_model: Option<ModelRef>,
+    /// The in-process model of `eval.instrument.judge`, when it has one.
+    pub instrument_model: Option<ModelRef>,
     /// The case file (`reward.cases`), read and parsed.
     pub cases: Option<TemplateFile>,
     /// The policy model's architecture, when it could be read (for memory estimates).
@@ -460,16 +462,37 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     if let Some(p) = &spec.eval.elo.prompt {
         wanted.push(("eval.elo.prompt".into(), TemplateKind::Pairwise, p.clone()));
     }
+    if let Some(i) = &spec.eval.instrument {
+        wanted.push(("eval.instrument.rubric".into(), TemplateKind::InstrumentRubric, i.rubric.clone()));
+        wanted.push(("eval.instrument.prompt".into(), TemplateKind::InstrumentJudge, i.prompt.clone()));
+    }
     let mut rubric = None;
+    let mut instrument_rubric = None;
     for (field, tk, mut p) in wanted {
         let Some(t) = v.read_template(&field, &mut p) else { continue };
         set_path(spec, &field, p);
         let ctx = match (tk, &record) {
-            (TemplateKind::Rubric, _) => Some(template::sample_context(tk, task_name, &J::Null)),
+            (TemplateKind::Rubric | TemplateKind::InstrumentRubric, _) => Some(template::sample_context(tk, task_name, &J::Null)),
             (_, Some(r)) => Some(template::sample_context(tk, task_name, r)),
             (_, None) => None,
         };
         if let Some(rendered) = v.check_render(&field, tk, &t, ctx.as_ref())
+            && tk == TemplateKind::InstrumentRubric
+        {
+            match Rubric::parse(&rendered) {
+                Ok(r) if r.items.is_empty() => {
+                    v.error(
+                        &field,
+                        format!("instrument rubric `{}` has no scored item (`## Name (min-max)`)", t.path.display()),
+                        "no items",
+                    );
+                }
+                Ok(r) => instrument_rubric = Some(r),
+                Err(e) => {
+                    v.error(&field, format!("instrument rubric `{}`: {e}", t.path.display()), "invalid rubric");
+                }
+            }
+        } else if let Some(rendered) = v.check_render(&field, tk, &t, ctx.as_ref())
             && tk == TemplateKind::Rubric
         {
             match Rubric::parse(&rendered) {
@@ -549,6 +572,14 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         Some(j) => v.judge("eval.elo.judge", j, &policy_name),
         None => Some(None),
     };
+    let instrument_model = match spec.eval.instrument.as_mut() {
+        Some(i) => v.judge("eval.instrument.judge", &mut i.judge, &policy_name),
+        None => Some(None),
+    };
+    if let (Some(i), Some(jm), Some(im)) = (&spec.eval.instrument, &judge_model, &instrument_model) {
+        let same = same_judge(&spec.reward.judge, jm.as_ref(), &i.judge, im.as_ref(), policy_model.as_ref());
+        instrument_checks(&mut v, spec, i, same, instrument_rubric.as_ref());
+    }
     let mut seen = std::collections::BTreeSet::new();
     for t in &spec.policy.lora.targets {
         if !seen.insert(*t) {
@@ -746,6 +777,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         ("reward.judge", Some(&spec.reward.judge)),
         ("meta.judge", spec.meta.judge.as_ref()),
         ("eval.elo.judge", spec.eval.elo.judge.as_ref()),
+        ("eval.instrument.judge", spec.eval.instrument.as_ref().map(|i| &i.judge)),
     ] {
         if let Some(js) = js {
             ignored_judge_fields(&mut v, path, js);
@@ -930,6 +962,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         judge_model: judge_model?,
         meta_model: meta_model?,
         elo_model: elo_model?,
+        instrument_model: instrument_model?,
         cases,
         policy_config,
         longest_prompt_tokens: longest_prompt.map(prompt_tokens),
@@ -1081,6 +1114,81 @@ const ASSUMED_ITEM_NAME_BYTES: usize = 32;
 
 /// Fields of a judge spec its backend never reads: written, they would look like settings
 /// that take effect. (Checked on what was written, so a default is never reported.)
+/// Whether two judges answer as the same model: one in-process model (by resolved reference),
+/// or one server model name (no name: whatever the same URL variable serves).
+fn same_judge(a: &JudgeSpec, am: Option<&ModelRef>, b: &JudgeSpec, bm: Option<&ModelRef>, policy: Option<&ModelRef>) -> bool {
+    match (a.backend, b.backend) {
+        (JudgeBackend::Local, JudgeBackend::Local) => am.or(policy).is_some() && am.or(policy) == bm.or(policy),
+        (JudgeBackend::Openai, JudgeBackend::Openai) => match (&a.model, &b.model) {
+            (Some(x), Some(y)) => x == y,
+            (None, None) => a.base_url_env == b.base_url_env,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// `eval.instrument`: never the training judge unless said so, a score that is a share, and a
+/// reading its answers can give.
+fn instrument_checks(v: &mut V, spec: &Spec, i: &InstrumentSpec, same_as_training: bool, rubric: Option<&Rubric>) {
+    if same_as_training && !i.training_judge {
+        v.error(
+            "eval.instrument.judge",
+            "the instrument's judge is the training judge (`reward.judge`): the policies were optimised against it, so it favours them, and the arms would be measured by what trained them",
+            "the training judge",
+        )
+        .help
+        .push("name a different (best a stronger) model, e.g. `{backend: openai, model: Qwen/Qwen2.5-72B-Instruct, base_url_env: MPO_INSTRUMENT_URL}`; to use it anyway, knowingly, add `training_judge: true` (every summary then says so)".into());
+    }
+    if i.training_judge && !same_as_training {
+        v.warn(
+            "eval.instrument.training_judge",
+            "`training_judge: true`, but the instrument's judge is not the training judge",
+            "not needed",
+        )
+        .help
+        .push("remove `training_judge` (summaries would say the scores come from the training judge)".into());
+    }
+    if i.aggregate == Aggregate::Sum {
+        v.error(
+            "eval.instrument.aggregate",
+            "`sum` gives points, not a share: the instrument's score is averaged and compared across runs as a share of the rubric's range",
+            "not a share",
+        )
+        .help
+        .push("use `item_mean` (each item a share of its range, equal weights) or `range_share`".into());
+    }
+    if i.answer == AnswerMode::Guided && matches!(i.extraction, Extraction::Json) {
+        v.error(
+            "eval.instrument.answer",
+            "`answer: guided` makes the judge write `Item: score` lines, which `extraction: {method: json}` cannot read",
+            "guided lines, not JSON",
+        )
+        .help
+        .push("with JSON answers write `answer: free`; guided answers go with `extraction: {method: regex}`".into());
+    }
+    if let Extraction::Regex { pattern } = &i.extraction
+        && let Err(e) = compiled(pattern)
+    {
+        let msg = e.to_string().lines().last().unwrap_or("invalid").to_string();
+        v.error("eval.instrument.extraction.pattern", format!("invalid regular expression: {msg}"), "does not compile");
+    }
+    if spec.task.test.is_none() {
+        v.error("eval.instrument", "`eval.instrument` scores held-out responses, and the task has no `test` split", "needs task.test")
+            .help
+            .push("add `task.test: {path: ...}`, or remove `eval.instrument`".into());
+    }
+    if let Some(r) = rubric
+        && r.items.len() > 12
+    {
+        v.warn(
+            "eval.instrument.rubric",
+            format!("the instrument rubric has {} items; judges follow long rubrics less reliably", r.items.len()),
+            "long rubric",
+        );
+    }
+}
+
 fn ignored_judge_fields(v: &mut V, path: &str, js: &JudgeSpec) {
     const SERVER: [&str; 7] = ["base_url_env", "api_key_env", "api", "dialect", "concurrency", "timeout_s", "max_retries"];
     let ignored: &[&str] = match js.backend {
@@ -1174,6 +1282,15 @@ fn set_path(spec: &mut Spec, field: &str, p: PathBuf) {
         "reward.rubric" => spec.reward.rubric = p,
         "reward.prompt" => spec.reward.prompt = p,
         "eval.elo.prompt" => spec.eval.elo.prompt = Some(p),
+        "eval.instrument.rubric" | "eval.instrument.prompt" => {
+            if let Some(i) = spec.eval.instrument.as_mut() {
+                if field.ends_with("rubric") {
+                    i.rubric = p;
+                } else {
+                    i.prompt = p;
+                }
+            }
+        }
         _ => {
             if let Some(st) = spec.meta.stages.as_mut() {
                 match field {

@@ -54,7 +54,7 @@ pub struct SlurmOptions {
     #[arg(long, value_enum)]
     pub serve: Option<Engine>,
     /// GPUs per judge server (tensor parallel size): one value for all, or one per judge model in
-    /// the order the sweep first uses them (reward judge, then meta judge), comma-separated.
+    /// the order the sweep first uses them (reward judge, meta judge, instrument judge), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub server_gpus: Vec<u32>,
     /// `NAME=PATH`: serve judge model NAME from PATH (a local folder); repeatable. Default: the
@@ -147,6 +147,9 @@ fn servers(plans: &[Plan], serving: bool) -> Result<Vec<Server>, EmitError> {
             && let Some(m) = &p.spec.meta.judge
         {
             roles.push(("meta.judge", m));
+        }
+        if let Some(i) = p.spec.eval.instrument.as_ref().filter(|_| p.spec.eval.every != crate::spec::Every::Never) {
+            roles.push(("eval.instrument.judge", &i.judge));
         }
         for (role, j) in roles {
             if j.backend != crate::spec::JudgeBackend::Openai {

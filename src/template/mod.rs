@@ -36,6 +36,10 @@ pub enum TemplateKind {
     Merge,
     /// `eval.elo.prompt`: `task`, `question`, `response_a`, `response_b`.
     Pairwise,
+    /// `eval.instrument.rubric`: as `reward.rubric`.
+    InstrumentRubric,
+    /// `eval.instrument.prompt`: as `reward.prompt`.
+    InstrumentJudge,
 }
 
 impl TemplateKind {
@@ -49,6 +53,8 @@ impl TemplateKind {
             TemplateKind::Refine => "refine",
             TemplateKind::Merge => "merge",
             TemplateKind::Pairwise => "pairwise",
+            TemplateKind::InstrumentRubric => "instrument_rubric",
+            TemplateKind::InstrumentJudge => "instrument_judge",
         }
     }
 }
@@ -170,8 +176,10 @@ pub fn sample_context(kind: TemplateKind, task: &str, record: &J) -> J {
     let refined = [SAMPLE_RUBRIC.to_string(), SAMPLE_RUBRIC.to_string()];
     match kind {
         TemplateKind::Policy => record.clone(),
-        TemplateKind::Rubric => context::to_json(&RubricContext { task }),
-        TemplateKind::Judge => context::to_json(&JudgeContext::new(task, &rubric, question, response, record)),
+        TemplateKind::Rubric | TemplateKind::InstrumentRubric => context::to_json(&RubricContext { task }),
+        TemplateKind::Judge | TemplateKind::InstrumentJudge => {
+            context::to_json(&JudgeContext::new(task, &rubric, question, response, record))
+        }
         TemplateKind::Prescreen => meta(Stage::Prescreen { samples: vec![sample] }),
         TemplateKind::Analyze => meta(Stage::Analyze { sample, guidelines: "" }),
         TemplateKind::Refine => meta(Stage::Refine { sample, guidelines: "", analysis: "The rubric does not check units." }),

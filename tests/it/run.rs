@@ -111,6 +111,148 @@ fn results_layout_and_finished_runs_are_skipped() {
     let _ = std::fs::remove_dir_all(r);
 }
 
+/// `eval.instrument`: every evaluation (the base policy's too, never from a cache measured
+/// without it) scores each response with the fixed judge and rubric, says how, and the run's
+/// summary and `mpo eval compare` pair it by prompt beside the headline metric.
+#[test]
+fn a_fixed_instrument_scores_every_evaluation() {
+    let r = root("instrument");
+    let ov = format!("output.root={}", r.display());
+    // the same model and evaluation settings without the instrument first: its cached base
+    // evaluation has no instrument scores and must not stand in for the instrument run's
+    let plain = mpo(&["run", SPEC, &ov, "--quiet"]);
+    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    let out = mpo(&["run", "tests/specs/valid/tiny_instrument.yaml", &ov]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{stdout}", String::from_utf8_lossy(&out.stderr));
+    let d = std::fs::read_dir(r.join("tiny_instrument")).unwrap().next().unwrap().unwrap().path();
+    let read = |f: &str| -> J { serde_json::from_str(&std::fs::read_to_string(d.join(f)).unwrap()).unwrap() };
+    for label in ["base", "update-000003", "update-000006"] {
+        let s = read(&format!("eval/{label}.json"));
+        let i = &s["instrument"];
+        assert!(i["judge"].as_str().unwrap().starts_with("local:"), "{label}: {s}");
+        assert_eq!(i["training_judge"], true);
+        assert_eq!(i["items"].as_array().unwrap().len(), 4, "the expert rubric's items: {s}");
+        assert_eq!(i["aggregate"], "item_mean");
+        let lines: Vec<J> = std::fs::read_to_string(d.join(format!("eval/{label}.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let scored: Vec<f64> = lines.iter().filter_map(|l| l["instrument"].as_f64()).collect();
+        // guided answers held to the rubric's ranges: every response gets a score
+        assert_eq!(scored.len(), lines.len(), "{label}");
+        assert_eq!(i["scored"].as_u64().unwrap() as usize, lines.len());
+        assert!(scored.iter().all(|x| (0.0..=1.0).contains(x)), "{scored:?}");
+        let mean = scored.iter().sum::<f64>() / scored.len() as f64;
+        assert!((s["metrics"]["instrument_score"].as_f64().unwrap() - mean).abs() < 1e-12, "{s}");
+        assert_eq!(s["metrics"]["instrument_failures"], 0.0);
+        assert!(lines.iter().all(|l| l["score"].is_number()), "the headline stays beside it");
+    }
+    let m = metrics(&d);
+    assert!(m[2]["eval"]["instrument_score"].is_number(), "{}", m[2]);
+    assert!(read("manifest.json")["judges"]["instrument"].as_str().unwrap().starts_with("local:"));
+    // the summary compares both measures, saying how the instrument's was computed
+    assert!(stdout.contains("accuracy on 4 held-out test prompts"), "{stdout}");
+    assert!(stdout.contains("instrument_score on 4 held-out test prompts"), "{stdout}");
+    assert!(stdout.contains("(the training judge)"), "{stdout}");
+    let cmp = mpo(&["eval", "compare", d.join("eval/base.jsonl").to_str().unwrap(), d.join("eval/update-000006.jsonl").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&cmp.stdout);
+    assert!(cmp.status.success(), "{}{text}", String::from_utf8_lossy(&cmp.stderr));
+    assert!(text.contains("instrument_score on 4 held-out test prompts") && text.contains("accuracy on 4"), "{text}");
+    // an evaluation without the instrument compares on the headline alone, and says why
+    let p = std::fs::read_dir(r.join("tiny")).unwrap().next().unwrap().unwrap().path();
+    for (x, y) in [(&p, &d), (&d, &p)] {
+        let args = [x.join("eval/update-000006.jsonl"), y.join("eval/update-000006.jsonl")];
+        let cross = mpo(&["eval", "compare", args[0].to_str().unwrap(), args[1].to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&cross.stdout);
+        assert!(cross.status.success(), "{}", String::from_utf8_lossy(&cross.stderr));
+        assert!(text.contains("accuracy on 4") && !text.contains("instrument_score on"), "{text}");
+        assert!(text.contains("instrument_score not compared") && text.contains("not scored by an instrument"), "{text}");
+    }
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// `mpo export --format peft`: the checkpoint's LoRA pairs under PEFT's names, transposed to
+/// PEFT's layout; every checkpoint is kept by default; bad input writes nothing.
+#[test]
+fn a_checkpoint_exports_as_a_peft_adapter_and_bad_input_writes_nothing() {
+    let r = root("export");
+    let out = mpo(&["run", SPEC, &format!("output.root={}", r.display()), "--quiet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = run_dir(&r);
+    // `output.keep_checkpoints` defaults to `all`: nothing is pruned
+    for u in [2, 4, 6] {
+        assert!(d.join(format!("checkpoints/update-{u:06}/policy.safetensors")).is_file(), "update {u}");
+    }
+    let ex = mpo(&["export", d.to_str().unwrap(), "--format", "peft", "--logprobs", "2"]);
+    let text = String::from_utf8_lossy(&ex.stdout);
+    assert!(ex.status.success(), "{}{text}", String::from_utf8_lossy(&ex.stderr));
+    let e = d.join("export/peft-update-000006");
+    assert!(text.contains("exported update 6") && text.contains(e.to_str().unwrap()), "{text}");
+    let cfg: J = serde_json::from_str(&std::fs::read_to_string(e.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()), (Some("LORA"), Some(4), Some(8.0)));
+    assert_eq!(cfg["target_modules"], serde_json::json!(["lm_head", "q_proj", "v_proj"]));
+    let peft = mpo::export::read_tensors(&e.join("adapter_model.safetensors")).unwrap();
+    let ours = mpo::export::read_tensors(&d.join("checkpoints/update-000006/policy.safetensors")).unwrap();
+    let layers = ours.keys().filter(|k| k.ends_with(".q.lora_a")).count();
+    assert!(layers > 0);
+    assert_eq!(peft.len(), 2 * (2 * layers + 1), "{:?}", peft.keys().collect::<Vec<_>>());
+    let check = |mpo_name: &str, peft_name: &str| {
+        let (sm, m) = &ours[mpo_name];
+        let (sp, p) = &peft[peft_name];
+        assert_eq!((sp[0], sp[1]), (sm[1], sm[0]), "{peft_name}");
+        for i in 0..sm[0] {
+            for j in 0..sm[1] {
+                assert_eq!(p[j * sm[0] + i], m[i * sm[1] + j], "{peft_name}[{j}, {i}]");
+            }
+        }
+    };
+    check("layers.0.q.lora_a", "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+    check("layers.0.q.lora_b", "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
+    check("layers.1.v.lora_b", "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight");
+    check("lm_head.lora_a", "base_model.model.lm_head.lora_A.weight");
+    // the trained adapter is not the fresh one (B starts at zero)
+    assert!(peft["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].1.iter().any(|x| *x != 0.0));
+    let rows: Vec<J> =
+        std::fs::read_to_string(e.join("mpo_logprobs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let lp = row["logprobs"].as_array().unwrap();
+        assert_eq!(lp.len(), row["response_ids"].as_array().unwrap().len());
+        assert!(lp.iter().all(|x| x.as_f64().unwrap() <= 0.0), "{row}");
+    }
+    // an export is never replaced
+    let before = std::fs::read(e.join("adapter_model.safetensors")).unwrap();
+    let again = mpo(&["export", d.to_str().unwrap(), "--format", "peft"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(e.join("adapter_model.safetensors")).unwrap(), before);
+    // a checkpoint that is not there names those that are
+    let none = mpo(&["export", d.to_str().unwrap(), "--format", "peft", "--checkpoint", "5"]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(none.status.code() == Some(1) && err.contains("no checkpoint of update 5") && err.contains("2, 4, 6"), "{err}");
+    // a damaged checkpoint is refused and nothing is written
+    let f = d.join("checkpoints/update-000004/policy.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&f, bytes).unwrap();
+    let bad = mpo(&["export", d.to_str().unwrap(), "--format", "peft", "--checkpoint", "4"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(bad.status.code() == Some(1) && err.contains("damaged") && err.contains("checksum"), "{err}");
+    assert!(!d.join("export/peft-update-000004").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d.join("export")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    // a run without checkpoints
+    let empty = r.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::copy(d.join("plan.json"), empty.join("plan.json")).unwrap();
+    let no = mpo(&["export", empty.to_str().unwrap(), "--format", "peft"]);
+    assert!(String::from_utf8_lossy(&no.stderr).contains("has no checkpoint to export"));
+    let _ = std::fs::remove_dir_all(r);
+}
+
 #[test]
 fn kill_9_then_resume_reproduces_the_uninterrupted_run() {
     let r = root("killed");

@@ -569,11 +569,23 @@ fn the_papers_experiments_check_plan_and_emit_here() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{path}: {}", String::from_utf8_lossy(&o.stderr));
-        // the fixed-rubric arms need the reward judge only; MPO's cells both servers
-        let fixed = std::fs::read_to_string(out.join("sweep-1.sbatch")).unwrap();
-        assert!(fixed.contains("#SBATCH --gres=gpu:3") && fixed.contains("CELLS=(0 1 2 3 4 5)") && !fixed.contains("72B"), "{fixed}");
-        let mpo_arm = std::fs::read_to_string(out.join("sweep-2.sbatch")).unwrap();
-        assert!(mpo_arm.contains("#SBATCH --gres=gpu:7") && mpo_arm.contains("--served-model-name Qwen/Qwen2.5-72B-Instruct"), "{mpo_arm}");
+        if plans[0].spec.eval.instrument.is_some() {
+            // essays and summaries are measured by the 72B instrument in every arm: one array,
+            // the 72B's server read through both the meta and the instrument variables
+            let all = std::fs::read_to_string(out.join("sweep.sbatch")).unwrap();
+            assert!(all.contains("#SBATCH --gres=gpu:7") && all.contains("CELLS=(0 1 2 3 4 5 6 7 8)"), "{all}");
+            assert!(all.contains("MPO_INSTRUMENT_URL") && all.contains("MPO_META_URL"), "{all}");
+            assert!(!out.join("sweep-1.sbatch").exists());
+        } else {
+            // the fixed-rubric arms need the reward judge only; MPO's cells both servers
+            let fixed = std::fs::read_to_string(out.join("sweep-1.sbatch")).unwrap();
+            assert!(fixed.contains("#SBATCH --gres=gpu:3") && fixed.contains("CELLS=(0 1 2 3 4 5)") && !fixed.contains("72B"), "{fixed}");
+            let mpo_arm = std::fs::read_to_string(out.join("sweep-2.sbatch")).unwrap();
+            assert!(
+                mpo_arm.contains("#SBATCH --gres=gpu:7") && mpo_arm.contains("--served-model-name Qwen/Qwen2.5-72B-Instruct"),
+                "{mpo_arm}"
+            );
+        }
         std::fs::remove_dir_all(&out).unwrap();
     }
 }

@@ -115,7 +115,7 @@ impl BackendJob for Parity {
         let state = State { update, ..State::default() };
         std::fs::create_dir_all(&self.out).unwrap();
         let run = RunDir { root: self.out.clone() };
-        let checkpoint = checkpoint::save(&run, &tr, &state, 0).unwrap();
+        let checkpoint = checkpoint::save(&run, &tr, &state, mpo::spec::Keep::Newest(1), &[]).unwrap();
         Computed {
             backend,
             logits,
