@@ -4,7 +4,10 @@ wrote beside the export (`mpo export RUN --format peft --logprobs N`: `mpo_logpr
 token ids, so no tokenizer stands between the two sides).
 
 Usage (scripts/export_parity.sh runs it):
-    python scripts/peft_parity.py BASE.gguf EXPORT_DIR
+    python scripts/peft_parity.py BASE.gguf EXPORT_DIR [MERGED_DIR]
+
+With MERGED_DIR (`mpo export --format merged`), transformers loads that folder on its own and
+the same log-probs are recomputed from it too.
 
 Prints one JSON object: the largest and mean absolute log-prob difference over every response
 token, the same for the base model without the adapter (how far the adapter moved the policy:
@@ -48,9 +51,16 @@ def main():
         with model.disable_adapter():
             moved.append((logprobs(model, row) - mpo).abs())
     d, b = torch.cat(diffs), torch.cat(moved)
+    merged = {}
+    if len(sys.argv) > 3:
+        m = AutoModelForCausalLM.from_pretrained(sys.argv[3], dtype=torch.float32)
+        m.eval()
+        md = torch.cat([(logprobs(m, row) - torch.tensor(row["logprobs"])).abs() for row in rows])
+        merged = {"merged_max_abs_diff": float(md.max()), "merged_mean_abs_diff": float(md.mean())}
     print(
         json.dumps(
             {
+                **merged,
                 "rows": len(rows),
                 "tokens": int(d.numel()),
                 "max_abs_diff": float(d.max()),

@@ -190,7 +190,10 @@ pub enum Command {
     },
     /// Write a run's trained policy in a format other tools load: `peft` (adapter_config.json +
     /// adapter_model.safetensors for `peft.PeftModel.from_pretrained` on the base model, or
-    /// vLLM's `--lora-modules`). The value head stays in the checkpoint (it is the critic's).
+    /// vLLM's `--lora-modules`); `merged` (a Hugging Face folder, the adapter added into the
+    /// base weights, for transformers, vLLM, lm-eval-harness); `gguf-lora` (adapter.gguf for
+    /// `llama-server -m BASE.gguf --lora adapter.gguf`). The value head stays in the
+    /// checkpoint (it is the critic's).
     /// Written whole or not at all; an existing destination is never replaced.
     Export {
         /// The run directory (results/NAME/RUN_ID).
@@ -644,7 +647,7 @@ fn dispatch(command: Command) -> Outcome {
                 "exported update {} of {} as {}: {} ({} tensors{})",
                 e.update,
                 run.display(),
-                format!("{format:?}").to_lowercase(),
+                clap::ValueEnum::to_possible_value(&format).map(|v| v.get_name().to_string()).unwrap_or_default(),
                 e.dir.display(),
                 e.tensors,
                 if e.fixture_rows > 0 {

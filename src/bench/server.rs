@@ -28,6 +28,19 @@ impl LlamaServer {
     /// Start `bin` serving `model` on a free loopback port with `slots` parallel sequences, and
     /// wait (up to `timeout`) until it answers and has run one warm-up completion.
     pub fn start(bin: &Path, model: &Path, slots: usize, threads: usize, ctx_per_slot: usize, timeout: Duration) -> anyhow::Result<Self> {
+        Self::start_with(bin, model, slots, threads, ctx_per_slot, timeout, &[])
+    }
+
+    /// [`Self::start`] with more arguments for llama-server (e.g. `--lora FILE`).
+    pub fn start_with(
+        bin: &Path,
+        model: &Path,
+        slots: usize,
+        threads: usize,
+        ctx_per_slot: usize,
+        timeout: Duration,
+        extra: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let log = std::env::temp_dir().join(format!("mpo-llama-server-{port}.log"));
         let logf = std::fs::File::create(&log)?;
@@ -36,6 +49,7 @@ impl LlamaServer {
             .arg(model)
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-t", &threads.to_string(), "-tb", &threads.to_string()])
             .args(["-c", &(ctx_per_slot * slots).to_string(), "-np", &slots.to_string(), "--no-webui"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

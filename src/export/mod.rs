@@ -11,8 +11,14 @@
 //! log-probs of N of the run's rollouts under the exported weights, as token ids, so any loader
 //! can prove it reproduces the policy (`scripts/peft_parity.py`).
 //!
+//! `merged` (`merged.rs`): a Hugging Face folder with the update added into the base weights.
+//! `gguf-lora` (`gguf_lora.rs`): llama.cpp's LoRA adapter GGUF for the base GGUF.
+//!
 //! An export is written into a temporary folder beside its destination and renamed into place
 //! when complete; an existing destination is never replaced.
+
+mod gguf_lora;
+mod merged;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,12 +37,18 @@ use crate::spec::LoraTarget;
 pub enum Format {
     /// A PEFT LoRA adapter (PeftModel.from_pretrained, vLLM `--lora-modules`).
     Peft,
+    /// A Hugging Face model folder with the adapter merged into the base weights (f32).
+    Merged,
+    /// A llama.cpp LoRA adapter for the base GGUF (`llama-server --lora adapter.gguf`).
+    GgufLora,
 }
 
 impl Format {
     fn as_str(self) -> &'static str {
         match self {
             Format::Peft => "peft",
+            Format::Merged => "merged",
+            Format::GgufLora => "gguf-lora",
         }
     }
 }
@@ -138,11 +150,7 @@ fn transpose(d: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// The PEFT tensors of an mpo adapter file: `(name, shape, data)` per LoRA matrix, checked
 /// against the plan's rank and targets.
-pub fn peft_tensors(
-    policy: &Path,
-    lora: &crate::spec::LoraSpec,
-    layers: usize,
-) -> Result<Vec<Named>, ExportError> {
+pub fn peft_tensors(policy: &Path, lora: &crate::spec::LoraSpec, layers: usize) -> Result<Vec<Named>, ExportError> {
     let bytes = std::fs::read(policy).map_err(io(format!("reading {}", policy.display())))?;
     let st =
         safetensors::SafeTensors::deserialize(&bytes).map_err(|e| input(format!("{}: not a safetensors file ({e})", policy.display())))?;
@@ -256,7 +264,18 @@ pub fn export(run: &Path, update: Option<u32>, format: Format, out: Option<&Path
     let config = model::config(&plan.inputs.models.policy)
         .map_err(|e| input(format!("the run's policy model: {e}")))?
         .ok_or_else(|| input("the run's policy model has no readable configuration (is it fetched? `mpo fetch`)"))?;
+    // PEFT's tensors also check the checkpoint against the plan (rank, every target present)
     let tensors = peft_tensors(&ck.join("policy.safetensors"), &plan.spec.policy.lora, config.num_layers)?;
+    if format != Format::Peft
+        && let Some((path, planned, now)) = crate::model::folder::changed(&plan.inputs.models.policy).map_err(|e| input(e.to_string()))?
+    {
+        return Err(input(format!(
+            "the base model {} is not the run's: its content changed since the run was planned (sha256 {} then, {} now)",
+            path.display(),
+            &planned[..12.min(planned.len())],
+            &now[..12.min(now.len())]
+        )));
+    }
     let fixture = if logprobs > 0 { Some(fixture(&dir, &plan, &ck, update, logprobs)?) } else { None };
 
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -268,10 +287,25 @@ pub fn export(run: &Path, update: Option<u32>, format: Format, out: Option<&Path
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    let write = || -> Result<(), ExportError> {
+    let write = || -> Result<usize, ExportError> {
         let w = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(io(format!("writing {name}")));
-        w("adapter_model.safetensors", &safetensors_bytes(&tensors)?)?;
-        w("adapter_config.json", serde_json::to_string_pretty(&peft_config(&plan)).expect("json").as_bytes())?;
+        let written = match format {
+            Format::Peft => {
+                w("adapter_model.safetensors", &safetensors_bytes(&tensors)?)?;
+                w("adapter_config.json", serde_json::to_string_pretty(&peft_config(&plan)).expect("json").as_bytes())?;
+                tensors.len()
+            }
+            Format::Merged | Format::GgufLora => {
+                let mut adapter = read_tensors(&ck.join("policy.safetensors")).map_err(input)?;
+                adapter.remove("value_head");
+                let (base, lora) = (&plan.inputs.models.policy, &plan.spec.policy.lora);
+                if format == Format::Merged {
+                    merged::write(&tmp, base, &adapter, lora)?
+                } else {
+                    gguf_lora::write(&tmp, base, &adapter, lora)?
+                }
+            }
+        };
         let prov = json!({
             "run_id": plan.run_id,
             "update": update,
@@ -286,14 +320,17 @@ pub fn export(run: &Path, update: Option<u32>, format: Format, out: Option<&Path
             let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
             w("mpo_logprobs.jsonl", text.as_bytes())?;
         }
-        Ok(())
+        Ok(written)
     };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
+    let written = match write() {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
     std::fs::rename(&tmp, &dest).map_err(io(format!("moving the export into {}", dest.display())))?;
-    Ok(Exported { dir: dest, update, tensors: tensors.len(), fixture_rows: fixture.map_or(0, |f| f.len()) })
+    Ok(Exported { dir: dest, update, tensors: written, fixture_rows: fixture.map_or(0, |f| f.len()) })
 }
 
 /// mpo's log-probs of `n` of the run's rollouts (the first rows of the newest samples file)

@@ -271,7 +271,7 @@ impl<'a> GgufWeights<'a> {
         GgufWeights { gguf, config, permuted_qk }
     }
 
-    fn gguf_name(hf: &str) -> Option<String> {
+    pub fn gguf_name(hf: &str) -> Option<String> {
         if hf == "model.embed_tokens.weight" {
             return Some("token_embd.weight".into());
         }

@@ -403,3 +403,89 @@ fn decode_through_quantized_blocks_matches_the_f32_weights() {
         }
     }
 }
+
+/// `mpo export --format gguf-lora` is the trained policy as llama.cpp computes it: a short run
+/// of the demo spec on the real SmolLM2 (one update at a learning rate that moves the adapter),
+/// exported with mpo's own log-probs of 4 rollouts; llama-server, on an F32 copy of the base
+/// GGUF (no quantization noise) with `--lora adapter.gguf`, scores the same tokens
+/// teacher-forced (one next-token request per position). With the adapter the two agree to
+/// llama.cpp's f32 parity (BENCHMARKS.md: mean 0.001 nats); with it scaled to 0 through
+/// `/lora-adapters` they differ by what training moved.
+#[test]
+fn a_gguf_lora_export_runs_on_llama_server_as_mpo_computes_it() {
+    use std::time::Duration;
+    let bin = mpo::bench::server::find_binary()
+        .expect("this test needs a real llama-server: run `scripts/setup_llama_server.sh` once, or the README's `scripts/test.sh`");
+    let demo = crate::demo_model();
+    let root = std::env::temp_dir().join(format!("mpo-gguf-lora-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mpo = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_mpo")).args(args).output().unwrap();
+        assert!(o.status.success(), "mpo {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let ov = format!("output.root={}", root.display());
+    mpo(&[
+        "run",
+        "specs/math.yaml",
+        &ov,
+        "ppo.total_episodes=8",
+        "ppo.learning_rate=2.0e-3",
+        "eval.every=never",
+        "meta.every=never",
+        "runtime.checkpoint_every=1",
+        "--quiet",
+    ]);
+    let run = std::fs::read_dir(root.join("math")).unwrap().next().unwrap().unwrap().path();
+    let out = root.join("gguf");
+    mpo(&["export", run.to_str().unwrap(), "--format", "gguf-lora", "--logprobs", "4", "--out", out.to_str().unwrap()]);
+    let f32 = root.join("base.f32.gguf");
+    mpo::model::gguf::Gguf::open(&demo).unwrap().write_f32(&f32).unwrap();
+    let adapter = out.join("adapter.gguf");
+    let server = mpo::bench::server::LlamaServer::start_with(
+        &bin,
+        &f32,
+        1,
+        2,
+        4096,
+        Duration::from_secs(300),
+        &["--lora".as_ref(), adapter.as_os_str()],
+    )
+    .unwrap();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("mpo_logprobs.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<u64>>();
+    // (mean, max) |llama-server - mpo| over the response tokens found in llama-server's top 20
+    let measure = || {
+        let mut d = Vec::new();
+        for row in &rows {
+            let (p, r) = (ids(&row["prompt_ids"]), ids(&row["response_ids"]));
+            let lps = row["logprobs"].as_array().unwrap();
+            for k in 0..r.len() {
+                let prompt: Vec<u64> = p.iter().chain(&r[..k]).copied().collect();
+                let res: serde_json::Value = client
+                    .post(format!("{}/completion", server.url))
+                    .json(&serde_json::json!({"prompt": prompt, "n_predict": 1, "n_probs": 20, "temperature": 0, "cache_prompt": true}))
+                    .send()
+                    .unwrap()
+                    .json()
+                    .unwrap();
+                let tops = res["completion_probabilities"][0]["top_logprobs"].as_array().unwrap().clone();
+                if let Some(t) = tops.iter().find(|t| t["id"].as_u64() == Some(r[k])) {
+                    d.push((t["logprob"].as_f64().unwrap() - lps[k].as_f64().unwrap()).abs());
+                }
+            }
+        }
+        assert!(d.len() > 20, "{} tokens compared", d.len());
+        (d.iter().sum::<f64>() / d.len() as f64, d.iter().cloned().fold(0.0, f64::max))
+    };
+    let (mean, max) = measure();
+    assert!(mean < 0.005 && max < 0.05, "with the adapter: mean {mean}, max {max}");
+    let off = client.post(format!("{}/lora-adapters", server.url)).json(&serde_json::json!([{"id": 0, "scale": 0.0}])).send().unwrap();
+    assert!(off.status().is_success());
+    let (mean0, max0) = measure();
+    assert!(mean0 > 10.0 * mean && max0 > 0.1, "without the adapter: mean {mean0}, max {max0} (with: {mean}, {max})");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -222,6 +222,14 @@ fn a_checkpoint_exports_as_a_peft_adapter_and_bad_input_writes_nothing() {
         assert_eq!(lp.len(), row["response_ids"].as_array().unwrap().len());
         assert!(lp.iter().all(|x| x.as_f64().unwrap() <= 0.0), "{row}");
     }
+    // `merged`: a Hugging Face folder mpo itself loads, computing the adapter's logits
+    let ex = mpo(&["export", d.to_str().unwrap(), "--format", "merged"]);
+    assert!(ex.status.success(), "{}", String::from_utf8_lossy(&ex.stderr));
+    let merged_dir = d.join("export/merged-update-000006");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "mpo_export.json"] {
+        assert!(merged_dir.join(f).is_file(), "merged export lacks {f}");
+    }
+    same_logits_merged_and_adapter(&merged_dir, &d.join("checkpoints/update-000006/policy.safetensors"));
     // an export is never replaced
     let before = std::fs::read(e.join("adapter_model.safetensors")).unwrap();
     let again = mpo(&["export", d.to_str().unwrap(), "--format", "peft"]);
@@ -242,8 +250,10 @@ fn a_checkpoint_exports_as_a_peft_adapter_and_bad_input_writes_nothing() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(bad.status.code() == Some(1) && err.contains("damaged") && err.contains("checksum"), "{err}");
     assert!(!d.join("export/peft-update-000004").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(d.join("export")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let mut left: Vec<String> =
+        std::fs::read_dir(d.join("export")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    left.sort();
+    assert_eq!(left, ["merged-update-000006", "peft-update-000006"], "no temporary folder is left behind");
     // a run without checkpoints
     let empty = r.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -251,6 +261,41 @@ fn a_checkpoint_exports_as_a_peft_adapter_and_bad_input_writes_nothing() {
     let no = mpo(&["export", empty.to_str().unwrap(), "--format", "peft"]);
     assert!(String::from_utf8_lossy(&no.stderr).contains("has no checkpoint to export"));
     let _ = std::fs::remove_dir_all(r);
+}
+
+/// The merged folder, loaded as a Hugging Face model, computes what the base model with the
+/// checkpoint's adapter computes (f32; only the order of additions differs).
+fn same_logits_merged_and_adapter(merged: &Path, adapter: &Path) {
+    use mpo::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
+    use mpo::model::registry::ModelRef;
+    type Cpu = burn::backend::Flex;
+    let dev = Default::default();
+    let plan: J = serde_json::from_str(&std::fs::read_to_string(adapter.parent().unwrap().join("../../plan.json")).unwrap()).unwrap();
+    let lora = plan["spec"]["policy"]["lora"].clone();
+    let lora = mpo::model::LoraConfig::from_spec(&serde_json::from_value(lora).unwrap());
+    let base = ModelRef::Random { name: "tiny-random-llama".into() };
+    let with = mpo::model::load::<Cpu>(&base, Some(&lora), 1, &dev, &mut |_| {}).unwrap();
+    let with = mpo::model::adapter::load(with.model, adapter).unwrap();
+    let folder = ModelRef::HfDir { path: merged.to_path_buf(), sha256: String::new() };
+    let m = mpo::model::load::<Cpu>(&folder, None, 1, &dev, &mut |_| {}).unwrap().model;
+    let seq: Vec<u32> = (3..40).collect();
+    let t = seq.len();
+    let lay = left_pad(std::slice::from_ref(&seq), 0);
+    let run = |model: &mpo::model::Llama<Cpu>, adapter: bool| -> Vec<f32> {
+        let h = model.forward(
+            int_tensor(lay.tokens.clone(), [1, t], &dev),
+            int_tensor(lay.positions.clone(), [1, t], &dev),
+            mask_tensor(causal_mask(&lay.pads, 0, t), 1, t, t, &dev),
+            None,
+            adapter,
+        );
+        to_host(model.logits(h, adapter)).unwrap()
+    };
+    let (a, b, base_logits) = (run(&with, true), run(&m, false), run(&with, false));
+    let max = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    let (diff, moved) = (max(&a, &b), max(&a, &base_logits));
+    assert!(diff < 1e-4, "merged vs adapter: max |logit difference| {diff}");
+    assert!(moved > 100.0 * diff, "the adapter moved the logits by only {moved}: the test would not see a wrong merge");
 }
 
 #[test]
