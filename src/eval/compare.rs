@@ -140,15 +140,7 @@ pub fn compare(a: &[PathBuf], b: &[PathBuf]) -> Result<String, EvalError> {
         for m in sa.iter().chain(&sb).filter(|_| a.iter().chain(b).any(|p| p.is_dir())) {
             out.push_str(&format!("  {} {}\n", if sa.iter().any(|x| x.source == m.source) { "A" } else { "B" }, m.source.display()));
         }
-        for (c, note) in cs {
-            for l in c.lines() {
-                out.push_str(&l);
-                out.push('\n');
-            }
-            if let Some(n) = note {
-                out.push_str(&format!("  note: {n}\n"));
-            }
-        }
+        out.push_str(&render(&cs));
         out.push_str(&other_metrics(&sa, &sb));
         compared += 1;
     }
@@ -156,6 +148,21 @@ pub fn compare(a: &[PathBuf], b: &[PathBuf]) -> Result<String, EvalError> {
         return Err(input("the two sides share no evaluated split (test or transfer): evaluate both on the same split first"));
     }
     Ok(out)
+}
+
+/// [`compare_split`]'s comparisons as text, each followed by its note.
+pub fn render(cs: &[(Comparison, Option<String>)]) -> String {
+    let mut out = String::new();
+    for (c, note) in cs {
+        for l in c.lines() {
+            out.push_str(&l);
+            out.push('\n');
+        }
+        if let Some(n) = note {
+            out.push_str(&format!("  note: {n}\n"));
+        }
+    }
+    out
 }
 
 /// One split's comparisons, with a note on how the strata were paired: the headline metric,

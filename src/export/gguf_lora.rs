@@ -17,20 +17,14 @@ use crate::spec::LoraSpec;
 
 /// Write `adapter.gguf` for `adapter` on the GGUF `base` into `dir`; returns its tensor count.
 pub fn write(dir: &Path, base: &ModelRef, adapter: &ByName, lora: &LoraSpec) -> Result<usize, ExportError> {
-    let path = match base {
-        ModelRef::Known { name, .. } => {
-            crate::model::fetch::fetch(name, &mut |m| eprintln!("{m}")).map_err(|e| input(format!("the base model: {e}")))?
-        }
-        ModelRef::Gguf { path, .. } => path.clone(),
-        other => {
-            return Err(input(format!(
-                "`gguf-lora` adapts a GGUF base, and the run's policy is {}: export `peft` or `merged` (llama.cpp's convert_lora_to_gguf.py turns a PEFT adapter into a GGUF one)",
-                match other {
-                    ModelRef::HfDir { path, .. } => format!("the Hugging Face folder {}", path.display()),
-                    _ => "a random-weight test model".to_string(),
-                }
-            )));
-        }
+    let Some(path) = super::base_gguf(base)? else {
+        return Err(input(format!(
+            "`gguf-lora` adapts a GGUF base, and the run's policy is {}: export `peft` or `merged` (llama.cpp's convert_lora_to_gguf.py turns a PEFT adapter into a GGUF one)",
+            match base {
+                ModelRef::HfDir { path, .. } => format!("the Hugging Face folder {}", path.display()),
+                _ => "a random-weight test model".to_string(),
+            }
+        )));
     };
     let bad = |e: String| input(format!("the base model {}: {e}", path.display()));
     let g = Gguf::open(&path).map_err(|e| bad(e.to_string()))?;

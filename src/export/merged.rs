@@ -142,12 +142,9 @@ fn hf_config(c: &LlamaConfig, tok: &Tok) -> Result<J, ExportError> {
 /// Write the merged model of `adapter` on `base` into `dir`; returns the number of tensors.
 pub fn write(dir: &Path, base: &ModelRef, adapter: &ByName, lora: &LoraSpec) -> Result<usize, ExportError> {
     let w = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).map_err(io(format!("writing {name}")));
+    let gguf = super::base_gguf(base)?;
     let (tensors, untie, mut config) = match base {
-        ModelRef::Known { name, .. } => {
-            let path = crate::model::fetch::fetch(name, &mut |m| eprintln!("{m}")).map_err(|e| input(format!("the base model: {e}")))?;
-            from_gguf(&path, adapter, lora, dir)?
-        }
-        ModelRef::Gguf { path, .. } => from_gguf(path, adapter, lora, dir)?,
+        ModelRef::Known { .. } | ModelRef::Gguf { .. } => from_gguf(gguf.as_deref().expect("a GGUF base"), adapter, lora, dir)?,
         ModelRef::Random { .. } => {
             let tok = Tok::tiny();
             let c = LlamaConfig::tiny(tok.vocab_size());

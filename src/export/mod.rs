@@ -137,6 +137,17 @@ fn base_name(m: &ModelRef) -> String {
     }
 }
 
+/// The base GGUF of a model reference (a known model is fetched), `None` for other kinds.
+fn base_gguf(base: &ModelRef) -> Result<Option<PathBuf>, ExportError> {
+    Ok(match base {
+        ModelRef::Known { name, .. } => {
+            Some(crate::model::fetch::fetch(name, &mut |m| eprintln!("{m}")).map_err(|e| input(format!("the base model: {e}")))?)
+        }
+        ModelRef::Gguf { path, .. } => Some(path.clone()),
+        _ => None,
+    })
+}
+
 /// A row-major `[rows, cols]` matrix transposed.
 fn transpose(d: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0; d.len()];
@@ -378,13 +389,7 @@ impl BackendJob for Fixture {
         let tok = loaded.tok;
         let mut out = Vec::new();
         for (id, question, response) in self.rows {
-            let mut messages = Vec::new();
-            if let Some(s) = &spec.policy.system {
-                messages.push(crate::model::tokenizer::Message::new("system", s.clone()));
-            }
-            messages.push(crate::model::tokenizer::Message::new("user", question));
-            let prompt = tok.apply_chat_template(&messages, true, self.chat.as_deref()).map_err(|e| fail(e.to_string()))?;
-            let p = tok.encode(&prompt).map_err(|e| fail(e.to_string()))?;
+            let p = crate::run::rollout::chat_ids(spec, &tok, self.chat.as_deref(), &question).map_err(|e| fail(e.to_string()))?;
             let r = tok.encode(&response).map_err(|e| fail(e.to_string()))?;
             if r.is_empty() {
                 continue;

@@ -331,19 +331,7 @@ pub fn arm_section(runs: &[RunData], baseline: Option<&str>) -> Result<String, R
             };
             any = true;
             match crate::eval::compare::compare_split(split, &b, &a, ("baseline", "arm")) {
-                Ok(cs) => {
-                    s.push_str("```\n");
-                    for (c, note) in cs {
-                        for l in c.lines() {
-                            s.push_str(&l);
-                            s.push('\n');
-                        }
-                        if let Some(n) = note {
-                            s.push_str(&format!("  note: {n}\n"));
-                        }
-                    }
-                    s.push_str("```\n");
-                }
+                Ok(cs) => s.push_str(&format!("```\n{}```\n", crate::eval::compare::render(&cs))),
                 Err(e) => s.push_str(&format!("{split}: cannot pair: {e}\n")),
             }
         }

@@ -135,7 +135,17 @@ impl Instrument {
     }
 }
 
-impl Evaluator<'_> {
+impl<'a> Evaluator<'a> {
+    /// The evaluator of a run in progress.
+    fn of<B: AutodiffBackend>(r: &'a Runner<'_, B>) -> Self {
+        Evaluator {
+            plan: r.plan,
+            tok: &r.tok,
+            template: &r.policy_template,
+            chat_override: r.chat_template.as_deref(),
+            instrument: r.instrument.as_ref(),
+        }
+    }
     /// Evaluate `policy` (its adapters on or off) on `split`'s `records` as the weights after
     /// `update` (0: the base policy), written as `label` into `dir`.
     #[allow(clippy::too_many_arguments)]
@@ -243,13 +253,7 @@ pub fn maybe_evaluate<B: AutodiffBackend>(r: &Runner<'_, B>, data: &Data, update
     r.progress.stage(&format!("update {update}: evaluating"));
     let t0 = Instant::now();
     let policy = r.tr.policy.valid();
-    let ev = Evaluator {
-        plan: r.plan,
-        tok: &r.tok,
-        template: &r.policy_template,
-        chat_override: r.chat_template.as_deref(),
-        instrument: r.instrument.as_ref(),
-    };
+    let ev = Evaluator::of(r);
     let mut metrics = BTreeMap::new();
     for (split, records) in splits(data) {
         let s = ev.run(&policy, true, split, records, update, &format!("update-{update:06}"), r.dir)?;
@@ -265,13 +269,7 @@ pub fn evaluate_base<B: AutodiffBackend>(r: &Runner<'_, B>, data: &Data) -> Resu
         return Ok(());
     }
     let policy = r.tr.policy.valid();
-    let ev = Evaluator {
-        plan: r.plan,
-        tok: &r.tok,
-        template: &r.policy_template,
-        chat_override: r.chat_template.as_deref(),
-        instrument: r.instrument.as_ref(),
-    };
+    let ev = Evaluator::of(r);
     for (split, records) in splits(data) {
         if r.dir.read_eval(split, "base").is_some() {
             continue;

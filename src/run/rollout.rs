@@ -102,14 +102,25 @@ pub fn policy_prompt(
     record: &J,
 ) -> Result<(String, Vec<u32>), RunError> {
     let text = crate::template::render(&template.path.display().to_string(), &template.text, record)?;
+    let ids = chat_ids(spec, tok, chat_override, &text)?;
+    Ok((text, ids))
+}
+
+/// The policy's token ids for a rendered prompt: `policy.system` and the prompt as the user's
+/// turn, through the chat template.
+pub fn chat_ids(
+    spec: &Spec,
+    tok: &Tok,
+    chat_override: Option<&str>,
+    text: &str,
+) -> Result<Vec<u32>, crate::model::tokenizer::TokenizerError> {
     let mut messages = Vec::new();
     if let Some(s) = &spec.policy.system {
         messages.push(Message::new("system", s.clone()));
     }
-    messages.push(Message::new("user", text.clone()));
+    messages.push(Message::new("user", text.to_string()));
     let chat = tok.apply_chat_template(&messages, true, chat_override)?;
-    let ids = tok.encode(&chat)?;
-    Ok((text, ids))
+    tok.encode(&chat)
 }
 
 #[cfg(test)]
