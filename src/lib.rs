@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cli;
 pub mod diag;
+pub mod engine;
 pub mod eval;
 pub mod export;
 pub mod fsx;

@@ -6,7 +6,6 @@
 pub mod generation;
 pub mod parity;
 pub mod ppo;
-pub mod server;
 pub mod stub;
 pub mod train;
 
@@ -149,10 +148,10 @@ pub fn with_server_on<T>(
     if url.is_some() || !start {
         return f(url);
     }
-    let bin = server::find_binary()
+    let bin = crate::engine::llama_server::find_binary()
         .ok_or_else(|| anyhow::anyhow!("llama-server is not built: run scripts/setup_llama_server.sh (or set MPO_LLAMA_SERVER)"))?;
     eprintln!("starting {} ...", bin.display());
-    let srv = server::LlamaServer::start(&bin, model, slots, 2, 2048, std::time::Duration::from_secs(300))?;
+    let srv = crate::engine::llama_server::LlamaServer::start(&bin, model, slots, 2, 2048, std::time::Duration::from_secs(300))?;
     f(Some(srv.url.clone()))
 }
 

@@ -36,6 +36,7 @@ impl BackendJob for PpoBench {
                 response: (0..64).map(|_| rng.random_range(100..vocab)).collect(),
                 score: rng.random_range(-1.0..1.0),
                 group: i,
+                rollout_logprobs: vec![],
             })
             .collect();
         let spec = PpoSpec { num_ppo_epochs: 2, num_mini_batches: 2, learning_rate: 1e-4, ..PpoSpec::default() };

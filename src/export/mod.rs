@@ -138,7 +138,7 @@ fn base_name(m: &ModelRef) -> String {
 }
 
 /// The base GGUF of a model reference (a known model is fetched), `None` for other kinds.
-fn base_gguf(base: &ModelRef) -> Result<Option<PathBuf>, ExportError> {
+pub fn base_gguf(base: &ModelRef) -> Result<Option<PathBuf>, ExportError> {
     Ok(match base {
         ModelRef::Known { name, .. } => {
             Some(crate::model::fetch::fetch(name, &mut |m| eprintln!("{m}")).map_err(|e| input(format!("the base model: {e}")))?)
@@ -159,23 +159,18 @@ fn transpose(d: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// The PEFT tensors of an mpo adapter file: `(name, shape, data)` per LoRA matrix, checked
-/// against the plan's rank and targets.
-pub fn peft_tensors(policy: &Path, lora: &crate::spec::LoraSpec, layers: usize) -> Result<Vec<Named>, ExportError> {
-    let bytes = std::fs::read(policy).map_err(io(format!("reading {}", policy.display())))?;
-    let st =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| input(format!("{}: not a safetensors file ({e})", policy.display())))?;
+/// The PEFT tensors of an mpo adapter (`source` names it in errors): `(name, shape, data)` per
+/// LoRA matrix, checked against the plan's rank and targets.
+pub fn peft_tensors(adapter: &ByName, source: &str, lora: &crate::spec::LoraSpec, layers: usize) -> Result<Vec<Named>, ExportError> {
     let mut out = Vec::new();
-    let get = |name: &str| -> Result<(Vec<usize>, Vec<f32>), ExportError> {
-        let t = st.tensor(name).map_err(|_| {
-            input(format!("{}: no tensor `{name}`, which the run's plan (LoRA targets {:?}) says it has", policy.display(), lora.targets))
+    let get = |name: &str| -> Result<&(Vec<usize>, Vec<f32>), ExportError> {
+        let t = adapter.get(name).ok_or_else(|| {
+            input(format!("{source}: no tensor `{name}`, which the run's plan (LoRA targets {:?}) says it has", lora.targets))
         })?;
-        let shape = t.shape().to_vec();
-        let data = crate::model::weights::to_f32(t.dtype(), t.data()).map_err(|e| input(format!("{}: `{name}`: {e}", policy.display())))?;
-        if shape.len() != 2 || shape.iter().product::<usize>() != data.len() {
-            return Err(input(format!("{}: `{name}` has shape {shape:?}, not a matrix", policy.display())));
+        if t.0.len() != 2 || t.0.iter().product::<usize>() != t.1.len() {
+            return Err(input(format!("{source}: `{name}` has shape {:?}, not a matrix", t.0)));
         }
-        Ok((shape, data))
+        Ok(t)
     };
     let mut targets = lora.targets.clone();
     targets.sort();
@@ -194,18 +189,38 @@ pub fn peft_tensors(policy: &Path, lora: &crate::spec::LoraSpec, layers: usize) 
             let (sb, b) = get(&format!("{mpo}.lora_b"))?;
             if sa[1] != lora.rank || sb[0] != lora.rank {
                 return Err(input(format!(
-                    "{}: `{mpo}` has rank {} / {}, but the run's plan says {}: the checkpoint is not this run's",
-                    policy.display(),
-                    sa[1],
-                    sb[0],
-                    lora.rank
+                    "{source}: `{mpo}` has rank {} / {}, but the run's plan says {}: the checkpoint is not this run's",
+                    sa[1], sb[0], lora.rank
                 )));
             }
-            out.push((format!("{peft}.lora_A.weight"), vec![sa[1], sa[0]], transpose(&a, sa[0], sa[1])));
-            out.push((format!("{peft}.lora_B.weight"), vec![sb[1], sb[0]], transpose(&b, sb[0], sb[1])));
+            out.push((format!("{peft}.lora_A.weight"), vec![sa[1], sa[0]], transpose(a, sa[0], sa[1])));
+            out.push((format!("{peft}.lora_B.weight"), vec![sb[1], sb[0]], transpose(b, sb[0], sb[1])));
         }
     }
     Ok(out)
+}
+
+/// Write `adapter` (an mpo adapter's tensors by name, as a checkpoint or
+/// `model::adapter::trained_tensors` holds them) as `format`'s files into the existing folder
+/// `dir`; returns the number of tensors written. `mpo export` writes a checkpoint's with it, a
+/// rollout engine the policy's of each update.
+pub fn write_adapter(dir: &Path, format: Format, plan: &Plan, adapter: &ByName, source: &str, layers: usize) -> Result<usize, ExportError> {
+    let (base, lora) = (&plan.inputs.models.policy, &plan.spec.policy.lora);
+    // PEFT's tensors also check the adapter against the plan (rank, every target present)
+    let tensors = peft_tensors(adapter, source, lora, layers)?;
+    Ok(match format {
+        Format::Peft => {
+            let w = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).map_err(io(format!("writing {name}")));
+            w("adapter_model.safetensors", &safetensors_bytes(&tensors)?)?;
+            w("adapter_config.json", serde_json::to_string_pretty(&peft_config(plan)).expect("json").as_bytes())?;
+            tensors.len()
+        }
+        Format::Merged | Format::GgufLora => {
+            let mut adapter = adapter.clone();
+            adapter.remove("value_head");
+            if format == Format::Merged { merged::write(dir, base, &adapter, lora)? } else { gguf_lora::write(dir, base, &adapter, lora)? }
+        }
+    })
 }
 
 /// PEFT's `adapter_config.json` for the plan's LoRA.
@@ -275,8 +290,11 @@ pub fn export(run: &Path, update: Option<u32>, format: Format, out: Option<&Path
     let config = model::config(&plan.inputs.models.policy)
         .map_err(|e| input(format!("the run's policy model: {e}")))?
         .ok_or_else(|| input("the run's policy model has no readable configuration (is it fetched? `mpo fetch`)"))?;
-    // PEFT's tensors also check the checkpoint against the plan (rank, every target present)
-    let tensors = peft_tensors(&ck.join("policy.safetensors"), &plan.spec.policy.lora, config.num_layers)?;
+    let policy = ck.join("policy.safetensors");
+    let source = policy.display().to_string();
+    let adapter = read_tensors(&policy).map_err(|e| input(format!("{source}: {e}")))?;
+    // checked against the plan before anything is written
+    peft_tensors(&adapter, &source, &plan.spec.policy.lora, config.num_layers)?;
     if format != Format::Peft
         && let Some((path, planned, now)) = crate::model::folder::changed(&plan.inputs.models.policy).map_err(|e| input(e.to_string()))?
     {
@@ -300,23 +318,7 @@ pub fn export(run: &Path, update: Option<u32>, format: Format, out: Option<&Path
     std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
     let write = || -> Result<usize, ExportError> {
         let w = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(io(format!("writing {name}")));
-        let written = match format {
-            Format::Peft => {
-                w("adapter_model.safetensors", &safetensors_bytes(&tensors)?)?;
-                w("adapter_config.json", serde_json::to_string_pretty(&peft_config(&plan)).expect("json").as_bytes())?;
-                tensors.len()
-            }
-            Format::Merged | Format::GgufLora => {
-                let mut adapter = read_tensors(&ck.join("policy.safetensors")).map_err(input)?;
-                adapter.remove("value_head");
-                let (base, lora) = (&plan.inputs.models.policy, &plan.spec.policy.lora);
-                if format == Format::Merged {
-                    merged::write(&tmp, base, &adapter, lora)?
-                } else {
-                    gguf_lora::write(&tmp, base, &adapter, lora)?
-                }
-            }
-        };
+        let written = write_adapter(&tmp, format, &plan, &adapter, &source, config.num_layers)?;
         let prov = json!({
             "run_id": plan.run_id,
             "update": update,

@@ -220,81 +220,108 @@ pub fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(when.duration_since(now).unwrap_or(Duration::ZERO).min(Duration::from_secs(300)))
 }
 
-async fn one_attempt(
+/// One JSON POST: the parsed body, or the error and any `Retry-After`. Only 2xx answers are
+/// parsed; a body that is not JSON is `bad_body` (retried: a cut connection looks the same).
+pub async fn post_json(
     client: &reqwest::Client,
-    cfg: &OpenAiConfig,
     url: &str,
-    r: &JudgeRequest,
-    prefill: Option<&str>,
-) -> Result<JudgeResponse, (JudgeError, Option<Duration>)> {
-    let mut req = client.post(url).json(&body(cfg, r, prefill));
-    if let Some(k) = &cfg.api_key {
+    body: &J,
+    api_key: Option<&str>,
+    timeout: Duration,
+) -> Result<J, (JudgeError, Option<Duration>)> {
+    let text = post(client, url, body, api_key, timeout).await?;
+    serde_json::from_str(&text).map_err(|e| (JudgeError::Malformed { url: url.into(), message: format!("not JSON: {e}") }, None))
+}
+
+/// One POST of a JSON body: the answer's text when its status is 2xx, else the error and any
+/// `Retry-After`.
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &J,
+    api_key: Option<&str>,
+    timeout: Duration,
+) -> Result<String, (JudgeError, Option<Duration>)> {
+    let mut req = client.post(url).json(body);
+    if let Some(k) = api_key {
         req = req.bearer_auth(k);
     }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) if e.is_timeout() => return Err((JudgeError::Timeout { seconds: cfg.timeout.as_secs_f64() }, None)),
+        Err(e) if e.is_timeout() => return Err((JudgeError::Timeout { seconds: timeout.as_secs_f64() }, None)),
         Err(e) => return Err((JudgeError::Transport { url: url.into(), message: e.to_string() }, None)),
     };
     let status = resp.status().as_u16();
     let wait = retry_after(resp.headers());
     let text = match resp.text().await {
         Ok(t) => t,
-        Err(e) if e.is_timeout() => return Err((JudgeError::Timeout { seconds: cfg.timeout.as_secs_f64() }, None)),
+        Err(e) if e.is_timeout() => return Err((JudgeError::Timeout { seconds: timeout.as_secs_f64() }, None)),
         Err(e) => return Err((JudgeError::Malformed { url: url.into(), message: format!("reading the body: {e}") }, None)),
     };
     if !(200..300).contains(&status) {
         let body: String = text.chars().take(500).collect();
         return Err((JudgeError::Http { status, url: url.into(), body }, wait));
     }
-    let v: J =
-        serde_json::from_str(&text).map_err(|e| (JudgeError::Malformed { url: url.into(), message: format!("not JSON: {e}") }, None))?;
-    parse_response(cfg.api, url, &v).map_err(|e| (e, None))
+    Ok(text)
 }
 
-async fn with_retries(
-    client: reqwest::Client,
-    cfg: Arc<OpenAiConfig>,
-    next: Arc<AtomicUsize>,
-    r: JudgeRequest,
-    prefill: Option<String>,
-    transport: Arc<Mutex<Transport>>,
-) -> Result<JudgeResponse, JudgeError> {
-    let count = |f: &dyn Fn(&mut Transport)| f(&mut transport.lock().unwrap_or_else(|e| e.into_inner()));
-    let attempts = cfg.max_retries + 1;
-    let mut last = None;
-    // The first attempt goes round-robin; each retry moves to the next URL (failover).
-    let mut i = next.fetch_add(1, Ordering::Relaxed) % cfg.base_urls.len();
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            i = (i + 1) % cfg.base_urls.len();
-        }
-        let url = endpoint(&cfg.base_urls[i], cfg.api);
-        count(&|t| t.attempts += 1);
-        match one_attempt(&client, &cfg, &url, &r, prefill.as_deref()).await {
-            Ok(resp) => return Ok(resp),
-            Err((e, wait)) => {
-                if !e.retryable() || attempt + 1 == attempts {
-                    count(&|t| *t.failed.entry(e.cause()).or_default() += 1);
-                    if attempt == 0 {
-                        return Err(e);
+/// How a request is retried: over which base URLs, how often, after how long.
+pub struct Retrying<'a> {
+    pub base_urls: &'a [String],
+    /// Round-robin position shared by the requests of one client.
+    pub next: &'a AtomicUsize,
+    pub max_retries: u32,
+    /// First backoff; doubles per attempt (with jitter), capped at 30 s.
+    pub backoff: Duration,
+    pub transport: &'a Mutex<Transport>,
+}
+
+impl Retrying<'_> {
+    /// `attempt(base_url)` until it succeeds, fails for good (not [`JudgeError::retryable`]) or
+    /// runs out of retries; every attempt, retry and failure counted in `transport` by cause.
+    /// The first attempt goes round-robin over the base URLs; each retry moves to the next one
+    /// (failover), after the server's `Retry-After` or an exponential backoff.
+    pub async fn run<T, F, Fut>(&self, attempt: F) -> Result<T, JudgeError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, (JudgeError, Option<Duration>)>>,
+    {
+        let count = |f: &dyn Fn(&mut Transport)| f(&mut self.transport.lock().unwrap_or_else(|e| e.into_inner()));
+        let attempts = self.max_retries + 1;
+        let mut last = None;
+        let n = self.base_urls.len().max(1);
+        let mut i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        for k in 0..attempts {
+            if k > 0 {
+                i = (i + 1) % n;
+            }
+            count(&|t| t.attempts += 1);
+            let url = self.base_urls.get(i).cloned().unwrap_or_default();
+            match attempt(url).await {
+                Ok(v) => return Ok(v),
+                Err((e, wait)) => {
+                    if !e.retryable() || k + 1 == attempts {
+                        count(&|t| *t.failed.entry(e.cause()).or_default() += 1);
+                        if k == 0 {
+                            return Err(e);
+                        }
+                        return Err(JudgeError::Exhausted { attempts: k + 1, last: Box::new(e) });
                     }
-                    return Err(JudgeError::Exhausted { attempts: attempt + 1, last: Box::new(e) });
+                    let backoff = self.backoff.mul_f64(2f64.powi(k as i32)).min(Duration::from_secs(30));
+                    // Jitter spreads retries of many concurrent requests; it never changes answers.
+                    let jitter = 1.0 + rand::random::<f64>() * 0.25;
+                    let pause = wait.unwrap_or(backoff.mul_f64(jitter));
+                    count(&|t| {
+                        *t.retries.entry(e.cause()).or_default() += 1;
+                        t.retry_wait_s += pause.as_secs_f64();
+                    });
+                    tokio::time::sleep(pause).await;
+                    last = Some(e);
                 }
-                let backoff = cfg.backoff.mul_f64(2f64.powi(attempt as i32)).min(Duration::from_secs(30));
-                // Jitter spreads retries of many concurrent requests; it never changes answers.
-                let jitter = 1.0 + rand::random::<f64>() * 0.25;
-                let pause = wait.unwrap_or(backoff.mul_f64(jitter));
-                count(&|t| {
-                    *t.retries.entry(e.cause()).or_default() += 1;
-                    t.retry_wait_s += pause.as_secs_f64();
-                });
-                tokio::time::sleep(pause).await;
-                last = Some(e);
             }
         }
+        Err(JudgeError::Exhausted { attempts, last: Box::new(last.unwrap_or(JudgeError::Config { message: "no attempt made".into() })) })
     }
-    Err(JudgeError::Exhausted { attempts, last: Box::new(last.unwrap_or(JudgeError::Config { message: "no attempt made".into() })) })
 }
 
 /// An OpenAI-compatible judge's identity: endpoint and model (never the URL or key).
@@ -354,7 +381,25 @@ struct Call {
 
 impl Call {
     async fn ask(&self, r: JudgeRequest, prefill: Option<String>) -> Result<JudgeResponse, JudgeError> {
-        with_retries(self.client.clone(), self.cfg.clone(), self.next.clone(), r, prefill, self.transport.clone()).await
+        let cfg = &self.cfg;
+        let retrying = Retrying {
+            base_urls: &cfg.base_urls,
+            next: &self.next,
+            max_retries: cfg.max_retries,
+            backoff: cfg.backoff,
+            transport: &self.transport,
+        };
+        let b = body(cfg, &r, prefill.as_deref());
+        retrying
+            .run(|base| {
+                let (client, b) = (&self.client, &b);
+                async move {
+                    let url = endpoint(&base, cfg.api);
+                    let v = post_json(client, &url, b, cfg.api_key.as_deref(), cfg.timeout).await?;
+                    parse_response(cfg.api, &url, &v).map_err(|e| (e, None))
+                }
+            })
+            .await
     }
 }
 

@@ -182,24 +182,8 @@ pub fn generate_guided<B: Backend>(
             if let Some(Some(g)) = guides.get_mut(r) {
                 g.advance(id)?;
             }
-            let g = &mut out[r];
-            g.tokens.push(id);
-            g.logprobs.push(lp);
             next[r] = id as i64;
-            if s.stop_ids.contains(&id) {
-                done[r] = true;
-                g.finish = Finish::Eos;
-            } else if !s.stop_strings.is_empty() {
-                let text = tok.decode(&g.tokens)?;
-                if let Some(cut) = s.stop_strings.iter().filter_map(|ss| text.find(ss.as_str())).min() {
-                    done[r] = true;
-                    g.finish = Finish::Stop;
-                    g.text = text[..cut].to_string();
-                    let keep = covering_prefix(tok, &g.tokens, cut)?;
-                    g.tokens.truncate(keep);
-                    g.logprobs.truncate(keep);
-                }
-            }
+            done[r] = push(tok, s, &mut out[r], id, lp)?;
         }
         if done.iter().all(|&x| x) || step + 1 == s.max_new_tokens {
             break;
@@ -222,6 +206,52 @@ pub fn generate_guided<B: Backend>(
         }
     }
     Ok(out)
+}
+
+/// Append a sampled token to `g` and say whether the response ended: on a stop id (kept as the
+/// last token) or a stop string (the text cut before it, the tokens to the fewest that cover
+/// the text).
+fn push(tok: &Tok, s: &Sampling, g: &mut Generated, id: u32, lp: f32) -> Result<bool, GenerateError> {
+    g.tokens.push(id);
+    g.logprobs.push(lp);
+    if s.stop_ids.contains(&id) {
+        g.finish = Finish::Eos;
+        return Ok(true);
+    }
+    if !s.stop_strings.is_empty() {
+        let text = tok.decode(&g.tokens)?;
+        if let Some(cut) = s.stop_strings.iter().filter_map(|ss| text.find(ss.as_str())).min() {
+            g.finish = Finish::Stop;
+            g.text = text[..cut].to_string();
+            let keep = covering_prefix(tok, &g.tokens, cut)?;
+            g.tokens.truncate(keep);
+            g.logprobs.truncate(keep);
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A response another generator sampled (an inference engine), ended exactly as mpo's decoder
+/// ends one: at the first stop id or stop string, within `max_new_tokens`. `ended`: the
+/// generator stopped on an end token of its own before the budget; such a last token is kept
+/// and the response counts as complete even if mpo does not list that id.
+pub fn from_sampled(tok: &Tok, s: &Sampling, tokens: &[u32], logprobs: &[f32], ended: bool) -> Result<Generated, GenerateError> {
+    let mut g = Generated { tokens: vec![], logprobs: vec![], text: String::new(), finish: Finish::Length };
+    let mut done = false;
+    for (k, &id) in tokens.iter().enumerate().take(s.max_new_tokens) {
+        if push(tok, s, &mut g, id, logprobs.get(k).copied().unwrap_or(f32::NAN))? {
+            done = true;
+            break;
+        }
+    }
+    if !done && ended && !g.tokens.is_empty() && g.tokens.len() == tokens.len() && tokens.len() < s.max_new_tokens {
+        g.finish = Finish::Eos;
+    }
+    if g.finish != Finish::Stop {
+        g.text = tok.decode(&g.tokens)?;
+    }
+    Ok(g)
 }
 
 /// The fewest leading `tokens` (at least one) whose decoded text is `cut` bytes or longer.
@@ -251,6 +281,31 @@ mod tests {
         assert!(k < ids.len());
         // a stop string at the very start still trains one token
         assert_eq!(covering_prefix(&tok, &ids, 0).unwrap(), 1);
+    }
+
+    /// An engine's tokens end where mpo's decoder would have ended them.
+    #[test]
+    fn an_engine_response_ends_as_the_decoder_ends_one() {
+        let tok = crate::model::tokenizer::tests::tiny_tok();
+        let ids = tok.encode("hello world\n\nQuestion: next").unwrap();
+        let lps: Vec<f32> = (0..ids.len()).map(|k| -(k as f32) - 1.0).collect();
+        let s = Sampling { max_new_tokens: 64, temperature: 1.0, top_p: 1.0, top_k: 0, stop_ids: vec![], stop_strings: vec![] };
+        // a stop string: text and tokens cut as in `generate`, the log-probs with the tokens
+        let cut = Sampling { stop_strings: vec!["\n\nQuestion:".into()], ..s.clone() };
+        let g = from_sampled(&tok, &cut, &ids, &lps, false).unwrap();
+        assert_eq!((g.finish, g.text.as_str()), (Finish::Stop, "hello world"));
+        assert_eq!(g.tokens.len(), covering_prefix(&tok, &ids, "hello world".len()).unwrap());
+        assert_eq!(g.logprobs, lps[..g.tokens.len()]);
+        // a stop id ends it, kept as the last token; what the engine sent after it is dropped
+        let stop = Sampling { stop_ids: vec![ids[2]], ..s.clone() };
+        let g = from_sampled(&tok, &stop, &ids, &lps, false).unwrap();
+        assert_eq!((g.finish, g.tokens.as_slice()), (Finish::Eos, &ids[..3]));
+        // the engine's own end token counts as an end; running out of the budget does not
+        assert_eq!(from_sampled(&tok, &s, &ids, &lps, true).unwrap().finish, Finish::Eos);
+        assert_eq!(from_sampled(&tok, &s, &ids, &lps, false).unwrap().finish, Finish::Length);
+        let budget = Sampling { max_new_tokens: 2, ..s };
+        let g = from_sampled(&tok, &budget, &ids, &lps, true).unwrap();
+        assert_eq!((g.finish, g.tokens.len()), (Finish::Length, 2));
     }
 
     #[test]

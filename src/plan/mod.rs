@@ -297,6 +297,10 @@ pub fn identity(plan: &Plan) -> J {
         }
         remove_path(spec, &["runtime", "threads"]);
         remove_path(spec, &["runtime", "device_memory_gib"]);
+        // Which engine generates changes the rollouts; where it is and how it is reached do not.
+        for k in ["base_url_env", "api_key_env", "adapter_dir", "concurrency", "timeout_s", "max_retries"] {
+            remove_path(spec, &["runtime", "rollouts", k]);
+        }
         for p in [
             &["task", "prompt"][..],
             &["task", "train", "path"],

@@ -241,6 +241,23 @@ pub fn render_summary(plan: &Plan) -> String {
     let decode = if r.quantized_decode { "" } else { ", decode products on the f32 weights (quantized_decode: false)" };
     let _ =
         writeln!(o, "  runtime   {} (device {}), seed {}, rollout batch {}{decode}", r.backend.as_str(), r.device, r.seed, r.rollout_batch);
+    let ro = &r.rollouts;
+    let _ = match ro.engine {
+        crate::spec::RolloutEngine::InProcess => Ok(()),
+        crate::spec::RolloutEngine::LlamaServer => writeln!(
+            o,
+            "  rollouts  on llama-server, restarted with each update's adapter (llama.cpp GGUF), {} requests at a time; evaluations in process",
+            ro.concurrency
+        ),
+        e => writeln!(
+            o,
+            "  rollouts  on {} at ${}, each update's PEFT adapter loaded from {}, {} requests at a time; evaluations in process",
+            e.as_str(),
+            ro.base_url_env.as_deref().unwrap_or("?"),
+            ro.adapter_dir.as_ref().map_or("?".into(), |d| d.display().to_string()),
+            ro.concurrency
+        ),
+    };
     let sc = &plan.schedule;
     let _ = writeln!(o, "  schedule  meta after update {}", list(&sc.meta_at));
     let _ = writeln!(

@@ -22,6 +22,44 @@ pub fn kl(logp: f64, ref_logp: f64, est: KlEstimator) -> f64 {
     }
 }
 
+/// How far the trainer's log-probs of the rollouts' tokens sit from those their generator
+/// reported (mpo's decoder or an inference engine), over every response token: the off-policy
+/// drift PPO's ratio silently absorbs when the two differ.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Drift {
+    /// Tokens compared.
+    pub tokens: usize,
+    /// Tokens the generator gave no finite log-prob for (left out).
+    pub missing: usize,
+    /// Mean of |trainer - generator|.
+    pub mean_abs: f64,
+    /// Largest |trainer - generator|.
+    pub max_abs: f64,
+    /// Mean of trainer - generator (> 0: the trainer finds the tokens likelier).
+    pub mean: f64,
+}
+
+impl Drift {
+    /// The drift of `(trainer, generator)` log-prob pairs; `None` when no token has both.
+    pub fn of(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<Drift> {
+        let mut d = Drift::default();
+        let (mut sum, mut sum_abs) = (0.0, 0.0);
+        for (t, g) in pairs {
+            if !g.is_finite() || !t.is_finite() {
+                d.missing += 1;
+                continue;
+            }
+            let x = t - g;
+            d.tokens += 1;
+            sum += x;
+            sum_abs += x.abs();
+            d.max_abs = d.max_abs.max(x.abs());
+        }
+        (d.tokens > 0).then(|| Drift { mean_abs: sum_abs / d.tokens as f64, mean: sum / d.tokens as f64, ..d })
+    }
+}
+
 /// Per-token rewards of one response: `-kl_coef * kl` at every token, plus `score` at the
 /// last one. With `extra_slot` the rewards get one more position after the response (no KL
 /// there) and the score goes into it: the reference's placement one slot after EOS. Returns
@@ -226,6 +264,15 @@ mod tests {
     use super::*;
 
     type TB = burn::backend::Flex;
+
+    #[test]
+    fn drift_is_trainer_minus_generator_over_finite_pairs() {
+        let d = Drift::of([(-1.0, -1.5), (-2.0, -1.0), (-0.5, f64::NAN), (-0.1, -0.1)]).unwrap();
+        assert_eq!((d.tokens, d.missing), (3, 1));
+        assert!((d.mean_abs - 0.5).abs() < 1e-12 && (d.max_abs - 1.0).abs() < 1e-12);
+        assert!((d.mean - (0.5 - 1.0) / 3.0).abs() < 1e-12);
+        assert_eq!(Drift::of([(-1.0, f64::NEG_INFINITY)]), None);
+    }
 
     fn t2(v: &[f32], m: usize, r: usize) -> Tensor<TB, 2> {
         Tensor::from_data(TensorData::new(v.to_vec(), [m, r]), &Default::default())

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// `x` rounded to 6 decimals; `None` when it is not finite (written as `null`).
 pub fn round6(x: f64) -> Option<f64> {
-    x.is_finite().then(|| (x * 1e6).round() / 1e6)
+    // `+ 0.0` writes a value that rounds to zero from below as 0, not -0
+    x.is_finite().then(|| (x * 1e6).round() / 1e6 + 0.0)
 }
 
 /// One update of a run.
@@ -64,6 +65,9 @@ pub struct MetricsRow {
     /// in-process judges.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub judge_transport: BTreeMap<String, crate::judge::Transport>,
+    /// Where the rollouts were generated and how far the generator's log-probs sat from the
+    /// trainer's.
+    pub rollouts: RolloutsRow,
     /// Rollouts left out of training (no reward under the failure policy).
     pub skipped: usize,
     /// Share of responses that ended with EOS.
@@ -143,6 +147,23 @@ pub struct SignalsRow {
     pub identical_share: Option<f64>,
     pub max_score_share: Option<f64>,
     pub judge_verifier_disagreement: Option<f64>,
+}
+
+/// The generator of an update's rollouts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RolloutsRow {
+    /// `in_process`, `llama_server`, `vllm` or `sglang` (`runtime.rollouts.engine`).
+    pub engine: String,
+    /// PPO's old log-probs (the trainer's) minus the generator's, over every trained response
+    /// token. In process the two differ only in summation order (KV cache, batch padding,
+    /// quantized decode products); on an engine this is the off-policy drift of its rollouts.
+    pub drift: Option<crate::ppo::Drift>,
+    /// Seconds writing the adapter and having the engine load it (absent in process).
+    pub load_s: Option<f64>,
+    /// The engine's HTTP attempts, retries and failures by cause, this update (absent in
+    /// process).
+    pub transport: Option<crate::judge::Transport>,
 }
 
 /// Tokens spent, by role.
@@ -245,6 +266,7 @@ mod tests {
     #[test]
     fn rounding_and_spread() {
         assert_eq!(round6(0.123_456_789), Some(0.123457));
+        assert!(round6(-1e-9).unwrap().is_sign_positive(), "written as 0, not -0");
         assert_eq!(round6(f64::NAN), None);
         let s = Spread::of(&[1.0, 3.0]);
         assert_eq!((s.mean, s.std, s.min, s.max), (Some(2.0), Some(1.0), Some(1.0), Some(3.0)));

@@ -79,6 +79,8 @@ pub enum RunError {
     Folder(#[from] model::folder::FolderError),
     #[error("model {path} changed since the plan was made (content sha256 {now}, the plan's {planned})")]
     ModelChanged { path: String, now: String, planned: String },
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
 }
 
 impl RunError {
@@ -88,6 +90,7 @@ impl RunError {
             RunError::Judge(e) => e.help(),
             RunError::Lock(e) => e.help(),
             RunError::Checkpoint(e) => e.help(),
+            RunError::Engine(e) => e.help(),
             RunError::TemplateChanged { .. } => Some("re-plan from the spec: `mpo run SPEC` (or `mpo plan SPEC --json` again)".into()),
             RunError::ModelChanged { .. } => Some(
                 "the files at that path are not the ones the plan (and its run id) were made with: restore them, or re-plan from the spec for a run of its own".into(),
@@ -278,7 +281,7 @@ fn execute<B: AutodiffBackend>(
     let mut checkpointed_at = r.state.update;
     for update in first_here..=updates {
         let started = Instant::now();
-        let batch = rollout::generate(&r, &data.train, update)?;
+        let batch = rollout::generate(&mut r, &data.train, update)?;
         let scoring = score::score(&mut r, &batch, &data.train, update)?;
         let trained = train::train(&mut r, &batch, &scoring, update);
         let meta = meta_step::maybe_run(&mut r, &scoring, update)?;
@@ -315,17 +318,19 @@ pub fn before_after(plan: &Plan, dir: &RunDir) -> Vec<String> {
 /// The run's judge transport, totalled over its rows, where any request had to be retried or
 /// failed.
 fn transport(rows: &[results::MetricsRow]) -> Vec<String> {
-    let mut totals: BTreeMap<&str, crate::judge::Transport> = BTreeMap::new();
+    // (who, where its rows keep it) -> totals
+    let mut totals: BTreeMap<(String, &str), crate::judge::Transport> = BTreeMap::new();
     for r in rows {
         for (role, t) in &r.judge_transport {
-            totals.entry(role).or_default().add(t);
+            totals.entry((format!("{role} judge"), "judge_transport")).or_default().add(t);
+        }
+        if let Some(t) = &r.rollouts.transport {
+            totals.entry(("rollout engine".into(), "rollouts.transport")).or_default().add(t);
         }
     }
     totals
         .iter()
         .filter(|(_, t)| !t.is_clean())
-        .map(|(role, t)| {
-            format!("{role} judge: {} over {} HTTP requests (by update: judge_transport in metrics.jsonl)", t.summary(), t.attempts)
-        })
+        .map(|((who, field), t)| format!("{who}: {} over {} HTTP requests (by update: {field} in metrics.jsonl)", t.summary(), t.attempts))
         .collect()
 }

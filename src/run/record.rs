@@ -14,9 +14,11 @@ use super::score::Scoring;
 use super::train::Trained;
 use super::{RunError, Runner, tensorboard};
 use crate::model::generate::Finish;
+use crate::ppo::Drift;
 use crate::results::SampleRow;
-use crate::results::metrics::{Calls, Losses, MetricsRow, SignalsRow, Spread, Times, TokenCount, Tokens, mean, round6};
+use crate::results::metrics::{Calls, Losses, MetricsRow, RolloutsRow, SignalsRow, Spread, Times, TokenCount, Tokens, mean, round6};
 use crate::reward;
+use crate::spec::RolloutEngine;
 
 /// What the phases of one update produced.
 pub struct Update<'a, 'd> {
@@ -98,6 +100,21 @@ fn metrics_row<B: AutodiffBackend>(r: &Runner<'_, B>, u: Update) -> MetricsRow {
                 Some((role.to_string(), t))
             })
             .collect(),
+        rollouts: RolloutsRow {
+            engine: batch.engine.as_ref().map_or(RolloutEngine::InProcess, |e| e.engine).as_str().to_string(),
+            drift: stats.drift.clone().map(|d| Drift {
+                mean_abs: round6(d.mean_abs).unwrap_or(0.0),
+                max_abs: round6(d.max_abs).unwrap_or(0.0),
+                mean: round6(d.mean).unwrap_or(0.0),
+                ..d
+            }),
+            load_s: batch.engine.as_ref().and_then(|e| round6(e.load_s)),
+            transport: batch.engine.as_ref().map(|e| {
+                let mut t = e.transport.clone();
+                t.retry_wait_s = round6(t.retry_wait_s).unwrap_or(0.0);
+                t
+            }),
+        },
         skipped: scored.iter().filter(|s| s.reward.is_none()).count(),
         eos_rate: round6(eos as f64 / batch.gens.len().max(1) as f64),
         signals: SignalsRow {
@@ -141,8 +158,11 @@ fn fmt3(x: Option<f64>) -> String {
 fn progress_line(row: &MetricsRow, updates: u32, scoring: &Scoring) -> String {
     let t = &row.time_s;
     let secs = |x: Option<f64>| x.unwrap_or(0.0);
-    let transport: String =
+    let mut transport: String =
         row.judge_transport.iter().filter(|(_, t)| !t.is_clean()).map(|(role, t)| format!(" | {role} judge: {}", t.summary())).collect();
+    if let Some(t) = row.rollouts.transport.as_ref().filter(|t| !t.is_clean()) {
+        transport += &format!(" | rollout engine: {}", t.summary());
+    }
     format!(
         "update {}/{updates}: reward {} (judge {}, verifier {}) kl {:.4} len {:.0} failures {} rubric v{:03} | gen {:.0}s judge {:.0}s ppo {:.0}s{}",
         row.update,

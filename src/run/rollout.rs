@@ -5,12 +5,18 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
+use rand::Rng;
 use serde_json::Value as J;
 
 use super::{RunError, Runner};
+use crate::engine::Engine;
+use crate::judge::Transport;
+use crate::model::Llama;
 use crate::model::generate::{self, Generated, Sampling};
 use crate::model::tokenizer::{Message, Tok};
+use crate::spec::RolloutEngine;
 use crate::spec::Spec;
 use crate::spec::validate::TemplateFile;
 use crate::task::Dataset;
@@ -31,10 +37,21 @@ pub struct Batch {
     pub prompts: Vec<Prompt>,
     pub gens: Vec<Generated>,
     pub seconds: f64,
+    /// What the rollout engine did (`None`: generated in process).
+    pub engine: Option<EngineUse>,
+}
+
+/// One update on a rollout engine.
+pub struct EngineUse {
+    pub engine: RolloutEngine,
+    /// Seconds writing the adapter and having the engine load it.
+    pub load_s: f64,
+    /// This update's HTTP attempts, retries and failures by cause.
+    pub transport: Transport,
 }
 
 /// Generate the rollouts of `update`.
-pub fn generate<B: AutodiffBackend>(r: &Runner<'_, B>, train: &Dataset, update: u32) -> Result<Batch, RunError> {
+pub fn generate<B: AutodiffBackend>(r: &mut Runner<'_, B>, train: &Dataset, update: u32) -> Result<Batch, RunError> {
     let t0 = Instant::now();
     let spec = r.spec;
     r.progress.stage(&format!("update {update}: generating {} rollouts", spec.ppo.batch_size));
@@ -47,15 +64,43 @@ pub fn generate<B: AutodiffBackend>(r: &Runner<'_, B>, train: &Dataset, update: 
             prompts.push(Prompt { record: i, text: text.clone(), ids: ids.clone() });
         }
     }
-    let model = r.tr.policy.valid();
     let sampling = policy_sampling(spec, &r.tok, spec.ppo.temperature);
+    if let Some(engine) = r.engine.as_mut() {
+        let (gens, used) = on_engine(engine, &r.tr.policy, &r.tok, &prompts, &sampling, spec.runtime.seed, update)?;
+        return Ok(Batch { prompts, gens, seconds: t0.elapsed().as_secs_f64(), engine: Some(used) });
+    }
+    let model = r.tr.policy.valid();
     let mut gens = Vec::with_capacity(prompts.len());
     for (c, chunk) in prompts.chunks(spec.runtime.rollout_batch.max(1)).enumerate() {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
         let mut rng = crate::rng::stream(spec.runtime.seed, &format!("rollout/u{update:06}/c{c}"));
         gens.extend(generate::generate(&model, &r.tok, &ids, &sampling, true, &mut rng)?);
     }
-    Ok(Batch { prompts, gens, seconds: t0.elapsed().as_secs_f64() })
+    Ok(Batch { prompts, gens, seconds: t0.elapsed().as_secs_f64(), engine: None })
+}
+
+/// The rollouts of `update` on the engine, with `policy`'s current adapter: each prompt sampled
+/// with its own seed from the update's stream, each response ended as the in-process decoder
+/// ends one.
+fn on_engine<B: Backend>(
+    engine: &mut Engine,
+    policy: &Llama<B>,
+    tok: &Tok,
+    prompts: &[Prompt],
+    sampling: &Sampling,
+    seed: u64,
+    update: u32,
+) -> Result<(Vec<Generated>, EngineUse), RunError> {
+    let adapter: crate::export::ByName =
+        crate::model::adapter::trained_tensors(policy).into_iter().map(|(name, shape, data)| (name, (shape, data))).collect();
+    let mut rng = crate::rng::stream(seed, &format!("rollout/u{update:06}/engine"));
+    let seeds: Vec<u32> = prompts.iter().map(|_| rng.random()).collect();
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+    let before = engine.transport();
+    let (sampled, timing) = engine.rollouts(&adapter, update, &ids, &seeds, sampling)?;
+    let gens =
+        sampled.iter().map(|x| generate::from_sampled(tok, sampling, &x.tokens, &x.logprobs, x.ended)).collect::<Result<Vec<_>, _>>()?;
+    Ok((gens, EngineUse { engine: engine.kind(), load_s: timing.load_s, transport: engine.transport().since(&before) }))
 }
 
 /// Indices of the prompts of `update`: epochs of seeded permutations of the first `used`

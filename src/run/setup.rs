@@ -60,6 +60,8 @@ pub struct Runner<'p, B: AutodiffBackend> {
     pub gate: Option<crate::rubric_test::Gate>,
     /// `eval.instrument`, built when the run evaluates.
     pub instrument: Option<super::eval::Instrument>,
+    /// `runtime.rollouts`' engine (`None`: the in-process decoder).
+    pub engine: Option<crate::engine::Engine>,
 }
 
 /// The task's records.
@@ -162,6 +164,10 @@ pub fn start<'p, B: AutodiffBackend>(
     };
     manifest.warmup_s = t_setup.elapsed().as_secs_f64();
     dir.write_manifest(manifest)?;
+    let engine = match spec.runtime.rollouts.is_in_process() {
+        true => None,
+        false => Some(crate::engine::Engine::start(plan, tr.policy.num_layers())?),
+    };
     let runner = Runner {
         plan,
         spec,
@@ -182,6 +188,7 @@ pub fn start<'p, B: AutodiffBackend>(
         data_seed,
         gate,
         instrument,
+        engine,
     };
     Ok((runner, Data { train, test, transfer }))
 }

@@ -91,7 +91,8 @@ pub fn training_batch(
         let score = if g.finish == Finish::Length { r - penalty } else { r };
         let response = if g.tokens.is_empty() { vec![eos] } else { g.tokens.clone() };
         // The `group_size` rollouts of one prompt are consecutive in the batch.
-        seqs.push(Seq { query: p.ids.clone(), response, score, group: k / group_size.max(1) });
+        let rollout_logprobs = g.logprobs.clone();
+        seqs.push(Seq { query: p.ids.clone(), response, score, group: k / group_size.max(1), rollout_logprobs });
     }
     let mut dropped = 0;
     if group_size > 1 {
@@ -122,6 +123,9 @@ pub struct Seq {
     pub score: f64,
     /// The prompt it answers: GRPO normalises scores among sequences sharing this id.
     pub group: usize,
+    /// Each response token's log-prob as its generator reported it (for `TrainStats::drift`;
+    /// PPO itself uses the trainer's own).
+    pub rollout_logprobs: Vec<f32>,
 }
 
 /// What an update measured.
@@ -145,6 +149,8 @@ pub struct TrainStats {
     pub grad_norm: f64,
     /// The shift `recenter` added to the rollout-time values (`None` when not asked).
     pub critic_shift: Option<f64>,
+    /// The trainer's old log-probs against the generator's.
+    pub drift: Option<ppo::Drift>,
 }
 
 /// The mean over the critic's positions of the discounted Monte-Carlo return minus the
@@ -409,6 +415,10 @@ pub fn update<B: AutodiffBackend>(
 
     // --- rewards, advantages, returns (host) ------------------------------------------------------
     let len = |i: usize| seqs[i].response.len();
+    stats.drift = ppo::Drift::of((0..n).flat_map(|i| {
+        let old = &old_lp[i * r..i * r + len(i)];
+        old.iter().zip(&seqs[i].rollout_logprobs).map(|(&t, &g)| (t, g as f64)).collect::<Vec<_>>()
+    }));
     // Positions the critic learns: the response, plus the score slot after it when asked for
     // and there is room (a response filling the width keeps its score on the last token).
     let after_eos = spec.score_at == ScoreAt::AfterEos && !grpo;
@@ -560,8 +570,8 @@ mod tests {
 
     fn seqs() -> Vec<Seq> {
         vec![
-            Seq { query: vec![5, 9, 12], response: vec![40, 41, 42], score: 1.0, group: 0 },
-            Seq { query: vec![7], response: vec![3, 4], score: -1.0, group: 0 },
+            Seq { query: vec![5, 9, 12], response: vec![40, 41, 42], score: 1.0, group: 0, rollout_logprobs: vec![] },
+            Seq { query: vec![7], response: vec![3, 4], score: -1.0, group: 0, rollout_logprobs: vec![] },
         ]
     }
 
@@ -600,8 +610,8 @@ mod tests {
         // the second from trained ones), every layout of passes: the shared first forward pass
         // and the skipped reference pass give exactly the numbers of separate passes.
         let mut four = seqs();
-        four.push(Seq { query: vec![8, 8], response: vec![9, 10, 11], score: 0.5, group: 1 });
-        four.push(Seq { query: vec![2, 3, 4, 5], response: vec![6], score: -0.5, group: 1 });
+        four.push(Seq { query: vec![8, 8], response: vec![9, 10, 11], score: 0.5, group: 1, rollout_logprobs: vec![] });
+        four.push(Seq { query: vec![2, 3, 4, 5], response: vec![6], score: -0.5, group: 1, rollout_logprobs: vec![] });
         for (shared, algorithm, micro) in
             [(true, Algorithm::Ppo, 1), (false, Algorithm::Ppo, 2), (true, Algorithm::Grpo, 1), (true, Algorithm::Ppo, 2)]
         {
@@ -653,7 +663,7 @@ mod tests {
         assert_eq!(split_even(&xs[..0], 2).len(), 0);
         let mut tr = trainer(true);
         let mut three = seqs();
-        three.push(Seq { query: vec![8, 8], response: vec![9], score: 0.5, group: 0 });
+        three.push(Seq { query: vec![8, 8], response: vec![9], score: 0.5, group: 0, rollout_logprobs: vec![] });
         let spec = PpoSpec { num_ppo_epochs: 1, num_mini_batches: 2, ..PpoSpec::default() };
         assert_eq!(update(&mut tr, &three, &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false).optimizer_steps, 2);
     }

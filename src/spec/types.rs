@@ -1313,6 +1313,100 @@ pub struct RuntimeSpec {
     /// 2026-12-04). Part of the run id only when `false`.
     #[serde(skip_serializing_if = "is_true")]
     pub quantized_decode: bool,
+    /// Where the policy's rollouts are generated: mpo's own decoder (the default) or an
+    /// inference engine serving the current adapter. Evaluations always decode in process, so a
+    /// run's evaluations compare with any other run's.
+    #[serde(skip_serializing_if = "RolloutsSpec::is_in_process")]
+    pub rollouts: RolloutsSpec,
+}
+
+/// The generator of a run's rollouts (`runtime.rollouts`).
+///
+/// With an engine, each update exports the policy's current adapter, has the engine load it,
+/// sends the update's prompts as token ids (each with its own seed from the update's random
+/// stream), and reads back token ids and the engine's log-probs. PPO's old log-probs and values
+/// are recomputed in the trainer as always; the gap between the two log-probs of every response
+/// token is logged as `rollouts.drift` (the off-policy drift of engine-generated rollouts). On a
+/// CPU the in-process decoder is the faster one; an engine pays at GPU scale, where generation is
+/// most of an update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutsSpec {
+    pub engine: RolloutEngine,
+    /// `vllm` / `sglang`: the environment variable holding the server's base URL (the root, or
+    /// ending in `/v1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url_env: Option<String>,
+    /// `vllm` / `sglang`: the environment variable holding an API key, if the server wants one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// `vllm` / `sglang`: a directory both mpo and the server read (a shared filesystem): each
+    /// update's PEFT adapter is written here, loaded by the server, and removed once the next one
+    /// is loaded (the durable copies are the run's checkpoints: `mpo export`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter_dir: Option<PathBuf>,
+    /// Requests in flight at once (llama-server: its parallel slots). An engine batches the
+    /// requests in flight together, and which ones meet changes its sums in the last bits, so
+    /// seeded rollouts repeat exactly only one at a time (`concurrency: 1`, measured on
+    /// llama-server); mpo's in-process decoder repeats them at any batch size.
+    #[schemars(range(min = 1, max = 4096))]
+    pub concurrency: usize,
+    /// Seconds one request may take.
+    #[schemars(range(min = 1.0))]
+    pub timeout_s: f64,
+    /// Retries of a request that timed out, failed to connect or got a 408, 429 or 5xx.
+    #[schemars(range(max = 20))]
+    pub max_retries: u32,
+}
+
+impl Default for RolloutsSpec {
+    fn default() -> Self {
+        RolloutsSpec {
+            engine: RolloutEngine::InProcess,
+            base_url_env: None,
+            api_key_env: None,
+            adapter_dir: None,
+            concurrency: 64,
+            timeout_s: 600.0,
+            max_retries: 3,
+        }
+    }
+}
+
+impl RolloutsSpec {
+    pub fn is_in_process(&self) -> bool {
+        self.engine == RolloutEngine::InProcess
+    }
+}
+
+/// What generates rollouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutEngine {
+    /// mpo's KV-cache decoder, on the run's backend.
+    #[default]
+    InProcess,
+    /// llama.cpp's llama-server, started by mpo on the policy's GGUF and restarted with each
+    /// update's adapter (`--lora`): the CPU case (`scripts/setup_llama_server.sh` builds it).
+    LlamaServer,
+    /// A running vLLM server started with `--enable-lora` (and `--max-lora-rank` at least the
+    /// policy's rank) and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`, and `--logprobs-mode
+    /// processed_logprobs` so that its log-probs are of the tempered distribution, as mpo's.
+    Vllm,
+    /// A running SGLang server started with `--enable-lora`, `--max-lora-rank` and
+    /// `--lora-target-modules` covering the policy's LoRA.
+    Sglang,
+}
+
+impl RolloutEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutEngine::InProcess => "in_process",
+            RolloutEngine::LlamaServer => "llama_server",
+            RolloutEngine::Vllm => "vllm",
+            RolloutEngine::Sglang => "sglang",
+        }
+    }
 }
 
 fn is_true(b: &bool) -> bool {
@@ -1330,6 +1424,7 @@ impl Default for RuntimeSpec {
             rollout_batch: 8,
             device_memory_gib: None,
             quantized_decode: true,
+            rollouts: RolloutsSpec::default(),
         }
     }
 }

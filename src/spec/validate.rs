@@ -580,6 +580,10 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         let same = same_judge(&spec.reward.judge, jm.as_ref(), &i.judge, im.as_ref(), policy_model.as_ref());
         instrument_checks(&mut v, spec, i, same, instrument_rubric.as_ref());
     }
+    if let Some(dir) = spec.runtime.rollouts.adapter_dir.clone() {
+        spec.runtime.rollouts.adapter_dir = Some(v.resolve("runtime.rollouts.adapter_dir", &dir));
+    }
+    rollouts_checks(&mut v, spec, policy_model.as_ref());
     let mut seen = std::collections::BTreeSet::new();
     for t in &spec.policy.lora.targets {
         if !seen.insert(*t) {
@@ -1130,6 +1134,105 @@ fn same_judge(a: &JudgeSpec, am: Option<&ModelRef>, b: &JudgeSpec, bm: Option<&M
 
 /// `eval.instrument`: never the training judge unless said so, a score that is a share, and a
 /// reading its answers can give.
+/// `runtime.rollouts`: what each engine needs, and fields it would ignore.
+fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
+    use crate::spec::RolloutEngine;
+    let r = &spec.runtime.rollouts;
+    let server_fields = ["base_url_env", "api_key_env", "adapter_dir"];
+    let written = |v: &V, k: &str| v.tree.at_path(&format!("runtime.rollouts.{k}")).is_some();
+    match r.engine {
+        RolloutEngine::InProcess | RolloutEngine::LlamaServer => {
+            for k in server_fields {
+                if written(v, k) {
+                    v.warn(
+                        &format!("runtime.rollouts.{k}"),
+                        format!(
+                            "`runtime.rollouts.{k}` is ignored: it is for a running vLLM or SGLang server, and the engine is `{}`",
+                            r.engine.as_str()
+                        ),
+                        "ignored",
+                    );
+                }
+            }
+        }
+        RolloutEngine::Vllm | RolloutEngine::Sglang => {}
+    }
+    if r.engine == RolloutEngine::InProcess {
+        return;
+    }
+    if r.engine == RolloutEngine::LlamaServer {
+        if !matches!(policy, None | Some(ModelRef::Known { .. } | ModelRef::Gguf { .. })) {
+            v.error(
+                "runtime.rollouts.engine",
+                "llama-server serves a GGUF model with a llama.cpp adapter, and the policy is not a GGUF",
+                "needs a GGUF policy",
+            )
+            .help
+            .push("serve a Hugging Face folder on vLLM or SGLang (`engine: vllm` or `sglang`), or convert it with llama.cpp's convert_hf_to_gguf.py".into());
+        }
+        if crate::engine::llama_server::find_binary().is_none() {
+            v.warn("runtime.rollouts.engine", "llama-server is not built on this machine; `mpo run` will need it", "not found")
+                .help
+                .push("`scripts/setup_llama_server.sh` builds it into ~/.cache/mpo (or point `MPO_LLAMA_SERVER` at a binary)".into());
+        }
+        return;
+    }
+    let is_var = |name: &str| {
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit())
+    };
+    match &r.base_url_env {
+        None => {
+            v.error(
+                "runtime.rollouts",
+                format!("`runtime.rollouts.engine: {}` needs `base_url_env`: the variable holding the server's URL", r.engine.as_str()),
+                "no server named",
+            )
+            .help
+            .push("e.g. `base_url_env: MPO_ROLLOUT_URL`, then `export MPO_ROLLOUT_URL=http://host:8000`".into());
+        }
+        Some(name) if !is_var(name) => {
+            v.error(
+                "runtime.rollouts.base_url_env",
+                format!("`runtime.rollouts.base_url_env` must name an environment variable, found `{name}`"),
+                "not a variable name",
+            );
+        }
+        Some(name) if std::env::var_os(name).is_none() => {
+            v.warn(
+                "runtime.rollouts.base_url_env",
+                format!("environment variable `{name}` is not set; `mpo run` will need it"),
+                "not set in this shell",
+            )
+            .help
+            .push(format!("export {name}=http://host:port"));
+        }
+        Some(_) => {}
+    }
+    if let Some(k) = &r.api_key_env
+        && !is_var(k)
+    {
+        v.error(
+            "runtime.rollouts.api_key_env",
+            "`runtime.rollouts.api_key_env` must name an environment variable, found a value that is not a variable name",
+            "not a variable name",
+        )
+        .help
+        .push("secrets never go in the spec: put the value in an environment variable and name it here".into());
+    }
+    if r.adapter_dir.is_none() {
+        v.error(
+            "runtime.rollouts",
+            format!(
+                "`runtime.rollouts.engine: {}` needs `adapter_dir`: a folder mpo writes each update's adapter into and the server reads",
+                r.engine.as_str()
+            ),
+            "no adapter folder",
+        )
+        .help
+        .push("a path on a filesystem both share, e.g. `adapter_dir: /shared/scratch/mpo-adapters`".into());
+    }
+}
+
 fn instrument_checks(v: &mut V, spec: &Spec, i: &InstrumentSpec, same_as_training: bool, rubric: Option<&Rubric>) {
     if same_as_training && !i.training_judge {
         v.error(

@@ -205,17 +205,17 @@ fn bad_meta_answers_keep_the_rubric() {
 // ---- a real llama-server ---------------------------------------------------------------------
 
 fn llama_server() -> &'static str {
-    static SERVER: OnceLock<mpo::bench::server::LlamaServer> = OnceLock::new();
+    static SERVER: OnceLock<mpo::engine::llama_server::LlamaServer> = OnceLock::new();
     &SERVER
         .get_or_init(|| {
-            let bin = mpo::bench::server::find_binary().unwrap_or_else(|| {
+            let bin = mpo::engine::llama_server::find_binary().unwrap_or_else(|| {
                 panic!(
                     "this test needs a real llama-server and none is built: run `scripts/setup_llama_server.sh` once (~12 min, \
                      cached under ~/.cache/mpo), or run the tests with the README's command `scripts/test.sh`, which does"
                 )
             });
             let model = crate::demo_model();
-            mpo::bench::server::LlamaServer::start(&bin, &model, 4, 2, 2048, Duration::from_secs(300)).unwrap()
+            mpo::engine::llama_server::LlamaServer::start(&bin, &model, 4, 2, 2048, Duration::from_secs(300)).unwrap()
         })
         .url
 }

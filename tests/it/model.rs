@@ -414,7 +414,7 @@ fn decode_through_quantized_blocks_matches_the_f32_weights() {
 #[test]
 fn a_gguf_lora_export_runs_on_llama_server_as_mpo_computes_it() {
     use std::time::Duration;
-    let bin = mpo::bench::server::find_binary()
+    let bin = mpo::engine::llama_server::find_binary()
         .expect("this test needs a real llama-server: run `scripts/setup_llama_server.sh` once, or the README's `scripts/test.sh`");
     let demo = crate::demo_model();
     let root = std::env::temp_dir().join(format!("mpo-gguf-lora-{}", std::process::id()));
@@ -441,7 +441,7 @@ fn a_gguf_lora_export_runs_on_llama_server_as_mpo_computes_it() {
     let f32 = root.join("base.f32.gguf");
     mpo::model::gguf::Gguf::open(&demo).unwrap().write_f32(&f32).unwrap();
     let adapter = out.join("adapter.gguf");
-    let server = mpo::bench::server::LlamaServer::start_with(
+    let server = mpo::engine::llama_server::LlamaServer::start_with(
         &bin,
         &f32,
         1,
@@ -488,4 +488,87 @@ fn a_gguf_lora_export_runs_on_llama_server_as_mpo_computes_it() {
     assert!(mean0 > 10.0 * mean && max0 > 0.1, "without the adapter: mean {mean0}, max {max0} (with: {mean}, {max})");
     drop(server);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The `llama_server` rollout engine serves the adapter it is given: the demo model with a
+/// large seeded update on q and v goes to `Engine::rollouts` (adapter GGUF written, llama-server
+/// started with `--lora`, one seeded request per prompt), and mpo then scores the engine's
+/// tokens teacher-forced with and without that adapter. The engine's log-probs track the
+/// adapted policy (within llama.cpp's Q8_0 products) and sit far from the base one; the same
+/// seeds give the same rollouts again; and the engine's temporary folder is gone once it is
+/// dropped.
+#[test]
+fn rollouts_on_llama_server_follow_the_trained_adapter() {
+    use burn::module::Param;
+    use burn::tensor::{Tensor, TensorData};
+    use mpo::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
+    use mpo::model::generate::Sampling;
+    use rand::Rng;
+    mpo::engine::llama_server::find_binary()
+        .expect("this test needs a real llama-server: run `scripts/setup_llama_server.sh` once, or the README's `scripts/test.sh`");
+    crate::demo_model();
+    let loaded = mpo::spec::load(
+        std::path::Path::new("specs/math.yaml"),
+        &["runtime.rollouts.engine=llama_server".to_string(), "runtime.rollouts.concurrency=1".to_string()],
+    );
+    let plan = mpo::plan::compile(&loaded.runs[0]);
+    let device = Default::default();
+    let lora = mpo::model::LoraConfig::from_spec(&plan.spec.policy.lora);
+    let mut m = mpo::model::load::<Cpu>(&plan.inputs.models.policy, Some(&lora), 0, &device, &mut |_| {}).unwrap();
+    let mut rng = mpo::rng::stream(5, "test/adapter");
+    for b in m.model.blocks.iter_mut() {
+        for l in [&mut b.q, &mut b.v] {
+            let lo = l.lora.as_mut().unwrap();
+            let dims = lo.b.val().dims();
+            let data: Vec<f32> = (0..dims[0] * dims[1]).map(|_| rng.random_range(-0.4f32..0.4)).collect();
+            lo.b = Param::from_tensor(Tensor::from_data(TensorData::new(data, dims), &device));
+        }
+    }
+    let (model, tok) = (m.model, m.tok);
+    let adapter: mpo::export::ByName = mpo::model::adapter::trained_tensors(&model).into_iter().map(|(n, s, d)| (n, (s, d))).collect();
+    let prompts: Vec<Vec<u32>> = ["What is 2 + 3?", "What is 17 - 9?", "Name a prime number.", "What is 6 times 7?"]
+        .iter()
+        .map(|q| mpo::run::rollout::chat_ids(&plan.spec, &tok, None, q).unwrap())
+        .collect();
+    let s = Sampling { max_new_tokens: 24, temperature: 1.0, top_p: 1.0, top_k: 0, stop_ids: tok.stop_ids.clone(), stop_strings: vec![] };
+    let mut engine = mpo::engine::Engine::start(&plan, model.num_layers()).unwrap();
+    let (sampled, timing) = engine.rollouts(&adapter, 1, &prompts, &[11, 12, 13, 14], &s).unwrap();
+    assert!(timing.load_s > 0.0 && timing.generate_s > 0.0);
+    let score = |p: &[u32], r: &[u32], with: bool| -> Vec<f32> {
+        let seq: Vec<u32> = p.iter().chain(r).copied().collect();
+        let t = seq.len();
+        let lay = left_pad(std::slice::from_ref(&seq), 0);
+        let h = model.forward(
+            int_tensor(lay.tokens.clone(), [1, t], &device),
+            int_tensor(lay.positions.clone(), [1, t], &device),
+            mask_tensor(causal_mask(&lay.pads, 0, t), 1, t, t, &device),
+            None,
+            with,
+        );
+        let d = h.dims()[2];
+        let logits = model.logits(h.slice([0..1, p.len() - 1..t - 1, 0..d]), with);
+        let targets = int_tensor::<Cpu>(r.iter().map(|&x| x as i64).collect(), [1, r.len()], &device);
+        to_host(mpo::ppo::token_logprobs(logits, targets, 1.0, false).0).unwrap()
+    };
+    let (mut with, mut without, mut n) = (0.0f64, 0.0f64, 0usize);
+    for (p, x) in prompts.iter().zip(&sampled) {
+        assert_eq!(x.tokens.len(), x.logprobs.len());
+        for ((a, b), e) in score(p, &x.tokens, true).iter().zip(score(p, &x.tokens, false)).zip(&x.logprobs) {
+            with += (a - e).abs() as f64;
+            without += (b - e).abs() as f64;
+            n += 1;
+        }
+    }
+    let (with, without) = (with / n as f64, without / n as f64);
+    eprintln!("engine vs mpo over {n} tokens: with the adapter {with:.4}, without {without:.4} (mean |log-prob difference|)");
+    assert!(n >= 20, "{n} tokens");
+    assert!(with < 0.1, "the engine's log-probs are not the adapted policy's: mean |difference| {with}");
+    assert!(without > 5.0 * with, "the adapter made no difference the engine shows: with {with}, without {without}");
+    // the same adapter and seeds give the same rollouts (a new server, the same tokens)
+    let (again, _) = engine.rollouts(&adapter, 2, &prompts, &[11, 12, 13, 14], &s).unwrap();
+    assert_eq!(again.iter().map(|x| &x.tokens).collect::<Vec<_>>(), sampled.iter().map(|x| &x.tokens).collect::<Vec<_>>());
+    let scratch = std::env::temp_dir().join(format!("mpo-rollouts-{}-{}", plan.run_id, std::process::id()));
+    assert!(scratch.is_dir());
+    drop(engine);
+    assert!(!scratch.exists(), "the engine's temporary folder outlived it");
 }

@@ -561,3 +561,149 @@ fn every_injected_judge_fault_is_in_the_metrics_by_cause() {
     assert!(String::from_utf8_lossy(&tb).contains("judge_transport/reward/retries/http_503"));
     let _ = std::fs::remove_dir_all(r);
 }
+
+/// `runtime.rollouts` on a vLLM or SGLang server, played by a stub that speaks each one's
+/// endpoints: every update's PEFT adapter is in `adapter_dir` when the server is asked to load
+/// it (under a name never used before), the update's generations name it, the previous one is
+/// unloaded after the next is loaded and the last one when the run ends, leaving `adapter_dir`
+/// empty; an injected 503 is retried and counted in `rollouts.transport`, every request is
+/// counted, and each row has the drift of the stub's log-probs from the trainer's. (The
+/// request bodies are snapshot-tested in `engine::dialect`; the real engine path runs against
+/// llama-server in `rollouts_on_llama_server_follow_the_trained_adapter`.)
+#[test]
+fn rollouts_on_a_vllm_or_sglang_server_load_each_update_and_count_faults() {
+    use mpo::bench::stub::{Reply, Stub};
+    use std::sync::{Arc, Mutex};
+    for engine in ["vllm", "sglang"] {
+        // (path, adapter name, adapter files present) per adapter request; adapter per generation
+        let adapters: Arc<Mutex<Vec<(String, String, bool)>>> = Arc::default();
+        let generations: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (log, gens) = (adapters.clone(), generations.clone());
+        let vllm = engine == "vllm";
+        let stub = Stub::start(move |r| {
+            let ok = |body: String| Reply::Status { code: 200, retry_after: None, body };
+            if r.path.contains("lora_adapter") {
+                let name = r.body["lora_name"].as_str().unwrap_or_default().to_string();
+                let present = r.body["lora_path"].as_str().is_some_and(|p| {
+                    let p = Path::new(p);
+                    p.join("adapter_config.json").is_file() && p.join("adapter_model.safetensors").is_file()
+                });
+                log.lock().unwrap().push((r.path.clone(), name.clone(), present));
+                return ok(if vllm { format!("Success: LoRA adapter '{name}' added successfully.") } else { r#"{"success": true}"#.into() });
+            }
+            let mut g = gens.lock().unwrap();
+            g.push(r.body[if vllm { "model" } else { "lora_path" }].as_str().unwrap_or_default().to_string());
+            if g.len() == 3 {
+                return Reply::Status { code: 503, retry_after: Some("0".into()), body: "overloaded".into() };
+            }
+            let prompt = r.body[if vllm { "prompt" } else { "input_ids" }].as_array().map_or(0, Vec::len) as u32;
+            let ids: Vec<u32> = (0..6).map(|k| 20 + (prompt * 7 + k * 13) % 200).collect();
+            let lps: Vec<f64> = (0..6).map(|k| -0.5 - 0.1 * k as f64).collect();
+            let body = if vllm {
+                serde_json::json!({"choices": [{"index": 0, "text": "x", "token_ids": ids, "finish_reason": "length", "stop_reason": null, "logprobs": {"token_logprobs": lps}}]})
+            } else {
+                let entries: Vec<J> = ids.iter().zip(&lps).map(|(i, l)| serde_json::json!([l, i, null])).collect();
+                serde_json::json!({"text": "x", "output_ids": ids, "meta_info": {"finish_reason": {"type": "length", "length": 6}, "output_token_logprobs": entries}})
+            };
+            ok(body.to_string())
+        })
+        .unwrap();
+        let r = root(&format!("engine-{engine}"));
+        let adapter_dir = r.join("shared-adapters");
+        let out = Command::new(env!("CARGO_BIN_EXE_mpo"))
+            .args([
+                "run",
+                SPEC,
+                &format!("output.root={}", r.display()),
+                &format!("runtime.rollouts.engine={engine}"),
+                "runtime.rollouts.base_url_env=MPO_STUB_ENGINE",
+                &format!("runtime.rollouts.adapter_dir={}", adapter_dir.display()),
+                "--quiet",
+            ])
+            .env("MPO_STUB_ENGINE", &stub.url)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{engine}: {stderr}");
+        let rows: Vec<J> =
+            std::fs::read_to_string(run_dir(&r).join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 6);
+        let (mut attempts, mut retries) = (0, serde_json::Map::new());
+        for row in &rows {
+            let ro = &row["rollouts"];
+            assert_eq!(ro["engine"], engine);
+            assert_eq!(ro["drift"]["tokens"].as_u64(), Some(4 * 6), "every trained token compared: {ro}");
+            assert!(ro["load_s"].as_f64().is_some(), "{ro}");
+            attempts += ro["transport"]["attempts"].as_u64().unwrap();
+            for (k, v) in ro["transport"]["retries"].as_object().unwrap() {
+                retries.insert(k.clone(), v.clone());
+            }
+        }
+        assert_eq!(retries, serde_json::json!({"http_503": 1}).as_object().unwrap().clone(), "{engine}");
+        // the last unload happens as the run ends, after its last row
+        assert_eq!(attempts as usize + 1, stub.count(), "{engine}: every request but the final unload is in a row");
+        let adapters = adapters.lock().unwrap().clone();
+        let loads: Vec<&(String, String, bool)> = adapters.iter().filter(|(p, ..)| !p.contains("unload")).collect();
+        let unloads: Vec<&String> = adapters.iter().filter(|(p, ..)| p.contains("unload")).map(|(_, n, _)| n).collect();
+        assert_eq!(loads.len(), 6, "{engine}: one load per update: {adapters:?}");
+        assert!(loads.iter().all(|(_, _, present)| *present), "{engine}: an adapter was loaded before it was written: {adapters:?}");
+        let names: Vec<&String> = loads.iter().map(|(_, n, _)| n).collect();
+        assert_eq!(names.iter().collect::<std::collections::BTreeSet<_>>().len(), 6, "{engine}: names are never reused");
+        assert_eq!(unloads, names, "{engine}: each adapter is unloaded once the next is in (the last at the end)");
+        let gens = generations.lock().unwrap().clone();
+        assert_eq!(gens.len(), 6 * 4 + 1, "{engine}: 4 rollouts per update and one retry");
+        assert!(gens.iter().all(|g| names.contains(&g)), "{engine}: every generation names a loaded adapter");
+        assert_eq!(std::fs::read_dir(&adapter_dir).unwrap().count(), 0, "{engine}: adapter_dir is left empty");
+        let _ = std::fs::remove_dir_all(&r);
+    }
+}
+
+/// A short demo-shaped run (the real SmolLM2, two updates) with its rollouts on llama-server:
+/// every row says so, with the drift of llama-server's log-probs from the trainer's over every
+/// trained token (llama.cpp's Q8_0 products against mpo's f32 ones: a few hundredths of a nat),
+/// the adapter load time and the HTTP requests; the server and its temporary folder are gone
+/// when the run ends.
+#[test]
+fn a_demo_run_with_rollouts_on_llama_server_logs_the_drift() {
+    mpo::engine::llama_server::find_binary()
+        .expect("this test needs a real llama-server: run `scripts/setup_llama_server.sh` once, or the README's `scripts/test.sh`");
+    crate::demo_model();
+    let r = root("engine-llama");
+    let out = mpo(&[
+        "run",
+        "specs/math.yaml",
+        &format!("output.root={}", r.display()),
+        "runtime.rollouts.engine=llama_server",
+        "ppo.total_episodes=8",
+        "ppo.batch_size=4",
+        "ppo.response_length=32",
+        "eval.every=never",
+        "meta.every=never",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = std::fs::read_dir(r.join("math")).unwrap().next().unwrap().unwrap().path();
+    let rows: Vec<J> =
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let ro = &row["rollouts"];
+        assert_eq!(ro["engine"], "llama_server", "{ro}");
+        let d = &ro["drift"];
+        assert_eq!(d["tokens"], row["tokens"]["policy_generated"], "every generated token compared: {ro}");
+        assert_eq!(d["missing"], 0, "{ro}");
+        let mean_abs = d["mean_abs"].as_f64().unwrap();
+        assert!(mean_abs > 0.0 && mean_abs < 0.15, "llama-server's log-probs are not the trainer's: {ro}");
+        assert!(ro["load_s"].as_f64().unwrap() > 0.0, "{ro}");
+        assert_eq!(ro["transport"]["attempts"], 4, "one request per rollout: {ro}");
+    }
+    let plan: J = serde_json::from_str(&std::fs::read_to_string(run.join("plan.json")).unwrap()).unwrap();
+    let scratch = std::env::temp_dir().join(format!("mpo-rollouts-{}-", plan["run_id"].as_str().unwrap()));
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().display().to_string().starts_with(&scratch.display().to_string()))
+        .collect();
+    assert!(left.is_empty(), "the engine's temporary folder outlived the run: {left:?}");
+    let _ = std::fs::remove_dir_all(&r);
+}

@@ -63,6 +63,30 @@ fn run_id_ignores_output_root_and_threads_but_not_hyperparameters() {
     assert_ne!(base, id(&["runtime.seed=1"]));
 }
 
+/// The engine that generates rollouts changes them, so it is in the run id; where the engine is
+/// and how it is reached are not.
+#[test]
+fn the_rollout_engine_is_in_the_run_id_and_how_it_is_reached_is_not() {
+    let id = |o: &[&str]| {
+        let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+        plan::compile(&spec::load(Path::new("specs/math.yaml"), &o).runs[0]).run_id
+    };
+    let base = id(&[]);
+    assert_eq!(base, id(&["runtime.rollouts.engine=in_process"]), "the default writes nothing");
+    let llama = id(&["runtime.rollouts.engine=llama_server"]);
+    assert_ne!(base, llama);
+    assert_eq!(llama, id(&["runtime.rollouts.engine=llama_server", "runtime.rollouts.concurrency=1", "runtime.rollouts.timeout_s=30"]));
+    let vllm = |dir: &str, var: &str| {
+        id(&[
+            "runtime.rollouts.engine=vllm",
+            &format!("runtime.rollouts.base_url_env={var}"),
+            &format!("runtime.rollouts.adapter_dir={dir}"),
+        ])
+    };
+    assert_ne!(vllm("/a", "A"), llama);
+    assert_eq!(vllm("/a", "A"), vllm("/b", "B"));
+}
+
 #[test]
 fn sweep_cells_have_distinct_run_ids_and_the_cli_overrides_win() {
     let loaded = spec::load(Path::new("specs/ablations/meta_every.yaml"), &[]);

@@ -104,6 +104,7 @@ impl BackendJob for Parity {
                 response: vec![(13 + 7 * i) as u32, (3 + i) as u32, 50, m.tok.eos],
                 score: [1.0, -0.5, 0.25][i],
                 group: i,
+                rollout_logprobs: vec![],
             })
             .collect();
         let spec = PpoSpec { num_ppo_epochs: 2, num_mini_batches: 1, ..PpoSpec::default() };

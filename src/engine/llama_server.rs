@@ -1,5 +1,5 @@
-//! A real `llama-server` as a child process, for parity checks, benchmarks and integration
-//! tests. Built by `scripts/setup_llama_server.sh`; found through `$MPO_LLAMA_SERVER` or the
+//! A real `llama-server` as a child process: the `llama_server` rollout engine, and parity
+//! checks, benchmarks and integration tests. Built by `scripts/setup_llama_server.sh`; found through `$MPO_LLAMA_SERVER` or the
 //! cache path that script uses. Stopped when dropped, and also when this process ends without
 //! dropping it (a test binary's static, a crash): a small `sh` watchdog between the two stops
 //! the server once this process is gone.
