@@ -798,7 +798,7 @@ fn sweep_cmd(
         let scripts: Vec<String> = e.scripts.iter().map(|p| p.display().to_string()).collect();
         println!("wrote {} ({} cells) and {}{plans_note}", scripts.join(", "), e.cells, e.plans.display());
         if scripts.len() > 1 {
-            println!("one job array per set of judge servers its cells need (a fixed-rubric arm starts no meta judge)");
+            println!("one job array per set of servers its cells need (a fixed-rubric arm starts no meta judge)");
         }
         println!("submit with: {}", scripts.iter().map(|s| format!("sbatch {s}")).collect::<Vec<_>>().join(" && "));
         return Ok(Done::Ok);

@@ -115,6 +115,12 @@ fn peft_module(t: LoraTarget) -> (&'static str, &'static str) {
     }
 }
 
+/// PEFT's module name of an mpo LoRA target (`q_proj`, ..., `lm_head`): what servers list as
+/// LoRA target modules.
+pub fn peft_module_name(t: LoraTarget) -> &'static str {
+    peft_module(t).1
+}
+
 fn mpo_name(t: LoraTarget) -> &'static str {
     match t {
         LoraTarget::Q => "q",

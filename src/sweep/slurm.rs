@@ -1,7 +1,7 @@
 //! `mpo sweep SPEC --emit slurm`: sbatch job-array scripts plus the compiled cell plans.
 //!
 //! Array task i runs `mpo run --plan plans.json --cell CELLS[i]`; cells that need different
-//! judge servers go into separate arrays (see [`emit`]). The plans are frozen at emission
+//! servers (judges, and the policy's base for rollouts on vLLM or SGLang) go into separate arrays (see [`emit`]). The plans are frozen at emission
 //! (templates are re-checked against their hashes when a task starts), so editing the spec
 //! after submitting cannot silently change a queued cell. A requeued or re-submitted task
 //! lands in the same run directory (the run id) and resumes from its last checkpoint.
@@ -48,20 +48,22 @@ pub struct SlurmOptions {
     /// read when the script is written.
     #[arg(long, value_name = "FILE", value_parser = read_file)]
     pub setup: Option<String>,
-    /// Start the judges' OpenAI-compatible servers inside each task: one per distinct judge
-    /// model, each variable (`base_url_env`) pointed at the server of its model. Without it the
-    /// script expects the variables exported before `sbatch`.
+    /// Start the servers inside each task: one per distinct judge model, each variable
+    /// (`base_url_env`) pointed at the server of its model, and for rollouts on vLLM or SGLang
+    /// (`runtime.rollouts`) one on the policy's base model with run-time LoRA loading (that
+    /// server is the engine the spec names). Without it the script expects the variables
+    /// exported before `sbatch`.
     #[arg(long, value_enum)]
     pub serve: Option<Engine>,
-    /// GPUs per judge server (tensor parallel size): one value for all, or one per judge model in
-    /// the order the sweep first uses them (reward judge, meta judge, instrument judge), comma-separated.
+    /// GPUs per server (tensor parallel size): one value for all, or one per model in the order
+    /// the sweep first uses them (reward judge, meta judge, instrument judge, rollouts), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub server_gpus: Vec<u32>,
     /// `NAME=PATH`: serve judge model NAME from PATH (a local folder); repeatable. Default: the
     /// engine fetches NAME itself.
     #[arg(long = "server-model", value_name = "NAME=PATH", value_parser = name_eq_path)]
     pub server_models: Vec<(String, String)>,
-    /// Minutes a task waits for its judge servers to answer.
+    /// Minutes a task waits for its servers to answer.
     #[arg(long = "server-wait", default_value_t = 30)]
     pub server_wait_min: u32,
 }
@@ -112,7 +114,7 @@ impl EmitError {
 /// What `emit` wrote.
 #[derive(Debug, Clone)]
 pub struct Emitted {
-    /// One job array per set of judge servers its cells need.
+    /// One job array per set of servers its cells need.
     pub scripts: Vec<PathBuf>,
     pub plans: PathBuf,
     pub cells: usize,
@@ -128,12 +130,45 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// One judge model the cells talk to over HTTP, and the variables that must point at it.
+/// One model the cells talk to over HTTP (a judge, or the policy's base for rollouts), and the
+/// variables that must point at it.
 #[derive(Debug, Clone, PartialEq)]
 struct Server {
     model: String,
     /// (role, variable), e.g. ("reward", "MPO_JUDGE_URL").
     readers: Vec<(String, String)>,
+    /// Rollouts on this server (`runtime.rollouts`): it loads each update's LoRA adapter.
+    lora: Option<LoraServe>,
+}
+
+/// What a rollout server needs to load the policy's adapters at run time.
+#[derive(Debug, Clone, PartialEq)]
+struct LoraServe {
+    /// The spec's engine decides the server (its endpoints are the engine's), not `--serve`.
+    engine: crate::spec::RolloutEngine,
+    rank: usize,
+    /// PEFT's module names of the LoRA targets.
+    modules: Vec<&'static str>,
+}
+
+impl LoraServe {
+    /// The server's flags for run-time adapters, after its model and port.
+    fn flags(&self) -> String {
+        match self.engine {
+            // vLLM takes only these ranks; `processed_logprobs`: log-probs of the tempered
+            // distribution, the trainer's (`rollouts.drift` compares them)
+            crate::spec::RolloutEngine::Vllm => {
+                let rank = [8, 16, 32, 64, 128, 256, 320, 512].into_iter().find(|&r| r >= self.rank).unwrap_or(512);
+                format!(" --enable-lora --max-lora-rank {rank} --logprobs-mode processed_logprobs")
+            }
+            // seeds count only in deterministic mode
+            _ => format!(
+                " --enable-lora --max-lora-rank {} --lora-target-modules {} --enable-deterministic-inference",
+                self.rank,
+                self.modules.join(" ")
+            ),
+        }
+    }
 }
 
 /// The servers the cells' OpenAI-compatible judges need: one per distinct model. A variable
@@ -173,7 +208,33 @@ fn servers(plans: &[Plan], serving: bool) -> Result<Vec<Server>, EmitError> {
             match out.iter_mut().find(|s| s.model == model) {
                 Some(s) if !s.readers.contains(&reader) => s.readers.push(reader),
                 Some(_) => {}
-                None => out.push(Server { model, readers: vec![reader] }),
+                None => out.push(Server { model, readers: vec![reader], lora: None }),
+            }
+        }
+        let ro = &p.spec.runtime.rollouts;
+        if let (crate::spec::RolloutEngine::Vllm | crate::spec::RolloutEngine::Sglang, Some(var)) = (ro.engine, &ro.base_url_env) {
+            let lora = &p.spec.policy.lora;
+            let mut modules: Vec<&'static str> = lora.targets.iter().map(|t| crate::export::peft_module_name(*t)).collect();
+            modules.sort();
+            modules.dedup();
+            let serve = LoraServe { engine: ro.engine, rank: lora.rank, modules };
+            let (model, reader) = (p.spec.policy.model.clone(), ("runtime.rollouts".to_string(), var.clone()));
+            if let Some(other) = out.iter().find(|s| s.model != model && s.readers.iter().any(|(_, v)| v == var))
+                && serving
+            {
+                return Err(EmitError::Judges(format!(
+                    "`runtime.rollouts` ({model}) and `{}` ({}) read their URL from the same variable `{var}`, but a server serves one model: give `runtime.rollouts.base_url_env` a variable of its own",
+                    other.readers[0].0, other.model
+                )));
+            }
+            match out.iter_mut().find(|s| s.model == model) {
+                Some(s) => {
+                    if !s.readers.contains(&reader) {
+                        s.readers.push(reader);
+                    }
+                    s.lora.get_or_insert(serve);
+                }
+                None => out.push(Server { model, readers: vec![reader], lora: Some(serve) }),
             }
         }
     }
@@ -292,10 +353,10 @@ pub fn script(
     s.push_str("  fi\nfi\n");
     s.push_str(&format!("export RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-{}}}\"\n\n", opts.cpus_per_task.max(1)));
 
-    s.push_str("# --- Judge servers ------------------------------------------------------------------------\n");
+    s.push_str("# --- Judge and rollout servers ------------------------------------------------------------\n");
     match opts.serve {
         _ if servers.is_empty() => {
-            s.push_str("# These cells judge with the in-process model: no server needed.\n");
+            s.push_str("# These cells judge with the in-process model and generate in process: no server needed.\n");
         }
         None => {
             s.push_str("# These cells' judges are OpenAI-compatible servers started elsewhere; export their URLs\n");
@@ -330,8 +391,8 @@ pub fn script(
             s.push_str("stop_servers() { for p in ${SERVER_PIDS[@]+\"${SERVER_PIDS[@]}\"}; do kill \"$p\" 2>/dev/null || true; done; }\n");
             s.push_str("trap stop_servers EXIT\n");
             s.push_str(&format!(
-                "command -v curl >/dev/null || {{ echo \"the judge servers' readiness check needs curl on this node\" >&2; exit 1; }}\n\
-                 wait_ready() {{ # URL PID LOG MODEL: answers, and with the model (not another job's server on the port)\n  local deadline=$((SECONDS + {}))\n  until curl -sf \"$1/models\" 2>/dev/null | grep -qF \"\\\"$4\\\"\"; do\n    kill -0 \"$2\" 2>/dev/null || {{ echo \"judge server at $1 exited before it answered: see $3\" >&2; exit 1; }}\n    [ \"$SECONDS\" -lt \"$deadline\" ] || {{ echo \"judge server at $1 did not answer within {} minutes: see $3\" >&2; exit 1; }}\n    sleep 5\n  done\n}}\n",
+                "command -v curl >/dev/null || {{ echo \"the servers' readiness check needs curl on this node\" >&2; exit 1; }}\n\
+                 wait_ready() {{ # URL PID LOG MODEL: answers, and with the model (not another job's server on the port)\n  local deadline=$((SECONDS + {}))\n  until curl -sf \"$1/models\" 2>/dev/null | grep -qF \"\\\"$4\\\"\"; do\n    kill -0 \"$2\" 2>/dev/null || {{ echo \"server at $1 exited before it answered: see $3\" >&2; exit 1; }}\n    [ \"$SECONDS\" -lt \"$deadline\" ] || {{ echo \"server at $1 did not answer within {} minutes: see $3\" >&2; exit 1; }}\n    sleep 5\n  done\n}}\n",
                 opts.server_wait_min.max(1) * 60,
                 opts.server_wait_min.max(1)
             ));
@@ -342,14 +403,21 @@ pub fn script(
                 s.push_str(&format!("# server {i}: {} for {}\n", sv.model, readers.join(", ")));
                 let log = format!("\"$LOGS/server{i}_${{SLURM_JOB_ID:-$$}}.log\"");
                 let port = format!("\"$((PORT_BASE + {i}))\"");
+                let engine = match sv.lora.as_ref().map(|l| l.engine) {
+                    Some(crate::spec::RolloutEngine::Vllm) => Engine::Vllm,
+                    Some(crate::spec::RolloutEngine::Sglang) => Engine::Sglang,
+                    _ => engine,
+                };
+                let lora = sv.lora.as_ref().map(LoraServe::flags).unwrap_or_default();
                 let cmd = match engine {
                     Engine::Vllm => format!(
-                        "vllm serve {} --served-model-name {} --host 127.0.0.1 --port {port} --tensor-parallel-size {g}",
+                        "{}vllm serve {} --served-model-name {} --host 127.0.0.1 --port {port} --tensor-parallel-size {g}{lora}",
+                        if sv.lora.is_some() { "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True " } else { "" },
                         sh_quote(path),
                         sh_quote(&sv.model)
                     ),
                     Engine::Sglang => format!(
-                        "\"${{PYTHON:-python}}\" -m sglang.launch_server --model-path {} --served-model-name {} --host 127.0.0.1 --port {port} --tp {g}",
+                        "\"${{PYTHON:-python}}\" -m sglang.launch_server --model-path {} --served-model-name {} --host 127.0.0.1 --port {port} --tp {g}{lora}",
                         sh_quote(path),
                         sh_quote(&sv.model)
                     ),

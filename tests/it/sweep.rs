@@ -478,3 +478,35 @@ fn the_slurm_script_starts_one_server_per_judge_model_and_splits_the_gpus() {
     assert!(String::from_utf8_lossy(&shared.stderr).contains("read their URL from the same variable `MPO_T_REWARD_URL`"));
     let _ = std::fs::remove_dir_all(&r);
 }
+
+/// Rollouts on vLLM (`runtime.rollouts`) need a server of the policy's base model that loads
+/// adapters at run time: with `--serve` the script starts one beside the judges' (vLLM's
+/// run-time LoRA switch, the policy's rank, log-probs of the tempered distribution), points the
+/// rollout variable at it and counts its GPUs; without `--serve` it demands the variable.
+#[test]
+fn the_slurm_script_starts_the_rollout_server_with_run_time_adapters() {
+    let r = root("rollout-server");
+    let out = r.join("slurm");
+    let spec = "tests/specs/valid/rollouts_vllm.yaml";
+    let root_arg = format!("output.root={}", r.display());
+    ok(&mpo(&["sweep", spec, &root_arg, "--emit", "slurm", "--out", out.to_str().unwrap(), "--serve", "vllm", "--gpus-per-task", "1"]));
+    let text = std::fs::read_to_string(out.join("sweep-2.sbatch")).unwrap();
+    for want in [
+        "#SBATCH --gres=gpu:4",
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve tiny-random-llama --served-model-name tiny-random-llama",
+        "--enable-lora --max-lora-rank 8 --logprobs-mode processed_logprobs",
+        "export MPO_T_ROLLOUT_URL=\"$SERVER2\"",
+        "# server 2: tiny-random-llama for runtime.rollouts via $MPO_T_ROLLOUT_URL",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    // the judges' servers get no LoRA flags
+    assert_eq!(text.matches("--enable-lora").count(), 1, "{text}");
+    let syntax = Command::new("bash").arg("-n").arg(out.join("sweep-2.sbatch")).output().unwrap();
+    assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
+    let plain = r.join("plain");
+    ok(&mpo(&["sweep", spec, &root_arg, "--emit", "slurm", "--out", plain.to_str().unwrap()]));
+    let text = std::fs::read_to_string(plain.join("sweep-2.sbatch")).unwrap();
+    assert!(text.contains(": \"${MPO_T_ROLLOUT_URL:?export MPO_T_ROLLOUT_URL="), "{text}");
+    let _ = std::fs::remove_dir_all(&r);
+}
