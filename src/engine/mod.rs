@@ -42,8 +42,14 @@ impl EngineError {
         match self {
             EngineError::Setup { help, .. } => help.clone(),
             EngineError::Adapter { source, .. } => source.help(),
+            EngineError::Request { source: JudgeError::Config { .. }, .. } => Some(
+                "the server's answers lack the token ids or log-probs mpo reads: vLLM needs >= 0.10.2 (`return_token_ids`); SGLang's `/generate` needs `return_logprob`".into(),
+            ),
             EngineError::Request { source, .. } if source.retryable() => {
                 Some("the engine stopped answering: check its log; `runtime.rollouts.max_retries` and `timeout_s` set the patience".into())
+            }
+            EngineError::Request { source: JudgeError::Http { status: 404, .. }, .. } => {
+                Some("the server does not know the adapter or the endpoint: start vLLM with `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`, SGLang with `--enable-lora`".into())
             }
             EngineError::Request { .. } => None,
         }
@@ -182,7 +188,10 @@ impl Engine {
         let folder = self.dir.join(&name);
         self.write(adapter, &folder)?;
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        self.load(&name, &folder, longest + s.max_new_tokens, prompts.len())?;
+        if let Err(e) = self.load(&name, &folder, longest + s.max_new_tokens, prompts.len()) {
+            let _ = std::fs::remove_dir_all(&folder);
+            return Err(e);
+        }
         let load_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let out = self.generate(&name, prompts, seeds, s)?;
@@ -219,7 +228,15 @@ impl Engine {
             self.base_urls = vec![server.url.clone()];
             self.server = Some(server);
         } else if let Some((path, body)) = dialect::load(self.kind, name, &folder.display().to_string()) {
-            self.post(path, body).map_err(|source| EngineError::Request { engine, what: format!("loading adapter {name}"), source })?;
+            // every server behind the variable gets it: generations go to all of them
+            for url in &self.base_urls {
+                match self.post(url, path, &body, self.spec.max_retries, self.timeout()) {
+                    Ok(_) => {}
+                    // the name is this process's own: an attempt that timed out had loaded it
+                    Err(e) if already_loaded(&e) => {}
+                    Err(source) => return Err(EngineError::Request { engine, what: format!("loading adapter {name} on {url}"), source }),
+                }
+            }
         }
         if let Some((old, old_folder)) = self.loaded.replace((name.to_string(), folder.to_path_buf())) {
             self.release(&old, &old_folder);
@@ -227,42 +244,45 @@ impl Engine {
         Ok(())
     }
 
-    /// Unload adapter `name` (best effort: a failure leaves one adapter loaded, nothing more)
-    /// and remove its folder.
+    /// Unload adapter `name` from every server and remove its folder. Best effort, one quick
+    /// attempt each: a failure leaves one adapter loaded, nothing more, and a run that is
+    /// stopping because its engine hangs must not wait on it again.
     fn release(&self, name: &str, folder: &Path) {
-        if let Some((path, body)) = dialect::unload(self.kind, name)
-            && let Err(e) = self.post(path, body)
-        {
-            tracing::warn!("rollout engine {}: unloading {name}: {e}", self.kind.as_str());
+        if let Some((path, body)) = dialect::unload(self.kind, name) {
+            for url in &self.base_urls {
+                if let Err(e) = self.post(url, path, &body, 0, Duration::from_secs(10)) {
+                    tracing::warn!("rollout engine {}: unloading {name} from {url}: {e}", self.kind.as_str());
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(folder);
     }
 
-    /// An adapter request (vLLM answers these in plain text, SGLang in JSON; the status says it).
-    fn post(&self, path: &'static str, body: serde_json::Value) -> Result<String, JudgeError> {
-        let retrying = self.retrying();
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.spec.timeout_s)
+    }
+
+    /// An adapter request to one server (vLLM answers these in plain text, SGLang in JSON; the
+    /// status says how it went).
+    fn post(&self, url: &str, path: &'static str, body: &serde_json::Value, retries: u32, timeout: Duration) -> Result<String, JudgeError> {
+        let urls = [url.to_string()];
+        let next = AtomicUsize::new(0);
+        let retrying = Retrying { max_retries: retries, ..self.retrying(&urls, &next) };
         self.runtime.block_on(retrying.run(|base| {
-            let (client, body, key) = (&self.client, &body, self.api_key.as_deref());
-            let timeout = Duration::from_secs_f64(self.spec.timeout_s);
+            let (client, key) = (&self.client, self.api_key.as_deref());
             async move { post(client, &format!("{base}{path}"), body, key, timeout).await }
         }))
     }
 
-    fn retrying(&self) -> Retrying<'_> {
-        Retrying {
-            base_urls: &self.base_urls,
-            next: &self.next_url,
-            max_retries: self.spec.max_retries,
-            backoff: Duration::from_millis(500),
-            transport: &self.transport,
-        }
+    fn retrying<'a>(&'a self, base_urls: &'a [String], next: &'a AtomicUsize) -> Retrying<'a> {
+        Retrying { base_urls, next, max_retries: self.spec.max_retries, backoff: Duration::from_millis(500), transport: &self.transport }
     }
 
     fn generate(&self, lora: &str, prompts: &[Vec<u32>], seeds: &[u32], s: &Sampling) -> Result<Vec<Sampled>, EngineError> {
         let engine = self.kind.as_str();
         let sem = Semaphore::new(self.spec.concurrency.max(1));
-        let retrying = self.retrying();
-        let timeout = Duration::from_secs_f64(self.spec.timeout_s);
+        let retrying = self.retrying(&self.base_urls, &self.next_url);
+        let timeout = self.timeout();
         let one = |i: usize| {
             let (path, body) = dialect::generate(self.kind, lora, &prompts[i], seeds[i], s);
             let (client, key, sem, retrying) = (&self.client, self.api_key.as_deref(), &sem, &retrying);
@@ -274,7 +294,9 @@ impl Engine {
                         async move {
                             let url = format!("{base}{path}");
                             let v = post_json(client, &url, body, key, timeout).await?;
-                            dialect::parse(self.kind, &v).map_err(|message| (JudgeError::Malformed { url, message }, None))
+                            // an answer without what mpo reads will not improve when asked again
+                            dialect::parse(self.kind, &v)
+                                .map_err(|message| (JudgeError::Config { message: format!("{url} answered without {message}") }, None))
                         }
                     })
                     .await
@@ -286,6 +308,16 @@ impl Engine {
             .enumerate()
             .map(|(i, a)| a.map_err(|source| EngineError::Request { engine, what: format!("generating rollout {i}"), source }))
             .collect()
+    }
+}
+
+/// A load refused because the name is loaded (vLLM: 400 "has already been loaded"; SGLang: 400
+/// "already exists"), after retries or not.
+fn already_loaded(e: &JudgeError) -> bool {
+    match e {
+        JudgeError::Http { status: 400, body, .. } => body.contains("already"),
+        JudgeError::Exhausted { last, .. } => already_loaded(last),
+        _ => false,
     }
 }
 

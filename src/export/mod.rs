@@ -298,7 +298,7 @@ pub fn export(run: &Path, update: Option<u32>, format: Format, out: Option<&Path
         .ok_or_else(|| input("the run's policy model has no readable configuration (is it fetched? `mpo fetch`)"))?;
     let policy = ck.join("policy.safetensors");
     let source = policy.display().to_string();
-    let adapter = read_tensors(&policy).map_err(|e| input(format!("{source}: {e}")))?;
+    let adapter = read_tensors(&policy).map_err(|e| input(format!("{source}: not a readable adapter file ({e})")))?;
     // checked against the plan before anything is written
     peft_tensors(&adapter, &source, &plan.spec.policy.lora, config.num_layers)?;
     if format != Format::Peft

@@ -242,7 +242,7 @@ pub async fn post(
     api_key: Option<&str>,
     timeout: Duration,
 ) -> Result<String, (JudgeError, Option<Duration>)> {
-    let mut req = client.post(url).json(body);
+    let mut req = client.post(url).json(body).timeout(timeout);
     if let Some(k) = api_key {
         req = req.bearer_auth(k);
     }

@@ -96,6 +96,11 @@ fn on_engine<B: Backend>(
     let mut rng = crate::rng::stream(seed, &format!("rollout/u{update:06}/engine"));
     let seeds: Vec<u32> = prompts.iter().map(|_| rng.random()).collect();
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+    // what the in-process decoder refuses, the engine must not be asked (it would cut or fail)
+    let longest = ids.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + sampling.max_new_tokens > policy.max_positions() {
+        return Err(generate::GenerateError::TooLong { prompt: longest, new: sampling.max_new_tokens, max: policy.max_positions() }.into());
+    }
     let before = engine.transport();
     let (sampled, timing) = engine.rollouts(&adapter, update, &ids, &seeds, sampling)?;
     let gens =

@@ -1132,8 +1132,6 @@ fn same_judge(a: &JudgeSpec, am: Option<&ModelRef>, b: &JudgeSpec, bm: Option<&M
     }
 }
 
-/// `eval.instrument`: never the training judge unless said so, a score that is a share, and a
-/// reading its answers can give.
 /// `runtime.rollouts`: what each engine needs, and fields it would ignore.
 fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
     use crate::spec::RolloutEngine;
@@ -1169,6 +1167,16 @@ fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
             )
             .help
             .push("serve a Hugging Face folder on vLLM or SGLang (`engine: vllm` or `sglang`), or convert it with llama.cpp's convert_hf_to_gguf.py".into());
+        }
+        let tied = policy.and_then(|m| crate::model::config(m).ok().flatten()).is_some_and(|c| c.tie_word_embeddings);
+        if tied && spec.policy.lora.targets.contains(&crate::spec::LoraTarget::LmHead) {
+            v.error(
+                "policy.lora.targets",
+                "llama-server cannot serve this LoRA: the policy ties its output layer to the embedding, and llama.cpp adapts no tied output layer",
+                "`lm_head` with `runtime.rollouts.engine: llama_server`",
+            )
+            .help
+            .push("drop `lm_head` from `policy.lora.targets`, or generate in process (`runtime.rollouts.engine: in_process`)".into());
         }
         if crate::engine::llama_server::find_binary().is_none() {
             v.warn("runtime.rollouts.engine", "llama-server is not built on this machine; `mpo run` will need it", "not found")
@@ -1233,6 +1241,8 @@ fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
     }
 }
 
+/// `eval.instrument`: never the training judge unless said so, a score that is a share, and a
+/// reading its answers can give.
 fn instrument_checks(v: &mut V, spec: &Spec, i: &InstrumentSpec, same_as_training: bool, rubric: Option<&Rubric>) {
     if same_as_training && !i.training_judge {
         v.error(

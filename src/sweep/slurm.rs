@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::model::registry::ModelRef;
 use crate::plan::Plan;
 
 /// Resources and placement of the array's tasks: the `mpo sweep --emit slurm` options.
@@ -135,11 +136,17 @@ pub fn sh_quote(s: &str) -> String {
 #[derive(Debug, Clone, PartialEq)]
 struct Server {
     model: String,
+    /// What the server loads unless `--server-model` says otherwise: a judge's model name, the
+    /// policy's Hugging Face id or folder (`None`: nothing a server loads, e.g. a GGUF).
+    source: Option<String>,
     /// (role, variable), e.g. ("reward", "MPO_JUDGE_URL").
     readers: Vec<(String, String)>,
     /// Rollouts on this server (`runtime.rollouts`): it loads each update's LoRA adapter.
     lora: Option<LoraServe>,
 }
+
+/// Which server a cell needs: its model, and for rollouts the engine whose API it speaks.
+type ServerKey = (String, Option<crate::spec::RolloutEngine>);
 
 /// What a rollout server needs to load the policy's adapters at run time.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,7 +215,7 @@ fn servers(plans: &[Plan], serving: bool) -> Result<Vec<Server>, EmitError> {
             match out.iter_mut().find(|s| s.model == model) {
                 Some(s) if !s.readers.contains(&reader) => s.readers.push(reader),
                 Some(_) => {}
-                None => out.push(Server { model, readers: vec![reader], lora: None }),
+                None => out.push(Server { source: Some(model.clone()), model, readers: vec![reader], lora: None }),
             }
         }
         let ro = &p.spec.runtime.rollouts;
@@ -227,14 +234,31 @@ fn servers(plans: &[Plan], serving: bool) -> Result<Vec<Server>, EmitError> {
                     other.readers[0].0, other.model
                 )));
             }
+            let source = match &p.inputs.models.policy {
+                ModelRef::Known { name, .. } => crate::model::registry::known(name).map(|k| k.hf_id.to_string()),
+                ModelRef::HfDir { path, .. } => Some(path.display().to_string()),
+                ModelRef::Gguf { .. } | ModelRef::Random { .. } => None,
+            };
             match out.iter_mut().find(|s| s.model == model) {
                 Some(s) => {
                     if !s.readers.contains(&reader) {
                         s.readers.push(reader);
                     }
-                    s.lora.get_or_insert(serve);
+                    match &mut s.lora {
+                        None => s.lora = Some(serve),
+                        // one server for the cells of one array: room for the largest LoRA
+                        Some(l) if l.engine == serve.engine => {
+                            l.rank = l.rank.max(serve.rank);
+                            l.modules.extend(serve.modules);
+                            l.modules.sort();
+                            l.modules.dedup();
+                        }
+                        // cells of another engine go into an array of their own (`emit` groups
+                        // cells by their servers' settings)
+                        Some(_) => {}
+                    }
                 }
-                None => out.push(Server { model, readers: vec![reader], lora: Some(serve) }),
+                None => out.push(Server { model, source, readers: vec![reader], lora: Some(serve) }),
             }
         }
     }
@@ -398,7 +422,12 @@ pub fn script(
             ));
             let mut offset = 0;
             for (i, (sv, g)) in servers.iter().zip(&server_gpus).enumerate() {
-                let path = opts.server_models.iter().find(|(n, _)| *n == sv.model).map(|(_, p)| p.as_str()).unwrap_or(&sv.model);
+                let path = opts.server_models.iter().find(|(n, _)| *n == sv.model).map(|(_, p)| p.as_str()).or(sv.source.as_deref()).ok_or_else(|| {
+                    EmitError::Judges(format!(
+                        "the policy `{}` is not a model vLLM or SGLang loads (a GGUF or a test model): serve its Hugging Face weights with `--server-model {}=PATH`",
+                        sv.model, sv.model
+                    ))
+                })?;
                 let readers: Vec<String> = sv.readers.iter().map(|(r, v)| format!("{r} via ${v}")).collect();
                 s.push_str(&format!("# server {i}: {} for {}\n", sv.model, readers.join(", ")));
                 let log = format!("\"$LOGS/server{i}_${{SLURM_JOB_ID:-$$}}.log\"");
@@ -470,9 +499,11 @@ pub fn emit(name: &str, plans: &[Plan], out: &Path, exe: &Path, opts: &SlurmOpti
     let text = serde_json::to_string_pretty(&v).map_err(std::io::Error::other)? + "\n";
     let serving = opts.serve.is_some();
     let gpus_of = server_gpus(&servers(plans, serving)?, opts)?;
-    let mut groups: Vec<(Vec<String>, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(Vec<ServerKey>, Vec<usize>)> = Vec::new();
     for (i, p) in plans.iter().enumerate() {
-        let models: Vec<String> = servers(std::slice::from_ref(p), serving)?.into_iter().map(|s| s.model).collect();
+        // a rollout server speaks its engine's API: cells of another engine need another server
+        let models: Vec<ServerKey> =
+            servers(std::slice::from_ref(p), serving)?.into_iter().map(|s| (s.model, s.lora.map(|l| l.engine))).collect();
         match groups.iter_mut().find(|(m, _)| *m == models) {
             Some((_, cells)) => cells.push(i),
             None => groups.push((models, vec![i])),
@@ -513,6 +544,16 @@ pub fn emit(name: &str, plans: &[Plan], out: &Path, exe: &Path, opts: &SlurmOpti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollout_server_gets_room_for_the_policy_lora() {
+        use crate::spec::RolloutEngine;
+        let l = LoraServe { engine: RolloutEngine::Vllm, rank: 12, modules: vec!["q_proj", "v_proj"] };
+        // vLLM takes only its listed ranks: the next one up
+        assert_eq!(l.flags(), " --enable-lora --max-lora-rank 16 --logprobs-mode processed_logprobs");
+        let l = LoraServe { engine: RolloutEngine::Sglang, ..l };
+        assert_eq!(l.flags(), " --enable-lora --max-lora-rank 12 --lora-target-modules q_proj v_proj --enable-deterministic-inference");
+    }
 
     #[test]
     fn quoting_survives_spaces_and_quotes() {

@@ -184,7 +184,7 @@ fn slurm_script_passes_bash_n_and_runs_one_cell() {
     let script = out_dir.join("sweep.sbatch");
     let text = std::fs::read_to_string(&script).unwrap();
     for want in
-        ["#SBATCH --array=0-1%4", "#SBATCH --partition=gpu", "#SBATCH --requeue", "run --plan", "in-process model: no server needed"]
+        ["#SBATCH --array=0-1%4", "#SBATCH --partition=gpu", "#SBATCH --requeue", "run --plan", "generate in process: no server needed"]
     {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
@@ -489,11 +489,16 @@ fn the_slurm_script_starts_the_rollout_server_with_run_time_adapters() {
     let out = r.join("slurm");
     let spec = "tests/specs/valid/rollouts_vllm.yaml";
     let root_arg = format!("output.root={}", r.display());
-    ok(&mpo(&["sweep", spec, &root_arg, "--emit", "slurm", "--out", out.to_str().unwrap(), "--serve", "vllm", "--gpus-per-task", "1"]));
+    let serve = ["--emit", "slurm", "--out", out.to_str().unwrap(), "--serve", "vllm", "--gpus-per-task", "1"];
+    // a random test model (or a GGUF) is nothing vLLM loads: the weights must be named
+    let refused = mpo(&[&["sweep", spec, &root_arg][..], &serve[..]].concat());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--server-model tiny-random-llama=PATH"), "{err}");
+    ok(&mpo(&[&["sweep", spec, &root_arg][..], &serve[..], &["--server-model", "tiny-random-llama=/models/tiny"]].concat()));
     let text = std::fs::read_to_string(out.join("sweep-2.sbatch")).unwrap();
     for want in [
         "#SBATCH --gres=gpu:4",
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve tiny-random-llama --served-model-name tiny-random-llama",
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve /models/tiny --served-model-name tiny-random-llama",
         "--enable-lora --max-lora-rank 8 --logprobs-mode processed_logprobs",
         "export MPO_T_ROLLOUT_URL=\"$SERVER2\"",
         "# server 2: tiny-random-llama for runtime.rollouts via $MPO_T_ROLLOUT_URL",
