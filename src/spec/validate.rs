@@ -1158,6 +1158,22 @@ fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
     if r.engine == RolloutEngine::InProcess {
         return;
     }
+    if spec.ppo.temperature == 0.0 {
+        v.warn(
+            "ppo.temperature",
+            "greedy rollouts on an engine: the engine reports probability 1 for every greedy token while the trainer's log-probs are of the model's distribution, so `rollouts.drift` measures nothing",
+            "greedy",
+        );
+    }
+    if r.engine == RolloutEngine::Sglang && spec.policy.lora.targets.contains(&crate::spec::LoraTarget::LmHead) {
+        v.warn(
+            "policy.lora.targets",
+            "SGLang's LoRA target modules are the attention and MLP projections: a server started for this adapter will likely refuse `lm_head`",
+            "`lm_head` with `runtime.rollouts.engine: sglang`",
+        )
+        .help
+        .push("drop `lm_head` from `policy.lora.targets`, or roll out on vLLM or in process".into());
+    }
     if r.engine == RolloutEngine::LlamaServer {
         if !matches!(policy, None | Some(ModelRef::Known { .. } | ModelRef::Gguf { .. })) {
             v.error(

@@ -87,6 +87,27 @@ fn the_rollout_engine_is_in_the_run_id_and_how_it_is_reached_is_not() {
     assert_eq!(vllm("/a", "A"), vllm("/b", "B"));
 }
 
+/// What an engine cannot do is said at check time: greedy rollouts leave the drift nothing to
+/// measure; SGLang adapts no LM head.
+#[test]
+fn rollout_engine_settings_that_cannot_work_are_warned_about() {
+    let o = |s: &str| s.to_string();
+    let overrides = [
+        o("runtime.rollouts.engine=sglang"),
+        o("runtime.rollouts.base_url_env=MPO_ROLLOUT_URL"),
+        o("runtime.rollouts.adapter_dir=/tmp/adapters"),
+        o("ppo.temperature=0"),
+        o("policy.lora.targets=[q, v, lm_head]"),
+    ];
+    let loaded = spec::load(Path::new("specs/math.yaml"), &overrides);
+    assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
+    let d = loaded.render_diagnostics();
+    assert!(d.contains("`rollouts.drift` measures nothing") && d.contains("will likely refuse `lm_head`"), "{d}");
+    // in process, neither applies
+    let d = spec::load(Path::new("specs/math.yaml"), &overrides[3..]).render_diagnostics();
+    assert!(!d.contains("rollouts.drift") && !d.contains("lm_head"), "{d}");
+}
+
 #[test]
 fn sweep_cells_have_distinct_run_ids_and_the_cli_overrides_win() {
     let loaded = spec::load(Path::new("specs/ablations/meta_every.yaml"), &[]);
