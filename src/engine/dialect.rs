@@ -28,7 +28,6 @@ pub type Request = (&'static str, J);
 
 /// The generation request of one prompt under the adapter `lora` (the name it was loaded as).
 pub fn generate(engine: RolloutEngine, lora: &str, prompt: &[u32], seed: u32, s: &Sampling) -> Request {
-    let top_k = s.top_k as i64;
     // the spec's decimal (0.7), not the nearest f32 widened (0.699999988...)
     let dec = |x: f32| -> f64 { x.to_string().parse().unwrap_or(x as f64) };
     let (temperature, top_p) = (dec(s.temperature), dec(s.top_p));
@@ -41,7 +40,7 @@ pub fn generate(engine: RolloutEngine, lora: &str, prompt: &[u32], seed: u32, s:
                 "prompt": prompt,
                 "n_predict": s.max_new_tokens,
                 "temperature": temperature,
-                "top_k": top_k,
+                "top_k": s.top_k,
                 "top_p": top_p,
                 "min_p": 0.0,
                 "typical_p": 1.0,
@@ -57,54 +56,53 @@ pub fn generate(engine: RolloutEngine, lora: &str, prompt: &[u32], seed: u32, s:
         // selected by its name as the model; `return_token_ids` returns the sampled ids (an end
         // token included); `logprobs: 0` still returns the sampled token's. Every sampling field
         // is sent: one left out takes the model's `generation_config.json` value.
-        RolloutEngine::Vllm => (
-            "/v1/completions",
-            json!({
-                "model": lora,
-                "prompt": prompt,
-                "max_tokens": s.max_new_tokens,
-                "temperature": temperature,
-                "top_k": if top_k == 0 { -1 } else { top_k },
-                "top_p": top_p,
-                "min_p": 0.0,
-                "repetition_penalty": 1.0,
-                "presence_penalty": 0.0,
-                "frequency_penalty": 0.0,
-                "stop_token_ids": s.stop_ids,
-                "seed": seed,
-                "n": 1,
-                "logprobs": 0,
-                "return_token_ids": true,
-                "skip_special_tokens": false,
-            }),
-        ),
+        RolloutEngine::Vllm => {
+            let mut b = json!({"model": lora, "prompt": prompt, "max_tokens": s.max_new_tokens});
+            extend(&mut b, server_sampling(s, temperature, top_p));
+            extend(&mut b, json!({"seed": seed, "n": 1, "logprobs": 0, "return_token_ids": true, "skip_special_tokens": false}));
+            ("/v1/completions", b)
+        }
         // SGLang's native /generate: `input_ids`, the adapter by its loaded name in `lora_path`,
         // log-probs of the output tokens only (`logprob_start_len: -1`), after temperature and
         // before top-k / top-p, as mpo's. `sampling_seed` takes effect only on a server started
         // with `--enable-deterministic-inference`.
-        RolloutEngine::Sglang => (
-            "/generate",
-            json!({
-                "input_ids": prompt,
-                "lora_path": lora,
-                "sampling_params": {
-                    "max_new_tokens": s.max_new_tokens,
-                    "temperature": temperature,
-                    "top_k": if top_k == 0 { -1 } else { top_k },
-                    "top_p": top_p,
-                    "min_p": 0.0,
-                    "repetition_penalty": 1.0,
-                    "presence_penalty": 0.0,
-                    "frequency_penalty": 0.0,
-                    "stop_token_ids": s.stop_ids,
-                    "sampling_seed": seed,
-                    "skip_special_tokens": false,
-                    "no_stop_trim": true,
-                },
-                "return_logprob": true,
-                "logprob_start_len": -1,
-            }),
-        ),
+        RolloutEngine::Sglang => {
+            let mut params = json!({"max_new_tokens": s.max_new_tokens});
+            extend(&mut params, server_sampling(s, temperature, top_p));
+            extend(&mut params, json!({"sampling_seed": seed, "skip_special_tokens": false, "no_stop_trim": true}));
+            (
+                "/generate",
+                json!({
+                    "input_ids": prompt,
+                    "lora_path": lora,
+                    "sampling_params": params,
+                    "return_logprob": true,
+                    "logprob_start_len": -1,
+                }),
+            )
+        }
+    }
+}
+
+/// mpo's sampling in the fields vLLM and SGLang share: everything else switched off, the stop
+/// ids mpo ends a response on.
+fn server_sampling(s: &Sampling, temperature: f64, top_p: f64) -> J {
+    json!({
+        "temperature": temperature,
+        "top_k": if s.top_k == 0 { -1 } else { s.top_k as i64 },
+        "top_p": top_p,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "stop_token_ids": s.stop_ids,
+    })
+}
+
+/// `more`'s fields added to the object `b`.
+fn extend(b: &mut J, more: J) {
+    if let (Some(o), J::Object(m)) = (b.as_object_mut(), more) {
+        o.extend(m);
     }
 }
 

@@ -386,7 +386,6 @@ struct Fixture {
 impl BackendJob for Fixture {
     type Output = Result<Vec<J>, ExportError>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: &'static str) -> Self::Output {
-        use crate::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
         let spec = &self.plan.spec;
         let lora = LoraConfig::from_spec(&spec.policy.lora);
         let seed = crate::rng::sub_seed(spec.runtime.seed, "model/init");
@@ -402,21 +401,7 @@ impl BackendJob for Fixture {
             if r.is_empty() {
                 continue;
             }
-            let seq: Vec<u32> = p.iter().chain(&r).copied().collect();
-            let t = seq.len();
-            let lay = left_pad(std::slice::from_ref(&seq), 0);
-            let h = m.forward(
-                int_tensor(lay.tokens.clone(), [1, t], &device),
-                int_tensor(lay.positions.clone(), [1, t], &device),
-                mask_tensor(causal_mask(&lay.pads, 0, t), 1, t, t, &device),
-                None,
-                true,
-            );
-            let d = h.dims()[2];
-            let logits = m.logits(h.slice([0..1, p.len() - 1..t - 1, 0..d]), true);
-            let targets = int_tensor::<B::InnerBackend>(r.iter().map(|&x| x as i64).collect(), [1, r.len()], &device);
-            let lp = crate::ppo::token_logprobs(logits, targets, 1.0, false).0;
-            let lp = to_host(lp).map_err(|e| fail(e.to_string()))?;
+            let lp = crate::model::generate::response_logprobs(&m, &p, &r, true, 1.0).map_err(|e| fail(e.to_string()))?;
             out.push(json!({"id": id, "prompt_ids": p, "response_ids": r, "logprobs": lp}));
         }
         Ok(out)

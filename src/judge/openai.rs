@@ -246,18 +246,21 @@ pub async fn post(
     if let Some(k) = api_key {
         req = req.bearer_auth(k);
     }
-    let resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) if e.is_timeout() => return Err((JudgeError::Timeout { seconds: timeout.as_secs_f64() }, None)),
-        Err(e) => return Err((JudgeError::Transport { url: url.into(), message: e.to_string() }, None)),
+    // a timeout is one cause whether it struck before the answer or while reading it
+    let failed = |e: reqwest::Error, other: JudgeError| {
+        let e = if e.is_timeout() { JudgeError::Timeout { seconds: timeout.as_secs_f64() } } else { other };
+        (e, None)
     };
+    let resp = req.send().await.map_err(|e| {
+        let message = e.to_string();
+        failed(e, JudgeError::Transport { url: url.into(), message })
+    })?;
     let status = resp.status().as_u16();
     let wait = retry_after(resp.headers());
-    let text = match resp.text().await {
-        Ok(t) => t,
-        Err(e) if e.is_timeout() => return Err((JudgeError::Timeout { seconds: timeout.as_secs_f64() }, None)),
-        Err(e) => return Err((JudgeError::Malformed { url: url.into(), message: format!("reading the body: {e}") }, None)),
-    };
+    let text = resp.text().await.map_err(|e| {
+        let message = format!("reading the body: {e}");
+        failed(e, JudgeError::Malformed { url: url.into(), message })
+    })?;
     if !(200..300).contains(&status) {
         let body: String = text.chars().take(500).collect();
         return Err((JudgeError::Http { status, url: url.into(), body }, wait));

@@ -254,6 +254,36 @@ pub fn from_sampled(tok: &Tok, s: &Sampling, tokens: &[u32], logprobs: &[f32], e
     Ok(g)
 }
 
+/// The log-probs of `response`'s tokens after `prompt`, teacher-forced in one pass (at
+/// `temperature`, as PPO scores them): what a loader of the policy, or an engine that sampled
+/// the response, is compared against.
+pub fn response_logprobs<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    response: &[u32],
+    adapter: bool,
+    temperature: f64,
+) -> Result<Vec<f32>, super::batch::TensorReadError> {
+    if prompt.is_empty() || response.is_empty() {
+        return Ok(vec![]);
+    }
+    let device = model.embed.val().device();
+    let seq: Vec<u32> = prompt.iter().chain(response).copied().collect();
+    let t = seq.len();
+    let lay = left_pad(std::slice::from_ref(&seq), 0);
+    let h = model.forward(
+        int_tensor(lay.tokens.clone(), [1, t], &device),
+        int_tensor(lay.positions.clone(), [1, t], &device),
+        mask_tensor(causal_mask(&lay.pads, 0, t), 1, t, t, &device),
+        None,
+        adapter,
+    );
+    let d = h.dims()[2];
+    let logits = model.logits(h.slice([0..1, prompt.len() - 1..t - 1, 0..d]), adapter);
+    let targets = int_tensor::<B>(response.iter().map(|&x| x as i64).collect(), [1, response.len()], &device);
+    to_host(crate::ppo::token_logprobs(logits, targets, temperature, false).0)
+}
+
 /// The fewest leading `tokens` (at least one) whose decoded text is `cut` bytes or longer.
 fn covering_prefix(tok: &Tok, tokens: &[u32], cut: usize) -> Result<usize, GenerateError> {
     for k in 1..tokens.len() {

@@ -217,13 +217,8 @@ impl V<'_> {
     }
 
     fn judge(&mut self, field: &str, j: &mut JudgeSpec, default_model: &str) -> Option<Option<ModelRef>> {
-        let is_var = |name: &str| {
-            !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-        };
         for (k, name) in [("base_url_env", &j.base_url_env), ("api_key_env", &j.api_key_env)] {
-            if !is_var(name) {
+            if !is_env_var(name) {
                 // Never echo what may be the secret itself into the message.
                 let found = if k == "api_key_env" { "a value that is not a variable name".to_string() } else { format!("`{name}`") };
                 self.error(
@@ -262,7 +257,7 @@ impl V<'_> {
                 r
             }
             JudgeBackend::Openai => {
-                if is_var(&j.base_url_env) && std::env::var_os(&j.base_url_env).is_none() {
+                if is_env_var(&j.base_url_env) && std::env::var_os(&j.base_url_env).is_none() {
                     self.warn(
                         &format!("{field}.base_url_env"),
                         format!(
@@ -1132,6 +1127,11 @@ fn same_judge(a: &JudgeSpec, am: Option<&ModelRef>, b: &JudgeSpec, bm: Option<&M
     }
 }
 
+/// Whether `name` can be an environment variable's name (what a spec gives for URLs and keys).
+fn is_env_var(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
 /// `runtime.rollouts`: what each engine needs, and fields it would ignore.
 fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
     use crate::spec::RolloutEngine;
@@ -1201,9 +1201,6 @@ fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
         }
         return;
     }
-    let is_var = |name: &str| {
-        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit())
-    };
     match &r.base_url_env {
         None => {
             v.error(
@@ -1214,7 +1211,7 @@ fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
             .help
             .push("e.g. `base_url_env: MPO_ROLLOUT_URL`, then `export MPO_ROLLOUT_URL=http://host:8000`".into());
         }
-        Some(name) if !is_var(name) => {
+        Some(name) if !is_env_var(name) => {
             v.error(
                 "runtime.rollouts.base_url_env",
                 format!("`runtime.rollouts.base_url_env` must name an environment variable, found `{name}`"),
@@ -1233,7 +1230,7 @@ fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
         Some(_) => {}
     }
     if let Some(k) = &r.api_key_env
-        && !is_var(k)
+        && !is_env_var(k)
     {
         v.error(
             "runtime.rollouts.api_key_env",

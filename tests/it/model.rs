@@ -501,7 +501,6 @@ fn a_gguf_lora_export_runs_on_llama_server_as_mpo_computes_it() {
 fn rollouts_on_llama_server_follow_the_trained_adapter() {
     use burn::module::Param;
     use burn::tensor::{Tensor, TensorData};
-    use mpo::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
     use mpo::model::generate::Sampling;
     use rand::Rng;
     mpo::engine::llama_server::find_binary()
@@ -534,22 +533,7 @@ fn rollouts_on_llama_server_follow_the_trained_adapter() {
     let mut engine = mpo::engine::Engine::start(&plan, model.num_layers()).unwrap();
     let (sampled, timing) = engine.rollouts(&adapter, 1, &prompts, &[11, 12, 13, 14], &s).unwrap();
     assert!(timing.load_s > 0.0 && timing.generate_s > 0.0);
-    let score = |p: &[u32], r: &[u32], with: bool| -> Vec<f32> {
-        let seq: Vec<u32> = p.iter().chain(r).copied().collect();
-        let t = seq.len();
-        let lay = left_pad(std::slice::from_ref(&seq), 0);
-        let h = model.forward(
-            int_tensor(lay.tokens.clone(), [1, t], &device),
-            int_tensor(lay.positions.clone(), [1, t], &device),
-            mask_tensor(causal_mask(&lay.pads, 0, t), 1, t, t, &device),
-            None,
-            with,
-        );
-        let d = h.dims()[2];
-        let logits = model.logits(h.slice([0..1, p.len() - 1..t - 1, 0..d]), with);
-        let targets = int_tensor::<Cpu>(r.iter().map(|&x| x as i64).collect(), [1, r.len()], &device);
-        to_host(mpo::ppo::token_logprobs(logits, targets, 1.0, false).0).unwrap()
-    };
+    let score = |p: &[u32], r: &[u32], with: bool| mpo::model::generate::response_logprobs(&model, p, r, with, 1.0).unwrap();
     let (mut with, mut without, mut n) = (0.0f64, 0.0f64, 0usize);
     for (p, x) in prompts.iter().zip(&sampled) {
         assert_eq!(x.tokens.len(), x.logprobs.len());
