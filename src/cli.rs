@@ -303,12 +303,31 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum RubricCommand {
-    /// Every meta step: versions, triggers, evidence, and why a rubric was kept.
-    Log { run: PathBuf },
+    /// Every meta step: versions, triggers, evidence, and why a rubric was kept. A run with
+    /// rubric families (`meta.partition_by`) logs every family, or the one `--family` names.
+    Log {
+        run: PathBuf,
+        /// A rubric family: its key (`'Algebra / 1'`) or folder name (`algebra-1`).
+        #[arg(long)]
+        family: Option<String>,
+    },
     /// A version's markdown (default: the latest).
-    Show { run: PathBuf, version: Option<String> },
+    Show {
+        run: PathBuf,
+        version: Option<String>,
+        /// The rubric family, for a run that keeps one rubric per family.
+        #[arg(long)]
+        family: Option<String>,
+    },
     /// Unified diff between two versions.
-    Diff { run: PathBuf, a: String, b: String },
+    Diff {
+        run: PathBuf,
+        a: String,
+        b: String,
+        /// The rubric family, for a run that keeps one rubric per family.
+        #[arg(long)]
+        family: Option<String>,
+    },
     /// Score the spec's rubric test cases and hack probes (`reward.cases`) with its judge and
     /// rubric; compare with the snapshot in `<dir>/<spec name>/rubric/`. Exit 0 when nothing
     /// changed and every expectation holds (or is a listed known failure), 1 otherwise.
@@ -896,7 +915,10 @@ fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> Outcome {
             for line in summary {
                 println!("  {line}");
             }
-            if let Ok(entries) = crate::meta::history::History::new(&dir).entries() {
+            let families = crate::meta::history::History::families(&dir);
+            if let Some(line) = crate::meta::history::families_summary_line(&families, &dir) {
+                println!("  {line}");
+            } else if let Ok(entries) = crate::meta::history::History::new(&dir).entries() {
                 println!("  {}", crate::meta::history::summary_line(&entries, &dir));
             }
             println!("  metrics.jsonl  samples/  rubrics/  checkpoints/  events.out.tfevents.mpo (TensorBoard)");
@@ -1022,9 +1044,24 @@ fn rubric_cmd(which: RubricCommand) -> Outcome {
             let opts = crate::rubric_test::Options { dir: dir.clone(), update: *update, record: *record };
             return rubric_test_cmd(specs, cases.as_deref(), &opts, format == "junit");
         }
-        RubricCommand::Log { run } | RubricCommand::Show { run, .. } | RubricCommand::Diff { run, .. } => run.clone(),
+        RubricCommand::Log { run, family } | RubricCommand::Show { run, family, .. } | RubricCommand::Diff { run, family, .. } => {
+            (run.clone(), family.clone())
+        }
     };
-    let h = History::new(&run);
+    let (run, family) = run;
+    if let (RubricCommand::Log { .. }, None) = (&which, &family) {
+        let families = History::families(&run);
+        if !families.is_empty() {
+            for h in families {
+                let entries = h.entries().map_err(|e| Failure::error(format!("{}: {e}", h.folder().display())))?;
+                println!("== {} ({})", h.family_key().unwrap_or_default(), h.folder().display());
+                print!("{}", render_log(&entries));
+            }
+            return Ok(Done::Ok);
+        }
+    }
+    let h = History::open(&run, family.as_deref())
+        .map_err(|message| Failure::Error { message, help: Some("`mpo rubric log RUN` lists every family".into()) })?;
     let entries = h.entries().map_err(|e| Failure::Error {
         message: format!("{} has no rubric history ({e})", run.display()),
         help: Some("give a run directory such as results/math/<run-id>".into()),

@@ -1,7 +1,9 @@
 //! Rubric history of a run: `rubrics/vNNN.md` (canonical markdown) and
 //! `rubrics/history.jsonl` (one line per meta step: trigger update, evidence, every stage's
-//! raw output, the outcome and the diff against the previous version). Read by
-//! `mpo rubric log | show | diff`.
+//! raw output, the outcome and the diff against the previous version). A run with rubric
+//! families (`meta.partition_by`) keeps one such history per family instead, in
+//! `rubrics/families/<slug>/`, each line naming its family. Read by `mpo rubric log | show |
+//! diff`.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +15,10 @@ use crate::rubric::Rubric;
 /// One line of `history.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The rubric family (`meta.partition_by`) this history belongs to; absent for a run's one
+    /// rubric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// The version this step produced (None: the rubric was kept).
     pub version: Option<u32>,
     /// The version in force before the step.
@@ -47,6 +53,7 @@ pub struct Entry {
 
 pub struct History {
     dir: PathBuf,
+    family: Option<String>,
 }
 
 /// A unified diff of two rubric texts.
@@ -54,13 +61,77 @@ pub fn diff(a: &str, b: &str, a_name: &str, b_name: &str) -> String {
     similar::TextDiff::from_lines(a, b).unified_diff().context_radius(2).header(a_name, b_name).to_string()
 }
 
+fn families_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("rubrics").join("families")
+}
+
+fn names(families: &[History]) -> String {
+    families.iter().filter_map(|h| h.family.as_deref()).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+}
+
 fn item_names(r: &Rubric) -> Vec<String> {
     r.items.iter().map(|i| format!("{} ({}-{})", i.name, i.min, i.max)).collect()
 }
 
 impl History {
+    /// The history of a run's one rubric.
     pub fn new(run_dir: &Path) -> Self {
-        History { dir: run_dir.join("rubrics") }
+        History { dir: run_dir.join("rubrics"), family: None }
+    }
+
+    /// The history of the rubric family `key`.
+    pub fn family(run_dir: &Path, key: &str) -> Self {
+        History { dir: families_dir(run_dir).join(super::family::slug(key)), family: Some(key.to_string()) }
+    }
+
+    /// Where its versions and `history.jsonl` are.
+    pub fn folder(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The family this history belongs to (`None`: the run's one rubric).
+    pub fn family_key(&self) -> Option<&str> {
+        self.family.as_deref()
+    }
+
+    /// Every family history a run has written, by key.
+    pub fn families(run_dir: &Path) -> Vec<History> {
+        let mut out: Vec<History> = std::fs::read_dir(families_dir(run_dir))
+            .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| {
+                let h = History { dir: e.path(), family: None };
+                let key = h.entries().ok()?.into_iter().find_map(|e| e.family)?;
+                Some(History { family: Some(key), ..h })
+            })
+            .collect();
+        out.sort_by(|a, b| a.family.cmp(&b.family));
+        out
+    }
+
+    /// The history `mpo rubric` reads: the run's one rubric, or with families the one `family`
+    /// names (its key or folder name); an error says which families there are.
+    pub fn open(run_dir: &Path, family: Option<&str>) -> Result<History, String> {
+        let families = History::families(run_dir);
+        match family {
+            None if families.is_empty() => Ok(History::new(run_dir)),
+            None => Err(format!(
+                "{} keeps one rubric per family (meta.partition_by): name one with --family ({})",
+                run_dir.display(),
+                names(&families)
+            )),
+            Some(f) => {
+                let found = families.into_iter().partition::<Vec<_>, _>(|h| {
+                    h.family.as_deref() == Some(f) || h.dir.file_name().is_some_and(|n| n == f)
+                });
+                match found {
+                    (mut hit, _) if !hit.is_empty() => Ok(hit.remove(0)),
+                    (_, all) if all.is_empty() => Err(format!("{} has no rubric families (it keeps one rubric): drop --family", run_dir.display())),
+                    (_, all) => Err(format!("{} has no rubric family `{f}`; it has {}", run_dir.display(), names(&all))),
+                }
+            }
+        }
     }
 
     pub fn version_path(&self, v: u32) -> PathBuf {
@@ -82,6 +153,7 @@ impl History {
         }
         crate::fsx::write_atomic(&self.version_path(0), v0.to_markdown().as_bytes())?;
         self.append(&Entry {
+            family: self.family.clone(),
             version: Some(0),
             previous: 0,
             trigger_update: 0,
@@ -111,6 +183,7 @@ impl History {
             Err(why) => (None, Some(why.clone()), String::new(), vec![], item_names(current)),
         };
         self.append(&Entry {
+            family: self.family.clone(),
             version,
             previous: current_version,
             trigger_update: outcome.trigger_update,
@@ -163,6 +236,31 @@ pub fn summary_line(entries: &[Entry], run: &Path) -> String {
             run.display()
         ),
     }
+}
+
+/// The end of a run's summary when it keeps rubric families: how many families its meta steps
+/// rewrote, and how to read one.
+pub fn families_summary_line(families: &[History], run: &Path) -> Option<String> {
+    let first = families.first()?;
+    let (mut steps, mut accepted, mut rewritten) = (0, 0, Vec::new());
+    for h in families {
+        let es = h.entries().unwrap_or_default();
+        let s = es.iter().filter(|e| e.trigger_update > 0).count();
+        let a = es.iter().filter(|e| e.trigger_update > 0 && e.version.is_some()).count();
+        steps += s;
+        accepted += a;
+        if a > 0 {
+            rewritten.push(format!("{} to v{a:03}", h.family.as_deref().unwrap_or("")));
+        }
+    }
+    Some(format!(
+        "{} rubric families, {} rewritten ({accepted} of {steps} family meta steps accepted{}); mpo rubric log {} --family '{}'",
+        families.len(),
+        rewritten.len(),
+        if rewritten.is_empty() { String::new() } else { format!(": {}", rewritten.join(", ")) },
+        run.display(),
+        first.family.as_deref().unwrap_or("")
+    ))
 }
 
 /// `mpo rubric log`: one block per meta step.

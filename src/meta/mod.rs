@@ -7,6 +7,7 @@
 //! The merged text is parsed and validated; on any failure the current rubric stays and the
 //! reason is recorded. Nothing here writes files: [`history`] does.
 
+pub mod family;
 pub mod history;
 
 use rand::seq::SliceRandom;
@@ -25,7 +26,9 @@ pub struct MetaConfig {
     pub prescreen: Option<(String, String)>,
     pub analyze: (String, String),
     pub refine: (String, String),
-    pub merge: (String, String),
+    /// `None` under `meta.review: joint`.
+    pub merge: Option<(String, String)>,
+    pub review: crate::spec::MetaReview,
     pub samples: usize,
     pub sampling: crate::spec::MetaSampling,
     pub domain_guidelines: bool,
@@ -292,8 +295,17 @@ fn select<'a>(
     out
 }
 
-/// Run one meta step on `candidates` (the rollouts since the last step).
-pub fn run(judge: &mut dyn Judge, cfg: &MetaConfig, current: &Rubric, candidates: &[MetaSample], seed: u64, update: u32) -> MetaOutcome {
+/// Run one meta step on `candidates` (the rollouts since the last step) for the rubric
+/// `family` (`""`: the run's one rubric): its random streams are the family's own.
+pub fn run(
+    judge: &mut dyn Judge,
+    cfg: &MetaConfig,
+    current: &Rubric,
+    candidates: &[MetaSample],
+    seed: u64,
+    update: u32,
+    family: &str,
+) -> MetaOutcome {
     let mut out = MetaOutcome {
         trigger_update: update,
         evidence: vec![],
@@ -306,8 +318,14 @@ pub fn run(judge: &mut dyn Judge, cfg: &MetaConfig, current: &Rubric, candidates
         usage: TokenUsage::default(),
         gate: None,
     };
-    out.result = step(judge, cfg, current, candidates, seed, update, &mut out);
+    out.result = step(judge, cfg, current, candidates, seed, update, family, &mut out);
     out
+}
+
+/// A stream name of the meta step at `update`, the family's own when there are families (the
+/// run's one rubric keeps the names it always had).
+fn stream(what: &str, update: u32, family: &str) -> String {
+    if family.is_empty() { format!("meta/{what}/u{update:06}") } else { format!("meta/{what}/u{update:06}/{family}") }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -318,12 +336,13 @@ fn step(
     candidates: &[MetaSample],
     seed: u64,
     update: u32,
+    family: &str,
     out: &mut MetaOutcome,
 ) -> Result<Rubric, String> {
     if candidates.is_empty() {
         return Err("no rollouts to learn from".into());
     }
-    let mut rng = crate::rng::stream(seed, &format!("meta/select/u{update:06}"));
+    let mut rng = crate::rng::stream(seed, &stream("select", update, family));
     let mut picked = select(candidates, cfg.samples.max(1), cfg.sampling, &mut rng);
     // Deterministic order for prompts: by id.
     picked.sort_by(|a, b| a.id.cmp(&b.id));
@@ -339,7 +358,7 @@ fn step(
             prompt,
             max_tokens: cfg.max_tokens,
             temperature: cfg.temperature,
-            seed: crate::rng::sub_seed(seed, &format!("meta/{stage}/u{update:06}/{k}")),
+            seed: crate::rng::sub_seed(seed, &format!("{}/{k}", stream(stage, update, family))),
             ..Default::default()
         }
         .held_to(shape.filter(|_| cfg.held))
@@ -365,6 +384,21 @@ fn step(
         }
     }
     out.evidence = picked.iter().map(|s| s.id.clone()).collect();
+    if cfg.review == crate::spec::MetaReview::Joint {
+        // One review of every sample, continued into one refinement: the reference's math step,
+        // whose cases run from low to high grades.
+        picked.sort_by(|a, b| a.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&b.score.unwrap_or(f64::NEG_INFINITY)).then(a.id.cmp(&b.id)));
+        let samples = || picked.iter().map(|s| s.context()).collect::<Vec<_>>();
+        let hints: Vec<&str> = picked.iter().map(|s| analyze_guidelines(cfg.domain_guidelines, &s.record)).collect();
+        let guidelines = if hints.iter().all(|h| *h == hints[0]) { hints[0] } else { "" };
+        let prompt = render(&cfg.analyze, &ctx(Stage::AnalyzeJoint { samples: samples(), guidelines }))?;
+        let analysis = ask(judge, vec![req(prompt, 0, "analyze")], &mut out.usage, false).remove(0).map_err(|e| format!("the analysis failed: {e}"))?;
+        out.analyses = vec![analysis.clone()];
+        let prompt = render(&cfg.refine, &ctx(Stage::RefineJoint { samples: samples(), guidelines, analysis: &analysis }))?;
+        let refined = ask(judge, vec![req(prompt, 0, "refine")], &mut out.usage, true).remove(0).map_err(|e| format!("the refinement failed: {e}"))?;
+        out.refined = vec![refined.clone()];
+        return accept(&refined, "refined", current, limits, out);
+    }
     // analyze
     let prompts: Vec<JudgeRequest> = picked
         .iter()
@@ -415,23 +449,37 @@ fn step(
         return Err(format!("no usable refined rubric: of {asked} asked for, {}", why.join(", ")));
     }
     // merge
-    let prompt = render(&cfg.merge, &ctx(Stage::Merge { refined: &usable }))?;
+    let merge = cfg.merge.as_ref().ok_or("meta.stages.merge is missing (meta.review: per_sample merges)")?;
+    let prompt = render(merge, &ctx(Stage::Merge { refined: &usable }))?;
     let merged = ask(judge, vec![req(prompt, 0, "merge")], &mut out.usage, true).remove(0).map_err(|e| format!("merge failed: {e}"))?;
     out.merged_raw = Some(merged.clone());
-    let (merged, dropped) = Rubric::without_repeats(&merged);
+    accept(&merged, "merged", current, limits, out)
+}
+
+/// The rubric a meta step wrote (`what`: merged or refined), when it may become the next
+/// version: items written again dropped (the first kept), whole, sound, within the limits and
+/// not the current rubric.
+fn accept(
+    text: &str,
+    what: &str,
+    current: &Rubric,
+    limits: crate::template::context::MetaLimits,
+    out: &mut MetaOutcome,
+) -> Result<Rubric, String> {
+    let (merged, dropped) = Rubric::without_repeats(text);
     out.repeats_dropped = dropped;
-    let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
-    rubric.validate(limits.items).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
-    let problems = Rubric::problems_of_text(&merged, limits.max_points).map_err(|e| format!("the merged rubric is invalid: {e}"))?;
+    let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the {what} rubric is invalid: {e}"))?;
+    rubric.validate(limits.items).map_err(|e| format!("the {what} rubric is invalid: {e}"))?;
+    let problems = Rubric::problems_of_text(&merged, limits.max_points).map_err(|e| format!("the {what} rubric is invalid: {e}"))?;
     if !problems.is_empty() {
-        return Err(format!("the merged rubric is not sound: {}", problems.join("; ")));
+        return Err(format!("the {what} rubric is not sound: {}", problems.join("; ")));
     }
     // The meta stages rewrite the items; the rubric's title and grading instructions stay.
     // Text a meta judge writes before the first item is chatter ("Here is the improved
     // rubric:") more often than instructions; it stays in the history's raw output.
     rubric.preamble = current.preamble.clone();
     if rubric.items == current.items {
-        return Err("the merged rubric is the current one".into());
+        return Err(format!("the {what} rubric is the current one"));
     }
     Ok(rubric)
 }
@@ -466,7 +514,8 @@ mod tests {
             prescreen: None,
             analyze: ("analyze".into(), "ANALYZE {{ sample.response }} under {{ rubric }}".into()),
             refine: ("refine".into(), "REFINE {{ analysis }}".into()),
-            merge: ("merge".into(), "MERGE {% for r in refined %}{{ r }}{% endfor %} max {{ max_items }}".into()),
+            merge: Some(("merge".into(), "MERGE {% for r in refined %}{{ r }}{% endfor %} max {{ max_items }}".into())),
+            review: crate::spec::MetaReview::PerSample,
             samples: 2,
             sampling: crate::spec::MetaSampling::Uniform,
             domain_guidelines: true,
@@ -502,14 +551,14 @@ mod tests {
             "Here is the improved rubric:\n## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.",
             false,
         );
-        let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
+        let o = run(&mut j, &cfg(), &current, &samples(), 1, 2, "");
         let r = o.result.unwrap();
         assert_eq!(r.items.len(), 2);
         assert_eq!(r.preamble, "# Preamble");
         assert_eq!(o.evidence.len(), 2);
         assert_eq!((o.analyses.len(), o.refined.len()), (2, 2));
         // the same seed picks the same evidence
-        let again = run(&mut j, &cfg(), &current, &samples(), 1, 2);
+        let again = run(&mut j, &cfg(), &current, &samples(), 1, 2, "");
         assert_eq!(again.evidence, o.evidence);
     }
 
@@ -523,12 +572,12 @@ mod tests {
             ("## Correct (0-4)", "is the current one"),
         ] {
             let mut j = stage_judge(merged, false);
-            let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
+            let o = run(&mut j, &cfg(), &current, &samples(), 1, 2, "");
             let e = o.result.unwrap_err();
             assert!(e.contains(why), "{merged:?}: {e}");
         }
         let mut j = stage_judge("", false);
-        assert!(run(&mut j, &cfg(), &current, &[], 1, 2).result.unwrap_err().contains("no rollouts"));
+        assert!(run(&mut j, &cfg(), &current, &[], 1, 2, "").result.unwrap_err().contains("no rollouts"));
     }
 
     #[test]
@@ -537,7 +586,7 @@ mod tests {
         // reason tells it from a complete one.
         let current = Rubric::parse("## Correct (0-4)\n").unwrap();
         let mut j = stage_judge("## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award", true);
-        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
+        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err();
         assert!(e.contains("cut off at max_tokens = 64"), "{e}");
     }
 
@@ -549,10 +598,10 @@ mod tests {
             Ok(JudgeResponse { truncated: r.prompt.starts_with("REFINE"), ..JudgeResponse::answer(text) })
         });
         let mut j = cut_refines;
-        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
+        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err();
         assert_eq!(e, "no usable refined rubric: of 2 asked for, 2 cut off at max_tokens = 64 (raise meta.max_tokens)");
         let mut prose = ScriptedJudge::new("test:prose", |_, _| Ok(JudgeResponse::answer("I would improve it.")));
-        let e = run(&mut prose, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
+        let e = run(&mut prose, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err();
         assert!(e.starts_with("no usable refined rubric: of 2 asked for, 2 not a rubric (the rubric has no items"), "{e}");
     }
 
@@ -560,7 +609,7 @@ mod tests {
     fn a_merged_rubric_that_is_not_sound_is_refused_with_its_problems() {
         let current = Rubric::parse("## Correct (0-4)\n").unwrap();
         let mut j = stage_judge("## Correct (0-1)\n- Award 2 when the final answer is right.\n", false);
-        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap_err();
+        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err();
         assert!(e.contains("not sound") && e.contains("gives 2 points, outside 1-1"), "{e}");
     }
 
@@ -620,10 +669,52 @@ mod tests {
         let current = Rubric::parse("## Correct (0-4)\n").unwrap();
         let merged = "## Correct (0-3)\n- Award 3 when the final answer equals the reference.\n## Units (0-1)\n- Award 1 when the answer states its units.\n## Correct (0-4)\n- Award 4 when every step is right.\n";
         let mut j = stage_judge(merged, false);
-        let o = run(&mut j, &cfg(), &current, &samples(), 1, 2);
+        let o = run(&mut j, &cfg(), &current, &samples(), 1, 2, "");
         let r = o.result.unwrap();
         assert_eq!(r.items.iter().map(|i| (i.name.as_str(), i.max)).collect::<Vec<_>>(), vec![("Correct", 3), ("Units", 1)]);
         assert_eq!(o.repeats_dropped, vec!["line 5: `## Correct (0-4)`".to_string()]);
+    }
+
+    #[test]
+    fn a_joint_review_reads_every_sample_in_one_prompt_and_refines_once_without_a_merge() {
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = asked.clone();
+        let mut j = ScriptedJudge::new("test:joint", move |r, _| {
+            log.lock().unwrap().push(r.prompt.clone());
+            let text = if r.prompt.starts_with("ANALYZE") {
+                "The rubric ignores units.".to_string()
+            } else {
+                "## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 when units are given.".to_string()
+            };
+            Ok(JudgeResponse::answer(text))
+        });
+        let mut c = cfg();
+        c.review = crate::spec::MetaReview::Joint;
+        c.merge = None;
+        c.samples = 3;
+        c.analyze = ("analyze".into(), "ANALYZE{% for s in samples %} {{ s.id }}={{ s.score }}{% endfor %}".into());
+        c.refine = ("refine".into(), "REFINE {{ samples | length }} {{ analysis }}".into());
+        let mut pool = samples();
+        for (i, s) in pool.iter_mut().enumerate() {
+            s.score = Some(4.0 - i as f64);
+        }
+        let current = Rubric::parse("## Correct (0-4)\n").unwrap();
+        let o = run(&mut j, &c, &current, &pool, 1, 2, "Algebra / 1");
+        assert_eq!(o.result.unwrap().items.len(), 2);
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 2, "one analysis, one refinement, no merge: {asked:?}");
+        // the cases in the prompt run from low to high grades
+        let scores: Vec<f64> = asked[0].split(' ').skip(1).map(|kv| kv.split('=').nth(1).unwrap().parse().unwrap()).collect();
+        assert_eq!(scores.len(), 3);
+        assert!(scores.windows(2).all(|w| w[0] <= w[1]), "{}", asked[0]);
+        assert_eq!(asked[1], "REFINE 3 The rubric ignores units.");
+        assert_eq!((o.analyses.len(), o.refined.len(), o.merged_raw), (1, 1, None));
+        // a family's streams are its own: another family draws other samples from the same pool
+        let draws = |family: &str| {
+            (0..8).map(|u| run(&mut stage_judge("", false), &cfg(), &current, &samples(), 1, u, family).evidence).collect::<Vec<_>>()
+        };
+        assert_eq!(draws(""), draws(""));
+        assert_ne!(draws("Algebra / 1"), draws("Algebra / 2"));
     }
 
     #[test]
@@ -631,7 +722,7 @@ mod tests {
         let current = Rubric::parse("## Correct (0-4)\n").unwrap();
         let mut j =
             stage_judge("## Improved rubric\n\n## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award 1 for units.", false);
-        let r = run(&mut j, &cfg(), &current, &samples(), 1, 2).result.unwrap();
+        let r = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap();
         assert_eq!(r.items.len(), 2);
     }
 }

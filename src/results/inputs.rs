@@ -246,7 +246,7 @@ fn set_path(plan: &mut Plan, name: &str, p: PathBuf) {
                         "prescreen" => st.prescreen = Some(p),
                         "analyze" => st.analyze = p,
                         "refine" => st.refine = p,
-                        "merge" => st.merge = p,
+                        "merge" => st.merge = Some(p),
                         _ => {}
                     }
                 }

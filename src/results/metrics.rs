@@ -23,8 +23,12 @@ pub struct MetricsRow {
     /// The update this row describes (1-based).
     pub update: u32,
     /// The rubric version the update's rollouts were scored under (a meta step at this update
-    /// writes the next one: `meta.new_version`, in force from the next row).
+    /// writes the next one: `meta.new_version`, in force from the next row). With rubric
+    /// families (`meta.partition_by`): the sum of their versions, the rewrites in force.
     pub rubric_version: u32,
+    /// With rubric families: each family's version, by key (absent for one rubric).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rubric_versions: Option<std::collections::BTreeMap<String, u32>>,
     /// Rollouts generated so far (updates x `ppo.batch_size`).
     pub episodes: u64,
     /// Training reward of the scored rollouts (skipped ones left out), under the current rubric.
@@ -203,13 +207,28 @@ pub struct MetaRow {
     pub ran: bool,
     /// Rollouts the step learned from.
     pub samples: usize,
-    /// The version it produced, `null` when the rubric was kept.
+    /// The version it produced, `null` when the rubric was kept. With rubric families: the
+    /// sum of their versions after the step, `null` when no family changed.
     pub new_version: Option<u32>,
     pub kept_because: Option<String>,
-    /// Meta steps so far, rubrics accepted so far, and their ratio.
+    /// Meta steps so far, rubrics accepted so far, and their ratio (with families: one step
+    /// per family that had rollouts to learn from).
     pub steps: u32,
     pub accepted: u32,
     pub acceptance_rate: Option<f64>,
+    /// With rubric families: each family's step, in key order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub families: Vec<FamilyStep>,
+}
+
+/// One rubric family's meta step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FamilyStep {
+    pub family: String,
+    pub samples: usize,
+    pub new_version: Option<u32>,
+    pub kept_because: Option<String>,
 }
 
 /// Seconds spent per phase of the update.

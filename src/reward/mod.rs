@@ -157,7 +157,25 @@ pub fn score_batch(
     update: u32,
     usage: &mut TokenUsage,
 ) -> Result<Vec<Scored>, RewardError> {
+    score_batch_by(judge, cfg, &[rubric], &vec![0; rollouts.len()], rollouts, seed, update, usage)
+}
+
+/// Score a batch whose rollouts are graded under different rubrics (rubric families): rollout
+/// `i` under `rubrics[which[i]]`. One batch of judge requests, one coin stream, as for one
+/// rubric.
+#[allow(clippy::too_many_arguments)]
+pub fn score_batch_by(
+    judge: &mut dyn Judge,
+    cfg: &RewardConfig,
+    rubrics: &[&Rubric],
+    which: &[usize],
+    rollouts: &[Rollout],
+    seed: u64,
+    update: u32,
+    usage: &mut TokenUsage,
+) -> Result<Vec<Scored>, RewardError> {
     let spec = &cfg.spec;
+    let rubric_of = |i: usize| rubrics[which[i]];
     let mut out: Vec<Scored> = rollouts
         .iter()
         .map(|r| {
@@ -196,15 +214,23 @@ pub fn score_batch(
     };
     let mut pending: Vec<usize> = (0..rollouts.len()).filter(|&i| use_judge[i]).collect();
     for &i in &pending {
-        out[i].judge_prompt = Some(cfg.judge_prompt(rubric, &rollouts[i])?);
+        out[i].judge_prompt = Some(cfg.judge_prompt(rubric_of(i), &rollouts[i])?);
     }
     let guided = spec.answer == AnswerMode::Guided;
-    let names = || rubric.items.iter().map(|i| i.name.as_str());
-    let schema = matches!(spec.extraction, Extraction::Json)
-        .then(|| score::json_schema(rubric, score::answer_budget(AnswerShape::Json, names(), spec.judge.max_tokens).rationale_chars));
-    let shape = spec
-        .holds_free_answers()
-        .then(|| score::free_shape(rubric, score::answer_budget(AnswerShape::Free, names(), spec.judge.max_tokens).rationale_chars));
+    // Each rubric's answer schema and shape, built once.
+    let schemas: Vec<_> = rubrics
+        .iter()
+        .map(|rubric| {
+            let names = || rubric.items.iter().map(|i| i.name.as_str());
+            let schema = matches!(spec.extraction, Extraction::Json).then(|| {
+                score::json_schema(rubric, score::answer_budget(AnswerShape::Json, names(), spec.judge.max_tokens).rationale_chars)
+            });
+            let shape = spec.holds_free_answers().then(|| {
+                score::free_shape(rubric, score::answer_budget(AnswerShape::Free, names(), spec.judge.max_tokens).rationale_chars)
+            });
+            (schema, shape)
+        })
+        .collect();
     let top_logprobs = match spec.extraction {
         Extraction::Logprobs { top_logprobs } => Some(top_logprobs),
         _ => None,
@@ -222,6 +248,7 @@ pub fn score_batch(
         let reqs: Vec<JudgeRequest> = pending
             .iter()
             .map(|&i| {
+                let (rubric, (schema, shape)) = (rubric_of(i), &schemas[which[i]]);
                 JudgeRequest {
                     prompt: out[i].judge_prompt.clone().expect("rendered above"),
                     max_tokens: spec.judge.max_tokens,
@@ -250,9 +277,9 @@ pub fn score_batch(
                 }
                 Ok(resp) => {
                     s.judge_answers.push(resp.text.clone());
-                    match cfg.extract(rubric, &resp) {
+                    match cfg.extract(rubric_of(i), &resp) {
                         Ok(scores) => {
-                            s.judge_reward = Some(judge_value(&scores, rubric, spec.aggregate));
+                            s.judge_reward = Some(judge_value(&scores, rubric_of(i), spec.aggregate));
                             s.item_scores = Some(scores);
                             s.failure = None;
                         }

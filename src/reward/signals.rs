@@ -41,19 +41,25 @@ pub fn repetition(text: &str) -> f64 {
 
 /// Signals of a batch: `responses` with their token counts, and their scores under a rubric
 /// whose totals span `min_total..=max_total`.
-pub fn compute(responses: &[(&str, usize)], scored: &[Scored], min_total: f64, max_total: f64) -> Signals {
+/// `ranges[i]`: the lowest and highest total of the rubric `scored[i]` was scored under.
+pub fn compute(responses: &[(&str, usize)], scored: &[Scored], ranges: &[(f64, f64)]) -> Signals {
     let n = responses.len().max(1) as f64;
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for (r, _) in responses {
         *counts.entry(r.trim()).or_default() += 1;
     }
     let identical = responses.iter().filter(|(r, _)| counts[r.trim()] > 1).count();
-    let judged: Vec<&Scored> = scored.iter().filter(|s| s.item_scores.is_some()).collect();
-    let at_max = judged.iter().filter(|s| s.item_scores.as_ref().is_some_and(|i| (i.total() - max_total).abs() < 1e-9)).count();
+    let judged: Vec<(&Scored, (f64, f64))> = scored.iter().zip(ranges.iter().copied()).filter(|(s, _)| s.item_scores.is_some()).collect();
+    let at_max =
+        judged.iter().filter(|(s, (_, max))| s.item_scores.as_ref().is_some_and(|i| (i.total() - max).abs() < 1e-9)).count();
     // The judge's verdict as a share of the rubric's range: `judge_reward` is on the reward's
     // scale (summed points under `aggregate: sum`, equal-weight item shares by default), so it cannot be compared with 0.5 directly.
-    let share = |t: f64| if max_total > min_total { (t - min_total) / (max_total - min_total) } else { 0.0 };
-    let both: Vec<(f64, f64)> = scored.iter().filter_map(|s| Some((share(s.item_scores.as_ref()?.total()), s.verifier_score?))).collect();
+    let share = |t: f64, (lo, hi): (f64, f64)| if hi > lo { (t - lo) / (hi - lo) } else { 0.0 };
+    let both: Vec<(f64, f64)> = scored
+        .iter()
+        .zip(ranges.iter().copied())
+        .filter_map(|(s, range)| Some((share(s.item_scores.as_ref()?.total(), range), s.verifier_score?)))
+        .collect();
     Signals {
         mean_response_tokens: responses.iter().map(|(_, t)| *t as f64).sum::<f64>() / n,
         repetition_rate: responses.iter().map(|(r, _)| repetition(r)).sum::<f64>() / n,
@@ -72,7 +78,7 @@ mod tests {
     fn repetition_and_identity() {
         assert_eq!(repetition("a b c a b c a b c"), 4.0 / 7.0);
         assert_eq!(repetition("the cat sat on the mat"), 0.0);
-        let s = compute(&[("x y", 2), ("x y", 2), ("z", 1)], &[], 0.0, 1.0);
+        let s = compute(&[("x y", 2), ("x y", 2), ("z", 1)], &[], &[]);
         assert!((s.identical_share - 2.0 / 3.0).abs() < 1e-12);
         assert!((s.mean_response_tokens - 5.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.judge_verifier_disagreement, None);
@@ -94,9 +100,9 @@ mod tests {
         };
         // un-normalised rewards on a 0..10 rubric: 3/10 is a "wrong" verdict, agreeing with a
         // failed verifier; 8/10 agrees with a passed one
-        let s = compute(&[("a", 1), ("b", 1)], &[scored(3.0, 0.0), scored(8.0, 1.0)], 0.0, 10.0);
+        let s = compute(&[("a", 1), ("b", 1)], &[scored(3.0, 0.0), scored(8.0, 1.0)], &[(0.0, 10.0); 2]);
         assert_eq!(s.judge_verifier_disagreement, Some(0.0));
-        let s = compute(&[("a", 1)], &[scored(3.0, 1.0)], 0.0, 10.0);
+        let s = compute(&[("a", 1)], &[scored(3.0, 1.0)], &[(0.0, 10.0)]);
         assert_eq!(s.judge_verifier_disagreement, Some(1.0));
     }
 }

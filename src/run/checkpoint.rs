@@ -44,6 +44,17 @@ pub struct State {
     pub meta_steps: u32,
     #[serde(default)]
     pub meta_accepted: u32,
+    /// Each rubric family's version (`meta.partition_by`), by key; empty for a run's one rubric.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub families: BTreeMap<String, FamilyState>,
+}
+
+/// Where one rubric family stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyState {
+    pub version: u32,
+    /// The update whose meta step wrote it.
+    pub since: u32,
 }
 
 /// A checkpoint (or `LATEST`) that failed verification.

@@ -13,9 +13,8 @@ use crate::judge::{Judge, Transport};
 use crate::meta::MetaShapes;
 use crate::meta::{self, MetaConfig, MetaSample};
 use crate::plan::Plan;
-use crate::results::metrics::{MetaRow, round6};
+use crate::results::metrics::{FamilyStep, MetaRow, round6};
 use crate::reward::{Rollout, Scored};
-use crate::rubric::Rubric;
 use crate::spec::Every;
 use crate::template::TemplateKind;
 
@@ -29,30 +28,96 @@ pub struct MetaPhase {
     pub seconds: f64,
 }
 
-/// Pool the update's evidence; run the meta step when the plan has one at `update`.
+/// Pool the update's evidence; run the meta step when the plan has one at `update`: one for the
+/// run's rubric, or one per rubric family that has rollouts in the pool.
 pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, update: u32) -> Result<MetaPhase, RunError> {
     if pools_evidence(&r.plan.schedule.meta_at, update) {
-        r.state.meta_candidates.extend(evidence(&scoring.rollouts, &scoring.scored, &r.rubric));
+        r.state.meta_candidates.extend(evidence(&scoring.rollouts, &scoring.scored, &scoring.ranges));
     }
     if !r.plan.schedule.meta_at.contains(&update) {
         return Ok(MetaPhase { row: None, transport: None, gate_transport: None, seconds: 0.0 });
     }
     r.progress.stage(&format!("update {update}: meta-reward step ({} candidates)", r.state.meta_candidates.len()));
     let t0 = Instant::now();
+    let mut pools: Vec<Vec<MetaSample>> = vec![Vec::new(); r.rubrics.families.len()];
+    for c in std::mem::take(&mut r.state.meta_candidates) {
+        let i = r.rubrics.index_of(&c.record)?;
+        pools[i].push(c);
+    }
+    let whole = r.rubrics.is_whole();
+    let (mut transport, mut gate_transport) = (None::<Transport>, None::<Transport>);
+    let (mut samples, mut families, mut kept, mut new_version) = (0, Vec::new(), None, None);
+    let before_total = r.state.rubric_version;
+    for (i, pool) in pools.iter().enumerate() {
+        // A family with no rollouts since the last step keeps its rubric: there is nothing to
+        // learn from (the reference rewrites it from no cases).
+        if pool.is_empty() && !whole {
+            continue;
+        }
+        let step = family_step(r, i, pool, update)?;
+        add(&mut transport, step.transport);
+        add(&mut gate_transport, step.gate_transport);
+        samples += step.samples;
+        if !whole {
+            let key = r.rubrics.families[i].key.clone();
+            families.push(FamilyStep { family: key, samples: step.samples, new_version: step.new_version, kept_because: step.kept.clone() });
+        }
+        kept = step.kept;
+        new_version = step.new_version;
+    }
+    let state = &mut r.state;
+    let changed = state.rubric_version != before_total;
+    let row = MetaRow {
+        ran: true,
+        samples,
+        new_version: if whole { new_version } else { changed.then_some(state.rubric_version) },
+        kept_because: match whole {
+            true => kept,
+            false if changed => None,
+            false if families.is_empty() => Some("no family had rollouts to learn from".into()),
+            false => Some(format!("no family's rubric changed ({} stepped; `meta.families` says why)", families.len())),
+        },
+        steps: state.meta_steps,
+        accepted: state.meta_accepted,
+        acceptance_rate: round6(state.meta_accepted as f64 / state.meta_steps as f64),
+        families,
+    };
+    Ok(MetaPhase { row: Some(row), transport, gate_transport, seconds: t0.elapsed().as_secs_f64() })
+}
+
+fn add(total: &mut Option<Transport>, t: Option<Transport>) {
+    if let Some(t) = t {
+        total.get_or_insert_with(Transport::default).add(&t);
+    }
+}
+
+/// What one rubric's meta step did.
+struct Step {
+    samples: usize,
+    new_version: Option<u32>,
+    kept: Option<String>,
+    transport: Option<Transport>,
+    gate_transport: Option<Transport>,
+}
+
+/// The meta step of family `i` on its `pool`: run the pipeline, gate it, record it in the
+/// family's history and switch the family's rubric when a new one was accepted.
+fn family_step<B: AutodiffBackend>(r: &mut Runner<'_, B>, i: usize, pool: &[MetaSample], update: u32) -> Result<Step, RunError> {
     let cfg = r.meta_cfg.as_ref().ok_or(RunError::MissingTemplate("meta stage"))?;
     let judge: &mut dyn Judge = match r.meta_judge.as_mut() {
         Some(j) => j.as_mut(),
         None => r.reward_judge.as_mut(),
     };
+    let family = &r.rubrics.families[i];
     let before = judge.transport();
-    let mut outcome = meta::run(judge, cfg, &r.rubric, &r.state.meta_candidates, r.spec.runtime.seed, update);
+    let mut outcome = meta::run(judge, cfg, &family.rubric, pool, r.spec.runtime.seed, update, &family.key);
     let transport = judge.transport().map(|t| t.since(&before.unwrap_or_default()));
     let mut gate_transport = None;
     if let (Some(gate), Ok(candidate)) = (r.gate.as_mut(), &outcome.result) {
         r.progress.stage(&format!("update {update}: meta gate (rubric test cases under the rubric in force and the merged one)"));
         let before = r.reward_judge.transport();
         let (verdict, usage) = gate
-            .verdict(r.reward_judge.as_mut(), &r.rubric, candidate)
+            .verdict(r.reward_judge.as_mut(), &family.rubric, candidate)
             .map_err(|message| RunError::Rubric { what: "meta.gate".into(), message })?;
         gate_transport = r.reward_judge.transport().map(|t| t.since(&before.unwrap_or_default()));
         // Part of the meta step's cost: counted in its totals (`tokens.meta_judge_total`).
@@ -62,35 +127,27 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
     }
     let state = &mut r.state;
     state.usage.entry("meta".into()).or_default().add(&outcome.usage);
-    let new_version = r.history.record(&outcome, &r.rubric, state.rubric_version)?;
+    let current = state.version_of(&family.key);
+    let new_version = family.history.record(&outcome, &family.rubric, current)?;
     state.meta_steps += 1;
     state.meta_accepted += u32::from(new_version.is_some() && outcome.result.is_ok());
-    let row = MetaRow {
-        ran: true,
-        samples: outcome.evidence.len(),
-        new_version,
-        kept_because: outcome.result.as_ref().err().cloned(),
-        steps: state.meta_steps,
-        accepted: state.meta_accepted,
-        acceptance_rate: round6(state.meta_accepted as f64 / state.meta_steps as f64),
-    };
     if !outcome.repeats_dropped.is_empty() {
         r.progress.log(&format!("update {update}: the merge wrote an item again; dropped {}", outcome.repeats_dropped.join(", ")));
     }
+    let whose = if family.key.is_empty() { String::new() } else { format!(" {}", family.key) };
+    let kept = outcome.result.as_ref().err().cloned();
     match (new_version, outcome.result) {
         (Some(v), Ok(rubric)) => {
-            state.rubric_since = update;
-            let changes = rubric.changes_from(&r.rubric);
+            let changes = rubric.changes_from(&family.rubric);
             let n = rubric.items.len();
-            r.progress.log(&format!("update {update}: rubric v{v:03} ({n} item{}: {})", if n == 1 { "" } else { "s" }, changes.join("; ")));
-            r.rubric = rubric;
-            state.rubric_version = v;
+            r.progress.log(&format!("update {update}: rubric{whose} v{v:03} ({n} item{}: {})", if n == 1 { "" } else { "s" }, changes.join("; ")));
+            state.switch(&family.key, v, update);
+            r.rubrics.families[i].rubric = rubric;
         }
-        (_, Err(why)) => r.progress.log(&format!("update {update}: rubric kept ({why})")),
+        (_, Err(why)) => r.progress.log(&format!("update {update}: rubric{whose} kept ({why})")),
         _ => {}
     }
-    state.meta_candidates.clear();
-    Ok(MetaPhase { row: Some(row), transport, gate_transport, seconds: t0.elapsed().as_secs_f64() })
+    Ok(Step { samples: outcome.evidence.len(), new_version, kept, transport, gate_transport })
 }
 
 /// Whether `update`'s rollouts can still reach a meta step: none is planned at or after it
@@ -102,17 +159,19 @@ pub fn pools_evidence(meta_at: &[u32], update: u32) -> bool {
 
 /// The rollouts a meta step may learn from: those the judge scored. A verifier-scored or
 /// skipped rollout has no grade for the meta judge to audit.
-pub fn evidence(rollouts: &[Rollout], scored: &[Scored], rubric: &Rubric) -> Vec<MetaSample> {
+/// `ranges[i]`: the lowest and highest total of the rubric rollout `i` was scored under.
+pub fn evidence(rollouts: &[Rollout], scored: &[Scored], ranges: &[(f64, f64)]) -> Vec<MetaSample> {
     rollouts
         .iter()
         .zip(scored)
-        .filter(|(_, s)| s.item_scores.is_some())
-        .map(|(r, s)| MetaSample {
+        .zip(ranges)
+        .filter(|((_, s), _)| s.item_scores.is_some())
+        .map(|((r, s), &(_, max_score))| MetaSample {
             id: r.id.clone(),
             question: r.question.clone(),
             response: r.response.clone(),
             score: s.item_scores.as_ref().map(|i| i.total()),
-            max_score: rubric.max_score() as f64,
+            max_score,
             rationale: s.judge_answers.last().cloned().unwrap_or_default(),
             verifier: s.verifier_score,
             record: r.record.clone(),
@@ -133,7 +192,8 @@ pub fn config(plan: &Plan) -> Result<Option<MetaConfig>, RunError> {
         prescreen: if plan.inputs.templates.contains_key("prescreen") { Some(t(TemplateKind::Prescreen)?) } else { None },
         analyze: t(TemplateKind::Analyze)?,
         refine: t(TemplateKind::Refine)?,
-        merge: t(TemplateKind::Merge)?,
+        merge: if plan.inputs.templates.contains_key("merge") { Some(t(TemplateKind::Merge)?) } else { None },
+        review: spec.meta.review,
         samples: spec.meta.samples,
         sampling: spec.meta.sampling,
         domain_guidelines: spec.meta.domain_guidelines,
@@ -149,6 +209,7 @@ pub fn config(plan: &Plan) -> Result<Option<MetaConfig>, RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rubric::Rubric;
 
     #[test]
     fn meta_evidence_is_what_the_judge_scored() {
@@ -170,7 +231,7 @@ mod tests {
         // r0 judged, r1 scored by the verifier (coin), r2 skipped
         let scored = vec![scored("judge", Some(1.0), Some(3.0)), scored("verifier", Some(1.0), None), scored("judge", None, None)];
         let rubric = Rubric::parse("## Correct (0-4)\n").unwrap();
-        let ev = evidence(&rollouts, &scored, &rubric);
+        let ev = evidence(&rollouts, &scored, &[(0.0, rubric.max_score() as f64); 3]);
         assert_eq!(ev.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["r0"]);
         assert_eq!(ev[0].score, Some(3.0));
     }

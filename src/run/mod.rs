@@ -22,6 +22,7 @@ pub mod meta_step;
 pub mod progress;
 pub mod record;
 pub mod rollout;
+pub mod rubrics;
 pub mod score;
 pub mod setup;
 pub mod tensorboard;

@@ -69,6 +69,7 @@ fn metrics_row<B: AutodiffBackend>(r: &Runner<'_, B>, u: Update) -> MetricsRow {
     MetricsRow {
         update,
         rubric_version: scoring.rubric_version,
+        rubric_versions: scoring.rubric_versions.clone(),
         episodes: update as u64 * r.spec.ppo.batch_size as u64,
         reward: Spread::of(&rewards),
         judge_reward_mean: round6(mean(&judge_rewards)),

@@ -22,8 +22,12 @@ pub struct Scoring<'d> {
     /// The reward judge's retries and failures this update (`None`: it talks to no server).
     pub transport: Option<Transport>,
     pub signals: Signals,
-    /// The rubric version the rollouts were scored under (the meta step may write the next).
+    /// The rubric version the rollouts were scored under (the meta step may write the next);
+    /// with rubric families their sum, and each family's in `rubric_versions`.
     pub rubric_version: u32,
+    pub rubric_versions: Option<std::collections::BTreeMap<String, u32>>,
+    /// Per rollout: the lowest and highest total of the rubric it was scored under.
+    pub ranges: Vec<(f64, f64)>,
     /// Mean response tokens of the run's first update (the length-collapse baseline).
     pub first_response_tokens: f64,
     pub seconds: f64,
@@ -52,13 +56,36 @@ pub fn score<'d, B: AutodiffBackend>(
         .collect();
     let mut usage = TokenUsage::default();
     let before = r.reward_judge.transport();
-    let scored =
-        reward::score_batch(r.reward_judge.as_mut(), &r.reward_cfg, &r.rubric, &rollouts, r.spec.runtime.seed, update, &mut usage)?;
+    // Each rollout under its family's rubric (the run's one rubric when there are none).
+    let which: Vec<usize> = rollouts.iter().map(|ro| r.rubrics.index_of(ro.record)).collect::<Result<_, _>>()?;
+    let rubrics: Vec<&crate::rubric::Rubric> = r.rubrics.families.iter().map(|f| &f.rubric).collect();
+    let scored = reward::score_batch_by(
+        r.reward_judge.as_mut(),
+        &r.reward_cfg,
+        &rubrics,
+        &which,
+        &rollouts,
+        r.spec.runtime.seed,
+        update,
+        &mut usage,
+    )?;
     let transport = r.reward_judge.transport().map(|t| t.since(&before.unwrap_or_default()));
     r.state.usage.entry("reward".into()).or_default().add(&usage);
     let seconds = t0.elapsed().as_secs_f64();
     let resp_tokens: Vec<(&str, usize)> = batch.gens.iter().map(|g| (g.text.as_str(), g.tokens.len())).collect();
-    let signals = reward::signals::compute(&resp_tokens, &scored, r.rubric.min_score() as f64, r.rubric.max_score() as f64);
+    let ranges: Vec<(f64, f64)> = which.iter().map(|&i| (rubrics[i].min_score() as f64, rubrics[i].max_score() as f64)).collect();
+    let signals = reward::signals::compute(&resp_tokens, &scored, &ranges);
     let first_response_tokens = *r.state.first_response_tokens.get_or_insert(signals.mean_response_tokens);
-    Ok(Scoring { rollouts, scored, usage, transport, signals, rubric_version: r.state.rubric_version, first_response_tokens, seconds })
+    Ok(Scoring {
+        rollouts,
+        scored,
+        usage,
+        transport,
+        signals,
+        rubric_version: r.state.rubric_version,
+        rubric_versions: r.rubrics.versions(&r.state),
+        ranges,
+        first_response_tokens,
+        seconds,
+    })
 }

@@ -19,7 +19,8 @@ use super::{RunError, RunOptions};
 use crate::judge::Judge;
 use crate::judge::factory::{self, JudgeEnv};
 use crate::meta::MetaConfig;
-use crate::meta::history::History;
+use super::rubrics::Rubrics;
+use crate::meta::family::Partition;
 use crate::model::tokenizer::Tok;
 use crate::model::{self, Llama, LoraConfig};
 use crate::plan::Plan;
@@ -49,9 +50,8 @@ pub struct Runner<'p, B: AutodiffBackend> {
     pub policy_template: TemplateFile,
     /// `policy.chat_template`'s text, when the spec overrides the model's.
     pub chat_template: Option<String>,
-    pub history: History,
-    /// The rubric in force.
-    pub rubric: Rubric,
+    /// The rubrics in force: one, or one per family (`meta.partition_by`).
+    pub rubrics: Rubrics,
     /// What a checkpoint saves besides the weights.
     pub state: State,
     /// Seeds the training data's subset and order.
@@ -101,8 +101,13 @@ pub fn start<'p, B: AutodiffBackend>(
         None => None,
     };
 
-    let history = History::new(&dir.root);
-    let (tr, rubric, state) = resume_or_start(plan, dir, tr, device, &history, manifest, &progress)?;
+    let data_seed = spec.data_seed();
+    let train = spec.train_data()?;
+    // A fixed-rubric run keeps one rubric (its plan identity drops every meta setting).
+    let partition = if spec.meta.every == Every::Never { Partition::default() } else { Partition::new(&spec.meta.partition_by) };
+    let keys = partition.keys(&train.records).map_err(|message| RunError::Rubric { what: "meta.partition_by".into(), message })?;
+    let rubrics = Rubrics::start(&dir.root, partition, &keys, &plan_rubric(plan)?);
+    let (tr, rubrics, state) = resume_or_start(plan, dir, tr, device, rubrics, manifest, &progress)?;
 
     let judge_inner = tr.policy.valid();
     let cache_dir = dir.path("judge-cache");
@@ -143,8 +148,6 @@ pub fn start<'p, B: AutodiffBackend>(
     let meta_cfg = super::meta_step::config(plan)?;
     let policy_template = plan_template(plan, TemplateKind::Policy)?;
 
-    let data_seed = spec.data_seed();
-    let train = spec.train_data()?;
     let held_out = |src: &Option<crate::spec::DataSource>| match src {
         Some(t) => crate::task::load(spec.task.kind, t, spec.test_seed(), Split::Test).map(Some),
         None => Ok(None),
@@ -182,8 +185,7 @@ pub fn start<'p, B: AutodiffBackend>(
         meta_cfg,
         policy_template,
         chat_template,
-        history,
-        rubric,
+        rubrics,
         state,
         data_seed,
         gate,
@@ -231,11 +233,10 @@ fn resume_or_start<B: AutodiffBackend>(
     dir: &RunDir,
     tr: Trainer<B>,
     device: &B::Device,
-    history: &History,
+    mut rubrics: Rubrics,
     manifest: &mut Manifest,
     progress: &Progress,
-) -> Result<(Trainer<B>, Rubric, State), RunError> {
-    let rubric = plan_rubric(plan)?;
+) -> Result<(Trainer<B>, Rubrics, State), RunError> {
     if let Some(found) = checkpoint::latest(dir)? {
         for d in &found.skipped {
             progress.log(&format!("warning: passing over a damaged checkpoint: {d}"));
@@ -243,7 +244,7 @@ fn resume_or_start<B: AutodiffBackend>(
         let st = found.state;
         progress.log(&format!("resuming from {} (update {} of {})", found.dir.display(), st.update, plan.schedule.updates));
         let tr = checkpoint::load(&found.dir, tr, device)?;
-        let aside = set_aside_after(dir, st.update, st.rubric_version)?;
+        let aside = set_aside_after(dir, st.update, &rubrics, &st)?;
         if !aside.moved.is_empty() {
             progress.log(&format!(
                 "what was written after update {} is redone; the earlier copy is kept in {} ({})",
@@ -253,11 +254,10 @@ fn resume_or_start<B: AutodiffBackend>(
             ));
             super::tensorboard::write(&dir.path("events.out.tfevents.mpo"), &dir.metrics()?)?;
         }
-        let rubric = Rubric::parse(&history.show(st.rubric_version)?)
-            .map_err(|e| RunError::Rubric { what: format!("rubric v{:03}", st.rubric_version), message: e.to_string() })?;
+        rubrics.resume(&st)?;
         manifest.resumed_from.push(st.update);
         manifest.updates_done = st.update;
-        return Ok((tr, rubric, st));
+        return Ok((tr, rubrics, st));
     }
     // No checkpoint: an earlier attempt (if any) stopped before its first one.
     let mut aside = dir.aside("before-first-checkpoint");
@@ -275,8 +275,8 @@ fn resume_or_start<B: AutodiffBackend>(
         ));
     }
     manifest.updates_done = 0;
-    history.init(&rubric)?;
-    Ok((tr, rubric, State::default()))
+    rubrics.init()?;
+    Ok((tr, rubrics, State::default()))
 }
 
 fn file_names(d: &Path) -> Vec<String> {
@@ -288,7 +288,7 @@ fn file_names(d: &Path) -> Vec<String> {
 
 /// Set aside what a stopped process wrote after the checkpoint of `update` (metrics rows,
 /// samples, evaluations, rubric versions and history lines): the resumed run writes them again.
-fn set_aside_after(dir: &RunDir, update: u32, version: u32) -> Result<results::Aside, RunError> {
+fn set_aside_after(dir: &RunDir, update: u32, rubrics: &Rubrics, state: &State) -> Result<results::Aside, RunError> {
     let mut aside = dir.aside(&format!("after-update-{update:06}"));
     let upto = |field: &'static str| move |r: &serde_json::Value| r[field].as_u64().is_some_and(|u| u <= update as u64);
     aside.split_jsonl("metrics.jsonl", upto("update"))?;
@@ -300,11 +300,16 @@ fn set_aside_after(dir: &RunDir, update: u32, version: u32) -> Result<results::A
             }
         }
     }
-    aside.split_jsonl("rubrics/history.jsonl", upto("trigger_update"))?;
-    for n in file_names(&dir.path("rubrics")) {
-        let v = n.strip_prefix('v').and_then(|s| s.strip_suffix(".md")).and_then(|s| s.parse::<u32>().ok());
-        if v.is_some_and(|v| v > version) {
-            aside.take(&format!("rubrics/{n}"))?;
+    for f in &rubrics.families {
+        let folder = f.history.folder();
+        let rel = folder.strip_prefix(&dir.root).unwrap_or(folder).display().to_string();
+        aside.split_jsonl(&format!("{rel}/history.jsonl"), upto("trigger_update"))?;
+        let version = state.version_of(&f.key);
+        for n in file_names(folder) {
+            let v = n.strip_prefix('v').and_then(|s| s.strip_suffix(".md")).and_then(|s| s.parse::<u32>().ok());
+            if v.is_some_and(|v| v > version) {
+                aside.take(&format!("{rel}/{n}"))?;
+            }
         }
     }
     Ok(aside)

@@ -41,9 +41,14 @@ pub fn train<B: AutodiffBackend>(r: &mut Runner<'_, B>, batch: &Batch, scoring: 
     r.progress.stage(&format!("update {update}: PPO"));
     let t0 = Instant::now();
     let spec = r.spec;
-    let span = (r.rubric.max_score() - r.rubric.min_score()) as f64;
-    let penalty = spec.ppo.missing_eos_penalty.map(|p| p.amount(reward::reward_range(&spec.reward, span))).unwrap_or(0.0);
-    let (seqs, groups_dropped) = training_batch(&batch.prompts, &batch.gens, &scoring.scored, penalty, r.tok.eos, r.group_size());
+    // Sized to the range of the rubric each rollout was scored under (rubric families may differ).
+    let penalties: Vec<f64> = scoring
+        .ranges
+        .iter()
+        .map(|(lo, hi)| spec.ppo.missing_eos_penalty.map(|p| p.amount(reward::reward_range(&spec.reward, hi - lo))).unwrap_or(0.0))
+        .collect();
+    let penalty = penalties.iter().copied().fold(0.0, f64::max);
+    let (seqs, groups_dropped) = training_batch(&batch.prompts, &batch.gens, &scoring.scored, &penalties, r.tok.eos, r.group_size());
     let frac = match spec.ppo.lr_schedule {
         LrSchedule::Linear => 1.0 - (update - 1) as f64 / r.plan.schedule.updates as f64,
         LrSchedule::Constant => 1.0,
@@ -73,7 +78,7 @@ fn first_under_new_rubric(state: &super::checkpoint::State, update: u32) -> bool
 /// The sequences one update trains on and (GRPO) the number of groups dropped.
 ///
 /// A response that ends with EOS or a `policy.stop` string is complete; one cut by
-/// `response_length` loses `penalty`. Skipped rollouts (no reward) are left out. Under GRPO a
+/// `response_length` loses its `penalties` entry. Skipped rollouts (no reward) are left out. Under GRPO a
 /// group is the rollouts of one prompt: a skipped member leaves it smaller (its statistics come
 /// from the members left), and a group with fewer than two members left has no spread to learn
 /// from and is dropped whole.
@@ -81,14 +86,14 @@ pub fn training_batch(
     prompts: &[Prompt],
     gens: &[Generated],
     scored: &[Scored],
-    penalty: f64,
+    penalties: &[f64],
     eos: u32,
     group_size: usize,
 ) -> (Vec<Seq>, usize) {
     let mut seqs = Vec::new();
     for (k, ((p, g), s)) in prompts.iter().zip(gens).zip(scored).enumerate() {
         let Some(r) = s.reward else { continue };
-        let score = if g.finish == Finish::Length { r - penalty } else { r };
+        let score = if g.finish == Finish::Length { r - penalties[k] } else { r };
         let response = if g.tokens.is_empty() { vec![eos] } else { g.tokens.clone() };
         // The `group_size` rollouts of one prompt are consecutive in the batch.
         let rollout_logprobs = g.logprobs.clone();
@@ -795,7 +800,7 @@ mod batch_tests {
             g.push(b);
             s.push(c);
         }
-        training_batch(&p, &g, &s, penalty, 0, group)
+        training_batch(&p, &g, &s, &vec![penalty; s.len()], 0, group)
     }
 
     #[test]

@@ -803,6 +803,20 @@ pub struct MetaSpec {
     /// high grades all reach the meta judge.
     #[serde(default, skip_serializing_if = "MetaSampling::is_uniform")]
     pub sampling: MetaSampling,
+    /// Rubric families: record fields whose values key one rubric each. Every family starts
+    /// from `reward.rubric`; the judge scores a rollout with its record's family's rubric, and a
+    /// meta step rewrites each family from that family's rollouts alone (its own history under
+    /// `rubrics/families/`). The reference's math keeps one per (subject, difficulty cluster):
+    /// `[type, cluster]`, 21 families (`scripts/math_clusters.sh` adds `cluster` to MATH
+    /// records). Every training record must have every field. Empty: one rubric for all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+    /// How a meta step reads its samples: `per_sample` (each analysed and refined on its own,
+    /// the refinements merged; the reference outside math) or `joint` (all of them analysed in
+    /// one prompt, one refinement and no merge; the reference's math). `joint` templates see
+    /// `samples`, a list, where `per_sample` ones see `sample`.
+    #[serde(default, skip_serializing_if = "MetaReview::is_per_sample")]
+    pub review: MetaReview,
     /// The meta judge. Default: the reward judge.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge: Option<JudgeSpec>,
@@ -810,9 +824,9 @@ pub struct MetaSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<MetaStages>,
     /// Math: add a fixed one-line hint for the record's MATH subject (`type`) to the analysis
-    /// and refinement prompts. mpo's own hints, not the reference's: the reference keeps an
-    /// evolving guideline per (subject, difficulty cluster) that its meta step rewrites (see
-    /// ARCHITECTURE.md, "Deviations from the reference").
+    /// and refinement prompts. mpo's own hints, in no version of the reference: the
+    /// reference's per-subject guidance is an evolving rubric per (subject, difficulty cluster),
+    /// which is `partition_by: [type, cluster]`.
     pub domain_guidelines: bool,
     /// The widest range a rubric item the meta judge writes may have (`(0-N)`, N at most 10):
     /// held in its answers and checked before a rubric is accepted, so under `reward.aggregate:
@@ -852,6 +866,8 @@ impl Default for MetaSpec {
             every: Every::Never,
             samples: 10,
             sampling: MetaSampling::Uniform,
+            partition_by: vec![],
+            review: MetaReview::PerSample,
             judge: None,
             stages: None,
             domain_guidelines: false,
@@ -880,6 +896,23 @@ impl MetaSampling {
     }
 }
 
+/// How a meta step reads its samples (`meta.review`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MetaReview {
+    /// Each sample analysed and refined on its own; the refined rubrics merged.
+    #[default]
+    PerSample,
+    /// The samples analysed together in one prompt, then one refinement; no merge.
+    Joint,
+}
+
+impl MetaReview {
+    pub fn is_per_sample(&self) -> bool {
+        *self == MetaReview::PerSample
+    }
+}
+
 /// Templates of the meta stages (minijinja, strict undefined).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -891,8 +924,10 @@ pub struct MetaStages {
     pub analyze: PathBuf,
     /// Per sample: an improved rubric with explicit awards and deductions.
     pub refine: PathBuf,
-    /// All refined rubrics merged into the next version.
-    pub merge: PathBuf,
+    /// All refined rubrics merged into the next version. Required with `review: per_sample`;
+    /// `joint` has no merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<PathBuf>,
 }
 
 // ------------------------------------------------------------------------------------------

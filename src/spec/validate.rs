@@ -444,7 +444,22 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
             }
             wanted.push(("meta.stages.analyze".into(), TemplateKind::Analyze, st.analyze.clone()));
             wanted.push(("meta.stages.refine".into(), TemplateKind::Refine, st.refine.clone()));
-            wanted.push(("meta.stages.merge".into(), TemplateKind::Merge, st.merge.clone()));
+            match (&st.merge, spec.meta.review) {
+                (Some(m), MetaReview::PerSample) => wanted.push(("meta.stages.merge".into(), TemplateKind::Merge, m.clone())),
+                (Some(_), MetaReview::Joint) => {
+                    v.warn(
+                        "meta.stages.merge",
+                        "`meta.stages.merge` is never used: `meta.review: joint` refines once from all samples, with no merge",
+                        "ignored",
+                    );
+                }
+                (None, MetaReview::PerSample) if meta_on => {
+                    v.error("meta.stages", "`meta.stages.merge` is missing", "`meta.review: per_sample` merges the refined rubrics")
+                        .help
+                        .push("add `merge: prompt_templates/meta/merge.j2`, or set `meta.review: joint` (one refinement from all samples, no merge)".into());
+                }
+                (None, _) => {}
+            }
         }
         (None, true) => {
             let every = spec.meta.every.interval().unwrap_or(0);
@@ -467,8 +482,10 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         let Some(t) = v.read_template(&field, &mut p) else { continue };
         set_path(spec, &field, p);
         let ctx = match (tk, &record) {
-            (TemplateKind::Rubric | TemplateKind::InstrumentRubric, _) => Some(template::sample_context(tk, task_name, &J::Null)),
-            (_, Some(r)) => Some(template::sample_context(tk, task_name, r)),
+            (TemplateKind::Rubric | TemplateKind::InstrumentRubric, _) => {
+                Some(template::sample_context(tk, task_name, &J::Null, spec.meta.review))
+            }
+            (_, Some(r)) => Some(template::sample_context(tk, task_name, r, spec.meta.review)),
             (_, None) => None,
         };
         if let Some(rendered) = v.check_render(&field, tk, &t, ctx.as_ref())
@@ -579,6 +596,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         spec.runtime.rollouts.adapter_dir = Some(v.resolve("runtime.rollouts.adapter_dir", &dir));
     }
     rollouts_checks(&mut v, spec, policy_model.as_ref());
+    partition_checks(&mut v, spec, kind, data_seed);
     let mut seen = std::collections::BTreeSet::new();
     for t in &spec.policy.lora.targets {
         if !seen.insert(*t) {
@@ -1133,6 +1151,44 @@ fn is_env_var(name: &str) -> bool {
 }
 
 /// `runtime.rollouts`: what each engine needs, and fields it would ignore.
+/// `meta.partition_by`: every training record has a family; the families fit the run.
+fn partition_checks(v: &mut V, spec: &Spec, kind: TaskKind, data_seed: u64) {
+    let fields = &spec.meta.partition_by;
+    if fields.is_empty() {
+        return;
+    }
+    // A fixed-rubric run reads no meta setting (the arms of a sweep share them).
+    if spec.meta.every == Every::Never {
+        return;
+    }
+    if spec.meta.gate {
+        v.error("meta.gate", "`meta.gate` cannot check rubric families yet: its cases are scored under one rubric", "with meta.partition_by")
+            .help
+            .push("remove `meta.gate`, or `meta.partition_by` for one rubric".into());
+    }
+    let Ok(train) = task::load(kind, &spec.task.train, data_seed, Split::Train) else { return };
+    match crate::meta::family::Partition::new(fields).keys(&train.records) {
+        Err(e) => {
+            let d = v.error("meta.partition_by", format!("task.train {e}: every training record needs every field of `meta.partition_by`"), "a record without a family");
+            if fields.iter().any(|f| f == "cluster") && kind == TaskKind::Math {
+                d.help.push("`scripts/math_clusters.sh IN.jsonl OUT.jsonl` adds the reference's difficulty `cluster` (1-3) to MATH records".into());
+            }
+        }
+        Ok(keys) if keys.len() > spec.ppo.batch_size * 4 => {
+            v.warn(
+                "meta.partition_by",
+                format!(
+                    "{} rubric families for {} rollouts per update: most families see few rollouts between meta steps, and a family with none keeps its rubric",
+                    keys.len(),
+                    spec.ppo.batch_size
+                ),
+                "many families",
+            );
+        }
+        Ok(_) => {}
+    }
+}
+
 fn rollouts_checks(v: &mut V, spec: &Spec, policy: Option<&ModelRef>) {
     use crate::spec::RolloutEngine;
     let r = &spec.runtime.rollouts;
@@ -1423,7 +1479,7 @@ fn set_path(spec: &mut Spec, field: &str, p: PathBuf) {
                     "meta.stages.prescreen" => st.prescreen = Some(p),
                     "meta.stages.analyze" => st.analyze = p,
                     "meta.stages.refine" => st.refine = p,
-                    "meta.stages.merge" => st.merge = p,
+                    "meta.stages.merge" => st.merge = Some(p),
                     _ => {}
                 }
             }

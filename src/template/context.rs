@@ -77,6 +77,10 @@ pub enum Stage<'a> {
     Analyze { sample: SampleContext<'a>, guidelines: &'a str },
     /// `meta.stages.refine`.
     Refine { sample: SampleContext<'a>, guidelines: &'a str, analysis: &'a str },
+    /// `meta.stages.analyze` under `meta.review: joint`: every sample in one prompt.
+    AnalyzeJoint { samples: Vec<SampleContext<'a>>, guidelines: &'a str },
+    /// `meta.stages.refine` under `meta.review: joint`: the samples and the one analysis.
+    RefineJoint { samples: Vec<SampleContext<'a>>, guidelines: &'a str, analysis: &'a str },
     /// `meta.stages.merge`: the refined rubrics that parse.
     Merge { refined: &'a [String] },
 }

@@ -165,7 +165,7 @@ pub const SAMPLE_RUBRIC: &str = "## Correctness (0-4)\n- Award 4 when the final 
 
 /// A context of `kind`, filled from one real `record` of the task, used to check templates
 /// before a run: built with the same types as the run's contexts.
-pub fn sample_context(kind: TemplateKind, task: &str, record: &J) -> J {
+pub fn sample_context(kind: TemplateKind, task: &str, record: &J, review: crate::spec::MetaReview) -> J {
     let rubric = crate::rubric::Rubric::parse(SAMPLE_RUBRIC).expect("the sample rubric parses");
     let question = ["problem", "prompt", "text"].iter().find_map(|k| record.get(*k).and_then(J::as_str)).unwrap_or("An example question.");
     let response = "An example response. The answer is \\boxed{4}.";
@@ -174,6 +174,7 @@ pub fn sample_context(kind: TemplateKind, task: &str, record: &J) -> J {
     let limits = crate::meta::MetaShapes::fit(12, 4096).expect("a roomy budget fits").limits();
     let meta = |stage| context::to_json(&MetaContext::new(task, &rubric, limits, stage));
     let refined = [SAMPLE_RUBRIC.to_string(), SAMPLE_RUBRIC.to_string()];
+    let joint = review == crate::spec::MetaReview::Joint;
     match kind {
         TemplateKind::Policy => record.clone(),
         TemplateKind::Rubric | TemplateKind::InstrumentRubric => context::to_json(&RubricContext { task }),
@@ -181,6 +182,10 @@ pub fn sample_context(kind: TemplateKind, task: &str, record: &J) -> J {
             context::to_json(&JudgeContext::new(task, &rubric, question, response, record))
         }
         TemplateKind::Prescreen => meta(Stage::Prescreen { samples: vec![sample] }),
+        TemplateKind::Analyze if joint => meta(Stage::AnalyzeJoint { samples: vec![sample.clone(), sample], guidelines: "" }),
+        TemplateKind::Refine if joint => {
+            meta(Stage::RefineJoint { samples: vec![sample.clone(), sample], guidelines: "", analysis: "The rubric does not check units." })
+        }
         TemplateKind::Analyze => meta(Stage::Analyze { sample, guidelines: "" }),
         TemplateKind::Refine => meta(Stage::Refine { sample, guidelines: "", analysis: "The rubric does not check units." }),
         TemplateKind::Merge => meta(Stage::Merge { refined: &refined }),

@@ -150,7 +150,8 @@ fn bad_meta_answers_keep_the_rubric() {
         prescreen: None,
         analyze: t("analyze"),
         refine: t("refine"),
-        merge: t("merge"),
+        merge: Some(t("merge")),
+        review: mpo::spec::MetaReview::PerSample,
         samples: 2,
         sampling: mpo::spec::MetaSampling::Uniform,
         domain_guidelines: false,
@@ -183,7 +184,7 @@ fn bad_meta_answers_keep_the_rubric() {
     })
     .unwrap();
     let mut j = judge(vec![stub.url.clone()], 0, 2000);
-    let o = run(&mut j, &cfg, &current, &samples, 0, 2);
+    let o = run(&mut j, &cfg, &current, &samples, 0, 2, "");
     let e = o.result.unwrap_err();
     assert!(e.contains("of 2 asked for, 2 not a rubric"), "{e}");
     // an empty merged rubric
@@ -197,7 +198,7 @@ fn bad_meta_answers_keep_the_rubric() {
     })
     .unwrap();
     let mut j = judge(vec![stub.url.clone()], 0, 2000);
-    let o = run(&mut j, &cfg, &current, &samples, 0, 2);
+    let o = run(&mut j, &cfg, &current, &samples, 0, 2, "");
     assert!(o.result.unwrap_err().contains("no items"));
     assert_eq!(o.merged_raw.as_deref(), Some(""));
 }

@@ -707,3 +707,145 @@ fn a_demo_run_with_rollouts_on_llama_server_logs_the_drift() {
     assert!(left.is_empty(), "the engine's temporary folder outlived the run: {left:?}");
     let _ = std::fs::remove_dir_all(&r);
 }
+
+/// The text a stub-served judge was asked: a chat's messages or a completion's prompt.
+fn asked(body: &J) -> String {
+    match body["messages"].as_array() {
+        Some(ms) => ms.iter().filter_map(|m| m["content"].as_str()).collect::<Vec<_>>().join("\n"),
+        None => body["prompt"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// A judge that grades every item of the rubric it is shown at its lowest point, analyses in
+/// three findings, and refines to a rubric of its own whose second item's range comes from the
+/// prompt's length (so each family's rubric differs, and a rerun asks and gets the same).
+fn family_judge(r: &mpo::bench::stub::Request) -> mpo::bench::stub::Reply {
+    use mpo::bench::stub::Reply;
+    let p = asked(&r.body);
+    if ["now rewrite the rubric", "Write the improved rubric", "Combine them into one rubric"].iter().any(|k| p.contains(k)) {
+        let n = 1 + p.len() % 4;
+        return Reply::Text(format!(
+            "## Correct final answer (0-3)\n- Award 3 when the final answer equals the reference.\n## Shown steps (0-{n})\n- Award {n} when every step of the working is written out.\n"
+        ));
+    }
+    if p.contains("senior instructor") {
+        return Reply::Text(
+            "1. The score is inflated for an answer with no working.\n2. A wrong final answer should cost every point.\n3. The rubric should reward shown steps.\n"
+                .into(),
+        );
+    }
+    let items: Vec<String> = p
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .filter_map(|h| h.rsplit_once(" (").map(|(name, range)| format!("{name}: {}", range.split('-').next().unwrap_or("0"))))
+        .collect();
+    Reply::Text(items.join("\n"))
+}
+
+/// `meta.partition_by`: one rubric per family of training records, each with its own history
+/// and versions; a rollout is judged under its family's rubric in force; `mpo rubric` reads a
+/// family by name; and a run stopped after a family's switch resumes to the same metrics.
+#[test]
+fn rubric_families_each_keep_their_own_rubric() {
+    use mpo::bench::stub::Stub;
+    let stub = Stub::start(family_judge).unwrap();
+    let args = |r: &Path| -> Vec<String> {
+        [
+            "run",
+            SPEC,
+            &format!("output.root={}", r.display()),
+            "--quiet",
+            "reward.judge.backend=openai",
+            "reward.judge.base_url_env=MPO_FAMILY_JUDGE",
+            "reward.judge.max_tokens=64",
+            "meta.partition_by=[level]",
+            "meta.max_tokens=400",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |r: &Path, extra: &[&str]| {
+        let mut a = args(r);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_mpo")).args(&a).env("MPO_FAMILY_JUDGE", &stub.url).output().unwrap()
+    };
+    let r = root("families");
+    let out = run(&r, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 rubric families"), "{}", String::from_utf8_lossy(&out.stdout));
+    let d = run_dir(&r);
+    assert!(!d.join("rubrics/history.jsonl").exists(), "a run with families has no single history");
+    let fam = |slug: &str, v: u32| {
+        std::fs::read_to_string(d.join(format!("rubrics/families/{slug}/v{v:03}.md"))).unwrap_or_else(|e| panic!("{slug} v{v}: {e}"))
+    };
+    assert_eq!(fam("level-1", 0), fam("level-2", 0), "every family starts from reward.rubric");
+    let first: J = serde_json::from_str(
+        std::fs::read_to_string(d.join("rubrics/families/level-1/history.jsonl")).unwrap().lines().next().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["family"], "Level 1");
+
+    // each rollout is judged under its family's rubric in force
+    let loaded = mpo::spec::load(Path::new(SPEC), &[]);
+    let spec = &loaded.runs[0].spec;
+    let train = mpo::task::load(spec.task.kind, &spec.task.train, spec.data_seed(), mpo::task::Split::Train).unwrap();
+    let rows = metrics(&d);
+    let mut switched = 0;
+    let mut checked = 0;
+    for row in &rows {
+        let versions = row["rubric_versions"].as_object().expect("each row says every family's version");
+        assert_eq!(versions.keys().collect::<Vec<_>>(), vec!["Level 1", "Level 2"]);
+        let sum: u64 = versions.values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(row["rubric_version"].as_u64().unwrap(), sum, "rubric_version is the rewrites in force");
+        if let Some(fs) = row["meta"]["families"].as_array() {
+            assert!(!fs.is_empty());
+            switched += fs.iter().filter(|f| f["new_version"].is_u64()).count();
+        }
+        let u = row["update"].as_u64().unwrap();
+        let samples = std::fs::read_to_string(d.join(format!("samples/update-{u:06}.jsonl"))).unwrap();
+        for line in samples.lines() {
+            let s: J = serde_json::from_str(line).unwrap();
+            let Some(prompt) = s["judge_prompt"].as_str() else { continue };
+            let level = train.records[s["record_index"].as_u64().unwrap() as usize]["level"].as_str().unwrap().to_string();
+            let v = versions[&level].as_u64().unwrap() as u32;
+            let slug = if level == "Level 1" { "level-1" } else { "level-2" };
+            let rubric = mpo::rubric::Rubric::parse(&fam(slug, v)).unwrap();
+            for it in &rubric.items {
+                assert!(prompt.contains(&format!("## {} ({}-{})", it.name, it.min, it.max)), "update {u} {level} v{v}: {prompt}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(switched >= 2, "both families were rewritten: {rows:?}");
+    assert!(checked > 0);
+
+    // `mpo rubric` names families
+    let log = mpo(&["rubric", "log", d.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&log.stdout);
+    assert!(log.status.success() && text.contains("== Level 1") && text.contains("== Level 2") && text.contains("v001"), "{text}");
+    let show = mpo(&["rubric", "show", d.to_str().unwrap(), "v001", "--family", "Level 2"]);
+    assert_eq!(String::from_utf8_lossy(&show.stdout), fam("level-2", 1));
+    let bare = mpo(&["rubric", "show", d.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&bare.stderr);
+    assert!(!bare.status.success() && err.contains("--family") && err.contains("`Level 1`"), "{err}");
+    let diff = mpo(&["rubric", "diff", d.to_str().unwrap(), "v000", "v001", "--family", "level-1"]);
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("+## Shown steps"), "{}", String::from_utf8_lossy(&diff.stdout));
+
+    // stopped after the first meta step (both families switched), resumed: the same run
+    let r2 = root("families-resume");
+    let out = run(&r2, &["--stop-after", "3"]);
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&r2, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d2 = run_dir(&r2);
+    same_metrics(&metrics(&d2), &rows);
+    for slug in ["level-1", "level-2"] {
+        for f in ["history.jsonl", "v001.md"] {
+            let p = format!("rubrics/families/{slug}/{f}");
+            assert_eq!(std::fs::read_to_string(d2.join(&p)).unwrap(), std::fs::read_to_string(d.join(&p)).unwrap(), "{p}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(r);
+    let _ = std::fs::remove_dir_all(r2);
+}

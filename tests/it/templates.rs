@@ -95,7 +95,10 @@ fn every_shipped_template_renders_through_the_context_builders() {
                 other => panic!("a shipped template this test does not know: {other:?}"),
             };
             let task = if records.contains_key(&group) { group.clone() } else { "math".to_string() };
-            let ctx = sample_context(kind, &task, &records[&task]);
+            // prompt_templates/meta/joint/: the templates of `meta.review: joint`
+            let joint = f.path().parent().is_some_and(|d| d.ends_with("joint"));
+            let review = if joint { mpo::spec::MetaReview::Joint } else { mpo::spec::MetaReview::PerSample };
+            let ctx = sample_context(kind, &task, &records[&task], review);
             let text = std::fs::read_to_string(f.path()).unwrap();
             let out = render(&f.path().display().to_string(), &text, &ctx).unwrap_or_else(|e| panic!("{e}"));
             assert!(!out.trim().is_empty(), "{} renders empty", f.path().display());
@@ -105,5 +108,5 @@ fn every_shipped_template_renders_through_the_context_builders() {
             rendered += 1;
         }
     }
-    assert_eq!(rendered, 34, "every file under prompt_templates/");
+    assert_eq!(rendered, 36, "every file under prompt_templates/");
 }
