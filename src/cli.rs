@@ -353,6 +353,10 @@ pub enum RubricCommand {
         /// `text`, or `junit` (XML on stdout, for CI systems that show test results).
         #[arg(long, default_value = "text", value_parser = ["text", "junit"])]
         format: String,
+        /// Run directories with rubric families: the family whose versions are scored (its key
+        /// or folder name); the table goes to `<run>/rubric_tests/families/<slug>/`.
+        #[arg(long)]
+        family: Option<String>,
     },
 }
 
@@ -998,9 +1002,10 @@ fn rubric_test_cmd(specs: &[PathBuf], cases: Option<&Path>, opts: &crate::rubric
                     "--update and --format junit are for spec files; a run directory's table has no snapshot".into(),
                 ));
             }
-            let table =
-                crate::rubric_test::versions::run(s, cases, opts.record).map_err(|e| Failure::error(format!("{}: {e}", s.display())))?;
-            let md = table.write(s).map_err(Failure::error)?;
+            let family = opts.family.as_deref();
+            let table = crate::rubric_test::versions::run(s, cases, opts.record, family)
+                .map_err(|e| Failure::error(format!("{}: {e}", s.display())))?;
+            let md = table.write(s, family).map_err(Failure::error)?;
             print!("{}", table.markdown());
             let asked =
                 if table.asked > 0 { format!(" ({} answer(s) asked of the judge and recorded)", table.asked) } else { String::new() };
@@ -1040,8 +1045,8 @@ fn rubric_test_cmd(specs: &[PathBuf], cases: Option<&Path>, opts: &crate::rubric
 fn rubric_cmd(which: RubricCommand) -> Outcome {
     use crate::meta::history::{History, diff, render_log};
     let run = match &which {
-        RubricCommand::Test { specs, cases, dir, update, record, format } => {
-            let opts = crate::rubric_test::Options { dir: dir.clone(), update: *update, record: *record };
+        RubricCommand::Test { specs, cases, dir, update, record, format, family } => {
+            let opts = crate::rubric_test::Options { dir: dir.clone(), update: *update, record: *record, family: family.clone() };
             return rubric_test_cmd(specs, cases.as_deref(), &opts, format == "junit");
         }
         RubricCommand::Log { run, family } | RubricCommand::Show { run, family, .. } | RubricCommand::Diff { run, family, .. } => {

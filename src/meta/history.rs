@@ -122,12 +122,14 @@ impl History {
                 names(&families)
             )),
             Some(f) => {
-                let found = families.into_iter().partition::<Vec<_>, _>(|h| {
-                    h.family.as_deref() == Some(f) || h.dir.file_name().is_some_and(|n| n == f)
-                });
+                let found = families
+                    .into_iter()
+                    .partition::<Vec<_>, _>(|h| h.family.as_deref() == Some(f) || h.dir.file_name().is_some_and(|n| n == f));
                 match found {
                     (mut hit, _) if !hit.is_empty() => Ok(hit.remove(0)),
-                    (_, all) if all.is_empty() => Err(format!("{} has no rubric families (it keeps one rubric): drop --family", run_dir.display())),
+                    (_, all) if all.is_empty() => {
+                        Err(format!("{} has no rubric families (it keeps one rubric): drop --family", run_dir.display()))
+                    }
                     (_, all) => Err(format!("{} has no rubric family `{f}`; it has {}", run_dir.display(), names(&all))),
                 }
             }

@@ -392,10 +392,14 @@ fn step(
         let hints: Vec<&str> = picked.iter().map(|s| analyze_guidelines(cfg.domain_guidelines, &s.record)).collect();
         let guidelines = if hints.iter().all(|h| *h == hints[0]) { hints[0] } else { "" };
         let prompt = render(&cfg.analyze, &ctx(Stage::AnalyzeJoint { samples: samples(), guidelines }))?;
-        let analysis = ask(judge, vec![req(prompt, 0, "analyze")], &mut out.usage, false).remove(0).map_err(|e| format!("the analysis failed: {e}"))?;
+        let analysis = ask(judge, vec![req(prompt, 0, "analyze")], &mut out.usage, false)
+            .remove(0)
+            .map_err(|e| format!("the analysis failed: {e}"))?;
         out.analyses = vec![analysis.clone()];
         let prompt = render(&cfg.refine, &ctx(Stage::RefineJoint { samples: samples(), guidelines, analysis: &analysis }))?;
-        let refined = ask(judge, vec![req(prompt, 0, "refine")], &mut out.usage, true).remove(0).map_err(|e| format!("the refinement failed: {e}"))?;
+        let refined = ask(judge, vec![req(prompt, 0, "refine")], &mut out.usage, true)
+            .remove(0)
+            .map_err(|e| format!("the refinement failed: {e}"))?;
         out.refined = vec![refined.clone()];
         return accept(&refined, "refined", current, limits, out);
     }

@@ -50,8 +50,7 @@ pub fn compute(responses: &[(&str, usize)], scored: &[Scored], ranges: &[(f64, f
     }
     let identical = responses.iter().filter(|(r, _)| counts[r.trim()] > 1).count();
     let judged: Vec<(&Scored, (f64, f64))> = scored.iter().zip(ranges.iter().copied()).filter(|(s, _)| s.item_scores.is_some()).collect();
-    let at_max =
-        judged.iter().filter(|(s, (_, max))| s.item_scores.as_ref().is_some_and(|i| (i.total() - max).abs() < 1e-9)).count();
+    let at_max = judged.iter().filter(|(s, (_, max))| s.item_scores.as_ref().is_some_and(|i| (i.total() - max).abs() < 1e-9)).count();
     // The judge's verdict as a share of the rubric's range: `judge_reward` is on the reward's
     // scale (summed points under `aggregate: sum`, equal-weight item shares by default), so it cannot be compared with 0.5 directly.
     let share = |t: f64, (lo, hi): (f64, f64)| if hi > lo { (t - lo) / (hi - lo) } else { 0.0 };

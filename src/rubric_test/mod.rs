@@ -621,6 +621,8 @@ pub struct Options {
     pub update: bool,
     /// Ask the spec's real judge for answers that are not recorded (local model or server).
     pub record: bool,
+    /// A run directory's rubric family (`meta.partition_by`) to score.
+    pub family: Option<String>,
 }
 
 /// Everything one spec's rubric test found.

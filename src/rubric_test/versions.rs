@@ -65,7 +65,9 @@ pub fn folder(run: &Path) -> PathBuf {
 /// Score the cases under every version of the run in `run` (`cases`: a case file instead of the
 /// one the run's spec names). `record`: ask the run's judge for the answers that are not
 /// recorded (else nothing is loaded or contacted, and they are reported in `unrecorded`).
-pub fn run(run: &Path, cases: Option<&Path>, record: bool) -> Result<Table, String> {
+/// With rubric families (`meta.partition_by`), `family` names the one whose versions are scored
+/// (its key or folder name).
+pub fn run(run: &Path, cases: Option<&Path>, record: bool, family: Option<&str>) -> Result<Table, String> {
     let dir = RunDir::open(run).map_err(|e| e.to_string())?;
     let planned = dir.plan().map_err(|e| e.to_string())?;
     // The table names the case file as the plan does, wherever it was read from.
@@ -85,10 +87,10 @@ pub fn run(run: &Path, cases: Option<&Path>, record: bool) -> Result<Table, Stri
     let text = std::fs::read_to_string(&case_file).map_err(|e| format!("cannot read the case file `{}`: {e}", case_file.display()))?;
     let file = CaseFile::parse(&text).map_err(|e| format!("case file `{}`: {e}", case_file.display()))?;
 
-    let history = History::new(run);
+    let history = History::open(run, family)?;
     let mut versions: Vec<u32> = history
         .entries()
-        .map_err(|e| format!("{}: {e}", run.join("rubrics/history.jsonl").display()))?
+        .map_err(|e| format!("{}: {e}", history.folder().join("history.jsonl").display()))?
         .iter()
         .filter_map(|e| e.version)
         .collect();
@@ -299,9 +301,13 @@ impl Table {
         s
     }
 
-    /// Write `table.md` and `heatmap.svg` under `<run>/rubric_tests/`.
-    pub fn write(&self, run: &Path) -> Result<PathBuf, String> {
-        let d = folder(run);
+    /// Write `table.md` and `heatmap.svg` under `<run>/rubric_tests/` (a family's under
+    /// `<run>/rubric_tests/families/<slug>/`).
+    pub fn write(&self, run: &Path, family: Option<&str>) -> Result<PathBuf, String> {
+        let d = match family {
+            Some(f) => folder(run).join("families").join(crate::meta::family::slug(f)),
+            None => folder(run),
+        };
         let md = d.join("table.md");
         crate::fsx::write_atomic(&md, self.markdown().as_bytes()).map_err(|e| format!("writing {}: {e}", md.display()))?;
         let svg = d.join("heatmap.svg");
@@ -414,7 +420,7 @@ mod tests {
         let plan_json = std::fs::read(dir.path("plan.json")).unwrap();
         // Nothing recorded: every case is reported, nothing is asked (the judge's URL variable
         // is not even set: asking would fail), the templates, data and case file are the copies.
-        let t = run(&dir.root, None, false).unwrap();
+        let t = run(&dir.root, None, false, None).unwrap();
         assert_eq!((t.asked, t.unrecorded.len(), t.cases.len()), (0, 13, 13));
         assert_eq!(t.unrecorded[0], "v000 good-sum");
         assert!(t.markdown().contains("| good-sum | case | ? |"), "{}", t.markdown());
@@ -441,7 +447,7 @@ mod tests {
         };
         let inner = Box::new(crate::judge::scripted::ScriptedJudge::new(&identity, answer));
         scorer.score(&mut CachedJudge::new(inner, &dir.path("judge-cache")), &v0, &built).unwrap();
-        let t = run(&dir.root, None, false).unwrap();
+        let t = run(&dir.root, None, false, None).unwrap();
         assert_eq!((t.asked, t.unrecorded.len()), (0, 0));
         assert!(t.columns[0].outcomes.iter().all(|o| o.total == Some(7.0)), "{:?}", t.columns[0].outcomes);
 
@@ -454,15 +460,15 @@ mod tests {
     fn a_missing_or_edited_copy_is_named_with_what_to_do() {
         let (tmp, dir, _) = run_folder("missing");
         std::fs::remove_file(dir.path("inputs/cases/cases.yaml")).unwrap();
-        let e = run(&dir.root, None, false).err().unwrap();
+        let e = run(&dir.root, None, false, None).err().unwrap();
         assert!(e.contains(&format!("cases `{}`", tmp.join("launch/cases.yaml").display())), "{e}");
         assert!(e.contains(&dir.path("inputs/cases/cases.yaml").display().to_string()) && e.contains("put a copy"), "{e}");
         // A case file given on the command line needs no copy.
         std::fs::write(tmp.join("other.yaml"), "cases:\n  - {id: x, record: {problem: p, answer: '1'}, response: r}\n").unwrap();
-        assert_eq!(run(&dir.root, Some(&tmp.join("other.yaml")), false).unwrap().cases.len(), 1);
+        assert_eq!(run(&dir.root, Some(&tmp.join("other.yaml")), false, None).unwrap().cases.len(), 1);
         // A copy that no longer matches the plan's hash is not used.
         std::fs::write(dir.path("inputs/templates/judge/judge.j2"), "{{ rubric }} edited").unwrap();
-        let e = run(&dir.root, Some(&tmp.join("other.yaml")), false).err().unwrap();
+        let e = run(&dir.root, Some(&tmp.join("other.yaml")), false, None).err().unwrap();
         assert!(e.contains("templates/judge") && e.contains("has changed since the run"), "{e}");
         let _ = std::fs::remove_dir_all(&tmp);
     }

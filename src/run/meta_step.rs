@@ -60,7 +60,12 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         samples += step.samples;
         if !whole {
             let key = r.rubrics.families[i].key.clone();
-            families.push(FamilyStep { family: key, samples: step.samples, new_version: step.new_version, kept_because: step.kept.clone() });
+            families.push(FamilyStep {
+                family: key,
+                samples: step.samples,
+                new_version: step.new_version,
+                kept_because: step.kept.clone(),
+            });
         }
         kept = step.kept;
         new_version = step.new_version;
@@ -140,7 +145,11 @@ fn family_step<B: AutodiffBackend>(r: &mut Runner<'_, B>, i: usize, pool: &[Meta
         (Some(v), Ok(rubric)) => {
             let changes = rubric.changes_from(&family.rubric);
             let n = rubric.items.len();
-            r.progress.log(&format!("update {update}: rubric{whose} v{v:03} ({n} item{}: {})", if n == 1 { "" } else { "s" }, changes.join("; ")));
+            r.progress.log(&format!(
+                "update {update}: rubric{whose} v{v:03} ({n} item{}: {})",
+                if n == 1 { "" } else { "s" },
+                changes.join("; ")
+            ));
             state.switch(&family.key, v, update);
             r.rubrics.families[i].rubric = rubric;
         }

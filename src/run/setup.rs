@@ -14,12 +14,12 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::{self, State};
 use super::progress::Progress;
+use super::rubrics::Rubrics;
 use super::train::Trainer;
 use super::{RunError, RunOptions};
 use crate::judge::Judge;
 use crate::judge::factory::{self, JudgeEnv};
 use crate::meta::MetaConfig;
-use super::rubrics::Rubrics;
 use crate::meta::family::Partition;
 use crate::model::tokenizer::Tok;
 use crate::model::{self, Llama, LoraConfig};

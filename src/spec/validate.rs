@@ -1162,16 +1162,26 @@ fn partition_checks(v: &mut V, spec: &Spec, kind: TaskKind, data_seed: u64) {
         return;
     }
     if spec.meta.gate {
-        v.error("meta.gate", "`meta.gate` cannot check rubric families yet: its cases are scored under one rubric", "with meta.partition_by")
-            .help
-            .push("remove `meta.gate`, or `meta.partition_by` for one rubric".into());
+        v.error(
+            "meta.gate",
+            "`meta.gate` cannot check rubric families yet: its cases are scored under one rubric",
+            "with meta.partition_by",
+        )
+        .help
+        .push("remove `meta.gate`, or `meta.partition_by` for one rubric".into());
     }
     let Ok(train) = task::load(kind, &spec.task.train, data_seed, Split::Train) else { return };
     match crate::meta::family::Partition::new(fields).keys(&train.records) {
         Err(e) => {
-            let d = v.error("meta.partition_by", format!("task.train {e}: every training record needs every field of `meta.partition_by`"), "a record without a family");
+            let d = v.error(
+                "meta.partition_by",
+                format!("task.train {e}: every training record needs every field of `meta.partition_by`"),
+                "a record without a family",
+            );
             if fields.iter().any(|f| f == "cluster") && kind == TaskKind::Math {
-                d.help.push("`scripts/math_clusters.sh IN.jsonl OUT.jsonl` adds the reference's difficulty `cluster` (1-3) to MATH records".into());
+                d.help.push(
+                    "`scripts/math_clusters.sh IN.jsonl OUT.jsonl` adds the reference's difficulty `cluster` (1-3) to MATH records".into(),
+                );
             }
         }
         Ok(keys) if keys.len() > spec.ppo.batch_size * 4 => {

@@ -780,10 +780,9 @@ fn rubric_families_each_keep_their_own_rubric() {
         std::fs::read_to_string(d.join(format!("rubrics/families/{slug}/v{v:03}.md"))).unwrap_or_else(|e| panic!("{slug} v{v}: {e}"))
     };
     assert_eq!(fam("level-1", 0), fam("level-2", 0), "every family starts from reward.rubric");
-    let first: J = serde_json::from_str(
-        std::fs::read_to_string(d.join("rubrics/families/level-1/history.jsonl")).unwrap().lines().next().unwrap(),
-    )
-    .unwrap();
+    let first: J =
+        serde_json::from_str(std::fs::read_to_string(d.join("rubrics/families/level-1/history.jsonl")).unwrap().lines().next().unwrap())
+            .unwrap();
     assert_eq!(first["family"], "Level 1");
 
     // each rollout is judged under its family's rubric in force
