@@ -35,6 +35,8 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
     let limits =
         crate::meta::MetaShapes::fit(r.spec.meta.max_items, r.spec.meta.max_tokens)?.with_max_points(r.spec.meta.max_points).limits();
     let mut out = vec![("rubric-v0.md".to_string(), rubric.to_markdown())];
+    // `meta.review: joint` reads every sample in one prompt: rendered once, after the loop.
+    let mut joint_cases: Vec<(String, String, &J)> = Vec::new();
     for (i, rec) in data.records.iter().take(n).enumerate() {
         let question = render(TemplateKind::Policy, rec.clone())?;
         out.push((format!("policy-{i}.txt"), question.clone()));
@@ -47,7 +49,11 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
         let rationale = "The answer is right but the steps are terse.";
         let sample = SampleContext::new(&id, &question, response, Some(3.0), rubric.max_score() as f64, rationale, Some(1.0), rec);
         let meta = |stage| to_json(&MetaContext::new(task, rubric, limits, stage));
-        if has(TemplateKind::Analyze) {
+        let joint = r.spec.meta.review == crate::spec::MetaReview::Joint;
+        if joint {
+            joint_cases.push((id.clone(), question.clone(), rec));
+        }
+        if has(TemplateKind::Analyze) && !joint {
             let guidelines = crate::meta::analyze_guidelines(r.spec.meta.domain_guidelines, rec);
             out.push((
                 format!("meta-analyze-{i}.txt"),
@@ -83,6 +89,28 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
                 out.push(("elo-pairwise.txt".into(), render(TemplateKind::Pairwise, to_json(&ctx))?));
             }
         }
+    }
+    if has(TemplateKind::Analyze) && !joint_cases.is_empty() {
+        let rationale = "The answer is right but the steps are terse.";
+        let response = canned_response(task);
+        let max = rubric.max_score() as f64;
+        let samples = || -> Vec<SampleContext> {
+            joint_cases
+                .iter()
+                .enumerate()
+                .map(|(k, (id, q, rec))| SampleContext::new(id, q, response, Some(k as f64), max, rationale, Some(1.0), rec))
+                .collect()
+        };
+        let meta = |stage| to_json(&MetaContext::new(task, rubric, limits, stage));
+        out.push((
+            "meta-analyze.txt".into(),
+            render(TemplateKind::Analyze, meta(Stage::AnalyzeJoint { samples: samples(), guidelines: "" }))?,
+        ));
+        let analysis = "The rubric does not reward showing the steps.";
+        out.push((
+            "meta-refine.txt".into(),
+            render(TemplateKind::Refine, meta(Stage::RefineJoint { samples: samples(), guidelines: "", analysis }))?,
+        ));
     }
     Ok(out)
 }

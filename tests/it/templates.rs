@@ -15,6 +15,31 @@ fn every_prompt_of_every_shipped_spec() {
     }
 }
 
+/// `meta.review: joint` sends one analysis and one refinement with every sample in it: the
+/// snapshot renders them once, with every case, from the lowest grade up.
+#[test]
+fn a_joint_review_snapshots_one_prompt_with_every_case() {
+    let overrides: Vec<String> = [
+        "meta.review=joint",
+        "meta.stages.analyze=prompt_templates/meta/joint/analyze.j2",
+        "meta.stages.refine=prompt_templates/meta/joint/refine.j2",
+        "meta.stages.merge=null",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let loaded = mpo::spec::load(Path::new("specs/math.yaml"), &overrides);
+    assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
+    let files = mpo::snapshot::render_all(&loaded.runs[0], 3).unwrap();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).filter(|n| n.starts_with("meta-")).collect();
+    assert_eq!(names, vec!["meta-analyze.txt", "meta-refine.txt"]);
+    let analyze = &files.iter().find(|(n, _)| n == "meta-analyze.txt").unwrap().1;
+    assert!(analyze.contains("graded 3 math responses") && analyze.contains("Case 3") && !analyze.contains("Case 4"), "{analyze}");
+    assert!(analyze.contains("Reference solution:"), "math cases show the reference solution: {analyze}");
+    let g: Vec<usize> = (1..=3).map(|k| analyze.find(&format!("gave {}.0 out of", k - 1)).unwrap()).collect();
+    assert!(g.windows(2).all(|w| w[0] < w[1]), "from the lowest grade up");
+}
+
 #[test]
 fn snapshot_command_detects_and_accepts_changes() {
     let dir = std::env::temp_dir().join(format!("mpo-snap-{}", std::process::id()));
