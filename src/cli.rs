@@ -418,6 +418,14 @@ pub enum BenchCommand {
         /// With --torch: new tokens per prompt in the generation rows.
         #[arg(long, default_value_t = 32, value_parser = positive)]
         new_tokens: usize,
+        /// A model built from a Hugging Face config.json alone instead of the demo model: a
+        /// shipped name (qwen2.5-1.5b-instruct, qwen2.5-7b-instruct: configs/), a folder or a
+        /// file; trained with the paper's adapters (r=64 on every projection and lm_head).
+        #[arg(long, requires = "random_weights", conflicts_with = "llama_server")]
+        config: Option<String>,
+        /// With --config: seeded random weights (no weights are read).
+        #[arg(long, requires = "config")]
+        random_weights: bool,
     },
     /// One PPO update at the demo's shapes with the rollout-time passes shared (as a run does
     /// them) against separate no-grad passes, alternating in one process.
@@ -646,9 +654,12 @@ fn dispatch(command: Command) -> Outcome {
                         )
                     })
                 }
-                BenchCommand::Train { batch, seq, steps, backend, torch, llama_server, server, new_tokens } => {
+                BenchCommand::Train { batch, seq, steps, backend, torch, llama_server, server, new_tokens, config, random_weights: _ } => {
                     crate::bench::with_server(server, llama_server, 8, |server| {
-                        crate::bench::on_backend(&backend, crate::bench::train::TrainBench { batch, seq, steps, torch, server, new_tokens })
+                        crate::bench::on_backend(
+                            &backend,
+                            crate::bench::train::TrainBench { batch, seq, steps, torch, server, new_tokens, config },
+                        )
                     })
                 }
                 BenchCommand::Ppo { reps, backend } => crate::bench::on_backend(&backend, crate::bench::ppo::PpoBench { reps }),
@@ -1065,13 +1076,12 @@ fn rubric_cmd(which: RubricCommand) -> Outcome {
             return Ok(Done::Ok);
         }
     }
-    let h = History::open(&run, family.as_deref())
-        .map_err(|message| Failure::Error { message, help: Some("`mpo rubric log RUN` lists every family".into()) })?;
+    let h = History::open(&run, family.as_deref()).map_err(Failure::error)?;
     let entries = h.entries().map_err(|e| Failure::Error {
         message: format!("{} has no rubric history ({e})", run.display()),
         help: Some("give a run directory such as results/math/<run-id>".into()),
     })?;
-    let show = |v: u32| h.show(v).map_err(|_| Failure::error(format!("no version v{v:03} in {}", run.display())));
+    let show = |v: u32| h.show(v).map_err(|_| Failure::error(format!("no version v{v:03} in {}", h.folder().display())));
     match which {
         RubricCommand::Log { .. } => print!("{}", render_log(&entries)),
         RubricCommand::Show { version, .. } => {

@@ -102,14 +102,14 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
                 .collect()
         };
         let meta = |stage| to_json(&MetaContext::new(task, rubric, limits, stage));
-        out.push((
-            "meta-analyze.txt".into(),
-            render(TemplateKind::Analyze, meta(Stage::AnalyzeJoint { samples: samples(), guidelines: "" }))?,
-        ));
+        let hints: Vec<&str> =
+            joint_cases.iter().map(|(_, _, rec)| crate::meta::analyze_guidelines(r.spec.meta.domain_guidelines, rec)).collect();
+        let guidelines = crate::meta::joint_guidelines(&hints);
+        out.push(("meta-analyze.txt".into(), render(TemplateKind::Analyze, meta(Stage::AnalyzeJoint { samples: samples(), guidelines }))?));
         let analysis = "The rubric does not reward showing the steps.";
         out.push((
             "meta-refine.txt".into(),
-            render(TemplateKind::Refine, meta(Stage::RefineJoint { samples: samples(), guidelines: "", analysis }))?,
+            render(TemplateKind::Refine, meta(Stage::RefineJoint { samples: samples(), guidelines, analysis }))?,
         ));
     }
     Ok(out)

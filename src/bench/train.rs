@@ -26,6 +26,38 @@ pub struct TrainBench {
     /// A llama-server serving the demo GGUF, for the generation rows.
     pub server: Option<String>,
     pub new_tokens: usize,
+    /// `--config`: a model built from a Hugging Face `config.json` alone, with seeded random
+    /// weights (a shipped name, a folder or a file), trained as the paper trains its policy.
+    pub config: Option<String>,
+}
+
+/// The shipped configs (`configs/<name>/config.json`), compiled in so a name works anywhere.
+pub const SHIPPED_CONFIGS: &[(&str, &str)] = &[
+    ("qwen2.5-1.5b-instruct", include_str!("../../configs/qwen2.5-1.5b-instruct/config.json")),
+    ("qwen2.5-7b-instruct", include_str!("../../configs/qwen2.5-7b-instruct/config.json")),
+];
+
+/// `--config`'s model: its name and the config.json it reads, as text.
+pub fn read_config(arg: &str) -> anyhow::Result<(String, String)> {
+    if let Some((name, text)) = SHIPPED_CONFIGS.iter().find(|(n, _)| *n == arg) {
+        return Ok((name.to_string(), text.to_string()));
+    }
+    let p = Path::new(arg);
+    let file = if p.is_dir() { p.join("config.json") } else { p.to_path_buf() };
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        let names: Vec<&str> = SHIPPED_CONFIGS.iter().map(|(n, _)| *n).collect();
+        anyhow::anyhow!(
+            "--config `{arg}`: cannot read {} ({e}); give a folder with a config.json, the file, or one of {}",
+            file.display(),
+            names.join(", ")
+        )
+    })?;
+    Ok((file.display().to_string(), text))
+}
+
+/// The paper's adapters: rank 64, alpha 128, on every projection and the LM head.
+pub fn paper_lora() -> LoraConfig {
+    LoraConfig { rank: 64, alpha: 128.0, targets: LoraTarget::ALL.to_vec() }
 }
 
 /// One configuration's figures: mean seconds and cores busy of a forward pass (no autodiff)
@@ -91,6 +123,9 @@ fn measure_train<B: AutodiffBackend>(model: crate::model::Llama<B>, rows: &[Vec<
 impl BackendJob for TrainBench {
     type Output = anyhow::Result<String>;
     fn run<B: AutodiffBackend>(self, device: B::Device, backend_name: &'static str) -> anyhow::Result<String> {
+        if let Some(arg) = &self.config {
+            return self.run_config::<B>(arg, device, backend_name);
+        }
         let mref = registry::resolve("smollm2-135m-instruct", Path::new("."))?;
         let mut out = format!(
             "train bench: SmolLM2-135M-Instruct (GGUF dequantized to f32) on burn {backend_name}, batch {} x {} tokens, \
@@ -135,7 +170,8 @@ impl BackendJob for TrainBench {
         let pad = m.tok.pad;
         drop(m);
         let torch = run_torch(&TorchRequest {
-            gguf: crate::model::fetch::fetch("smollm2-135m-instruct", &mut |l| eprintln!("{l}"))?.display().to_string(),
+            gguf: Some(crate::model::fetch::fetch("smollm2-135m-instruct", &mut |l| eprintln!("{l}"))?.display().to_string()),
+            config: None,
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             train_rows: rows,
             steps: self.steps,
@@ -152,7 +188,84 @@ impl BackendJob for TrainBench {
                 .collect::<anyhow::Result<_>>()?,
             None => vec![],
         };
-        out += &compare(&ours, &rates, &torch, &server);
+        out += &compare(&ours, &rates, &torch, &server, true);
+        Ok(out)
+    }
+}
+
+impl TrainBench {
+    /// A model from a config.json alone (seeded random weights), the paper's adapters, the
+    /// same train step; with `--torch` the same shapes in transformers + peft (random weights
+    /// of its own: the speeds compare, the losses do not), each side's parameter counts printed.
+    fn run_config<B: AutodiffBackend>(&self, arg: &str, device: B::Device, backend_name: &'static str) -> anyhow::Result<String> {
+        let (name, text) = read_config(arg)?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{name}: not JSON ({e})"))?;
+        let config = crate::model::weights::LlamaConfig::from_hf(&json).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let lora = paper_lora();
+        let (base, trained) =
+            (crate::model::memory::base_parameters(&config), crate::model::memory::lora_parameters(&config, lora.rank, &lora.targets));
+        let mut out = format!(
+            "train bench: {name} built from its config.json with seeded random weights ({:.3}B parameters), on burn {backend_name}, \
+             batch {} x {} tokens, LoRA r={} alpha={} on every projection and lm_head ({:.1}M trained), forward + backward + AdamW, \
+             full-vocabulary log-softmax on every position\n",
+            base as f64 / 1e9,
+            self.batch,
+            self.seq,
+            lora.rank,
+            lora.alpha,
+            trained as f64 / 1e6
+        );
+        let src = crate::model::weights::RandomWeights { config: config.clone(), seed: 7 };
+        let model = crate::model::Llama::<B>::load(&config, &src, Some(&lora), self.seq.max(2), 0, &device)?;
+        // What was built, counted (the formulas above are `mpo plan`'s memory estimate). A tied
+        // LM head is held as its own frozen copy of the embedding (transposed), one more matrix.
+        let built = burn::module::Module::num_params(&model) as u64;
+        let head_copy = if config.tie_word_embeddings { (config.vocab_size * config.hidden_size) as u64 } else { 0 };
+        anyhow::ensure!(
+            built == base + trained + head_copy,
+            "{name}: built {built} parameters, the config's shapes say {}",
+            base + trained + head_copy
+        );
+        let rows = train_rows(self.batch, self.seq, config.vocab_size);
+        let ours = measure_train(model, &rows, self.steps)?;
+        let toks = (self.batch * self.seq) as f64;
+        out += &format!(
+            "  train step {:.2}s = {:.0} tok/s ({:.2} cores busy); forward-only baseline {:.2}s = {:.0} tok/s ({:.2} cores busy)\n",
+            ours.step_s,
+            toks / ours.step_s,
+            ours.step_busy,
+            ours.fwd_s,
+            toks / ours.fwd_s,
+            ours.fwd_busy
+        );
+        if !self.torch {
+            return Ok(out);
+        }
+        let torch = run_torch(&TorchRequest {
+            gguf: None,
+            config: Some(json),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            train_rows: rows,
+            steps: self.steps,
+            lora: TorchLora {
+                rank: lora.rank,
+                alpha: lora.alpha,
+                targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+                    .map(String::from)
+                    .to_vec(),
+            },
+            prompts: vec![],
+            generate_batches: vec![],
+            new_tokens: self.new_tokens,
+            pad_id: 0,
+        })?;
+        out += &format!(
+            "  parameters: mpo {base} base + {trained} trained (counted in the built model); PyTorch {} base + {} trained{}\n",
+            torch.params.unwrap_or(0),
+            torch.trainable.unwrap_or(0),
+            if torch.params == Some(base) && torch.trainable == Some(trained) { " (the same shapes)" } else { " (DIFFERENT shapes)" }
+        );
+        out += &compare(&ours, &[], &torch, &[], false);
         Ok(out)
     }
 }
@@ -167,7 +280,9 @@ struct TorchLora {
 /// What scripts/bench_torch.py reads on stdin.
 #[derive(serde::Serialize)]
 struct TorchRequest {
-    gguf: String,
+    /// The demo's weights, or (`config`) a config.json to build with random weights.
+    gguf: Option<String>,
+    config: Option<serde_json::Value>,
     threads: usize,
     train_rows: Vec<Vec<u32>>,
     steps: usize,
@@ -202,6 +317,11 @@ struct TorchResult {
     forward: TorchPhase,
     train_step: TorchPhase,
     generate: Vec<TorchGen>,
+    /// Base and trained (LoRA) parameter counts.
+    #[serde(default)]
+    params: Option<u64>,
+    #[serde(default)]
+    trainable: Option<u64>,
 }
 
 /// Install (once) and run the PyTorch baseline.
@@ -240,12 +360,13 @@ fn run_torch(req: &TorchRequest) -> anyhow::Result<TorchResult> {
 }
 
 /// The side-by-side table; speed ratios are PyTorch's time over mpo's (above 1: mpo is faster).
-fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usize, f64)]) -> String {
+fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usize, f64)], same_weights: bool) -> String {
     let versions: Vec<String> = torch.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let mut s = format!(
-        "\n  against PyTorch eager ({}; {} threads), same weights and tokens; speed = PyTorch time / mpo time (cores busy in parentheses)\n",
+        "\n  against PyTorch eager ({}; {} threads), {}; speed = PyTorch time / mpo time (cores busy in parentheses)\n",
         versions.join(", "),
-        torch.threads
+        torch.threads,
+        if same_weights { "same weights and tokens" } else { "same shapes and tokens, random weights on each side" }
     );
     s += &format!("  {:<22} {:>16} {:>16} {:>8}\n", "", "mpo", "PyTorch", "speed");
     let row = |name: &str, a: f64, ab: f64, b: f64, bb: f64| {
@@ -276,7 +397,7 @@ fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usiz
             );
         }
     }
-    if let Some(first) = torch.train_step.losses.first() {
+    if let Some(first) = torch.train_step.losses.first().filter(|_| same_weights) {
         s += &format!(
             "  loss before the first step: mpo {:.5}, PyTorch {:.5} (|diff| {:.1e}: the same model on the same tokens)\n",
             ours.first_loss,
@@ -285,4 +406,43 @@ fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usiz
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::memory::{base_parameters, lora_parameters};
+    use crate::model::weights::LlamaConfig;
+
+    fn shipped(name: &str) -> LlamaConfig {
+        let (_, text) = read_config(name).unwrap();
+        LlamaConfig::from_hf(&serde_json::from_str(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_shipped_configs_are_the_published_models() {
+        // Qwen2.5-1.5B: 1.54B parameters; Qwen2.5-7B: 7.62B (their model cards)
+        let small = shipped("qwen2.5-1.5b-instruct");
+        assert!((1_540_000_000..1_550_000_000).contains(&base_parameters(&small)), "{}", base_parameters(&small));
+        assert!(small.tie_word_embeddings && small.attention_bias && small.num_kv_heads == 2);
+        let big = shipped("qwen2.5-7b-instruct");
+        assert!((7_610_000_000..7_620_000_000).contains(&base_parameters(&big)), "{}", base_parameters(&big));
+        assert!(!big.tie_word_embeddings && big.num_kv_heads == 4 && big.vocab_size == 152064);
+        // the paper's adapters: every projection and lm_head, once each
+        let l = paper_lora();
+        assert_eq!(l.targets.len(), 8);
+        assert_eq!(lora_parameters(&small, 64, &l.targets), lora_parameters(&small, 64, &LoraTarget::ALL));
+    }
+
+    #[test]
+    fn a_config_is_a_name_a_folder_or_a_file_and_anything_else_says_which() {
+        let dir = std::env::temp_dir().join(format!("mpo-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), SHIPPED_CONFIGS[0].1).unwrap();
+        assert_eq!(read_config(dir.to_str().unwrap()).unwrap().1, SHIPPED_CONFIGS[0].1);
+        assert_eq!(read_config(dir.join("config.json").to_str().unwrap()).unwrap().1, SHIPPED_CONFIGS[0].1);
+        let e = read_config("qwen2.5-3b").unwrap_err().to_string();
+        assert!(e.contains("qwen2.5-1.5b-instruct, qwen2.5-7b-instruct"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -6,6 +6,9 @@ use std::collections::BTreeSet;
 
 use serde_json::Value as J;
 
+/// Between a key's field values.
+const SEPARATOR: &str = " / ";
+
 /// The fields that key rubric families; none: one rubric for every rollout.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Partition {
@@ -31,6 +34,9 @@ impl Partition {
         let mut parts = Vec::with_capacity(self.fields.len());
         for f in &self.fields {
             let part = match record.get(f) {
+                Some(J::String(s)) if s.contains(SEPARATOR) => {
+                    return Err(format!("`{f}` is `{s}`, which holds `{SEPARATOR}`: the separator of a family's fields"));
+                }
                 Some(J::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
                 Some(J::Number(n)) => n.to_string(),
                 Some(J::Bool(b)) => b.to_string(),
@@ -40,7 +46,7 @@ impl Partition {
             };
             parts.push(part);
         }
-        Ok(parts.join(" / "))
+        Ok(parts.join(SEPARATOR))
     }
 
     /// Every family of `records`, sorted; the first record that has no key names the error
@@ -97,6 +103,8 @@ mod tests {
         assert_eq!(p.key(&json!({"type": "Algebra"})).unwrap_err(), "no field `cluster`");
         assert_eq!(p.key(&json!({"type": "Algebra", "cluster": null})).unwrap_err(), "`cluster` is null, not a string, number or boolean");
         assert_eq!(p.key(&json!({"type": " ", "cluster": 1})).unwrap_err(), "`type` is empty");
+        // ("a / b", 1) and ("a", "b / 1") would be one family
+        assert!(p.key(&json!({"type": "a / b", "cluster": 1})).unwrap_err().contains("the separator"));
         let whole = Partition::default();
         assert!(whole.is_whole());
         assert_eq!(whole.key(&json!({})).unwrap(), "");

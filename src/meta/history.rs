@@ -100,10 +100,13 @@ impl History {
             .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).collect::<Vec<_>>())
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|e| {
+            .map(|e| {
+                // A family is named by its history's lines; one whose history cannot be read is
+                // listed under its folder name (reading it then says what is wrong).
                 let h = History { dir: e.path(), family: None };
-                let key = h.entries().ok()?.into_iter().find_map(|e| e.family)?;
-                Some(History { family: Some(key), ..h })
+                let key = h.entries().ok().and_then(|es| es.into_iter().find_map(|e| e.family));
+                let key = key.unwrap_or_else(|| e.file_name().to_string_lossy().to_string());
+                History { family: Some(key), ..h }
             })
             .collect();
         out.sort_by(|a, b| a.family.cmp(&b.family));

@@ -263,6 +263,15 @@ pub fn analyze_guidelines(domain_guidelines: bool, record: &J) -> &'static str {
     if domain_guidelines { math_guidelines(record.get("type").and_then(J::as_str).unwrap_or("")) } else { "" }
 }
 
+/// A joint review's guidelines: the samples' own when they share them, else none (a review of
+/// several MATH subjects gets no one subject's hint).
+pub fn joint_guidelines<'a>(hints: &[&'a str]) -> &'a str {
+    match hints.first() {
+        Some(h) if hints.iter().all(|x| x == h) => h,
+        _ => "",
+    }
+}
+
 /// `n` samples of `candidates`, drawn with `rng` as `sampling` says. Score tertiles: sorted by
 /// score (ties by id), cut into three contiguous parts whose sizes differ by at most one (the
 /// first parts larger), `n / 3` drawn from each with the remainder going to the top parts; a
@@ -390,7 +399,7 @@ fn step(
         picked.sort_by(|a, b| a.score.unwrap_or(f64::NEG_INFINITY).total_cmp(&b.score.unwrap_or(f64::NEG_INFINITY)).then(a.id.cmp(&b.id)));
         let samples = || picked.iter().map(|s| s.context()).collect::<Vec<_>>();
         let hints: Vec<&str> = picked.iter().map(|s| analyze_guidelines(cfg.domain_guidelines, &s.record)).collect();
-        let guidelines = if hints.iter().all(|h| *h == hints[0]) { hints[0] } else { "" };
+        let guidelines = joint_guidelines(&hints);
         let prompt = render(&cfg.analyze, &ctx(Stage::AnalyzeJoint { samples: samples(), guidelines }))?;
         let analysis = ask(judge, vec![req(prompt, 0, "analyze")], &mut out.usage, false)
             .remove(0)

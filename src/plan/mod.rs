@@ -190,7 +190,13 @@ pub fn compile(r: &Resolved) -> Plan {
     let judge_calls = (episodes as f64 * judged_share).ceil() as u64;
     let meta_steps = schedule.meta_at.len() as u64;
     let prescreen = spec.meta.stages.as_ref().is_some_and(|s| s.prescreen.is_some()) as u64;
-    let meta_calls = meta_steps * (2 * spec.meta.samples as u64 + 1 + prescreen);
+    // per step: analyses and refinements per sample and a merge, or one of each (joint); with
+    // rubric families, per family that has rollouts (the count printed says so)
+    let per_step = match spec.meta.review {
+        crate::spec::MetaReview::PerSample => 2 * spec.meta.samples as u64 + 1,
+        crate::spec::MetaReview::Joint => 2,
+    };
+    let meta_calls = meta_steps * (per_step + prescreen);
     let used = |d: &Option<crate::task::DataSummary>, s: &Option<crate::spec::DataSource>| {
         d.as_ref().map(|t| t.len.min(s.as_ref().and_then(|s| s.limit).unwrap_or(usize::MAX))).unwrap_or(0)
     };

@@ -289,11 +289,12 @@ pub fn render_summary(plan: &Plan) -> String {
     let e = &plan.estimates;
     let _ = writeln!(
         o,
-        "  estimates {} episodes, <= {} policy tokens, {} judge calls, {} meta calls, <= {} judge tokens (retries included){}",
+        "  estimates {} episodes, <= {} policy tokens, {} judge calls, {} meta calls{}, <= {} judge tokens (retries included){}",
         thousands(e.episodes),
         thousands(e.policy_tokens),
         thousands(e.judge_calls),
         thousands(e.meta_calls),
+        if s.meta.partition_by.is_empty() { "" } else { " per rubric family (meta.partition_by)" },
         thousands(e.judge_tokens),
         if e.eval_episodes > 0 { format!(", {} eval episodes", thousands(e.eval_episodes)) } else { String::new() }
     );

@@ -60,6 +60,7 @@ pub struct MetricsRow {
     /// GRPO groups left with fewer than two scored members.
     pub groups_dropped: usize,
     /// The amount subtracted from a response cut off by `ppo.response_length`.
+    /// With rubric families whose ranges differ under `reward.aggregate: sum`, the largest.
     pub missing_eos_penalty: Option<f64>,
     /// Judge answers that gave no score, by kind (`unparseable`, `truncated`, ...).
     pub judge_failures: BTreeMap<String, u64>,

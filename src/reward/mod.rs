@@ -174,6 +174,14 @@ pub fn score_batch_by(
     update: u32,
     usage: &mut TokenUsage,
 ) -> Result<Vec<Scored>, RewardError> {
+    if which.len() != rollouts.len() || which.iter().any(|&w| w >= rubrics.len()) {
+        return Err(RewardError::Config(format!(
+            "{} rollouts with {} rubric choices among {} rubrics",
+            rollouts.len(),
+            which.len(),
+            rubrics.len()
+        )));
+    }
     let spec = &cfg.spec;
     let rubric_of = |i: usize| rubrics[which[i]];
     let mut out: Vec<Scored> = rollouts

@@ -39,9 +39,8 @@ pub fn repetition(text: &str) -> f64 {
     rep as f64 / (w.len() - 2) as f64
 }
 
-/// Signals of a batch: `responses` with their token counts, and their scores under a rubric
-/// whose totals span `min_total..=max_total`.
-/// `ranges[i]`: the lowest and highest total of the rubric `scored[i]` was scored under.
+/// Signals of a batch: `responses` with their token counts, and their scores; `ranges[i]`: the
+/// lowest and highest total of the rubric `scored[i]` was scored under (rubric families differ).
 pub fn compute(responses: &[(&str, usize)], scored: &[Scored], ranges: &[(f64, f64)]) -> Signals {
     let n = responses.len().max(1) as f64;
     let mut counts: HashMap<&str, usize> = HashMap::new();

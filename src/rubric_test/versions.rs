@@ -104,7 +104,9 @@ pub fn run(run: &Path, cases: Option<&Path>, record: bool, family: Option<&str>)
             Rubric::parse(&t).map_err(|e| format!("{}: {e}", p.display()))
         })
         .collect::<Result<_, String>>()?;
-    let v0 = rubrics.first().ok_or("the run has no rubric versions yet (rubrics/history.jsonl is empty)")?;
+    let v0 = rubrics
+        .first()
+        .ok_or_else(|| format!("the run has no rubric versions yet ({} is empty)", history.folder().join("history.jsonl").display()))?;
 
     let seed = spec.runtime.seed;
     let train = spec.train_data().map_err(|e| e.to_string())?;

@@ -136,10 +136,11 @@ fn family_step<B: AutodiffBackend>(r: &mut Runner<'_, B>, i: usize, pool: &[Meta
     let new_version = family.history.record(&outcome, &family.rubric, current)?;
     state.meta_steps += 1;
     state.meta_accepted += u32::from(new_version.is_some() && outcome.result.is_ok());
-    if !outcome.repeats_dropped.is_empty() {
-        r.progress.log(&format!("update {update}: the merge wrote an item again; dropped {}", outcome.repeats_dropped.join(", ")));
-    }
     let whose = if family.key.is_empty() { String::new() } else { format!(" {}", family.key) };
+    if !outcome.repeats_dropped.is_empty() {
+        let stage = if cfg.review == crate::spec::MetaReview::Joint { "refinement" } else { "merge" };
+        r.progress.log(&format!("update {update}: the {stage}{whose} wrote an item again; dropped {}", outcome.repeats_dropped.join(", ")));
+    }
     let kept = outcome.result.as_ref().err().cloned();
     match (new_version, outcome.result) {
         (Some(v), Ok(rubric)) => {

@@ -165,7 +165,7 @@ fn progress_line(row: &MetricsRow, updates: u32, scoring: &Scoring) -> String {
         transport += &format!(" | rollout engine: {}", t.summary());
     }
     format!(
-        "update {}/{updates}: reward {} (judge {}, verifier {}) kl {:.4} len {:.0} failures {} rubric v{:03} | gen {:.0}s judge {:.0}s ppo {:.0}s{}",
+        "update {}/{updates}: reward {} (judge {}, verifier {}) kl {:.4} len {:.0} failures {} {} | gen {:.0}s judge {:.0}s ppo {:.0}s{}",
         row.update,
         fmt3(row.reward.mean),
         fmt3(row.judge_reward_mean),
@@ -173,7 +173,10 @@ fn progress_line(row: &MetricsRow, updates: u32, scoring: &Scoring) -> String {
         secs(row.kl),
         scoring.signals.mean_response_tokens,
         scoring.scored.iter().filter(|s| s.failure.is_some()).count(),
-        row.rubric_version,
+        match &row.rubric_versions {
+            Some(v) => format!("rubrics: {} rewrites in force over {} families", row.rubric_version, v.len()),
+            None => format!("rubric v{:03}", row.rubric_version),
+        },
         secs(t.generate),
         secs(t.judge),
         secs(t.ppo),

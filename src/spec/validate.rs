@@ -1170,6 +1170,15 @@ fn partition_checks(v: &mut V, spec: &Spec, kind: TaskKind, data_seed: u64) {
         .help
         .push("remove `meta.gate`, or `meta.partition_by` for one rubric".into());
     }
+    if spec.ppo.recenter_critic {
+        v.error(
+            "ppo.recenter_critic",
+            "`ppo.recenter_critic` shifts every rollout's values at a rubric switch, and with rubric families one family's switch leaves the others' rewards as they were",
+            "with meta.partition_by",
+        )
+        .help
+        .push("remove `ppo.recenter_critic`, or `meta.partition_by` for one rubric".into());
+    }
     let Ok(train) = task::load(kind, &spec.task.train, data_seed, Split::Train) else { return };
     match crate::meta::family::Partition::new(fields).keys(&train.records) {
         Err(e) => {
