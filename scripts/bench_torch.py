@@ -37,13 +37,25 @@ def main():
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    gguf = req["gguf"]
+    gguf = req.get("gguf")
     t0 = time.perf_counter()
-    # transformers dequantizes the GGUF to f32 (llama.cpp's q/k permutation undone), as mpo does.
-    base = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32
-    )
+    if gguf:
+        # transformers dequantizes the GGUF to f32 (llama.cpp's q/k permutation undone), as mpo does.
+        base = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32
+        )
+    else:
+        # A config.json alone: the model's shapes with transformers' own random initialisation.
+        import tempfile
+        from transformers import AutoConfig
+
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(req["config"], f)
+            config = AutoConfig.from_pretrained(d)
+        base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     base.eval()
+    params = sum(p.numel() for p in base.parameters())
     load_s = time.perf_counter() - t0
     res = {
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
@@ -88,6 +100,8 @@ def main():
         peft.LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], target_modules=lora["targets"], lora_dropout=0.0, bias="none"),
     )
     steps = int(req["steps"])
+    res["params"] = params
+    res["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def forward():
         with torch.inference_mode():
