@@ -456,7 +456,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
                 (None, MetaReview::PerSample) if meta_on => {
                     v.error("meta.stages", "`meta.stages.merge` is missing", "`meta.review: per_sample` merges the refined rubrics")
                         .help
-                        .push("add `merge: prompt_templates/meta/merge.j2`, or set `meta.review: joint` (one refinement from all samples, no merge)".into());
+                        .push("add `merge: prompt_templates/meta/merge.j2`, or set `meta.review: joint` (one refinement from all samples, no merge) with its own `analyze` and `refine` templates (`prompt_templates/meta/joint/`)".into());
                 }
                 (None, _) => {}
             }
@@ -1187,7 +1187,13 @@ fn partition_checks(v: &mut V, spec: &Spec, kind: TaskKind, data_seed: u64) {
                 format!("task.train {e}: every training record needs every field of `meta.partition_by`"),
                 "a record without a family",
             );
-            if fields.iter().any(|f| f == "cluster") && kind == TaskKind::Math {
+            // What the records do have, so a misspelt or missing field is plain.
+            if let Some(J::Object(first)) = train.records.first() {
+                let have: Vec<String> = first.keys().map(|k| format!("`{k}`")).collect();
+                d.help.push(format!("the training records have {}", have.join(", ")));
+            }
+            // The script reads MATH files (seven subjects); generated arithmetic is not one.
+            if fields.iter().any(|f| f == "cluster") && kind == TaskKind::Math && spec.task.train.path.is_some() {
                 d.help.push(
                     "`scripts/math_clusters.sh IN.jsonl OUT.jsonl` adds the reference's difficulty `cluster` (1-3) to MATH records".into(),
                 );
