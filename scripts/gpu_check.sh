@@ -14,14 +14,26 @@
 # (GPU_CHECK_BUDGET_S, default 540 s): correctness first (`mpo kernels` on each backend: every
 # matmul kernel autotune can pick, forced; the tiny spec with adapters on every projection
 # against the CPU, cold and warm autotune cache; GPU_CHECK_ONLY_CORRECTNESS=1 stops there, and
-# needs no GGUF), then the generation and training benchmarks on cuda, the
-# demo spec on cuda (6 updates), the same on wgpu, and a CPU baseline of the demo on the
-# device's own cores (2 updates) so the step-time ratio comes from one machine. Everything is
-# tee'd to $OUT/gpu_check.log; $OUT/summary.txt has the figures for BENCHMARKS.md. burn
-# compiles and autotunes kernels on first use (minutes on cuda); the cache goes to
-# $MPO_CACHE_DIR/cubecl, so the wgpu and later cuda steps reuse what the first one paid for.
+# needs no GGUF). GPU_CHECK_PAPER=1 (issue 35) runs instead, in this order: the tiny parity on
+# cuda with an empty autotune cache and with the one a previous machine left (.devbin/cubecl,
+# carried; this run's cache is saved to $OUT/cubecl.tar.xz for the next), the demo spec on cuda
+# against the same spec on the device's CPU cores (same numbers within tolerance), a
+# Qwen2.5-1.5B-shaped PPO update (`bench train --ppo`: reference, old log-prob and value passes,
+# one step of the policy and of a separate critic; the paper's adapters, random weights from the
+# shipped config; PAPER_BATCH rollouts of PAPER_SEQ tokens, default 4 x 1024) in f32 and bf16
+# against the same update in PyTorch eager on
+# the same GPU in tf32 and bf16 (the image's python: MPO_TORCH_PYTHON), and generation on cuda
+# at the paper's rollout batch (PAPER_ROLLOUT_BATCH, default 64; the demo model). Otherwise,
+# after correctness: the generation and training benchmarks, the demo spec on cuda
+# (6 updates), the same on wgpu, and a CPU baseline of the demo on the device's own cores (2
+# updates) so the step-time ratio comes from one machine. Everything is tee'd to
+# $OUT/gpu_check.log; $OUT/summary.txt has the figures for BENCHMARKS.md. burn compiles and
+# autotunes kernels on first use (minutes on cuda); the cache goes to $MPO_CACHE_DIR/cubecl, so
+# later steps reuse what the first one paid for.
 #
-# Dry run here (CPU only, tiny budget): GPU_CHECK_BACKENDS=cpu OUT=/tmp/gc scripts/gpu_check.sh measure
+# Dry runs here (CPU only, tiny shapes; mpo from target/release, or GPU_CHECK_BIN):
+#   GPU_CHECK_BACKENDS=cpu OUT=/tmp/gc scripts/gpu_check.sh measure
+#   GPU_CHECK_PAPER=1 GPU_CHECK_DRY_RUN=1 OUT=/tmp/gc scripts/gpu_check.sh measure
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 DEV=.devbin
@@ -70,7 +82,15 @@ measure() {
     t0=$(date +%s)
     deadline=$(( t0 + ${GPU_CHECK_BUDGET_S:-540} ))
     backends=${GPU_CHECK_BACKENDS:-cuda wgpu}
-    bin=$STAGE/bin/mpo
+    if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
+        # Every step of the paper checks on the CPU, at shapes that finish in minutes.
+        backends=cpu
+        : "${PAPER_BATCH:=1}" "${PAPER_SEQ:=16}" "${PAPER_ROLLOUT_BATCH:=4}" "${PAPER_CONFIG:=tests/configs/tiny-qwen2.json}"
+        : "${GPU_CHECK_DEMO_EPISODES:=8}"
+    elif [ "${GPU_CHECK_PAPER:-0}" = 1 ]; then
+        backends=${GPU_CHECK_BACKENDS:-cuda}
+    fi
+    bin=${GPU_CHECK_BIN:-$STAGE/bin/mpo}
     [ -x "$bin" ] || bin=target/release/mpo
     if [ -f "$DEV/gguf.b" ] && [ -f "$GGUF.a" ]; then
         cat "$GGUF.a" "$DEV/gguf.b" > "$GGUF.part" && rm -f "$GGUF.a" && mv "$GGUF.part" "$GGUF"
@@ -109,6 +129,11 @@ measure() {
     # Correctness first (issue 31): every matmul kernel autotune can pick, forced, at the shapes
     # that broke cubek-matmul 0.2.0; then the tiny spec with adapters on every projection on
     # each GPU backend against the CPU (the parity `tests/it/wgpu.rs` runs on lavapipe).
+    if [ "${GPU_CHECK_PAPER:-0}" = 1 ]; then
+        paper "$bin" "$out"
+        echo "== done at +$(( $(date +%s) - t0 ))s"
+        return
+    fi
     for b in $backends; do
         step "kernels-$b" 240 "$bin" kernels --backend "$b"
     done
@@ -152,38 +177,89 @@ tiny_parity() {
     for b in $backends; do
         step "tiny-$b-warm" 200 "$bin" "${args[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-$b-warm"
     done
-    python3 - "$STAGE" $backends <<'PY' | tee -a "$out/summary.txt"
+    for b in $backends; do
+        parity "tiny parity $b vs cpu (all LoRA targets)" "$STAGE/tiny-cpu/tiny" "$STAGE/tiny-$b/tiny" 1e-4 | tee -a "$out/summary.txt"
+        parity "tiny parity $b-warm vs cpu" "$STAGE/tiny-cpu/tiny" "$STAGE/tiny-$b-warm/tiny" 1e-4 | tee -a "$out/summary.txt"
+    done
+}
+
+# parity LABEL DIR_A DIR_B TOL: the metrics of the runs under two folders over their common
+# updates: rollouts and scores exactly, training numbers within TOL (relative, or absolute
+# below 1).
+parity() {
+    python3 - "$@" <<'PY'
 import glob, json, sys
-stage, backends = sys.argv[1], sys.argv[2:]
-def rows(tag):
-    m = glob.glob(f"{stage}/tiny-{tag}/tiny/*/metrics.jsonl")
+label, a, b, tol = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+def rows(d):
+    m = glob.glob(f"{d}/*/metrics.jsonl")
     return [json.loads(l) for l in open(m[0])] if m else None
 def get(r, path):
     for k in path.strip("/").split("/"):
         r = r[k]
     return r
-cpu = rows("cpu")
+x, y = rows(a), rows(b)
+if x is None or y is None:
+    print(f"{label}: missing run ({a}: {x is not None}, {b}: {y is not None})")
+    sys.exit(0)
 exact = ["/episodes", "/reward", "/score_mean", "/eos_rate", "/tokens/policy_generated", "/judge_failures", "/rubric_version"]
 near = ["/entropy", "/kl", "/loss/policy", "/loss/value", "/approxkl", "/grad_norm"]
-for tag in [t for b in backends for t in (b, b + "-warm")]:
-    gpu = rows(tag)
-    if cpu is None or gpu is None:
-        print(f"tiny parity {tag}: missing run (cpu {cpu is not None}, {tag} {gpu is not None})")
-        continue
-    worst, bad = 0.0, []
-    for c, g in zip(cpu, gpu):
-        bad += [f"{p} at update {c['update']}" for p in exact if get(c, p) != get(g, p)]
-        for p in near:
-            x, y = get(c, p), get(g, p)
-            d = abs(x - y) / max(abs(x), 1.0)
-            worst = max(worst, d)
-            if d > 1e-4:
-                bad.append(f"{p} at update {c['update']}: cpu {x} vs {tag} {y}")
-    print(f"tiny parity {tag} vs cpu ({len(cpu)} updates, all LoRA targets): "
-          + ("AGREE" if not bad and len(cpu) == len(gpu) else "DIFFER") + f", worst training-number difference {worst:.2e}")
-    for b in bad[:6]:
-        print("   ", b)
+worst, bad = 0.0, []
+for c, g in zip(x, y):
+    bad += [f"{p} at update {c['update']}: {get(c, p)} vs {get(g, p)}" for p in exact if get(c, p) != get(g, p)]
+    for p in near:
+        u, v = get(c, p), get(g, p)
+        d = abs(u - v) / max(abs(u), 1.0)
+        worst = max(worst, d)
+        if d > tol:
+            bad.append(f"{p} at update {c['update']}: {u} vs {v}")
+n = min(len(x), len(y))
+print(f"{label} ({n} common updates): " + ("AGREE" if not bad and n > 0 else "DIFFER")
+      + f", worst training-number difference {worst:.2e} (tolerance {tol:g})")
+for m in bad[:6]:
+    print("   ", m)
 PY
+}
+
+# The paper-scale checks (GPU_CHECK_PAPER=1), most important first.
+paper() {
+    local bin=$1 out=$2 b carried=.devbin/cubecl.tar.xz
+    local cfg=${PAPER_CONFIG:-qwen2.5-1.5b-instruct} pb=${PAPER_BATCH:-4} ps=${PAPER_SEQ:-1024} rb=${PAPER_ROLLOUT_BATCH:-64}
+    local tiny=(run tests/specs/valid/tiny.yaml ppo.total_episodes=8 ppo.learning_rate=1e-3
+        "policy.lora.targets=[q, k, v, o, gate, up, down, lm_head]" eval.every=never)
+    # 1. Warm-up: the tiny spec on an empty autotune cache, then on the cache a previous
+    #    machine left (when one was carried), then warm; each against the CPU.
+    step tiny-cpu 200 "$bin" "${tiny[@]}" runtime.backend=cpu "output.root=$STAGE/tiny-cpu"
+    for b in $backends; do
+        [ "$b" = cpu ] && continue
+        rm -rf "$MPO_CACHE_DIR/cubecl"
+        step "warmup-$b-empty-cache" 240 "$bin" "${tiny[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-$b"
+        parity "tiny parity $b (empty cache) vs cpu" "$STAGE/tiny-cpu/tiny" "$STAGE/tiny-$b/tiny" 1e-4 | tee -a "$out/summary.txt"
+        if [ -f "$carried" ]; then
+            rm -rf "$MPO_CACHE_DIR/cubecl" && mkdir -p "$MPO_CACHE_DIR" && tar -xJf "$carried" -C "$MPO_CACHE_DIR"
+            step "warmup-$b-carried-cache" 200 "$bin" "${tiny[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-$b-carried"
+        else
+            echo "== warmup-$b-carried-cache: skipped, no $carried (this run saves one to \$OUT/cubecl.tar.xz)" | tee -a "$out/summary.txt"
+        fi
+    done
+    # 2. The demo spec on the GPU against the device's CPU cores: its first updates, compared.
+    local demo=(run specs/math.yaml "ppo.total_episodes=${GPU_CHECK_DEMO_EPISODES:-16}")
+    step demo-cpu 240 "$bin" "${demo[@]}" runtime.backend=cpu "output.root=$STAGE/demo-cpu"
+    for b in $backends; do
+        [ "$b" = cpu ] && continue
+        step "demo-$b" 200 "$bin" "${demo[@]}" "runtime.backend=$b" "output.root=$STAGE/demo-$b"
+        parity "demo $b vs cpu" "$STAGE/demo-cpu/math" "$STAGE/demo-$b/math" 1e-3 | tee -a "$out/summary.txt"
+    done
+    # 3. The paper's policy shape: f32 against PyTorch tf32, bf16 against PyTorch bf16.
+    for b in $backends; do
+        local t=(bench train --backend "$b" --config "$cfg" --random-weights --ppo --batch "$pb" --seq "$ps" --steps 2 --torch)
+        step "paper-step-$b-f32" 200 "$bin" "${t[@]}" --precision f32 --torch-dtype "$([ "$b" = cpu ] && echo f32 || echo tf32)"
+        step "paper-step-$b-bf16" 200 "$bin" "${t[@]}" --precision bf16 --torch-dtype bf16
+    done
+    # 4. Generation at the paper's rollout batch (the demo model: generation needs a tokenizer).
+    for b in $backends; do
+        step "generate-$b-b$rb" 120 "$bin" bench generate --backend "$b" --batch "$rb" --new-tokens 32
+    done
+    [ -d "$MPO_CACHE_DIR/cubecl" ] && tar -cJf "$out/cubecl.tar.xz" -C "$MPO_CACHE_DIR" cubecl
 }
 
 case "${1:-}" in

@@ -426,6 +426,20 @@ pub enum BenchCommand {
         /// With --config: seeded random weights (no weights are read).
         #[arg(long, requires = "config")]
         random_weights: bool,
+        /// mpo's arithmetic (`runtime.precision`): f32, or bf16 (the frozen base stored and
+        /// multiplied in bf16; for cuda, and on the CPU for its numbers, not its speed).
+        #[arg(long, default_value = "f32", value_parser = precision_arg)]
+        precision: crate::spec::Precision,
+        /// With --torch: PyTorch's arithmetic, f32, tf32 (f32 weights, TensorFloat-32 products
+        /// on a GPU) or bf16 (weights in bf16, adapters in f32); default: the one of --precision.
+        #[arg(long, requires = "torch", value_parser = ["f32", "tf32", "bf16"])]
+        torch_dtype: Option<String>,
+        /// With --config: time one PPO update instead of a LoRA step: --batch rollouts of --seq
+        /// tokens (a quarter prompt), the reference, old log-prob and value passes, then one
+        /// optimizer step of the policy and of a separate critic (its own adapters and value
+        /// head); with --torch the same update in transformers + peft.
+        #[arg(long, requires = "config")]
+        ppo: bool,
     },
     /// One PPO update at the demo's shapes with the rollout-time passes shared (as a run does
     /// them) against separate no-grad passes, alternating in one process.
@@ -453,6 +467,11 @@ fn positive(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// `--precision`: the names `runtime.precision` takes.
+fn precision_arg(s: &str) -> Result<crate::spec::Precision, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| format!("`{s}`: expected f32 or bf16"))
 }
 
 /// How a command failed. [`exit`] reports every failure in one place with the documented codes.
@@ -654,11 +673,38 @@ fn dispatch(command: Command) -> Outcome {
                         )
                     })
                 }
-                BenchCommand::Train { batch, seq, steps, backend, torch, llama_server, server, new_tokens, config, random_weights: _ } => {
+                BenchCommand::Train {
+                    batch,
+                    seq,
+                    steps,
+                    backend,
+                    torch,
+                    llama_server,
+                    server,
+                    new_tokens,
+                    config,
+                    random_weights: _,
+                    precision,
+                    torch_dtype,
+                    ppo,
+                } => {
+                    let torch_dtype = torch_dtype.unwrap_or_else(|| precision.as_str().to_string());
                     crate::bench::with_server(server, llama_server, 8, |server| {
                         crate::bench::on_backend(
                             &backend,
-                            crate::bench::train::TrainBench { batch, seq, steps, torch, server, new_tokens, config },
+                            crate::bench::train::TrainBench {
+                                batch,
+                                seq,
+                                steps,
+                                torch,
+                                server,
+                                new_tokens,
+                                config,
+                                precision,
+                                torch_dtype,
+                                torch_device: if backend == "cuda" { "cuda" } else { "cpu" },
+                                ppo,
+                            },
                         )
                     })
                 }

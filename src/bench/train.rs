@@ -29,6 +29,14 @@ pub struct TrainBench {
     /// `--config`: a model built from a Hugging Face `config.json` alone, with seeded random
     /// weights (a shipped name, a folder or a file), trained as the paper trains its policy.
     pub config: Option<String>,
+    /// mpo's arithmetic (`--precision`).
+    pub precision: crate::spec::Precision,
+    /// PyTorch's: `f32`, `tf32` or `bf16` (`--torch-dtype`).
+    pub torch_dtype: String,
+    /// Where PyTorch runs: `cuda` when mpo does, else `cpu`.
+    pub torch_device: &'static str,
+    /// With `config`: time a PPO update ([`ppo_update`]) instead of a LoRA step.
+    pub ppo: bool,
 }
 
 /// The shipped configs (`configs/<name>/config.json`), compiled in so a name works anywhere.
@@ -128,9 +136,11 @@ impl BackendJob for TrainBench {
         }
         let mref = registry::resolve("smollm2-135m-instruct", Path::new("."))?;
         let mut out = format!(
-            "train bench: SmolLM2-135M-Instruct (GGUF dequantized to f32) on burn {backend_name}, batch {} x {} tokens, \
+            "train bench: SmolLM2-135M-Instruct (GGUF dequantized to f32) on burn {backend_name} in {}, batch {} x {} tokens, \
              forward + backward + AdamW on the LoRA parameters, full-vocabulary log-softmax on every position\n",
-            self.batch, self.seq
+            self.precision.as_str(),
+            self.batch,
+            self.seq
         );
         let demo = LoraConfig { rank: 8, alpha: 16.0, targets: vec![LoraTarget::Q, LoraTarget::V] };
         let all = LoraConfig { targets: LoraTarget::ALL.to_vec(), ..demo.clone() };
@@ -142,7 +152,7 @@ impl BackendJob for TrainBench {
         let mut ours = None;
         let mut rows = vec![];
         for (label, lora) in configs {
-            let m = model::load::<B>(&mref, Some(&lora), 0, &device, &mut |l| eprintln!("{l}"))?;
+            let m = model::load::<B>(&mref, Some(&lora), 0, &device, &mut |l| eprintln!("{l}"))?.precision(self.precision);
             rows = train_rows(self.batch, self.seq, m.config.vocab_size);
             let r = measure_train(m.model, &rows, self.steps)?;
             let toks = (self.batch * self.seq) as f64;
@@ -172,6 +182,8 @@ impl BackendJob for TrainBench {
         let torch = run_torch(&TorchRequest {
             gguf: Some(crate::model::fetch::fetch("smollm2-135m-instruct", &mut |l| eprintln!("{l}"))?.display().to_string()),
             config: None,
+            device: self.torch_device.into(),
+            dtype: self.torch_dtype.clone(),
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             train_rows: rows,
             steps: self.steps,
@@ -180,6 +192,7 @@ impl BackendJob for TrainBench {
             generate_batches: rates.iter().map(|g| g.batch).collect(),
             new_tokens: self.new_tokens,
             pad_id: pad,
+            ppo: false,
         })?;
         let server: Vec<(usize, f64)> = match &self.server {
             Some(url) => rates
@@ -205,10 +218,11 @@ impl TrainBench {
         let (base, trained) =
             (crate::model::memory::base_parameters(&config), crate::model::memory::lora_parameters(&config, lora.rank, &lora.targets));
         let mut out = format!(
-            "train bench: {name} built from its config.json with seeded random weights ({:.3}B parameters), on burn {backend_name}, \
+            "train bench: {name} built from its config.json with seeded random weights ({:.3}B parameters), on burn {backend_name} in {}, \
              batch {} x {} tokens, LoRA r={} alpha={} on every projection and lm_head ({:.1}M trained), forward + backward + AdamW, \
              full-vocabulary log-softmax on every position\n",
             base as f64 / 1e9,
+            self.precision.as_str(),
             self.batch,
             self.seq,
             lora.rank,
@@ -216,7 +230,7 @@ impl TrainBench {
             trained as f64 / 1e6
         );
         let src = crate::model::weights::RandomWeights { config: config.clone(), seed: 7 };
-        let model = crate::model::Llama::<B>::load(&config, &src, Some(&lora), self.seq.max(2), 0, &device)?;
+        let model = crate::model::Llama::<B>::load(&config, &src, Some(&lora), self.seq.max(2), 0, &device)?.with_precision(self.precision);
         // What was built, counted (the formulas above are `mpo plan`'s memory estimate). A tied
         // LM head is held as its own frozen copy of the embedding (transposed), one more matrix.
         let built = burn::module::Module::num_params(&model) as u64;
@@ -227,8 +241,25 @@ impl TrainBench {
             base + trained + head_copy
         );
         let rows = train_rows(self.batch, self.seq, config.vocab_size);
-        let ours = measure_train(model, &rows, self.steps)?;
         let toks = (self.batch * self.seq) as f64;
+        if self.ppo {
+            let secs = ppo_update(model, &rows, self.steps)?;
+            out += &format!(
+                "  PPO update ({} rollouts of {} tokens, a quarter prompt; reference, old log-prob and value passes, one optimizer step of \
+                 the policy and of a separate critic): {secs:.2}s = {:.0} tok/s\n",
+                self.batch,
+                self.seq,
+                toks / secs
+            );
+            if self.torch {
+                let torch = run_torch(&self.torch_request(json, rows, &lora, true))?;
+                let theirs = torch.ppo_update.as_ref().map(|p| p.secs).unwrap_or(f64::NAN);
+                out += &torch_header(&torch, false);
+                out += &format!("  {:<22} {:>9.2}s {:>16.2}s {:>7.2}x\n", "PPO update", secs, theirs, theirs / secs);
+            }
+            return Ok(out);
+        }
+        let ours = measure_train(model, &rows, self.steps)?;
         out += &format!(
             "  train step {:.2}s = {:.0} tok/s ({:.2} cores busy); forward-only baseline {:.2}s = {:.0} tok/s ({:.2} cores busy)\n",
             ours.step_s,
@@ -241,9 +272,26 @@ impl TrainBench {
         if !self.torch {
             return Ok(out);
         }
-        let torch = run_torch(&TorchRequest {
+        let torch = run_torch(&self.torch_request(json, rows, &lora, false))?;
+        out += &format!(
+            "  parameters: mpo {base} base + {trained} trained (counted in the built model); PyTorch {} base + {} trained{}\n",
+            torch.params.unwrap_or(0),
+            torch.trainable.unwrap_or(0),
+            if torch.params == Some(base) && torch.trainable == Some(trained) { " (the same shapes)" } else { " (DIFFERENT shapes)" }
+        );
+        out += &compare(&ours, &[], &torch, &[], false);
+        Ok(out)
+    }
+}
+
+impl TrainBench {
+    /// The PyTorch side of `--config`: the same config, rows and adapters.
+    fn torch_request(&self, config: serde_json::Value, rows: Vec<Vec<u32>>, lora: &LoraConfig, ppo: bool) -> TorchRequest {
+        TorchRequest {
             gguf: None,
-            config: Some(json),
+            config: Some(config),
+            device: self.torch_device.into(),
+            dtype: self.torch_dtype.clone(),
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             train_rows: rows,
             steps: self.steps,
@@ -258,16 +306,43 @@ impl TrainBench {
             generate_batches: vec![],
             new_tokens: self.new_tokens,
             pad_id: 0,
-        })?;
-        out += &format!(
-            "  parameters: mpo {base} base + {trained} trained (counted in the built model); PyTorch {} base + {} trained{}\n",
-            torch.params.unwrap_or(0),
-            torch.trainable.unwrap_or(0),
-            if torch.params == Some(base) && torch.trainable == Some(trained) { " (the same shapes)" } else { " (DIFFERENT shapes)" }
-        );
-        out += &compare(&ours, &[], &torch, &[], false);
-        Ok(out)
+            ppo,
+        }
     }
+}
+
+/// Mean seconds of `steps` PPO updates (after one untimed update, which also makes the adapters
+/// non-zero so every timed update runs its reference pass): the rows as rollouts (the first
+/// quarter the prompt), random scores, one epoch of one mini-batch, a separate critic.
+fn ppo_update<B: AutodiffBackend>(policy: crate::model::Llama<B>, rows: &[Vec<u32>], steps: usize) -> anyhow::Result<f64> {
+    use crate::run::train::{Passes, Seq, Trainer, update};
+    let device = policy.embed.val().device();
+    let adam = || AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init::<B, crate::model::Llama<B>>();
+    let critic = policy.with_fresh_adapters(&paper_lora(), "critic", 1).with_value_head(2, &device);
+    let mut tr = Trainer { policy, optim: adam(), critic: Some((critic, adam())) };
+    let mut rng = crate::rng::stream(3, "bench/ppo-scores");
+    let seqs: Vec<Seq> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let q = (r.len() / 4).max(1);
+            Seq {
+                query: r[..q].to_vec(),
+                response: r[q..].to_vec(),
+                score: rand::Rng::random_range(&mut rng, -1.0..1.0),
+                group: i,
+                rollout_logprobs: vec![],
+            }
+        })
+        .collect();
+    let spec = crate::spec::PpoSpec { num_ppo_epochs: 1, num_mini_batches: 1, learning_rate: 1e-4, ..Default::default() };
+    let chunk = rows.len().max(1);
+    update(&mut tr, &seqs, &spec, 1e-4, 0, chunk, 0, 1, Passes::Shared, false);
+    let clock = CpuClock::start();
+    for u in 0..steps {
+        update(&mut tr, &seqs, &spec, 1e-4, 0, chunk, 0, u as u32 + 2, Passes::Shared, false);
+    }
+    Ok(clock.stop().0 / steps as f64)
 }
 
 #[derive(serde::Serialize)]
@@ -283,6 +358,9 @@ struct TorchRequest {
     /// The demo's weights, or (`config`) a config.json to build with random weights.
     gguf: Option<String>,
     config: Option<serde_json::Value>,
+    /// `cpu` or `cuda`; `f32`, `tf32` or `bf16`.
+    device: String,
+    dtype: String,
     threads: usize,
     train_rows: Vec<Vec<u32>>,
     steps: usize,
@@ -291,6 +369,8 @@ struct TorchRequest {
     generate_batches: Vec<usize>,
     new_tokens: usize,
     pad_id: u32,
+    /// Time a PPO update (a separate critic adapter and value head) instead of a LoRA step.
+    ppo: bool,
 }
 
 #[derive(serde::Deserialize, Debug)]
@@ -314,25 +394,46 @@ struct TorchGen {
 struct TorchResult {
     versions: std::collections::BTreeMap<String, String>,
     threads: usize,
-    forward: TorchPhase,
-    train_step: TorchPhase,
+    #[serde(default)]
+    forward: Option<TorchPhase>,
+    #[serde(default)]
+    train_step: Option<TorchPhase>,
+    #[serde(default)]
+    ppo_update: Option<TorchPhase>,
+    #[serde(default)]
     generate: Vec<TorchGen>,
     /// Base and trained (LoRA) parameter counts.
     #[serde(default)]
     params: Option<u64>,
+    /// What PyTorch ran on and in, and its peak GPU memory (bytes) where it ran on one.
+    #[serde(default)]
+    device: String,
+    #[serde(default)]
+    dtype: String,
+    #[serde(default)]
+    peak_memory: Option<u64>,
     #[serde(default)]
     trainable: Option<u64>,
 }
 
-/// Install (once) and run the PyTorch baseline.
+/// Install (once) and run the PyTorch baseline: in scripts/setup_torch.sh's venv, or with the
+/// interpreter `MPO_TORCH_PYTHON` names (a machine whose image has PyTorch and no registry).
 fn run_torch(req: &TorchRequest) -> anyhow::Result<TorchResult> {
-    let setup = Command::new("bash")
-        .arg("scripts/setup_torch.sh")
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| anyhow::anyhow!("could not run scripts/setup_torch.sh ({e}): run mpo bench from the repository root"))?;
-    anyhow::ensure!(setup.status.success(), "scripts/setup_torch.sh failed (its messages are above); --torch needs its venv");
-    let python = String::from_utf8_lossy(&setup.stdout).lines().last().unwrap_or_default().trim().to_string();
+    let python = match std::env::var("MPO_TORCH_PYTHON") {
+        Ok(p) if !p.is_empty() => p,
+        _ => {
+            let setup = Command::new("bash")
+                .arg("scripts/setup_torch.sh")
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| anyhow::anyhow!("could not run scripts/setup_torch.sh ({e}): run mpo bench from the repository root"))?;
+            anyhow::ensure!(
+                setup.status.success(),
+                "scripts/setup_torch.sh failed (its messages are above); --torch needs its venv, or MPO_TORCH_PYTHON naming a python with torch, transformers and peft"
+            );
+            String::from_utf8_lossy(&setup.stdout).lines().last().unwrap_or_default().trim().to_string()
+        }
+    };
     eprintln!("running the PyTorch baseline ({python} scripts/bench_torch.py) ...");
     let mut child = Command::new(&python)
         .arg("scripts/bench_torch.py")
@@ -361,19 +462,13 @@ fn run_torch(req: &TorchRequest) -> anyhow::Result<TorchResult> {
 
 /// The side-by-side table; speed ratios are PyTorch's time over mpo's (above 1: mpo is faster).
 fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usize, f64)], same_weights: bool) -> String {
-    let versions: Vec<String> = torch.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let mut s = format!(
-        "\n  against PyTorch eager ({}; {} threads), {}; speed = PyTorch time / mpo time (cores busy in parentheses)\n",
-        versions.join(", "),
-        torch.threads,
-        if same_weights { "same weights and tokens" } else { "same shapes and tokens, random weights on each side" }
-    );
-    s += &format!("  {:<22} {:>16} {:>16} {:>8}\n", "", "mpo", "PyTorch", "speed");
-    let row = |name: &str, a: f64, ab: f64, b: f64, bb: f64| {
+    let mut s = torch_header(torch, same_weights);
+    let row = |name: &str, a: f64, ab: f64, b: Option<&TorchPhase>| {
+        let (b, bb) = b.map(|p| (p.secs, p.cores_busy)).unwrap_or((f64::NAN, f64::NAN));
         format!("  {name:<22} {:>9.2}s ({ab:.2}) {:>9.2}s ({bb:.2}) {:>7.2}x\n", a, b, b / a)
     };
-    s += &row("train step", ours.step_s, ours.step_busy, torch.train_step.secs, torch.train_step.cores_busy);
-    s += &row("forward, no grad", ours.fwd_s, ours.fwd_busy, torch.forward.secs, torch.forward.cores_busy);
+    s += &row("train step", ours.step_s, ours.step_busy, torch.train_step.as_ref());
+    s += &row("forward, no grad", ours.fwd_s, ours.fwd_busy, torch.forward.as_ref());
     for g in rates {
         if let Some(t) = torch.generate.iter().find(|t| t.batch == g.batch) {
             let (ours_rate, theirs) = (g.tokens as f64 / g.secs, t.tokens as f64 / t.secs);
@@ -397,7 +492,7 @@ fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usiz
             );
         }
     }
-    if let Some(first) = torch.train_step.losses.first().filter(|_| same_weights) {
+    if let Some(first) = torch.train_step.as_ref().and_then(|t| t.losses.first()).filter(|_| same_weights) {
         s += &format!(
             "  loss before the first step: mpo {:.5}, PyTorch {:.5} (|diff| {:.1e}: the same model on the same tokens)\n",
             ours.first_loss,
@@ -405,6 +500,22 @@ fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usiz
             (ours.first_loss as f64 - first).abs()
         );
     }
+    s
+}
+
+/// The table's title: PyTorch's versions, device and arithmetic, and the column heads.
+fn torch_header(torch: &TorchResult, same_weights: bool) -> String {
+    let versions: Vec<String> = torch.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let mut s = format!(
+        "\n  against PyTorch eager ({}; {} on {}, {} threads{}), {}; speed = PyTorch time / mpo time (cores busy in parentheses)\n",
+        versions.join(", "),
+        torch.dtype,
+        torch.device,
+        torch.threads,
+        torch.peak_memory.map(|b| format!(", peak GPU memory {}", crate::model::memory::gib(b))).unwrap_or_default(),
+        if same_weights { "same weights and tokens" } else { "same shapes and tokens, random weights on each side" }
+    );
+    s += &format!("  {:<22} {:>16} {:>16} {:>8}\n", "", "mpo", "PyTorch", "speed");
     s
 }
 

@@ -191,7 +191,8 @@ impl BackendJob for EvalJob {
             &mut log,
         )
         .map_err(RunError::from)?
-        .quantized_decode(spec.runtime.quantized_decode);
+        .quantized_decode(spec.runtime.quantized_decode)
+        .precision(spec.runtime.precision);
         let (policy, update, label) = match &self.checkpoint {
             Some((u, d)) => {
                 let m = crate::model::adapter::load(loaded.model, &d.join("policy.safetensors"))

@@ -11,11 +11,12 @@ use std::sync::Arc;
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
+use burn::tensor::{DType, FloatDType};
 use rand::Rng;
 
 use super::quant::QuantMatrix;
 use super::weights::{LlamaConfig, RopeScaling, WeightSource, WeightsError};
-use crate::spec::LoraTarget;
+use crate::spec::{LoraTarget, Precision};
 
 /// LoRA settings for a model (the modules an adapter attaches to are the spec's own names).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -75,7 +76,7 @@ impl<B: Backend> LoraLinear<B> {
         let rows: usize = dims[..D - 1].iter().product();
         let x2: Tensor<B, 2> = x.reshape([rows, d_in]);
         let quant = if decode { self.quant_product(&x2, rows) } else { None };
-        let mut y = quant.unwrap_or_else(|| x2.clone().matmul(self.weight.val()));
+        let mut y = quant.unwrap_or_else(|| product(x2.clone(), self.weight.val()));
         if let Some(b) = &self.bias {
             y = y + b.val().unsqueeze::<2>();
         }
@@ -98,6 +99,18 @@ impl<B: Backend> LoraLinear<B> {
         let y = q.matmul(&host, rows);
         Some(Tensor::from_data(TensorData::new(y, [rows, q.rows()]), &x.device()))
     }
+}
+
+/// `a b`, in bf16 when `b` is stored in bf16 (`runtime.precision: bf16`): `a` rounded to bf16,
+/// the product accumulated in f32 by the backend's kernel and rounded to bf16, the result
+/// carried on in f32. Products of an f32 `b` are plain f32 products.
+fn product<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    if b.dtype() == DType::BF16 { a.cast(FloatDType::BF16).matmul(b).cast(FloatDType::F32) } else { a.matmul(b) }
+}
+
+/// `a b` for two activations (attention's products): in bf16 when `half`, as [`product`].
+fn product_of<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, half: bool) -> Tensor<B, D> {
+    if half { a.cast(FloatDType::BF16).matmul(b.cast(FloatDType::BF16)).cast(FloatDType::F32) } else { a.matmul(b) }
 }
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * w`.
@@ -411,6 +424,32 @@ impl<B: Backend> Llama<B> {
         m
     }
 
+    /// The same model with its frozen base in `precision` (`runtime.precision`). bf16 stores
+    /// every projection's weight, the embedding and the LM head in bf16 (their products then
+    /// run in bf16, [`product`], as do attention's); biases, norms, RoPE tables, adapters and
+    /// the value head stay f32: they are small, and the adapters and value head are what the
+    /// optimizer updates (an f32 master copy is the usual mixed-precision recipe).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        let dtype = match precision {
+            Precision::F32 => FloatDType::F32,
+            Precision::Bf16 => FloatDType::BF16,
+        };
+        let cast = |p: Param<Tensor<B, 2>>| p.map(|t| t.cast(dtype));
+        for b in &mut self.blocks {
+            for l in [&mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.gate, &mut b.up, &mut b.down] {
+                l.weight = cast(l.weight.clone());
+            }
+        }
+        self.lm_head.weight = cast(self.lm_head.weight.clone());
+        self.embed = cast(self.embed.clone());
+        self
+    }
+
+    /// Whether the frozen base is stored (and multiplied) in bf16.
+    pub fn is_bf16(&self) -> bool {
+        self.embed.val().dtype() == DType::BF16
+    }
+
     fn linears(&self) -> impl Iterator<Item = &LoraLinear<B>> {
         self.blocks.iter().flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down]).chain([&self.lm_head])
     }
@@ -484,7 +523,9 @@ impl<B: Backend> Llama<B> {
     ) -> Tensor<B, 3> {
         let [b, t] = tokens.dims();
         let d = self.embed.val().dims()[1];
-        let mut x = self.embed.val().select(0, tokens.reshape([b * t])).reshape([b, t, d]);
+        let rows = self.embed.val().select(0, tokens.reshape([b * t]));
+        let rows = if rows.dtype() == DType::BF16 { rows.cast(FloatDType::F32) } else { rows };
+        let mut x = rows.reshape([b, t, d]);
         let pos = positions.reshape([b * t]);
         let hd = self.head_dim;
         let rope = Rope::new(
@@ -530,7 +571,7 @@ impl<B: Backend> Llama<B> {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let attn = gqa(q, k, v, mask, kvh).swap_dims(1, 2).reshape([b, t, h * hd]);
+        let attn = gqa_in(q, k, v, mask, kvh, self.is_bf16()).swap_dims(1, 2).reshape([b, t, h * hd]);
         let x = x + blk.o.forward_with(attn, adapter, decode);
         let xn = blk.mlp_norm.forward(x.clone());
         let mlp = silu(blk.gate.forward_with(xn.clone(), adapter, decode)) * blk.up.forward_with(xn, adapter, decode);
@@ -609,12 +650,17 @@ fn rotate_half_matrix<B: Backend>(hd: usize, device: &B::Device) -> Tensor<B, 2>
 /// key/value head are stacked along the time axis (`[B, kv, rep*T, hd]`). `mask` is additive,
 /// `[B, kv, rep*T, T_all]` (or broadcastable to it).
 pub fn gqa<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 4>, n_kv: usize) -> Tensor<B, 4> {
+    gqa_in(q, k, v, mask, n_kv, false)
+}
+
+/// [`gqa`] with its two products in bf16 when `half` (the scores, mask and softmax stay f32).
+fn gqa_in<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 4>, n_kv: usize, half: bool) -> Tensor<B, 4> {
     let [b, h, t, hd] = q.dims();
     let rep = h / n_kv;
     let q = q.reshape([b, n_kv, rep * t, hd]);
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+    let scores = product_of(q, k.swap_dims(2, 3), half).mul_scalar(1.0 / (hd as f64).sqrt());
     let att = softmax_exact(scores + mask.clone(), 3);
-    att.matmul(v).reshape([b, h, t, hd])
+    product_of(att, v, half).reshape([b, h, t, hd])
 }
 
 /// Softmax from primitive operations (max, subtract, exp, sum, divide), as burn's autodiff
@@ -684,6 +730,30 @@ pub(crate) mod tests {
         assert!(!close(&on, &off, 1e-4));
         // the base is untouched: adapter off still gives the old logits
         assert!(close(&full_logits(&m, &rows, false), &off, 1e-6));
+    }
+
+    #[test]
+    fn a_bf16_base_holds_its_matrices_in_bf16_and_tracks_the_f32_logits() {
+        let cfg = LoraConfig { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec() };
+        let m = tiny(Some(&cfg));
+        let half = m.clone().with_precision(Precision::Bf16);
+        assert!(half.is_bf16() && !m.is_bf16());
+        assert_eq!(half.blocks[0].down.weight.val().dtype(), DType::BF16);
+        assert_eq!(half.lm_head.weight.val().dtype(), DType::BF16);
+        // what the optimizer updates, and the small vectors, stay f32
+        let l = half.blocks[0].q.lora.as_ref().unwrap();
+        assert_eq!((l.a.val().dtype(), l.b.val().dtype()), (DType::F32, DType::F32));
+        assert_eq!(half.norm.weight.val().dtype(), DType::F32);
+        let rows = vec![vec![5u32, 9, 12, 40, 7, 3], vec![1, 2, 3]];
+        let (f, h) = (full_logits(&m, &rows, true), full_logits(&half, &rows, true));
+        assert!(h.iter().all(|x| x.is_finite()));
+        assert_ne!(f, h, "no product ran in bf16");
+        // the logits of a 2-layer random model are O(1); bf16's products round at 2^-9
+        let worst = f.iter().zip(&h).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = f.iter().map(|a| a.abs()).fold(0f32, f32::max);
+        assert!(worst <= 0.02 * scale, "bf16 logits off by {worst} at scale {scale}");
+        // f32 leaves an f32 model as it was
+        assert_eq!(full_logits(&m.clone().with_precision(Precision::F32), &rows, true), f);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! How much device memory a run needs, from the model's config and the spec's shapes, before
 //! anything is loaded: for sizing a cluster job (`mpo plan`) and for `runtime.device_memory_gib`.
 //!
-//! An estimate, not a measurement. Counted in f32 (mpo computes in f32 on every backend):
+//! An estimate, not a measurement. Counted in f32 (mpo computes in f32 by default):
 //! - the frozen base weights, once (the reference pass and a `separate` critic share them);
+//!   with `runtime.precision: bf16` its matrices in 2 bytes (norms and biases stay f32);
 //! - LoRA adapters and value heads with their gradients and AdamW's two moments (16 bytes per
 //!   trained parameter);
 //! - training activations kept for the backward pass, per micro-batch row and layer:
@@ -10,7 +11,9 @@
 //!   products) plus attention's scores and probabilities, `2 H S` per token (no fused
 //!   attention kernel on burn 0.21); the policy's and a separate critic's graphs both;
 //! - the logits of a micro-batch three times (logits, log-softmax, its gradient): at a 150k
-//!   vocabulary this is the largest single term;
+//!   vocabulary this is the largest single term; in bf16 the head's bf16 output besides (the
+//!   activations are not lowered: bf16 products keep their bf16 operands for the backward
+//!   pass beside the f32 values the rest of the graph keeps);
 //! - generation: the KV cache of a rollout batch and its last logits.
 //!
 //! The peak is the weights plus the larger of training and generation. Allocator slack and
@@ -19,7 +22,7 @@
 //! compares with `runtime.device_memory_gib`.
 
 use super::weights::LlamaConfig;
-use crate::spec::{Critic, LoraTarget};
+use crate::spec::{Critic, LoraTarget, Precision};
 
 /// The shapes that decide memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +33,8 @@ pub struct Shapes {
     pub seq: usize,
     /// Rows generated (and scored without gradients) at once.
     pub rollout_rows: usize,
+    /// How the frozen base is stored (`runtime.precision`).
+    pub precision: Precision,
 }
 
 /// Bytes by what holds them.
@@ -54,6 +59,19 @@ const F32: u64 = 4;
 /// Parameters of the base model.
 pub fn base_parameters(c: &LlamaConfig) -> u64 {
     c.tensor_names().iter().filter_map(|n| c.tensor_shape(n)).map(|s| s.iter().product::<usize>() as u64).sum()
+}
+
+/// Bytes of the base model's weights stored in `precision`: bf16 keeps the matrices in 2 bytes,
+/// norms and biases (vectors) in f32.
+pub fn base_bytes(c: &LlamaConfig, precision: Precision) -> u64 {
+    c.tensor_names()
+        .iter()
+        .filter_map(|n| c.tensor_shape(n))
+        .map(|s| {
+            let n = s.iter().product::<usize>() as u64;
+            if precision == Precision::Bf16 && s.len() == 2 { n * 2 } else { n * F32 }
+        })
+        .sum()
 }
 
 /// Trained parameters of one LoRA adapter set of rank `r` on `targets`.
@@ -93,10 +111,10 @@ pub fn estimate(c: &LlamaConfig, rank: usize, targets: &[LoraTarget], critic: Op
     let per_token_layer = 10.0 * d + 2.0 * kv + 3.0 * f + 2.0 * heads * seq;
     let bytes = |x: f64| (x * F32 as f64) as u64;
     Memory {
-        base_weights: base_parameters(c).saturating_mul(F32),
+        base_weights: base_bytes(c, shapes.precision),
         trained: (lora + critic_params).saturating_mul(4 * F32),
         activations: bytes(graphs * tokens * layers * per_token_layer),
-        logits: bytes(3.0 * tokens * v),
+        logits: bytes(if shapes.precision == Precision::Bf16 { 3.5 } else { 3.0 } * tokens * v),
         generation: bytes(roll * seq * layers * 2.0 * kv + 2.0 * roll * v),
     }
 }
@@ -142,7 +160,7 @@ mod tests {
                 64,
                 &[LoraTarget::Q, LoraTarget::V],
                 Some(Critic::Separate),
-                Shapes { micro_rows: rows, seq: 1024, rollout_rows: 16 },
+                Shapes { micro_rows: rows, seq: 1024, rollout_rows: 16, precision: Precision::F32 },
             )
         };
         let (one, eight) = (m(1), m(8));
@@ -151,5 +169,17 @@ mod tests {
         // 8 rows of 1024 tokens over a 151,936-token vocabulary: 3 x 4.6 GiB of logits
         assert_eq!(gib(eight.logits), "13.9 GiB");
         assert!(eight.peak() > one.peak());
+    }
+
+    #[test]
+    fn a_bf16_base_takes_half_the_bytes_of_its_matrices() {
+        let c = qwen_1_5b();
+        let (f32, bf16) = (base_bytes(&c, Precision::F32), base_bytes(&c, Precision::Bf16));
+        assert_eq!(f32, 4 * base_parameters(&c));
+        // the vectors (norms: 2 per layer + 1; q/k/v biases) stay in 4 bytes
+        let vectors = 28 * (2 * 1536 + 1536 + 2 * 256) + 1536;
+        assert_eq!(bf16, 2 * (base_parameters(&c) - vectors) + 4 * vectors);
+        // 1.54B parameters: 5.8 GiB in f32, 2.9 GiB in bf16
+        assert_eq!((gib(f32).as_str(), gib(bf16).as_str()), ("5.8 GiB", "2.9 GiB"));
     }
 }

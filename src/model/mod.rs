@@ -56,6 +56,12 @@ impl<B: Backend> LoadedModel<B> {
         }
         self
     }
+
+    /// The policy's arithmetic (`runtime.precision`; [`Llama::with_precision`]).
+    pub fn precision(mut self, precision: crate::spec::Precision) -> Self {
+        self.model = self.model.with_precision(precision);
+        self
+    }
 }
 
 /// Load `mref` onto `device`, fetching a known model into the cache if it is missing. `lora`

@@ -295,7 +295,7 @@ pub fn base_cache(plan: &Plan, split: &str) -> RunDir {
         _ => J::Null,
     };
     let chat = s.policy.chat_template.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
-    let key = json!({
+    let mut key = json!({
         "mpo": env!("CARGO_PKG_VERSION"),
         "model": plan.inputs.models.policy,
         "model_file": model_identity,
@@ -324,6 +324,10 @@ pub fn base_cache(plan: &Plan, split: &str) -> RunDir {
             "model": plan.inputs.models.instrument,
         })),
     });
+    // bf16 is another arithmetic (another instrument); f32 caches keep their keys
+    if !s.runtime.precision.is_f32() {
+        key["precision"] = json!(s.runtime.precision.as_str());
+    }
     let hash = crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(crate::plan::canonical_json(&key).as_bytes()));
     RunDir { root: s.output.root.join(".base-eval").join(&hash[..16]) }
 }

@@ -203,7 +203,8 @@ fn trainer<B: AutodiffBackend>(plan: &Plan, device: &B::Device, progress: &Progr
     let lora = LoraConfig::from_spec(&spec.policy.lora);
     let mut log = |m: &str| progress.log(m);
     let loaded = model::load::<B>(&plan.inputs.models.policy, Some(&lora), crate::rng::sub_seed(seed, "model/init"), device, &mut log)?
-        .quantized_decode(spec.runtime.quantized_decode);
+        .quantized_decode(spec.runtime.quantized_decode)
+        .precision(spec.runtime.precision);
     // No optimizer-side clipping: burn's clips each tensor on its own; `train::update` clips
     // the global norm over every trained tensor instead.
     let adam = || burn::optim::AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(spec.ppo.weight_decay as f32).init::<B, Llama<B>>();

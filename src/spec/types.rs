@@ -1353,6 +1353,38 @@ pub struct RuntimeSpec {
     /// run's evaluations compare with any other run's.
     #[serde(skip_serializing_if = "RolloutsSpec::is_in_process")]
     pub rollouts: RolloutsSpec,
+    /// Arithmetic of the policy and critic: `f32` (the default), or `bf16` mixed precision: the
+    /// frozen base's projections, embedding and LM head stored in bf16 (half the memory) and
+    /// their products, with attention's two products, in bf16 with f32 accumulation; LoRA
+    /// adapters, value head, norms, softmax, log-softmax, losses and the optimizer stay f32.
+    /// For GPUs (cuda); wgpu has no bf16, and the CPU backend converts every bf16 product to
+    /// f32 and back (slower than f32: for checking numerics). Part of the run id only when bf16.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// Arithmetic of the policy and critic (`runtime.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 storage and products of the frozen base, f32 everywhere else (mixed precision).
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// The generator of a run's rollouts (`runtime.rollouts`).
@@ -1460,6 +1492,7 @@ impl Default for RuntimeSpec {
             device_memory_gib: None,
             quantized_decode: true,
             rollouts: RolloutsSpec::default(),
+            precision: Precision::F32,
         }
     }
 }

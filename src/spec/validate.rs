@@ -358,6 +358,27 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         .help
         .push(b.build_hint());
     }
+    match (spec.runtime.precision, spec.runtime.backend) {
+        (Precision::Bf16, BackendKind::Wgpu) => {
+            v.error(
+                "runtime.precision",
+                "`runtime.precision: bf16` needs a backend with bf16 tensors, and wgpu's shading language (WGSL) has no bf16 type",
+                "not on wgpu",
+            )
+            .help
+            .push("use `runtime.backend: cuda` for bf16, or `runtime.precision: f32` on wgpu".into());
+        }
+        (Precision::Bf16, BackendKind::Cpu) => {
+            v.warn(
+                "runtime.precision",
+                "bf16 on the CPU backend converts every bf16 product to f32 and back: slower than f32, with the roundings of bf16 on a GPU",
+                "slower on cpu",
+            )
+            .help
+            .push("keep it to check bf16's numerics before a GPU run; for speed on the CPU use `runtime.precision: f32`".into());
+        }
+        _ => {}
+    }
 
     // --- data ------------------------------------------------------------------------------
     let train = v.data("task.train", kind, &mut spec.task.train, data_seed, Split::Train);
@@ -1000,6 +1021,7 @@ pub fn memory_shapes(spec: &Spec, longest_prompt_tokens: usize, accumulation: us
         micro_rows: (mini / accumulation.max(1)).max(1),
         seq: longest_prompt_tokens + p.response_length,
         rollout_rows: spec.runtime.rollout_batch.min(p.batch_size.max(spec.eval.samples)),
+        precision: spec.runtime.precision,
     }
 }
 
