@@ -124,7 +124,7 @@ measure() {
         timeout -k 5 "$tmax" "$@" > "$out/$name.txt" 2>&1
         rc=$?
         cat "$out/$name.txt"
-        { echo "== $name: exit $rc, $(( $(date +%s) - s )) s"; grep -E 'bench|tok/s|step|load|warm|finished|stopped|error' "$out/$name.txt" | tail -n 12; } >> "$out/summary.txt"
+        { echo "== $name: exit $rc, $(( $(date +%s) - s )) s"; grep -E 'bench|tok/s|step|load|warm|finished|stopped|error|PPO update|against|speed' "$out/$name.txt" | tail -n 12; } >> "$out/summary.txt"
     }
     # Correctness first (issue 31): every matmul kernel autotune can pick, forced, at the shapes
     # that broke cubek-matmul 0.2.0; then the tiny spec with adapters on every projection on
@@ -229,12 +229,14 @@ paper() {
     # 1. Warm-up: the tiny spec on an empty autotune cache, then on the cache a previous
     #    machine left (when one was carried), then warm; each against the CPU.
     step tiny-cpu 200 "$bin" "${tiny[@]}" runtime.backend=cpu "output.root=$STAGE/tiny-cpu"
+    # A dry run stands the CPU in for the GPU (and leaves the user's kernel cache alone).
+    local dry=${GPU_CHECK_DRY_RUN:-0}
     for b in $backends; do
-        [ "$b" = cpu ] && continue
-        rm -rf "$MPO_CACHE_DIR/cubecl"
+        [ "$b" = cpu ] && [ "$dry" != 1 ] && continue
+        [ "$dry" = 1 ] || rm -rf "$MPO_CACHE_DIR/cubecl"
         step "warmup-$b-empty-cache" 240 "$bin" "${tiny[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-$b"
         parity "tiny parity $b (empty cache) vs cpu" "$STAGE/tiny-cpu/tiny" "$STAGE/tiny-$b/tiny" 1e-4 | tee -a "$out/summary.txt"
-        if [ -f "$carried" ]; then
+        if [ -f "$carried" ] && [ "$dry" != 1 ]; then
             rm -rf "$MPO_CACHE_DIR/cubecl" && mkdir -p "$MPO_CACHE_DIR" && tar -xJf "$carried" -C "$MPO_CACHE_DIR"
             step "warmup-$b-carried-cache" 200 "$bin" "${tiny[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-$b-carried"
         else
@@ -242,10 +244,10 @@ paper() {
         fi
     done
     # 2. The demo spec on the GPU against the device's CPU cores: its first updates, compared.
-    local demo=(run specs/math.yaml "ppo.total_episodes=${GPU_CHECK_DEMO_EPISODES:-16}")
+    local demo=(run specs/math.yaml "ppo.total_episodes=${GPU_CHECK_DEMO_EPISODES:-16}" eval.every=never)
     step demo-cpu 240 "$bin" "${demo[@]}" runtime.backend=cpu "output.root=$STAGE/demo-cpu"
     for b in $backends; do
-        [ "$b" = cpu ] && continue
+        [ "$b" = cpu ] && [ "$dry" != 1 ] && continue
         step "demo-$b" 200 "$bin" "${demo[@]}" "runtime.backend=$b" "output.root=$STAGE/demo-$b"
         parity "demo $b vs cpu" "$STAGE/demo-cpu/math" "$STAGE/demo-$b/math" 1e-3 | tee -a "$out/summary.txt"
     done
@@ -259,7 +261,7 @@ paper() {
     for b in $backends; do
         step "generate-$b-b$rb" 120 "$bin" bench generate --backend "$b" --batch "$rb" --new-tokens 32
     done
-    [ -d "$MPO_CACHE_DIR/cubecl" ] && tar -cJf "$out/cubecl.tar.xz" -C "$MPO_CACHE_DIR" cubecl
+    [ "$dry" != 1 ] && [ -d "$MPO_CACHE_DIR/cubecl" ] && tar -cJf "$out/cubecl.tar.xz" -C "$MPO_CACHE_DIR" cubecl
 }
 
 case "${1:-}" in

@@ -219,15 +219,15 @@ impl TrainBench {
             (crate::model::memory::base_parameters(&config), crate::model::memory::lora_parameters(&config, lora.rank, &lora.targets));
         let mut out = format!(
             "train bench: {name} built from its config.json with seeded random weights ({:.3}B parameters), on burn {backend_name} in {}, \
-             batch {} x {} tokens, LoRA r={} alpha={} on every projection and lm_head ({:.1}M trained), forward + backward + AdamW, \
-             full-vocabulary log-softmax on every position\n",
+             batch {} x {} tokens, LoRA r={} alpha={} on every projection and lm_head ({:.1}M trained), {}\n",
             base as f64 / 1e9,
             self.precision.as_str(),
             self.batch,
             self.seq,
             lora.rank,
             lora.alpha,
-            trained as f64 / 1e6
+            trained as f64 / 1e6,
+            if self.ppo { "one PPO update" } else { "forward + backward + AdamW, full-vocabulary log-softmax on every position" }
         );
         let src = crate::model::weights::RandomWeights { config: config.clone(), seed: 7 };
         let model = crate::model::Llama::<B>::load(&config, &src, Some(&lora), self.seq.max(2), 0, &device)?.with_precision(self.precision);
@@ -246,7 +246,7 @@ impl TrainBench {
             let secs = ppo_update(model, &rows, self.steps)?;
             out += &format!(
                 "  PPO update ({} rollouts of {} tokens, a quarter prompt; reference, old log-prob and value passes, one optimizer step of \
-                 the policy and of a separate critic): {secs:.2}s = {:.0} tok/s\n",
+                 the policy and of a separate critic): {secs:.3}s = {:.0} tok/s\n",
                 self.batch,
                 self.seq,
                 toks / secs
@@ -255,7 +255,7 @@ impl TrainBench {
                 let torch = run_torch(&self.torch_request(json, rows, &lora, true))?;
                 let theirs = torch.ppo_update.as_ref().map(|p| p.secs).unwrap_or(f64::NAN);
                 out += &torch_header(&torch, false);
-                out += &format!("  {:<22} {:>9.2}s {:>16.2}s {:>7.2}x\n", "PPO update", secs, theirs, theirs / secs);
+                out += &format!("  {:<22} {:>9.3}s {:>16.3}s {:>7.2}x\n", "PPO update", secs, theirs, theirs / secs);
             }
             return Ok(out);
         }
@@ -298,9 +298,12 @@ impl TrainBench {
             lora: TorchLora {
                 rank: lora.rank,
                 alpha: lora.alpha,
-                targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
-                    .map(String::from)
-                    .to_vec(),
+                // peft names a module by the last part of its path
+                targets: crate::model::llama::PROJECTIONS
+                    .iter()
+                    .map(|(_, _, path)| path.rsplit('.').next().unwrap_or(path).to_string())
+                    .chain(["lm_head".to_string()])
+                    .collect(),
             },
             prompts: vec![],
             generate_batches: vec![],

@@ -26,11 +26,7 @@ pub(super) fn hf_weight(site: &str) -> Option<String> {
     }
     let rest = site.strip_prefix("layers.")?;
     let (i, proj) = rest.split_once('.')?;
-    let path = match proj {
-        "q" | "k" | "v" | "o" => format!("self_attn.{proj}_proj"),
-        "gate" | "up" | "down" => format!("mlp.{proj}_proj"),
-        _ => return None,
-    };
+    let (_, _, path) = crate::model::llama::PROJECTIONS.iter().find(|(s, _, _)| *s == proj)?;
     Some(format!("model.layers.{i}.{path}.weight"))
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use burn::module::Param;
 use burn::prelude::*;
 
-use super::llama::{Llama, LoraLinear};
+use super::llama::{Llama, LoraLinear, PROJECTIONS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
@@ -23,8 +23,8 @@ pub enum AdapterError {
 fn projections<B: Backend>(m: &Llama<B>) -> Vec<(String, &LoraLinear<B>)> {
     let mut v = Vec::new();
     for (i, b) in m.blocks.iter().enumerate() {
-        for (n, l) in [("q", &b.q), ("k", &b.k), ("v", &b.v), ("o", &b.o), ("gate", &b.gate), ("up", &b.up), ("down", &b.down)] {
-            v.push((format!("layers.{i}.{n}"), l));
+        for (l, (site, _, _)) in b.projections().into_iter().zip(PROJECTIONS) {
+            v.push((format!("layers.{i}.{site}"), l));
         }
     }
     v.push(("lm_head".into(), &m.lm_head));
@@ -94,16 +94,8 @@ pub fn load<B: Backend>(mut m: Llama<B>, path: &Path) -> Result<Llama<B>, Adapte
         Ok(())
     };
     for (i, b) in m.blocks.iter_mut().enumerate() {
-        for (n, l) in [
-            ("q", &mut b.q),
-            ("k", &mut b.k),
-            ("v", &mut b.v),
-            ("o", &mut b.o),
-            ("gate", &mut b.gate),
-            ("up", &mut b.up),
-            ("down", &mut b.down),
-        ] {
-            set(l, &format!("layers.{i}.{n}"))?;
+        for (l, (site, _, _)) in b.projections_mut().into_iter().zip(PROJECTIONS) {
+            set(l, &format!("layers.{i}.{site}"))?;
         }
     }
     set(&mut m.lm_head, "lm_head")?;

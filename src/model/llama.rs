@@ -141,6 +141,29 @@ pub struct Block<B: Backend> {
     pub down: LoraLinear<B>,
 }
 
+/// A block's seven projections, in the one order every walk over them uses: mpo's site name (its
+/// adapters' names, `layers.{i}.{site}`), the spec's LoRA target, the Hugging Face module path.
+pub const PROJECTIONS: [(&str, LoraTarget, &str); 7] = [
+    ("q", LoraTarget::Q, "self_attn.q_proj"),
+    ("k", LoraTarget::K, "self_attn.k_proj"),
+    ("v", LoraTarget::V, "self_attn.v_proj"),
+    ("o", LoraTarget::O, "self_attn.o_proj"),
+    ("gate", LoraTarget::Gate, "mlp.gate_proj"),
+    ("up", LoraTarget::Up, "mlp.up_proj"),
+    ("down", LoraTarget::Down, "mlp.down_proj"),
+];
+
+impl<B: Backend> Block<B> {
+    /// The projections in [`PROJECTIONS`]' order.
+    pub fn projections(&self) -> [&LoraLinear<B>; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+
+    pub fn projections_mut(&mut self) -> [&mut LoraLinear<B>; 7] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
+    }
+}
+
 /// The whole model: embedding, blocks, final norm, LM head, optional value head.
 #[derive(Module, Debug)]
 pub struct Llama<B: Backend> {
@@ -226,16 +249,7 @@ fn rope_tables<B: Backend>(cfg: &LlamaConfig, max_pos: usize, device: &B::Device
 /// `model.layers.3.self_attn.q_proj` -> `layers.3.q` (the adapter naming of adapter.rs).
 fn adapter_name(hf: &str) -> String {
     fn short(t: &str) -> &str {
-        match t {
-            "self_attn.q_proj" => "q",
-            "self_attn.k_proj" => "k",
-            "self_attn.v_proj" => "v",
-            "self_attn.o_proj" => "o",
-            "mlp.gate_proj" => "gate",
-            "mlp.up_proj" => "up",
-            "mlp.down_proj" => "down",
-            other => other,
-        }
+        PROJECTIONS.iter().find(|(_, _, path)| *path == t).map_or(t, |(site, _, _)| site)
     }
     match hf.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) {
         Some((i, t)) => format!("layers.{i}.{}", short(t)),
@@ -386,17 +400,8 @@ impl<B: Backend> Llama<B> {
             Ok(())
         };
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            for (l, name) in [
-                (&mut b.q, "self_attn.q_proj"),
-                (&mut b.k, "self_attn.k_proj"),
-                (&mut b.v, "self_attn.v_proj"),
-                (&mut b.o, "self_attn.o_proj"),
-                (&mut b.gate, "mlp.gate_proj"),
-                (&mut b.up, "mlp.up_proj"),
-                (&mut b.down, "mlp.down_proj"),
-            ] {
-                attach(l, &format!("{p}.{name}.weight"))?;
+            for (l, (_, _, path)) in b.projections_mut().into_iter().zip(PROJECTIONS) {
+                attach(l, &format!("model.layers.{i}.{path}.weight"))?;
             }
         }
         // The head `load` built: the embedding when tied or when the file has no head.
@@ -416,7 +421,7 @@ impl<B: Backend> Llama<B> {
     pub fn without_quant(&self) -> Self {
         let mut m = self.clone();
         for b in &mut m.blocks {
-            for l in [&mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.gate, &mut b.up, &mut b.down] {
+            for l in b.projections_mut() {
                 l.quant = None;
             }
         }
@@ -436,7 +441,7 @@ impl<B: Backend> Llama<B> {
         };
         let cast = |p: Param<Tensor<B, 2>>| p.map(|t| t.cast(dtype));
         for b in &mut self.blocks {
-            for l in [&mut b.q, &mut b.k, &mut b.v, &mut b.o, &mut b.gate, &mut b.up, &mut b.down] {
+            for l in b.projections_mut() {
                 l.weight = cast(l.weight.clone());
             }
         }
@@ -451,7 +456,7 @@ impl<B: Backend> Llama<B> {
     }
 
     fn linears(&self) -> impl Iterator<Item = &LoraLinear<B>> {
-        self.blocks.iter().flat_map(|b| [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down]).chain([&self.lm_head])
+        self.blocks.iter().flat_map(|b| b.projections()).chain([&self.lm_head])
     }
 
     /// Add a value head `[hidden, 1]` ~ N(0, 0.02) (trained; the critic's output).
@@ -483,16 +488,8 @@ impl<B: Backend> Llama<B> {
             l.lora = cfg.targets.contains(&target).then(|| new_lora(d_in, d_out, cfg, rng, &device, &format!("{namespace}/{name}")));
         };
         for (i, b) in m.blocks.iter_mut().enumerate() {
-            for (n, t, l) in [
-                ("q", LoraTarget::Q, &mut b.q),
-                ("k", LoraTarget::K, &mut b.k),
-                ("v", LoraTarget::V, &mut b.v),
-                ("o", LoraTarget::O, &mut b.o),
-                ("gate", LoraTarget::Gate, &mut b.gate),
-                ("up", LoraTarget::Up, &mut b.up),
-                ("down", LoraTarget::Down, &mut b.down),
-            ] {
-                fresh(l, &format!("layers.{i}.{n}"), t, &mut rng);
+            for (l, (site, target, _)) in b.projections_mut().into_iter().zip(PROJECTIONS) {
+                fresh(l, &format!("layers.{i}.{site}"), target, &mut rng);
             }
         }
         fresh(&mut m.lm_head, "lm_head", LoraTarget::LmHead, &mut rng);
