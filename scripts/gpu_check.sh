@@ -89,6 +89,8 @@ measure() {
         : "${GPU_CHECK_DEMO_EPISODES:=8}"
     elif [ "${GPU_CHECK_PAPER:-0}" = 1 ]; then
         backends=${GPU_CHECK_BACKENDS:-cuda}
+        # The GPU image has PyTorch, transformers and peft, and no registry to install them from.
+        export MPO_TORCH_PYTHON=${MPO_TORCH_PYTHON:-python3}
     fi
     bin=${GPU_CHECK_BIN:-$STAGE/bin/mpo}
     [ -x "$bin" ] || bin=target/release/mpo
@@ -234,11 +236,11 @@ paper() {
     for b in $backends; do
         [ "$b" = cpu ] && [ "$dry" != 1 ] && continue
         [ "$dry" = 1 ] || rm -rf "$MPO_CACHE_DIR/cubecl"
-        step "warmup-$b-empty-cache" 240 "$bin" "${tiny[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-$b"
-        parity "tiny parity $b (empty cache) vs cpu" "$STAGE/tiny-cpu/tiny" "$STAGE/tiny-$b/tiny" 1e-4 | tee -a "$out/summary.txt"
+        step "warmup-$b-empty-cache" 240 "$bin" "${tiny[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-on-$b"
+        parity "tiny parity $b (empty cache) vs cpu" "$STAGE/tiny-cpu/tiny" "$STAGE/tiny-on-$b/tiny" 1e-4 | tee -a "$out/summary.txt"
         if [ -f "$carried" ] && [ "$dry" != 1 ]; then
             rm -rf "$MPO_CACHE_DIR/cubecl" && mkdir -p "$MPO_CACHE_DIR" && tar -xJf "$carried" -C "$MPO_CACHE_DIR"
-            step "warmup-$b-carried-cache" 200 "$bin" "${tiny[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-$b-carried"
+            step "warmup-$b-carried-cache" 200 "$bin" "${tiny[@]}" "runtime.backend=$b" "output.root=$STAGE/tiny-on-$b-carried"
         else
             echo "== warmup-$b-carried-cache: skipped, no $carried (this run saves one to \$OUT/cubecl.tar.xz)" | tee -a "$out/summary.txt"
         fi
@@ -248,8 +250,8 @@ paper() {
     step demo-cpu 240 "$bin" "${demo[@]}" runtime.backend=cpu "output.root=$STAGE/demo-cpu"
     for b in $backends; do
         [ "$b" = cpu ] && [ "$dry" != 1 ] && continue
-        step "demo-$b" 200 "$bin" "${demo[@]}" "runtime.backend=$b" "output.root=$STAGE/demo-$b"
-        parity "demo $b vs cpu" "$STAGE/demo-cpu/math" "$STAGE/demo-$b/math" 1e-3 | tee -a "$out/summary.txt"
+        step "demo-on-$b" 200 "$bin" "${demo[@]}" "runtime.backend=$b" "output.root=$STAGE/demo-on-$b"
+        parity "demo $b vs cpu" "$STAGE/demo-cpu/math" "$STAGE/demo-on-$b/math" 1e-3 | tee -a "$out/summary.txt"
     done
     # 3. The paper's policy shape: f32 against PyTorch tf32, bf16 against PyTorch bf16.
     for b in $backends; do
