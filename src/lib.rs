@@ -12,6 +12,7 @@ pub mod export;
 pub mod fsx;
 mod generate_cmd;
 pub mod grammar;
+pub mod hash;
 pub mod judge;
 pub mod meta;
 pub mod model;

@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::rating::{self, Game};
 use crate::judge::{Judge, JudgeRequest, JudgeResponse};
@@ -36,7 +35,7 @@ pub const FORMAT: u32 = 2;
 /// The key of a question: the first 16 hex digits of the sha256 of its text, and `#n` for the
 /// n-th repeat of the same text in one evaluation (n from 2).
 pub fn prompt_key(question: &str, occurrence: usize) -> String {
-    let h = crate::task::hex(&Sha256::digest(question.as_bytes()));
+    let h = crate::hash::sha256_hex(question.as_bytes());
     if occurrence <= 1 { h[..16].to_string() } else { format!("{}#{occurrence}", &h[..16]) }
 }
 

@@ -7,14 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use super::{Judge, JudgeError, JudgeRequest, JudgeResponse};
 
 /// The cache key of a request.
 pub fn key(req: &JudgeRequest) -> String {
     let v = serde_json::to_value(req).unwrap_or_default();
-    crate::task::hex(&Sha256::digest(crate::plan::canonical_json(&v).as_bytes()))
+    crate::hash::sha256_json(&v)
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

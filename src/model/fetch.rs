@@ -60,7 +60,7 @@ fn sha256_file(p: &Path) -> Result<String, FetchError> {
         }
         h.update(&buf[..n]);
     }
-    Ok(crate::task::hex(&h.finalize()))
+    Ok(crate::hash::hex(&h.finalize()))
 }
 
 /// Fetch `name` unless it is already cached and verified; returns its path. `log` receives

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::registry::ModelRef;
 use super::tokenizer::Tok;
 use super::weights::LlamaConfig;
-use crate::task::hex;
+use crate::hash::hex;
 
 /// The most header bytes a safetensors file may claim (the format's own limit is 100 MB).
 const MAX_HEADER: u64 = 100 << 20;
@@ -311,7 +311,7 @@ fn cache_key(abs: &Path, meta: &std::fs::Metadata) -> String {
     #[cfg(not(unix))]
     let (inode, ctime) = (0u64, (0i64, 0i64));
     let key = format!("{}\n{}\n{mtime}\n{inode}\n{ctime:?}", abs.display(), meta.len());
-    hex(&Sha256::digest(key.as_bytes()))
+    crate::hash::sha256_hex(key.as_bytes())
 }
 
 #[cfg(test)]

@@ -13,13 +13,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
-use sha2::{Digest, Sha256};
 
 pub use print::{judge as describe_judge, render_summary, render_sweep_table};
 
 use crate::model::registry::ModelRef;
 use crate::spec::{Every, JudgeBackend, MixSpec, Resolved, Spec};
-use crate::task::hex;
 use crate::template::TemplateKind;
 
 /// Bumped when the plan's shape or meaning changes.
@@ -252,7 +250,7 @@ pub fn compile(r: &Resolved) -> Plan {
             items: inputs.rubric.items.iter().map(|i| format!("{} ({}-{})", i.name, i.min, i.max)).collect(),
             min_score: inputs.rubric.min_score(),
             max_score: inputs.rubric.max_score(),
-            sha256: hex(&Sha256::digest(rubric_md.as_bytes())),
+            sha256: crate::hash::sha256_hex(rubric_md.as_bytes()),
         },
         models: Models {
             policy: inputs.policy_model.clone(),
@@ -430,43 +428,11 @@ impl Plan {
                 remove_path(inputs, &["train", "sha256"]);
             }
         }
-        hex(&Sha256::digest(canonical_json(&v).as_bytes()))[..12].to_string()
+        crate::hash::sha256_json(&v)[..12].to_string()
     }
 }
 
 /// The run id: the first 12 hex digits of the sha256 of the canonical identity JSON.
 pub fn run_id(plan: &Plan) -> String {
-    let canon = canonical_json(&identity(plan));
-    hex(&Sha256::digest(canon.as_bytes()))[..12].to_string()
-}
-
-/// JSON with object keys sorted at every level (the form that is hashed).
-pub fn canonical_json(v: &J) -> String {
-    fn sort(v: &J) -> J {
-        match v {
-            J::Object(o) => {
-                let mut keys: Vec<&String> = o.keys().collect();
-                keys.sort();
-                let mut m = serde_json::Map::new();
-                for k in keys {
-                    m.insert(k.clone(), sort(&o[k]));
-                }
-                J::Object(m)
-            }
-            J::Array(a) => J::Array(a.iter().map(sort).collect()),
-            other => other.clone(),
-        }
-    }
-    serde_json::to_string(&sort(v)).expect("json serializes")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn canonical_json_sorts_keys() {
-        let v: J = serde_json::from_str(r#"{"b": 1, "a": {"d": 2, "c": [3, {"f": 1, "e": 0}]}}"#).unwrap();
-        assert_eq!(canonical_json(&v), r#"{"a":{"c":[3,{"e":0,"f":1}],"d":2},"b":1}"#);
-    }
+    crate::hash::sha256_json(&identity(plan))[..12].to_string()
 }

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
-use sha2::Digest;
 
 use super::RunDir;
 use crate::stats;
@@ -217,7 +216,7 @@ pub fn prompt_keys(lines: &[EvalLine]) -> Vec<String> {
     lines
         .iter()
         .map(|l| {
-            let h = crate::task::hex(&sha2::Sha256::digest(l.question.as_bytes()));
+            let h = crate::hash::sha256_hex(l.question.as_bytes());
             let k = seen.entry(h.clone()).or_default();
             *k += 1;
             format!("{h}#{k}")

@@ -18,7 +18,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{ResultsError, RunDir};
 use crate::plan::Plan;
@@ -83,7 +82,7 @@ fn named(plan: &Plan) -> Vec<Named> {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    crate::task::hex(&Sha256::digest(bytes))
+    crate::hash::sha256_hex(bytes)
 }
 
 /// Copy the files `plan` names into `dir/inputs/` (read from their planned paths), unless

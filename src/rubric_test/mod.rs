@@ -289,7 +289,7 @@ pub struct Gate {
 }
 
 fn rubric_sha(r: &Rubric) -> String {
-    crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(r.to_markdown().as_bytes()))
+    crate::hash::sha256_hex(r.to_markdown().as_bytes())
 }
 
 impl Gate {
@@ -780,7 +780,7 @@ pub fn run(r: &Resolved, opts: &Options) -> Result<Report, String> {
     let snapshot = Snapshot {
         failing: BTreeMap::new(),
         judge: judge.clone(),
-        rubric_sha256: crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(rubric.to_markdown().as_bytes())),
+        rubric_sha256: crate::hash::sha256_hex(rubric.to_markdown().as_bytes()),
         range: (rubric.min_score(), rubric.max_score()),
         cases: scored.outcomes,
     };

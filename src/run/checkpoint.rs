@@ -101,7 +101,7 @@ struct Checksums {
 }
 
 fn sha256_file(p: &Path) -> std::io::Result<String> {
-    Ok(crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(p)?)))
+    Ok(crate::hash::sha256_hex(std::fs::read(p)?))
 }
 
 fn io<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> CheckpointError {

@@ -88,7 +88,7 @@ impl Instrument {
         let info = InstrumentInfo {
             judge: judge.identity(),
             training_judge: is.training_judge,
-            rubric_sha256: crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(rubric.to_markdown().as_bytes())),
+            rubric_sha256: crate::hash::sha256_hex(rubric.to_markdown().as_bytes()),
             prompt_sha256: prompt_t.sha256.clone(),
             items: rubric.items.iter().map(|i| format!("{} ({}-{})", i.name, i.min, i.max)).collect(),
             aggregate: serde_json::to_value(is.aggregate).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
@@ -328,7 +328,7 @@ pub fn base_cache(plan: &Plan, split: &str) -> RunDir {
     if !s.runtime.precision.is_f32() {
         key["precision"] = json!(s.runtime.precision.as_str());
     }
-    let hash = crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(crate::plan::canonical_json(&key).as_bytes()));
+    let hash = crate::hash::sha256_json(&key);
     RunDir { root: s.output.root.join(".base-eval").join(&hash[..16]) }
 }
 

@@ -340,7 +340,7 @@ pub fn plan_template(plan: &Plan, kind: TemplateKind) -> Result<TemplateFile, Ru
 /// A file the plan names, as it was when the plan was made.
 pub fn plan_file(info: &crate::plan::FileInfo) -> Result<TemplateFile, RunError> {
     let text = read(Path::new(&info.path))?;
-    let sha = crate::task::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    let sha = crate::hash::sha256_hex(text.as_bytes());
     if sha != info.sha256 {
         return Err(RunError::TemplateChanged { path: info.path.clone(), now: sha, planned: info.sha256.clone() });
     }

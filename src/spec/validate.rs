@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value as J;
-use sha2::{Digest, Sha256};
 
 use super::node::Node;
 use super::types::*;
@@ -94,7 +93,7 @@ impl V<'_> {
         *p = self.resolve(field, p);
         match std::fs::read_to_string(&*p) {
             Ok(text) => {
-                let sha256 = task::hex(&Sha256::digest(text.as_bytes()));
+                let sha256 = crate::hash::sha256_hex(text.as_bytes());
                 Some(TemplateFile { path: p.clone(), text, sha256 })
             }
             Err(e) => {
@@ -565,7 +564,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         let r = v.resolve("reward.cases", &p);
         match std::fs::read_to_string(&r) {
             Ok(text) => match crate::rubric_test::CaseFile::parse(&text) {
-                Ok(_) => cases = Some(TemplateFile { path: r.clone(), sha256: task::hex(&Sha256::digest(text.as_bytes())), text }),
+                Ok(_) => cases = Some(TemplateFile { path: r.clone(), sha256: crate::hash::sha256_hex(text.as_bytes()), text }),
                 Err(e) => {
                     v.error("reward.cases", format!("case file `{}`: {e}", r.display()), "invalid case file");
                 }

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value as J;
-use sha2::{Digest, Sha256};
 
 use crate::spec::{DataFormat, DataSource, TaskKind};
 
@@ -126,7 +125,12 @@ pub fn summarize(kind: TaskKind, src: &DataSource, seed: u64, split: Split) -> R
         && split == Split::Train
     {
         let first = generate::arithmetic(seed, 1, &g.levels, split).remove(0);
-        return Ok(DataSummary { len: g.count, sha256: hex(&Sha256::digest(generator_id(seed, g, split).as_bytes())), dropped: 0, first });
+        return Ok(DataSummary {
+            len: g.count,
+            sha256: crate::hash::sha256_hex(generator_id(seed, g, split).as_bytes()),
+            dropped: 0,
+            first,
+        });
     }
     let d = load(kind, src, seed, split)?;
     Ok(DataSummary { len: d.records.len(), sha256: d.sha256.clone(), dropped: d.dropped, first: d.records[0].clone() })
@@ -156,7 +160,7 @@ pub fn load(kind: TaskKind, src: &DataSource, seed: u64, split: Split) -> Result
                 return Ok(d);
             }
             let records = generate::arithmetic(seed, g.count, &g.levels, split);
-            let d = Dataset { records: Arc::new(records), sha256: hex(&Sha256::digest(id.as_bytes())), dropped: 0 };
+            let d = Dataset { records: Arc::new(records), sha256: crate::hash::sha256_hex(id.as_bytes()), dropped: 0 };
             if let Ok(mut c) = cache().lock() {
                 c.insert(key, d.clone());
             }
@@ -173,7 +177,7 @@ fn load_file(path: &Path, format: DataFormat) -> Result<Dataset, DataError> {
         return Ok(d);
     }
     let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.into(), message: e.to_string() })?;
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let sha256 = crate::hash::sha256_hex(&bytes);
     let text = String::from_utf8(bytes).map_err(|e| DataError::Io { path: path.into(), message: format!("not UTF-8: {e}") })?;
     let needs = required_fields(format);
     let mut records = Vec::new();
@@ -245,10 +249,6 @@ pub fn prompt_key(kind: TaskKind, rec: &J) -> String {
 pub fn shared_records(kind: TaskKind, train: &[J], test: &[J]) -> usize {
     let seen: std::collections::HashSet<String> = train.iter().map(|r| prompt_key(kind, r)).collect();
     test.iter().filter(|r| seen.contains(&prompt_key(kind, r))).count()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
