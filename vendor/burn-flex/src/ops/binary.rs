@@ -35,8 +35,8 @@ pub fn binary_op<F32Op, F64Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Sync,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "binary_op: dtype mismatch");
 
@@ -67,7 +67,7 @@ fn binary_op_f32<Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync,
 {
     // Permuted lhs + broadcast rhs (e.g. `x.permute(...) - mean`):
     // the generic path would walk the permuted lhs with a scalar
@@ -318,6 +318,25 @@ fn run_broadcast_pattern_f32(
 #[inline]
 fn per_row_scalar_apply<Op>(dst: &mut [f32], scalars: &[f32], row_len: usize, op: Op)
 where
+    Op: Fn(f32, f32) -> f32 + Sync,
+{
+    // mpo patch: blocks of whole rows on rayon's pool (RMSNorm's `x / rms` of a layer).
+    #[cfg(feature = "rayon")]
+    if dst.len() >= crate::ops::unary::PAR_MIN && row_len > 0 {
+        use rayon::prelude::*;
+        let rows = (crate::ops::unary::PAR_CHUNK / row_len).max(1);
+        dst.par_chunks_mut(rows * row_len)
+            .zip(scalars.par_chunks(rows))
+            .for_each(|(d, s)| per_row_scalar_apply_seq(d, s, row_len, &op));
+        return;
+    }
+    per_row_scalar_apply_seq(dst, scalars, row_len, &op);
+}
+
+#[cfg(feature = "simd")]
+#[inline]
+fn per_row_scalar_apply_seq<Op>(dst: &mut [f32], scalars: &[f32], row_len: usize, op: &Op)
+where
     Op: Fn(f32, f32) -> f32,
 {
     for (i, &scalar) in scalars.iter().enumerate() {
@@ -337,7 +356,7 @@ fn binary_op_f32<Op>(
     _simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Sync,
 {
     binary_op_typed(lhs, rhs, op)
 }
@@ -346,7 +365,7 @@ where
 pub(crate) fn binary_op_typed<E, Op>(mut lhs: FlexTensor, rhs: &FlexTensor, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Sync,
 {
     let rhs_storage: &[E] = rhs.storage();
 
@@ -359,9 +378,7 @@ where
     {
         let lhs_storage: &mut [E] = lhs.storage_mut();
         let r_slice = &rhs_storage[r_start..r_end];
-        for (l, &r) in lhs_storage[..l_end].iter_mut().zip(r_slice) {
-            *l = op(*l, r);
-        }
+        zip_in_place(&mut lhs_storage[..l_end], r_slice, &op);
         return lhs;
     }
 
@@ -376,13 +393,9 @@ where
     ) {
         // Both contiguous (but lhs not at offset 0)
         (Some((l_start, l_end)), Some((r_start, r_end))) => {
-            let l_slice = &lhs_storage[l_start..l_end];
-            let r_slice = &rhs_storage[r_start..r_end];
-            l_slice
-                .iter()
-                .zip(r_slice)
-                .map(|(&a, &b)| op(a, b))
-                .collect()
+            let mut out = lhs_storage[l_start..l_end].to_vec();
+            zip_in_place(&mut out, &rhs_storage[r_start..r_end], &op);
+            out
         }
         // Fast path for 2D non-contiguous (common for transpose)
         _ if lhs.layout().num_dims() == 2 => {
@@ -400,6 +413,21 @@ where
     };
 
     make_tensor(result, shape, dtype)
+}
+
+/// `l = op(l, r)` element by element, in parallel chunks for large slices (mpo patch: the
+/// training pass's binary ops on an operand autodiff keeps land here, on one core before).
+fn zip_in_place<E: Copy + Send + Sync, Op: Fn(E, E) -> E + Sync>(l: &mut [E], r: &[E], op: &Op) {
+    #[cfg(feature = "rayon")]
+    if l.len() >= crate::ops::unary::PAR_MIN {
+        use rayon::prelude::*;
+        let chunk = crate::ops::unary::PAR_CHUNK;
+        l.par_chunks_mut(chunk).zip(r.par_chunks(chunk)).for_each(|(l, r)| zip_in_place(l, r, op));
+        return;
+    }
+    for (l, &r) in l.iter_mut().zip(r) {
+        *l = op(*l, r);
+    }
 }
 
 /// Fast 2D strided binary operation using row-based iteration.
@@ -445,8 +473,8 @@ pub fn scalar_op<F32Op, F64Op>(
     f64_op: F64Op,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
-    F64Op: Fn(f64, f64) -> f64 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Sync,
+    F64Op: Fn(f64, f64) -> f64 + Copy + Sync,
 {
     let dtype = tensor.dtype();
 
@@ -474,16 +502,14 @@ where
 pub(crate) fn scalar_op_typed<E, Op>(mut tensor: FlexTensor, scalar: E, op: Op) -> FlexTensor
 where
     E: Element + bytemuck::Pod,
-    Op: Fn(E, E) -> E,
+    Op: Fn(E, E) -> E + Sync,
 {
     // In-place fast path: unique, contiguous at offset 0
     if tensor.is_unique()
         && let Some((0, end)) = tensor.layout().contiguous_offsets()
     {
         let storage: &mut [E] = tensor.storage_mut();
-        for x in storage[..end].iter_mut() {
-            *x = op(*x, scalar);
-        }
+        crate::ops::unary::map_in_place(&mut storage[..end], &|x| op(x, scalar));
         return tensor;
     }
 
@@ -493,7 +519,7 @@ where
     let storage: &[E] = tensor.storage();
 
     let result: Vec<E> = match tensor.layout().contiguous_offsets() {
-        Some((start, end)) => storage[start..end].iter().map(|&x| op(x, scalar)).collect(),
+        Some((start, end)) => crate::ops::unary::map_collect(&storage[start..end], &|x| op(x, scalar)),
         None => StridedIter::new(tensor.layout())
             .map(|i| op(storage[i], scalar))
             .collect(),
@@ -518,7 +544,7 @@ fn make_tensor<E: bytemuck::Pod + Send + Sync>(
 /// Supports all integer dtypes: I64, I32, I16, I8, U64, U32, U16, U8.
 pub fn int_binary_op<Op>(lhs: FlexTensor, rhs: FlexTensor, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Sync,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "int_binary_op: dtype mismatch");
 
@@ -546,7 +572,7 @@ where
 /// Note: scalar is truncated to target dtype (matches PyTorch).
 pub fn int_scalar_op<Op>(tensor: FlexTensor, scalar: i64, op: Op) -> FlexTensor
 where
-    Op: Fn(i64, i64) -> i64 + Copy,
+    Op: Fn(i64, i64) -> i64 + Copy + Sync,
 {
     let dtype = tensor.dtype();
 

@@ -79,8 +79,58 @@ fn get_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     }
 }
 
+/// mpo patch: what the float products of this process did, for `mpo bench train` to report the
+/// GFLOP/s its matmuls reach inside a real pass (a standalone probe measures them cold).
+#[cfg(feature = "std")]
+pub mod counters {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    static FLOPS: AtomicU64 = AtomicU64::new(0);
+    static NANOS: AtomicU64 = AtomicU64::new(0);
+
+    /// Float products since the process started.
+    #[derive(Clone, Copy, Debug, Default, PartialEq)]
+    pub struct Products {
+        pub calls: u64,
+        /// `2 m n k` per matrix, summed over batches.
+        pub flops: u64,
+        /// Wall time inside `matmul`, output allocation and any bf16 conversion included.
+        pub nanos: u64,
+    }
+
+    pub fn products() -> Products {
+        Products {
+            calls: CALLS.load(Ordering::Relaxed),
+            flops: FLOPS.load(Ordering::Relaxed),
+            nanos: NANOS.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn record(flops: u64, nanos: u64) {
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        FLOPS.fetch_add(flops, Ordering::Relaxed);
+        NANOS.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
 /// Dispatch matrix multiplication based on dtype.
 pub fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+    #[cfg(feature = "std")]
+    {
+        let shape = lhs.layout().shape();
+        let k = shape[shape.num_dims().saturating_sub(1)] as u64;
+        let started = std::time::Instant::now();
+        let out = matmul_untimed(lhs, rhs);
+        let outputs = out.layout().shape().num_elements() as u64;
+        counters::record(2 * outputs * k, started.elapsed().as_nanos() as u64);
+        out
+    }
+    #[cfg(not(feature = "std"))]
+    matmul_untimed(lhs, rhs)
+}
+
+fn matmul_untimed(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
     assert_eq!(lhs.dtype(), rhs.dtype(), "matmul: dtype mismatch");
 
     let lhs_shape = lhs.layout().shape();

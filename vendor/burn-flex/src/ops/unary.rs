@@ -165,9 +165,9 @@ pub fn exp(tensor: FlexTensor) -> FlexTensor {
 // mpo patch: element-wise maps run on rayon's pool above this many elements (about 128 KiB
 // of f32): below it the task dispatch costs more than it saves.
 #[cfg(feature = "rayon")]
-const PAR_MIN: usize = 1 << 15;
+pub(crate) const PAR_MIN: usize = 1 << 15;
 #[cfg(feature = "rayon")]
-const PAR_CHUNK: usize = 1 << 14;
+pub(crate) const PAR_CHUNK: usize = 1 << 14;
 
 /// `x = op(x)` over `xs`, in parallel chunks for large slices (mpo patch).
 pub(crate) fn map_in_place<E: Copy + Send + Sync, Op: Fn(E) -> E + Sync>(xs: &mut [E], op: &Op) {
