@@ -34,6 +34,27 @@ def phase(fn, repeat):
     return wall, cpu / wall if wall > 0 else 0.0, out
 
 
+# The ops that run PyTorch's matrix products (MKL's sgemm on the CPU).
+PRODUCT_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
+
+def products(fn):
+    """One call of fn under torch.profiler: the flops and time of its matrix products, and the
+    call's own wall time (profiler overhead included), for mpo's products table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        t0 = time.perf_counter()
+        fn()
+        call = time.perf_counter() - t0
+    flops = secs = 0.0
+    for e in prof.key_averages():
+        if e.key in PRODUCT_OPS:
+            flops += e.flops
+            secs += e.self_cpu_time_total / 1e6
+    return {"flops": flops, "secs": secs, "call_secs": call}
+
+
 def main():
     req = json.load(sys.stdin)
     threads = int(req["threads"])
@@ -136,6 +157,8 @@ def main():
 
     fwd_s, fwd_busy, _ = phase(forward, steps)
     res["forward"] = {"secs": fwd_s, "cores_busy": fwd_busy}
+    if device == "cpu":
+        res["forward"]["products"] = products(forward)
 
     # The train step: mean log-prob of the next tokens over every position (full-vocabulary
     # log-softmax), backward, AdamW on the LoRA parameters only.
@@ -153,7 +176,9 @@ def main():
         losses.append(loss.item())
 
     step_s, step_busy, _ = phase(step, steps)
-    res["train_step"] = {"secs": step_s, "cores_busy": step_busy, "losses": losses}
+    res["train_step"] = {"secs": step_s, "cores_busy": step_busy, "losses": losses[: steps + 1]}
+    if device == "cpu":
+        res["train_step"]["products"] = products(step)
     if device == "cuda":
         res["peak_memory"] = torch.cuda.max_memory_allocated()
     json.dump(res, sys.stdout)

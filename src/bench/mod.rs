@@ -3,6 +3,7 @@
 //! Benchmarks are not tests: they print figures (and ratios) for BENCHMARKS.md and never
 //! fail on timing.
 
+pub mod flops;
 pub mod generation;
 pub mod parity;
 pub mod ppo;

@@ -12,6 +12,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 
 use super::CpuClock;
+use super::flops::Products;
 use super::generation::{GenRate, encoded_prompts, measure, server_generate};
 use crate::model::batch::{causal_mask, int_tensor, left_pad, mask_tensor, to_host};
 use crate::model::{self, BackendJob, LoraConfig, registry};
@@ -76,6 +77,9 @@ struct Train {
     step_s: f64,
     step_busy: f64,
     first_loss: f32,
+    /// The matmuls of one forward pass and of one train step (per call, from the timed calls).
+    fwd_products: Products,
+    step_products: Products,
 }
 
 fn train_rows(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
@@ -101,11 +105,12 @@ fn measure_train<B: AutodiffBackend>(model: crate::model::Llama<B>, rows: &[Vec<
         Ok(())
     };
     fwd()?;
-    let clock = CpuClock::start();
+    let (clock, p0) = (CpuClock::start(), Products::now());
     for _ in 0..steps {
         fwd()?;
     }
     let (fwd_wall, fwd_busy) = clock.stop();
+    let fwd_products = Products::now().since(p0).per(steps);
 
     let mut optim = AdamWConfig::new().init::<B, crate::model::Llama<B>>();
     let mut step = |model: crate::model::Llama<B>| -> anyhow::Result<(crate::model::Llama<B>, f32)> {
@@ -120,12 +125,21 @@ fn measure_train<B: AutodiffBackend>(model: crate::model::Llama<B>, rows: &[Vec<
         Ok((model, l))
     };
     let (mut model, first_loss) = step(model)?;
-    let clock = CpuClock::start();
+    let (clock, p0) = (CpuClock::start(), Products::now());
     for _ in 0..steps {
         model = step(model)?.0;
     }
     let (step_wall, step_busy) = clock.stop();
-    Ok(Train { fwd_s: fwd_wall / steps as f64, fwd_busy, step_s: step_wall / steps as f64, step_busy, first_loss })
+    let step_products = Products::now().since(p0).per(steps);
+    Ok(Train {
+        fwd_s: fwd_wall / steps as f64,
+        fwd_busy,
+        step_s: step_wall / steps as f64,
+        step_busy,
+        first_loss,
+        fwd_products,
+        step_products,
+    })
 }
 
 impl BackendJob for TrainBench {
@@ -158,7 +172,8 @@ impl BackendJob for TrainBench {
             let toks = (self.batch * self.seq) as f64;
             out += &format!(
                 "  {label}: train step {:.2}s = {:.0} tok/s ({:.2} cores busy); forward-only baseline {:.2}s = {:.0} tok/s ({:.2} cores busy); \
-                 step / forward = {:.2}x (loss before the first step {:.4})\n",
+                 step / forward = {:.2}x (loss before the first step {:.4}); matmuls {:.0} GFLOP/s in the step ({:.0}% of it), \
+                 {:.0} GFLOP/s in the forward pass ({:.0}%)\n",
                 r.step_s,
                 toks / r.step_s,
                 r.step_busy,
@@ -166,7 +181,11 @@ impl BackendJob for TrainBench {
                 toks / r.fwd_s,
                 r.fwd_busy,
                 r.step_s / r.fwd_s,
-                r.first_loss
+                r.first_loss,
+                r.step_products.gflops(),
+                100.0 * r.step_products.secs / r.step_s,
+                r.fwd_products.gflops(),
+                100.0 * r.fwd_products.secs / r.fwd_s,
             );
             ours.get_or_insert(r);
         }
@@ -382,6 +401,17 @@ struct TorchPhase {
     cores_busy: f64,
     #[serde(default)]
     losses: Vec<f64>,
+    /// Its matrix products in one profiled call (torch.profiler: aten::mm, addmm, bmm, baddbmm).
+    #[serde(default)]
+    products: Option<TorchProducts>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct TorchProducts {
+    flops: f64,
+    secs: f64,
+    /// The profiled call's own wall time (the profiler's overhead included).
+    call_secs: f64,
 }
 
 #[derive(serde::Deserialize, Debug)]
@@ -495,6 +525,7 @@ fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usiz
             );
         }
     }
+    s += &products_table(ours, torch);
     if let Some(first) = torch.train_step.as_ref().and_then(|t| t.losses.first()).filter(|_| same_weights) {
         s += &format!(
             "  loss before the first step: mpo {:.5}, PyTorch {:.5} (|diff| {:.1e}: the same model on the same tokens)\n",
@@ -502,6 +533,32 @@ fn compare(ours: &Train, rates: &[GenRate], torch: &TorchResult, server: &[(usiz
             first,
             (ours.first_loss as f64 - first).abs()
         );
+    }
+    s
+}
+
+/// The matmuls' GFLOP/s on each side and the share of the phase they take, beside the machine's
+/// FMA peak: what is left of a gap once the products run at the same speed is not products.
+fn products_table(ours: &Train, torch: &TorchResult) -> String {
+    let peak = super::flops::fma_gflops();
+    let mut s = format!(
+        "\n  matrix products: GFLOP/s (share of the phase's time); machine peak = {}\n  {:<22} {:>16} {:>16}\n",
+        match peak {
+            Some((g, isa)) =>
+                format!("{g:.0} GFLOP/s ({isa} fused multiply-adds on {} threads, no memory traffic)", rayon::current_num_threads()),
+            None => "not measured (no AVX-512 or AVX2+FMA on this CPU)".into(),
+        },
+        "",
+        "mpo",
+        "PyTorch"
+    );
+    let cell = |gflops: f64, share: f64| format!("{gflops:.0} ({:.0}%)", share * 100.0);
+    for (name, p, wall, theirs) in [
+        ("train step", ours.step_products, ours.step_s, torch.train_step.as_ref()),
+        ("forward, no grad", ours.fwd_products, ours.fwd_s, torch.forward.as_ref()),
+    ] {
+        let t = theirs.and_then(|t| t.products.as_ref()).map(|t| cell(t.flops / t.secs / 1e9, t.secs / t.call_secs));
+        s += &format!("  {name:<22} {:>16} {:>16}\n", cell(p.gflops(), p.secs / wall), t.unwrap_or_else(|| "not measured".into()));
     }
     s
 }
