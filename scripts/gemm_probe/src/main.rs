@@ -10,6 +10,14 @@
 //! 3. `quant`: the same step with the weights kept as the GGUF stores them (Q4_1 layers, Q8_0 LM
 //!    head) and dequantized block by block inside the product, against gemm on the f32 copy.
 //!
+//! 4. `blas`: the training pass's products (forward `X W`, backward `dY W^T` through the
+//!    transposed view) with gemm against OpenBLAS's `cblas_sgemm` (Debian's
+//!    `libopenblas0-pthread`), run two ways: OpenBLAS's own threads, and one OpenBLAS thread per
+//!    rayon task over row blocks of the output (how the vendored burn-flex calls it).
+//!
+//! 5. `fresh`: the LM head's product into a reused output against a freshly allocated one.
+//! 6. `one`: one layer product, to compare build profiles.
+//!
 //! Medians of alternating repetitions: this is a shared VM and timings move by 20%.
 use rayon::prelude::*;
 use std::time::Instant;
@@ -355,19 +363,125 @@ fn quant() {
     one::<32>(&ws, avx512);
 }
 
+#[link(name = "openblas")]
+unsafe extern "C" {
+    fn cblas_sgemm(order: i32, ta: i32, tb: i32, m: i32, n: i32, k: i32, alpha: f32, a: *const f32, lda: i32, b: *const f32, ldb: i32, beta: f32, c: *mut f32, ldc: i32);
+    fn openblas_set_num_threads(n: i32);
+}
+
+/// Row-major `C[m, n] = A[m, k] op(B)`, `B` stored `[k, n]` or (transposed) `[n, k]`.
+unsafe fn sgemm(m: usize, n: usize, k: usize, a: *const f32, b: *const f32, b_t: bool, c: *mut f32) {
+    let (tb, ldb) = if b_t { (112, k) } else { (111, n) };
+    unsafe { cblas_sgemm(101, 111, tb, m as i32, n as i32, k as i32, 1.0, a, k as i32, b, ldb as i32, 0.0, c, n as i32) }
+}
+
+/// One single-threaded OpenBLAS call per row block, the blocks on rayon's pool.
+fn sgemm_split(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], b_t: bool, c: &mut [f32]) {
+    let parts = rayon::current_num_threads();
+    let rows = m.div_ceil(parts).next_multiple_of(16);
+    let (ap, bp) = (a.as_ptr() as usize, b.as_ptr() as usize);
+    c.par_chunks_mut(rows * n).enumerate().for_each(|(i, cb)| {
+        let r = cb.len() / n;
+        unsafe { sgemm(r, n, k, (ap as *const f32).add(i * rows * k), bp as *const f32, b_t, cb.as_mut_ptr()) }
+    });
+}
+
+fn blas() {
+    println!("blas: GFLOP/s (2 m n k / s), medians of 7; gemm = the gemm crate with rayon");
+    let threads = rayon::current_num_threads() as i32;
+    for &(m, k, n, t, what) in &[
+        (1016usize, 576usize, 49152usize, false, "head fwd"),
+        (1016, 49152, 576, true, "head bwd"),
+        (1024, 576, 1536, false, "up fwd"),
+        (1024, 1536, 576, true, "up bwd"),
+        (1024, 1536, 576, false, "down fwd"),
+        (1024, 576, 1536, true, "down bwd"),
+        (1024, 576, 576, false, "q fwd"),
+        (1024, 576, 576, true, "q bwd"),
+        (1024, 576, 192, false, "k fwd"),
+    ] {
+        let a = filled(m * k, 1);
+        let b = filled(n * k, 2);
+        let mut c = vec![0f32; m * n];
+        let mut c2 = vec![0f32; m * n];
+        let mut c3 = vec![0f32; m * n];
+        let (mut g, mut o, mut s) = (vec![], vec![], vec![]);
+        let rhs = if t { (b.as_ptr(), k as isize, 1) } else { (b.as_ptr(), 1, n as isize) };
+        for rep in 0..8 {
+            let t0 = Instant::now();
+            unsafe { gemm(m, n, k, c.as_mut_ptr(), (a.as_ptr(), 1, k as isize), rhs) };
+            let t1 = Instant::now();
+            unsafe { openblas_set_num_threads(threads) };
+            unsafe { sgemm(m, n, k, a.as_ptr(), b.as_ptr(), t, c2.as_mut_ptr()) };
+            let t2 = Instant::now();
+            unsafe { openblas_set_num_threads(1) };
+            sgemm_split(m, n, k, &a, &b, t, &mut c3);
+            let t3 = Instant::now();
+            if rep > 0 {
+                g.push((t1 - t0).as_secs_f64());
+                o.push((t2 - t1).as_secs_f64());
+                s.push((t3 - t2).as_secs_f64());
+            }
+        }
+        let gf = |v: Vec<f64>| 2.0 * (m * n * k) as f64 / median(v) / 1e9;
+        let same = c2 == c3;
+        let diff = c.iter().zip(&c2).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        println!(
+            "  {what:9} [{m}, {k}] x [{k}, {n}]: gemm {:6.1}, openblas {:6.1}, openblas split {:6.1}  (split == whole: {same}; max |gemm - openblas| {diff:.1e})",
+            gf(g), gf(o), gf(s)
+        );
+    }
+}
+
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     match which.as_str() {
         "backward" => backward(),
         "decode" => decode(),
         "quant" => quant(),
+        "blas" => blas(),
+        "fresh" => {
+            // The LM head's product into a reused buffer against a fresh one per call (what a
+            // pass does: glibc maps a 200 MB output anew, and gemm's stores fault its pages in).
+            let (m, k, n) = (1016usize, 576usize, 49152usize);
+            let a = filled(m * k, 1);
+            let b = filled(n * k, 2);
+            let mut reused = vec![0f32; m * n];
+            let (mut r, mut f) = (vec![], vec![]);
+            for _ in 0..5 {
+                let t = Instant::now();
+                unsafe { gemm(m, n, k, reused.as_mut_ptr(), (a.as_ptr(), 1, k as isize), (b.as_ptr(), 1, n as isize)) };
+                r.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                let mut out: Vec<f32> = Vec::with_capacity(m * n);
+                unsafe { gemm(m, n, k, out.as_mut_ptr(), (a.as_ptr(), 1, k as isize), (b.as_ptr(), 1, n as isize)) };
+                unsafe { out.set_len(m * n) };
+                f.push(t.elapsed().as_secs_f64());
+                std::hint::black_box(out);
+            }
+            let g = |v: Vec<f64>| 2.0 * (m * n * k) as f64 / median(v) / 1e9;
+            println!("head [{m}, {k}] x [{k}, {n}]: reused output {:.1} GFLOP/s, fresh output {:.1} GFLOP/s", g(r), g(f));
+        }
+        "one" => {
+            // One layer product, to compare build profiles (`cargo run` against `--release`).
+            let (m, k, n) = (1024usize, 576usize, 1536usize);
+            let (a, b) = (filled(m * k, 1), filled(n * k, 2));
+            let mut c = vec![0f32; m * n];
+            let mut v = vec![];
+            for _ in 0..9 {
+                let t = Instant::now();
+                unsafe { gemm(m, n, k, c.as_mut_ptr(), (a.as_ptr(), 1, k as isize), (b.as_ptr(), 1, n as isize)) };
+                v.push(t.elapsed().as_secs_f64());
+            }
+            println!("[{m}, {k}] x [{k}, {n}]: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / median(v) / 1e9);
+        }
         "" => {
             backward();
             decode();
             quant();
         }
         other => {
-            eprintln!("unknown probe `{other}`: use `backward`, `decode`, `quant` or nothing for all");
+            eprintln!("unknown probe `{other}`: use `backward`, `decode`, `quant`, `blas`, `fresh`, `one` or nothing for the first three");
             std::process::exit(2);
         }
     }
