@@ -805,6 +805,34 @@ pub(crate) mod tests {
         }
     }
 
+    /// The vendored burn-flex splits element-wise ops across threads above 32 Ki elements: every
+    /// path (in place, on an operand kept elsewhere, per-row broadcast, scalar) gives the bits
+    /// the host computes element by element, on a size that is not a multiple of the chunk.
+    #[test]
+    fn cpu_backend_parallel_element_wise_ops_match_the_host() {
+        let dev = Default::default();
+        let (rows, cols) = (97usize, 1531usize);
+        let n = rows * cols;
+        let a: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1009) as f32 * 0.013 - 6.5).collect();
+        let b: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 997) as f32 * 0.007 + 0.1).collect();
+        let r: Vec<f32> = (0..rows).map(|i| 0.5 + i as f32 * 0.01).collect();
+        let ta = Tensor::<TB, 2>::from_data(TensorData::new(a.clone(), [rows, cols]), &dev);
+        let tb = Tensor::<TB, 2>::from_data(TensorData::new(b.clone(), [rows, cols]), &dev);
+        let tr = Tensor::<TB, 2>::from_data(TensorData::new(r.clone(), [rows, 1]), &dev);
+        let host = |f: &dyn Fn(usize) -> f32| (0..n).map(f).collect::<Vec<f32>>();
+        // A lhs nothing else holds is written in place; `kept` (as autodiff keeps one) is not.
+        let fresh = || Tensor::<TB, 2>::from_data(TensorData::new(a.clone(), [rows, cols]), &dev);
+        assert_eq!(to_host(fresh() * tb.clone()).unwrap(), host(&|i| a[i] * b[i]));
+        assert_eq!(to_host(fresh().mul_scalar(0.37)).unwrap(), host(&|i| a[i] * 0.37));
+        let kept = ta.clone();
+        assert_eq!(to_host(kept.clone() * tb.clone()).unwrap(), host(&|i| a[i] * b[i]));
+        assert_eq!(to_host(kept.clone() - tb.clone()).unwrap(), host(&|i| a[i] - b[i]));
+        assert_eq!(to_host(kept.clone() / tr.clone()).unwrap(), host(&|i| a[i] / r[i / cols]));
+        assert_eq!(to_host(kept.clone().mul_scalar(0.37)).unwrap(), host(&|i| a[i] * 0.37));
+        assert_eq!(to_host(kept.clone().add_scalar(1.25)).unwrap(), host(&|i| a[i] + 1.25));
+        assert_eq!(to_host(ta).unwrap(), a, "the kept operand is unchanged");
+    }
+
     /// The CPU backend's exp, sigmoid and softmax (mpo's vendored burn-flex) against f64.
     #[test]
     fn cpu_backend_exp_sigmoid_softmax_match_f64() {
