@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::plan::{self, Plan};
+use crate::resolve;
 use crate::spec;
 
 /// The overrides of every command that takes a spec, documented once.
@@ -245,8 +246,8 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// cpu, wgpu or cuda (if compiled in).
-        #[arg(long, default_value = "cpu")]
-        backend: String,
+        #[arg(long, default_value = "cpu", value_parser = backend_arg)]
+        backend: spec::BackendKind,
         /// Print each token with its log-probability.
         #[arg(long)]
         logprobs: bool,
@@ -255,7 +256,8 @@ pub enum Command {
     /// not, 2 on a usage error (like `cmp`).
     Grade {
         /// math or ethical_reasoning.
-        task: String,
+        #[arg(value_parser = task_arg)]
+        task: spec::TaskKind,
         /// The response (answers may start with `-`: `--response -2`).
         #[arg(long, allow_hyphen_values = true)]
         response: String,
@@ -288,8 +290,9 @@ pub enum Command {
     /// the host at the shapes that broke them (k an odd multiple of the stage size, mat-vec);
     /// exit 1 when any kernel computes a wrong product.
     Kernels {
-        #[arg(long, default_value = "wgpu", value_parser = ["wgpu", "cuda"])]
-        backend: String,
+        /// wgpu or cuda (if compiled in).
+        #[arg(long, default_value = "wgpu", value_parser = backend_arg)]
+        backend: spec::BackendKind,
         /// Device index.
         #[arg(long, default_value_t = 0)]
         device: usize,
@@ -391,8 +394,9 @@ pub enum BenchCommand {
         /// Start llama-server (built by scripts/setup_llama_server.sh) for the comparison.
         #[arg(long)]
         llama_server: bool,
-        #[arg(long, default_value = "cpu")]
-        backend: String,
+        /// cpu, wgpu or cuda (if compiled in).
+        #[arg(long, default_value = "cpu", value_parser = backend_arg)]
+        backend: spec::BackendKind,
     },
     /// Training-step tokens/s (forward + backward + AdamW on LoRA) against a forward pass;
     /// with --torch, against PyTorch eager on the same weights and tokens, generation included.
@@ -403,8 +407,9 @@ pub enum BenchCommand {
         seq: usize,
         #[arg(long, default_value_t = 3, value_parser = positive)]
         steps: usize,
-        #[arg(long, default_value = "cpu")]
-        backend: String,
+        /// cpu, wgpu or cuda (if compiled in).
+        #[arg(long, default_value = "cpu", value_parser = backend_arg)]
+        backend: spec::BackendKind,
         /// Also measure PyTorch + transformers + peft (installed into a venv under
         /// ~/.cache/mpo by scripts/setup_torch.sh on first use, ~3 GB) and print the ratios.
         #[arg(long)]
@@ -446,8 +451,9 @@ pub enum BenchCommand {
     Ppo {
         #[arg(long, default_value_t = 3, value_parser = positive)]
         reps: usize,
-        #[arg(long, default_value = "cpu")]
-        backend: String,
+        /// cpu, wgpu or cuda (if compiled in).
+        #[arg(long, default_value = "cpu", value_parser = backend_arg)]
+        backend: spec::BackendKind,
     },
     /// Next-token log-probs of mpo against llama-server on the same GGUF.
     Parity {
@@ -460,18 +466,42 @@ pub enum BenchCommand {
     },
 }
 
+/// A command-line value clap's parsers refuse (clap prints it after the argument's name).
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    #[error(transparent)]
+    Count(#[from] std::num::ParseIntError),
+    #[error("must be at least 1")]
+    Zero,
+    #[error("`{0}`: expected f32 or bf16")]
+    Precision(String),
+    #[error("`{0}`: expected cpu, wgpu or cuda")]
+    Backend(String),
+    #[error("`{0}`: expected math, ethical_reasoning, essay_writing or summarization")]
+    Task(String),
+}
+
 /// A count that must be at least 1 (`--jobs 0` would run nothing, `--concurrency 0` deadlock).
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
+fn positive(s: &str) -> Result<usize, ArgError> {
+    match s.parse::<usize>()? {
+        0 => Err(ArgError::Zero),
+        n => Ok(n),
     }
 }
 
 /// `--precision`: the names `runtime.precision` takes.
-fn precision_arg(s: &str) -> Result<crate::spec::Precision, String> {
-    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| format!("`{s}`: expected f32 or bf16"))
+fn precision_arg(s: &str) -> Result<crate::spec::Precision, ArgError> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| ArgError::Precision(s.into()))
+}
+
+/// `--backend`: the names `runtime.backend` takes.
+fn backend_arg(s: &str) -> Result<spec::BackendKind, ArgError> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| ArgError::Backend(s.into()))
+}
+
+/// A task's name (`task.kind`).
+fn task_arg(s: &str) -> Result<spec::TaskKind, ArgError> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| ArgError::Task(s.into()))
 }
 
 /// How a command failed. [`exit`] reports every failure in one place with the documented codes.
@@ -649,15 +679,15 @@ fn dispatch(command: Command) -> Outcome {
             eval_cmd(&runs, &checkpoint)
         }
         Command::Fetch { name, list } => fetch_cmd(name.as_deref(), list),
-        Command::Grade { task, response, reference, tolerance } => grade_cmd(&task, &response, &reference, tolerance),
+        Command::Grade { task, response, reference, tolerance } => grade_cmd(task, &response, &reference, tolerance),
         Command::Rubric { which } => rubric_cmd(which),
         Command::Snapshot { specs, dir, update, samples } => snapshot_cmd(&specs, &dir, update, samples),
         Command::Generate { model, prompt, raw, max_new_tokens, temperature, top_p, top_k, seed, backend, logprobs } => {
             let args = crate::generate_cmd::Args { model, prompts: prompt, raw, max_new_tokens, temperature, top_p, top_k, seed, logprobs };
-            crate::generate_cmd::run(&backend, args).map_err(|e| Failure::error(format!("{e:#}")))?;
+            crate::generate_cmd::run(backend, args).map_err(|e| Failure::error(format!("{e:#}")))?;
             Ok(Done::Ok)
         }
-        Command::Kernels { backend, device } => kernels_cmd(&backend, device),
+        Command::Kernels { backend, device } => kernels_cmd(backend, device),
         Command::Bench { which } => {
             let r = match which {
                 BenchCommand::Spec { iterations } => crate::bench::spec_bench(iterations),
@@ -668,7 +698,7 @@ fn dispatch(command: Command) -> Outcome {
                     let slots = batch.iter().copied().max().unwrap_or(8);
                     crate::bench::with_server(server, llama_server, slots, |url| {
                         crate::bench::on_backend(
-                            &backend,
+                            backend,
                             crate::bench::generation::GenerateBench { new_tokens, batches: batch, server: url },
                         )
                     })
@@ -691,7 +721,7 @@ fn dispatch(command: Command) -> Outcome {
                     let torch_dtype = torch_dtype.unwrap_or_else(|| precision.as_str().to_string());
                     crate::bench::with_server(server, llama_server, 8, |server| {
                         crate::bench::on_backend(
-                            &backend,
+                            backend,
                             crate::bench::train::TrainBench {
                                 batch,
                                 seq,
@@ -702,13 +732,13 @@ fn dispatch(command: Command) -> Outcome {
                                 config,
                                 precision,
                                 torch_dtype,
-                                torch_device: if backend == "cuda" { "cuda" } else { "cpu" },
+                                torch_device: if backend == spec::BackendKind::Cuda { "cuda" } else { "cpu" },
                                 ppo,
                             },
                         )
                     })
                 }
-                BenchCommand::Ppo { reps, backend } => crate::bench::on_backend(&backend, crate::bench::ppo::PpoBench { reps }),
+                BenchCommand::Ppo { reps, backend } => crate::bench::on_backend(backend, crate::bench::ppo::PpoBench { reps }),
                 BenchCommand::Parity { server, steps } => crate::bench::parity(server, steps),
             };
             print!("{}", r.map_err(|e| Failure::error(format!("{e:#}")))?);
@@ -747,9 +777,10 @@ fn dispatch(command: Command) -> Outcome {
 }
 
 /// `mpo kernels`: one line per candidate kernel as it finishes, then the summary.
-fn kernels_cmd(backend: &str, device: usize) -> Outcome {
-    let b: spec::BackendKind = serde_json::from_value(serde_json::Value::String(backend.into()))
-        .map_err(|_| Failure::Usage(format!("unknown backend `{backend}`")))?;
+fn kernels_cmd(b: spec::BackendKind, device: usize) -> Outcome {
+    if b == spec::BackendKind::Cpu {
+        return Err(Failure::Usage("the kernel check runs on a GPU backend (`--backend wgpu` or `cuda`), not cpu".into()));
+    }
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     {
         use crate::model::kernels::{self, Verdict};
@@ -767,7 +798,7 @@ fn kernels_cmd(backend: &str, device: usize) -> Outcome {
         print!("{}", kernels::summarize(&outcomes));
         let wrong = outcomes.iter().filter(|o| matches!(o.verdict, Verdict::Wrong { .. })).count();
         let ran = outcomes.iter().filter(|o| !matches!(o.verdict, Verdict::Unavailable(_))).count();
-        println!("{ran} of {} (candidate, problem) pairs ran on {backend}: {wrong} wrong", outcomes.len());
+        println!("{ran} of {} (candidate, problem) pairs ran on {}: {wrong} wrong", outcomes.len(), b.as_str());
         Ok(if wrong == 0 { Done::Ok } else { Done::No })
     }
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
@@ -992,48 +1023,10 @@ fn execute_run(plan: &Plan, opts: &crate::run::RunOptions) -> Outcome {
     }
 }
 
-fn grade_cmd(task: &str, response: &str, reference: &str, tolerance: f64) -> Outcome {
-    use crate::reward::{math_eq, verify};
-    match task {
-        "math" => {
-            let want = crate::task::math::last_boxed(reference).unwrap_or_else(|| reference.trim().to_string());
-            let Some(got) = crate::task::math::last_boxed(response) else {
-                println!("incorrect: the response has no \\boxed{{}} answer (reference: {want})");
-                return Ok(Done::No);
-            };
-            let ok = math_eq::equivalent(&got, &want, tolerance);
-            println!(
-                "{}: response {got:?} -> {:?}, reference {want:?} -> {:?}",
-                if ok { "correct" } else { "incorrect" },
-                math_eq::normalize(&got),
-                math_eq::normalize(&want)
-            );
-            Ok(if ok { Done::Ok } else { Done::No })
-        }
-        "ethical_reasoning" => {
-            let want = reference.trim().to_uppercase();
-            if want != "RIGHT" && want != "WRONG" {
-                return Err(Failure::Usage(format!("the reference must be RIGHT or WRONG, got {reference:?}")));
-            }
-            match verify::verdict(response) {
-                Some(got) => {
-                    let ok = got == want;
-                    println!("{}: response verdict {got}, reference {want}", if ok { "correct" } else { "incorrect" });
-                    Ok(if ok { Done::Ok } else { Done::No })
-                }
-                None => {
-                    println!(
-                        "incorrect: no <verdict>RIGHT|WRONG</verdict> tag, nor one of the bare words RIGHT or WRONG alone, in the response (reference: {want})"
-                    );
-                    Ok(Done::No)
-                }
-            }
-        }
-        "essay_writing" | "summarization" => Err(Failure::Usage(format!(
-            "task `{task}` has no programmatic verifier (only its judge); `mpo grade` takes math or ethical_reasoning"
-        ))),
-        other => Err(Failure::Usage(format!("unknown task `{other}` (math, ethical_reasoning)"))),
-    }
+fn grade_cmd(task: spec::TaskKind, response: &str, reference: &str, tolerance: f64) -> Outcome {
+    let g = crate::reward::verify::grade(task, response, reference, tolerance).map_err(|e| Failure::Usage(e.to_string()))?;
+    println!("{}", g.reading);
+    Ok(if g.correct { Done::Ok } else { Done::No })
 }
 
 fn parse_version(v: &str) -> Result<u32, Failure> {
@@ -1189,8 +1182,8 @@ fn fetch_cmd(name: Option<&str>, list: bool) -> Outcome {
 }
 
 /// Load a spec and print its diagnostics; `Reported` when it has errors.
-fn load(path: &std::path::Path, overrides: &[String]) -> Result<spec::Loaded, Failure> {
-    let loaded = spec::load(path, overrides);
+fn load(path: &std::path::Path, overrides: &[String]) -> Result<resolve::Loaded, Failure> {
+    let loaded = resolve::load(path, overrides);
     if !loaded.diags.is_empty() {
         eprint!("{}", loaded.render_diagnostics());
     }
@@ -1201,7 +1194,7 @@ fn check(path: &std::path::Path, overrides: &[String], explain: bool) -> Outcome
     let loaded = load(path, overrides)?;
     let plans: Vec<Plan> = loaded.runs.iter().map(plan::compile).collect();
     if explain && let Some(first) = loaded.runs.first() {
-        let rows = spec::explain(first, &loaded.sources);
+        let rows = spec::explain(&first.spec, &first.tree, &loaded.sources);
         let w = rows.iter().map(|r| r.path.len()).max().unwrap_or(0);
         let vals: Vec<String> = rows.iter().map(|r| r.value.to_string()).collect();
         let vw = vals.iter().map(|v| v.chars().count().min(48)).max().unwrap_or(0);

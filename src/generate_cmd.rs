@@ -77,8 +77,6 @@ impl BackendJob for Job {
     }
 }
 
-pub fn run(backend: &str, args: Args) -> anyhow::Result<()> {
-    let b: crate::spec::BackendKind = serde_json::from_value(serde_json::Value::String(backend.into()))
-        .map_err(|_| anyhow::anyhow!("unknown backend `{backend}` (cpu, wgpu, cuda)"))?;
+pub fn run(b: crate::spec::BackendKind, args: Args) -> anyhow::Result<()> {
     model::dispatch(b, 0, Job(args, b)).map_err(|e| anyhow::anyhow!(e))?
 }

@@ -4,6 +4,7 @@
 //! (later stages) run and written as versioned results. See ARCHITECTURE.md for the map.
 
 pub mod bench;
+pub mod cases;
 pub mod cli;
 pub mod diag;
 pub mod engine;
@@ -17,11 +18,14 @@ pub mod judge;
 pub mod meta;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod ppo;
 pub mod report;
+pub mod resolve;
 pub mod results;
 pub mod reward;
 pub mod rng;
+pub mod round;
 pub mod rubric;
 pub mod rubric_test;
 pub mod run;

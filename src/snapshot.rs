@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value as J;
 
-use crate::spec::Resolved;
+use crate::resolve::Resolved;
 use crate::template::context::{JudgeContext, MetaContext, PairwiseContext, SampleContext, Stage, to_json};
 use crate::template::{self, TemplateKind};
 
@@ -21,19 +21,37 @@ pub fn canned_response(task: &str) -> &'static str {
     }
 }
 
+/// Why a spec's prompts could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Data(#[from] crate::task::DataError),
+    #[error("no {0} template")]
+    NoTemplate(&'static str),
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    /// The meta settings leave no room for a rubric or an analysis (`meta.max_items`, `meta.max_tokens`).
+    #[error("{0}")]
+    Meta(String),
+    #[error("the instrument rubric: {0}")]
+    InstrumentRubric(#[from] crate::rubric::RubricError),
+}
+
 /// `(name, text)` of every prompt of `r` on its first `n` training records, rendered with the
 /// run's own context types.
-pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, String> {
+pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, SnapshotError> {
     let task = r.spec.task.kind.as_str();
-    let data = r.spec.train_data().map_err(|e| e.to_string())?;
+    let data = crate::task::train(&r.spec)?;
     let has = |k: TemplateKind| r.inputs.templates.contains_key(&k);
-    let render = |k: TemplateKind, ctx: J| -> Result<String, String> {
-        let f = r.inputs.templates.get(&k).ok_or_else(|| format!("no {} template", k.as_str()))?;
-        template::render(&f.path.display().to_string(), &f.text, &ctx).map_err(|e| e.to_string())
+    let render = |k: TemplateKind, ctx: J| -> Result<String, SnapshotError> {
+        let f = r.inputs.templates.get(&k).ok_or(SnapshotError::NoTemplate(k.as_str()))?;
+        Ok(template::render(&f.path.display().to_string(), &f.text, &ctx)?)
     };
     let rubric = &r.inputs.rubric;
-    let limits =
-        crate::meta::MetaShapes::fit(r.spec.meta.max_items, r.spec.meta.max_tokens)?.with_max_points(r.spec.meta.max_points).limits();
+    let limits = crate::meta::MetaShapes::fit(r.spec.meta.max_items, r.spec.meta.max_tokens)
+        .map_err(|e| SnapshotError::Meta(e.to_string()))?
+        .with_max_points(r.spec.meta.max_points)
+        .limits();
     let mut out = vec![("rubric-v0.md".to_string(), rubric.to_markdown())];
     // `meta.review: joint` reads every sample in one prompt: rendered once, after the loop.
     let mut joint_cases: Vec<(String, String, &J)> = Vec::new();
@@ -78,7 +96,7 @@ pub fn render_all(r: &Resolved, n: usize) -> Result<Vec<(String, String)>, Strin
             }
             if has(TemplateKind::InstrumentJudge) && has(TemplateKind::InstrumentRubric) {
                 let text = render(TemplateKind::InstrumentRubric, to_json(&crate::template::context::RubricContext { task }))?;
-                let fixed = crate::rubric::Rubric::parse(&text).map_err(|e| format!("the instrument rubric: {e}"))?;
+                let fixed = crate::rubric::Rubric::parse(&text)?;
                 out.push((
                     "instrument-judge.txt".into(),
                     render(TemplateKind::InstrumentJudge, to_json(&JudgeContext::new(task, &fixed, &question, response, rec)))?,

@@ -192,6 +192,11 @@ pub fn bca_mean(xs: &[f64], seed: u64, resamples: usize) -> Option<(f64, f64)> {
     Some((percentile(&means, adjusted(-Z95)), percentile(&means, adjusted(Z95))))
 }
 
+/// Whether scores are a proportion (each 0 or 1: a Wilson interval and the exact test apply).
+pub fn is_proportion(scores: &[f64]) -> bool {
+    scores.iter().all(|&x| x == 0.0 || x == 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::plan;
+use crate::resolve;
 use crate::spec;
 
 /// The shipped specs the spec benchmark loads.
@@ -51,11 +52,11 @@ pub fn spec_bench(iterations: usize) -> anyhow::Result<String> {
         let t = Instant::now();
         let mut n = 0;
         for (p, _) in &texts {
-            let l = spec::load(Path::new(p), &[]);
+            let l = resolve::load(Path::new(p), &[]);
             anyhow::ensure!(!l.has_errors(), "{p} has errors:\n{}", l.render_diagnostics());
             n += l.runs.iter().map(plan::compile).count();
         }
-        let l = spec::load_str(sweep_path, SWEEP64, &[]);
+        let l = resolve::load_str(sweep_path, SWEEP64, &[]);
         anyhow::ensure!(!l.has_errors(), "sweep has errors:\n{}", l.render_diagnostics());
         let plans: Vec<plan::Plan> = l.runs.iter().map(plan::compile).collect();
         n += plans.len();
@@ -120,9 +121,10 @@ fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// Run a benchmark job on the named backend.
-pub fn on_backend<J: crate::model::BackendJob<Output = anyhow::Result<String>>>(backend: &str, job: J) -> anyhow::Result<String> {
-    let b: crate::spec::BackendKind = serde_json::from_value(serde_json::Value::String(backend.into()))
-        .map_err(|_| anyhow::anyhow!("unknown backend `{backend}` (cpu, wgpu, cuda)"))?;
+pub fn on_backend<J: crate::model::BackendJob<Output = anyhow::Result<String>>>(
+    b: crate::spec::BackendKind,
+    job: J,
+) -> anyhow::Result<String> {
     crate::model::dispatch(b, 0, job).map_err(|e| anyhow::anyhow!(e))?
 }
 
@@ -162,7 +164,7 @@ pub fn parity(server: Option<String>, steps: usize) -> anyhow::Result<String> {
     let q = crate::model::fetch::fetch("smollm2-135m-instruct", &mut |m| eprintln!("{m}"))?;
     let mut out = with_server_on(&q, server.clone(), server.is_none(), 1, |url| {
         on_backend(
-            "cpu",
+            crate::spec::BackendKind::Cpu,
             parity::ParityBench { server: url.unwrap_or_default(), steps, model: q.clone(), label: "Q4_1 GGUF as shipped".into() },
         )
     })?;
@@ -174,7 +176,7 @@ pub fn parity(server: Option<String>, steps: usize) -> anyhow::Result<String> {
         }
         out += &with_server_on(&f, None, true, 1, |url| {
             on_backend(
-                "cpu",
+                crate::spec::BackendKind::Cpu,
                 parity::ParityBench { server: url.unwrap_or_default(), steps, model: f.clone(), label: "the same weights as F32".into() },
             )
         })?;

@@ -13,7 +13,7 @@ use rand::Rng;
 use super::CpuClock;
 use super::generation::encoded_prompts;
 use crate::model::{self, BackendJob, LoraConfig, registry};
-use crate::run::train::{Passes, Seq, Trainer, update};
+use crate::run::train::{Passes, Seq, Trainer, UpdateOptions, update};
 use crate::spec::{LoraTarget, PpoSpec};
 
 pub struct PpoBench {
@@ -47,7 +47,17 @@ impl BackendJob for PpoBench {
                 let mut tr = Trainer { policy: m.model.clone().with_value_head(3, &device), optim: adam(), critic: None };
                 for (u, t) in times[k].iter_mut().enumerate() {
                     let clock = CpuClock::start();
-                    update(&mut tr, &seqs, &spec, 1e-4, m.tok.pad, 8, 0, u as u32 + 1, passes, false);
+                    let opts = UpdateOptions {
+                        spec: &spec,
+                        lr: 1e-4,
+                        pad: m.tok.pad,
+                        chunk: 8,
+                        seed: 0,
+                        update: u as u32 + 1,
+                        passes,
+                        recenter: false,
+                    };
+                    update(&mut tr, &seqs, &opts);
                     let secs = clock.stop().0;
                     eprintln!("  rep {rep} update {} {}: {secs:.2}s", u + 1, if passes == Passes::Shared { "shared" } else { "separate" });
                     t.push(secs);

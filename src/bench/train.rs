@@ -337,7 +337,7 @@ impl TrainBench {
 /// non-zero so every timed update runs its reference pass): the rows as rollouts (the first
 /// quarter the prompt), random scores, one epoch of one mini-batch, a separate critic.
 fn ppo_update<B: AutodiffBackend>(policy: crate::model::Llama<B>, rows: &[Vec<u32>], steps: usize) -> anyhow::Result<f64> {
-    use crate::run::train::{Passes, Seq, Trainer, update};
+    use crate::run::train::{Passes, Seq, Trainer, UpdateOptions, update};
     let device = policy.embed.val().device();
     let adam = || AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.0).init::<B, crate::model::Llama<B>>();
     let critic = policy.with_fresh_adapters(&paper_lora(), "critic", 1).with_value_head(2, &device);
@@ -359,10 +359,11 @@ fn ppo_update<B: AutodiffBackend>(policy: crate::model::Llama<B>, rows: &[Vec<u3
         .collect();
     let spec = crate::spec::PpoSpec { num_ppo_epochs: 1, num_mini_batches: 1, learning_rate: 1e-4, ..Default::default() };
     let chunk = rows.len().max(1);
-    update(&mut tr, &seqs, &spec, 1e-4, 0, chunk, 0, 1, Passes::Shared, false);
+    let opts = |update| UpdateOptions { spec: &spec, lr: 1e-4, pad: 0, chunk, seed: 0, update, passes: Passes::Shared, recenter: false };
+    update(&mut tr, &seqs, &opts(1));
     let clock = CpuClock::start();
     for u in 0..steps {
-        update(&mut tr, &seqs, &spec, 1e-4, 0, chunk, 0, u as u32 + 2, Passes::Shared, false);
+        update(&mut tr, &seqs, &opts(u as u32 + 2));
     }
     Ok(clock.stop().0 / steps as f64)
 }

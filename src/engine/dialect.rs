@@ -23,6 +23,19 @@ pub struct Sampled {
     pub ended: bool,
 }
 
+/// What a generation answer lacks for mpo to read it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DialectError {
+    #[error("no `{0}` array")]
+    NoArray(&'static str),
+    #[error("no `choices[0]`")]
+    NoChoice,
+    #[error("`{what}` holds {value}, not a token id")]
+    NotTokenId { what: &'static str, value: J },
+    #[error("{tokens} tokens but {logprobs} log-probs")]
+    Lengths { tokens: usize, logprobs: usize },
+}
+
 /// An endpoint path and its JSON body.
 pub type Request = (&'static str, J);
 
@@ -126,19 +139,19 @@ pub fn unload(engine: RolloutEngine, name: &str) -> Option<Request> {
 }
 
 /// A generation answer read into token ids and log-probs; `Err` says what is missing.
-pub fn parse(engine: RolloutEngine, v: &J) -> Result<Sampled, String> {
-    let ids = |a: Option<&J>, what: &str| -> Result<Vec<u32>, String> {
+pub fn parse(engine: RolloutEngine, v: &J) -> Result<Sampled, DialectError> {
+    let ids = |a: Option<&J>, what: &'static str| -> Result<Vec<u32>, DialectError> {
         a.and_then(J::as_array)
-            .ok_or_else(|| format!("no `{what}` array"))?
+            .ok_or(DialectError::NoArray(what))?
             .iter()
-            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("`{what}` holds {x}, not a token id")))
+            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| DialectError::NotTokenId { what, value: x.clone() }))
             .collect()
     };
     let f = |x: &J| x.as_f64().map_or(f32::NAN, |p| p as f32);
     let s = match engine {
         RolloutEngine::LlamaServer | RolloutEngine::InProcess => {
             let tokens = ids(v.get("tokens"), "tokens")?;
-            let probs = v.get("completion_probabilities").and_then(J::as_array).ok_or("no `completion_probabilities` array")?;
+            let probs = v.get("completion_probabilities").and_then(J::as_array).ok_or(DialectError::NoArray("completion_probabilities"))?;
             let logprobs = probs
                 .iter()
                 .map(|p| match (p.get("prob"), p.get("logprob")) {
@@ -150,12 +163,12 @@ pub fn parse(engine: RolloutEngine, v: &J) -> Result<Sampled, String> {
             Sampled { tokens, logprobs, ended: v.get("stop_type").and_then(J::as_str) == Some("eos") }
         }
         RolloutEngine::Vllm => {
-            let c = v.get("choices").and_then(|c| c.get(0)).ok_or("no `choices[0]`")?;
+            let c = v.get("choices").and_then(|c| c.get(0)).ok_or(DialectError::NoChoice)?;
             let tokens = ids(c.get("token_ids"), "choices[0].token_ids")?;
             let logprobs = c
                 .pointer("/logprobs/token_logprobs")
                 .and_then(J::as_array)
-                .ok_or("no `choices[0].logprobs.token_logprobs` array")?
+                .ok_or(DialectError::NoArray("choices[0].logprobs.token_logprobs"))?
                 .iter()
                 .map(f)
                 .collect();
@@ -166,8 +179,10 @@ pub fn parse(engine: RolloutEngine, v: &J) -> Result<Sampled, String> {
         RolloutEngine::Sglang => {
             // `[logprob, token id, text]` per output token. The ids are read from here, not from
             // `output_ids`, which SGLang 0.5.3 starts with some of the prompt's tokens.
-            let entries =
-                v.pointer("/meta_info/output_token_logprobs").and_then(J::as_array).ok_or("no `meta_info.output_token_logprobs` array")?;
+            let entries = v
+                .pointer("/meta_info/output_token_logprobs")
+                .and_then(J::as_array)
+                .ok_or(DialectError::NoArray("meta_info.output_token_logprobs"))?;
             let tokens =
                 ids(Some(&J::Array(entries.iter().map(|e| e.get(1).cloned().unwrap_or(J::Null)).collect())), "output_token_logprobs[][1]")?;
             let logprobs = entries.iter().map(|e| e.get(0).map_or(f32::NAN, f)).collect();
@@ -176,7 +191,7 @@ pub fn parse(engine: RolloutEngine, v: &J) -> Result<Sampled, String> {
         }
     };
     if s.logprobs.len() != s.tokens.len() {
-        return Err(format!("{} tokens but {} log-probs", s.tokens.len(), s.logprobs.len()));
+        return Err(DialectError::Lengths { tokens: s.tokens.len(), logprobs: s.logprobs.len() });
     }
     Ok(s)
 }
@@ -219,9 +234,11 @@ mod tests {
         let sglang = json!({"output_ids": [198, 9], "meta_info": {"finish_reason": {"type": "length", "length": 1}, "output_token_logprobs": [[-0.3, 9, null]]}});
         assert_eq!(parse(RolloutEngine::Sglang, &sglang).unwrap(), Sampled { tokens: vec![9], logprobs: vec![-0.3], ended: false });
         // what is missing is named
-        assert!(parse(RolloutEngine::Sglang, &json!({"output_ids": [9]})).unwrap_err().contains("output_token_logprobs"));
+        assert!(parse(RolloutEngine::Sglang, &json!({"output_ids": [9]})).unwrap_err().to_string().contains("output_token_logprobs"));
         let short = json!({"tokens": [1, 2], "completion_probabilities": [{"prob": 0.5}]});
-        assert!(parse(RolloutEngine::LlamaServer, &short).unwrap_err().contains("2 tokens but 1 log-probs"));
-        assert!(parse(RolloutEngine::Vllm, &json!({"choices": [{"token_ids": ["a"]}]})).unwrap_err().contains("not a token id"));
+        assert!(parse(RolloutEngine::LlamaServer, &short).unwrap_err().to_string().contains("2 tokens but 1 log-probs"));
+        assert!(
+            parse(RolloutEngine::Vllm, &json!({"choices": [{"token_ids": ["a"]}]})).unwrap_err().to_string().contains("not a token id")
+        );
     }
 }

@@ -59,7 +59,7 @@ pub fn measured(arg: &Path) -> Result<BTreeMap<String, Measured>, EvalError> {
             std::fs::read_to_string(base.with_extension("json")).ok().and_then(|t| serde_json::from_str(&t).ok()).ok_or_else(|| {
                 input(format!("{}: no readable evaluation summary beside it ({})", arg.display(), base.with_extension("json").display()))
             })?;
-        let lines = evals::read_lines(&base.with_extension("jsonl")).map_err(input)?;
+        let lines = evals::read_lines(&base.with_extension("jsonl"))?;
         // RUN/eval/LABEL.jsonl or RUN/eval/transfer/LABEL.jsonl
         let run = arg.ancestors().find(|a| a.join("plan.json").is_file());
         let m = Measured { source: arg.to_path_buf(), seed: run.and_then(seed_of), summary: summary.clone(), lines };
@@ -240,7 +240,7 @@ pub fn compare_split(
             }
         }
         let metric = m.name(&a[0].summary).unwrap_or_default();
-        let mut c = Comparison::new(split, &metric, labels, &paired, 0).map_err(input)?;
+        let mut c = Comparison::new(split, &metric, labels, &paired, 0)?;
         c.note = match m {
             Measure::Headline => a[0].summary.note.clone(),
             Measure::Instrument => Some(evals::instrument_note(instrument.as_ref(), left_out)),

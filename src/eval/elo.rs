@@ -80,14 +80,56 @@ pub enum Rating {
     SequentialElo,
 }
 
+/// A `--rating` that names no rating method.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{0}`: expected `bt` (Bradley–Terry maximum likelihood) or `elo` (sequential Elo, the paper's)")]
+pub struct UnknownRating(pub String);
+
 impl std::str::FromStr for Rating {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownRating;
+    fn from_str(s: &str) -> Result<Self, UnknownRating> {
         match s {
             "bt" | "bradley-terry" | "bradley_terry" => Ok(Rating::BradleyTerry),
             "elo" | "sequential-elo" | "sequential_elo" => Ok(Rating::SequentialElo),
-            o => Err(format!("`{o}`: expected `bt` (Bradley–Terry maximum likelihood) or `elo` (sequential Elo, the paper's)")),
+            o => Err(UnknownRating(o.into())),
         }
+    }
+}
+
+/// Why a pairwise tournament could not be drawn or rated.
+#[derive(Debug, thiserror::Error)]
+pub enum EloError {
+    #[error("a tournament needs at least 2 players, got {0}")]
+    TooFewPlayers(usize),
+    #[error("player {0} has no responses")]
+    NoResponses(String),
+    #[error(
+        "the players answered no question in common (questions are matched by their text): evaluate them on the same \
+         test split with the same policy prompt (`task.prompt`, `eval.seed`, `eval.samples`)"
+    )]
+    NoCommonQuestion,
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    #[error(
+        "no match could be rated: {unreadable} of {answers} judge answers were unreadable as `Winner: A|B|tie` \
+         (see the judge cache in the output directory); check the judge and the pairwise template"
+    )]
+    NoMatch { unreadable: usize, answers: usize },
+    /// The plain maximum likelihood has no finite answer; `extreme`: the players who won or lost
+    /// every match, as (name, score, games).
+    #[error(
+        "the plain Bradley–Terry maximum likelihood has no finite ratings: {}; rate with a prior (`--bt-prior 1`, the default) or more matches",
+        who_diverges(.extreme)
+    )]
+    NoMle { extreme: Vec<(String, f64, usize)> },
+}
+
+fn who_diverges(extreme: &[(String, f64, usize)]) -> String {
+    if extreme.is_empty() {
+        "a group of players never scored against the others".to_string()
+    } else {
+        let named: Vec<String> = extreme.iter().map(|(n, s, g)| format!("{n} ({s} of {g})")).collect();
+        format!("{} won or lost every match", named.join(", "))
     }
 }
 
@@ -375,7 +417,7 @@ fn fit(n: usize, matches: &[&Match], cfg: &EloConfig, order_stream: &str) -> Opt
 }
 
 /// Why the plain maximum likelihood has no finite answer, in players' names.
-fn no_mle(names: &[String], matches: &[Match]) -> String {
+fn no_mle(names: &[String], matches: &[Match]) -> EloError {
     let mut score = vec![(0.0f64, 0usize); names.len()];
     for m in matches {
         score[m.a].0 += m.score_a;
@@ -383,24 +425,17 @@ fn no_mle(names: &[String], matches: &[Match]) -> String {
         score[m.b].0 += 1.0 - m.score_a;
         score[m.b].1 += 1;
     }
-    let extreme: Vec<String> = names
+    let extreme = names
         .iter()
         .zip(&score)
         .filter(|(_, (s, g))| *g == 0 || *s == 0.0 || *s == *g as f64)
-        .map(|(n, (s, g))| format!("{n} ({s} of {g})"))
+        .map(|(n, &(s, g))| (n.clone(), s, g))
         .collect();
-    let who = if extreme.is_empty() {
-        "a group of players never scored against the others".to_string()
-    } else {
-        format!("{} won or lost every match", extreme.join(", "))
-    };
-    format!(
-        "the plain Bradley–Terry maximum likelihood has no finite ratings: {who}; rate with a prior (`--bt-prior 1`, the default) or more matches"
-    )
+    EloError::NoMle { extreme }
 }
 
 /// Ratings from rated matches: the table, and the bootstrap refits that failed.
-pub fn standings(names: &[String], matches: &[Match], cfg: &EloConfig) -> Result<(Vec<Standing>, usize), String> {
+pub fn standings(names: &[String], matches: &[Match], cfg: &EloConfig) -> Result<(Vec<Standing>, usize), EloError> {
     let n = names.len();
     let all: Vec<&Match> = matches.iter().collect();
     let (point, std) = fit(n, &all, cfg, "elo/order").ok_or_else(|| no_mle(names, matches))?;
@@ -511,20 +546,18 @@ pub fn tournament(
     template: (&str, &str),
     task: &str,
     cfg: &EloConfig,
-) -> Result<Tournament, String> {
+) -> Result<Tournament, EloError> {
     if players.len() < 2 {
-        return Err(format!("a tournament needs at least 2 players, got {}", players.len()));
+        return Err(EloError::TooFewPlayers(players.len()));
     }
     if let Some(p) = players.iter().find(|p| p.members.is_empty()) {
-        return Err(format!("player {} has no responses", p.name));
+        return Err(EloError::NoResponses(p.name.clone()));
     }
     let union: BTreeSet<&String> = players.iter().flat_map(|p| p.members.iter().flat_map(|m| m.responses.keys())).collect();
     let common: Vec<&String> =
         union.iter().copied().filter(|k| players.iter().all(|p| p.members.iter().any(|m| m.responses.contains_key(*k)))).collect();
     if common.is_empty() {
-        return Err("the players answered no question in common (questions are matched by their text): evaluate them on the same \
-                    test split with the same policy prompt (`task.prompt`, `eval.seed`, `eval.samples`)"
-            .into());
+        return Err(EloError::NoCommonQuestion);
     }
     let mut rng = crate::rng::stream(cfg.seed, "elo/matches");
     // (prompt, a, b, member of a, member of b)
@@ -540,9 +573,9 @@ pub fn tournament(
             }
         }
     }
-    let request = |question: &str, first: &str, second: &str| -> Result<JudgeRequest, String> {
+    let request = |question: &str, first: &str, second: &str| -> Result<JudgeRequest, EloError> {
         let ctx = crate::template::context::PairwiseContext { task, question, response_a: first, response_b: second };
-        let text = crate::template::render(template.0, template.1, &ctx).map_err(|e| e.to_string())?;
+        let text = crate::template::render(template.0, template.1, &ctx)?;
         Ok(JudgeRequest {
             prompt: text,
             max_tokens: 2,
@@ -601,11 +634,7 @@ pub fn tournament(
     position.consistency = ratio(position.consistent, position.matches);
     position.first_shown_rate = ratio(position.first_shown_won, position.decisive);
     if matches.is_empty() {
-        return Err(format!(
-            "no match could be rated: {unreadable} of {} judge answers were unreadable as `Winner: A|B|tie` \
-             (see the judge cache in the output directory); check the judge and the pairwise template",
-            requests.len()
-        ));
+        return Err(EloError::NoMatch { unreadable, answers: requests.len() });
     }
     let names: Vec<String> = players.iter().map(|p| p.name.clone()).collect();
     let (standings, bootstrap_failed) = standings(&names, &matches, cfg)?;
@@ -891,6 +920,7 @@ mod tests {
         assert!(t.matches.iter().all(|m| m.score_a == 0.0));
         let mut never = ScriptedJudge::new("never", |_, _| verdict("no idea"));
         let e = tournament(&mut never, &ps, ("t", TEMPLATE), "math", &cfg).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("no match could be rated: 20 of 20"), "{e}");
     }
 
@@ -924,6 +954,7 @@ mod tests {
         let mut ps = players(&[1, 2]);
         ps[1].members[0] = Member::new("r1", [("another question".to_string(), "r".to_string())]);
         let e = tournament(&mut quality_judge(0.0), &ps, ("t", TEMPLATE), "math", &EloConfig::default()).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("no question in common") && e.contains("matched by their text"), "{e}");
         assert!(tournament(&mut quality_judge(0.0), &players(&[1]), ("t", TEMPLATE), "math", &EloConfig::default()).is_err());
     }
@@ -973,6 +1004,7 @@ mod tests {
         let ps = players(&[1, 2]);
         let cfg = EloConfig { matches_per_pair: 5, bootstrap: 5, prior: 0.0, ..EloConfig::default() };
         let e = tournament(&mut quality_judge(0.0), &ps, ("t", TEMPLATE), "math", &cfg).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("no finite ratings") && e.contains("p1 (5 of 5)") && e.contains("--bt-prior"), "{e}");
     }
 

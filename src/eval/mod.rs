@@ -9,6 +9,8 @@
 
 pub mod compare;
 pub mod elo;
+pub mod measure;
+pub mod metrics;
 pub mod rating;
 
 use std::collections::BTreeSet;
@@ -18,16 +20,14 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::judge::factory::{self, JudgeEnv};
 use crate::model::registry::ModelRef;
-use crate::model::{self, BackendJob, LoraConfig};
+use crate::model::{self, BackendJob};
 use crate::plan::Plan;
+use crate::policy::Adapters;
 use crate::results::evals::{EvalSummary, Measure};
 use crate::results::{ResultsError, RunDir};
-use crate::run::RunError;
-use crate::run::eval::{Evaluator, base_cached};
-use crate::run::setup::plan_template;
 use crate::spec::{JudgeBackend, JudgeSpec};
 use crate::task::Split;
-use crate::template::TemplateKind;
+use measure::{Evaluator, base_cached};
 
 /// Which weights to evaluate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,13 +40,18 @@ pub enum Which {
     Update(u32),
 }
 
+/// A `--checkpoint` that names no checkpoint.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{0}`: expected an update number, `latest` or `base`")]
+pub struct NotACheckpoint(String);
+
 impl std::str::FromStr for Which {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = NotACheckpoint;
+    fn from_str(s: &str) -> Result<Self, NotACheckpoint> {
         match s {
             "latest" => Ok(Which::Latest),
             "base" => Ok(Which::Base),
-            n => n.parse().map(Which::Update).map_err(|_| format!("`{n}`: expected an update number, `latest` or `base`")),
+            n => n.parse().map(Which::Update).map_err(|_| NotACheckpoint(n.to_string())),
         }
     }
 }
@@ -63,13 +68,41 @@ pub enum EvalError {
     #[error(transparent)]
     Results(#[from] ResultsError),
     #[error(transparent)]
-    Run(#[from] RunError),
+    PlanFile(#[from] crate::plan::PlanFileError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Judge(#[from] crate::judge::factory::BuildError),
+    #[error(transparent)]
+    Reward(#[from] crate::reward::RewardError),
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    #[error("generation: {0}")]
+    Generate(#[from] crate::model::generate::GenerateError),
+    #[error("task data: {0}")]
+    Data(#[from] crate::task::DataError),
+    #[error("writing results: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{what}: {message}")]
+    Rubric { what: String, message: String },
+    /// The backend could not run (its message carries its own help).
+    #[error(transparent)]
+    Device(#[from] model::DeviceError),
+    #[error(transparent)]
+    Evals(#[from] crate::results::evals::EvalsError),
+    #[error(transparent)]
+    Elo(#[from] elo::EloError),
 }
 
 impl EvalError {
     pub fn help(&self) -> Option<String> {
         match self {
-            EvalError::Run(e) => e.help(),
+            EvalError::PlanFile(e) => e.help(),
+            EvalError::Policy(e) => e.help(),
+            EvalError::Judge(e) => e.help(),
+            EvalError::Reward(crate::reward::RewardError::Failed { .. }) => {
+                Some("`reward.failure.policy: fail` stops at the first unusable answer; `skip` or `{penalty: x}` keep training".into())
+            }
             _ => None,
         }
     }
@@ -178,21 +211,10 @@ impl BackendJob for EvalJob {
         if spec.task.test.is_none() {
             return Err(input(format!("{}: the spec has no `task.test` split to evaluate on", self.run.display())));
         }
-        let lora = LoraConfig::from_spec(&spec.policy.lora);
         let seed = spec.runtime.seed;
-        let mut log = |m: &str| eprintln!("{m}");
         // The base model is the policy without adapters (a fresh adapter is the base anyway).
-        let adapters = self.checkpoint.as_ref().map(|_| &lora);
-        let loaded = model::load::<B::InnerBackend>(
-            &self.plan.inputs.models.policy,
-            adapters,
-            crate::rng::sub_seed(seed, "model/init"),
-            &device,
-            &mut log,
-        )
-        .map_err(RunError::from)?
-        .quantized_decode(spec.runtime.quantized_decode)
-        .precision(spec.runtime.precision);
+        let adapters = if self.checkpoint.is_some() { Adapters::Fresh } else { Adapters::Off };
+        let loaded = crate::policy::load::<B::InnerBackend>(&self.plan, adapters, &device, &mut |m| eprintln!("{m}"))?;
         let (policy, update, label) = match &self.checkpoint {
             Some((u, d)) => {
                 let m = crate::model::adapter::load(loaded.model, &d.join("policy.safetensors"))
@@ -200,13 +222,6 @@ impl BackendJob for EvalJob {
                 (m, *u, format!("checkpoint-{u:06}"))
             }
             None => (loaded.model, 0, "base".to_string()),
-        };
-        let tmpl = plan_template(&self.plan, TemplateKind::Policy)?;
-        let chat = match &spec.policy.chat_template {
-            Some(p) => {
-                Some(std::fs::read_to_string(p).map_err(|e| RunError::Read { path: p.display().to_string(), message: e.to_string() })?)
-            }
-            None => None,
         };
         let dir = RunDir { root: self.run.clone() };
         let cache = dir.path("judge-cache");
@@ -219,18 +234,18 @@ impl BackendJob for EvalJob {
             cache: &cache,
             quantized_decode: spec.runtime.quantized_decode,
         };
-        let instrument = crate::run::eval::Instrument::build(&self.plan, &env)?;
+        let instrument = measure::Instrument::build(&self.plan, &env)?;
         let ev = Evaluator {
             plan: &self.plan,
             tok: &loaded.tok,
-            template: &tmpl,
-            chat_override: chat.as_deref(),
+            template: &loaded.template,
+            chat_override: loaded.chat.as_deref(),
             instrument: instrument.as_ref(),
         };
         let mut res = EvalResult { label: label.clone(), splits: Vec::new(), comparisons: Vec::new() };
         for (split, src) in [("test", &spec.task.test), ("transfer", &spec.task.transfer)] {
             let Some(src) = src else { continue };
-            let data = crate::task::load(spec.task.kind, src, spec.test_seed(), Split::Test).map_err(RunError::from)?;
+            let data = crate::task::load(spec.task.kind, src, spec.test_seed(), Split::Test)?;
             let measure = || ev.run(&policy, true, split, &data.records, update, &label, &dir);
             if self.checkpoint.is_none() {
                 base_cached(&ev, split, &dir, measure)?;
@@ -259,9 +274,9 @@ pub fn eval_base_of_plan(plan: &Plan) -> Result<EvalResult, EvalError> {
         return Err(input(format!("{} holds another plan", dir.root.display())));
     }
     if existing.is_none() {
-        dir.write_json("plan.json", plan).map_err(RunError::from)?;
+        dir.write_json("plan.json", plan)?;
     }
-    crate::results::inputs::store(&dir, plan).map_err(RunError::from)?;
+    crate::results::inputs::store(&dir, plan)?;
     eval_run(&dir.root, Which::Base)
 }
 
@@ -294,7 +309,7 @@ pub fn eval_run(run: &Path, which: Which) -> Result<EvalResult, EvalError> {
             })?),
         };
     let job = EvalJob { run: run.to_path_buf(), plan: plan.clone(), checkpoint };
-    model::dispatch(plan.spec.runtime.backend, plan.spec.runtime.device, job).map_err(|e| EvalError::Run(RunError::Backend(e)))?
+    model::dispatch(plan.spec.runtime.backend, plan.spec.runtime.device, job).map_err(EvalError::from)?
 }
 
 /// How an argument of `mpo eval --elo` reads.
@@ -360,8 +375,7 @@ pub struct Source {
 fn read_source(file: &Path, run: &Path) -> Result<Source, EvalError> {
     // Paths at the run's own copies (the pairwise template), wherever the folder is.
     let plan = RunDir::open(run)?.local_plan()?.plan;
-    let lines: Vec<(String, String)> =
-        crate::results::evals::read_lines(file).map_err(input)?.into_iter().map(|l| (l.question, l.response)).collect();
+    let lines: Vec<(String, String)> = crate::results::evals::read_lines(file)?.into_iter().map(|l| (l.question, l.response)).collect();
     let weights = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     let member = elo::Member::new(format!("{} @{weights}", plan.run_id), lines);
     Ok(Source { member, plan, weights, file: file.to_path_buf(), run: run.to_path_buf() })
@@ -548,10 +562,9 @@ impl BackendJob for EloJob {
             cache: &cache,
             quantized_decode: spec.runtime.quantized_decode,
         };
-        let mut judge =
-            factory::build::<B::InnerBackend>("tournament", &self.judge.spec, self.judge.model.as_ref(), &env).map_err(RunError::from)?;
+        let mut judge = factory::build::<B::InnerBackend>("tournament", &self.judge.spec, self.judge.model.as_ref(), &env)?;
         let t = elo::tournament(judge.as_mut(), &self.players, (&self.template.0, &self.template.1), spec.task.kind.as_str(), &self.cfg)
-            .map_err(input)?;
+            .map_err(EvalError::Elo)?;
         Ok(t)
     }
 }
@@ -728,7 +741,7 @@ pub fn elo_cmd(args: &[PathBuf], flags: &EloFlags, out: Option<&Path>) -> Result
         template: setup.template.clone(),
         out: setup.out.clone(),
     };
-    let t = model::dispatch(backend, device, job).map_err(|e| EvalError::Run(RunError::Backend(e)))??;
+    let t = model::dispatch(backend, device, job).map_err(EvalError::from)??;
     let file = write_elo(&setup, &t)?;
     Ok((setup, t, file))
 }
@@ -744,7 +757,7 @@ mod tests {
     fn sweep_plans(extra: &str) -> Vec<Plan> {
         let text =
             format!("extends: tiny.yaml\nname: elo-pool\n{extra}sweep:\n  grid:\n    meta.every: [never, 2]\n    runtime.seed: [0, 1]\n");
-        let loaded = crate::spec::load_str(Path::new("tests/specs/valid/elo_pool.yaml"), &text, &[]);
+        let loaded = crate::resolve::load_str(Path::new("tests/specs/valid/elo_pool.yaml"), &text, &[]);
         assert!(!loaded.has_errors(), "{:?}", loaded.diags);
         loaded.runs.iter().map(crate::plan::compile).collect()
     }

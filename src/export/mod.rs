@@ -62,6 +62,13 @@ pub enum ExportError {
     Io { context: String, source: std::io::Error },
     #[error(transparent)]
     Results(#[from] crate::results::ResultsError),
+    /// A tensor file that cannot be read ([`read_tensors`]).
+    #[error(transparent)]
+    Read(std::io::Error),
+    #[error(transparent)]
+    Safetensors(#[from] safetensors::SafeTensorError),
+    #[error(transparent)]
+    Weights(#[from] crate::model::weights::WeightsError),
 }
 
 impl ExportError {
@@ -287,7 +294,7 @@ pub fn export(run: &Path, update: Option<u32>, format: Format, out: Option<&Path
             ))
         })?,
     };
-    crate::run::checkpoint::verify(&ck)
+    crate::results::checkpoint_files::verify(&ck)
         .map_err(|d| input(format!("the checkpoint of update {update} is damaged: {d}; nothing was exported")))?;
     let dest = out.map(Path::to_path_buf).unwrap_or_else(|| dir.path(&format!("export/{}-update-{update:06}", format.as_str())));
     if dest.exists() {
@@ -373,7 +380,7 @@ fn fixture(dir: &RunDir, plan: &Plan, ck: &Path, update: u32, n: usize) -> Resul
         None => None,
     };
     let job = Fixture { plan: plan.clone(), policy: ck.join("policy.safetensors"), rows, chat };
-    model::dispatch(plan.spec.runtime.backend, plan.spec.runtime.device, job).map_err(input)?
+    model::dispatch(plan.spec.runtime.backend, plan.spec.runtime.device, job).map_err(|e| input(e.to_string()))?
 }
 
 struct Fixture {
@@ -396,7 +403,7 @@ impl BackendJob for Fixture {
         let tok = loaded.tok;
         let mut out = Vec::new();
         for (id, question, response) in self.rows {
-            let p = crate::run::rollout::chat_ids(spec, &tok, self.chat.as_deref(), &question).map_err(|e| fail(e.to_string()))?;
+            let p = crate::policy::chat_ids(spec, &tok, self.chat.as_deref(), &question).map_err(|e| fail(e.to_string()))?;
             let r = tok.encode(&response).map_err(|e| fail(e.to_string()))?;
             if r.is_empty() {
                 continue;
@@ -409,9 +416,9 @@ impl BackendJob for Fixture {
 }
 
 /// The export's tensors by name, for tests and the CLI's summary.
-pub fn read_tensors(path: &Path) -> Result<ByName, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
+pub fn read_tensors(path: &Path) -> Result<ByName, ExportError> {
+    let bytes = std::fs::read(path).map_err(ExportError::Read)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
     st.tensors().into_iter().map(|(n, t)| Ok((n, (t.shape().to_vec(), crate::model::weights::to_f32(t.dtype(), t.data())?)))).collect()
 }
 

@@ -176,6 +176,7 @@ pub struct Transport {
     /// Requests that failed for good, by the cause of their last attempt.
     pub failed: BTreeMap<String, u64>,
     /// Seconds spent waiting before retries (backoff and `Retry-After`).
+    #[serde(serialize_with = "crate::round::six_or_zero")]
     pub retry_wait_s: f64,
 }
 

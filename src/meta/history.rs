@@ -48,7 +48,7 @@ pub struct Entry {
     /// `meta.gate`'s verdict on the merged rubric against the rubric in force: the checks that
     /// regressed (any keeps the rubric), those failing under both, those it fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gate: Option<super::GateVerdict>,
+    pub gate: Option<super::gate::GateVerdict>,
 }
 
 pub struct History {
@@ -71,6 +71,17 @@ fn names(families: &[History]) -> String {
 
 fn item_names(r: &Rubric) -> Vec<String> {
     r.items.iter().map(|i| format!("{} ({}-{})", i.name, i.min, i.max)).collect()
+}
+
+/// `--family` does not fit the run's rubrics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FamilyChoice {
+    #[error("{} keeps one rubric per family (meta.partition_by): name one with --family ({families})", run.display())]
+    Needed { run: PathBuf, families: String },
+    #[error("{} has no rubric families (it keeps one rubric): drop --family", run.display())]
+    NoFamilies { run: PathBuf },
+    #[error("{} has no rubric family `{family}`; it has {families}", run.display())]
+    Unknown { run: PathBuf, family: String, families: String },
 }
 
 impl History {
@@ -115,25 +126,20 @@ impl History {
 
     /// The history `mpo rubric` reads: the run's one rubric, or with families the one `family`
     /// names (its key or folder name); an error says which families there are.
-    pub fn open(run_dir: &Path, family: Option<&str>) -> Result<History, String> {
+    pub fn open(run_dir: &Path, family: Option<&str>) -> Result<History, FamilyChoice> {
+        let run = run_dir.to_path_buf();
         let families = History::families(run_dir);
         match family {
             None if families.is_empty() => Ok(History::new(run_dir)),
-            None => Err(format!(
-                "{} keeps one rubric per family (meta.partition_by): name one with --family ({})",
-                run_dir.display(),
-                names(&families)
-            )),
+            None => Err(FamilyChoice::Needed { run, families: names(&families) }),
             Some(f) => {
                 let found = families
                     .into_iter()
                     .partition::<Vec<_>, _>(|h| h.family.as_deref() == Some(f) || h.dir.file_name().is_some_and(|n| n == f));
                 match found {
                     (mut hit, _) if !hit.is_empty() => Ok(hit.remove(0)),
-                    (_, all) if all.is_empty() => {
-                        Err(format!("{} has no rubric families (it keeps one rubric): drop --family", run_dir.display()))
-                    }
-                    (_, all) => Err(format!("{} has no rubric family `{f}`; it has {}", run_dir.display(), names(&all))),
+                    (_, all) if all.is_empty() => Err(FamilyChoice::NoFamilies { run }),
+                    (_, all) => Err(FamilyChoice::Unknown { run, family: f.to_string(), families: names(&all) }),
                 }
             }
         }
@@ -185,7 +191,7 @@ impl History {
                 let d = diff(&current.to_markdown(), &new.to_markdown(), &format!("v{current_version:03}.md"), &format!("v{v:03}.md"));
                 (Some(v), None, d, new.changes_from(current), item_names(new))
             }
-            Err(why) => (None, Some(why.clone()), String::new(), vec![], item_names(current)),
+            Err(why) => (None, Some(why.to_string()), String::new(), vec![], item_names(current)),
         };
         self.append(&Entry {
             family: self.family.clone(),
@@ -307,7 +313,7 @@ mod tests {
     use super::*;
     use crate::judge::TokenUsage;
 
-    fn outcome(result: Result<Rubric, String>, update: u32) -> MetaOutcome {
+    fn outcome(result: Result<Rubric, crate::meta::Kept>, update: u32) -> MetaOutcome {
         MetaOutcome {
             trigger_update: update,
             evidence: vec!["a".into()],
@@ -331,13 +337,13 @@ mod tests {
         h.init(&v0).unwrap();
         let v1 = Rubric::parse("## Correct (0-4)\n- Award 4.\n## Units (0-1)\n").unwrap();
         assert_eq!(h.record(&outcome(Ok(v1.clone()), 2), &v0, 0).unwrap(), Some(1));
-        assert_eq!(h.record(&outcome(Err("merge failed".into()), 4), &v1, 1).unwrap(), None);
+        assert_eq!(h.record(&outcome(Err(crate::meta::Kept::EveryAnalysisFailed), 4), &v1, 1).unwrap(), None);
         let es = h.entries().unwrap();
         assert_eq!(es.len(), 3);
         assert!(es[1].diff.contains("+## Units (0-1)"));
         assert_eq!(h.latest().unwrap(), (1, v1));
         let log = render_log(&es);
-        assert!(log.contains("v001  after update 2") && log.contains("kept v001 (merge failed)"), "{log}");
+        assert!(log.contains("v001  after update 2") && log.contains("kept v001 (every analysis failed)"), "{log}");
         assert!(log.contains("changes: added `Units (0-1)`"), "{log}");
         assert_eq!(
             summary_line(&es, Path::new("r")),

@@ -8,6 +8,7 @@
 //! reason is recorded. Nothing here writes files: [`history`] does.
 
 pub mod family;
+pub mod gate;
 pub mod history;
 
 use rand::seq::SliceRandom;
@@ -89,6 +90,18 @@ pub struct MetaShapes {
     pub analysis: AnalysisShape,
 }
 
+/// `meta.max_tokens` cannot hold a complete answer of the meta stages.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "`meta.max_tokens` ({max_tokens}) cannot hold a complete answer of the meta stages (a one-item rubric with a {}-character line, or {FINDINGS} findings of {MIN_FINDING_CHARS} characters): it must be at least {least}",
+    crate::rubric::MIN_USEFUL_LINE_CHARS
+)]
+pub struct BudgetTooSmall {
+    pub max_tokens: u32,
+    /// The smallest budget that holds one.
+    pub least: u32,
+}
+
 impl MetaShapes {
     /// The same shapes with rubric item ranges of at most `max_points` (`meta.max_points`).
     pub fn with_max_points(self, max_points: i64) -> MetaShapes {
@@ -97,14 +110,11 @@ impl MetaShapes {
 
     /// The shapes for rubrics of at most `max_items` items in `max_tokens`, or what the budget
     /// must be (a check error names it).
-    pub fn fit(max_items: usize, max_tokens: u32) -> Result<MetaShapes, String> {
+    pub fn fit(max_items: usize, max_tokens: u32) -> Result<MetaShapes, BudgetTooSmall> {
         let least = RubricShape::least_tokens(1).max(AnalysisShape::least_tokens());
         match (RubricShape::fit(max_items, max_tokens), AnalysisShape::fit(max_tokens)) {
             (Some(rubric), Some(analysis)) => Ok(MetaShapes { rubric, analysis }),
-            _ => Err(format!(
-                "`meta.max_tokens` ({max_tokens}) cannot hold a complete answer of the meta stages (a one-item rubric with a {}-character line, or {FINDINGS} findings of {MIN_FINDING_CHARS} characters): it must be at least {least}",
-                crate::rubric::MIN_USEFUL_LINE_CHARS
-            )),
+            _ => Err(BudgetTooSmall { max_tokens, least }),
         }
     }
 
@@ -135,8 +145,59 @@ pub struct MetaSample {
     pub record: J,
 }
 
+/// Why a meta step keeps the rubric in force. Its text is what the history (`history.jsonl`)
+/// and the metrics row (`meta.kept_because`) record.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Kept {
+    #[error("no rollouts to learn from")]
+    NoRollouts,
+    /// A meta template did not render.
+    #[error("{0}")]
+    Template(String),
+    #[error("prescreen failed: {0}")]
+    Prescreen(Unanswered),
+    #[error("the analysis failed: {0}")]
+    Analysis(Unanswered),
+    #[error("the refinement failed: {0}")]
+    Refinement(Unanswered),
+    #[error("every analysis failed")]
+    EveryAnalysisFailed,
+    /// No refinement gave a rubric: what happened to each (cut off, not answered, not a rubric).
+    #[error("no usable refined rubric: of {asked} asked for, {}", why.join(", "))]
+    NoUsableRefinement { asked: usize, why: Vec<String> },
+    #[error("meta.stages.merge is missing (meta.review: per_sample merges)")]
+    NoMergeStage,
+    #[error("merge failed: {0}")]
+    Merge(Unanswered),
+    #[error("the {what} rubric is invalid: {message}")]
+    Invalid { what: &'static str, message: String },
+    #[error("the {what} rubric is not sound: {}", problems.join("; "))]
+    NotSound { what: &'static str, problems: Vec<String> },
+    #[error("the {what} rubric is the current one")]
+    Unchanged { what: &'static str },
+    /// `meta.gate`: expectations that hold under the rubric in force fail under the merged one.
+    #[error("meta gate: {} of {checked} case expectation(s) hold under the rubric in force and fail under the merged rubric: {}", regressed.len(), regressed.join("; "))]
+    Regressed { checked: usize, regressed: Vec<String> },
+    /// `meta.gate`: expectations the judge gave no score on, so no comparison.
+    #[error("meta gate: {} of {checked} case expectation(s) could not be measured (the judge gave a case no score), so the merged rubric cannot be shown to do no worse: {}", unmeasured.len(), unmeasured.join("; "))]
+    Unmeasured { checked: usize, unmeasured: Vec<String> },
+    /// `meta.gate` could not score the cases at all.
+    #[error("meta gate: {0}")]
+    Gate(String),
+}
+
+/// Why a meta judge's request gave no usable text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unanswered {
+    /// A rubric cut off by `max_tokens` would silently lose its last items.
+    #[error("the answer was cut off at max_tokens = {0} (raise meta.max_tokens)")]
+    Cut(u32),
+    #[error(transparent)]
+    Judge(#[from] crate::judge::JudgeError),
+}
+
 /// What one meta step did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetaOutcome {
     pub trigger_update: u32,
     /// Ids of the samples the meta judge saw.
@@ -148,61 +209,10 @@ pub struct MetaOutcome {
     /// Items the merge wrote again after their first time, dropped (`line N: heading`).
     pub repeats_dropped: Vec<String>,
     /// The new rubric, or why the current one stays.
-    pub result: Result<Rubric, String>,
+    pub result: Result<Rubric, Kept>,
     pub usage: TokenUsage,
     /// What `meta.gate` found in the merged rubric (`None`: no gate, or nothing merged).
-    pub gate: Option<GateVerdict>,
-}
-
-/// `meta.gate`'s verdict on a merged rubric, against the rubric in force on the same cases:
-/// how many case expectations were checked, those that hold under the rubric in force and fail
-/// under the merged one (any keeps the current rubric), and, for reading, those that fail under
-/// both and those the merged rubric fixes.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GateVerdict {
-    pub checked: usize,
-    /// Regressions: each one refuses the merged rubric (`failing`: rows written before the
-    /// gate compared with the rubric in force, when every failure refused).
-    #[serde(alias = "failing")]
-    pub regressed: Vec<String>,
-    /// Expectations that fail under the rubric in force and the merged one alike.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failing_both: Vec<String>,
-    /// Expectations that fail under the rubric in force and hold under the merged one.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fixed: Vec<String>,
-    /// Expectations a rubric could not be measured on (the judge gave a case no score): the
-    /// gate cannot show the merged rubric does no worse there, so each one refuses it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unmeasured: Vec<String>,
-    /// Expectations that held under the rubric in force on items the merged rubric no longer
-    /// has: they no longer apply (item expectations follow the items a rubric keeps).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dropped: Vec<String>,
-}
-
-impl GateVerdict {
-    /// The merged rubric when it does no worse than the rubric in force on any case; else why
-    /// the current one stays (the regressions, named).
-    pub fn apply(&self, merged: Result<Rubric, String>) -> Result<Rubric, String> {
-        if self.regressed.is_empty() && self.unmeasured.is_empty() {
-            return merged;
-        }
-        if self.regressed.is_empty() {
-            return Err(format!(
-                "meta gate: {} of {} case expectation(s) could not be measured (the judge gave a case no score), so the merged rubric cannot be shown to do no worse: {}",
-                self.unmeasured.len(),
-                self.checked,
-                self.unmeasured.join("; ")
-            ));
-        }
-        Err(format!(
-            "meta gate: {} of {} case expectation(s) hold under the rubric in force and fail under the merged rubric: {}",
-            self.regressed.len(),
-            self.checked,
-            self.regressed.join("; ")
-        ))
-    }
+    pub gate: Option<gate::GateVerdict>,
 }
 
 /// Short guidance per MATH subject, added to the analysis when `meta.domain_guidelines` is on.
@@ -218,10 +228,10 @@ pub fn math_guidelines(subject: &str) -> &'static str {
     }
 }
 
-/// Ask `judge`, counting tokens; answers as text or the error's message. An answer cut off by
+/// Ask `judge`, counting tokens; answers as text or why there is none. An answer cut off by
 /// `max_tokens` is an error where the answer is a rubric (`whole`): a truncated rubric would
 /// silently lose its last items.
-fn ask(judge: &mut dyn Judge, reqs: Vec<JudgeRequest>, usage: &mut TokenUsage, whole: bool) -> Vec<Result<String, String>> {
+fn ask(judge: &mut dyn Judge, reqs: Vec<JudgeRequest>, usage: &mut TokenUsage, whole: bool) -> Vec<Result<String, Unanswered>> {
     let max_tokens: Vec<u32> = reqs.iter().map(|r| r.max_tokens).collect();
     judge
         .complete(&reqs)
@@ -230,16 +240,16 @@ fn ask(judge: &mut dyn Judge, reqs: Vec<JudgeRequest>, usage: &mut TokenUsage, w
         .map(|(r, m)| {
             usage.record(&r);
             match r {
-                Ok(x) if whole && x.truncated => Err(format!("the answer was cut off at max_tokens = {m} (raise meta.max_tokens)")),
+                Ok(x) if whole && x.truncated => Err(Unanswered::Cut(m)),
                 Ok(x) => Ok(x.text),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e.into()),
             }
         })
         .collect()
 }
 
-fn render(t: &(String, String), ctx: &MetaContext) -> Result<String, String> {
-    crate::template::render(&t.0, &t.1, ctx).map_err(|e| e.to_string())
+fn render(t: &(String, String), ctx: &MetaContext) -> Result<String, Kept> {
+    crate::template::render(&t.0, &t.1, ctx).map_err(|e| Kept::Template(e.to_string()))
 }
 
 impl MetaSample {
@@ -323,7 +333,7 @@ pub fn run(
         refined: vec![],
         merged_raw: None,
         repeats_dropped: vec![],
-        result: Err(String::new()),
+        result: Err(Kept::NoRollouts),
         usage: TokenUsage::default(),
         gate: None,
     };
@@ -347,9 +357,9 @@ fn step(
     update: u32,
     family: &str,
     out: &mut MetaOutcome,
-) -> Result<Rubric, String> {
+) -> Result<Rubric, Kept> {
     if candidates.is_empty() {
-        return Err("no rollouts to learn from".into());
+        return Err(Kept::NoRollouts);
     }
     let mut rng = crate::rng::stream(seed, &stream("select", update, family));
     let mut picked = select(candidates, cfg.samples.max(1), cfg.sampling, &mut rng);
@@ -389,7 +399,7 @@ fn step(
                 }
                 out.prescreen_raw = Some(text);
             }
-            Err(e) => return Err(format!("prescreen failed: {e}")),
+            Err(e) => return Err(Kept::Prescreen(e)),
         }
     }
     out.evidence = picked.iter().map(|s| s.id.clone()).collect();
@@ -401,14 +411,10 @@ fn step(
         let hints: Vec<&str> = picked.iter().map(|s| analyze_guidelines(cfg.domain_guidelines, &s.record)).collect();
         let guidelines = joint_guidelines(&hints);
         let prompt = render(&cfg.analyze, &ctx(Stage::AnalyzeJoint { samples: samples(), guidelines }))?;
-        let analysis = ask(judge, vec![req(prompt, 0, "analyze")], &mut out.usage, false)
-            .remove(0)
-            .map_err(|e| format!("the analysis failed: {e}"))?;
+        let analysis = ask(judge, vec![req(prompt, 0, "analyze")], &mut out.usage, false).remove(0).map_err(Kept::Analysis)?;
         out.analyses = vec![analysis.clone()];
         let prompt = render(&cfg.refine, &ctx(Stage::RefineJoint { samples: samples(), guidelines, analysis: &analysis }))?;
-        let refined = ask(judge, vec![req(prompt, 0, "refine")], &mut out.usage, true)
-            .remove(0)
-            .map_err(|e| format!("the refinement failed: {e}"))?;
+        let refined = ask(judge, vec![req(prompt, 0, "refine")], &mut out.usage, true).remove(0).map_err(Kept::Refinement)?;
         out.refined = vec![refined.clone()];
         return accept(&refined, "refined", current, limits, out);
     }
@@ -425,7 +431,7 @@ fn step(
     let ok: Vec<(&MetaSample, String)> = picked.iter().zip(analyses).filter_map(|(s, a)| a.ok().map(|a| (*s, a))).collect();
     out.analyses = ok.iter().map(|(_, a)| a.clone()).collect();
     if ok.is_empty() {
-        return Err("every analysis failed".into());
+        return Err(Kept::EveryAnalysisFailed);
     }
     // refine
     let prompts: Vec<JudgeRequest> = ok
@@ -440,11 +446,17 @@ fn step(
         .collect::<Result<_, _>>()?;
     let refined = ask(judge, prompts, &mut out.usage, true);
     let asked = refined.len();
-    let cut = refined.iter().filter(|r| r.as_ref().is_err_and(|e| e.contains("cut off"))).count();
-    let failed: Vec<String> = refined.iter().filter_map(|r| r.as_ref().err()).filter(|e| !e.contains("cut off")).cloned().collect();
+    let cut = refined.iter().filter(|r| matches!(r, Err(Unanswered::Cut(_)))).count();
+    let failed: Vec<crate::judge::JudgeError> = refined
+        .iter()
+        .filter_map(|r| match r {
+            Err(Unanswered::Judge(e)) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
     out.refined = refined.into_iter().filter_map(Result::ok).collect();
-    let parsed: Vec<(String, Result<Rubric, String>)> =
-        out.refined.iter().map(|r| (r.clone(), Rubric::parse(r).map_err(|e| e.to_string()))).collect();
+    let parsed: Vec<(String, Result<Rubric, crate::rubric::RubricError>)> =
+        out.refined.iter().map(|r| (r.clone(), Rubric::parse(r))).collect();
     let usable: Vec<String> = parsed.iter().filter(|(_, p)| p.is_ok()).map(|(r, _)| r.clone()).collect();
     if usable.is_empty() {
         // Say what happened to each of the rubrics asked for.
@@ -455,16 +467,16 @@ fn step(
         if !failed.is_empty() {
             why.push(format!("{} not answered ({})", failed.len(), failed[0]));
         }
-        let unparsed: Vec<&String> = parsed.iter().filter_map(|(_, p)| p.as_ref().err()).collect();
+        let unparsed: Vec<&crate::rubric::RubricError> = parsed.iter().filter_map(|(_, p)| p.as_ref().err()).collect();
         if let Some(first) = unparsed.first() {
             why.push(format!("{} not a rubric ({first})", unparsed.len()));
         }
-        return Err(format!("no usable refined rubric: of {asked} asked for, {}", why.join(", ")));
+        return Err(Kept::NoUsableRefinement { asked, why });
     }
     // merge
-    let merge = cfg.merge.as_ref().ok_or("meta.stages.merge is missing (meta.review: per_sample merges)")?;
+    let merge = cfg.merge.as_ref().ok_or(Kept::NoMergeStage)?;
     let prompt = render(merge, &ctx(Stage::Merge { refined: &usable }))?;
-    let merged = ask(judge, vec![req(prompt, 0, "merge")], &mut out.usage, true).remove(0).map_err(|e| format!("merge failed: {e}"))?;
+    let merged = ask(judge, vec![req(prompt, 0, "merge")], &mut out.usage, true).remove(0).map_err(Kept::Merge)?;
     out.merged_raw = Some(merged.clone());
     accept(&merged, "merged", current, limits, out)
 }
@@ -474,25 +486,26 @@ fn step(
 /// not the current rubric.
 fn accept(
     text: &str,
-    what: &str,
+    what: &'static str,
     current: &Rubric,
     limits: crate::template::context::MetaLimits,
     out: &mut MetaOutcome,
-) -> Result<Rubric, String> {
+) -> Result<Rubric, Kept> {
     let (merged, dropped) = Rubric::without_repeats(text);
     out.repeats_dropped = dropped;
-    let mut rubric = Rubric::parse(&merged).map_err(|e| format!("the {what} rubric is invalid: {e}"))?;
-    rubric.validate(limits.items).map_err(|e| format!("the {what} rubric is invalid: {e}"))?;
-    let problems = Rubric::problems_of_text(&merged, limits.max_points).map_err(|e| format!("the {what} rubric is invalid: {e}"))?;
+    let invalid = |e: crate::rubric::RubricError| Kept::Invalid { what, message: e.to_string() };
+    let mut rubric = Rubric::parse(&merged).map_err(invalid)?;
+    rubric.validate(limits.items).map_err(invalid)?;
+    let problems = Rubric::problems_of_text(&merged, limits.max_points).map_err(invalid)?;
     if !problems.is_empty() {
-        return Err(format!("the {what} rubric is not sound: {}", problems.join("; ")));
+        return Err(Kept::NotSound { what, problems });
     }
     // The meta stages rewrite the items; the rubric's title and grading instructions stay.
     // Text a meta judge writes before the first item is chatter ("Here is the improved
     // rubric:") more often than instructions; it stays in the history's raw output.
     rubric.preamble = current.preamble.clone();
     if rubric.items == current.items {
-        return Err(format!("the {what} rubric is the current one"));
+        return Err(Kept::Unchanged { what });
     }
     Ok(rubric)
 }
@@ -586,11 +599,11 @@ mod tests {
         ] {
             let mut j = stage_judge(merged, false);
             let o = run(&mut j, &cfg(), &current, &samples(), 1, 2, "");
-            let e = o.result.unwrap_err();
+            let e = o.result.unwrap_err().to_string();
             assert!(e.contains(why), "{merged:?}: {e}");
         }
         let mut j = stage_judge("", false);
-        assert!(run(&mut j, &cfg(), &current, &[], 1, 2, "").result.unwrap_err().contains("no rollouts"));
+        assert!(run(&mut j, &cfg(), &current, &[], 1, 2, "").result.unwrap_err().to_string().contains("no rollouts"));
     }
 
     #[test]
@@ -599,7 +612,7 @@ mod tests {
         // reason tells it from a complete one.
         let current = Rubric::parse("## Correct (0-4)\n").unwrap();
         let mut j = stage_judge("## Correct (0-4)\n- Award 4 when right.\n## Units (0-1)\n- Award", true);
-        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err();
+        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err().to_string();
         assert!(e.contains("cut off at max_tokens = 64"), "{e}");
     }
 
@@ -611,10 +624,10 @@ mod tests {
             Ok(JudgeResponse { truncated: r.prompt.starts_with("REFINE"), ..JudgeResponse::answer(text) })
         });
         let mut j = cut_refines;
-        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err();
+        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err().to_string();
         assert_eq!(e, "no usable refined rubric: of 2 asked for, 2 cut off at max_tokens = 64 (raise meta.max_tokens)");
         let mut prose = ScriptedJudge::new("test:prose", |_, _| Ok(JudgeResponse::answer("I would improve it.")));
-        let e = run(&mut prose, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err();
+        let e = run(&mut prose, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err().to_string();
         assert!(e.starts_with("no usable refined rubric: of 2 asked for, 2 not a rubric (the rubric has no items"), "{e}");
     }
 
@@ -622,7 +635,7 @@ mod tests {
     fn a_merged_rubric_that_is_not_sound_is_refused_with_its_problems() {
         let current = Rubric::parse("## Correct (0-4)\n").unwrap();
         let mut j = stage_judge("## Correct (0-1)\n- Award 2 when the final answer is right.\n", false);
-        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err();
+        let e = run(&mut j, &cfg(), &current, &samples(), 1, 2, "").result.unwrap_err().to_string();
         assert!(e.contains("not sound") && e.contains("gives 2 points, outside 1-1"), "{e}");
     }
 
@@ -631,7 +644,7 @@ mod tests {
         let s = MetaShapes::fit(6, 640).unwrap();
         assert!(s.rubric.most_tokens() <= 640 && s.analysis.shape().longest_bytes() < 640, "{s:?}");
         assert_eq!(s.limits().findings, 3);
-        let e = MetaShapes::fit(6, 100).unwrap_err();
+        let e = MetaShapes::fit(6, 100).unwrap_err().to_string();
         assert!(e.contains(&format!("at least {}", RubricShape::least_tokens(1).max(AnalysisShape::least_tokens()))), "{e}");
         // what an analysis may be: three numbered sentences
         let a = AnalysisShape::fit(640).unwrap().shape();

@@ -81,7 +81,7 @@ pub fn load<B: Backend>(mut m: Llama<B>, path: &Path) -> Result<Llama<B>, Adapte
         if t.shape() != want {
             return Err(fmt(format!("`{name}` has shape {:?}, the model expects {want:?}", t.shape())));
         }
-        let v = super::weights::to_f32(t.dtype(), t.data()).map_err(fmt)?;
+        let v = super::weights::to_f32(t.dtype(), t.data()).map_err(|e| fmt(e.to_string()))?;
         Ok(Tensor::from_data(TensorData::new(v, want), &device))
     };
     let set = |l: &mut LoraLinear<B>, name: &str| -> Result<(), AdapterError> {

@@ -123,7 +123,7 @@ pub fn config_of_dir(dir: &Path) -> Result<LlamaConfig, FolderError> {
     let text = std::fs::read_to_string(&p).map_err(|e| FolderError::Io { path: p.clone(), message: e.to_string() })?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| FolderError::Config { path: p.clone(), message: format!("not valid JSON: {e}") })?;
-    LlamaConfig::from_hf(&v).map_err(|message| FolderError::Config { path: p, message })
+    LlamaConfig::from_hf(&v).map_err(|e| FolderError::Config { path: p, message: e.to_string() })
 }
 
 /// The safetensors files of a folder: the shards its index names, else `model.safetensors`.

@@ -221,7 +221,11 @@ pub fn check_all<R: CubeRuntime, BT: BoolElement>(device: &R::Device, mut progre
 }
 
 /// Check every candidate on `backend`'s device `index` (opened as a run opens it).
-pub fn check_backend(backend: crate::spec::BackendKind, index: usize, progress: impl FnMut(&Outcome)) -> Result<Vec<Outcome>, String> {
+pub fn check_backend(
+    backend: crate::spec::BackendKind,
+    index: usize,
+    progress: impl FnMut(&Outcome),
+) -> Result<Vec<Outcome>, super::DeviceError> {
     use crate::spec::BackendKind as Bk;
     match backend {
         #[cfg(feature = "wgpu")]
@@ -234,7 +238,7 @@ pub fn check_backend(backend: crate::spec::BackendKind, index: usize, progress: 
             let device = super::open_cuda(index)?;
             Ok(check_all::<burn_cubecl::cubecl::cuda::CudaRuntime, u8>(&device, progress))
         }
-        other => Err(format!("the kernel check runs on a GPU backend compiled into this mpo (`wgpu`, `cuda`), not `{}`", other.as_str())),
+        other => Err(super::DeviceError::NoKernelCheck(other)),
     }
 }
 

@@ -41,6 +41,45 @@ pub enum ModelError {
     Config { path: String, message: String },
 }
 
+/// What wgpu needs, said when it finds no adapter.
+const WGPU_NEEDS: &str = "wgpu needs a GPU with Vulkan, Metal or DirectX 12 drivers (on Linux: the Vulkan loader libvulkan1 and the vendor's ICD; without a GPU, Mesa's software driver: `apt-get install mesa-vulkan-drivers libvulkan1`, or `scripts/setup_vulkan.sh`); `runtime.backend: cpu` runs anywhere";
+
+/// Why a compute backend could not be used. The messages end with their fix as they are
+/// printed today (after `; ` or on a `\n = help: ` line); [`DeviceError::help`] gives the fix
+/// alone, for a caller that prints the help line itself (it would show twice beside `Display`).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("backend `{}` is not compiled into this mpo; {}", .0.as_str(), .0.build_hint())]
+    NotCompiled(crate::spec::BackendKind),
+    #[error("the kernel check runs on a GPU backend compiled into this mpo (`wgpu`, `cuda`), not `{}`", .0.as_str())]
+    NoKernelCheck(crate::spec::BackendKind),
+    #[error("the wgpu backend found no adapter for device {index}: {cause}\n = help: {WGPU_NEEDS}")]
+    NoAdapter { index: usize, cause: Panicked },
+    #[error("the {backend} backend opened device {index}, but 1+1+1+1 did not come back as 4; the driver is not usable")]
+    Unusable { backend: &'static str, index: usize },
+    #[error(
+        "the {backend} backend could not open device {index}: {cause}\n = help: {backend} needs {needs}; `runtime.backend: cpu` runs anywhere"
+    )]
+    Open { backend: &'static str, index: usize, cause: Panicked, needs: &'static str },
+}
+
+impl DeviceError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            DeviceError::NotCompiled(b) => Some(b.build_hint()),
+            DeviceError::NoKernelCheck(_) => None,
+            DeviceError::NoAdapter { .. } => Some(WGPU_NEEDS.into()),
+            DeviceError::Unusable { .. } => Some("`runtime.backend: cpu` runs anywhere".into()),
+            DeviceError::Open { backend, needs, .. } => Some(format!("{backend} needs {needs}; `runtime.backend: cpu` runs anywhere")),
+        }
+    }
+}
+
+/// A panic caught while opening a device: its first message, at most 200 characters.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);
+
 /// A model ready to run: network, tokenizer, config.
 pub struct LoadedModel<B: Backend> {
     pub model: Llama<B>,
@@ -94,7 +133,7 @@ pub fn load<B: Backend>(
                 .map_err(|e| ModelError::Config { path: cfg_path.display().to_string(), message: e.to_string() })?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| ModelError::Config { path: cfg_path.display().to_string(), message: e.to_string() })?;
-            let config = LlamaConfig::from_hf(&v).map_err(|m| ModelError::Config { path: cfg_path.display().to_string(), message: m })?;
+            let config = LlamaConfig::from_hf(&v).map_err(|e| e.at(cfg_path.display().to_string()))?;
             let src = SafetensorsWeights::open(path)?;
             let tok = Tok::from_hf_dir(path)?;
             fits(&tok, &config, &path.display().to_string())?;
@@ -233,7 +272,7 @@ pub fn configure_kernel_cache() {
 
 /// Run `job` on `backend` (device `index` for GPUs). A backend that is not compiled in, or a
 /// GPU that cannot be opened (no driver, no device), is an error that says so.
-pub fn dispatch<J: BackendJob>(backend: crate::spec::BackendKind, index: usize, job: J) -> Result<J::Output, String> {
+pub fn dispatch<J: BackendJob>(backend: crate::spec::BackendKind, index: usize, job: J) -> Result<J::Output, DeviceError> {
     use crate::spec::BackendKind as Bk;
     let _ = index;
     match backend {
@@ -244,14 +283,14 @@ pub fn dispatch<J: BackendJob>(backend: crate::spec::BackendKind, index: usize, 
         #[cfg(feature = "cuda")]
         Bk::Cuda => Ok(job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(open_cuda(index)?, "cuda")),
         #[allow(unreachable_patterns)]
-        other => Err(format!("backend `{}` is not compiled into this mpo; {}", other.as_str(), other.build_hint())),
+        other => Err(DeviceError::NotCompiled(other)),
     }
 }
 
 /// Open wgpu device `index` (0: the adapter wgpu ranks best, a discrete GPU where there is
 /// one) and check that it computes.
 #[cfg(feature = "wgpu")]
-pub(crate) fn open_wgpu(index: usize) -> Result<burn::backend::wgpu::WgpuDevice, String> {
+pub(crate) fn open_wgpu(index: usize) -> Result<burn::backend::wgpu::WgpuDevice, DeviceError> {
     use burn::backend::wgpu::WgpuDevice;
     configure_kernel_cache();
     let device = if index == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(index) };
@@ -267,7 +306,7 @@ pub(crate) fn open_wgpu(index: usize) -> Result<burn::backend::wgpu::WgpuDevice,
 
 /// Open CUDA device `index` and check that it computes.
 #[cfg(feature = "cuda")]
-pub(crate) fn open_cuda(index: usize) -> Result<burn::backend::cuda::CudaDevice, String> {
+pub(crate) fn open_cuda(index: usize) -> Result<burn::backend::cuda::CudaDevice, DeviceError> {
     configure_kernel_cache();
     let device = burn::backend::cuda::CudaDevice::new(index);
     probe::<burn::backend::Cuda>(&device, "cuda", index, "an NVIDIA GPU with its driver (libcuda) and NVRTC on the library path")?;
@@ -320,17 +359,14 @@ pub fn adapter(backend: crate::spec::BackendKind, index: usize) -> Option<Adapte
 /// Open wgpu device `index` once per process through `init_setup`, the one way burn hands out
 /// the adapter it picked (a second setup of the same device would panic in cubecl).
 #[cfg(feature = "wgpu")]
-fn wgpu_adapter(device: &burn::backend::wgpu::WgpuDevice, index: usize) -> Result<(), String> {
+fn wgpu_adapter(device: &burn::backend::wgpu::WgpuDevice, index: usize) -> Result<(), DeviceError> {
     use burn::backend::wgpu::{RuntimeOptions, graphics::AutoGraphicsApi, init_setup};
     let mut opened = ADAPTERS.lock().unwrap_or_else(|e| e.into_inner());
     if opened.iter().any(|(i, _)| *i == index) {
         return Ok(());
     }
-    let setup = quietly(|| init_setup::<AutoGraphicsApi>(device, RuntimeOptions::default())).map_err(|m| {
-        format!(
-            "the wgpu backend found no adapter for device {index}: {m}\n = help: wgpu needs a GPU with Vulkan, Metal or DirectX 12 drivers (on Linux: the Vulkan loader libvulkan1 and the vendor's ICD; without a GPU, Mesa's software driver: `apt-get install mesa-vulkan-drivers libvulkan1`, or `scripts/setup_vulkan.sh`); `runtime.backend: cpu` runs anywhere"
-        )
-    })?;
+    let setup = quietly(|| init_setup::<AutoGraphicsApi>(device, RuntimeOptions::default()))
+        .map_err(|cause| DeviceError::NoAdapter { index, cause })?;
     let info = setup.adapter.get_info();
     let kind = format!("{:?}", info.device_type);
     opened.push((
@@ -350,7 +386,7 @@ fn wgpu_adapter(device: &burn::backend::wgpu::WgpuDevice, index: usize) -> Resul
 /// Run `f`, turning a panic into its message without printing it (cubecl panics, sometimes on
 /// its device thread, when a driver or device is missing; the first message is the cause).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
     use std::sync::{Arc, Mutex};
     let messages: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = messages.clone();
@@ -366,23 +402,21 @@ fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
         let m = messages.lock().unwrap_or_else(|e| e.into_inner());
         let first = m.first().map(String::as_str).unwrap_or("no message");
         let short: String = first.chars().take(200).collect();
-        if short.len() < first.len() { format!("{short}...") } else { short }
+        Panicked(if short.len() < first.len() { format!("{short}...") } else { short })
     })
 }
 
 /// Open `device` with one tiny computation. cubecl panics (on its device thread) when a
 /// driver or device is missing; this turns that into an error naming the cause.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn probe<B: Backend>(device: &B::Device, name: &str, index: usize, needs: &str) -> Result<(), String> {
+fn probe<B: Backend>(device: &B::Device, backend: &'static str, index: usize, needs: &'static str) -> Result<(), DeviceError> {
     let ok = quietly(|| {
         let t = Tensor::<B, 1>::ones([4], device).sum();
         t.into_data().convert::<f32>().to_vec::<f32>().map(|v| v.first().copied() == Some(4.0)).unwrap_or(false)
     });
     match ok {
         Ok(true) => Ok(()),
-        Ok(false) => Err(format!("the {name} backend opened device {index}, but 1+1+1+1 did not come back as 4; the driver is not usable")),
-        Err(cause) => Err(format!(
-            "the {name} backend could not open device {index}: {cause}\n = help: {name} needs {needs}; `runtime.backend: cpu` runs anywhere"
-        )),
+        Ok(false) => Err(DeviceError::Unusable { backend, index }),
+        Err(cause) => Err(DeviceError::Open { backend, index, cause, needs }),
     }
 }

@@ -53,22 +53,33 @@ pub struct QuantMatrix {
     m: Vec<f32>,
 }
 
+/// Why a GGUF tensor's bytes are not the quantized matrix they are said to be.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QuantError {
+    #[error("{k} inputs are not whole blocks of 32")]
+    Blocks { k: usize },
+    #[error("{len} bytes for {n} x {k} weights in blocks of {block} bytes")]
+    Bytes { len: usize, n: usize, k: usize, block: usize },
+    #[error("a row order of {len} rows for {n} rows")]
+    RowOrder { len: usize, n: usize },
+}
+
 impl QuantMatrix {
     /// From a GGUF tensor's bytes, `[n, k]` row-major. `row_order[i]` names the stored row
     /// that becomes row `i` (the loader's un-permutation of q/k heads); `None` keeps the order.
-    pub fn from_gguf(kind: BlockKind, raw: &[u8], n: usize, k: usize, row_order: Option<&[usize]>) -> Result<QuantMatrix, String> {
+    pub fn from_gguf(kind: BlockKind, raw: &[u8], n: usize, k: usize, row_order: Option<&[usize]>) -> Result<QuantMatrix, QuantError> {
         let (block, payload) = kind.sizes();
         if k == 0 || !k.is_multiple_of(32) {
-            return Err(format!("{k} inputs are not whole blocks of 32"));
+            return Err(QuantError::Blocks { k });
         }
         let nb = k / 32;
         if raw.len() != n * nb * block {
-            return Err(format!("{} bytes for {n} x {k} weights in blocks of {block} bytes", raw.len()));
+            return Err(QuantError::Bytes { len: raw.len(), n, k, block });
         }
         if let Some(o) = row_order
             && (o.len() != n || o.iter().any(|&r| r >= n))
         {
-            return Err(format!("a row order of {} rows for {n} rows", o.len()));
+            return Err(QuantError::RowOrder { len: o.len(), n });
         }
         let f16 = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
         let mut q = Vec::with_capacity(n * nb * payload);
@@ -430,7 +441,7 @@ mod tests {
         let x = vec![1.0f32; k];
         let (a, b) = (plain.matmul(&x, 1), flipped.matmul(&x, 1));
         assert_eq!(a.iter().rev().copied().collect::<Vec<_>>(), b);
-        assert!(QuantMatrix::from_gguf(BlockKind::Q8_0, &raw, n, 48, None).unwrap_err().contains("blocks of 32"));
+        assert!(QuantMatrix::from_gguf(BlockKind::Q8_0, &raw, n, 48, None).unwrap_err().to_string().contains("blocks of 32"));
         assert!(QuantMatrix::from_gguf(BlockKind::Q8_0, &raw[1..], n, k, None).is_err());
         assert!(QuantMatrix::from_gguf(BlockKind::Q8_0, &raw, n, k, Some(&[0, 1])).is_err());
     }

@@ -26,6 +26,59 @@ pub enum WeightsError {
     Missing(String),
     #[error("unsupported architecture `{0}` (mpo runs the Llama family: llama, qwen2, mistral)")]
     Architecture(String),
+    /// A weight file's context around an error of its own (a tensor, the GGUF metadata). Not
+    /// a `source`: the message already holds it (an error chain would print it twice).
+    #[error("`{path}`: {error}")]
+    In { path: String, error: Box<WeightsError> },
+    /// `config.json`'s `model_type` is not a Llama-family architecture.
+    #[error("unsupported architecture `{0}` (llama, qwen2, mistral)")]
+    HfArchitecture(String),
+    #[error("config.json has no `{0}`")]
+    NoKey(String),
+    #[error("`num_attention_heads` is 0")]
+    NoHeads,
+    #[error("rope_scaling has no `{0}`")]
+    RopeKey(String),
+    #[error("rope_scaling without a type")]
+    RopeUntyped,
+    #[error("rope scaling `{0}` is not supported (linear, llama3)")]
+    RopeType(String),
+    /// A dimension of the shape is 0 (its name: "vocab size", "attention heads", ...).
+    #[error("the model has 0 {0}")]
+    Zero(&'static str),
+    #[error("{heads} attention heads are not a multiple of {kv_heads} key/value heads: grouped-query attention needs whole groups")]
+    Groups { heads: usize, kv_heads: usize },
+    #[error("head dimension {0} is odd: rotary embeddings rotate pairs")]
+    OddHeadDim(usize),
+    #[error(
+        "implausible shape (vocab {vocab}, hidden {hidden}, intermediate {intermediate}, {layers} layers, {heads} heads x {head_dim}): a corrupt header?"
+    )]
+    Implausible { vocab: usize, hidden: usize, intermediate: usize, layers: usize, heads: usize, head_dim: usize },
+    #[error(
+        "implausible context length {positions} (head dimension {head_dim}): the rotary tables would need {mb} MB; \
+         mpo loads models of at most {max_context} positions and {max_rope} table entries. A corrupt header?",
+        mb = (*positions as u128 * *head_dim as u128 * 8) >> 20,
+        max_context = MAX_CONTEXT,
+        max_rope = MAX_ROPE_ELEMENTS
+    )]
+    Context { positions: usize, head_dim: usize },
+    /// Row data that is not the `rows x cols` matrix it is said to be.
+    #[error("{len} values are not {rows} x {cols}")]
+    Values { len: usize, rows: usize, cols: usize },
+    /// Rows that cannot be split into `n_head` heads of row pairs (GGUF's Q/K permutation).
+    #[error("{rows} rows cannot be {n_head} heads of pairs")]
+    Heads { rows: usize, n_head: usize },
+    #[error("dtype {0:?} is not supported (f32, f16, bf16)")]
+    Dtype(safetensors::Dtype),
+    #[error(transparent)]
+    Quant(#[from] super::quant::QuantError),
+}
+
+impl WeightsError {
+    /// This error, said of `path` (a tensor, a file).
+    pub fn at(self, path: impl Into<String>) -> WeightsError {
+        WeightsError::In { path: path.into(), error: Box::new(self) }
+    }
 }
 
 /// RoPE frequency scaling.
@@ -93,7 +146,7 @@ impl LlamaConfig {
     }
 
     /// A shape the model code can run; the error names the field at fault.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), WeightsError> {
         for (name, v) in [
             ("vocab size", self.vocab_size),
             ("hidden size", self.hidden_size),
@@ -104,17 +157,14 @@ impl LlamaConfig {
             ("context length", self.max_position_embeddings),
         ] {
             if v == 0 {
-                return Err(format!("the model has 0 {name}"));
+                return Err(WeightsError::Zero(name));
             }
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return Err(format!(
-                "{} attention heads are not a multiple of {} key/value heads: grouped-query attention needs whole groups",
-                self.num_heads, self.num_kv_heads
-            ));
+            return Err(WeightsError::Groups { heads: self.num_heads, kv_heads: self.num_kv_heads });
         }
         if !self.head_dim.is_multiple_of(2) {
-            return Err(format!("head dimension {} is odd: rotary embeddings rotate pairs", self.head_dim));
+            return Err(WeightsError::OddHeadDim(self.head_dim));
         }
         // Bounds far above any real model, so a corrupt header cannot ask for terabytes.
         let too_big = |x: usize, max: usize| x > max;
@@ -124,41 +174,39 @@ impl LlamaConfig {
             || too_big(self.num_layers, 1 << 10)
             || too_big(self.num_heads * self.head_dim, 1 << 17)
         {
-            return Err(format!(
-                "implausible shape (vocab {}, hidden {}, intermediate {}, {} layers, {} heads x {}): a corrupt header?",
-                self.vocab_size, self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.head_dim
-            ));
+            return Err(WeightsError::Implausible {
+                vocab: self.vocab_size,
+                hidden: self.hidden_size,
+                intermediate: self.intermediate_size,
+                layers: self.num_layers,
+                heads: self.num_heads,
+                head_dim: self.head_dim,
+            });
         }
         // The RoPE tables hold context length x head dimension f32 values twice, built at load:
         // a corrupt context length must be refused here, not met as a failed allocation.
         if self.max_position_embeddings > MAX_CONTEXT || self.max_position_embeddings.saturating_mul(self.head_dim) > MAX_ROPE_ELEMENTS {
-            return Err(format!(
-                "implausible context length {} (head dimension {}): the rotary tables would need {} MB; \
-                 mpo loads models of at most {MAX_CONTEXT} positions and {MAX_ROPE_ELEMENTS} table entries. A corrupt header?",
-                self.max_position_embeddings,
-                self.head_dim,
-                (self.max_position_embeddings as u128 * self.head_dim as u128 * 8) >> 20
-            ));
+            return Err(WeightsError::Context { positions: self.max_position_embeddings, head_dim: self.head_dim });
         }
         Ok(())
     }
 
     /// From an HF `config.json`.
-    pub fn from_hf(v: &serde_json::Value) -> Result<Self, String> {
+    pub fn from_hf(v: &serde_json::Value) -> Result<Self, WeightsError> {
         let arch = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("llama");
         if !matches!(arch, "llama" | "qwen2" | "mistral") {
-            return Err(format!("unsupported architecture `{arch}` (llama, qwen2, mistral)"));
+            return Err(WeightsError::HfArchitecture(arch.into()));
         }
-        let u = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| format!("config.json has no `{k}`"));
+        let u = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| WeightsError::NoKey(k.into()));
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
         if heads == 0 {
-            return Err("`num_attention_heads` is 0".into());
+            return Err(WeightsError::NoHeads);
         }
         let rope_scaling = match v.get("rope_scaling") {
             Some(s) if !s.is_null() => {
                 let ty = s.get("rope_type").or_else(|| s.get("type")).and_then(|x| x.as_str()).unwrap_or("");
-                let f = |k: &str| s.get(k).and_then(|x| x.as_f64()).ok_or_else(|| format!("rope_scaling has no `{k}`"));
+                let f = |k: &str| s.get(k).and_then(|x| x.as_f64()).ok_or_else(|| WeightsError::RopeKey(k.into()));
                 Some(match ty {
                     "linear" => RopeScaling::Linear { factor: f("factor")? },
                     "llama3" => RopeScaling::Llama3 {
@@ -167,8 +215,8 @@ impl LlamaConfig {
                         high_freq_factor: f("high_freq_factor")?,
                         original_max_position_embeddings: f("original_max_position_embeddings")?,
                     },
-                    "default" | "" => return Err("rope_scaling without a type".into()),
-                    other => return Err(format!("rope scaling `{other}` is not supported (linear, llama3)")),
+                    "default" | "" => return Err(WeightsError::RopeUntyped),
+                    other => return Err(WeightsError::RopeType(other.into())),
                 })
             }
             _ => None,
@@ -240,7 +288,7 @@ impl LlamaConfig {
             tie_word_embeddings: !g.tensors.contains_key("output.weight"),
             attention_bias: g.tensors.contains_key("blk.0.attn_q.bias"),
         };
-        c.validate().map_err(invalid)?;
+        c.validate().map_err(|e| e.at("GGUF metadata"))?;
         Ok(c)
     }
 }
@@ -303,18 +351,18 @@ impl<'a> GgufWeights<'a> {
 }
 
 /// Undo llama.cpp's `permute(w, n_head)`: GGUF row `h*hd + 2j + t` is HF row `h*hd + t*hd/2 + j`.
-pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>, String> {
+pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Result<Vec<f32>, WeightsError> {
     if w.len() != rows * cols {
-        return Err(format!("{} values are not {rows} x {cols}", w.len()));
+        return Err(WeightsError::Values { len: w.len(), rows, cols });
     }
     let order = unpermute_order(rows, n_head)?;
     Ok(order.iter().flat_map(|&gg| &w[gg * cols..(gg + 1) * cols]).copied().collect())
 }
 
 /// For each HF row, the GGUF row it is stored as (see [`unpermute_rows`]).
-pub fn unpermute_order(rows: usize, n_head: usize) -> Result<Vec<usize>, String> {
+pub fn unpermute_order(rows: usize, n_head: usize) -> Result<Vec<usize>, WeightsError> {
     if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
-        return Err(format!("{rows} rows cannot be {n_head} heads of pairs"));
+        return Err(WeightsError::Heads { rows, n_head });
     }
     let hd = rows / n_head;
     let half = hd / 2;
@@ -358,9 +406,8 @@ impl GgufWeights<'_> {
         if !k.is_multiple_of(32) {
             return Ok(None); // not rows of whole blocks: ggml would not write it; leave it to f32
         }
-        let format = |message: String| WeightsError::Format { path: name.clone(), message };
-        let order = self.permuted_heads(hf_name).map(|h| unpermute_order(n, h)).transpose().map_err(format)?;
-        QuantMatrix::from_gguf(kind, raw, n, k, order.as_deref()).map(Some).map_err(format)
+        let order = self.permuted_heads(hf_name).map(|h| unpermute_order(n, h)).transpose().map_err(|e| e.at(name.as_str()))?;
+        QuantMatrix::from_gguf(kind, raw, n, k, order.as_deref()).map(Some).map_err(|e| WeightsError::from(e).at(name))
     }
 }
 
@@ -374,7 +421,7 @@ impl WeightSource for GgufWeights<'_> {
         if shape.len() == 2
             && let Some(h) = self.permuted_heads(hf_name)
         {
-            let w = unpermute_rows(&w, shape[0], shape[1], h).map_err(|m| WeightsError::Format { path: name.clone(), message: m })?;
+            let w = unpermute_rows(&w, shape[0], shape[1], h).map_err(|e| e.at(name.as_str()))?;
             return Ok(Some((w, shape)));
         }
         Ok(Some((w, shape)))
@@ -424,13 +471,13 @@ impl SafetensorsWeights {
 }
 
 /// Convert safetensors bytes of `dtype` to f32.
-pub fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Result<Vec<f32>, String> {
+pub fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Result<Vec<f32>, WeightsError> {
     use safetensors::Dtype;
     Ok(match dtype {
         Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
         Dtype::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         Dtype::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        other => return Err(format!("dtype {other:?} is not supported (f32, f16, bf16)")),
+        other => return Err(WeightsError::Dtype(other)),
     })
 }
 
@@ -569,9 +616,9 @@ mod tests {
         let ok = LlamaConfig { head_dim: 64, max_position_embeddings: MAX_ROPE_ELEMENTS / 64, ..LlamaConfig::tiny(10) };
         ok.validate().unwrap();
         let e = LlamaConfig { max_position_embeddings: MAX_ROPE_ELEMENTS / 64 + 1, ..ok.clone() }.validate().unwrap_err();
-        assert!(e.contains("implausible context length 4194305 (head dimension 64)"), "{e}");
+        assert!(e.to_string().contains("implausible context length 4194305 (head dimension 64)"), "{e}");
         let e = LlamaConfig { head_dim: 2, max_position_embeddings: MAX_CONTEXT + 1, ..ok.clone() }.validate().unwrap_err();
-        assert!(e.contains("implausible context length"), "{e}");
+        assert!(e.to_string().contains("implausible context length"), "{e}");
         // the HF path validates the same way
         let v = serde_json::json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
             "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 1u64 << 40});

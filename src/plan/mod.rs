@@ -7,6 +7,7 @@
 //! change results (the output root, thread count, descriptions, where files live) is left out
 //! of the hash.
 
+mod files;
 mod print;
 
 use std::collections::BTreeMap;
@@ -14,10 +15,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
 
+pub use files::PlanFileError;
 pub use print::{judge as describe_judge, render_summary, render_sweep_table};
 
 use crate::model::registry::ModelRef;
-use crate::spec::{Every, JudgeBackend, MixSpec, Resolved, Spec};
+use crate::resolve::Resolved;
+use crate::spec::{Every, JudgeBackend, MixSpec, Spec};
 use crate::template::TemplateKind;
 
 /// Bumped when the plan's shape or meaning changes.
@@ -218,7 +221,7 @@ pub fn compile(r: &Resolved) -> Plan {
             let critic = (p.algorithm == crate::spec::Algorithm::Ppo).then_some(p.critic);
             let l = &spec.policy.lora;
             let at = |acc| {
-                let shapes = crate::spec::memory_shapes(spec, prompt, acc);
+                let shapes = crate::resolve::memory_shapes(spec, prompt, acc);
                 (shapes, crate::model::memory::estimate(c, l.rank, &l.targets, critic, shapes))
             };
             let (shapes, at_spec) = at(p.gradient_accumulation_steps);

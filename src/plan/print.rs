@@ -89,8 +89,7 @@ pub fn render_summary(plan: &Plan) -> String {
         let _ = writeln!(o, "            transfer {}", data(t));
     }
     let l = &s.policy.lora;
-    let targets: Vec<String> =
-        l.targets.iter().map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()).collect();
+    let targets: Vec<String> = l.targets.iter().map(crate::spec::name_of).collect();
     let _ = writeln!(o, "  policy    {}, LoRA r={} alpha={} on {}", model_name(&i.models.policy), l.rank, l.alpha, targets.join(","));
     let _ = writeln!(
         o,
@@ -195,7 +194,7 @@ pub fn render_summary(plan: &Plan) -> String {
     let p = &s.ppo;
     let algo = match p.algorithm {
         Algorithm::Ppo => {
-            format!("ppo (critic {})", serde_json::to_value(p.critic).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())
+            format!("ppo (critic {})", crate::spec::name_of(&p.critic))
         }
         Algorithm::Grpo => format!("grpo (groups of {})", p.group_size),
     };
@@ -208,13 +207,13 @@ pub fn render_summary(plan: &Plan) -> String {
         p.num_mini_batches,
         p.gradient_accumulation_steps,
         p.learning_rate,
-        serde_json::to_value(p.lr_schedule).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        crate::spec::name_of(&p.lr_schedule)
     );
     let _ = writeln!(
         o,
         "            kl {} ({}), clip {} / value clip {}, vf {}, gamma {} lam {}, response <= {} tokens at T={}{}, score at {}",
         p.kl_coef,
-        serde_json::to_value(p.kl_estimator).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        crate::spec::name_of(&p.kl_estimator),
         p.cliprange,
         p.cliprange_value,
         p.vf_coef,

@@ -33,10 +33,13 @@ pub struct Drift {
     /// Tokens the generator gave no finite log-prob for (left out).
     pub missing: usize,
     /// Mean of |trainer - generator|.
+    #[serde(serialize_with = "crate::round::six_or_zero")]
     pub mean_abs: f64,
     /// Largest |trainer - generator|.
+    #[serde(serialize_with = "crate::round::six_or_zero")]
     pub max_abs: f64,
     /// Mean of trainer - generator (> 0: the trainer finds the tokens likelier).
+    #[serde(serialize_with = "crate::round::six_or_zero")]
     pub mean: f64,
 }
 

@@ -74,6 +74,11 @@ pub enum ReportError {
     Read { path: String, message: String },
     #[error("writing {path}: {message}")]
     Write { path: String, message: String },
+    /// An `elo.json` that does not parse as this mpo's tournament file.
+    #[error(transparent)]
+    EloJson(serde_json::Error),
+    #[error("written by an older mpo (one presentation order, sequential Elo only)")]
+    OlderElo,
 }
 
 /// Read every run directory directly under `root`.
@@ -245,7 +250,7 @@ fn rubric_test_links(runs: &[RunData], out: &Path) -> String {
 pub fn elo_section(root: &Path) -> String {
     use crate::eval::elo::{EloFile, FORMAT, markdown};
     let mut s = String::from("\n## Pairwise tournament\n\n");
-    let mut found: Vec<(String, PathBuf, Result<EloFile, String>)> = Vec::new();
+    let mut found: Vec<(String, PathBuf, Result<EloFile, ReportError>)> = Vec::new();
     let dirs = std::fs::read_dir(root).map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default();
     for d in dirs.into_iter().filter(|d| d.is_dir() && !d.join("plan.json").exists()) {
         let p = d.join("elo.json");
@@ -253,8 +258,8 @@ pub fn elo_section(root: &Path) -> String {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
         let parsed = match v.get("format").and_then(serde_json::Value::as_u64) {
-            Some(f) if f == FORMAT as u64 => serde_json::from_value::<EloFile>(v).map_err(|e| e.to_string()),
-            _ => Err("written by an older mpo (one presentation order, sequential Elo only)".into()),
+            Some(f) if f == FORMAT as u64 => serde_json::from_value::<EloFile>(v).map_err(ReportError::EloJson),
+            _ => Err(ReportError::OlderElo),
         };
         let created = parsed.as_ref().map(|f| f.created.clone()).unwrap_or_default();
         found.push((created, rel, parsed));

@@ -163,13 +163,33 @@ impl RunDir {
     }
 }
 
+/// Why evaluation files cannot be read or compared.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalsError {
+    #[error("{}: {source}", path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{}:{line}: not an evaluation line: {source}", path.display())]
+    Line { path: std::path::PathBuf, line: usize, source: serde_json::Error },
+    #[error("record {record} has no headline score")]
+    NoHeadline { record: usize },
+    #[error(
+        "the evaluations asked different questions ({common} in common of {a} and {b}): compare evaluations of the same test split \
+         (same task data, prompt template, eval.samples and eval.seed)"
+    )]
+    DifferentQuestions { common: usize, a: usize, b: usize },
+    #[error("no paired prompts to compare")]
+    NoPairs,
+    #[error("the evaluations of different seeds asked different questions: compare runs of one test split")]
+    SeedsDiffer,
+}
+
 /// The lines of an evaluation file (`eval/<label>.jsonl`); an error names the file and line.
-pub fn read_lines(path: &std::path::Path) -> Result<Vec<EvalLine>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_lines(path: &std::path::Path) -> Result<Vec<EvalLine>, EvalsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalsError::Read { path: path.to_path_buf(), source })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| serde_json::from_str(l).map_err(|e| format!("{}:{}: not an evaluation line: {e}", path.display(), n + 1)))
+        .map(|(n, l)| serde_json::from_str(l).map_err(|source| EvalsError::Line { path: path.to_path_buf(), line: n + 1, source }))
         .collect()
 }
 
@@ -199,7 +219,7 @@ impl Estimate {
 pub fn estimate(scores: &[f64], seed: u64) -> Estimate {
     let n = scores.len();
     let value = scores.iter().sum::<f64>() / n.max(1) as f64;
-    if crate::task::metrics::is_proportion(scores) {
+    if crate::stats::is_proportion(scores) {
         return Estimate { value, ci: Some(stats::wilson(scores.iter().filter(|&&x| x == 1.0).count(), n)), how: "95% Wilson" };
     }
     match stats::bca_mean(scores, seed, 4000) {
@@ -230,30 +250,25 @@ pub type Pair = (String, f64, f64);
 /// Pair the headline scores of two evaluations by prompt: `(key, a, b)` per prompt. Refused
 /// (with why) when a line has no score or the two asked different questions: a comparison on
 /// different prompts is not a paired comparison.
-pub fn pair(a: &[EvalLine], b: &[EvalLine]) -> Result<Vec<(String, f64, f64)>, String> {
+pub fn pair(a: &[EvalLine], b: &[EvalLine]) -> Result<Vec<(String, f64, f64)>, EvalsError> {
     pair_on(a, b, Measure::Headline).map(|(p, _)| p)
 }
 
 /// Pair two evaluations by prompt on `measure`, with the number of prompts left out. A headline
 /// score is never missing (a missing one refuses the pairing); an instrument score is missing
 /// where its judge failed, and such a prompt is left out of both sides.
-pub fn pair_on(a: &[EvalLine], b: &[EvalLine], measure: Measure) -> Result<(Vec<Pair>, usize), String> {
+pub fn pair_on(a: &[EvalLine], b: &[EvalLine], measure: Measure) -> Result<(Vec<Pair>, usize), EvalsError> {
     let score = |l: &EvalLine| match (measure, measure.score(l)) {
         (_, Some(s)) => Ok(Some(s)),
         (Measure::Instrument, None) => Ok(None),
-        (Measure::Headline, None) => Err(format!("record {} has no headline score", l.record_index)),
+        (Measure::Headline, None) => Err(EvalsError::NoHeadline { record: l.record_index }),
     };
     let bs: BTreeMap<String, Option<f64>> =
-        prompt_keys(b).into_iter().zip(b).map(|(k, l)| Ok((k, score(l)?))).collect::<Result<_, String>>()?;
+        prompt_keys(b).into_iter().zip(b).map(|(k, l)| Ok((k, score(l)?))).collect::<Result<_, EvalsError>>()?;
     let ka = prompt_keys(a);
     let common = ka.iter().filter(|k| bs.contains_key(*k)).count();
     if common != ka.len() || common != bs.len() {
-        return Err(format!(
-            "the evaluations asked different questions ({common} in common of {} and {}): compare evaluations of the same test split \
-             (same task data, prompt template, eval.samples and eval.seed)",
-            ka.len(),
-            bs.len()
-        ));
+        return Err(EvalsError::DifferentQuestions { common, a: ka.len(), b: bs.len() });
     }
     let mut pairs = Vec::new();
     let mut left_out = 0;
@@ -307,13 +322,13 @@ impl Comparison {
         labels: (&str, &str),
         strata: &[Vec<(String, f64, f64)>],
         seed: u64,
-    ) -> Result<Comparison, String> {
-        let first = strata.first().filter(|s| !s.is_empty()).ok_or("no paired prompts to compare")?;
+    ) -> Result<Comparison, EvalsError> {
+        let first = strata.first().filter(|s| !s.is_empty()).ok_or(EvalsError::NoPairs)?;
         let keys: Vec<&String> = first.iter().map(|p| &p.0).collect();
         let mut per_prompt: BTreeMap<&String, (f64, f64)> = keys.iter().map(|k| (*k, (0.0, 0.0))).collect();
         for s in strata {
             if s.len() != keys.len() || s.iter().any(|p| !per_prompt.contains_key(&p.0)) {
-                return Err("the evaluations of different seeds asked different questions: compare runs of one test split".into());
+                return Err(EvalsError::SeedsDiffer);
             }
             for (k, a, b) in s {
                 let e = per_prompt.get_mut(k).expect("checked above");
@@ -598,11 +613,11 @@ mod tests {
         let mut other = b.clone();
         other[1].question = "another".into();
         let e = pair(&a, &other).unwrap_err();
-        assert!(e.contains("asked different questions (2 in common of 3 and 3)"), "{e}");
+        assert!(e.to_string().contains("asked different questions (2 in common of 3 and 3)"), "{e}");
         // an unscored line is refused too
         let mut unscored = b.clone();
         unscored[0].score = None;
-        assert!(pair(&a, &unscored).unwrap_err().contains("no headline score"));
+        assert!(pair(&a, &unscored).unwrap_err().to_string().contains("no headline score"));
     }
 
     #[test]

@@ -143,7 +143,17 @@ pub struct Missing {
     pub path: PathBuf,
     /// Where the copy belongs.
     pub copy: PathBuf,
-    pub why: String,
+    /// Why neither serves: the copy's fault, then the planned file's.
+    pub why: [NotIntact; 2],
+}
+
+/// Why a file is not the one a run read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotIntact {
+    #[error("{}: {message}", path.display())]
+    Unreadable { path: PathBuf, message: String },
+    #[error("{} has changed since the run (sha256 {}.., the run's {}..)", path.display(), &now[..12.min(now.len())], &planned[..12.min(planned.len())])]
+    Changed { path: PathBuf, now: String, planned: String },
 }
 
 /// A run's plan with its paths pointing at what this process can read.
@@ -170,7 +180,7 @@ impl Local {
             gone.len()
         );
         for m in &gone {
-            message.push_str(&format!("\n  - {} `{}`: {}", m.name, m.path.display(), m.why));
+            message.push_str(&format!("\n  - {} `{}`: {}; {}", m.name, m.path.display(), m.why[0], m.why[1]));
         }
         message.push_str(
             "\n  put a copy of each (the file the run read) at the first path named, or run this command from the directory the run was launched from",
@@ -191,15 +201,12 @@ pub fn localize(dir: &RunDir, plan: Plan) -> Local {
         let entry = index.iter().find(|e| e.name == n.name);
         let want = n.sha256.clone().or_else(|| entry.map(|e| e.sha256.clone()));
         let copy = dir.path(&entry.map(|e| e.copy.clone()).unwrap_or_else(|| n.copy()));
-        let intact = |p: &Path| -> Result<(), String> {
-            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let intact = |p: &Path| -> Result<(), NotIntact> {
+            let bytes = std::fs::read(p).map_err(|e| NotIntact::Unreadable { path: p.to_path_buf(), message: e.to_string() })?;
             match &want {
-                Some(w) if sha256(&bytes) != *w => Err(format!(
-                    "{} has changed since the run (sha256 {}.., the run's {}..)",
-                    p.display(),
-                    &sha256(&bytes)[..12],
-                    &w[..12.min(w.len())]
-                )),
+                Some(w) if sha256(&bytes) != *w => {
+                    Err(NotIntact::Changed { path: p.to_path_buf(), now: sha256(&bytes), planned: w.clone() })
+                }
                 _ => Ok(()),
             }
         };
@@ -207,7 +214,7 @@ pub fn localize(dir: &RunDir, plan: Plan) -> Local {
             Ok(()) => set_path(&mut plan, &n.name, copy),
             Err(no_copy) => {
                 if let Err(no_file) = intact(&n.path) {
-                    missing.push(Missing { name: n.name, path: n.path, copy, why: format!("{no_copy}; {no_file}") });
+                    missing.push(Missing { name: n.name, path: n.path, copy, why: [no_copy, no_file] });
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! (reports, sweeps, evaluation, TensorBoard). Fields are documented here once; the README's
 //! results section lists them.
 //!
-//! Numbers are rounded to 6 decimals when written (a non-finite value is `null`). Rows written
+//! Numbers are rounded to 6 decimals when written (a non-finite value is `null`), by the
+//! serializer (`crate::round`): a row in memory keeps full precision. Rows written
 //! by older mpo versions keep loading: a field they lack takes its default, one they have and
 //! this version does not know is ignored.
 
@@ -10,11 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// `x` rounded to 6 decimals; `None` when it is not finite (written as `null`).
-pub fn round6(x: f64) -> Option<f64> {
-    // `+ 0.0` writes a value that rounds to zero from below as 0, not -0
-    x.is_finite().then(|| (x * 1e6).round() / 1e6 + 0.0)
-}
+pub use crate::round::finite;
 
 /// One update of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,33 +31,43 @@ pub struct MetricsRow {
     /// Training reward of the scored rollouts (skipped ones left out), under the current rubric.
     pub reward: Spread,
     /// Mean judge reward of the judge-scored rollouts.
+    #[serde(serialize_with = "crate::round::six")]
     pub judge_reward_mean: Option<f64>,
     /// Mean programmatic verifier score (0..1) of the verified rollouts: a fixed instrument.
+    #[serde(serialize_with = "crate::round::six")]
     pub verifier_mean: Option<f64>,
     /// Mean score PPO trained on (reward minus any missing-EOS penalty).
+    #[serde(serialize_with = "crate::round::six")]
     pub score_mean: Option<f64>,
     /// Mean over sequences of the summed per-token KL to the reference policy.
+    #[serde(serialize_with = "crate::round::six")]
     pub kl: Option<f64>,
     /// Mean over sequences of the summed KL penalty (`-kl_coef * kl`).
+    #[serde(serialize_with = "crate::round::six")]
     pub non_score_reward: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub entropy: Option<f64>,
     pub loss: Losses,
+    #[serde(serialize_with = "crate::round::six")]
     pub clipfrac: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub approxkl: Option<f64>,
     /// Learning rate of the update (after the schedule).
     pub lr: f64,
     pub trained_sequences: usize,
     pub optimizer_steps: usize,
     /// Mean global gradient norm before clipping.
+    #[serde(serialize_with = "crate::round::six")]
     pub grad_norm: Option<f64>,
     /// `ppo.recenter_critic`: the shift added to the rollout-time values at the first update
     /// under a new rubric (absent otherwise).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "crate::round::six", default, skip_serializing_if = "Option::is_none")]
     pub critic_shift: Option<f64>,
     /// GRPO groups left with fewer than two scored members.
     pub groups_dropped: usize,
     /// The amount subtracted from a response cut off by `ppo.response_length`.
     /// With rubric families whose ranges differ under `reward.aggregate: sum`, the largest.
+    #[serde(serialize_with = "crate::round::six")]
     pub missing_eos_penalty: Option<f64>,
     /// Judge answers that gave no score, by kind (`unparseable`, `truncated`, ...).
     pub judge_failures: BTreeMap<String, u64>,
@@ -76,6 +83,7 @@ pub struct MetricsRow {
     /// Rollouts left out of training (no reward under the failure policy).
     pub skipped: usize,
     /// Share of responses that ended with EOS.
+    #[serde(serialize_with = "crate::round::six")]
     pub eos_rate: Option<f64>,
     pub signals: SignalsRow,
     pub tokens: Tokens,
@@ -100,9 +108,13 @@ impl MetricsRow {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Spread {
+    #[serde(serialize_with = "crate::round::six")]
     pub mean: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub std: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub min: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub max: Option<f64>,
 }
 
@@ -122,7 +134,7 @@ impl Spread {
         let Some((m, sd)) = mean_std(xs) else { return Spread::default() };
         let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
         let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Spread { mean: round6(m), std: round6(sd), min: round6(min), max: round6(max) }
+        Spread { mean: finite(m), std: finite(sd), min: finite(min), max: finite(max) }
     }
 }
 
@@ -134,10 +146,13 @@ pub fn mean(xs: &[f64]) -> f64 {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Losses {
+    #[serde(serialize_with = "crate::round::six")]
     pub policy: Option<f64>,
     /// `null` under GRPO (no critic).
+    #[serde(serialize_with = "crate::round::six")]
     pub value: Option<f64>,
     /// `policy + vf_coef * value`.
+    #[serde(serialize_with = "crate::round::six")]
     pub total: Option<f64>,
 }
 
@@ -145,12 +160,18 @@ pub struct Losses {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SignalsRow {
+    #[serde(serialize_with = "crate::round::six")]
     pub mean_response_tokens: Option<f64>,
     /// Mean response length over that of the run's first update (length collapse).
+    #[serde(serialize_with = "crate::round::six")]
     pub length_ratio_to_first_update: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub repetition_rate: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub identical_share: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub max_score_share: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub judge_verifier_disagreement: Option<f64>,
 }
 
@@ -165,6 +186,7 @@ pub struct RolloutsRow {
     /// quantized decode products); on an engine this is the off-policy drift of its rollouts.
     pub drift: Option<crate::ppo::Drift>,
     /// Seconds writing the adapter and having the engine load it (absent in process).
+    #[serde(serialize_with = "crate::round::six")]
     pub load_s: Option<f64>,
     /// The engine's HTTP attempts, retries and failures by cause, this update (absent in
     /// process).
@@ -216,6 +238,7 @@ pub struct MetaRow {
     /// per family that had rollouts to learn from).
     pub steps: u32,
     pub accepted: u32,
+    #[serde(serialize_with = "crate::round::six")]
     pub acceptance_rate: Option<f64>,
     /// With rubric families: each family's step, in key order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -236,11 +259,17 @@ pub struct FamilyStep {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Times {
+    #[serde(serialize_with = "crate::round::six")]
     pub generate: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub judge: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub ppo: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub meta: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub eval: Option<f64>,
+    #[serde(serialize_with = "crate::round::six")]
     pub total: Option<f64>,
 }
 
@@ -270,12 +299,21 @@ impl MetricsRow {
     }
 }
 
+/// A line of `metrics.jsonl` that is not a metrics row.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {source}")]
+pub struct LineError {
+    /// 1-based.
+    pub line: usize,
+    pub source: serde_json::Error,
+}
+
 /// Rows of a `metrics.jsonl` text; a line that does not parse is an error naming its number.
-pub fn parse(text: &str) -> Result<Vec<MetricsRow>, String> {
+pub fn parse(text: &str) -> Result<Vec<MetricsRow>, LineError> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
+        .map(|(i, l)| serde_json::from_str(l).map_err(|source| LineError { line: i + 1, source }))
         .collect()
 }
 
@@ -285,9 +323,6 @@ mod tests {
 
     #[test]
     fn rounding_and_spread() {
-        assert_eq!(round6(0.123_456_789), Some(0.123457));
-        assert!(round6(-1e-9).unwrap().is_sign_positive(), "written as 0, not -0");
-        assert_eq!(round6(f64::NAN), None);
         let s = Spread::of(&[1.0, 3.0]);
         assert_eq!((s.mean, s.std, s.min, s.max), (Some(2.0), Some(1.0), Some(1.0), Some(3.0)));
         assert_eq!(Spread::of(&[]), Spread::default());
@@ -310,7 +345,7 @@ mod tests {
         assert_eq!((r.update, r.reward.mean, r.optimizer_steps), (1, Some(0.5), 0));
         assert_eq!(r.meta.as_ref().map(|m| (m.new_version, m.steps)), Some((Some(1), 0)));
         assert_eq!(r.eval.as_ref().and_then(|e| e.get("accuracy")), Some(&0.25));
-        assert!(parse("{\"update\": \"one\"}").unwrap_err().starts_with("line 1:"));
+        assert!(parse("{\"update\": \"one\"}").unwrap_err().to_string().starts_with("line 1:"));
     }
 
     #[test]

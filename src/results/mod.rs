@@ -12,6 +12,7 @@
 //! Every write is atomic (temp file + rename), jsonl files included (rewritten whole), so a
 //! crash at any moment leaves every file either old or new.
 
+pub mod checkpoint_files;
 pub mod evals;
 pub mod inputs;
 pub mod metrics;
@@ -140,7 +141,7 @@ impl RunDir {
     pub fn metrics(&self) -> Result<Vec<MetricsRow>, ResultsError> {
         let p = self.path("metrics.jsonl");
         match std::fs::read_to_string(&p) {
-            Ok(text) => metrics::parse(&text).map_err(|message| ResultsError::Read { path: p.display().to_string(), message }),
+            Ok(text) => metrics::parse(&text).map_err(|source| ResultsError::Metrics { path: p.display().to_string(), source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(ResultsError::read(&p, e)),
         }
@@ -297,7 +298,7 @@ pub struct SampleRow {
     pub finish: Finish,
     /// The training reward (`None`: skipped) and where it came from.
     pub reward: Option<f64>,
-    pub source: String,
+    pub source: crate::reward::Source,
     pub judge_reward: Option<f64>,
     pub verifier: Option<f64>,
     pub verdicts: Vec<Verdict>,
@@ -319,7 +320,7 @@ impl SampleRow {
             tokens: g.tokens.len(),
             finish: g.finish,
             reward: s.reward,
-            source: s.source.clone(),
+            source: s.source,
             judge_reward: s.judge_reward,
             verifier: s.verifier_score,
             verdicts: s.verdicts.clone(),
@@ -338,6 +339,8 @@ pub enum ResultsError {
     NotARun(String),
     #[error("{path}: {message}")]
     Read { path: String, message: String },
+    #[error("{path}: {source}")]
+    Metrics { path: String, source: metrics::LineError },
 }
 
 impl ResultsError {

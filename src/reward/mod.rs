@@ -33,15 +33,46 @@ pub struct Rollout<'a> {
     pub record: &'a J,
 }
 
+/// Which signal a rollout's reward came from (as `samples/*.jsonl` writes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The judge's reward alone.
+    Judge,
+    /// The verifier's alone (the judge was not asked: `mix: coin`).
+    Verifier,
+    /// The judge's and the verifier's, weighted (`mix: weighted`).
+    Mixed,
+    /// `reward.failure.policy: {penalty: x}` for an unusable judge answer.
+    Penalty,
+    /// The penalty and the verifier's, weighted.
+    #[serde(rename = "penalty+verifier")]
+    PenaltyVerifier,
+    /// No reward: the judge's answer was unusable under `reward.failure.policy: skip`.
+    Skipped,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Judge => "judge",
+            Source::Verifier => "verifier",
+            Source::Mixed => "mixed",
+            Source::Penalty => "penalty",
+            Source::PenaltyVerifier => "penalty+verifier",
+            Source::Skipped => "skipped",
+        }
+    }
+}
+
 /// Everything about one rollout's reward.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
     pub id: String,
     /// The reward used for training; `None` when the sample is skipped.
     pub reward: Option<f64>,
-    /// Which signal the reward came from: `judge`, `verifier`, `mixed`, `penalty`,
-    /// `penalty+verifier`, `skipped`.
-    pub source: String,
+    /// Which signal the reward came from.
+    pub source: Source,
     pub verdicts: Vec<Verdict>,
     /// Mean of the verifier scores, in [0, 1].
     pub verifier_score: Option<f64>,
@@ -192,7 +223,8 @@ pub fn score_batch_by(
             Scored {
                 id: r.id.clone(),
                 reward: None,
-                source: String::new(),
+                // set for every rollout below, once the judge and the verifiers have spoken
+                source: Source::Skipped,
                 verdicts,
                 verifier_score,
                 judge_reward: None,
@@ -312,21 +344,21 @@ pub fn score_batch_by(
                 MixSpec::Weighted { verifier_weight, .. } => v.map(|v| verifier_weight * v),
                 MixSpec::Coin { .. } => v,
             };
-            s.source = "verifier".into();
+            s.source = Source::Verifier;
             if s.reward.is_none() {
                 return Err(RewardError::Config("the judge is off for this rollout but there is no verifier to score it".into()));
             }
             continue;
         }
         let (j, source) = match (&s.failure, s.judge_reward) {
-            (None, Some(j)) => (j, "judge"),
+            (None, Some(j)) => (j, Source::Judge),
             (Some(f), _) => match &spec.failure.policy {
                 FailurePolicy::Skip => {
                     s.reward = None;
-                    s.source = "skipped".into();
+                    s.source = Source::Skipped;
                     continue;
                 }
-                FailurePolicy::Penalty(x) => (*x, "penalty"),
+                FailurePolicy::Penalty(x) => (*x, Source::Penalty),
                 FailurePolicy::Fail => return Err(RewardError::Failed { id: s.id.clone(), failure: f.clone() }),
             },
             (None, None) => return Err(RewardError::Config(format!("rollout {} has neither a score nor a failure", s.id))),
@@ -334,10 +366,10 @@ pub fn score_batch_by(
         (s.reward, s.source) = match (&spec.mix, v) {
             (MixSpec::Weighted { judge_weight, verifier_weight }, Some(v)) => (
                 Some(judge_weight * j + verifier_weight * v),
-                if source == "judge" { "mixed".into() } else { format!("{source}+verifier") },
+                if source == Source::Judge { Source::Mixed } else { Source::PenaltyVerifier },
             ),
-            (MixSpec::Weighted { judge_weight, .. }, None) => (Some(judge_weight * j), source.into()),
-            (MixSpec::Coin { .. }, _) => (Some(j), source.into()),
+            (MixSpec::Weighted { judge_weight, .. }, None) => (Some(judge_weight * j), source),
+            (MixSpec::Coin { .. }, _) => (Some(j), source),
         };
     }
     Ok(out)
@@ -349,8 +381,7 @@ pub fn failure_counts(scored: &[Scored]) -> std::collections::BTreeMap<String, u
     let mut m = std::collections::BTreeMap::new();
     for s in scored {
         if let Some(f) = &s.failure {
-            let k = serde_json::to_value(f).ok().and_then(|v| v.get("kind").and_then(J::as_str).map(str::to_string)).unwrap_or_default();
-            *m.entry(k).or_insert(0) += 1;
+            *m.entry(f.kind().to_string()).or_insert(0) += 1;
         }
     }
     m
@@ -420,7 +451,7 @@ mod tests {
         let s = score_batch(&mut j, &c, &rubric(), &rs, 0, 1, &mut u).unwrap();
         assert!((s[0].judge_reward.unwrap() - 5.0 / 6.0).abs() < 1e-12);
         assert!((s[0].reward.unwrap() - (0.5 * 5.0 / 6.0 + 1.0)).abs() < 1e-12);
-        assert_eq!(s[0].source, "mixed");
+        assert_eq!(s[0].source, Source::Mixed);
         assert_eq!((u.calls, u.prompt_tokens), (1, 10));
         assert!(s[0].judge_prompt.as_ref().unwrap().contains("## Correct (0-4)"));
     }
@@ -560,11 +591,11 @@ mod tests {
         let run = || {
             let mut j = scripted(vec![Ok("Correct: 0\nClear: 0".into())]);
             let s = score_batch(&mut j, &c, &rubric(), &rs, 7, 3, &mut TokenUsage::default()).unwrap();
-            (s.iter().map(|x| x.source.clone()).collect::<Vec<_>>(), j.calls())
+            (s.iter().map(|x| x.source).collect::<Vec<_>>(), j.calls())
         };
         let (a, calls) = run();
         assert_eq!(a, run().0);
-        let judged = a.iter().filter(|s| *s == "judge").count();
+        let judged = a.iter().filter(|s| **s == Source::Judge).count();
         assert_eq!(judged, calls);
         assert!(judged > 0 && judged < 40);
         // chunks of 4 share a toss

@@ -27,6 +27,19 @@ pub enum ScoreFailure {
     Truncated { max_tokens: u32 },
 }
 
+impl ScoreFailure {
+    /// The kind a metrics row counts it under (its `kind` tag in `samples/`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ScoreFailure::Missing { .. } => "missing",
+            ScoreFailure::OutOfRange { .. } => "out_of_range",
+            ScoreFailure::Unparseable { .. } => "unparseable",
+            ScoreFailure::JudgeFailed { .. } => "judge_failed",
+            ScoreFailure::Truncated { .. } => "truncated",
+        }
+    }
+}
+
 /// Item scores of one answer, in rubric order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemScores {
@@ -280,6 +293,20 @@ pub fn by_logprobs(rubric: &Rubric, tokens: &[TokenLogprob]) -> Result<ItemScore
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_kind_is_its_serde_tag() {
+        let all = [
+            ScoreFailure::Missing { item: "a".into() },
+            ScoreFailure::OutOfRange { item: "a".into(), score: 9.0, min: 0, max: 1 },
+            ScoreFailure::Unparseable { message: "x".into() },
+            ScoreFailure::JudgeFailed { message: "x".into() },
+            ScoreFailure::Truncated { max_tokens: 1 },
+        ];
+        for f in all {
+            assert_eq!(serde_json::to_value(&f).unwrap()["kind"], f.kind());
+        }
+    }
     use crate::spec::default_score_regex;
 
     fn rubric() -> Rubric {

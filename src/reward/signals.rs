@@ -87,7 +87,7 @@ mod tests {
         let scored = |total: f64, verifier: f64| Scored {
             id: "a".into(),
             reward: Some(total),
-            source: "mixed".into(),
+            source: crate::reward::Source::Mixed,
             verdicts: vec![],
             verifier_score: Some(verifier),
             judge_reward: Some(total),

@@ -83,9 +83,82 @@ pub fn verify(v: &VerifierSpec, response: &str, record: &J) -> Verdict {
     }
 }
 
+/// What `mpo grade` found: whether the response is correct, and how it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grade {
+    pub correct: bool,
+    /// The answers compared, as the verifier read them.
+    pub reading: String,
+}
+
+/// Why a response cannot be graded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GradeError {
+    #[error("task `{}` has no programmatic verifier (only its judge); `mpo grade` takes math or ethical_reasoning", .0.as_str())]
+    NoVerifier(crate::spec::TaskKind),
+    #[error("the reference must be RIGHT or WRONG, got {0:?}")]
+    NotAVerdict(String),
+}
+
+/// Grade `response` against `reference` with `task`'s verifier, as a run's verifier reads it
+/// (math: the last `\boxed{}` answers, equal within `tolerance`; ethical reasoning: the verdict).
+pub fn grade(task: crate::spec::TaskKind, response: &str, reference: &str, tolerance: f64) -> Result<Grade, GradeError> {
+    use crate::spec::TaskKind;
+    let mark = |ok: bool| if ok { "correct" } else { "incorrect" };
+    match task {
+        TaskKind::Math => {
+            let want = last_boxed(reference).unwrap_or_else(|| reference.trim().to_string());
+            let Some(got) = last_boxed(response) else {
+                return Ok(Grade {
+                    correct: false,
+                    reading: format!("incorrect: the response has no \\boxed{{}} answer (reference: {want})"),
+                });
+            };
+            let correct = math_eq::equivalent(&got, &want, tolerance);
+            let reading = format!(
+                "{}: response {got:?} -> {:?}, reference {want:?} -> {:?}",
+                mark(correct),
+                math_eq::normalize(&got),
+                math_eq::normalize(&want)
+            );
+            Ok(Grade { correct, reading })
+        }
+        TaskKind::EthicalReasoning => {
+            let want = reference.trim().to_uppercase();
+            if want != "RIGHT" && want != "WRONG" {
+                return Err(GradeError::NotAVerdict(reference.to_string()));
+            }
+            Ok(match verdict(response) {
+                Some(got) => {
+                    let correct = got == want;
+                    Grade { correct, reading: format!("{}: response verdict {got}, reference {want}", mark(correct)) }
+                }
+                None => Grade {
+                    correct: false,
+                    reading: format!(
+                        "incorrect: no <verdict>RIGHT|WRONG</verdict> tag, nor one of the bare words RIGHT or WRONG alone, in the response (reference: {want})"
+                    ),
+                },
+            })
+        }
+        TaskKind::EssayWriting | TaskKind::Summarization => Err(GradeError::NoVerifier(task)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grade_reads_answers_as_the_verifiers_do_and_refuses_what_it_cannot_grade() {
+        use crate::spec::TaskKind;
+        let g = grade(TaskKind::Math, "so \\boxed{\\dfrac{1}{2}}", "0.5", 1e-6).unwrap();
+        assert!(g.correct && g.reading.starts_with("correct: "), "{g:?}");
+        assert!(!grade(TaskKind::Math, "no box", "4", 1e-6).unwrap().correct);
+        assert!(grade(TaskKind::EthicalReasoning, "<verdict>WRONG</verdict>", "wrong", 0.0).unwrap().correct);
+        assert_eq!(grade(TaskKind::EthicalReasoning, "x", "maybe", 0.0), Err(GradeError::NotAVerdict("maybe".into())));
+        assert_eq!(grade(TaskKind::Summarization, "x", "y", 0.0), Err(GradeError::NoVerifier(TaskKind::Summarization)));
+    }
     use serde_json::json;
 
     #[test]

@@ -16,7 +16,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::{Case, CaseFile, Check, Fallback, NO_RECORDING, Outcome, Reading, RecordJob, Scored, Scorer, check_read, fmt};
+use super::{RecordJob, RubricTestError, read_cases};
+use crate::cases::{Case, Check, Fallback, NO_RECORDING, Outcome, Reading, Scored, Scorer, check_read, fmt};
 use crate::judge::cache::CachedJudge;
 use crate::meta::history::History;
 use crate::results::RunDir;
@@ -67,9 +68,9 @@ pub fn folder(run: &Path) -> PathBuf {
 /// recorded (else nothing is loaded or contacted, and they are reported in `unrecorded`).
 /// With rubric families (`meta.partition_by`), `family` names the one whose versions are scored
 /// (its key or folder name).
-pub fn run(run: &Path, cases: Option<&Path>, record: bool, family: Option<&str>) -> Result<Table, String> {
-    let dir = RunDir::open(run).map_err(|e| e.to_string())?;
-    let planned = dir.plan().map_err(|e| e.to_string())?;
+pub fn run(run: &Path, cases: Option<&Path>, record: bool, family: Option<&str>) -> Result<Table, RubricTestError> {
+    let dir = RunDir::open(run)?;
+    let planned = dir.plan()?;
     // The table names the case file as the plan does, wherever it was read from.
     let shown = cases.map(Path::to_path_buf).or_else(|| planned.spec.reward.cases.clone());
     let local = crate::results::inputs::localize(&dir, planned);
@@ -77,20 +78,17 @@ pub fn run(run: &Path, cases: Option<&Path>, record: bool, family: Option<&str>)
     if cases.is_none() {
         needed.push("cases");
     }
-    local.require(&needed).map_err(|e| e.to_string())?;
+    local.require(&needed)?;
     let plan = local.plan;
     let spec = &plan.spec;
-    let case_file = cases.map(Path::to_path_buf).or_else(|| spec.reward.cases.clone()).ok_or_else(|| {
-        "the run's spec names no case file (`reward.cases`): pass one with `--cases FILE` (the shipped ones are prompt_templates/<task>/cases.yaml)"
-            .to_string()
-    })?;
-    let text = std::fs::read_to_string(&case_file).map_err(|e| format!("cannot read the case file `{}`: {e}", case_file.display()))?;
-    let file = CaseFile::parse(&text).map_err(|e| format!("case file `{}`: {e}", case_file.display()))?;
+    let case_file = cases.map(Path::to_path_buf).or_else(|| spec.reward.cases.clone()).ok_or(RubricTestError::RunHasNoCaseFile)?;
+    let file = read_cases(&case_file)?;
 
     let history = History::open(run, family)?;
+    let log = history.folder().join("history.jsonl");
     let mut versions: Vec<u32> = history
         .entries()
-        .map_err(|e| format!("{}: {e}", history.folder().join("history.jsonl").display()))?
+        .map_err(|e| RubricTestError::History { path: log.clone(), message: e.to_string() })?
         .iter()
         .filter_map(|e| e.version)
         .collect();
@@ -100,21 +98,25 @@ pub fn run(run: &Path, cases: Option<&Path>, record: bool, family: Option<&str>)
         .iter()
         .map(|&v| {
             let p = history.version_path(v);
-            let t = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            Rubric::parse(&t).map_err(|e| format!("{}: {e}", p.display()))
+            let bad = |message: String| RubricTestError::History { path: p.clone(), message };
+            let t = std::fs::read_to_string(&p).map_err(|e| bad(e.to_string()))?;
+            Rubric::parse(&t).map_err(|e| bad(e.to_string()))
         })
-        .collect::<Result<_, String>>()?;
-    let v0 = rubrics
-        .first()
-        .ok_or_else(|| format!("the run has no rubric versions yet ({} is empty)", history.folder().join("history.jsonl").display()))?;
+        .collect::<Result<_, _>>()?;
+    let v0 = rubrics.first().ok_or(RubricTestError::NoVersions(log))?;
 
     let seed = spec.runtime.seed;
-    let train = spec.train_data().map_err(|e| e.to_string())?;
-    let built: Vec<Case> = super::cases::build(&file, spec.task.kind.as_str(), &train.records, v0);
-    let tpl = |k| crate::run::setup::plan_template(&plan, k).map_err(|e| e.to_string());
-    let scorer = Scorer::new(&spec.reward, spec.task.kind.as_str(), &tpl(TemplateKind::Judge)?, tpl(TemplateKind::Policy)?, seed)?;
+    let train = crate::task::train(spec)?;
+    let built: Vec<Case> = crate::cases::build(&file, spec.task.kind.as_str(), &train.records, v0);
+    let scorer = Scorer::new(
+        &spec.reward,
+        spec.task.kind.as_str(),
+        &plan.template(TemplateKind::Judge)?,
+        plan.template(TemplateKind::Policy)?,
+        seed,
+    )?;
     let judge = crate::judge::factory::identity(&spec.reward.judge, plan.inputs.models.judge.as_ref(), &plan.inputs.models.policy)
-        .ok_or("the run's judge replays another run's answers; its rubric versions cannot be scored afresh")?;
+        .ok_or(RubricTestError::ReplayedRun)?;
 
     let recordings = folder(run).join("recordings");
     let judge_cache = dir.path("judge-cache");
@@ -305,15 +307,15 @@ impl Table {
 
     /// Write `table.md` and `heatmap.svg` under `<run>/rubric_tests/` (a family's under
     /// `<run>/rubric_tests/families/<slug>/`).
-    pub fn write(&self, run: &Path, family: Option<&str>) -> Result<PathBuf, String> {
+    pub fn write(&self, run: &Path, family: Option<&str>) -> Result<PathBuf, RubricTestError> {
         let d = match family {
             Some(f) => folder(run).join("families").join(crate::meta::family::slug(f)),
             None => folder(run),
         };
         let md = d.join("table.md");
-        crate::fsx::write_atomic(&md, self.markdown().as_bytes()).map_err(|e| format!("writing {}: {e}", md.display()))?;
+        crate::fsx::write_atomic(&md, self.markdown().as_bytes()).map_err(|error| RubricTestError::Write { path: md.clone(), error })?;
         let svg = d.join("heatmap.svg");
-        crate::fsx::write_atomic(&svg, self.svg().as_bytes()).map_err(|e| format!("writing {}: {e}", svg.display()))?;
+        crate::fsx::write_atomic(&svg, self.svg().as_bytes()).map_err(|error| RubricTestError::Write { path: svg.clone(), error })?;
         Ok(md)
     }
 }
@@ -404,7 +406,7 @@ mod tests {
             tmp.join("results").display()
         );
         std::fs::write(launch.join("spec.yaml"), spec).unwrap();
-        let loaded = crate::spec::load(&launch.join("spec.yaml"), &[]);
+        let loaded = crate::resolve::load(&launch.join("spec.yaml"), &[]);
         assert!(!loaded.has_errors(), "{:?}", loaded.diags);
         let r = &loaded.runs[0];
         let plan = crate::plan::compile(r);
@@ -439,11 +441,11 @@ mod tests {
         assert_eq!(local.plan.run_id, plan.run_id);
         let spec = &local.plan.spec;
         let identity = crate::judge::factory::identity(&spec.reward.judge, None, &local.plan.inputs.models.policy).unwrap();
-        let tpl = |k| crate::run::setup::plan_template(&local.plan, k).unwrap();
+        let tpl = |k| local.plan.template(k).unwrap();
         let scorer = Scorer::new(&spec.reward, "math", &tpl(TemplateKind::Judge), tpl(TemplateKind::Policy), spec.runtime.seed).unwrap();
-        let file = CaseFile::parse(&std::fs::read_to_string(spec.reward.cases.as_ref().unwrap()).unwrap()).unwrap();
+        let file = crate::cases::CaseFile::parse(&std::fs::read_to_string(spec.reward.cases.as_ref().unwrap()).unwrap()).unwrap();
         let v0 = Rubric::parse(&History::new(&dir.root).show(0).unwrap()).unwrap();
-        let built = super::super::cases::build(&file, "math", &spec.train_data().unwrap().records, &v0);
+        let built = crate::cases::build(&file, "math", &crate::task::train(spec).unwrap().records, &v0);
         let answer = |_: &crate::judge::JudgeRequest, _| {
             Ok(crate::judge::JudgeResponse::answer("Correct final answer: 4\nAnswer in a box: 1\nSound reasoning: 2"))
         };
@@ -462,7 +464,7 @@ mod tests {
     fn a_missing_or_edited_copy_is_named_with_what_to_do() {
         let (tmp, dir, _) = run_folder("missing");
         std::fs::remove_file(dir.path("inputs/cases/cases.yaml")).unwrap();
-        let e = run(&dir.root, None, false, None).err().unwrap();
+        let e = run(&dir.root, None, false, None).err().unwrap().to_string();
         assert!(e.contains(&format!("cases `{}`", tmp.join("launch/cases.yaml").display())), "{e}");
         assert!(e.contains(&dir.path("inputs/cases/cases.yaml").display().to_string()) && e.contains("put a copy"), "{e}");
         // A case file given on the command line needs no copy.
@@ -470,7 +472,7 @@ mod tests {
         assert_eq!(run(&dir.root, Some(&tmp.join("other.yaml")), false, None).unwrap().cases.len(), 1);
         // A copy that no longer matches the plan's hash is not used.
         std::fs::write(dir.path("inputs/templates/judge/judge.j2"), "{{ rubric }} edited").unwrap();
-        let e = run(&dir.root, Some(&tmp.join("other.yaml")), false, None).err().unwrap();
+        let e = run(&dir.root, Some(&tmp.join("other.yaml")), false, None).err().unwrap().to_string();
         assert!(e.contains("templates/judge") && e.contains("has changed since the run"), "{e}");
         let _ = std::fs::remove_dir_all(&tmp);
     }

@@ -21,6 +21,7 @@ use crate::judge::TokenUsage;
 use crate::meta::MetaSample;
 use crate::model::adapter;
 use crate::results::RunDir;
+use crate::results::checkpoint_files::{self, Checksums, Damaged};
 use crate::spec::Keep;
 
 /// What a resumed run needs besides the weights.
@@ -57,21 +58,6 @@ pub struct FamilyState {
     pub since: u32,
 }
 
-/// A checkpoint (or `LATEST`) that failed verification.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Damaged {
-    pub dir: PathBuf,
-    /// The file at fault.
-    pub file: String,
-    pub why: String,
-}
-
-impl std::fmt::Display for Damaged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.dir.join(&self.file).display(), self.why)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{context}: {message}")]
@@ -90,18 +76,6 @@ impl CheckpointError {
             CheckpointError::Io { .. } => None,
         }
     }
-}
-
-/// `checksums.json` of a checkpoint.
-#[derive(Debug, Serialize, Deserialize)]
-struct Checksums {
-    update: u32,
-    /// sha256 (hex) of every other file of the checkpoint, by name.
-    sha256: BTreeMap<String, String>,
-}
-
-fn sha256_file(p: &Path) -> std::io::Result<String> {
-    Ok(crate::hash::sha256_hex(std::fs::read(p)?))
 }
 
 fn io<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> CheckpointError {
@@ -142,11 +116,7 @@ pub fn save<B: AutodiffBackend>(
     }
     crate::fsx::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state).map_err(io("serializing the state"))?.as_bytes())
         .map_err(io("writing the state"))?;
-    let mut sums = Checksums { update: state.update, sha256: BTreeMap::new() };
-    for e in std::fs::read_dir(&tmp).map_err(io("listing the checkpoint"))?.flatten() {
-        let n = e.file_name().to_string_lossy().to_string();
-        sums.sha256.insert(n, sha256_file(&e.path()).map_err(io("hashing the checkpoint"))?);
-    }
+    let sums = Checksums::of(state.update, &tmp).map_err(io("hashing the checkpoint"))?;
     crate::fsx::write_atomic(
         &tmp.join("checksums.json"),
         serde_json::to_string_pretty(&sums).map_err(io("serializing checksums"))?.as_bytes(),
@@ -189,31 +159,7 @@ pub struct Found {
 /// being there.
 pub fn verify(d: &Path) -> Result<State, Damaged> {
     let bad = |file: &str, why: String| Damaged { dir: d.to_path_buf(), file: file.into(), why };
-    match std::fs::read_to_string(d.join("checksums.json")) {
-        Ok(text) => {
-            let sums: Checksums = serde_json::from_str(&text).map_err(|e| bad("checksums.json", format!("unreadable ({e})")))?;
-            for required in ["state.json", "policy.safetensors", "optimizer.bin"] {
-                if !sums.sha256.contains_key(required) {
-                    return Err(bad("checksums.json", format!("lists no {required}")));
-                }
-            }
-            for (file, want) in &sums.sha256 {
-                match sha256_file(&d.join(file)) {
-                    Ok(got) if &got == want => {}
-                    Ok(_) => return Err(bad(file, "its contents changed after it was written (checksum mismatch)".into())),
-                    Err(e) => return Err(bad(file, format!("cannot be read ({e})"))),
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            for required in ["policy.safetensors", "optimizer.bin"] {
-                if !d.join(required).is_file() {
-                    return Err(bad(required, "is missing".into()));
-                }
-            }
-        }
-        Err(e) => return Err(bad("checksums.json", format!("cannot be read ({e})"))),
-    }
+    checkpoint_files::verify(d)?;
     let text = std::fs::read_to_string(d.join("state.json")).map_err(|e| bad("state.json", format!("cannot be read ({e})")))?;
     serde_json::from_str(&text).map_err(|e| bad("state.json", format!("is not a checkpoint state ({e})")))
 }

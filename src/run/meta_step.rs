@@ -7,13 +7,12 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::score::Scoring;
-use super::setup::plan_template;
 use super::{RunError, Runner};
 use crate::judge::{Judge, Transport};
 use crate::meta::MetaShapes;
 use crate::meta::{self, MetaConfig, MetaSample};
 use crate::plan::Plan;
-use crate::results::metrics::{FamilyStep, MetaRow, round6};
+use crate::results::metrics::{FamilyStep, MetaRow, finite};
 use crate::reward::{Rollout, Scored};
 use crate::spec::Every;
 use crate::template::TemplateKind;
@@ -64,7 +63,7 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
                 family: key,
                 samples: step.samples,
                 new_version: step.new_version,
-                kept_because: step.kept.clone(),
+                kept_because: step.kept.as_ref().map(ToString::to_string),
             });
         }
         kept = step.kept;
@@ -77,14 +76,14 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         samples,
         new_version: if whole { new_version } else { changed.then_some(state.rubric_version) },
         kept_because: match whole {
-            true => kept,
+            true => kept.as_ref().map(ToString::to_string),
             false if changed => None,
             false if families.is_empty() => Some("no family had rollouts to learn from".into()),
             false => Some(format!("no family's rubric changed ({} stepped; `meta.families` says why)", families.len())),
         },
         steps: state.meta_steps,
         accepted: state.meta_accepted,
-        acceptance_rate: round6(state.meta_accepted as f64 / state.meta_steps as f64),
+        acceptance_rate: finite(state.meta_accepted as f64 / state.meta_steps as f64),
         families,
     };
     Ok(MetaPhase { row: Some(row), transport, gate_transport, seconds: t0.elapsed().as_secs_f64() })
@@ -100,7 +99,7 @@ fn add(total: &mut Option<Transport>, t: Option<Transport>) {
 struct Step {
     samples: usize,
     new_version: Option<u32>,
-    kept: Option<String>,
+    kept: Option<crate::meta::Kept>,
     transport: Option<Transport>,
     gate_transport: Option<Transport>,
 }
@@ -108,7 +107,7 @@ struct Step {
 /// The meta step of family `i` on its `pool`: run the pipeline, gate it, record it in the
 /// family's history and switch the family's rubric when a new one was accepted.
 fn family_step<B: AutodiffBackend>(r: &mut Runner<'_, B>, i: usize, pool: &[MetaSample], update: u32) -> Result<Step, RunError> {
-    let cfg = r.meta_cfg.as_ref().ok_or(RunError::MissingTemplate("meta stage"))?;
+    let cfg = r.meta_cfg.as_ref().ok_or(crate::plan::PlanFileError::Missing("meta stage"))?;
     let judge: &mut dyn Judge = match r.meta_judge.as_mut() {
         Some(j) => j.as_mut(),
         None => r.reward_judge.as_mut(),
@@ -121,9 +120,7 @@ fn family_step<B: AutodiffBackend>(r: &mut Runner<'_, B>, i: usize, pool: &[Meta
     if let (Some(gate), Ok(candidate)) = (r.gate.as_mut(), &outcome.result) {
         r.progress.stage(&format!("update {update}: meta gate (rubric test cases under the rubric in force and the merged one)"));
         let before = r.reward_judge.transport();
-        let (verdict, usage) = gate
-            .verdict(r.reward_judge.as_mut(), &family.rubric, candidate)
-            .map_err(|message| RunError::Rubric { what: "meta.gate".into(), message })?;
+        let (verdict, usage) = gate.verdict(r.reward_judge.as_mut(), &family.rubric, candidate)?;
         gate_transport = r.reward_judge.transport().map(|t| t.since(&before.unwrap_or_default()));
         // Part of the meta step's cost: counted in its totals (`tokens.meta_judge_total`).
         outcome.usage.add(&usage);
@@ -195,7 +192,7 @@ pub fn config(plan: &Plan) -> Result<Option<MetaConfig>, RunError> {
     if spec.meta.every == Every::Never {
         return Ok(None);
     }
-    let t = |k: TemplateKind| plan_template(plan, k).map(|f| (f.path.display().to_string(), f.text));
+    let t = |k: TemplateKind| plan.template(k).map(|f| (f.path.display().to_string(), f.text));
     let js = spec.meta.judge.as_ref().unwrap_or(&spec.reward.judge);
     Ok(Some(MetaConfig {
         task: spec.task.kind.as_str().into(),
@@ -210,7 +207,7 @@ pub fn config(plan: &Plan) -> Result<Option<MetaConfig>, RunError> {
         max_tokens: spec.meta.max_tokens,
         temperature: js.temperature,
         shapes: MetaShapes::fit(spec.meta.max_items, spec.meta.max_tokens)
-            .map_err(|message| RunError::Rubric { what: "meta stages".into(), message })?
+            .map_err(|e| RunError::Rubric { what: "meta stages".into(), message: e.to_string() })?
             .with_max_points(spec.meta.max_points),
         held: js.holds_shapes(),
     }))
@@ -226,10 +223,11 @@ mod tests {
         let rec = serde_json::json!({});
         let rollouts: Vec<Rollout> =
             (0..3).map(|k| Rollout { id: format!("r{k}"), question: "q".into(), response: "a".into(), record: &rec }).collect();
-        let scored = |source: &str, reward: Option<f64>, items: Option<f64>| Scored {
+        use crate::reward::Source;
+        let scored = |source: Source, reward: Option<f64>, items: Option<f64>| Scored {
             id: String::new(),
             reward,
-            source: source.into(),
+            source,
             verdicts: vec![],
             verifier_score: None,
             judge_reward: reward,
@@ -239,7 +237,8 @@ mod tests {
             failure: None,
         };
         // r0 judged, r1 scored by the verifier (coin), r2 skipped
-        let scored = vec![scored("judge", Some(1.0), Some(3.0)), scored("verifier", Some(1.0), None), scored("judge", None, None)];
+        let scored =
+            vec![scored(Source::Judge, Some(1.0), Some(3.0)), scored(Source::Verifier, Some(1.0), None), scored(Source::Judge, None, None)];
         let rubric = Rubric::parse("## Correct (0-4)\n").unwrap();
         let ev = evidence(&rollouts, &scored, &[(0.0, rubric.max_score() as f64); 3]);
         assert_eq!(ev.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["r0"]);

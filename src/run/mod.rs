@@ -66,12 +66,18 @@ pub enum RunError {
     Results(#[from] results::ResultsError),
     #[error(transparent)]
     Lock(#[from] lock::LockError),
-    #[error("the plan has no {0} template")]
-    MissingTemplate(&'static str),
+    #[error(transparent)]
+    PlanFile(#[from] crate::plan::PlanFileError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+    #[error("meta.gate: {0}")]
+    Gate(#[from] crate::cases::ScoreError),
+    #[error("reading {path}: {error}")]
+    CaseFile { path: String, error: crate::cases::CaseFileError },
     #[error("reading {path}: {message}")]
     Read { path: String, message: String },
-    #[error("template {path} changed since the plan was made (sha256 {now}, the plan's {planned})")]
-    TemplateChanged { path: String, now: String, planned: String },
     #[error("{what}: {message}")]
     Rubric { what: String, message: String },
     #[error("{0}")]
@@ -92,7 +98,9 @@ impl RunError {
             RunError::Lock(e) => e.help(),
             RunError::Checkpoint(e) => e.help(),
             RunError::Engine(e) => e.help(),
-            RunError::TemplateChanged { .. } => Some("re-plan from the spec: `mpo run SPEC` (or `mpo plan SPEC --json` again)".into()),
+            RunError::PlanFile(e) => e.help(),
+            RunError::Policy(e) => e.help(),
+            RunError::Eval(e) => e.help(),
             RunError::ModelChanged { .. } => Some(
                 "the files at that path are not the ones the plan (and its run id) were made with: restore them, or re-plan from the spec for a run of its own".into(),
             ),
@@ -195,7 +203,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<RunOutcome, RunError> {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
     }
     let job = Job { plan: plan.clone(), opts: opts.clone(), dir: dir.clone() };
-    model::dispatch(plan.spec.runtime.backend, plan.spec.runtime.device, job).map_err(RunError::Backend)?
+    model::dispatch(plan.spec.runtime.backend, plan.spec.runtime.device, job).map_err(|e| RunError::Backend(e.to_string()))?
 }
 
 struct Job {

@@ -14,9 +14,8 @@ use super::score::Scoring;
 use super::train::Trained;
 use super::{RunError, Runner, tensorboard};
 use crate::model::generate::Finish;
-use crate::ppo::Drift;
 use crate::results::SampleRow;
-use crate::results::metrics::{Calls, Losses, MetricsRow, RolloutsRow, SignalsRow, Spread, Times, TokenCount, Tokens, mean, round6};
+use crate::results::metrics::{Calls, Losses, MetricsRow, RolloutsRow, SignalsRow, Spread, Times, TokenCount, Tokens, finite, mean};
 use crate::reward;
 use crate::spec::RolloutEngine;
 
@@ -72,59 +71,46 @@ fn metrics_row<B: AutodiffBackend>(r: &Runner<'_, B>, u: Update) -> MetricsRow {
         rubric_versions: scoring.rubric_versions.clone(),
         episodes: update as u64 * r.spec.ppo.batch_size as u64,
         reward: Spread::of(&rewards),
-        judge_reward_mean: round6(mean(&judge_rewards)),
-        verifier_mean: round6(mean(&verifier)),
-        score_mean: round6(stats.score),
-        kl: round6(stats.kl),
-        non_score_reward: round6(stats.non_score_reward),
-        entropy: round6(stats.entropy),
+        judge_reward_mean: finite(mean(&judge_rewards)),
+        verifier_mean: finite(mean(&verifier)),
+        score_mean: finite(stats.score),
+        kl: finite(stats.kl),
+        non_score_reward: finite(stats.non_score_reward),
+        entropy: finite(stats.entropy),
         loss: Losses {
-            policy: round6(stats.policy_loss),
-            value: stats.value_loss.and_then(round6),
-            total: round6(stats.policy_loss + r.spec.ppo.vf_coef * stats.value_loss.unwrap_or(0.0)),
+            policy: finite(stats.policy_loss),
+            value: stats.value_loss.and_then(finite),
+            total: finite(stats.policy_loss + r.spec.ppo.vf_coef * stats.value_loss.unwrap_or(0.0)),
         },
-        clipfrac: round6(stats.clipfrac),
-        approxkl: round6(stats.approxkl),
+        clipfrac: finite(stats.clipfrac),
+        approxkl: finite(stats.approxkl),
         lr: stats.lr,
         trained_sequences: stats.sequences,
         optimizer_steps: stats.optimizer_steps,
-        grad_norm: round6(stats.grad_norm),
-        critic_shift: stats.critic_shift.and_then(round6),
+        grad_norm: finite(stats.grad_norm),
+        critic_shift: stats.critic_shift.and_then(finite),
         groups_dropped: trained.groups_dropped,
-        missing_eos_penalty: round6(trained.penalty),
+        missing_eos_penalty: finite(trained.penalty),
         judge_failures: reward::failure_counts(scored),
         judge_transport: [("reward", &scoring.transport), ("meta", &meta.transport), ("gate", &meta.gate_transport)]
             .into_iter()
-            .filter_map(|(role, t)| {
-                let mut t = t.clone()?;
-                t.retry_wait_s = round6(t.retry_wait_s).unwrap_or(0.0);
-                Some((role.to_string(), t))
-            })
+            .filter_map(|(role, t)| Some((role.to_string(), t.clone()?)))
             .collect(),
         rollouts: RolloutsRow {
             engine: batch.engine.as_ref().map_or(RolloutEngine::InProcess, |e| e.engine).as_str().to_string(),
-            drift: stats.drift.clone().map(|d| Drift {
-                mean_abs: round6(d.mean_abs).unwrap_or(0.0),
-                max_abs: round6(d.max_abs).unwrap_or(0.0),
-                mean: round6(d.mean).unwrap_or(0.0),
-                ..d
-            }),
-            load_s: batch.engine.as_ref().and_then(|e| round6(e.load_s)),
-            transport: batch.engine.as_ref().map(|e| {
-                let mut t = e.transport.clone();
-                t.retry_wait_s = round6(t.retry_wait_s).unwrap_or(0.0);
-                t
-            }),
+            drift: stats.drift.clone(),
+            load_s: batch.engine.as_ref().and_then(|e| finite(e.load_s)),
+            transport: batch.engine.as_ref().map(|e| e.transport.clone()),
         },
         skipped: scored.iter().filter(|s| s.reward.is_none()).count(),
-        eos_rate: round6(eos as f64 / batch.gens.len().max(1) as f64),
+        eos_rate: finite(eos as f64 / batch.gens.len().max(1) as f64),
         signals: SignalsRow {
-            mean_response_tokens: round6(signals.mean_response_tokens),
-            length_ratio_to_first_update: round6(signals.mean_response_tokens / scoring.first_response_tokens.max(1e-9)),
-            repetition_rate: round6(signals.repetition_rate),
-            identical_share: round6(signals.identical_share),
-            max_score_share: round6(signals.max_score_share),
-            judge_verifier_disagreement: signals.judge_verifier_disagreement.and_then(round6),
+            mean_response_tokens: finite(signals.mean_response_tokens),
+            length_ratio_to_first_update: finite(signals.mean_response_tokens / scoring.first_response_tokens.max(1e-9)),
+            repetition_rate: finite(signals.repetition_rate),
+            identical_share: finite(signals.identical_share),
+            max_score_share: finite(signals.max_score_share),
+            judge_verifier_disagreement: signals.judge_verifier_disagreement.and_then(finite),
         },
         tokens: Tokens {
             policy_generated: batch.gens.iter().map(|g| g.tokens.len()).sum(),
@@ -140,12 +126,12 @@ fn metrics_row<B: AutodiffBackend>(r: &Runner<'_, B>, u: Update) -> MetricsRow {
         meta: meta.row,
         eval: eval.metrics,
         time_s: Times {
-            generate: round6(batch.seconds),
-            judge: round6(scoring.seconds),
-            ppo: round6(trained.seconds),
-            meta: round6(meta.seconds),
-            eval: round6(eval.seconds),
-            total: round6(started.elapsed().as_secs_f64()),
+            generate: finite(batch.seconds),
+            judge: finite(scoring.seconds),
+            ppo: finite(trained.seconds),
+            meta: finite(meta.seconds),
+            eval: finite(eval.seconds),
+            total: finite(started.elapsed().as_secs_f64()),
         },
         wall_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
     }

@@ -8,17 +8,14 @@ use burn::module::AutodiffModule;
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use rand::Rng;
-use serde_json::Value as J;
 
 use super::{RunError, Runner};
 use crate::engine::Engine;
 use crate::judge::Transport;
 use crate::model::Llama;
 use crate::model::generate::{self, Generated, Sampling};
-use crate::model::tokenizer::{Message, Tok};
+use crate::model::tokenizer::Tok;
 use crate::spec::RolloutEngine;
-use crate::spec::Spec;
-use crate::spec::validate::TemplateFile;
 use crate::task::Dataset;
 
 /// One prompt of an update (a GRPO group repeats it `group_size` times).
@@ -59,12 +56,12 @@ pub fn generate<B: AutodiffBackend>(r: &mut Runner<'_, B>, train: &Dataset, upda
     let idx = prompt_indices(r.data_seed, train.records.len(), r.plan.inputs.train.used, spec.ppo.batch_size / group, update);
     let mut prompts = Vec::with_capacity(spec.ppo.batch_size);
     for &i in &idx {
-        let (text, ids) = policy_prompt(spec, &r.policy_template, &r.tok, r.chat_template.as_deref(), &train.records[i])?;
+        let (text, ids) = crate::policy::prompt(spec, &r.policy_template, &r.tok, r.chat_template.as_deref(), &train.records[i])?;
         for _ in 0..group {
             prompts.push(Prompt { record: i, text: text.clone(), ids: ids.clone() });
         }
     }
-    let sampling = policy_sampling(spec, &r.tok, spec.ppo.temperature);
+    let sampling = crate::policy::sampling(spec, &r.tok, spec.ppo.temperature);
     if let Some(engine) = r.engine.as_mut() {
         let (gens, used) = on_engine(engine, &r.tr.policy, &r.tok, &prompts, &sampling, spec.runtime.seed, update)?;
         return Ok(Batch { prompts, gens, seconds: t0.elapsed().as_secs_f64(), engine: Some(used) });
@@ -128,49 +125,6 @@ pub fn prompt_indices(seed: u64, available: usize, used: usize, per_update: usiz
         out.push(epoch_cache.as_ref().expect("set above").1[pos]);
     }
     out
-}
-
-/// How the policy samples (rollouts and evaluations differ only in temperature).
-pub fn policy_sampling(spec: &Spec, tok: &Tok, temperature: f64) -> Sampling {
-    Sampling {
-        max_new_tokens: spec.ppo.response_length,
-        temperature: temperature as f32,
-        top_p: spec.policy.top_p as f32,
-        top_k: spec.policy.top_k,
-        stop_ids: tok.stop_ids.clone(),
-        stop_strings: spec.policy.stop.clone(),
-    }
-}
-
-/// The policy prompt of a record: the task template, the optional system message, the chat
-/// template. Returns (prompt text, chat-formatted token ids).
-pub fn policy_prompt(
-    spec: &Spec,
-    template: &TemplateFile,
-    tok: &Tok,
-    chat_override: Option<&str>,
-    record: &J,
-) -> Result<(String, Vec<u32>), RunError> {
-    let text = crate::template::render(&template.path.display().to_string(), &template.text, record)?;
-    let ids = chat_ids(spec, tok, chat_override, &text)?;
-    Ok((text, ids))
-}
-
-/// The policy's token ids for a rendered prompt: `policy.system` and the prompt as the user's
-/// turn, through the chat template.
-pub fn chat_ids(
-    spec: &Spec,
-    tok: &Tok,
-    chat_override: Option<&str>,
-    text: &str,
-) -> Result<Vec<u32>, crate::model::tokenizer::TokenizerError> {
-    let mut messages = Vec::new();
-    if let Some(s) = &spec.policy.system {
-        messages.push(Message::new("system", s.clone()));
-    }
-    messages.push(Message::new("user", text.to_string()));
-    let chat = tok.apply_chat_template(&messages, true, chat_override)?;
-    tok.encode(&chat)
 }
 
 #[cfg(test)]

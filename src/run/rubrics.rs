@@ -59,7 +59,7 @@ impl Rubrics {
 
     /// The family `record` belongs to.
     pub fn index_of(&self, record: &J) -> Result<usize, RunError> {
-        let key = self.partition.key(record).map_err(|message| RunError::Rubric { what: "meta.partition_by".into(), message })?;
+        let key = self.partition.key(record).map_err(|e| RunError::Rubric { what: "meta.partition_by".into(), message: e.to_string() })?;
         self.families.binary_search_by(|f| f.key.as_str().cmp(&key)).map_err(|_| RunError::Rubric {
             what: "meta.partition_by".into(),
             message: format!("a record of family `{key}`, which the training data planned with has no rubric for"),

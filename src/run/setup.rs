@@ -22,14 +22,14 @@ use crate::judge::factory::{self, JudgeEnv};
 use crate::meta::MetaConfig;
 use crate::meta::family::Partition;
 use crate::model::tokenizer::Tok;
-use crate::model::{self, Llama, LoraConfig};
+use crate::model::{Llama, LoraConfig};
 use crate::plan::Plan;
 use crate::results::{self, Manifest, RunDir};
 use crate::reward::RewardConfig;
 use crate::rubric::Rubric;
-use crate::spec::validate::TemplateFile;
 use crate::spec::{Algorithm, Critic, Every, Spec};
 use crate::task::{Dataset, Split};
+use crate::template::TemplateFile;
 use crate::template::TemplateKind;
 
 /// The state of a run between updates: what the phases read and change.
@@ -57,9 +57,9 @@ pub struct Runner<'p, B: AutodiffBackend> {
     /// Seeds the training data's subset and order.
     pub data_seed: u64,
     /// `meta.gate`: the cases a merged rubric must do no worse on than the rubric in force.
-    pub gate: Option<crate::rubric_test::Gate>,
+    pub gate: Option<crate::meta::gate::Gate>,
     /// `eval.instrument`, built when the run evaluates.
-    pub instrument: Option<super::eval::Instrument>,
+    pub instrument: Option<crate::eval::measure::Instrument>,
     /// `runtime.rollouts`' engine (`None`: the in-process decoder).
     pub engine: Option<crate::engine::Engine>,
 }
@@ -95,17 +95,15 @@ pub fn start<'p, B: AutodiffBackend>(
         progress.log(&format!("{} adapter: {a}", manifest.backend));
     }
     progress.stage("loading the policy model");
-    let (tr, tok) = trainer::<B>(plan, device, &progress)?;
-    let chat_template = match &spec.policy.chat_template {
-        Some(p) => Some(read(p)?),
-        None => None,
-    };
+    let policy = crate::policy::load::<B>(plan, crate::policy::Adapters::Fresh, device, &mut |m| progress.log(m))?;
+    let (tok, policy_template, chat_template) = (policy.tok, policy.template, policy.chat);
+    let tr = trainer::<B>(spec, policy.model, device);
 
     let data_seed = spec.data_seed();
-    let train = spec.train_data()?;
+    let train = crate::task::train(spec)?;
     // A fixed-rubric run keeps one rubric (its plan identity drops every meta setting).
     let partition = if spec.meta.every == Every::Never { Partition::default() } else { Partition::new(&spec.meta.partition_by) };
-    let keys = partition.keys(&train.records).map_err(|message| RunError::Rubric { what: "meta.partition_by".into(), message })?;
+    let keys = partition.keys(&train.records).map_err(|e| RunError::Rubric { what: "meta.partition_by".into(), message: e.to_string() })?;
     let rubrics = Rubrics::start(&dir.root, partition, &keys, &plan_rubric(plan)?);
     let (tr, rubrics, state) = resume_or_start(plan, dir, tr, device, rubrics, manifest, &progress)?;
 
@@ -128,7 +126,8 @@ pub fn start<'p, B: AutodiffBackend>(
         _ => None,
     };
     // the instrument's model is loaded only when this run evaluates
-    let instrument = if plan.schedule.eval_at.is_empty() { None } else { super::eval::Instrument::build::<B::InnerBackend>(plan, &env)? };
+    let instrument =
+        if plan.schedule.eval_at.is_empty() { None } else { crate::eval::measure::Instrument::build::<B::InnerBackend>(plan, &env)? };
     if let Some(i) = &instrument {
         manifest.judges.insert("instrument".into(), i.identity());
     }
@@ -136,7 +135,7 @@ pub fn start<'p, B: AutodiffBackend>(
     if let Some(j) = &meta_judge {
         manifest.judges.insert("meta".into(), j.identity());
     }
-    let judge_template = plan_template(plan, TemplateKind::Judge)?;
+    let judge_template = plan.template(TemplateKind::Judge)?;
     let grpo = spec.ppo.algorithm == Algorithm::Grpo;
     let reward_cfg = RewardConfig::new(
         spec.reward.clone(),
@@ -146,7 +145,6 @@ pub fn start<'p, B: AutodiffBackend>(
     )?
     .with_group(if grpo { spec.ppo.group_size } else { 1 });
     let meta_cfg = super::meta_step::config(plan)?;
-    let policy_template = plan_template(plan, TemplateKind::Policy)?;
 
     let held_out = |src: &Option<crate::spec::DataSource>| match src {
         Some(t) => crate::task::load(spec.task.kind, t, spec.test_seed(), Split::Test).map(Some),
@@ -155,13 +153,10 @@ pub fn start<'p, B: AutodiffBackend>(
     let (test, transfer) = (held_out(&spec.task.test)?, held_out(&spec.task.transfer)?);
     let gate = match &plan.inputs.cases {
         Some(info) => {
-            let f = plan_file(info)?;
-            let file =
-                crate::rubric_test::CaseFile::parse(&f.text).map_err(|message| RunError::Read { path: info.path.clone(), message })?;
-            let scorer =
-                crate::rubric_test::Scorer::new(&spec.reward, spec.task.kind.as_str(), &judge_template, policy_template.clone(), seed)
-                    .map_err(|message| RunError::Rubric { what: "meta.gate".into(), message })?;
-            Some(crate::rubric_test::Gate::new(file, &train.records, spec.task.kind.as_str(), &plan_rubric(plan)?, scorer))
+            let f = info.read()?;
+            let file = crate::cases::CaseFile::parse(&f.text).map_err(|error| RunError::CaseFile { path: info.path.clone(), error })?;
+            let scorer = crate::cases::Scorer::new(&spec.reward, spec.task.kind.as_str(), &judge_template, policy_template.clone(), seed)?;
+            Some(crate::meta::gate::Gate::new(file, &train.records, spec.task.kind.as_str(), &plan_rubric(plan)?, scorer))
         }
         None => None,
     };
@@ -195,20 +190,14 @@ pub fn start<'p, B: AutodiffBackend>(
     Ok((runner, Data { train, test, transfer }))
 }
 
-/// The policy (LoRA; with a value head when the critic is shared), the critic, their
-/// optimizers, and the tokenizer.
-fn trainer<B: AutodiffBackend>(plan: &Plan, device: &B::Device, progress: &Progress) -> Result<(Trainer<B>, Tok), RunError> {
-    let spec = &plan.spec;
+/// The trained models and their optimizers: the policy (with a value head when the critic is
+/// shared), and the critic when it is separate.
+fn trainer<B: AutodiffBackend>(spec: &Spec, mut policy: Llama<B>, device: &B::Device) -> Trainer<B> {
     let seed = spec.runtime.seed;
     let lora = LoraConfig::from_spec(&spec.policy.lora);
-    let mut log = |m: &str| progress.log(m);
-    let loaded = model::load::<B>(&plan.inputs.models.policy, Some(&lora), crate::rng::sub_seed(seed, "model/init"), device, &mut log)?
-        .quantized_decode(spec.runtime.quantized_decode)
-        .precision(spec.runtime.precision);
     // No optimizer-side clipping: burn's clips each tensor on its own; `train::update` clips
     // the global norm over every trained tensor instead.
     let adam = || burn::optim::AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(spec.ppo.weight_decay as f32).init::<B, Llama<B>>();
-    let mut policy = loaded.model;
     let mut critic = None;
     if spec.ppo.algorithm != Algorithm::Grpo {
         match spec.ppo.critic {
@@ -223,7 +212,7 @@ fn trainer<B: AutodiffBackend>(plan: &Plan, device: &B::Device, progress: &Progr
             }
         }
     }
-    Ok((Trainer { policy, optim: adam(), critic }, loaded.tok))
+    Trainer { policy, optim: adam(), critic }
 }
 
 /// Where the run stands: the trainer, the rubric in force and the state, from the newest intact
@@ -328,28 +317,9 @@ pub fn restart(dir: &RunDir) -> Result<Option<PathBuf>, RunError> {
     Ok((!aside.moved.is_empty()).then_some(aside.folder))
 }
 
-fn read(p: &Path) -> Result<String, RunError> {
-    std::fs::read_to_string(p).map_err(|e| RunError::Read { path: p.display().to_string(), message: e.to_string() })
-}
-
-/// A template the plan names, read again and checked against the plan's hash of it.
-pub fn plan_template(plan: &Plan, kind: TemplateKind) -> Result<TemplateFile, RunError> {
-    plan_file(plan.inputs.templates.get(kind.as_str()).ok_or(RunError::MissingTemplate(kind.as_str()))?)
-}
-
-/// A file the plan names, as it was when the plan was made.
-pub fn plan_file(info: &crate::plan::FileInfo) -> Result<TemplateFile, RunError> {
-    let text = read(Path::new(&info.path))?;
-    let sha = crate::hash::sha256_hex(text.as_bytes());
-    if sha != info.sha256 {
-        return Err(RunError::TemplateChanged { path: info.path.clone(), now: sha, planned: info.sha256.clone() });
-    }
-    Ok(TemplateFile { path: PathBuf::from(&info.path), text, sha256: sha })
-}
-
 /// Rubric v0: the plan's rubric template, rendered.
 fn plan_rubric(plan: &Plan) -> Result<Rubric, RunError> {
-    let t = plan_template(plan, TemplateKind::Rubric)?;
+    let t = plan.template(TemplateKind::Rubric)?;
     let ctx = crate::template::context::RubricContext { task: plan.spec.task.kind.as_str() };
     let text = crate::template::render(&t.path.display().to_string(), &t.text, &ctx)?;
     Rubric::parse(&text).map_err(|e| RunError::Rubric { what: "the initial rubric".into(), message: e.to_string() })

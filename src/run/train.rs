@@ -55,18 +55,17 @@ pub fn train<B: AutodiffBackend>(r: &mut Runner<'_, B>, batch: &Batch, scoring: 
     };
     let lr = spec.ppo.learning_rate * frac;
     let recenter = spec.ppo.recenter_critic && first_under_new_rubric(&r.state, update);
-    let stats = self::update(
-        &mut r.tr,
-        &seqs,
-        &spec.ppo,
+    let opts = UpdateOptions {
+        spec: &spec.ppo,
         lr,
-        r.tok.pad,
-        spec.runtime.rollout_batch,
-        spec.runtime.seed,
+        pad: r.tok.pad,
+        chunk: spec.runtime.rollout_batch,
+        seed: spec.runtime.seed,
         update,
-        Passes::Shared,
+        passes: Passes::Shared,
         recenter,
-    );
+    };
+    let stats = self::update(&mut r.tr, &seqs, &opts);
     Trained { stats, penalty, groups_dropped, seconds: t0.elapsed().as_secs_f64() }
 }
 
@@ -219,19 +218,28 @@ fn scatter(dst: &mut [f64], width: usize, idx: &[usize], src: &[f32]) {
     }
 }
 
-/// Log-probs of the response tokens, their entropy (when asked) and the hidden states' values
-/// for rows `idx` (`[m, r]`).
-#[allow(clippy::too_many_arguments)]
+/// What a scoring pass computes besides the response tokens' log-probs.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    /// The policy's adapters on (off: the reference policy).
+    adapter: bool,
+    /// The critic's values of the hidden states.
+    values: bool,
+    /// The entropy of each token's distribution.
+    entropy: bool,
+}
+
+/// Log-probs of the response tokens, their entropy and the hidden states' values (when `pass`
+/// asks for them) for rows `idx` (`[m, r]`).
 fn score_rows<B: Backend>(
     model: &Llama<B>,
     critic: Option<&Llama<B>>,
     l: &SeqLayout,
     idx: &[usize],
-    adapter: bool,
     temperature: f64,
-    want_values: bool,
-    want_entropy: bool,
+    pass: Pass,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>, Option<Tensor<B, 2>>) {
+    let Pass { adapter, values: want_values, entropy: want_entropy } = pass;
     let device = model.embed.val().device();
     let m = idx.len();
     let w = l.q + l.r;
@@ -342,20 +350,29 @@ pub enum Passes {
     Separate,
 }
 
-/// One update. `chunk` bounds the rows of a no-grad forward pass.
-#[allow(clippy::too_many_arguments)]
-pub fn update<B: AutodiffBackend>(
-    tr: &mut Trainer<B>,
-    seqs: &[Seq],
-    spec: &PpoSpec,
-    lr: f64,
-    pad: u32,
-    chunk: usize,
-    seed: u64,
-    update: u32,
-    passes: Passes,
-    recenter: bool,
-) -> TrainStats {
+/// What one PPO/GRPO update runs with besides the trainer and its sequences.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateOptions<'a> {
+    pub spec: &'a PpoSpec,
+    /// The learning rate of this update (after the schedule).
+    pub lr: f64,
+    /// The tokenizer's pad id (fills the rows' layout).
+    pub pad: u32,
+    /// The most rows of a no-grad forward pass.
+    pub chunk: usize,
+    /// `runtime.seed`: the mini-batch permutations' streams.
+    pub seed: u64,
+    /// The update's number (1-based), which names its streams.
+    pub update: u32,
+    pub passes: Passes,
+    /// Re-centre the critic on this update's returns (`ppo.recenter_critic`, at the first
+    /// update under a new rubric).
+    pub recenter: bool,
+}
+
+/// One update.
+pub fn update<B: AutodiffBackend>(tr: &mut Trainer<B>, seqs: &[Seq], opts: &UpdateOptions) -> TrainStats {
+    let UpdateOptions { spec, lr, pad, chunk, seed, update, passes, recenter } = *opts;
     let mut stats = TrainStats { sequences: seqs.len(), lr, ..Default::default() };
     if seqs.is_empty() {
         return stats;
@@ -388,7 +405,7 @@ pub fn update<B: AutodiffBackend>(
     };
     let mut first_pass = (!first.is_empty()).then(|| {
         let critic = tr.critic.as_ref().map(|(c, _)| c);
-        score_rows(&tr.policy, critic, &l, &first, true, temp, !grpo, true)
+        score_rows(&tr.policy, critic, &l, &first, temp, Pass { adapter: true, values: !grpo, entropy: true })
     });
     let policy_inner = tr.policy.valid();
     let critic_inner = tr.critic.as_ref().map(|(c, _)| c.valid());
@@ -403,7 +420,8 @@ pub fn update<B: AutodiffBackend>(
     }
     let rest: Vec<usize> = (0..n).filter(|i| !first.contains(i)).collect();
     for c in rest.chunks(chunk.max(1)) {
-        let (lp, _, v) = score_rows(&policy_inner, critic_inner.as_ref(), &l, c, true, temp, !grpo, false);
+        let (lp, _, v) =
+            score_rows(&policy_inner, critic_inner.as_ref(), &l, c, temp, Pass { adapter: true, values: !grpo, entropy: false });
         scatter(&mut old_lp, r, c, &host(lp));
         if let Some(v) = v {
             scatter(&mut old_v, r, c, &host(v));
@@ -414,7 +432,12 @@ pub fn update<B: AutodiffBackend>(
     } else {
         let all: Vec<usize> = (0..n).collect();
         for c in all.chunks(chunk.max(1)) {
-            scatter(&mut ref_lp, r, c, &host(score_rows(&policy_inner, None, &l, c, false, temp, false, false).0));
+            scatter(
+                &mut ref_lp,
+                r,
+                c,
+                &host(score_rows(&policy_inner, None, &l, c, temp, Pass { adapter: false, values: false, entropy: false }).0),
+            );
         }
     }
 
@@ -500,7 +523,7 @@ pub fn update<B: AutodiffBackend>(
                         debug_assert_eq!(idx, &first[..]);
                         pass
                     }
-                    None => score_rows(&tr.policy, critic, &l, idx, true, temp, !grpo, true),
+                    None => score_rows(&tr.policy, critic, &l, idx, temp, Pass { adapter: true, values: !grpo, entropy: true }),
                 };
                 let batch = PpoBatch {
                     new_logprobs: new_lp,
@@ -598,7 +621,11 @@ mod tests {
                 learning_rate: 1e-2,
                 ..PpoSpec::default()
             };
-            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false);
+            let s = update(
+                &mut tr,
+                &seqs(),
+                &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 8, seed: 0, update: 1, passes: Passes::Shared, recenter: false },
+            );
             assert_eq!(s.optimizer_steps, 2);
             assert!(s.value_loss.is_some() && s.entropy > 0.0);
             // fresh adapters: the policy equals the reference, so the KL is ~0
@@ -638,9 +665,17 @@ mod tests {
             let run = |passes: Passes| {
                 let mut tr = trainer(shared);
                 assert!(tr.policy.valid().adapter_is_zero());
-                let s1 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 1, passes, false);
+                let s1 = update(
+                    &mut tr,
+                    &four,
+                    &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 3, seed: 5, update: 1, passes, recenter: false },
+                );
                 assert!(!tr.policy.valid().adapter_is_zero());
-                let s2 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 2, passes, false);
+                let s2 = update(
+                    &mut tr,
+                    &four,
+                    &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 3, seed: 5, update: 2, passes, recenter: false },
+                );
                 let critic = tr.critic.as_ref().map(|(c, _)| crate::model::adapter::trained_tensors(&c.valid()));
                 (s1, s2, crate::model::adapter::trained_tensors(&tr.policy.valid()), critic)
             };
@@ -661,8 +696,16 @@ mod tests {
         let run = |precision, passes| {
             let mut tr = trainer_in(false, precision);
             assert_eq!(tr.policy.is_bf16(), precision == Precision::Bf16);
-            let s1 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 1, passes, false);
-            let s2 = update(&mut tr, &four, &spec, 1e-2, 0, 3, 5, 2, passes, false);
+            let s1 = update(
+                &mut tr,
+                &four,
+                &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 3, seed: 5, update: 1, passes, recenter: false },
+            );
+            let s2 = update(
+                &mut tr,
+                &four,
+                &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 3, seed: 5, update: 2, passes, recenter: false },
+            );
             (s1, s2, crate::model::adapter::trained_tensors(&tr.policy.valid()))
         };
         let (a1, a2, at) = run(Precision::F32, Passes::Shared);
@@ -721,7 +764,11 @@ mod tests {
         let spec = PpoSpec { num_ppo_epochs: 1, learning_rate: 1e-2, ..PpoSpec::default() };
         let run = || {
             let mut tr = trainer(true);
-            let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 5, 1, Passes::Shared, false);
+            let s = update(
+                &mut tr,
+                &seqs(),
+                &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 8, seed: 5, update: 1, passes: Passes::Shared, recenter: false },
+            );
             (s, crate::model::adapter::trained_tensors(&tr.policy.valid()))
         };
         assert_eq!(run(), run());
@@ -741,7 +788,15 @@ mod tests {
         let mut three = seqs();
         three.push(Seq { query: vec![8, 8], response: vec![9], score: 0.5, group: 0, rollout_logprobs: vec![] });
         let spec = PpoSpec { num_ppo_epochs: 1, num_mini_batches: 2, ..PpoSpec::default() };
-        assert_eq!(update(&mut tr, &three, &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false).optimizer_steps, 2);
+        assert_eq!(
+            update(
+                &mut tr,
+                &three,
+                &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 8, seed: 0, update: 1, passes: Passes::Shared, recenter: false }
+            )
+            .optimizer_steps,
+            2
+        );
     }
 
     #[test]
@@ -749,7 +804,8 @@ mod tests {
         let tr = trainer(false);
         let l = layout(&seqs(), 0);
         let all = [0usize, 1];
-        let (lp, _, v) = score_rows(&tr.policy, tr.critic.as_ref().map(|(c, _)| c), &l, &all, true, 1.0, true, false);
+        let (lp, _, v) =
+            score_rows(&tr.policy, tr.critic.as_ref().map(|(c, _)| c), &l, &all, 1.0, Pass { adapter: true, values: true, entropy: false });
         let loss = lp.sum().neg() + v.unwrap().powi_scalar(2).sum();
         let mut grads = loss.backward();
         let critic = &tr.critic.as_ref().unwrap().0;
@@ -780,7 +836,11 @@ mod tests {
             .map(|score_at| {
                 let mut tr = trainer(true);
                 let spec = PpoSpec { num_ppo_epochs: 1, score_at, ..PpoSpec::default() };
-                let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false);
+                let s = update(
+                    &mut tr,
+                    &seqs(),
+                    &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 8, seed: 0, update: 1, passes: Passes::Shared, recenter: false },
+                );
                 assert!(s.policy_loss.is_finite(), "{score_at:?}");
                 s.value_loss.expect("PPO has a critic")
             })
@@ -800,10 +860,24 @@ mod tests {
         let spec = PpoSpec { num_ppo_epochs: 1, ..PpoSpec::default() };
         let shifted = |add: f64| {
             let s: Vec<Seq> = seqs().into_iter().map(|q| Seq { score: q.score + add, ..q }).collect();
-            update(&mut trainer(false), &s, &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, true).critic_shift.expect("asked")
+            update(
+                &mut trainer(false),
+                &s,
+                &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 8, seed: 0, update: 1, passes: Passes::Shared, recenter: true },
+            )
+            .critic_shift
+            .expect("asked")
         };
         assert!((shifted(10.0) - shifted(0.0) - 10.0).abs() < 1e-4);
-        assert_eq!(update(&mut trainer(false), &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false).critic_shift, None);
+        assert_eq!(
+            update(
+                &mut trainer(false),
+                &seqs(),
+                &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 8, seed: 0, update: 1, passes: Passes::Shared, recenter: false }
+            )
+            .critic_shift,
+            None
+        );
     }
 
     #[test]
@@ -821,9 +895,17 @@ mod tests {
         let mut tr = trainer(true);
         tr.policy.value_head = None;
         let spec = PpoSpec { algorithm: Algorithm::Grpo, group_size: 2, num_ppo_epochs: 1, kl_coef: 0.5, ..PpoSpec::default() };
-        update(&mut tr, &seqs(), &spec, 1e-1, 0, 8, 0, 1, Passes::Shared, false);
+        update(
+            &mut tr,
+            &seqs(),
+            &UpdateOptions { spec: &spec, lr: 1e-1, pad: 0, chunk: 8, seed: 0, update: 1, passes: Passes::Shared, recenter: false },
+        );
         // the second update has a real KL to the reference, and GRPO keeps it in the loss
-        let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 2, Passes::Shared, false);
+        let s = update(
+            &mut tr,
+            &seqs(),
+            &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 8, seed: 0, update: 2, passes: Passes::Shared, recenter: false },
+        );
         assert!(s.kl != 0.0, "trained adapters differ from the reference");
         assert_eq!(s.non_score_reward, 0.0);
     }
@@ -833,7 +915,11 @@ mod tests {
         let mut tr = trainer(true);
         tr.policy.value_head = None;
         let spec = PpoSpec { algorithm: Algorithm::Grpo, group_size: 2, num_ppo_epochs: 1, ..PpoSpec::default() };
-        let s = update(&mut tr, &seqs(), &spec, 1e-2, 0, 8, 0, 1, Passes::Shared, false);
+        let s = update(
+            &mut tr,
+            &seqs(),
+            &UpdateOptions { spec: &spec, lr: 1e-2, pad: 0, chunk: 8, seed: 0, update: 1, passes: Passes::Shared, recenter: false },
+        );
         assert_eq!(s.value_loss, None);
         assert_eq!(s.optimizer_steps, 1);
     }
@@ -852,7 +938,7 @@ mod batch_tests {
             Scored {
                 id: String::new(),
                 reward,
-                source: "judge".into(),
+                source: crate::reward::Source::Judge,
                 verdicts: vec![],
                 verifier_score: None,
                 judge_reward: reward,

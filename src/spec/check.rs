@@ -399,7 +399,7 @@ fn other_tools_name(def: &str, value: &str, options: &[String]) -> Option<String
         };
         return Some(match dialect {
             Some(d) => {
-                let name = serde_json::to_value(d).ok()?.as_str()?.to_string();
+                let name = super::name_of(&d);
                 format!(
                     "`{value}` is a server mpo reaches through its OpenAI-compatible API: write `backend: openai` with `dialect: {name}`"
                 )

@@ -5,7 +5,7 @@
 //! pseudo-file (one line per override), and `mpo check --explain` can say where each resolved
 //! value came from.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use super::node::{Key, Node, Value, parse_yaml};
 use crate::diag::{Diagnostic, Origin, SourceId, Sources, Span};
@@ -96,7 +96,7 @@ fn load_inner(
             failed = true;
             continue;
         };
-        match load_inner(&super::validate::normalize(&dir.join(rel)), None, Some(b.origin), sources, chain, diags) {
+        match load_inner(&normalize(&dir.join(rel)), None, Some(b.origin), sources, chain, diags) {
             Some(base) => {
                 merged = Some(match merged {
                     Some(m) => merge(m, base),
@@ -350,9 +350,35 @@ pub fn apply(tree: &mut Node, a: &Assignment) -> Result<(), Diagnostic> {
     Ok(())
 }
 
+/// Lexically normalise a path (`a/b/../c` -> `a/c`), keeping it relative when it was.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(c),
+            },
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() { PathBuf::from(".") } else { out.iter().collect() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize(Path::new("specs/../prompt_templates/./a.j2")), PathBuf::from("prompt_templates/a.j2"));
+        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
+        assert_eq!(normalize(Path::new("./")), PathBuf::from("."));
+    }
 
     fn tree(yaml: &str) -> Node {
         parse_yaml(yaml, 0).unwrap()

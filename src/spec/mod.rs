@@ -1,22 +1,21 @@
-//! The spec: loading a YAML experiment description into checked, resolved [`Spec`]s.
+//! The spec: a YAML experiment description read into typed [`Spec`]s.
 //!
 //! The pipeline is `file -> Node tree (with positions) -> extends merged -> overrides applied
-//! -> sweep expanded -> schema-checked -> typed Spec -> semantically validated + inputs read`.
-//! Every stage collects diagnostics instead of stopping at the first, and nothing here writes
-//! to the filesystem. After [`load`] returns, the spec layer is done with the disk.
+//! -> sweep expanded -> schema-checked -> typed Spec`. Every stage collects diagnostics instead
+//! of stopping at the first; the only files read are the spec and its `extends` chain.
+//! What needs the world the spec names (data, templates, models, case files) is `resolve/`,
+//! which calls [`parse`] and checks each cell's semantics.
 
 pub mod check;
 pub mod compose;
 pub mod node;
 pub mod sweep;
 pub mod types;
-pub mod validate;
 
 use std::path::Path;
 use std::sync::OnceLock;
 
 pub use types::*;
-pub use validate::{Inputs, memory_shapes};
 
 use crate::diag::{Diagnostic, Origin, Sources};
 use node::{Node, Value};
@@ -36,46 +35,104 @@ pub fn json_schema() -> serde_json::Value {
     .clone()
 }
 
-/// One fully checked run: the typed spec (paths resolved), the tree it came from (for
-/// provenance), its inputs, and the sweep cell it is (if any).
+/// One run as the spec describes it (a sweep cell, or the whole spec): the typed spec when the
+/// tree passed the schema, the tree it came from (for provenance) and this cell's diagnostics.
 #[derive(Debug, Clone)]
-pub struct Resolved {
-    pub spec: Spec,
+pub struct Typed {
+    pub spec: Option<Spec>,
     pub tree: Node,
-    pub inputs: Inputs,
     pub cell: Option<Cell>,
+    pub diags: Vec<Diagnostic>,
 }
 
-/// The outcome of loading a spec file: the runs (one per sweep cell) when everything checks,
-/// and all diagnostics (warnings included) either way.
+/// A spec file read, composed and expanded: its cells (none when the file itself or the
+/// sweep section did not check), and the diagnostics that belong to no single cell.
 #[derive(Debug, Default)]
-pub struct Loaded {
+pub struct Parsed {
     pub sources: Sources,
     pub diags: Vec<Diagnostic>,
-    pub runs: Vec<Resolved>,
+    pub cells: Vec<Typed>,
     /// Whether the file has a `sweep:` section.
     pub is_sweep: bool,
 }
 
-impl Loaded {
-    pub fn has_errors(&self) -> bool {
+impl Parsed {
+    fn has_errors(&self) -> bool {
         self.diags.iter().any(Diagnostic::is_error)
     }
+}
 
-    pub fn render_diagnostics(&self) -> String {
-        crate::diag::render_all(&self.diags, &self.sources)
+/// Read, compose, expand and type the spec at `path` (its text given, or read from disk) with
+/// command-line `overrides` (`key.path=value`).
+pub fn parse(path: &Path, text: Option<&str>, overrides: &[String]) -> Parsed {
+    let mut out = Parsed::default();
+    let Some(mut tree) = compose::load_tree(path, text, &mut out.sources, &mut out.diags) else {
+        return out;
+    };
+    let assignments = compose::parse_overrides(overrides, &mut out.sources, &mut out.diags);
+    // Overrides of the sweep itself apply before expansion; the rest after each cell's own
+    // assignments, so a value pinned on the command line wins over the sweep.
+    let (sweep_over, spec_over): (Vec<_>, Vec<_>) = assignments.into_iter().partition(|a| a.path[0] == "sweep");
+    for a in &sweep_over {
+        if let Err(d) = compose::apply(&mut tree, a) {
+            out.diags.push(d);
+        }
     }
-}
-
-/// Load, compose, check and resolve the spec at `path` with command-line `overrides`
-/// (`key.path=value`).
-pub fn load(path: &Path, overrides: &[String]) -> Loaded {
-    load_inner(path, None, overrides)
-}
-
-/// As [`load`], with the root spec's text given (it is still named and resolved as `path`).
-pub fn load_str(path: &Path, text: &str, overrides: &[String]) -> Loaded {
-    load_inner(path, Some(text), overrides)
+    let sweep_node = tree.take("sweep").map(|(_, n)| n);
+    let schema = json_schema();
+    if let Some(s) = &sweep_node {
+        let mut only = Node::map(Vec::new(), Origin::Default);
+        if let Value::Map(e) = &mut only.value {
+            e.push((node::Key { name: "sweep".into(), origin: s.origin }, s.clone()));
+        }
+        check_sweep_structure(&only, &schema, &mut out.diags);
+    }
+    if out.has_errors() {
+        return out;
+    }
+    out.is_sweep = sweep_node.is_some();
+    let cells: Vec<Option<Cell>> = match &sweep_node {
+        Some(s) => {
+            let c = sweep::expand(s, &mut out.diags);
+            if c.is_empty() {
+                if !out.has_errors() {
+                    out.diags.push(
+                        Diagnostic::error("the sweep has no factors: add `grid`, `zip` or `ablate`").at(s.origin).label("empty sweep"),
+                    );
+                }
+                return out;
+            }
+            c.into_iter().map(Some).collect()
+        }
+        None => vec![None],
+    };
+    for cell in cells {
+        let mut t = tree.clone();
+        let mut diags = Vec::new();
+        for a in cell.iter().flat_map(|c| c.assignments.iter()).chain(spec_over.iter()) {
+            if let Err(d) = compose::apply(&mut t, a) {
+                diags.push(d);
+            }
+        }
+        if diags.is_empty() {
+            retired_keys(&mut t, &mut diags);
+            inherit_meta_judge(&mut t);
+            check::check(&t, &schema, &mut diags);
+        }
+        let mut spec = None;
+        if diags.iter().all(|d| !d.is_error()) {
+            match serde_json::from_value::<Spec>(t.to_json()) {
+                Ok(s) => spec = Some(s),
+                Err(e) => diags.push(
+                    Diagnostic::error(format!("the spec passed the schema but does not deserialize: {e}"))
+                        .at(t.origin)
+                        .help("this is a bug in mpo's schema; please report it with this spec"),
+                ),
+            }
+        }
+        out.cells.push(Typed { spec, tree: t, cell, diags });
+    }
+    out
 }
 
 /// Keys an earlier mpo read, reported with what replaced them (an unknown-key error would not
@@ -126,99 +183,6 @@ fn inherit_meta_judge(t: &mut Node) {
     }
 }
 
-fn load_inner(path: &Path, text: Option<&str>, overrides: &[String]) -> Loaded {
-    let mut out = Loaded::default();
-    let Some(mut tree) = compose::load_tree(path, text, &mut out.sources, &mut out.diags) else {
-        return out;
-    };
-    let assignments = compose::parse_overrides(overrides, &mut out.sources, &mut out.diags);
-    // Overrides of the sweep itself apply before expansion; the rest after each cell's own
-    // assignments, so a value pinned on the command line wins over the sweep.
-    let (sweep_over, spec_over): (Vec<_>, Vec<_>) = assignments.into_iter().partition(|a| a.path[0] == "sweep");
-    for a in &sweep_over {
-        if let Err(d) = compose::apply(&mut tree, a) {
-            out.diags.push(d);
-        }
-    }
-    let sweep_node = tree.take("sweep").map(|(_, n)| n);
-    let schema = json_schema();
-    if let Some(s) = &sweep_node {
-        let mut only = Node::map(Vec::new(), Origin::Default);
-        if let Value::Map(e) = &mut only.value {
-            e.push((node::Key { name: "sweep".into(), origin: s.origin }, s.clone()));
-        }
-        check_sweep_structure(&only, &schema, &mut out.diags);
-    }
-    if out.has_errors() {
-        return out;
-    }
-    out.is_sweep = sweep_node.is_some();
-    let cells: Vec<Option<Cell>> = match &sweep_node {
-        Some(s) => {
-            let c = sweep::expand(s, &mut out.diags);
-            if c.is_empty() {
-                if !out.has_errors() {
-                    out.diags.push(
-                        Diagnostic::error("the sweep has no factors: add `grid`, `zip` or `ablate`").at(s.origin).label("empty sweep"),
-                    );
-                }
-                return out;
-            }
-            c.into_iter().map(Some).collect()
-        }
-        None => vec![None],
-    };
-    let mut seen: Vec<Diagnostic> = Vec::new();
-    for cell in cells {
-        let mut t = tree.clone();
-        let mut diags = Vec::new();
-        for a in cell.iter().flat_map(|c| c.assignments.iter()).chain(spec_over.iter()) {
-            if let Err(d) = compose::apply(&mut t, a) {
-                diags.push(d);
-            }
-        }
-        if diags.is_empty() {
-            retired_keys(&mut t, &mut diags);
-            inherit_meta_judge(&mut t);
-            check::check(&t, &schema, &mut diags);
-        }
-        let mut resolved = None;
-        if diags.iter().all(|d| !d.is_error()) {
-            match serde_json::from_value::<Spec>(t.to_json()) {
-                Ok(mut spec) => {
-                    if let Some(inputs) = validate::validate(&mut spec, &t, &mut out.sources, &mut diags) {
-                        resolved = Some(Resolved { spec, tree: t, inputs, cell: cell.clone() });
-                    }
-                }
-                Err(e) => diags.push(
-                    Diagnostic::error(format!("the spec passed the schema but does not deserialize: {e}"))
-                        .at(t.origin)
-                        .help("this is a bug in mpo's schema; please report it with this spec"),
-                ),
-            }
-        }
-        for mut d in diags {
-            if let Some(c) = &cell {
-                d.help.push(format!("in sweep cell {} ({})", c.index, c.label));
-            }
-            // Many cells share a mistake of the base spec: report it once.
-            let key = (d.message.clone(), d.span);
-            if seen.iter().any(|s| (s.message.clone(), s.span) == key) {
-                continue;
-            }
-            seen.push(d.clone());
-            out.diags.push(d);
-        }
-        if let Some(r) = resolved {
-            out.runs.push(r);
-        }
-    }
-    if out.has_errors() {
-        out.runs.clear();
-    }
-    out
-}
-
 /// The sweep section's own shape (keys are paths, values lists) against the schema.
 fn check_sweep_structure(only_sweep: &Node, schema: &serde_json::Value, diags: &mut Vec<Diagnostic>) {
     let mut sub = schema.clone();
@@ -238,12 +202,12 @@ pub struct Provenance {
 }
 
 /// Every leaf of the resolved spec with its origin. Lists are leaves.
-pub fn explain(r: &Resolved, sources: &Sources) -> Vec<Provenance> {
+pub fn explain(spec: &Spec, tree: &Node, sources: &Sources) -> Vec<Provenance> {
     let mut out = Vec::new();
-    let json = serde_json::to_value(&r.spec).unwrap_or_default();
+    let json = serde_json::to_value(spec).unwrap_or_default();
     walk(&json, "", &mut |path, v| {
         let origin =
-            r.tree.at_path(path).map(|n| n.origin).and_then(|o| o.span()).map(|s| sources.location(s)).unwrap_or_else(|| "default".into());
+            tree.at_path(path).map(|n| n.origin).and_then(|o| o.span()).map(|s| sources.location(s)).unwrap_or_else(|| "default".into());
         out.push(Provenance { path: path.to_string(), value: v.clone(), origin });
     });
     out

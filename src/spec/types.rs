@@ -62,6 +62,16 @@ pub struct Spec {
     pub sweep: Option<SweepSpec>,
 }
 
+/// The name the spec language writes for `value` (its serde name: `critic: shared` ->
+/// `shared`), for printing a unit-variant enum; serde's is the one list of these names.
+pub fn name_of<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(e) => format!("<{e}>"),
+    }
+}
+
 impl Spec {
     /// Seed of the test split (a generated one; files load as written): from `eval.seed`, so
     /// runs that differ in `runtime.seed` are evaluated on the same records.
@@ -72,11 +82,6 @@ impl Spec {
     /// Seed of the training data's subset and order: `task.seed`, else from `runtime.seed`.
     pub fn data_seed(&self) -> u64 {
         self.task.seed.unwrap_or_else(|| crate::rng::sub_seed(self.runtime.seed, "task/data"))
-    }
-
-    /// The training split as a run loads it.
-    pub fn train_data(&self) -> Result<crate::task::Dataset, crate::task::DataError> {
-        crate::task::load(self.task.kind, &self.task.train, self.data_seed(), crate::task::Split::Train)
     }
 }
 

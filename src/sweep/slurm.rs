@@ -70,15 +70,15 @@ pub struct SlurmOptions {
 }
 
 /// `NAME=PATH` (the name may hold `/`, as Hub ids do).
-fn name_eq_path(s: &str) -> Result<(String, String), String> {
+fn name_eq_path(s: &str) -> Result<(String, String), EmitError> {
     match s.split_once('=') {
         Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), p.to_string())),
-        _ => Err(format!("expected NAME=PATH, e.g. Qwen/Qwen2.5-32B-Instruct=/models/qwen32b, found `{s}`")),
+        _ => Err(EmitError::NameEqPath(s.into())),
     }
 }
 
-fn read_file(p: &str) -> Result<String, String> {
-    std::fs::read_to_string(p).map_err(|e| format!("cannot read {p}: {e}"))
+fn read_file(p: &str) -> Result<String, EmitError> {
+    std::fs::read_to_string(p).map_err(|source| EmitError::ReadArg { path: p.into(), source })
 }
 
 /// An inference engine that serves a judge model over the OpenAI API.
@@ -99,6 +99,12 @@ pub enum EmitError {
     Frozen { path: PathBuf },
     #[error("{0}")]
     Judges(String),
+    /// A `--server-model` that is not `NAME=PATH`.
+    #[error("expected NAME=PATH, e.g. Qwen/Qwen2.5-32B-Instruct=/models/qwen32b, found `{0}`")]
+    NameEqPath(String),
+    /// A file named on the command line that cannot be read.
+    #[error("cannot read {path}: {source}")]
+    ReadArg { path: String, source: std::io::Error },
 }
 
 impl EmitError {

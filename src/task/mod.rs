@@ -7,7 +7,6 @@
 
 pub mod generate;
 pub mod math;
-pub mod metrics;
 pub mod rouge;
 
 use std::collections::HashMap;
@@ -145,6 +144,11 @@ pub fn clear_cache() {
     if let Ok(mut c) = cache().lock() {
         c.clear();
     }
+}
+
+/// The training split as a run loads it.
+pub fn train(spec: &crate::spec::Spec) -> Result<Dataset, DataError> {
+    load(spec.task.kind, &spec.task.train, spec.data_seed(), Split::Train)
 }
 
 /// Load a split. `path` must already be resolved; `seed` feeds the generator, `split` picks its

@@ -7,14 +7,22 @@
 
 pub mod context;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 use serde_json::Value as J;
 
 use crate::diag::{Diagnostic, Origin, Sources, Span};
-use context::{JudgeContext, MetaContext, PairwiseContext, RubricContext, SampleContext, Stage};
+
+/// A template file as read when the spec was resolved, or re-read from a plan (its hash
+/// checked against the plan's).
+#[derive(Debug, Clone)]
+pub struct TemplateFile {
+    pub path: PathBuf,
+    pub text: String,
+    pub sha256: String,
+}
 
 /// The kinds of template a spec names, each with its own context (see [`sample_context`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -158,41 +166,6 @@ pub fn diagnostic(err: &TemplateError, path: &Path, text: &str, named_at: Origin
         d = d.help(h);
     }
     d
-}
-
-/// The rubric the sample contexts grade with.
-pub const SAMPLE_RUBRIC: &str = "## Correctness (0-4)\n- Award 4 when the final answer is right.\n";
-
-/// A context of `kind`, filled from one real `record` of the task, used to check templates
-/// before a run: built with the same types as the run's contexts.
-pub fn sample_context(kind: TemplateKind, task: &str, record: &J, review: crate::spec::MetaReview) -> J {
-    let rubric = crate::rubric::Rubric::parse(SAMPLE_RUBRIC).expect("the sample rubric parses");
-    let question = ["problem", "prompt", "text"].iter().find_map(|k| record.get(*k).and_then(J::as_str)).unwrap_or("An example question.");
-    let response = "An example response. The answer is \\boxed{4}.";
-    let rationale = "Correctness: the answer is right. Correctness: 3";
-    let sample = SampleContext::new("u000001-r000", question, response, Some(3.0), 4.0, rationale, Some(1.0), record);
-    let limits = crate::meta::MetaShapes::fit(12, 4096).expect("a roomy budget fits").limits();
-    let meta = |stage| context::to_json(&MetaContext::new(task, &rubric, limits, stage));
-    let refined = [SAMPLE_RUBRIC.to_string(), SAMPLE_RUBRIC.to_string()];
-    let joint = review == crate::spec::MetaReview::Joint;
-    match kind {
-        TemplateKind::Policy => record.clone(),
-        TemplateKind::Rubric | TemplateKind::InstrumentRubric => context::to_json(&RubricContext { task }),
-        TemplateKind::Judge | TemplateKind::InstrumentJudge => {
-            context::to_json(&JudgeContext::new(task, &rubric, question, response, record))
-        }
-        TemplateKind::Prescreen => meta(Stage::Prescreen { samples: vec![sample] }),
-        TemplateKind::Analyze if joint => meta(Stage::AnalyzeJoint { samples: vec![sample.clone(), sample], guidelines: "" }),
-        TemplateKind::Refine if joint => {
-            meta(Stage::RefineJoint { samples: vec![sample.clone(), sample], guidelines: "", analysis: "The rubric does not check units." })
-        }
-        TemplateKind::Analyze => meta(Stage::Analyze { sample, guidelines: "" }),
-        TemplateKind::Refine => meta(Stage::Refine { sample, guidelines: "", analysis: "The rubric does not check units." }),
-        TemplateKind::Merge => meta(Stage::Merge { refined: &refined }),
-        TemplateKind::Pairwise => {
-            context::to_json(&PairwiseContext { task, question, response_a: "First response.", response_b: "Second response." })
-        }
-    }
 }
 
 #[cfg(test)]

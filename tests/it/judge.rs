@@ -185,7 +185,7 @@ fn bad_meta_answers_keep_the_rubric() {
     .unwrap();
     let mut j = judge(vec![stub.url.clone()], 0, 2000);
     let o = run(&mut j, &cfg, &current, &samples, 0, 2, "");
-    let e = o.result.unwrap_err();
+    let e = o.result.unwrap_err().to_string();
     assert!(e.contains("of 2 asked for, 2 not a rubric"), "{e}");
     // an empty merged rubric
     let stub = Stub::start(|r| {
@@ -199,7 +199,7 @@ fn bad_meta_answers_keep_the_rubric() {
     .unwrap();
     let mut j = judge(vec![stub.url.clone()], 0, 2000);
     let o = run(&mut j, &cfg, &current, &samples, 0, 2, "");
-    assert!(o.result.unwrap_err().contains("no items"));
+    assert!(o.result.unwrap_err().to_string().contains("no items"));
     assert_eq!(o.merged_raw.as_deref(), Some(""));
 }
 

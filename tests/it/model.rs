@@ -506,7 +506,7 @@ fn rollouts_on_llama_server_follow_the_trained_adapter() {
     mpo::engine::llama_server::find_binary()
         .expect("this test needs a real llama-server: run `scripts/setup_llama_server.sh` once, or the README's `scripts/test.sh`");
     crate::demo_model();
-    let loaded = mpo::spec::load(
+    let loaded = mpo::resolve::load(
         std::path::Path::new("specs/math.yaml"),
         &["runtime.rollouts.engine=llama_server".to_string(), "runtime.rollouts.concurrency=1".to_string()],
     );
@@ -527,7 +527,7 @@ fn rollouts_on_llama_server_follow_the_trained_adapter() {
     let adapter: mpo::export::ByName = mpo::model::adapter::trained_tensors(&model).into_iter().map(|(n, s, d)| (n, (s, d))).collect();
     let prompts: Vec<Vec<u32>> = ["What is 2 + 3?", "What is 17 - 9?", "Name a prime number.", "What is 6 times 7?"]
         .iter()
-        .map(|q| mpo::run::rollout::chat_ids(&plan.spec, &tok, None, q).unwrap())
+        .map(|q| mpo::policy::chat_ids(&plan.spec, &tok, None, q).unwrap())
         .collect();
     let s = Sampling { max_new_tokens: 24, temperature: 1.0, top_p: 1.0, top_k: 0, stop_ids: tok.stop_ids.clone(), stop_strings: vec![] };
     let mut engine = mpo::engine::Engine::start(&plan, model.num_layers()).unwrap();

@@ -786,7 +786,7 @@ fn rubric_families_each_keep_their_own_rubric() {
     assert_eq!(first["family"], "Level 1");
 
     // each rollout is judged under its family's rubric in force
-    let loaded = mpo::spec::load(Path::new(SPEC), &[]);
+    let loaded = mpo::resolve::load(Path::new(SPEC), &[]);
     let spec = &loaded.runs[0].spec;
     let train = mpo::task::load(spec.task.kind, &spec.task.train, spec.data_seed(), mpo::task::Split::Train).unwrap();
     let rows = metrics(&d);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mpo::plan;
+use mpo::resolve;
 use mpo::spec;
 use proptest::prelude::*;
 
@@ -25,7 +26,7 @@ fn snapshot_name(path: &str) -> String {
 #[test]
 fn shipped_specs_check_and_plan() {
     for path in SHIPPED {
-        let loaded = spec::load(Path::new(path), &[]);
+        let loaded = resolve::load(Path::new(path), &[]);
         assert!(!loaded.has_errors(), "{path}:\n{}", loaded.render_diagnostics());
         // clean: no overlap, sampling or token-budget warnings (an unset judge URL is the shell's)
         let warnings: Vec<String> = loaded
@@ -43,7 +44,7 @@ fn shipped_specs_check_and_plan() {
 
 #[test]
 fn math_plan_json_is_stable() {
-    let loaded = spec::load(Path::new("specs/math.yaml"), &[]);
+    let loaded = resolve::load(Path::new("specs/math.yaml"), &[]);
     let p = plan::compile(&loaded.runs[0]);
     insta::assert_json_snapshot!("plan_math_json", p);
     // The run id is the hash of the identity, and a round trip through JSON keeps it.
@@ -55,7 +56,7 @@ fn math_plan_json_is_stable() {
 fn run_id_ignores_output_root_and_threads_but_not_hyperparameters() {
     let id = |o: &[&str]| {
         let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
-        plan::compile(&spec::load(Path::new("specs/math.yaml"), &o).runs[0]).run_id
+        plan::compile(&resolve::load(Path::new("specs/math.yaml"), &o).runs[0]).run_id
     };
     let base = id(&[]);
     assert_eq!(base, id(&["output.root=/tmp/elsewhere", "runtime.threads=2", "description=other words", "runtime.device_memory_gib=80"]));
@@ -69,7 +70,7 @@ fn run_id_ignores_output_root_and_threads_but_not_hyperparameters() {
 fn the_rollout_engine_is_in_the_run_id_and_how_it_is_reached_is_not() {
     let id = |o: &[&str]| {
         let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
-        plan::compile(&spec::load(Path::new("specs/math.yaml"), &o).runs[0]).run_id
+        plan::compile(&resolve::load(Path::new("specs/math.yaml"), &o).runs[0]).run_id
     };
     let base = id(&[]);
     assert_eq!(base, id(&["runtime.rollouts.engine=in_process"]), "the default writes nothing");
@@ -99,31 +100,31 @@ fn rollout_engine_settings_that_cannot_work_are_warned_about() {
         o("ppo.temperature=0"),
         o("policy.lora.targets=[q, v, lm_head]"),
     ];
-    let loaded = spec::load(Path::new("specs/math.yaml"), &overrides);
+    let loaded = resolve::load(Path::new("specs/math.yaml"), &overrides);
     assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
     let d = loaded.render_diagnostics();
     assert!(d.contains("`rollouts.drift` measures nothing") && d.contains("will likely refuse `lm_head`"), "{d}");
     // in process, neither applies
-    let d = spec::load(Path::new("specs/math.yaml"), &overrides[3..]).render_diagnostics();
+    let d = resolve::load(Path::new("specs/math.yaml"), &overrides[3..]).render_diagnostics();
     assert!(!d.contains("rollouts.drift") && !d.contains("lm_head"), "{d}");
 }
 
 #[test]
 fn sweep_cells_have_distinct_run_ids_and_the_cli_overrides_win() {
-    let loaded = spec::load(Path::new("specs/ablations/meta_every.yaml"), &[]);
+    let loaded = resolve::load(Path::new("specs/ablations/meta_every.yaml"), &[]);
     let ids: std::collections::BTreeSet<String> = loaded.runs.iter().map(|r| plan::compile(r).run_id).collect();
     assert_eq!(ids.len(), 12);
     // every cell, whatever its seed, is evaluated on the same test prompts
     assert!(loaded.runs.iter().all(|r| r.spec.test_seed() == loaded.runs[0].spec.test_seed()));
     assert!(loaded.runs.iter().any(|r| r.spec.runtime.seed != loaded.runs[0].spec.runtime.seed));
-    let pinned = spec::load(Path::new("specs/ablations/meta_every.yaml"), &["runtime.seed=7".into()]);
+    let pinned = resolve::load(Path::new("specs/ablations/meta_every.yaml"), &["runtime.seed=7".into()]);
     assert!(pinned.runs.iter().all(|r| r.spec.runtime.seed == 7));
 }
 
 #[test]
 fn explain_says_where_each_value_came_from() {
-    let loaded = spec::load(Path::new("specs/ablations/meta_every.yaml"), &["ppo.kl_coef=0.05".into()]);
-    let rows = spec::explain(&loaded.runs[0], &loaded.sources);
+    let loaded = resolve::load(Path::new("specs/ablations/meta_every.yaml"), &["ppo.kl_coef=0.05".into()]);
+    let rows = spec::explain(&loaded.runs[0].spec, &loaded.runs[0].tree, &loaded.sources);
     let find = |p: &str| rows.iter().find(|r| r.path == p).unwrap_or_else(|| panic!("no row {p}"));
     assert_eq!(find("ppo.kl_coef").origin, "<overrides>:1:13");
     assert_eq!(find("ppo.batch_size").origin, "specs/ablations/meta_every.yaml:9:15");
@@ -148,7 +149,7 @@ fn invalid_specs_fail_with_located_diagnostics() {
             .and_then(|l| l.strip_prefix("# overrides:"))
             .map(|o| o.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default();
-        let loaded = spec::load(&f, &overrides);
+        let loaded = resolve::load(&f, &overrides);
         assert!(loaded.has_errors(), "{name} should fail");
         assert!(loaded.runs.is_empty());
         let out = loaded.render_diagnostics();
@@ -160,7 +161,7 @@ fn invalid_specs_fail_with_located_diagnostics() {
 /// What `mpo check` warns about: results that would be measured wrongly, not invalid specs.
 #[test]
 fn misleading_settings_are_warned_about() {
-    let loaded = spec::load(Path::new("tests/specs/fixtures/misleading.yaml"), &[]);
+    let loaded = resolve::load(Path::new("tests/specs/fixtures/misleading.yaml"), &[]);
     assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
     insta::assert_snapshot!("warnings_misleading_settings", loaded.render_diagnostics());
 }
@@ -177,7 +178,7 @@ fn structured_judge_budgets_are_warned_about() {
         o("meta.every=1"),
         o("meta.max_tokens=200"),
     ];
-    let loaded = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
+    let loaded = resolve::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
     assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
     let d = loaded.render_diagnostics();
     assert!(d.contains("sends no schema") && d.contains("even with empty rationales"), "{d}");
@@ -185,12 +186,12 @@ fn structured_judge_budgets_are_warned_about() {
     // the meta stages' shapes are sized to the budget for every judge (held to them where the
     // judge takes grammars, asked for in the prompt otherwise)
     let overrides = [o("reward.judge.max_tokens=150"), o("meta.every=1"), o("meta.max_tokens=200")];
-    let d = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides).render_diagnostics();
+    let d = resolve::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides).render_diagnostics();
     assert!(d.contains("holds a complete rubric of only 1 item with 126-character lines"), "{d}");
     insta::assert_snapshot!("warnings_structured_meta_grammar", d);
     // a budget that holds no useful meta answer is an error naming the least one
     let overrides = [o("meta.every=1"), o("meta.max_tokens=100")];
-    let loaded = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
+    let loaded = resolve::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
     let d = loaded.render_diagnostics();
     assert!(loaded.has_errors() && d.contains("it must be at least 136"), "{d}");
 }
@@ -199,7 +200,7 @@ fn structured_judge_budgets_are_warned_about() {
 fn rubric_scale_advice_names_the_critic_only_where_there_is_one() {
     let warnings = |o: &[&str]| {
         let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
-        let loaded = spec::load(Path::new("specs/math.yaml"), &o);
+        let loaded = resolve::load(Path::new("specs/math.yaml"), &o);
         assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
         loaded.render_diagnostics()
     };
@@ -215,23 +216,23 @@ fn a_partial_meta_judge_inherits_from_the_reward_judge() {
     // structured_judge's reward judge is a llama-server; a meta judge naming only its model
     // talks to the same server (not a silent `backend: local`), its budget still meta.max_tokens
     let overrides = [o("meta.every=1"), o("meta.judge={model: judge-72b, temperature: 0.5}")];
-    let loaded = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
+    let loaded = resolve::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
     assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
     let mj = loaded.runs[0].spec.meta.judge.clone().expect("written");
     let rj = &loaded.runs[0].spec.reward.judge;
     assert_eq!((mj.backend, mj.base_url_env.as_str(), mj.dialect, mj.concurrency), (rj.backend, "MPO_TEST_JUDGE_URL", rj.dialect, 4));
     assert_eq!((mj.model.as_deref(), mj.temperature), (Some("judge-72b"), 0.5));
     assert_eq!(mj.max_tokens, mpo::spec::JudgeSpec::default().max_tokens, "the meta budget is meta.max_tokens, not the reward judge's");
-    let explained = spec::explain(&loaded.runs[0], &loaded.sources);
+    let explained = spec::explain(&loaded.runs[0].spec, &loaded.runs[0].tree, &loaded.sources);
     let row = explained.iter().find(|r| r.path == "meta.judge.base_url_env").expect("explained");
     assert!(row.origin.contains("structured_judge.yaml:16"), "inherited values point at the reward judge: {}", row.origin);
     // a server's model name on an inherited in-process backend: the error says where `local` came from
     let overrides = [o("meta.judge=null"), o("meta.judge={model: Qwen/Qwen2.5-72B-Instruct}")];
-    let d = spec::load(Path::new("specs/math.yaml"), &overrides).render_diagnostics();
+    let d = resolve::load(Path::new("specs/math.yaml"), &overrides).render_diagnostics();
     assert!(d.contains("`meta.judge.backend` is `local` (inherited from `reward.judge`)"), "{d}");
     // another backend inherits nothing
     let overrides = [o("meta.every=1"), o("meta.judge={backend: local}")];
-    let loaded = spec::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
+    let loaded = resolve::load(Path::new("tests/specs/valid/structured_judge.yaml"), &overrides);
     assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
     assert_eq!(loaded.runs[0].spec.meta.judge.as_ref().unwrap().base_url_env, mpo::spec::JudgeSpec::default().base_url_env);
 }
@@ -364,14 +365,14 @@ proptest! {
 
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC{0,300}", o in proptest::collection::vec("\\PC{0,40}", 0..3)) {
-        let _ = spec::load_str(Path::new("specs/fuzz.yaml"), &text, &o);
+        let _ = resolve::load_str(Path::new("specs/fuzz.yaml"), &text, &o);
     }
 
     #[test]
     fn mutated_specs_never_panic(which in 0usize..5, ops in proptest::collection::vec((any::<u8>(), any::<usize>(), "[ -~]{0,20}"), 1..6)) {
         let path = SHIPPED[which];
         let text = std::fs::read_to_string(path).unwrap();
-        let loaded = spec::load_str(Path::new(path), &mutate(&text, &ops), &[]);
+        let loaded = resolve::load_str(Path::new(path), &mutate(&text, &ops), &[]);
         if !loaded.has_errors() {
             for r in &loaded.runs {
                 let _ = plan::compile(r);
@@ -381,7 +382,7 @@ proptest! {
 
     #[test]
     fn yaml_fragments_never_panic(text in "([a-z_.]{1,10}: ?(\\[|\\{|\"|'|-|[0-9.e+-]{1,6}|~|null|never|&a|\\*a|!!str|\\||>)?\n {0,4}){0,12}") {
-        let _ = spec::load_str(Path::new("specs/fuzz.yaml"), &text, &[]);
+        let _ = resolve::load_str(Path::new("specs/fuzz.yaml"), &text, &[]);
     }
 }
 
@@ -405,10 +406,10 @@ fn edit_config(d: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&p, c.to_string()).unwrap();
 }
 
-fn tiny_with_model(model: &str, more: &[&str]) -> spec::Loaded {
+fn tiny_with_model(model: &str, more: &[&str]) -> resolve::Loaded {
     let mut o = vec![format!("policy.model={model}")];
     o.extend(more.iter().map(|s| s.to_string()));
-    spec::load(Path::new("tests/specs/valid/tiny.yaml"), &o)
+    resolve::load(Path::new("tests/specs/valid/tiny.yaml"), &o)
 }
 
 #[test]
@@ -505,7 +506,7 @@ fn a_model_folder_is_checked_before_a_job_is_queued_and_identified_by_its_conten
 fn a_fixed_rubric_arm_is_identified_without_the_meta_settings_it_never_reads() {
     let id = |o: &[&str]| {
         let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
-        let loaded = spec::load(Path::new("tests/specs/valid/tiny.yaml"), &o);
+        let loaded = resolve::load(Path::new("tests/specs/valid/tiny.yaml"), &o);
         assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
         plan::compile(&loaded.runs[0]).run_id
     };
@@ -523,7 +524,7 @@ fn a_backend_this_build_lacks_checks_and_plans_and_only_run_refuses() {
         return;
     }
     let spec_path = "tests/specs/valid/cuda_backend.yaml";
-    let loaded = spec::load(Path::new(spec_path), &[]);
+    let loaded = resolve::load(Path::new(spec_path), &[]);
     assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
     let d = loaded.render_diagnostics();
     assert!(d.contains("note: backend `cuda` is not compiled into this mpo") && d.contains("CUDARC_CUDA_VERSION=13000 cargo build"), "{d}");
@@ -592,7 +593,7 @@ fn the_papers_experiments_check_plan_and_emit_here() {
     // SAFETY: no other test reads or writes this variable.
     unsafe { std::env::set_var("MPO_QWEN2_5_1_5B_INSTRUCT", &qwen) };
     for path in PAPER {
-        let loaded = spec::load(Path::new(path), &[]);
+        let loaded = resolve::load(Path::new(path), &[]);
         let d = loaded.render_diagnostics();
         assert!(!loaded.has_errors(), "{path}:\n{d}");
         // what remains is said on purpose: the servers' variables, a CPU build, few prompts

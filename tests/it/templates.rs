@@ -6,7 +6,7 @@ use std::path::Path;
 #[test]
 fn every_prompt_of_every_shipped_spec() {
     for spec in mpo::bench::SHIPPED_SPECS {
-        let loaded = mpo::spec::load(Path::new(spec), &[]);
+        let loaded = mpo::resolve::load(Path::new(spec), &[]);
         assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
         let files = mpo::snapshot::render_all(&loaded.runs[0], 2).unwrap();
         let text: String = files.iter().map(|(n, t)| format!("===== {n} =====\n{t}\n")).collect();
@@ -28,7 +28,7 @@ fn a_joint_review_snapshots_one_prompt_with_every_case() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let loaded = mpo::spec::load(Path::new("specs/math.yaml"), &overrides);
+    let loaded = mpo::resolve::load(Path::new("specs/math.yaml"), &overrides);
     assert!(!loaded.has_errors(), "{}", loaded.render_diagnostics());
     let files = mpo::snapshot::render_all(&loaded.runs[0], 3).unwrap();
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).filter(|n| n.starts_with("meta-")).collect();
@@ -77,10 +77,11 @@ fn grade_exit_codes() {
 /// a real record of its task (templates no shipped spec names included).
 #[test]
 fn every_shipped_template_renders_through_the_context_builders() {
-    use mpo::template::{TemplateKind, render, sample_context};
+    use mpo::resolve::sample_context;
+    use mpo::template::{TemplateKind, render};
     let mut records = std::collections::BTreeMap::new();
     for spec in mpo::bench::SHIPPED_SPECS {
-        let loaded = mpo::spec::load(Path::new(spec), &[]);
+        let loaded = mpo::resolve::load(Path::new(spec), &[]);
         let r = &loaded.runs[0];
         let data = mpo::task::load(r.spec.task.kind, &r.spec.task.train, 0, mpo::task::Split::Train).unwrap();
         records.insert(r.spec.task.kind.as_str().to_string(), data.records[0].clone());
@@ -105,7 +106,7 @@ fn every_shipped_template_renders_through_the_context_builders() {
             if name == "cases.yaml" {
                 // Rubric test cases, not a template: they must parse.
                 let text = std::fs::read_to_string(f.path()).unwrap();
-                mpo::rubric_test::CaseFile::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", f.path().display()));
+                mpo::cases::CaseFile::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", f.path().display()));
                 continue;
             }
             let kind = match (group.as_str(), name.as_str()) {

@@ -110,7 +110,20 @@ impl BackendJob for Parity {
         let spec = PpoSpec { num_ppo_epochs: 2, num_mini_batches: 1, ..PpoSpec::default() };
         let before = trained(&tr);
         let update = if self.resume.is_some() { 2 } else { 1 };
-        let stats = train::update(&mut tr, &seqs, &spec, 1e-2, m.tok.pad, 4, 3, update, train::Passes::Shared, false);
+        let stats = train::update(
+            &mut tr,
+            &seqs,
+            &train::UpdateOptions {
+                spec: &spec,
+                lr: 1e-2,
+                pad: m.tok.pad,
+                chunk: 4,
+                seed: 3,
+                update,
+                passes: train::Passes::Shared,
+                recenter: false,
+            },
+        );
         let after = trained(&tr);
 
         let state = State { update, ..State::default() };

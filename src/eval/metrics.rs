@@ -1,4 +1,4 @@
-//! Task metrics on generated responses: answer accuracy (math), verdict accuracy (ethical
+//! Task metrics on generated responses (an evaluation's, `measure.rs`): answer accuracy (math), verdict accuracy (ethical
 //! reasoning), ROUGE-1/2/L F1 x 100 (summarization), and response length for every task.
 //!
 //! Math accuracy reads answers the way the run's training verifier does (its `accept_unboxed`
@@ -98,9 +98,4 @@ pub fn evaluate(kind: TaskKind, records: &[J], responses: &[String], verifiers: 
         TaskKind::EssayWriting => {}
     }
     Evaluation { metrics: m, headline }
-}
-
-/// Whether a headline metric is a proportion (each score 0 or 1: a Wilson interval applies).
-pub fn is_proportion(scores: &[f64]) -> bool {
-    scores.iter().all(|&x| x == 0.0 || x == 1.0)
 }

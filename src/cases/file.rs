@@ -107,31 +107,45 @@ pub const PROBE_KINDS: [(&str, Option<&str>, &str); 9] = [
     ("boxed-no-work", Some("math"), "the boxed answer alone, no work"),
 ];
 
+/// What is wrong with a case file.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseFileError {
+    #[error("{0}")]
+    Yaml(String),
+    #[error("case id `{0}` is used twice; ids name cases in snapshots and must be unique")]
+    DuplicateId(String),
+    #[error("case `{0}`: `record` must be a mapping of the task's fields (e.g. problem, answer)")]
+    RecordNotMapping(String),
+    #[error("`probes.at_most` is {0} but must be a share of the range, between 0 and 1")]
+    AtMost(f64),
+    #[error("unknown probe kind `{0}`; the kinds are {kinds}", kinds = PROBE_KINDS.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", "))]
+    UnknownProbe(String),
+}
+
 impl CaseFile {
-    pub fn parse(text: &str) -> Result<CaseFile, String> {
-        let f: CaseFile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<CaseFile, CaseFileError> {
+        let f: CaseFile = serde_saphyr::from_str(text).map_err(|e| CaseFileError::Yaml(e.to_string()))?;
         f.check()?;
         Ok(f)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), CaseFileError> {
         let mut seen = std::collections::BTreeSet::new();
         for c in &self.cases {
             if !seen.insert(c.id.as_str()) {
-                return Err(format!("case id `{}` is used twice; ids name cases in snapshots and must be unique", c.id));
+                return Err(CaseFileError::DuplicateId(c.id.clone()));
             }
             if !c.record.is_object() {
-                return Err(format!("case `{}`: `record` must be a mapping of the task's fields (e.g. problem, answer)", c.id));
+                return Err(CaseFileError::RecordNotMapping(c.id.clone()));
             }
         }
         if let Some(p) = &self.probes {
             if !(0.0..=1.0).contains(&p.at_most) {
-                return Err(format!("`probes.at_most` is {} but must be a share of the range, between 0 and 1", p.at_most));
+                return Err(CaseFileError::AtMost(p.at_most));
             }
             for k in p.kinds.iter().flatten() {
                 if !PROBE_KINDS.iter().any(|(n, _, _)| n == k) {
-                    let names: Vec<&str> = PROBE_KINDS.iter().map(|(n, _, _)| *n).collect();
-                    return Err(format!("unknown probe kind `{k}`; the kinds are {}", names.join(", ")));
+                    return Err(CaseFileError::UnknownProbe(k.clone()));
                 }
             }
         }
@@ -242,11 +256,12 @@ mod tests {
         assert!(cases.iter().all(|c| c.at_most == Some(0.25)));
 
         let e = CaseFile::parse("cases:\n  - {id: a, record: {problem: x}, response: y}\n  - {id: a, record: {problem: x}, response: z}\n")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`a` is used twice"), "{e}");
-        let e = CaseFile::parse("probes: {kinds: [emptty]}\n").unwrap_err();
+        let e = CaseFile::parse("probes: {kinds: [emptty]}\n").unwrap_err().to_string();
         assert!(e.contains("unknown probe kind `emptty`") && e.contains("empty"), "{e}");
-        let e = CaseFile::parse("probes: {at_most: 2}\n").unwrap_err();
+        let e = CaseFile::parse("probes: {at_most: 2}\n").unwrap_err().to_string();
         assert!(e.contains("between 0 and 1"), "{e}");
         assert!(CaseFile::parse("cases: [{id: a, respons: x}]\n").is_err());
     }

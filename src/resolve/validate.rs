@@ -8,25 +8,18 @@
 //! problems are collected; the result is the set of [`Inputs`] a plan is compiled from.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde_json::Value as J;
 
-use super::node::Node;
-use super::types::*;
 use crate::diag::{Diagnostic, Origin, Sources};
 use crate::model::registry::{self, ModelRef};
 use crate::rubric::Rubric;
+use crate::spec::compose::normalize;
+use crate::spec::node::Node;
+use crate::spec::*;
 use crate::task::{self, DataError, DataSummary, Split};
-use crate::template::{self, TemplateKind};
-
-/// A template file as read at validation time.
-#[derive(Debug, Clone)]
-pub struct TemplateFile {
-    pub path: PathBuf,
-    pub text: String,
-    pub sha256: String,
-}
+use crate::template::{self, TemplateFile, TemplateKind};
 
 /// Everything a spec refers to, read and checked.
 #[derive(Debug, Clone)]
@@ -190,7 +183,7 @@ impl V<'_> {
         let base = self.sources.base_dir(self.tree.origin_near(field));
         let expanded = match expand_env(reference) {
             Ok(e) => e,
-            Err(var) => {
+            Err(Unset(var)) => {
                 self.error(field, format!("`{field}` names `${{{var}}}`, which is not set in this shell"), "variable not set")
                     .help
                     .push(format!("export {var}=/path/to/the/model/folder (it is read when the spec is checked, planned or run)"));
@@ -300,38 +293,22 @@ impl V<'_> {
     }
 }
 
-/// `${NAME}` replaced by the variable's value; `Err(NAME)` for the first one not set.
-fn expand_env(s: &str) -> Result<String, String> {
+/// An environment variable a path names (`${NAME}`) that is not set.
+struct Unset(String);
+
+/// `${NAME}` replaced by the variable's value; the first one not set is the error.
+fn expand_env(s: &str) -> Result<String, Unset> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find("${") {
         let Some(j) = rest[i..].find('}') else { break };
         let name = &rest[i + 2..i + j];
         out.push_str(&rest[..i]);
-        out.push_str(&std::env::var(name).map_err(|_| name.to_string())?);
+        out.push_str(&std::env::var(name).map_err(|_| Unset(name.to_string()))?);
         rest = &rest[i + j + 1..];
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// Lexically normalise a path (`a/b/../c` -> `a/c`), keeping it relative when it was.
-pub fn normalize(p: &Path) -> PathBuf {
-    let mut out: Vec<Component> = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => match out.last() {
-                Some(Component::Normal(_)) => {
-                    out.pop();
-                }
-                Some(Component::RootDir) => {}
-                _ => out.push(c),
-            },
-            other => out.push(other),
-        }
-    }
-    if out.is_empty() { PathBuf::from(".") } else { out.iter().collect() }
 }
 
 /// Validate `spec` (already structurally valid) and read its inputs; rewrites relative paths
@@ -503,9 +480,9 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
         set_path(spec, &field, p);
         let ctx = match (tk, &record) {
             (TemplateKind::Rubric | TemplateKind::InstrumentRubric, _) => {
-                Some(template::sample_context(tk, task_name, &J::Null, spec.meta.review))
+                Some(super::sample_context(tk, task_name, &J::Null, spec.meta.review))
             }
-            (_, Some(r)) => Some(template::sample_context(tk, task_name, r, spec.meta.review)),
+            (_, Some(r)) => Some(super::sample_context(tk, task_name, r, spec.meta.review)),
             (_, None) => None,
         };
         if let Some(rendered) = v.check_render(&field, tk, &t, ctx.as_ref())
@@ -563,7 +540,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     if let Some(p) = spec.reward.cases.clone() {
         let r = v.resolve("reward.cases", &p);
         match std::fs::read_to_string(&r) {
-            Ok(text) => match crate::rubric_test::CaseFile::parse(&text) {
+            Ok(text) => match crate::cases::CaseFile::parse(&text) {
                 Ok(_) => cases = Some(TemplateFile { path: r.clone(), sha256: crate::hash::sha256_hex(text.as_bytes()), text }),
                 Err(e) => {
                     v.error("reward.cases", format!("case file `{}`: {e}", r.display()), "invalid case file");
@@ -620,14 +597,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     let mut seen = std::collections::BTreeSet::new();
     for t in &spec.policy.lora.targets {
         if !seen.insert(*t) {
-            v.warn(
-                "policy.lora.targets",
-                format!(
-                    "LoRA target `{}` is listed twice",
-                    serde_json::to_value(t).ok().and_then(|j| j.as_str().map(str::to_string)).unwrap_or_default()
-                ),
-                "duplicate",
-            );
+            v.warn("policy.lora.targets", format!("LoRA target `{}` is listed twice", name_of(t)), "duplicate");
         }
     }
 
@@ -772,7 +742,7 @@ pub fn validate(spec: &mut Spec, tree: &Node, sources: &mut Sources, diags: &mut
     let meta_on = spec.meta.every != Every::Never;
     match crate::meta::MetaShapes::fit(spec.meta.max_items, spec.meta.max_tokens) {
         Err(e) if meta_on => {
-            v.error("meta.max_tokens", e, "too few tokens for a meta answer");
+            v.error("meta.max_tokens", e.to_string(), "too few tokens for a meta answer");
         }
         Ok(shapes) if meta_on && shapes.rubric.items < spec.meta.max_items => {
             let r = shapes.rubric;
@@ -1431,7 +1401,7 @@ fn ignored_judge_fields(v: &mut V, path: &str, js: &JudgeSpec) {
             && v.tree.at_path(&format!("reward.judge.{f}")).is_some_and(|r| Some(r.origin) == node.get(f).map(|n| n.origin))
     };
     let written: Vec<String> = ignored.iter().filter(|f| node.get(f).is_some() && !inherited(f)).map(|f| f.to_string()).collect();
-    let backend = serde_json::to_value(js.backend).ok().and_then(|b| b.as_str().map(str::to_string)).unwrap_or_default();
+    let backend = name_of(&js.backend);
     for f in written {
         let what = match js.backend {
             JudgeBackend::Local => "the in-process judge talks to no server",
@@ -1530,17 +1500,5 @@ fn set_path(spec: &mut Spec, field: &str, p: PathBuf) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalize_is_lexical() {
-        assert_eq!(normalize(Path::new("specs/../prompt_templates/./a.j2")), PathBuf::from("prompt_templates/a.j2"));
-        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
-        assert_eq!(normalize(Path::new("./")), PathBuf::from("."));
     }
 }
