@@ -17,12 +17,6 @@ mod tests {
     use super::*;
     use crate::rubric::Rubric;
 
-    fn outcome(id: &str, items: &[(&str, f64)], failure: Option<&str>) -> Outcome {
-        let items: Vec<(String, f64)> = items.iter().map(|(n, s)| (n.to_string(), *s)).collect();
-        let total = failure.is_none().then(|| items.iter().map(|(_, s)| s).sum());
-        Outcome { id: id.into(), kind: "case".into(), items, total, failure: failure.map(str::to_string), answers: vec![] }
-    }
-
     #[test]
     fn expectations_probes_order_and_known_failures() {
         let rubric = Rubric::parse("## Correct (0-4)\n- Award 4 when right.\n\n## Boxed (0-1)\n- Award 1 when boxed.\n").unwrap();
@@ -41,9 +35,9 @@ mod tests {
             at_most: Some(0.25),
         });
         let outs = vec![
-            outcome("good", &[("Correct", 4.0), ("Boxed", 0.0)], None),
-            outcome("bad", &[("Correct", 0.0), ("Boxed", 0.0)], None),
-            outcome("probe", &[("Correct", 3.0), ("Boxed", 0.0)], None),
+            Outcome::of("good", &[("Correct", 4.0), ("Boxed", 0.0)], None),
+            Outcome::of("bad", &[("Correct", 0.0), ("Boxed", 0.0)], None),
+            Outcome::of("probe", &[("Correct", 3.0), ("Boxed", 0.0)], None),
         ];
         let checks = check(&file, &cases, &outs, &rubric);
         let show: Vec<String> = checks.iter().map(|c| format!("{} | {} | {:?} | {:?}", c.case, c.what, c.got, c.known)).collect();
@@ -57,8 +51,10 @@ mod tests {
             ]
         );
         // An unscored case fails its expectations with the reason.
-        let outs =
-            vec![outcome("good", &[], Some("the answer cannot be parsed: x")), outcome("bad", &[("Correct", 1.0), ("Boxed", 0.0)], None)];
+        let outs = vec![
+            Outcome::of("good", &[], Some("the answer cannot be parsed: x")),
+            Outcome::of("bad", &[("Correct", 1.0), ("Boxed", 0.0)], None),
+        ];
         let checks = check(&file, &cases[..2], &outs, &rubric);
         assert_eq!(checks[0].got.as_deref(), Some("no score (the answer cannot be parsed: x)"));
         assert_eq!(checks.last().unwrap().got.as_deref(), Some("no score (the answer cannot be parsed: x) vs 1"));

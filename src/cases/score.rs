@@ -38,6 +38,16 @@ pub struct Outcome {
     pub answers: Vec<String>,
 }
 
+#[cfg(test)]
+impl Outcome {
+    /// A case's outcome from its item scores (its total their sum), or its failure.
+    pub(crate) fn of(id: &str, items: &[(&str, f64)], failure: Option<&str>) -> Outcome {
+        let items: Vec<(String, f64)> = items.iter().map(|(n, s)| (n.to_string(), *s)).collect();
+        let total = failure.is_none().then(|| items.iter().map(|(_, s)| s).sum());
+        Outcome { id: id.into(), kind: "case".into(), items, total, failure: failure.map(str::to_string), answers: vec![] }
+    }
+}
+
 /// A judge that remembers which requests it was asked and which had no answer.
 struct Watched<'a> {
     inner: &'a mut dyn Judge,

@@ -380,19 +380,16 @@ pub fn run(r: &Resolved, opts: &Options) -> Result<Report, RubricTestError> {
 mod tests {
     use super::*;
 
-    fn outcome(id: &str, items: &[(&str, f64)], failure: Option<&str>) -> Outcome {
-        let items: Vec<(String, f64)> = items.iter().map(|(n, s)| (n.to_string(), *s)).collect();
-        let total = failure.is_none().then(|| items.iter().map(|(_, s)| s).sum());
-        Outcome { id: id.into(), kind: "case".into(), items, total, failure: failure.map(str::to_string), answers: vec![] }
-    }
-
     #[test]
     fn the_diff_names_cases_and_items() {
         let snap =
             |cases| Snapshot { judge: "local:m".into(), rubric_sha256: "a".repeat(64), range: (0, 5), cases, failing: BTreeMap::new() };
-        let old = snap(vec![outcome("good", &[("Correct", 4.0), ("Boxed", 1.0)], None), outcome("gone", &[("Correct", 1.0)], None)]);
-        let new =
-            snap(vec![outcome("good", &[("Correct", 2.5), ("Boxed", 1.0)], None), outcome("fresh", &[], Some("the judge failed: x"))]);
+        let old =
+            snap(vec![Outcome::of("good", &[("Correct", 4.0), ("Boxed", 1.0)], None), Outcome::of("gone", &[("Correct", 1.0)], None)]);
+        let new = snap(vec![
+            Outcome::of("good", &[("Correct", 2.5), ("Boxed", 1.0)], None),
+            Outcome::of("fresh", &[], Some("the judge failed: x")),
+        ]);
         assert_eq!(
             diff(&old, &new),
             ["good: total 5 -> 3.5; Correct 4 -> 2.5", "fresh: new case, total failed (the judge failed: x)", "gone: case removed (was 1)"]
