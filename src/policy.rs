@@ -33,9 +33,7 @@ impl PolicyError {
     pub fn help(&self) -> Option<String> {
         match self {
             PolicyError::PlanFile(e) => e.help(),
-            PolicyError::Read { path, .. } if std::path::Path::new(path).is_relative() => {
-                Some("a plan's relative paths resolve against the directory it was made in: run from there".into())
-            }
+            PolicyError::Read { path, .. } => crate::plan::relative_path_help(path),
             _ => None,
         }
     }

@@ -100,9 +100,7 @@ impl EvalError {
             EvalError::PlanFile(e) => e.help(),
             EvalError::Policy(e) => e.help(),
             EvalError::Judge(e) => e.help(),
-            EvalError::Reward(crate::reward::RewardError::Failed { .. }) => {
-                Some("`reward.failure.policy: fail` stops at the first unusable answer; `skip` or `{penalty: x}` keep training".into())
-            }
+            EvalError::Reward(e) => e.help(),
             _ => None,
         }
     }

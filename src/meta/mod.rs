@@ -181,9 +181,6 @@ pub enum Kept {
     /// `meta.gate`: expectations the judge gave no score on, so no comparison.
     #[error("meta gate: {} of {checked} case expectation(s) could not be measured (the judge gave a case no score), so the merged rubric cannot be shown to do no worse: {}", unmeasured.len(), unmeasured.join("; "))]
     Unmeasured { checked: usize, unmeasured: Vec<String> },
-    /// `meta.gate` could not score the cases at all.
-    #[error("meta gate: {0}")]
-    Gate(String),
 }
 
 /// Why a meta judge's request gave no usable text.

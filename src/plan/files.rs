@@ -24,12 +24,16 @@ impl PlanFileError {
     pub fn help(&self) -> Option<String> {
         match self {
             PlanFileError::Changed { .. } => Some("re-plan from the spec: `mpo run SPEC` (or `mpo plan SPEC --json` again)".into()),
-            PlanFileError::Read { path, .. } if Path::new(path).is_relative() => {
-                Some("a plan's relative paths resolve against the directory it was made in: run from there".into())
-            }
-            _ => None,
+            PlanFileError::Read { path, .. } => relative_path_help(path),
+            PlanFileError::Missing(_) => None,
         }
     }
+}
+
+/// The fix for a planned file that cannot be read at a relative path: a plan's paths resolve
+/// against the directory it was made in (`None` for an absolute path).
+pub fn relative_path_help(path: &str) -> Option<String> {
+    Path::new(path).is_relative().then(|| "a plan's relative paths resolve against the directory it was made in: run from there".into())
 }
 
 impl Plan {
@@ -68,6 +72,8 @@ mod tests {
         let e = info.read().unwrap_err();
         assert!(matches!(e, PlanFileError::Changed { .. }), "{e}");
         assert!(e.help().unwrap().contains("re-plan"));
+        assert!(relative_path_help("templates/judge.j2").unwrap().contains("run from there"));
+        assert_eq!(relative_path_help("/abs/judge.j2"), None);
         std::fs::remove_file(&p).unwrap();
         assert!(matches!(info.read().unwrap_err(), PlanFileError::Read { .. }));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
 
-pub use files::PlanFileError;
+pub use files::{PlanFileError, relative_path_help};
 pub use print::{judge as describe_judge, render_summary, render_sweep_table};
 
 use crate::model::registry::ModelRef;

@@ -96,6 +96,18 @@ pub enum RewardError {
     Config(String),
 }
 
+impl RewardError {
+    /// What the user can do about it, where there is something.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            RewardError::Failed { .. } => {
+                Some("`reward.failure.policy: fail` stops at the first unusable answer; `skip` or `{penalty: x}` keep training".into())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Reward settings for one run, with the compiled regex.
 pub struct RewardConfig {
     pub spec: RewardSpec,
@@ -390,6 +402,13 @@ pub fn failure_counts(scored: &[Scored]) -> std::collections::BTreeMap<String, u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_under_the_fail_policy_says_which_policies_keep_training() {
+        let e = RewardError::Failed { id: "r1".into(), failure: ScoreFailure::Unparseable { message: "x".into() } };
+        assert!(e.help().unwrap().contains("`skip` or `{penalty: x}` keep training"));
+        assert_eq!(RewardError::Config("x".into()).help(), None);
+    }
     use crate::judge::scripted::ScriptedJudge;
     use crate::judge::{JudgeError, JudgeResponse};
     use crate::spec::{FailureSpec, JudgeSpec, VerifierSpec};

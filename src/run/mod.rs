@@ -76,8 +76,6 @@ pub enum RunError {
     Gate(#[from] crate::cases::ScoreError),
     #[error("reading {path}: {error}")]
     CaseFile { path: String, error: crate::cases::CaseFileError },
-    #[error("reading {path}: {message}")]
-    Read { path: String, message: String },
     #[error("{what}: {message}")]
     Rubric { what: String, message: String },
     #[error("{0}")]
@@ -105,12 +103,7 @@ impl RunError {
                 "the files at that path are not the ones the plan (and its run id) were made with: restore them, or re-plan from the spec for a run of its own".into(),
             ),
             RunError::Folder(e) => Some(e.help()),
-            RunError::Read { path, .. } if std::path::Path::new(path).is_relative() => {
-                Some("a plan's relative paths resolve against the directory it was made in: run from there".into())
-            }
-            RunError::Reward(crate::reward::RewardError::Failed { .. }) => {
-                Some("`reward.failure.policy: fail` stops at the first unusable answer; `skip` or `{penalty: x}` keep training".into())
-            }
+            RunError::Reward(e) => e.help(),
             _ => None,
         }
     }
