@@ -67,6 +67,11 @@ pub enum Command {
         /// Print the machine-readable plan (a sweep prints `{"sweep": ..., "runs": [...]}`).
         #[arg(long)]
         json: bool,
+        /// Where to take measured throughput from for the wall-time estimate (repeatable: a
+        /// results root, a results/NAME folder or a run folder; default: the spec's
+        /// `output.root`). Only runs whose work has the same shape count (`mpo plan` says which).
+        #[arg(long, value_name = "DIR")]
+        measured: Vec<PathBuf>,
     },
     /// Train: run a spec's plan (resumes an interrupted run, skips a finished one).
     Run {
@@ -108,6 +113,11 @@ pub enum Command {
         /// never replaced by a different plan set (a queued array reads it).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Where to take measured throughput from for the wall-time estimate (repeatable: a
+        /// results root, a results/NAME folder or a run folder; default: the spec's
+        /// `output.root`). Only runs whose work has the same shape count (`mpo plan` says which).
+        #[arg(long, value_name = "DIR")]
+        measured: Vec<PathBuf>,
         #[command(flatten)]
         slurm: crate::sweep::slurm::SlurmOptions,
     },
@@ -604,7 +614,7 @@ fn hint_dashed_override(e: &mut clap::Error) {
 fn dispatch(command: Command) -> Outcome {
     match command {
         Command::Check { spec, overrides, explain } => check(&spec, &overrides, explain),
-        Command::Plan { spec, overrides, json } => plan_cmd(&spec, &overrides, json),
+        Command::Plan { spec, overrides, json, measured } => plan_cmd(&spec, &overrides, json, &measured),
         Command::Run { spec, overrides, plan, cell, quiet, stop_after, restart } => {
             let how = crate::run::RunOptions { quiet, stop_after, restart, ..Default::default() };
             match (spec, plan) {
@@ -615,8 +625,8 @@ fn dispatch(command: Command) -> Outcome {
                 }
             }
         }
-        Command::Sweep { spec, overrides, jobs, emit, out, slurm } => {
-            sweep_cmd(&spec, &overrides, jobs, emit.is_some(), out.as_deref(), &slurm)
+        Command::Sweep { spec, overrides, jobs, emit, out, measured, slurm } => {
+            sweep_cmd(&spec, &overrides, jobs, emit.is_some(), out.as_deref(), &measured, &slurm)
         }
         Command::Report { dir, out, baseline } => {
             let w = crate::report::report(&dir, out.as_deref(), baseline.as_deref()).map_err(Failure::error)?;
@@ -892,10 +902,11 @@ fn sweep_cmd(
     jobs: usize,
     emit: bool,
     out: Option<&std::path::Path>,
+    measured: &[PathBuf],
     slurm: &crate::sweep::slurm::SlurmOptions,
 ) -> Outcome {
     let loaded = load(path, overrides)?;
-    let plans: Vec<Plan> = loaded.runs.iter().map(plan::compile).collect();
+    let plans = with_wall_time(loaded.runs.iter().map(plan::compile).collect(), measured)?;
     if !loaded.is_sweep {
         eprintln!("note: {} has no `sweep:` section; running it as a sweep of one cell", path.display());
     }
@@ -910,6 +921,9 @@ fn sweep_cmd(
         println!("wrote {} ({} cells) and {}{plans_note}", scripts.join(", "), e.cells, e.plans.display());
         if scripts.len() > 1 {
             println!("one job array per set of servers its cells need (a fixed-rubric arm starts no meta judge)");
+        }
+        for n in crate::sweep::slurm::time_notes(&plans, slurm) {
+            eprintln!("{n}");
         }
         println!("submit with: {}", scripts.iter().map(|s| format!("sbatch {s}")).collect::<Vec<_>>().join(" && "));
         return Ok(Done::Ok);
@@ -1215,9 +1229,33 @@ fn check(path: &std::path::Path, overrides: &[String], explain: bool) -> Outcome
     Ok(Done::Ok)
 }
 
-fn plan_cmd(path: &std::path::Path, overrides: &[String], json: bool) -> Outcome {
+/// The plans with their wall-time estimates, from the runs under `measured` (default: each
+/// plan's output root).
+fn with_wall_time(mut plans: Vec<Plan>, measured: &[PathBuf]) -> Result<Vec<Plan>, Failure> {
+    if let Some(d) = measured.iter().find(|d| !d.is_dir()) {
+        return Err(Failure::Usage(format!(
+            "--measured {}: no such directory (name a results root, a results/NAME folder or a run folder)",
+            d.display()
+        )));
+    }
+    let mut roots: Vec<PathBuf> = measured.to_vec();
+    if roots.is_empty() {
+        for p in &plans {
+            if !roots.contains(&p.spec.output.root) {
+                roots.push(p.spec.output.root.clone());
+            }
+        }
+    }
+    let runs = crate::results::throughput::scan(&roots);
+    for p in &mut plans {
+        p.estimates.wall_time = Some(crate::results::throughput::estimate(p, &runs));
+    }
+    Ok(plans)
+}
+
+fn plan_cmd(path: &std::path::Path, overrides: &[String], json: bool, measured: &[PathBuf]) -> Outcome {
     let loaded = load(path, overrides)?;
-    let plans: Vec<Plan> = loaded.runs.iter().map(plan::compile).collect();
+    let plans = with_wall_time(loaded.runs.iter().map(plan::compile).collect(), measured)?;
     let out = if json {
         let v = if loaded.is_sweep {
             serde_json::json!({ "sweep": plans.first().map(|p| p.name.clone()), "runs": plans })

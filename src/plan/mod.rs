@@ -9,6 +9,7 @@
 
 mod files;
 mod print;
+mod wall_time;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use serde_json::Value as J;
 
 pub use files::{PlanFileError, relative_path_help};
 pub use print::{judge as describe_judge, render_summary, render_sweep_table};
+pub use wall_time::{Phase, PhaseTime, WallTime, duration};
 
 use crate::model::registry::ModelRef;
 use crate::resolve::Resolved;
@@ -142,6 +144,11 @@ pub struct Estimates {
     /// Device memory (see `model::memory`), when the policy's architecture is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryPlan>,
+    /// Wall time from the throughput earlier runs of the same shape measured
+    /// (`results::throughput`): filled in by `mpo plan` and `mpo sweep`, which can see the
+    /// results; `compile` cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_time: Option<WallTime>,
 }
 
 /// Device memory at the spec's micro-batch, and without gradient accumulation.
@@ -227,6 +234,7 @@ pub fn compile(r: &Resolved) -> Plan {
             let (shapes, at_spec) = at(p.gradient_accumulation_steps);
             MemoryPlan { micro_rows: shapes.micro_rows, seq: shapes.seq, at_spec, without_accumulation: at(1).1 }
         }),
+        wall_time: None,
     };
 
     let data_info = |d: &crate::task::DataSummary, src: &crate::spec::DataSource| DataInfo {
@@ -433,6 +441,22 @@ impl Plan {
         }
         crate::hash::sha256_json(&v)[..12].to_string()
     }
+}
+
+/// A small math plan with server judges (no model loads), under `overrides`: for tests.
+#[cfg(test)]
+pub fn test_plan(overrides: &[&str]) -> Plan {
+    let text = "name: t\ntask: {kind: math, train: {generate: {count: 64}}, test: {generate: {count: 8}}, prompt: prompt_templates/math/policy.j2}\n\
+                policy: {model: tiny-random-llama}\n\
+                reward: {judge: {backend: openai, base_url_env: MPO_TEST_NEVER_SET_JUDGE_URL, max_tokens: 200}, rubric: prompt_templates/math/rubric_v0.md, prompt: prompt_templates/math/judge.j2}\n\
+                meta: {judge: {backend: openai, base_url_env: MPO_TEST_NEVER_SET_JUDGE_URL}, samples: 2, stages: \
+                {analyze: prompt_templates/meta/analyze.j2, refine: prompt_templates/meta/refine.j2, merge: prompt_templates/meta/merge.j2}}\n\
+                ppo: {batch_size: 8, num_mini_batches: 2, num_ppo_epochs: 1, total_episodes: 16, response_length: 6}\n\
+                runtime: {rollout_batch: 8}\n";
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    let loaded = crate::resolve::load_str(std::path::Path::new("t.yaml"), text, &overrides);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diags);
+    crate::plan::compile(&loaded.runs[0])
 }
 
 /// The run id: the first 12 hex digits of the sha256 of the canonical identity JSON.

@@ -316,6 +316,9 @@ pub fn render_summary(plan: &Plan) -> String {
             let _ = writeln!(o, "            ~{} without gradient accumulation", gib(m.without_accumulation.peak()));
         }
     }
+    if let Some(w) = &e.wall_time {
+        o.push_str(&w.render());
+    }
     let _ = writeln!(o, "  output    {}/{}/{}/", s.output.root.display(), plan.name, plan.run_id);
     o
 }
@@ -326,17 +329,34 @@ pub fn render_sweep_table(plans: &[Plan]) -> String {
     let name = plans.first().map(|p| p.name.as_str()).unwrap_or("");
     let _ = writeln!(o, "sweep {name}: {} cells", plans.len());
     let w = plans.iter().map(|p| p.cell.as_ref().map(|c| c.label.len()).unwrap_or(4)).max().unwrap_or(4).max(4);
-    let _ = writeln!(o, "  {:>4}  {:<12}  {:<w$}  {:>7}  {:>9}  {:>11}", "cell", "run id", "factors", "updates", "meta at", "judge calls");
+    // measured wall time (`?` where no run of the same shape was measured), when looked up
+    let timed = plans.iter().any(|p| p.estimates.wall_time.is_some());
+    let time = |p: &Plan| match p.estimates.wall_time.as_ref().map(|w| w.total()) {
+        Some(Some(t)) => format!("  {:>13}", super::wall_time::range(t)),
+        Some(None) => format!("  {:>13}", "?"),
+        None => String::new(),
+    };
+    let header = if timed { format!("  {:>13}", "wall time") } else { String::new() };
+    let _ = writeln!(
+        o,
+        "  {:>4}  {:<12}  {:<w$}  {:>7}  {:>9}  {:>11}{header}",
+        "cell", "run id", "factors", "updates", "meta at", "judge calls"
+    );
     for p in plans {
         let (idx, label) = p.cell.as_ref().map(|c| (c.index.to_string(), c.label.clone())).unwrap_or(("-".into(), "base".into()));
         let meta = if p.schedule.meta_at.is_empty() { "-".to_string() } else { format!("{}x", p.schedule.meta_at.len()) };
         let _ = writeln!(
             o,
-            "  {idx:>4}  {:<12}  {label:<w$}  {:>7}  {meta:>9}  {:>11}",
+            "  {idx:>4}  {:<12}  {label:<w$}  {:>7}  {meta:>9}  {:>11}{}",
             p.run_id,
             p.schedule.updates,
-            thousands(p.estimates.judge_calls)
+            thousands(p.estimates.judge_calls),
+            time(p)
         );
+    }
+    if timed && plans.iter().any(|p| p.estimates.wall_time.as_ref().is_some_and(|w| w.total().is_none())) {
+        let _ =
+            writeln!(o, "  ?: no run of the same shape measured every phase (`mpo plan --json` has each phase under estimates.wall_time)");
     }
     o
 }

@@ -243,6 +243,13 @@ pub struct MetaRow {
     /// With rubric families: each family's step, in key order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub families: Vec<FamilyStep>,
+    /// The step's judge calls (`meta.gate`'s scoring included), and how many of them the judge
+    /// cache answered: a step answered from the cache says nothing of the judge's speed.
+    /// Absent in rows written before 2026-12-06.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached: Option<u64>,
 }
 
 /// One rubric family's meta step.

@@ -16,6 +16,7 @@ pub mod checkpoint_files;
 pub mod evals;
 pub mod inputs;
 pub mod metrics;
+pub mod throughput;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,10 @@ pub struct Manifest {
     /// The GPU adapter the backend picked, as its driver names it (wgpu; absent on cpu).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<crate::model::Adapter>,
+    /// The machine's CPU and the threads mpo computed on: what a wall-time estimate made from
+    /// this run's throughput (`mpo plan`) says it was measured on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Host>,
     pub seed: u64,
     pub started: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +79,25 @@ pub struct Manifest {
     /// Updates this run was resumed from, one entry per resume.
     #[serde(default)]
     pub resumed_from: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    /// The CPU's model name (`/proc/cpuinfo`), `unknown` where the system does not say.
+    pub cpu: String,
+    /// Threads in mpo's compute pool.
+    pub threads: usize,
+}
+
+impl Host {
+    pub fn this() -> Host {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string())))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        Host { cpu, threads: rayon::current_num_threads() }
+    }
 }
 
 /// Current UTC time as RFC 3339.
@@ -101,6 +125,20 @@ pub fn git_commit() -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
 }
 
+/// A plan an older mpo wrote, in today's words, where the meaning carried over unchanged: runs
+/// stay readable (`mpo report`, `mpo eval`, wall-time estimates) after a field is renamed.
+/// Only reading: the run's file is not rewritten, and its run id is the one it was made under.
+fn upgrade_plan(v: &mut J) {
+    // 2026-12-05: `reward.normalize: true` was the summed points as a share of the rubric's
+    // range (`aggregate: range_share`), `false` the summed points (`sum`)
+    if let Some(r) = v.pointer_mut("/spec/reward").and_then(J::as_object_mut)
+        && let Some(n) = r.remove("normalize")
+    {
+        let aggregate = if n.as_bool() == Some(true) { "range_share" } else { "sum" };
+        r.entry("aggregate").or_insert_with(|| J::from(aggregate));
+    }
+}
+
 /// A run's directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -125,7 +163,10 @@ impl RunDir {
     pub fn plan(&self) -> Result<Plan, ResultsError> {
         let p = self.path("plan.json");
         let text = std::fs::read_to_string(&p).map_err(|e| ResultsError::read(&p, e))?;
-        serde_json::from_str(&text).map_err(|e| ResultsError::Read {
+        let mut v: J =
+            serde_json::from_str(&text).map_err(|e| ResultsError::Read { path: p.display().to_string(), message: e.to_string() })?;
+        upgrade_plan(&mut v);
+        serde_json::from_value(v).map_err(|e| ResultsError::Read {
             path: p.display().to_string(),
             message: format!("not a plan of this mpo version ({e}); re-plan the spec"),
         })
@@ -370,6 +411,27 @@ pub fn redact(v: &mut J) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The committed worked ablation (`results/math-meta-every-cpu`) was planned with
+    /// `reward.normalize`; `mpo report` must still read it.
+    #[test]
+    fn a_plan_written_before_reward_aggregate_reads_with_its_meaning() {
+        let plan = crate::plan::test_plan(&[]);
+        let tmp = std::env::temp_dir().join(format!("mpo-upgrade-{}", std::process::id()));
+        for (old, want) in [(true, crate::spec::Aggregate::RangeShare), (false, crate::spec::Aggregate::Sum)] {
+            let mut v = serde_json::to_value(&plan).unwrap();
+            let r = v.pointer_mut("/spec/reward").and_then(J::as_object_mut).unwrap();
+            r.remove("aggregate");
+            r.insert("normalize".into(), J::from(old));
+            let dir = RunDir { root: tmp.clone() };
+            std::fs::create_dir_all(&tmp).unwrap();
+            dir.write_json("plan.json", &v).unwrap();
+            let read = RunDir::open(&tmp).unwrap().plan().unwrap();
+            assert_eq!(read.spec.reward.aggregate, want);
+            assert_eq!(read.run_id, plan.run_id);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 
     #[test]
     fn redaction_and_time() {

@@ -46,6 +46,7 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
     let whole = r.rubrics.is_whole();
     let (mut transport, mut gate_transport) = (None::<Transport>, None::<Transport>);
     let (mut samples, mut families, mut kept, mut new_version) = (0, Vec::new(), None, None);
+    let mut usage = crate::judge::TokenUsage::default();
     let before_total = r.state.rubric_version;
     for (i, pool) in pools.iter().enumerate() {
         // A family with no rollouts since the last step keeps its rubric: there is nothing to
@@ -56,6 +57,7 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         let step = family_step(r, i, pool, update)?;
         add(&mut transport, step.transport);
         add(&mut gate_transport, step.gate_transport);
+        usage.add(&step.usage);
         samples += step.samples;
         if !whole {
             let key = r.rubrics.families[i].key.clone();
@@ -85,6 +87,8 @@ pub fn maybe_run<B: AutodiffBackend>(r: &mut Runner<'_, B>, scoring: &Scoring, u
         accepted: state.meta_accepted,
         acceptance_rate: finite(state.meta_accepted as f64 / state.meta_steps as f64),
         families,
+        calls: Some(usage.calls),
+        cached: Some(usage.cached_calls),
     };
     Ok(MetaPhase { row: Some(row), transport, gate_transport, seconds: t0.elapsed().as_secs_f64() })
 }
@@ -102,6 +106,8 @@ struct Step {
     kept: Option<crate::meta::Kept>,
     transport: Option<Transport>,
     gate_transport: Option<Transport>,
+    /// Judge calls of the step, `meta.gate`'s included.
+    usage: crate::judge::TokenUsage,
 }
 
 /// The meta step of family `i` on its `pool`: run the pipeline, gate it, record it in the
@@ -154,7 +160,7 @@ fn family_step<B: AutodiffBackend>(r: &mut Runner<'_, B>, i: usize, pool: &[Meta
         (_, Err(why)) => r.progress.log(&format!("update {update}: rubric{whose} kept ({why})")),
         _ => {}
     }
-    Ok(Step { samples: outcome.evidence.len(), new_version, kept, transport, gate_transport })
+    Ok(Step { samples: outcome.evidence.len(), new_version, kept, transport, gate_transport, usage: outcome.usage })
 }
 
 /// Whether `update`'s rollouts can still reach a meta step: none is planned at or after it

@@ -251,6 +251,7 @@ fn start_manifest(plan: &Plan, opts: &RunOptions, dir: &RunDir, backend: &str, d
         backend: backend.into(),
         device: device.into(),
         adapter: model::adapter(plan.spec.runtime.backend, plan.spec.runtime.device),
+        host: Some(results::Host::this()),
         seed: plan.spec.runtime.seed,
         started: old.as_ref().map(|o| o.started.clone()).unwrap_or_else(results::now),
         finished: None,

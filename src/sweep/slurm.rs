@@ -26,8 +26,9 @@ pub struct SlurmOptions {
     /// Node features the task needs, e.g. `h100` (`#SBATCH --constraint`).
     #[arg(long)]
     pub constraint: Option<String>,
-    /// Wall-time limit per cell (`HH:MM:SS`).
-    #[arg(long, default_value = "24:00:00")]
+    /// Wall-time limit per cell, in Slurm's forms (`HH:MM:SS`, `D-HH:MM:SS`, `D-HH`, `MM`);
+    /// `mpo sweep` warns when a cell's measured wall-time estimate (`mpo plan`) exceeds it.
+    #[arg(long, default_value = "24:00:00", value_parser = slurm_time)]
     pub time: String,
     /// CPU cores per cell (mpo's thread pool takes them all).
     #[arg(long, default_value_t = 8)]
@@ -77,6 +78,32 @@ fn name_eq_path(s: &str) -> Result<(String, String), EmitError> {
     }
 }
 
+/// A Slurm time limit (`--time`) as given, once it reads as one.
+fn slurm_time(s: &str) -> Result<String, EmitError> {
+    time_seconds(s).map(|_| s.to_string()).ok_or_else(|| EmitError::Time(s.into()))
+}
+
+/// Seconds in a Slurm time limit: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM` or
+/// `D-HH:MM:SS` (`sbatch(1)`).
+pub fn time_seconds(s: &str) -> Option<u64> {
+    let num = |x: &str| (!x.is_empty() && x.chars().all(|c| c.is_ascii_digit())).then(|| x.parse::<u64>().ok()).flatten();
+    let (days, rest) = match s.split_once('-') {
+        Some((d, r)) => (Some(num(d)?), r),
+        None => (None, s),
+    };
+    let parts: Vec<u64> = rest.split(':').map(num).collect::<Option<_>>()?;
+    let secs = match (days, parts.as_slice()) {
+        (None, [m]) => m * 60,
+        (None, [m, s]) => m * 60 + s,
+        (None, [h, m, s]) => h * 3600 + m * 60 + s,
+        (Some(d), [h]) => d * 86400 + h * 3600,
+        (Some(d), [h, m]) => d * 86400 + h * 3600 + m * 60,
+        (Some(d), [h, m, s]) => d * 86400 + h * 3600 + m * 60 + s,
+        _ => return None,
+    };
+    Some(secs)
+}
+
 fn read_file(p: &str) -> Result<String, EmitError> {
     std::fs::read_to_string(p).map_err(|source| EmitError::ReadArg { path: p.into(), source })
 }
@@ -102,6 +129,9 @@ pub enum EmitError {
     /// A `--server-model` that is not `NAME=PATH`.
     #[error("expected NAME=PATH, e.g. Qwen/Qwen2.5-32B-Instruct=/models/qwen32b, found `{0}`")]
     NameEqPath(String),
+    /// A `--time` Slurm would not read.
+    #[error("`{0}` is not a Slurm time limit: write HH:MM:SS, D-HH:MM:SS, D-HH or minutes (e.g. 24:00:00, 2-00:00:00, 90)")]
+    Time(String),
     /// A file named on the command line that cannot be read.
     #[error("cannot read {path}: {source}")]
     ReadArg { path: String, source: std::io::Error },
@@ -127,6 +157,40 @@ pub struct Emitted {
     pub cells: usize,
     /// True when an identical `plans.json` was already there (an emission repeated).
     pub unchanged: bool,
+}
+
+/// What the cells' wall-time estimates (`Estimates::wall_time`) say of `--time`: a warning per
+/// cell whose slowest estimate exceeds it, or a note that the limit is a guess where no run of
+/// the same shape was measured.
+pub fn time_notes(plans: &[Plan], opts: &SlurmOptions) -> Vec<String> {
+    let limit = time_seconds(&opts.time).unwrap_or(u64::MAX) as f64;
+    let label = |p: &Plan| p.cell.as_ref().map_or("the run".to_string(), |c| format!("cell {} ({})", c.index, c.label));
+    let mut notes = Vec::new();
+    let mut unknown = Vec::new();
+    for p in plans {
+        match p.estimates.wall_time.as_ref().and_then(|w| w.total()) {
+            Some((_, hi)) if hi > limit => notes.push(format!(
+                "warning: {} may take up to {} (measured throughput, servers' start-up not included), beyond --time {}: \
+                 raise --time, or resubmit after Slurm stops it (the run resumes from its last checkpoint)",
+                label(p),
+                crate::plan::duration(hi),
+                opts.time
+            )),
+            Some(_) => {}
+            None => unknown.push(p.cell.as_ref().map_or("the run".to_string(), |c| c.index.to_string())),
+        }
+    }
+    if !unknown.is_empty() {
+        notes.push(format!(
+            "note: no run of the same shape was measured for {} of {} cells ({}): --time {} is a guess; \
+             `mpo plan` says what to measure",
+            unknown.len(),
+            plans.len(),
+            unknown.join(", "),
+            opts.time
+        ));
+    }
+    notes
 }
 
 /// Quote for POSIX sh: single quotes, with embedded single quotes closed and escaped.
@@ -559,6 +623,41 @@ mod tests {
         assert_eq!(l.flags(), " --enable-lora --max-lora-rank 16 --logprobs-mode processed_logprobs");
         let l = LoraServe { engine: RolloutEngine::Sglang, ..l };
         assert_eq!(l.flags(), " --enable-lora --max-lora-rank 12 --lora-target-modules q_proj v_proj --enable-deterministic-inference");
+    }
+
+    #[test]
+    fn slurm_time_limits_read_in_every_form_sbatch_takes() {
+        assert_eq!(time_seconds("90"), Some(5400));
+        assert_eq!(time_seconds("90:30"), Some(5430));
+        assert_eq!(time_seconds("24:00:00"), Some(86400));
+        assert_eq!(time_seconds("2-00"), Some(172800));
+        assert_eq!(time_seconds("1-02:30"), Some(86400 + 9000));
+        assert_eq!(time_seconds("1-00:00:10"), Some(86410));
+        for bad in ["", "1h", "24:00:00:00", "-5", "1-", "a:b", "1-2-3"] {
+            assert_eq!(time_seconds(bad), None, "{bad}");
+        }
+        assert!(slurm_time("2h").unwrap_err().to_string().contains("HH:MM:SS"));
+    }
+
+    #[test]
+    fn a_cell_estimated_beyond_the_time_limit_is_warned_of_and_an_unmeasured_one_noted() {
+        use crate::plan::{Phase, PhaseTime, WallTime};
+        let timed = |hours: Option<f64>| {
+            let mut p = crate::plan::test_plan(&[]);
+            p.estimates.wall_time = Some(WallTime {
+                phases: vec![PhaseTime { phase: Phase::Ppo, units: 2, seconds: hours.map(|h| (h * 1800.0, h * 3600.0)), samples: 3 }],
+                measured_by: vec![],
+                machines: vec![],
+            });
+            p
+        };
+        let opts = SlurmOptions { time: "10:00:00".into(), ..Default::default() };
+        assert!(time_notes(&[timed(Some(9.0))], &opts).is_empty());
+        let notes = time_notes(&[timed(Some(11.0)), timed(None)], &opts);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("warning: the run may take up to 11h00m"), "{}", notes[0]);
+        assert!(notes[0].contains("beyond --time 10:00:00"));
+        assert!(notes[1].contains("1 of 2 cells (the run): --time 10:00:00 is a guess"), "{}", notes[1]);
     }
 
     #[test]

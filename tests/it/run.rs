@@ -37,8 +37,10 @@ fn metrics(dir: &Path) -> Vec<J> {
             let o = v.as_object_mut().unwrap();
             o.remove("time_s");
             o.remove("wall_time");
-            if let Some(t) = v.pointer_mut("/tokens/reward_judge").and_then(J::as_object_mut) {
-                t.remove("cached");
+            for counts in ["/tokens/reward_judge", "/meta"] {
+                if let Some(t) = v.pointer_mut(counts).and_then(J::as_object_mut) {
+                    t.remove("cached");
+                }
             }
             v
         })
@@ -99,6 +101,32 @@ fn results_layout_and_finished_runs_are_skipped() {
     for k in ["question", "response", "reward", "judge_prompt", "judge_answers", "verdicts"] {
         assert!(s.get(k).is_some(), "sample has no {k}");
     }
+    // its throughput sizes a longer plan of the same shape; another shape is not guessed at
+    assert_eq!(manifest["host"]["threads"], 1, "the spec's runtime.threads");
+    let longer = mpo(&["plan", SPEC, &ov, "ppo.total_episodes=48", "--json"]);
+    assert!(longer.status.success(), "{}", String::from_utf8_lossy(&longer.stderr));
+    let plan: J = serde_json::from_slice(&longer.stdout).unwrap();
+    let phases = plan["estimates"]["wall_time"]["phases"].as_array().unwrap();
+    for p in phases {
+        // the tiny judge's answers give the meta steps no rollouts to learn from: a step that
+        // asked no judge says nothing of a meta step's time
+        assert_eq!(p["seconds"].is_array(), p["phase"] != "meta", "{p}");
+    }
+    let ppo = phases.iter().find(|p| p["phase"] == "ppo").unwrap();
+    assert_eq!((ppo["units"].as_u64(), ppo["samples"].as_u64()), (Some(12), Some(6)));
+    let text = String::from_utf8_lossy(&mpo(&["plan", SPEC, &ov, "ppo.total_episodes=48"]).stdout).to_string();
+    assert!(text.contains("wall time unknown: no run of the same shape measured meta ("), "{text}");
+    assert!(text.contains("known: start-up ") && text.contains(&format!("by {})", d.display())), "{text}");
+    let fixed = String::from_utf8_lossy(&mpo(&["plan", SPEC, &ov, "ppo.total_episodes=48", "meta.every=never"]).stdout).to_string();
+    assert!(fixed.contains("  wall time ") && fixed.contains(&format!("by {}\n", d.display())), "{fixed}");
+    // a run folder named directly counts; a missing one is a usage error, not an empty search
+    let named = mpo(&["plan", SPEC, "ppo.total_episodes=48", "meta.every=never", "--measured", d.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&named.stdout).contains(&format!("by {}\n", d.display())));
+    let missing = mpo(&["plan", SPEC, "--measured", r.join("nowhere").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nowhere: no such directory"));
+    let other = String::from_utf8_lossy(&mpo(&["plan", SPEC, &ov, "ppo.response_length=7"]).stdout).to_string();
+    assert!(other.contains("wall time unknown: no run of the same shape measured start-up, generate, judge, ppo, meta, eval"), "{other}");
     // a finished plan is not run again
     let before = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
     let again = mpo(&["run", SPEC, &ov]);
