@@ -147,116 +147,98 @@ fn meta_seconds(r: &MetricsRow) -> Option<f64> {
     r.meta.as_ref().filter(|m| m.calls.unwrap_or(0) > m.cached.unwrap_or(0)).and(r.time_s.meta)
 }
 
-/// The values at `pointers` in the plan's identity (`plan::identity`: contents, not paths;
-/// absent ones as null), with `drop` removed from the objects they name.
-fn pick(plan: &Plan, pointers: &[&str], drop: &[&str]) -> J {
-    let v = crate::plan::identity(plan);
-    J::Array(
-        pointers
-            .iter()
-            .map(|p| {
-                let mut x = v.pointer(p).cloned().unwrap_or(J::Null);
-                if let Some(o) = x.as_object_mut() {
-                    for d in drop {
-                        o.remove(*d);
-                    }
-                }
-                x
-            })
-            .collect(),
-    )
-}
+/// What no phase's speed depends on, wherever it stands in a picked object: when a phase runs,
+/// seeds, the device index, the tournament (`mpo eval --elo`, after the run).
+const ASIDE: &[&str] = &["every", "checkpoint_every", "seed", "device", "elo"];
 
-/// What does not change a run's speed on one machine.
-const RUNTIME_ASIDE: &[&str] = &["seed", "device", "checkpoint_every"];
-
-/// Generation and PPO: the policy, its prompt template and shapes, the backend (not the
-/// training prompts: another draw of the same task takes as long).
-fn policy_key(p: &Plan) -> J {
-    J::Array(vec![
-        pick(
-            p,
-            &[
-                "/inputs/models/policy",
-                "/inputs/templates/policy/sha256",
-                "/spec/task/kind",
-                "/spec/policy",
-                "/spec/ppo/algorithm",
-                "/spec/ppo/batch_size",
-                "/spec/ppo/response_length",
-                "/spec/ppo/temperature",
-                "/spec/ppo/num_ppo_epochs",
-                "/spec/ppo/num_mini_batches",
-                "/spec/ppo/gradient_accumulation_steps",
-                "/spec/ppo/critic",
-                "/spec/ppo/group_size",
-            ],
-            &[],
-        ),
-        pick(p, &["/spec/runtime"], RUNTIME_ASIDE),
-        // not part of the run's identity, but of its speed on the CPU
-        serde_json::json!(p.spec.runtime.threads),
-    ])
-}
+/// Generation and PPO: the policy, its prompt template and shapes (not the training prompts:
+/// another draw of the same task takes as long).
+const POLICY: &[&str] = &[
+    "/inputs/models/policy",
+    "/inputs/templates/policy/sha256",
+    "/spec/task/kind",
+    "/spec/policy",
+    "/spec/ppo/algorithm",
+    "/spec/ppo/batch_size",
+    "/spec/ppo/response_length",
+    "/spec/ppo/temperature",
+    "/spec/ppo/num_ppo_epochs",
+    "/spec/ppo/num_mini_batches",
+    "/spec/ppo/gradient_accumulation_steps",
+    "/spec/ppo/critic",
+    "/spec/ppo/group_size",
+];
 
 /// Scoring: the judge, what it is asked and how many answers it is asked at once.
-fn judge_key(p: &Plan) -> J {
-    J::Array(vec![
-        pick(
-            p,
-            &[
-                "/spec/reward/judge",
-                "/inputs/models/judge",
-                "/inputs/templates/judge/sha256",
-                "/spec/reward/extraction",
-                "/spec/reward/answer",
-                "/spec/ppo/batch_size",
-                "/spec/ppo/response_length",
-            ],
-            &[],
-        ),
-        pick(p, &["/spec/runtime"], RUNTIME_ASIDE),
-    ])
-}
+const JUDGE: &[&str] = &[
+    "/spec/reward/judge",
+    "/inputs/models/judge",
+    "/inputs/templates/judge/sha256",
+    "/spec/reward/extraction",
+    "/spec/reward/answer",
+    "/spec/ppo/batch_size",
+    "/spec/ppo/response_length",
+];
 
 /// A meta step: its settings (not when it runs), its judge and templates, the batch it reads.
-fn meta_key(p: &Plan) -> J {
-    J::Array(vec![
-        pick(p, &["/spec/meta"], &["every"]),
-        pick(
-            p,
-            &[
-                "/inputs/models/meta",
-                "/inputs/templates/prescreen/sha256",
-                "/inputs/templates/analyze/sha256",
-                "/inputs/templates/refine/sha256",
-                "/inputs/templates/merge/sha256",
-                "/spec/ppo/batch_size",
-                "/spec/ppo/response_length",
-            ],
-            &[],
-        ),
-        pick(p, &["/spec/runtime"], RUNTIME_ASIDE),
-    ])
+const META: &[&str] = &[
+    "/spec/meta",
+    "/inputs/models/meta",
+    "/inputs/templates/prescreen/sha256",
+    "/inputs/templates/analyze/sha256",
+    "/inputs/templates/refine/sha256",
+    "/inputs/templates/merge/sha256",
+    "/spec/ppo/batch_size",
+    "/spec/ppo/response_length",
+];
+
+/// An evaluation, beside the policy's shapes: its settings and the held-out prompts.
+const EVAL: &[&str] = &[
+    "/spec/eval",
+    "/inputs/test/sha256",
+    "/inputs/test/used",
+    "/inputs/transfer/sha256",
+    "/inputs/transfer/used",
+    "/inputs/models/instrument",
+];
+
+/// A phase's key: the values at `pointers` in the plan's identity (`plan::identity`: contents,
+/// not paths; absent ones as null) and the runtime (backend, precision, rollout engine, batch),
+/// each without `ASIDE`; and `runtime.threads`, not part of the run's identity but of its speed
+/// on the CPU.
+fn shape(p: &Plan, pointers: &[&str]) -> J {
+    let v = crate::plan::identity(p);
+    let mut parts: Vec<J> = pointers
+        .iter()
+        .chain(&["/spec/runtime"])
+        .map(|ptr| {
+            let mut x = v.pointer(ptr).cloned().unwrap_or(J::Null);
+            if let Some(o) = x.as_object_mut() {
+                for d in ASIDE {
+                    o.remove(*d);
+                }
+            }
+            x
+        })
+        .collect();
+    parts.push(serde_json::json!(p.spec.runtime.threads));
+    J::Array(parts)
 }
 
-/// An evaluation: the policy's shapes, the evaluation settings and the held-out prompts.
+fn policy_key(p: &Plan) -> J {
+    shape(p, POLICY)
+}
+
+fn judge_key(p: &Plan) -> J {
+    shape(p, JUDGE)
+}
+
+fn meta_key(p: &Plan) -> J {
+    shape(p, META)
+}
+
 fn eval_key(p: &Plan) -> J {
-    J::Array(vec![
-        policy_key(p),
-        pick(
-            p,
-            &[
-                "/spec/eval",
-                "/inputs/test/sha256",
-                "/inputs/test/used",
-                "/inputs/transfer/sha256",
-                "/inputs/transfer/used",
-                "/inputs/models/instrument",
-            ],
-            &["every", "elo"],
-        ),
-    ])
+    shape(p, &[POLICY, EVAL].concat())
 }
 
 #[cfg(test)]
