@@ -8,6 +8,8 @@ pub mod adapter;
 pub mod batch;
 pub mod constrain;
 pub mod fetch;
+#[cfg(all(test, feature = "cpu"))]
+mod flex_ops;
 pub mod folder;
 pub mod generate;
 pub mod gguf;

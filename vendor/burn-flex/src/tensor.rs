@@ -79,7 +79,7 @@ impl FlexTensor {
                         dtype: self.dtype,
                     },
                     Err(arc) => {
-                        let bytes = Bytes::from_bytes_vec((*arc)[..expected_bytes].to_vec());
+                        let bytes = copied_bytes(&(*arc)[..expected_bytes], dtype_size(self.dtype));
                         TensorData {
                             bytes,
                             shape: self.layout.shape().clone(),
@@ -90,7 +90,7 @@ impl FlexTensor {
             } else {
                 // Contiguous at offset 0 but buffer is oversized (e.g., narrowed view).
                 // Truncate to exact logical size.
-                let bytes = Bytes::from_bytes_vec(self.data[..expected_bytes].to_vec());
+                let bytes = copied_bytes(&self.data[..expected_bytes], dtype_size(self.dtype));
                 TensorData {
                     bytes,
                     shape: self.layout.shape().clone(),
@@ -252,7 +252,7 @@ impl FlexTensor {
     pub fn empty(shape: Shape, dtype: DType) -> Self {
         let num_elements = shape.num_elements();
         let elem_size = dtype_size(dtype);
-        let bytes = Bytes::from_bytes_vec(alloc::vec![0u8; num_elements * elem_size]);
+        let bytes = zeroed_bytes(num_elements * elem_size, elem_size);
         let layout = Layout::contiguous(shape);
         Self {
             data: Arc::new(bytes),
@@ -377,7 +377,10 @@ impl FlexTensor {
             copy_2d_tiled(
                 &mut dst, src, offset, shape[0], shape[1], strides[0], strides[1],
             );
-        } else if all_positive && strides.last() == Some(&1) && shape.last().is_some_and(|&r| r >= 8) {
+        } else if all_positive
+            && strides.last() == Some(&1)
+            && shape.last().is_some_and(|&r| r >= 8)
+        {
             // mpo patch: an ND layout whose innermost dim is contiguous (attention's head axis
             // swapped with time, `[B, H, T, D]` as `[B, T, H, D]`) is copied run by run, not
             // element by element through the strided iterator.
@@ -897,4 +900,24 @@ mod tests {
         let values: Vec<f32> = result.to_vec().unwrap();
         assert_eq!(values, vec![1.0, 2.0, 3.0]);
     }
+}
+
+/// mpo patch: a zeroed buffer allocated at its element's alignment. `Bytes::from_bytes_vec`
+/// records a `Vec<u8>`'s alignment (1), below its runtime minimum, so it allocated a second
+/// buffer and copied every byte into it: each matmul output was written three times on the
+/// calling thread (calloc's pages, the copy, the product) and faulted in twice.
+pub(crate) fn zeroed_bytes(len_bytes: usize, elem_size: usize) -> Bytes {
+    match elem_size {
+        8 => Bytes::from_elems(alloc::vec![0u64; len_bytes / 8]),
+        4 => Bytes::from_elems(alloc::vec![0u32; len_bytes / 4]),
+        2 => Bytes::from_elems(alloc::vec![0u16; len_bytes / 2]),
+        _ => Bytes::from_elems(alloc::vec![0u8; len_bytes]),
+    }
+}
+
+/// mpo patch: `src` copied once into a buffer at its element's alignment (see `zeroed_bytes`).
+pub(crate) fn copied_bytes(src: &[u8], elem_size: usize) -> Bytes {
+    let mut bytes = zeroed_bytes(src.len(), elem_size);
+    bytes.copy_from_slice(src);
+    bytes
 }

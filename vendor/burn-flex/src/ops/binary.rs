@@ -79,9 +79,22 @@ where
     // `powf` (which have no SIMD fast path and go straight to
     // `binary_op_typed`) don't pay for a memcpy they can't benefit
     // from. Their strided fallback handles non-contig lhs directly.
-    if simd_hint.is_some() && !lhs.layout().is_contiguous() && rhs.layout().strides().contains(&0) {
+    //
+    // mpo patch: also when rhs is a plain operand, and the same for a permuted rhs: the
+    // backward of `swap_dims` hands a permuted gradient to the product that follows it (RoPE's
+    // `x * cos` in attention), and the scalar walk ran it on one core at a tenth of the
+    // speed. The copy keeps every element's operation, so results are bit-identical.
+    let rhs_broadcast = rhs.layout().strides().contains(&0);
+    if simd_hint.is_some() && !lhs.layout().is_contiguous() {
         lhs = lhs.to_contiguous();
     }
+    let rhs_copy;
+    let rhs = if simd_hint.is_some() && !rhs_broadcast && !rhs.layout().is_contiguous() {
+        rhs_copy = rhs.to_contiguous();
+        &rhs_copy
+    } else {
+        rhs
+    };
 
     // In-place SIMD fast path: lhs unique contiguous at offset 0, rhs
     // contiguous (no broadcast).
@@ -256,7 +269,7 @@ fn apply_broadcast_pattern_f32(
     } else {
         // Copy lhs once, then apply the broadcast in place. The
         // memcpy is cheaper than the StridedIter fallback it replaces.
-        let mut out: Vec<f32> = lhs.storage::<f32>()[..numel].to_vec();
+        let mut out: Vec<f32> = crate::ops::unary::copy_collect(&lhs.storage::<f32>()[..numel]);
         run_broadcast_pattern_f32(&mut out, rhs_storage, simd_op, pattern);
         make_tensor(out, lhs.layout().shape().clone(), lhs.dtype())
     }
@@ -392,11 +405,11 @@ where
         rhs.layout().contiguous_offsets(),
     ) {
         // Both contiguous (but lhs not at offset 0)
-        (Some((l_start, l_end)), Some((r_start, r_end))) => {
-            let mut out = lhs_storage[l_start..l_end].to_vec();
-            zip_in_place(&mut out, &rhs_storage[r_start..r_end], &op);
-            out
-        }
+        (Some((l_start, l_end)), Some((r_start, r_end))) => zip_collect(
+            &lhs_storage[l_start..l_end],
+            &rhs_storage[r_start..r_end],
+            &op,
+        ),
         // Fast path for 2D non-contiguous (common for transpose)
         _ if lhs.layout().num_dims() == 2 => {
             apply_2d_strided(lhs_storage, rhs_storage, lhs.layout(), rhs.layout(), op)
@@ -422,12 +435,42 @@ fn zip_in_place<E: Copy + Send + Sync, Op: Fn(E, E) -> E + Sync>(l: &mut [E], r:
     if l.len() >= crate::ops::unary::PAR_MIN {
         use rayon::prelude::*;
         let chunk = crate::ops::unary::PAR_CHUNK;
-        l.par_chunks_mut(chunk).zip(r.par_chunks(chunk)).for_each(|(l, r)| zip_in_place(l, r, op));
+        l.par_chunks_mut(chunk)
+            .zip(r.par_chunks(chunk))
+            .for_each(|(l, r)| zip_in_place(l, r, op));
         return;
     }
     for (l, &r) in l.iter_mut().zip(r) {
         *l = op(*l, r);
     }
+}
+
+/// `op(l, r)` element by element into a new buffer, in parallel chunks for large slices (mpo
+/// patch: was a copy of `l` on the calling thread, then `zip_in_place`).
+fn zip_collect<E: Copy + Send + Sync, Op: Fn(E, E) -> E + Sync>(
+    l: &[E],
+    r: &[E],
+    op: &Op,
+) -> Vec<E> {
+    debug_assert_eq!(l.len(), r.len());
+    #[cfg(feature = "rayon")]
+    if l.len() >= crate::ops::unary::PAR_MIN {
+        use rayon::prelude::*;
+        let chunk = crate::ops::unary::PAR_CHUNK;
+        let mut out: Vec<E> = Vec::with_capacity(l.len());
+        out.spare_capacity_mut()[..l.len()]
+            .par_chunks_mut(chunk)
+            .zip(l.par_chunks(chunk).zip(r.par_chunks(chunk)))
+            .for_each(|(d, (l, r))| {
+                for (d, (&l, &r)) in d.iter_mut().zip(l.iter().zip(r)) {
+                    d.write(op(l, r));
+                }
+            });
+        // SAFETY: the chunks cover all `l.len()` elements, each written once above.
+        unsafe { out.set_len(l.len()) };
+        return out;
+    }
+    l.iter().zip(r).map(|(&l, &r)| op(l, r)).collect()
 }
 
 /// Fast 2D strided binary operation using row-based iteration.
@@ -519,7 +562,9 @@ where
     let storage: &[E] = tensor.storage();
 
     let result: Vec<E> = match tensor.layout().contiguous_offsets() {
-        Some((start, end)) => crate::ops::unary::map_collect(&storage[start..end], &|x| op(x, scalar)),
+        Some((start, end)) => {
+            crate::ops::unary::map_collect(&storage[start..end], &|x| op(x, scalar))
+        }
         None => StridedIter::new(tensor.layout())
             .map(|i| op(storage[i], scalar))
             .collect(),

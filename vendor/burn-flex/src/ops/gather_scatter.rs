@@ -368,7 +368,15 @@ pub fn scatter_add<E: Element + Pod + Default + Copy + core::ops::AddAssign + Se
     indices: FlexTensor,
     value: FlexTensor,
 ) -> FlexTensor {
-    let tensor = tensor.to_contiguous();
+    // mpo patch: the sum is taken in `tensor`'s own buffer when nothing else holds it (the
+    // zeros a gather's backward scatters into: PPO's `[B, T, vocab]` logits, 200 MB), where a
+    // copy of the whole tensor was taken on one core. A shared buffer is still copied first
+    // (`storage_mut` copies on write). The block drops the caller's handle so that the
+    // contiguous one is the only one.
+    let mut tensor = {
+        let t = tensor;
+        t.to_contiguous()
+    };
     let indices = indices.to_contiguous();
     let value = value.to_contiguous();
 
@@ -401,11 +409,10 @@ pub fn scatter_add<E: Element + Pod + Default + Copy + core::ops::AddAssign + Se
         }
     }
 
-    let tensor_data: &[E] = tensor.storage();
     let indices_data = read_indices(&indices);
     let value_data: &[E] = value.storage();
 
-    let mut result: Vec<E> = tensor_data.to_vec();
+    let result: &mut [E] = tensor.storage_mut();
 
     let tensor_strides: Vec<usize> = compute_strides(&tensor_shape);
     let indices_strides: Vec<usize> = compute_strides(indices_shape);
@@ -415,7 +422,7 @@ pub fn scatter_add<E: Element + Pod + Default + Copy + core::ops::AddAssign + Se
     // Use specialized 2D implementation
     if ndims == 2 {
         scatter_add_2d(
-            &mut result,
+            result,
             &indices_data,
             value_data,
             tensor_shape[0],
@@ -443,8 +450,7 @@ pub fn scatter_add<E: Element + Pod + Default + Copy + core::ops::AddAssign + Se
         }
     }
 
-    let bytes = Bytes::from_elems(result);
-    FlexTensor::new(bytes, Layout::contiguous(tensor_shape), E::dtype())
+    tensor
 }
 
 /// Optimized 2D scatter_add implementation.

@@ -1,7 +1,7 @@
 //! Repeat a tensor along a dimension.
 
 use alloc::vec::Vec;
-use burn_std::{Bytes, Shape};
+use burn_std::Shape;
 
 use crate::{FlexTensor, Layout};
 
@@ -30,7 +30,11 @@ pub fn repeat_dim(tensor: FlexTensor, dim: usize, times: usize) -> FlexTensor {
 
     let src: &[u8] = tensor.bytes();
     let n = new_shape.num_elements() * elem_size;
-    let mut dst: Vec<u8> = Vec::with_capacity(n);
+    // mpo patch: written in place into a buffer at the element's alignment (was a `Vec<u8>`
+    // through `Bytes::from_bytes_vec`, which copied it once more).
+    let mut bytes = crate::tensor::zeroed_bytes(n, elem_size);
+    let dst: &mut [u8] = &mut bytes;
+    let mut at = 0;
 
     let inner: usize = shape.iter().skip(dim + 1).product();
     let dim_size = shape[dim];
@@ -41,14 +45,11 @@ pub fn repeat_dim(tensor: FlexTensor, dim: usize, times: usize) -> FlexTensor {
         let start = o * chunk_bytes;
         let end = start + chunk_bytes;
         for _t in 0..times {
-            dst.extend_from_slice(&src[start..end]);
+            dst[at..at + chunk_bytes].copy_from_slice(&src[start..end]);
+            at += chunk_bytes;
         }
     }
 
-    debug_assert_eq!(dst.len(), n);
-    FlexTensor::new(
-        Bytes::from_bytes_vec(dst),
-        Layout::contiguous(new_shape),
-        dtype,
-    )
+    debug_assert_eq!(at, n);
+    FlexTensor::new(bytes, Layout::contiguous(new_shape), dtype)
 }

@@ -174,17 +174,42 @@ pub(crate) fn map_in_place<E: Copy + Send + Sync, Op: Fn(E) -> E + Sync>(xs: &mu
     #[cfg(feature = "rayon")]
     if xs.len() >= PAR_MIN {
         use rayon::prelude::*;
-        xs.par_chunks_mut(PAR_CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x = op(*x)));
+        xs.par_chunks_mut(PAR_CHUNK)
+            .for_each(|c| c.iter_mut().for_each(|x| *x = op(*x)));
         return;
     }
     xs.iter_mut().for_each(|x| *x = op(*x));
 }
 
 /// `op` of every element of `src`, in order, in parallel chunks for large slices (mpo patch).
-pub(crate) fn map_collect<E: Copy + Send + Sync, Op: Fn(E) -> E + Sync>(src: &[E], op: &Op) -> Vec<E> {
-    let mut out = src.to_vec();
-    map_in_place(&mut out, op);
-    out
+/// Written straight into the new buffer: copying `src` first and mapping in place was a
+/// single-threaded copy (and the new pages' faults) on the calling thread.
+pub(crate) fn map_collect<E: Copy + Send + Sync, Op: Fn(E) -> E + Sync>(
+    src: &[E],
+    op: &Op,
+) -> Vec<E> {
+    #[cfg(feature = "rayon")]
+    if src.len() >= PAR_MIN {
+        use rayon::prelude::*;
+        let mut out: Vec<E> = Vec::with_capacity(src.len());
+        out.spare_capacity_mut()[..src.len()]
+            .par_chunks_mut(PAR_CHUNK)
+            .zip(src.par_chunks(PAR_CHUNK))
+            .for_each(|(d, s)| {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    d.write(op(x));
+                }
+            });
+        // SAFETY: the chunks cover all `src.len()` elements, each written once above.
+        unsafe { out.set_len(src.len()) };
+        return out;
+    }
+    src.iter().map(|&x| op(x)).collect()
+}
+
+/// A copy of `src` (mpo patch): `map_collect` of the identity, on rayon's pool when large.
+pub(crate) fn copy_collect<E: Copy + Send + Sync>(src: &[E]) -> Vec<E> {
+    map_collect(src, &|x| x)
 }
 
 /// `e^x` in f32 without a libm call, so that loops over it vectorize (mpo patch): Cephes'
