@@ -38,6 +38,30 @@ fn permuted_operands_combine_element_by_element() {
     assert_eq!(host(kept), ha, "a shared operand is left as it was");
 }
 
+/// A layout with no contiguous innermost dim (the gradient of attention's keys back from
+/// `k^T`) is copied as a stack of 2D transposes: checked against indices worked out by hand
+/// from the unpermuted tensor, large (parallel) and small.
+#[test]
+fn transposed_stacks_copy_to_their_logical_order() {
+    for [b, t, h, d] in [[2, 64, 4, 64], [1, 3, 2, 5]] {
+        let x = random([b, t, h, d], 7);
+        let hx = host(x.clone());
+        let y = x.swap_dims(1, 3); // [b, d, h, t], t's stride 1 now in the middle
+        let got = host(y.clone() * Tensor::ones([b, d, h, t], &Default::default()));
+        let mut want = Vec::with_capacity(b * t * h * d);
+        for i in 0..b {
+            for l in 0..d {
+                for k in 0..h {
+                    for j in 0..t {
+                        want.push(hx[((i * t + j) * h + k) * d + l]);
+                    }
+                }
+            }
+        }
+        assert_eq!(got, want, "[{b}, {t}, {h}, {d}]");
+    }
+}
+
 /// Element-wise maps and binary ops on large tensors are written in parallel straight into
 /// their output: the same bits as the small (sequential) route and as host arithmetic, and an
 /// operand someone else holds is not written.
@@ -69,11 +93,11 @@ fn large_maps_and_binary_ops_match_host_arithmetic() {
 }
 
 /// Products write into a buffer that is not zeroed first: every element must be written, also
-/// where the allocator hands back memory full of an earlier tensor's values.
+/// where the allocator hands back memory full of an earlier tensor's values. The larger shapes
+/// run threaded, as one gemm per block of rows (an odd row count leaves a short last block).
 #[test]
 fn products_write_every_element_of_a_reused_buffer() {
-    let (m, k, n) = (64, 48, 96);
-    for _ in 0..3 {
+    for (m, k, n) in [(64, 48, 96), (301, 128, 96), (64, 48, 96)] {
         // Leave freed memory of the output's size behind, full of NaN.
         drop(Tensor::<F, 2>::full([m, n], f32::NAN, &Default::default()).into_data());
         let a = random([1, 2, m, k], 5);

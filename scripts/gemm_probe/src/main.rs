@@ -433,6 +433,52 @@ fn blas() {
     }
 }
 
+/// 7. `split`: gemm's own threads (`Rayon(0)`: for a row-major lhs of up to `2 mc` rows it packs
+///    the whole lhs on the calling thread before the threads start) against one single-threaded
+///    gemm call per rayon task over row blocks of the output, each packing its own rows.
+fn split() {
+    println!("split: GFLOP/s, gemm's threads vs one gemm per row block (medians of 9)");
+    let threads = rayon::current_num_threads();
+    for &(m, k, n, lhs_t, what) in &[
+        (1024usize, 576usize, 1536usize, false, "X W (gate/up)"),
+        (1024, 1536, 576, false, "X W (down)"),
+        (1024, 576, 576, false, "X W (q/o)"),
+        (1016, 576, 49152, false, "head X W"),
+        (1016, 49152, 576, false, "head dY W^T"),
+        (576, 1024, 1536, true, "X^T dY (weight grad shape)"),
+        (576, 1024, 8, true, "LoRA X^T dH"),
+        (1024, 576, 8, false, "LoRA X A"),
+    ] {
+        let a = filled(m * k, 1);
+        let b = filled(k * n, 2);
+        // lhs row-major [m, k], or a transposed view of a row-major [k, m].
+        let (lcs, lrs) = if lhs_t { (m as isize, 1) } else { (1, k as isize) };
+        let mut c1 = vec![0f32; m * n];
+        let mut c2 = vec![0f32; m * n];
+        let (mut w, mut s) = (vec![], vec![]);
+        for _ in 0..9 {
+            let t = Instant::now();
+            unsafe {
+                gemm::gemm(m, n, k, c1.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), lcs, lrs, b.as_ptr(), 1, n as isize, 0.0f32, 1.0f32, false, false, false, gemm::Parallelism::Rayon(0))
+            };
+            w.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let rows = m.div_ceil(threads);
+            let ap = a.as_ptr() as usize;
+            c2.par_chunks_mut(rows * n).enumerate().for_each(|(i, c)| {
+                let r0 = i * rows;
+                let mr = c.len() / n;
+                let lhs = (ap as *const f32).wrapping_offset(r0 as isize * lrs);
+                unsafe { gemm::gemm(mr, n, k, c.as_mut_ptr(), 1, n as isize, false, lhs, lcs, lrs, b.as_ptr(), 1, n as isize, 0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None) };
+            });
+            s.push(t.elapsed().as_secs_f64());
+        }
+        let gf = |v: Vec<f64>| 2.0 * (m * n * k) as f64 / median(v) / 1e9;
+        let same = c1 == c2;
+        println!("  {what:28} [{m}, {k}] x [{k}, {n}]: gemm threads {:6.1}, row blocks {:6.1}  (bit-identical: {same})", gf(w), gf(s));
+    }
+}
+
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_default();
     match which.as_str() {
@@ -440,6 +486,7 @@ fn main() {
         "decode" => decode(),
         "quant" => quant(),
         "blas" => blas(),
+        "split" => split(),
         "fresh" => {
             // The LM head's product into a reused buffer against a fresh one per call (what a
             // pass does: glibc maps a 200 MB output anew, and gemm's stores fault its pages in).
@@ -481,7 +528,7 @@ fn main() {
             quant();
         }
         other => {
-            eprintln!("unknown probe `{other}`: use `backward`, `decode`, `quant`, `blas`, `fresh`, `one` or nothing for the first three");
+            eprintln!("unknown probe `{other}`: use `backward`, `decode`, `quant`, `blas`, `split`, `fresh`, `one` or nothing for the first three");
             std::process::exit(2);
         }
     }

@@ -278,6 +278,26 @@ impl FlexTensor {
             "filled_typed: dtype size mismatch"
         );
         let n = shape.num_elements();
+        // mpo patch: a large fill (the ones and full-size constants of a backward pass) is
+        // written on rayon's pool.
+        #[cfg(feature = "rayon")]
+        let data = if n >= crate::ops::unary::PAR_MIN {
+            use rayon::prelude::*;
+            let mut data: Vec<E> = Vec::with_capacity(n);
+            data.spare_capacity_mut()[..n]
+                .par_chunks_mut(crate::ops::unary::PAR_CHUNK)
+                .for_each(|c| {
+                    c.iter_mut().for_each(|x| {
+                        x.write(value);
+                    })
+                });
+            // SAFETY: the chunks cover all `n` elements, each written above.
+            unsafe { data.set_len(n) };
+            data
+        } else {
+            alloc::vec![value; n]
+        };
+        #[cfg(not(feature = "rayon"))]
         let data = alloc::vec![value; n];
         let bytes = Bytes::from_elems(data);
         Self {
@@ -384,20 +404,63 @@ impl FlexTensor {
             // mpo patch: an ND layout whose innermost dim is contiguous (attention's head axis
             // swapped with time, `[B, H, T, D]` as `[B, T, H, D]`) is copied run by run, not
             // element by element through the strided iterator.
+            // Large copies are split over rayon's pool in blocks of whole runs.
             let run = shape[shape.len() - 1];
             let (outer, ostr) = (&shape[..shape.len() - 1], &strides[..strides.len() - 1]);
-            let mut idx = vec![0usize; outer.len()];
-            let mut base = offset;
-            for _ in 0..n / run {
-                dst.extend_from_slice(&src[base as usize..base as usize + run]);
+            let out = &mut dst.spare_capacity_mut()[..n];
+            #[cfg(feature = "rayon")]
+            if n >= crate::ops::unary::PAR_MIN {
+                use rayon::prelude::*;
+                let runs = (crate::ops::unary::PAR_CHUNK / run).max(1);
+                out.par_chunks_mut(runs * run)
+                    .enumerate()
+                    .for_each(|(i, block)| {
+                        copy_runs(block, src, offset, outer, ostr, run, i * runs)
+                    });
+            } else {
+                copy_runs(out, src, offset, outer, ostr, run, 0);
+            }
+            #[cfg(not(feature = "rayon"))]
+            copy_runs(out, src, offset, outer, ostr, run, 0);
+            // SAFETY: the runs cover all `n` elements, each written once by `copy_runs`.
+            unsafe { dst.set_len(n) };
+        } else if all_positive && shape.len() >= 3 {
+            // mpo patch: a stack of 2D transposes (the gradient of attention's keys comes back
+            // from `k^T` as `[B, T, kv, hd]` with T innermost: collapsed `[8, 128, 192]`,
+            // strides `[24576, 1, 128]`) is copied slice by slice with the tiled 2D copy, on
+            // rayon's pool when large, instead of element by element through the strided
+            // iterator on one core.
+            let nd = shape.len();
+            let (rows, cols) = (shape[nd - 2], shape[nd - 1]);
+            let (rs, cs) = (strides[nd - 2], strides[nd - 1]);
+            let (outer, ostr) = (&shape[..nd - 2], &strides[..nd - 2]);
+            let slice_base = |mut i: usize| {
+                let mut base = offset;
                 for d in (0..outer.len()).rev() {
-                    idx[d] += 1;
-                    base += ostr[d];
-                    if idx[d] < outer[d] {
-                        break;
+                    base += (i % outer[d]) as isize * ostr[d];
+                    i /= outer[d];
+                }
+                base
+            };
+            // SAFETY: capacity is n; the slices below cover all n positions, and
+            // `copy_2d_tiled` writes every `(row, col)` of each once (as the 2D path above).
+            unsafe { dst.set_len(n) };
+            let slice = rows * cols;
+            if slice > 0 {
+                #[cfg(feature = "rayon")]
+                if n >= crate::ops::unary::PAR_MIN {
+                    use rayon::prelude::*;
+                    dst.par_chunks_mut(slice).enumerate().for_each(|(i, d)| {
+                        copy_2d_tiled(d, src, slice_base(i), rows, cols, rs, cs)
+                    });
+                } else {
+                    for (i, d) in dst.chunks_mut(slice).enumerate() {
+                        copy_2d_tiled(d, src, slice_base(i), rows, cols, rs, cs);
                     }
-                    base -= ostr[d] * outer[d] as isize;
-                    idx[d] = 0;
+                }
+                #[cfg(not(feature = "rayon"))]
+                for (i, d) in dst.chunks_mut(slice).enumerate() {
+                    copy_2d_tiled(d, src, slice_base(i), rows, cols, rs, cs);
                 }
             }
         } else {
@@ -899,6 +962,44 @@ mod tests {
         assert_eq!(result.bytes.len(), 3 * core::mem::size_of::<f32>());
         let values: Vec<f32> = result.to_vec().unwrap();
         assert_eq!(values, vec![1.0, 2.0, 3.0]);
+    }
+}
+
+/// mpo patch: runs `first..` of a strided layout whose innermost dim (`run` long) is
+/// contiguous, copied into `dst` (whole runs) in order. `outer`/`ostr` are the other dims.
+fn copy_runs<E: Copy>(
+    dst: &mut [core::mem::MaybeUninit<E>],
+    src: &[E],
+    offset: isize,
+    outer: &[usize],
+    ostr: &[isize],
+    run: usize,
+    first: usize,
+) {
+    let mut idx = vec![0usize; outer.len()];
+    let mut base = offset;
+    let mut rem = first;
+    for d in (0..outer.len()).rev() {
+        idx[d] = rem % outer[d];
+        rem /= outer[d];
+        base += idx[d] as isize * ostr[d];
+    }
+    for chunk in dst.chunks_mut(run) {
+        for (d, &s) in chunk
+            .iter_mut()
+            .zip(&src[base as usize..base as usize + run])
+        {
+            d.write(s);
+        }
+        for d in (0..outer.len()).rev() {
+            idx[d] += 1;
+            base += ostr[d];
+            if idx[d] < outer[d] {
+                break;
+            }
+            base -= ostr[d] * outer[d] as isize;
+            idx[d] = 0;
+        }
     }
 }
 
