@@ -280,25 +280,18 @@ impl FlexTensor {
         let n = shape.num_elements();
         // mpo patch: a large fill (the ones and full-size constants of a backward pass) is
         // written on rayon's pool.
-        #[cfg(feature = "rayon")]
-        let data = if n >= crate::ops::unary::PAR_MIN {
-            use rayon::prelude::*;
-            let mut data: Vec<E> = Vec::with_capacity(n);
-            data.spare_capacity_mut()[..n]
-                .par_chunks_mut(crate::ops::unary::PAR_CHUNK)
-                .for_each(|c| {
-                    c.iter_mut().for_each(|x| {
-                        x.write(value);
-                    })
-                });
-            // SAFETY: the chunks cover all `n` elements, each written above.
-            unsafe { data.set_len(n) };
-            data
-        } else {
-            alloc::vec![value; n]
-        };
-        #[cfg(not(feature = "rayon"))]
-        let data = alloc::vec![value; n];
+        let mut data: Vec<E> = Vec::with_capacity(n);
+        crate::ops::unary::for_each_block(
+            &mut data.spare_capacity_mut()[..n],
+            crate::ops::unary::PAR_CHUNK,
+            |_, c| {
+                c.iter_mut().for_each(|x| {
+                    x.write(value);
+                })
+            },
+        );
+        // SAFETY: the blocks cover all `n` elements, each written above.
+        unsafe { data.set_len(n) };
         let bytes = Bytes::from_elems(data);
         Self {
             data: Arc::new(bytes),
@@ -407,21 +400,12 @@ impl FlexTensor {
             // Large copies are split over rayon's pool in blocks of whole runs.
             let run = shape[shape.len() - 1];
             let (outer, ostr) = (&shape[..shape.len() - 1], &strides[..strides.len() - 1]);
-            let out = &mut dst.spare_capacity_mut()[..n];
-            #[cfg(feature = "rayon")]
-            if n >= crate::ops::unary::PAR_MIN {
-                use rayon::prelude::*;
-                let runs = (crate::ops::unary::PAR_CHUNK / run).max(1);
-                out.par_chunks_mut(runs * run)
-                    .enumerate()
-                    .for_each(|(i, block)| {
-                        copy_runs(block, src, offset, outer, ostr, run, i * runs)
-                    });
-            } else {
-                copy_runs(out, src, offset, outer, ostr, run, 0);
-            }
-            #[cfg(not(feature = "rayon"))]
-            copy_runs(out, src, offset, outer, ostr, run, 0);
+            let runs = (crate::ops::unary::PAR_CHUNK / run).max(1);
+            crate::ops::unary::for_each_block(
+                &mut dst.spare_capacity_mut()[..n],
+                runs * run,
+                |i, block| copy_runs(block, src, offset, outer, ostr, run, i * runs),
+            );
             // SAFETY: the runs cover all `n` elements, each written once by `copy_runs`.
             unsafe { dst.set_len(n) };
         } else if all_positive && shape.len() >= 3 {
@@ -447,21 +431,9 @@ impl FlexTensor {
             unsafe { dst.set_len(n) };
             let slice = rows * cols;
             if slice > 0 {
-                #[cfg(feature = "rayon")]
-                if n >= crate::ops::unary::PAR_MIN {
-                    use rayon::prelude::*;
-                    dst.par_chunks_mut(slice).enumerate().for_each(|(i, d)| {
-                        copy_2d_tiled(d, src, slice_base(i), rows, cols, rs, cs)
-                    });
-                } else {
-                    for (i, d) in dst.chunks_mut(slice).enumerate() {
-                        copy_2d_tiled(d, src, slice_base(i), rows, cols, rs, cs);
-                    }
-                }
-                #[cfg(not(feature = "rayon"))]
-                for (i, d) in dst.chunks_mut(slice).enumerate() {
-                    copy_2d_tiled(d, src, slice_base(i), rows, cols, rs, cs);
-                }
+                crate::ops::unary::for_each_block(&mut dst, slice, |i, d| {
+                    copy_2d_tiled(d, src, slice_base(i), rows, cols, rs, cs)
+                });
             }
         } else {
             // General fallback: covers negative strides (flipped

@@ -166,8 +166,25 @@ pub fn exp(tensor: FlexTensor) -> FlexTensor {
 // of f32): below it the task dispatch costs more than it saves.
 #[cfg(feature = "rayon")]
 pub(crate) const PAR_MIN: usize = 1 << 15;
-#[cfg(feature = "rayon")]
 pub(crate) const PAR_CHUNK: usize = 1 << 14;
+
+/// `f(i, block)` over the `block`-long pieces of `dst` in order, on rayon's pool when `dst` is
+/// large (mpo patch: the one place the copies and fills choose between the pool and a loop).
+pub(crate) fn for_each_block<E: Send>(
+    dst: &mut [E],
+    block: usize,
+    f: impl Fn(usize, &mut [E]) + Sync + Send,
+) {
+    #[cfg(feature = "rayon")]
+    if dst.len() >= PAR_MIN {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+        return;
+    }
+    dst.chunks_mut(block).enumerate().for_each(|(i, c)| f(i, c));
+}
 
 /// `x = op(x)` over `xs`, in parallel chunks for large slices (mpo patch).
 pub(crate) fn map_in_place<E: Copy + Send + Sync, Op: Fn(E) -> E + Sync>(xs: &mut [E], op: &Op) {
